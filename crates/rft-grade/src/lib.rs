@@ -1,0 +1,4 @@
+//! OpenRFT's graders.
+#![deny(missing_docs)]
+
+pub mod metrics;

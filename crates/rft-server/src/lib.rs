@@ -1,0 +1,4 @@
+//! OpenRFT: the OpenAI-compatible HTTP API (issue 7).
+//!
+//! This crate is an empty shell: it reserves its place in the workspace (see docs/architecture.md)
+//! and is filled by the issue named above. Nothing here is used yet.
