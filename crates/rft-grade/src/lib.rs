@@ -1,4 +1,30 @@
-//! OpenRFT's graders.
+//! OpenRFT's graders: everything that turns a model's sample into a reward.
+//!
+//! This crate owns template rendering ([`template`]), every grader type ([`compile`] turns a
+//! [`rft_types::Grader`] into a [`CompiledGrader`]), the text-similarity metrics ([`metrics`],
+//! each an exact port of a Python reference) and the multi-grader formula language ([`formula`]).
+//! It knows nothing of tensors, HTTP or storage: the trainer, the evals and the server all call
+//! [`CompiledGrader::grade`] and get the spec's `RunGraderResponse`.
+//!
+//! ```
+//! use rft_grade::compile;
+//! use rft_types::{Grader, Sample};
+//! let grader = Grader::from_json_str(
+//!     r#"{"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+//!         "reference": "{{item.answer}}", "operation": "eq"}"#,
+//! )?;
+//! let compiled = compile(&grader)?;
+//! let result = compiled.grade(&Sample::from_text("Paris"), &serde_json::json!({"answer": "Paris"}));
+//! assert_eq!(result.reward, 1.0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 #![deny(missing_docs)]
 
+mod error;
+pub mod formula;
+mod grader;
 pub mod metrics;
+pub mod template;
+
+pub use error::GradeError;
+pub use grader::{compile, validate, CompiledGrader, GradeRequest, MAX_PYTHON_SOURCE_BYTES};

@@ -1,0 +1,32 @@
+//! One module per subcommand; `run` dispatches.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use rft_types::Grader;
+
+use crate::cli::{BenchCommand, Cli, Command, GraderCommand};
+
+mod bench;
+mod grade;
+mod grader;
+
+pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Grade(args) => grade::run(&args),
+        Command::Grader {
+            command: GraderCommand::Validate { grader: path },
+        } => grader::validate(&path),
+        Command::Bench {
+            command: BenchCommand::Graders(args),
+        } => bench::graders(&args),
+    }
+}
+
+/// Reads and parses a grader spec file; errors name the file and the JSON path.
+pub(crate) fn read_grader(path: &Path) -> anyhow::Result<Grader> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read grader file {}", path.display()))?;
+    Grader::from_json_str(&text).with_context(|| format!("invalid grader in {}", path.display()))
+}

@@ -1,0 +1,63 @@
+//! The errors of grader compilation and validation.
+
+use rft_types::SpecError;
+
+use crate::formula::FormulaError;
+use crate::metrics::WordNetError;
+
+/// Why a grader cannot be compiled or does not validate.
+#[derive(Debug, thiserror::Error)]
+pub enum GradeError {
+    /// The grader JSON is malformed.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// The grader is valid but this build cannot run it yet.
+    #[error("{path}: {what} is not supported yet: {why}")]
+    Unsupported {
+        /// JSON path of the grader, e.g. `graders.style` (empty for the root).
+        path: String,
+        /// What cannot run, e.g. `the python grader`.
+        what: String,
+        /// Why, and what to do instead.
+        why: String,
+    },
+    /// A multi grader's formula does not parse.
+    #[error("{path}calculate_output: {source}")]
+    Formula {
+        /// JSON path prefix of the multi grader (`""` or `graders.x.`).
+        path: String,
+        /// The parse error.
+        source: FormulaError,
+    },
+    /// A multi grader's formula reads a name that is not one of its graders.
+    #[error("{path}calculate_output: unknown variable {name:?}; the formula can use the keys of `graders`: {known}")]
+    UnknownFormulaVariable {
+        /// JSON path prefix of the multi grader.
+        path: String,
+        /// The unknown name.
+        name: String,
+        /// The keys it could have used.
+        known: String,
+    },
+    /// A template refers to something other than `item.…` or `sample.…`.
+    #[error("{path}: template {{{{{reference}}}}} is not a variable of the item or sample namespace (write {{{{item.field}}}} or {{{{sample.output_text}}}})")]
+    InvalidTemplate {
+        /// JSON path of the templated field.
+        path: String,
+        /// The text between the braces.
+        reference: String,
+    },
+    /// A Python grader's source is larger than the sandbox accepts.
+    #[error("{path}source: {bytes} bytes is over the {limit}-byte limit for Python grader source")]
+    SourceTooLarge {
+        /// JSON path prefix of the python grader.
+        path: String,
+        /// The source's size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// WordNet, which METEOR needs, is not installed.
+    #[error(transparent)]
+    WordNet(#[from] WordNetError),
+}

@@ -1,0 +1,429 @@
+//! Compiling a grader spec once and grading many samples with it.
+//!
+//! [`compile`] checks what can be checked up front (metric availability, template syntax) and
+//! parses templates and formulas, so that [`CompiledGrader::grade`] only renders and scores.
+//! Problems that OpenAI reports per sample (a missing template variable, a formula that does not
+//! parse) stay per-sample error flags, as in `graders/run`; [`validate`] reports them up front.
+
+use std::time::Instant;
+
+use indexmap::IndexMap;
+use rayon::prelude::*;
+use rft_types::{
+    EvaluationMetric, Grader, GraderErrors, GraderMetadata, RunGraderResponse, Sample,
+    StringCheckOperation,
+};
+use serde_json::{Map, Value};
+
+use crate::error::GradeError;
+use crate::formula::{EvalError, Formula, FormulaError};
+use crate::metrics::{self, WordNet};
+use crate::template::{Scope, Template};
+
+/// The most Python source a grader may carry (spec §2.7: "source < 256 kB").
+pub const MAX_PYTHON_SOURCE_BYTES: usize = 256 * 1024;
+
+/// A grader ready to grade: templates and formulas parsed, resources loaded.
+#[derive(Debug)]
+pub struct CompiledGrader {
+    name: String,
+    kind: &'static str,
+    body: Body,
+}
+
+#[derive(Debug)]
+enum Body {
+    StringCheck {
+        input: Template,
+        reference: Template,
+        operation: StringCheckOperation,
+    },
+    TextSimilarity {
+        input: Template,
+        reference: Template,
+        metric: Metric,
+    },
+    Multi {
+        children: Vec<(String, CompiledGrader)>,
+        formula: Result<Formula, FormulaError>,
+    },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Metric {
+    FuzzyMatch,
+    Bleu,
+    Gleu,
+    Meteor(&'static WordNet),
+    RougeN(usize),
+    RougeL,
+}
+
+/// One sample to grade and the dataset item it answers.
+#[derive(Debug, Clone)]
+pub struct GradeRequest {
+    /// The model's output.
+    pub sample: Sample,
+    /// The dataset row's item fields.
+    pub item: Value,
+}
+
+/// Compiles a grader for grading. Fails for graders this build cannot run.
+pub fn compile(grader: &Grader) -> Result<CompiledGrader, GradeError> {
+    compile_at(grader, "")
+}
+
+fn compile_at(grader: &Grader, path: &str) -> Result<CompiledGrader, GradeError> {
+    let body = match grader {
+        Grader::StringCheck(g) => Body::StringCheck {
+            input: Template::parse(&g.input),
+            reference: Template::parse(&g.reference),
+            operation: g.operation,
+        },
+        Grader::TextSimilarity(g) => Body::TextSimilarity {
+            input: Template::parse(&g.input),
+            reference: Template::parse(&g.reference),
+            metric: match g.evaluation_metric {
+                EvaluationMetric::Cosine => return Err(unsupported(
+                    path,
+                    "the cosine metric",
+                    "it needs a sentence-embedding model, which arrives with the model engine; \
+                         use fuzzy_match, bleu, gleu, meteor or rouge_* meanwhile",
+                )),
+                EvaluationMetric::FuzzyMatch => Metric::FuzzyMatch,
+                EvaluationMetric::Bleu => Metric::Bleu,
+                EvaluationMetric::Gleu => Metric::Gleu,
+                EvaluationMetric::Meteor => Metric::Meteor(WordNet::shared()?),
+                EvaluationMetric::Rouge1 => Metric::RougeN(1),
+                EvaluationMetric::Rouge2 => Metric::RougeN(2),
+                EvaluationMetric::Rouge3 => Metric::RougeN(3),
+                EvaluationMetric::Rouge4 => Metric::RougeN(4),
+                EvaluationMetric::Rouge5 => Metric::RougeN(5),
+                EvaluationMetric::RougeL => Metric::RougeL,
+            },
+        },
+        Grader::Python(_) => {
+            return Err(unsupported(
+                path,
+                "the python grader",
+                "its sandboxed runner is not built yet; nothing was graded",
+            ))
+        }
+        Grader::ScoreModel(_) | Grader::LabelModel(_) => {
+            return Err(unsupported(
+                path,
+                &format!("the {} grader", grader.type_name()),
+                "calling a judge model is not built yet; nothing was graded",
+            ))
+        }
+        Grader::Multi(g) => {
+            let children = g
+                .graders
+                .iter()
+                .map(|(key, child)| {
+                    compile_at(child, &child_path(path, key)).map(|c| (key.clone(), c))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Body::Multi {
+                children,
+                formula: Formula::parse(&g.calculate_output),
+            }
+        }
+    };
+    Ok(CompiledGrader {
+        name: grader.name().to_owned(),
+        kind: grader.type_name(),
+        body,
+    })
+}
+
+/// Checks a grader beyond its JSON shape: template references, the formula and its variables,
+/// Python source size. This is what `graders/validate` and `rft grader validate` run; it does not
+/// require that this build can execute the grader.
+pub fn validate(grader: &Grader) -> Result<(), GradeError> {
+    validate_at(grader, "")
+}
+
+fn validate_at(grader: &Grader, path: &str) -> Result<(), GradeError> {
+    let check = |field: &str, text: &str| -> Result<(), GradeError> {
+        match Template::parse(text).variables().find_map(Result::err) {
+            Some(reference) => Err(GradeError::InvalidTemplate {
+                path: format!("{path}{field}"),
+                reference: reference.to_owned(),
+            }),
+            None => Ok(()),
+        }
+    };
+    match grader {
+        Grader::StringCheck(g) => {
+            check("input", &g.input)?;
+            check("reference", &g.reference)
+        }
+        Grader::TextSimilarity(g) => {
+            check("input", &g.input)?;
+            check("reference", &g.reference)
+        }
+        Grader::Python(g) if g.source.len() > MAX_PYTHON_SOURCE_BYTES => {
+            Err(GradeError::SourceTooLarge {
+                path: path.to_owned(),
+                bytes: g.source.len(),
+                limit: MAX_PYTHON_SOURCE_BYTES,
+            })
+        }
+        Grader::Python(_) => Ok(()),
+        Grader::ScoreModel(g) => validate_messages(&g.input, path),
+        Grader::LabelModel(g) => validate_messages(&g.input, path),
+        Grader::Multi(g) => {
+            let formula =
+                Formula::parse(&g.calculate_output).map_err(|source| GradeError::Formula {
+                    path: path.to_owned(),
+                    source,
+                })?;
+            for name in formula.variables() {
+                if !g.graders.contains_key(name) {
+                    return Err(GradeError::UnknownFormulaVariable {
+                        path: path.to_owned(),
+                        name: name.to_owned(),
+                        known: g.graders.keys().cloned().collect::<Vec<_>>().join(", "),
+                    });
+                }
+            }
+            for (key, child) in &g.graders {
+                validate_at(child, &child_path(path, key))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+fn validate_messages(messages: &[rft_types::EvalMessage], path: &str) -> Result<(), GradeError> {
+    for (idx, message) in messages.iter().enumerate() {
+        let text = serde_json::to_value(&message.content).unwrap_or(Value::Null);
+        for (field, template) in strings_in(&text, &format!("{path}input[{idx}].content")) {
+            if let Some(reference) = Template::parse(template).variables().find_map(Result::err) {
+                return Err(GradeError::InvalidTemplate {
+                    path: field,
+                    reference: reference.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn strings_in<'a>(value: &'a Value, path: &str) -> Vec<(String, &'a str)> {
+    match value {
+        Value::String(s) => vec![(path.to_owned(), s.as_str())],
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .flat_map(|(i, v)| strings_in(v, &format!("{path}[{i}]")))
+            .collect(),
+        Value::Object(map) => map
+            .iter()
+            .flat_map(|(k, v)| strings_in(v, &format!("{path}.{k}")))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn child_path(path: &str, key: &str) -> String {
+    format!("{path}graders.{key}.")
+}
+
+fn unsupported(path: &str, what: &str, why: &str) -> GradeError {
+    let path = path.trim_end_matches('.');
+    GradeError::Unsupported {
+        path: if path.is_empty() { "grader" } else { path }.to_owned(),
+        what: what.to_owned(),
+        why: why.to_owned(),
+    }
+}
+
+/// The score of one grader on one sample, before it is wrapped into a response.
+struct Outcome {
+    reward: f64,
+    errors: GraderErrors,
+    sub_rewards: IndexMap<String, f64>,
+}
+
+impl Outcome {
+    fn score(reward: f64) -> Outcome {
+        Outcome {
+            reward,
+            errors: GraderErrors::default(),
+            sub_rewards: IndexMap::new(),
+        }
+    }
+
+    fn failed(set: impl FnOnce(&mut GraderErrors)) -> Outcome {
+        let mut errors = GraderErrors::default();
+        set(&mut errors);
+        Outcome {
+            reward: 0.0,
+            errors,
+            sub_rewards: IndexMap::new(),
+        }
+    }
+}
+
+impl CompiledGrader {
+    /// The grader's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Grades one sample against its item.
+    pub fn grade(&self, sample: &Sample, item: &Value) -> RunGraderResponse {
+        let start = Instant::now();
+        let sample_value = sample.to_value();
+        let outcome = self.outcome(Scope {
+            item,
+            sample: &sample_value,
+        });
+        let scores: Map<String, Value> = outcome
+            .sub_rewards
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(*v)))
+            .collect();
+        RunGraderResponse {
+            reward: outcome.reward,
+            metadata: GraderMetadata {
+                name: self.name.clone(),
+                kind: self.kind.to_owned(),
+                errors: outcome.errors,
+                execution_time: start.elapsed().as_secs_f64(),
+                scores,
+                token_usage: None,
+                sampled_model_name: None,
+            },
+            sub_rewards: outcome.sub_rewards,
+            model_grader_token_usage_per_model: IndexMap::new(),
+        }
+    }
+
+    /// Grades many samples on all cores; the results are in the order of `requests`.
+    pub fn grade_all(&self, requests: &[GradeRequest]) -> Vec<RunGraderResponse> {
+        requests
+            .par_iter()
+            .map(|r| self.grade(&r.sample, &r.item))
+            .collect()
+    }
+
+    fn outcome(&self, scope: Scope<'_>) -> Outcome {
+        match &self.body {
+            Body::StringCheck {
+                input,
+                reference,
+                operation,
+            } => match render_pair(input, reference, scope) {
+                Ok((input, reference)) => {
+                    Outcome::score(string_check(&input, &reference, *operation))
+                }
+                Err(outcome) => outcome,
+            },
+            Body::TextSimilarity {
+                input,
+                reference,
+                metric,
+            } => match render_pair(input, reference, scope) {
+                Ok((input, reference)) => Outcome::score(metric.score(&input, &reference)),
+                Err(outcome) => outcome,
+            },
+            Body::Multi { children, formula } => multi(children, formula, scope),
+        }
+    }
+}
+
+fn render_pair(
+    input: &Template,
+    reference: &Template,
+    scope: Scope<'_>,
+) -> Result<(String, String), Outcome> {
+    let render = |t: &Template| {
+        t.render(scope).map_err(|missing| {
+            tracing::debug!("{missing}");
+            Outcome::failed(|e| e.invalid_variable_error = true)
+        })
+    };
+    Ok((render(input)?, render(reference)?))
+}
+
+/// `ilike` folds case with Unicode's full lowercase mapping, so `Straße`/`STRASSE` still differ
+/// (no ß→ss folding) but `ΣΟΦΟΣ`/`σοφος` match in any position.
+fn string_check(input: &str, reference: &str, operation: StringCheckOperation) -> f64 {
+    let pass = match operation {
+        StringCheckOperation::Eq => input == reference,
+        StringCheckOperation::Ne => input != reference,
+        StringCheckOperation::Like => input.contains(reference),
+        StringCheckOperation::Ilike => fold_case(input).contains(&fold_case(reference)),
+    };
+    if pass {
+        1.0
+    } else {
+        0.0
+    }
+}
+
+/// Lowercases per character, so that a final sigma folds to `σ` like any other sigma and
+/// containment is not broken by position-dependent forms.
+fn fold_case(text: &str) -> String {
+    text.chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| if c == 'ς' { 'σ' } else { c })
+        .collect()
+}
+
+impl Metric {
+    fn score(self, input: &str, reference: &str) -> f64 {
+        match self {
+            Metric::FuzzyMatch => metrics::fuzzy_match(input, reference),
+            Metric::Bleu => metrics::bleu(input, reference),
+            Metric::Gleu => metrics::gleu(input, reference),
+            Metric::Meteor(wordnet) => metrics::meteor(input, reference, wordnet),
+            Metric::RougeN(n) => metrics::rouge_n(input, reference, n),
+            Metric::RougeL => metrics::rouge_l(input, reference),
+        }
+    }
+}
+
+/// Children all grade the same sample; the formula combines their rewards. Any child error
+/// makes the whole grade an error (reward 0, the child's flags raised), as a single grader's
+/// error would: a partial score would reward a sample that could not be judged.
+fn multi(
+    children: &[(String, CompiledGrader)],
+    formula: &Result<Formula, FormulaError>,
+    scope: Scope<'_>,
+) -> Outcome {
+    let mut errors = GraderErrors::default();
+    let mut sub_rewards = IndexMap::new();
+    for (key, child) in children {
+        let outcome = child.outcome(scope);
+        errors.merge(&outcome.errors);
+        sub_rewards.insert(key.clone(), outcome.reward);
+    }
+    let reward = match formula {
+        Err(err) => {
+            tracing::debug!("{err}");
+            errors.formula_parse_error = true;
+            0.0
+        }
+        Ok(formula) => match formula.evaluate(&|name| sub_rewards.get(name).copied()) {
+            Ok(value) => value,
+            Err(EvalError::UnknownVariable(name)) => {
+                tracing::debug!("calculate_output: unknown variable {name:?}");
+                errors.invalid_variable_error = true;
+                0.0
+            }
+            Err(EvalError::NotFinite) => {
+                errors.other_error = true;
+                0.0
+            }
+        },
+    };
+    Outcome {
+        reward: if errors.any() { 0.0 } else { reward },
+        errors,
+        sub_rewards,
+    }
+}
