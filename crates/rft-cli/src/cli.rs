@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand};
 
 /// OpenRFT: reinforcement fine-tuning you run yourself.
 #[derive(Debug, Parser)]
-#[command(name = "rft", version, about, long_about = None)]
+#[command(name = "rft", version, about = "OpenRFT: reinforcement fine-tuning you run yourself", long_about = None)]
 pub(crate) struct Cli {
     /// More log output on stderr (-v info, -vv debug). `RFT_LOG` overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]

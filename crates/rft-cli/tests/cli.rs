@@ -1,0 +1,135 @@
+//! The `rft` binary as users run it: exit codes, stdout/stderr, per-line errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn rft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rft"))
+        .args(args)
+        .env_remove("RFT_LOG")
+        .output()
+        .expect("the rft binary runs")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const EXACT: &str = r#"{"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+                        "reference": "{{item.answer}}", "operation": "eq"}"#;
+
+#[test]
+fn grade_file_keeps_order_and_reports_bad_lines_without_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let grader = write(dir.path(), "grader.json", EXACT);
+    let input = write(
+        dir.path(),
+        "requests.jsonl",
+        concat!(
+            r#"{"model_sample": "4", "item": {"answer": "4"}}"#,
+            "\n",
+            r#"{"model_sample": "5", "item": {"answer": "4"}}"#,
+            "\n",
+            "{not json\n",
+            "\n",
+            r#"{"model_sample": "4"}"#,
+            "\n",
+            r#"{"model_sample": "x", "item": {"answer": "x"}}"#,
+            "\n",
+        ),
+    );
+    let out = dir.path().join("out.jsonl");
+    let output = rft(&[
+        "grade",
+        "--grader",
+        grader.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("requests.jsonl:3:"), "{stderr}");
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(lines[0]["reward"], 1.0);
+    assert_eq!(lines[1]["reward"], 0.0);
+    assert_eq!(lines[2]["error"]["line"], 3);
+    assert!(lines[3]["metadata"]["errors"]["invalid_variable_error"]
+        .as_bool()
+        .unwrap());
+    assert_eq!(lines[4]["reward"], 1.0);
+}
+
+#[test]
+fn grade_one_sample_pretty_prints_the_response() {
+    let dir = tempfile::tempdir().unwrap();
+    let grader = write(dir.path(), "grader.json", EXACT);
+    let output = rft(&[
+        "grade",
+        "--grader",
+        grader.to_str().unwrap(),
+        "--sample",
+        "Paris",
+        "--item",
+        r#"{"answer": "Paris"}"#,
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["reward"], 1.0);
+    assert_eq!(result["metadata"]["type"], "string_check");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\n  \"metadata\""));
+}
+
+#[test]
+fn validate_prints_normalised_grader_or_the_error_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write(dir.path(), "good.json", &EXACT.replace("\"eq\"", "\"neq\""));
+    let output = rft(&["grader", "validate", good.to_str().unwrap()]);
+    assert!(output.status.success());
+    let normalised: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(normalised["operation"], "ne");
+
+    let bad = write(
+        dir.path(),
+        "bad.json",
+        r#"{"type": "multi", "name": "m", "calculate_output": "name",
+            "graders": {"name": {"type": "text_similarity", "name": "n", "input": "a",
+                                 "reference": "b", "evaluation_metric": "blue"}}}"#,
+    );
+    let output = rft(&["grader", "validate", bad.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("graders.name.evaluation_metric: unknown metric \"blue\"; expected one of"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("bad.json"), "{stderr}");
+}
+
+#[test]
+fn malformed_grader_json_names_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad.json",
+        "{\n  \"type\": \"string_check\",\n  oops\n}",
+    );
+    let output = rft(&["grade", "--grader", bad.to_str().unwrap(), "--sample", "x"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid JSON at line 3"), "{stderr}");
+}
