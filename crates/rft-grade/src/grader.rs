@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::error::GradeError;
 use crate::formula::{EvalError, Formula, FormulaError};
 use crate::metrics::{self, WordNet};
-use crate::template::{Scope, Template};
+use crate::template::{MissingVariable, Scope, Template};
 
 /// The most Python source a grader may carry (spec §2.7: "source < 256 kB").
 pub const MAX_PYTHON_SOURCE_BYTES: usize = 256 * 1024;
@@ -320,7 +320,7 @@ impl CompiledGrader {
                 Ok((input, reference)) => {
                     Outcome::score(string_check(&input, &reference, *operation))
                 }
-                Err(outcome) => outcome,
+                Err(missing) => invalid_variable(missing),
             },
             Body::TextSimilarity {
                 input,
@@ -328,7 +328,7 @@ impl CompiledGrader {
                 metric,
             } => match render_pair(input, reference, scope) {
                 Ok((input, reference)) => Outcome::score(metric.score(&input, &reference)),
-                Err(outcome) => outcome,
+                Err(missing) => invalid_variable(missing),
             },
             Body::Multi { children, formula } => multi(children, formula, scope),
         }
@@ -339,14 +339,13 @@ fn render_pair(
     input: &Template,
     reference: &Template,
     scope: Scope<'_>,
-) -> Result<(String, String), Outcome> {
-    let render = |t: &Template| {
-        t.render(scope).map_err(|missing| {
-            tracing::debug!("{missing}");
-            Outcome::failed(|e| e.invalid_variable_error = true)
-        })
-    };
-    Ok((render(input)?, render(reference)?))
+) -> Result<(String, String), MissingVariable> {
+    Ok((input.render(scope)?, reference.render(scope)?))
+}
+
+fn invalid_variable(missing: MissingVariable) -> Outcome {
+    tracing::debug!("{missing}");
+    Outcome::failed(|e| e.invalid_variable_error = true)
 }
 
 /// `ilike` folds case with Unicode's full lowercase mapping, so `Straße`/`STRASSE` still differ
