@@ -57,6 +57,14 @@ pub enum GradeError {
         /// The limit.
         limit: usize,
     },
+    /// Python graders cannot run here (no environment, no sandbox).
+    #[error("{path}: {source}")]
+    Python {
+        /// JSON path of the python grader (`grader` for the root).
+        path: String,
+        /// Why.
+        source: crate::python::PythonSetupError,
+    },
     /// WordNet, which METEOR needs, is not installed.
     #[error(transparent)]
     WordNet(#[from] WordNetError),

@@ -5,6 +5,7 @@
 //! Problems that OpenAI reports per sample (a missing template variable, a formula that does not
 //! parse) stay per-sample error flags, as in `graders/run`; [`validate`] reports them up front.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use indexmap::IndexMap;
@@ -18,6 +19,7 @@ use serde_json::{Map, Value};
 use crate::error::GradeError;
 use crate::formula::{EvalError, Formula, FormulaError};
 use crate::metrics::{self, WordNet};
+use crate::python::{PythonGrader, PythonOutcome, PythonRuntime};
 use crate::template::{MissingVariable, Scope, Template};
 
 /// The most Python source a grader may carry (spec §2.7: "source < 256 kB").
@@ -47,6 +49,7 @@ enum Body {
         children: Vec<(String, CompiledGrader)>,
         formula: Result<Formula, FormulaError>,
     },
+    Python(PythonGrader),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -68,12 +71,42 @@ pub struct GradeRequest {
     pub item: Value,
 }
 
-/// Compiles a grader for grading. Fails for graders this build cannot run.
-pub fn compile(grader: &Grader) -> Result<CompiledGrader, GradeError> {
-    compile_at(grader, "")
+/// What graders need from outside themselves: the Python runtime (and, for model graders, the
+/// judge endpoint). Cheap to clone; share one per process.
+#[derive(Debug, Clone)]
+pub struct GraderContext {
+    /// Runs Python graders.
+    pub python: Arc<PythonRuntime>,
 }
 
-fn compile_at(grader: &Grader, path: &str) -> Result<CompiledGrader, GradeError> {
+impl GraderContext {
+    /// The process-wide context, configured from the environment (docs/graders.md).
+    pub fn shared() -> GraderContext {
+        GraderContext {
+            python: PythonRuntime::shared(),
+        }
+    }
+}
+
+/// Compiles a grader for grading with the process-wide [`GraderContext`]. Fails for graders
+/// this build or host cannot run.
+pub fn compile(grader: &Grader) -> Result<CompiledGrader, GradeError> {
+    compile_with(grader, &GraderContext::shared())
+}
+
+/// Compiles a grader with an explicit context.
+pub fn compile_with(
+    grader: &Grader,
+    context: &GraderContext,
+) -> Result<CompiledGrader, GradeError> {
+    compile_at(grader, "", context)
+}
+
+fn compile_at(
+    grader: &Grader,
+    path: &str,
+    context: &GraderContext,
+) -> Result<CompiledGrader, GradeError> {
     let body = match grader {
         Grader::StringCheck(g) => Body::StringCheck {
             input: Template::parse(&g.input),
@@ -102,12 +135,22 @@ fn compile_at(grader: &Grader, path: &str) -> Result<CompiledGrader, GradeError>
                 EvaluationMetric::RougeL => Metric::RougeL,
             },
         },
-        Grader::Python(_) => {
-            return Err(unsupported(
-                path,
-                "the python grader",
-                "its sandboxed runner is not built yet; nothing was graded",
-            ))
+        Grader::Python(g) => {
+            if g.source.len() > MAX_PYTHON_SOURCE_BYTES {
+                return Err(GradeError::SourceTooLarge {
+                    path: path.to_owned(),
+                    bytes: g.source.len(),
+                    limit: MAX_PYTHON_SOURCE_BYTES,
+                });
+            }
+            let compiled = context
+                .python
+                .compile(&g.source, g.image_tag.as_deref())
+                .map_err(|source| GradeError::Python {
+                    path: display_path(path),
+                    source,
+                })?;
+            Body::Python(compiled)
         }
         Grader::ScoreModel(_) | Grader::LabelModel(_) => {
             return Err(unsupported(
@@ -121,7 +164,7 @@ fn compile_at(grader: &Grader, path: &str) -> Result<CompiledGrader, GradeError>
                 .graders
                 .iter()
                 .map(|(key, child)| {
-                    compile_at(child, &child_path(path, key)).map(|c| (key.clone(), c))
+                    compile_at(child, &child_path(path, key), context).map(|c| (key.clone(), c))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Body::Multi {
@@ -231,10 +274,17 @@ fn child_path(path: &str, key: &str) -> String {
     format!("{path}graders.{key}.")
 }
 
+/// `graders.x.` → `graders.x`; the root grader is called `grader`.
+fn display_path(path: &str) -> String {
+    match path.trim_end_matches('.') {
+        "" => "grader".to_owned(),
+        path => path.to_owned(),
+    }
+}
+
 fn unsupported(path: &str, what: &str, why: &str) -> GradeError {
-    let path = path.trim_end_matches('.');
     GradeError::Unsupported {
-        path: if path.is_empty() { "grader" } else { path }.to_owned(),
+        path: display_path(path),
         what: what.to_owned(),
         why: why.to_owned(),
     }
@@ -331,6 +381,20 @@ impl CompiledGrader {
                 Err(missing) => invalid_variable(missing),
             },
             Body::Multi { children, formula } => multi(children, formula, scope),
+            Body::Python(grader) => match grader.grade(scope.sample, scope.item) {
+                PythonOutcome::Reward(reward) => Outcome::score(reward),
+                PythonOutcome::Runtime(details) => Outcome::failed(|e| {
+                    e.python_grader_runtime_error = true;
+                    e.python_grader_runtime_error_details = Some(details);
+                }),
+                PythonOutcome::Server { kind, details } => {
+                    tracing::warn!("python grader {}: {kind}: {details}", self.name);
+                    Outcome::failed(|e| {
+                        e.python_grader_server_error = true;
+                        e.python_grader_server_error_type = Some(kind);
+                    })
+                }
+            },
         }
     }
 }

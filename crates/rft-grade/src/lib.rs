@@ -24,7 +24,11 @@ mod error;
 pub mod formula;
 mod grader;
 pub mod metrics;
+pub mod python;
 pub mod template;
 
 pub use error::GradeError;
-pub use grader::{compile, validate, CompiledGrader, GradeRequest, MAX_PYTHON_SOURCE_BYTES};
+pub use grader::{
+    compile, compile_with, validate, CompiledGrader, GradeRequest, GraderContext,
+    MAX_PYTHON_SOURCE_BYTES,
+};
