@@ -18,33 +18,64 @@ fn string_check(operation: &str, reference: &str) -> Value {
 
 #[test]
 fn string_check_eq_is_case_sensitive() {
-    assert_eq!(run(string_check("eq", "Paris"), "Paris", json!({})).reward, 1.0);
-    assert_eq!(run(string_check("eq", "Paris"), "paris", json!({})).reward, 0.0);
-    assert_eq!(run(string_check("eq", "Paris"), "Paris ", json!({})).reward, 0.0);
+    assert_eq!(
+        run(string_check("eq", "Paris"), "Paris", json!({})).reward,
+        1.0
+    );
+    assert_eq!(
+        run(string_check("eq", "Paris"), "paris", json!({})).reward,
+        0.0
+    );
+    assert_eq!(
+        run(string_check("eq", "Paris"), "Paris ", json!({})).reward,
+        0.0
+    );
 }
 
 #[test]
 fn string_check_ne_like_ilike() {
     assert_eq!(run(string_check("ne", "a"), "b", json!({})).reward, 1.0);
     assert_eq!(run(string_check("ne", "a"), "a", json!({})).reward, 0.0);
-    assert_eq!(run(string_check("like", "Par"), "In Paris.", json!({})).reward, 1.0);
-    assert_eq!(run(string_check("like", "par"), "In Paris.", json!({})).reward, 0.0);
-    assert_eq!(run(string_check("ilike", "PAR"), "In Paris.", json!({})).reward, 1.0);
-    assert_eq!(run(string_check("ilike", "ΣΟΦΟΣ"), "ο σοφός σοφος", json!({})).reward, 1.0);
-    assert_eq!(run(string_check("like", ""), "anything", json!({})).reward, 1.0);
+    assert_eq!(
+        run(string_check("like", "Par"), "In Paris.", json!({})).reward,
+        1.0
+    );
+    assert_eq!(
+        run(string_check("like", "par"), "In Paris.", json!({})).reward,
+        0.0
+    );
+    assert_eq!(
+        run(string_check("ilike", "PAR"), "In Paris.", json!({})).reward,
+        1.0
+    );
+    assert_eq!(
+        run(string_check("ilike", "ΣΟΦΟΣ"), "ο σοφός σοφος", json!({})).reward,
+        1.0
+    );
+    assert_eq!(
+        run(string_check("like", ""), "anything", json!({})).reward,
+        1.0
+    );
 }
 
 #[test]
 fn reference_is_templated_from_item() {
     let grader = string_check("eq", "{{ item.answer }}");
-    assert_eq!(run(grader.clone(), "42", json!({"answer": "42"})).reward, 1.0);
+    assert_eq!(
+        run(grader.clone(), "42", json!({"answer": "42"})).reward,
+        1.0
+    );
     // Numbers render as JSON text, so an integer answer matches its digits.
     assert_eq!(run(grader, "42", json!({"answer": 42})).reward, 1.0);
 }
 
 #[test]
 fn missing_variable_sets_invalid_variable_error_and_zero() {
-    let result = run(string_check("eq", "{{item.answer}}"), "42", json!({"other": 1}));
+    let result = run(
+        string_check("eq", "{{item.answer}}"),
+        "42",
+        json!({"other": 1}),
+    );
     assert_eq!(result.reward, 0.0);
     assert!(result.metadata.errors.invalid_variable_error);
     assert!(!result.metadata.errors.other_error);
@@ -58,7 +89,10 @@ fn output_json_is_available_when_sample_parses() {
     let grader = json!({"type": "string_check", "name": "c", "input": "{{sample.output_json.user.emails[1]}}",
                         "reference": "{{item.email}}", "operation": "eq"});
     let sample = r#"{"user": {"emails": ["a@x.org", "b@x.org"]}}"#;
-    assert_eq!(run(grader.clone(), sample, json!({"email": "b@x.org"})).reward, 1.0);
+    assert_eq!(
+        run(grader.clone(), sample, json!({"email": "b@x.org"})).reward,
+        1.0
+    );
     let result = run(grader, "not json", json!({"email": "b@x.org"}));
     assert!(result.metadata.errors.invalid_variable_error);
 }
@@ -75,8 +109,10 @@ fn text_similarity_reports_metric_score() {
 
 #[test]
 fn cosine_is_refused_until_embeddings_exist() {
-    let grader = Grader::from_value(&json!({"type": "text_similarity", "name": "sim", "input": "a",
-        "reference": "b", "evaluation_metric": "cosine"}))
+    let grader = Grader::from_value(
+        &json!({"type": "text_similarity", "name": "sim", "input": "a",
+        "reference": "b", "evaluation_metric": "cosine"}),
+    )
     .unwrap();
     let err = compile(&grader).unwrap_err();
     assert!(matches!(err, GradeError::Unsupported { .. }), "{err}");
@@ -84,9 +120,8 @@ fn cosine_is_refused_until_embeddings_exist() {
 }
 
 #[test]
-fn python_and_model_graders_validate_but_do_not_fake_a_score() {
+fn model_graders_validate_but_do_not_fake_a_score() {
     for spec in [
-        json!({"type": "python", "name": "py", "source": "def grade(sample, item):\n    return 1.0\n"}),
         json!({"type": "score_model", "name": "judge", "model": "m", "input": [{"role": "user", "content": "{{sample.output_text}}"}]}),
         json!({"type": "label_model", "name": "lab", "model": "m", "input": [{"role": "user", "content": "x"}],
                "labels": ["a", "b"], "passing_labels": ["a"]}),
@@ -113,7 +148,11 @@ fn multi(formula: &str) -> Value {
 #[test]
 fn multi_combines_children_by_map_key() {
     let item = json!({"name": "Ada", "email": "ada@x.org"});
-    let result = run(multi("(name + email) / 2"), r#"{"name": "Ada", "email": "nope"}"#, item);
+    let result = run(
+        multi("(name + email) / 2"),
+        r#"{"name": "Ada", "email": "nope"}"#,
+        item,
+    );
     assert_eq!(result.reward, 0.5);
     assert_eq!(result.sub_rewards.get("name"), Some(&1.0));
     assert_eq!(result.sub_rewards.get("email"), Some(&0.0));
@@ -138,7 +177,11 @@ fn multi_formula_errors_are_flags() {
 
 #[test]
 fn multi_child_error_propagates() {
-    let result = run(multi("name + email"), "not json", json!({"name": "Ada", "email": "e"}));
+    let result = run(
+        multi("name + email"),
+        "not json",
+        json!({"name": "Ada", "email": "e"}),
+    );
     assert!(result.metadata.errors.invalid_variable_error);
     assert_eq!(result.reward, 0.0);
 }
@@ -150,31 +193,60 @@ fn validate_rejects_bad_formula_and_unknown_keys() {
     assert!(err.contains("unknown variable \"phone\""), "{err}");
     assert!(err.contains("name, email"), "{err}");
     let grader = Grader::from_value(&multi("name +")).unwrap();
-    assert!(validate(&grader).unwrap_err().to_string().starts_with("calculate_output: formula"));
+    assert!(validate(&grader)
+        .unwrap_err()
+        .to_string()
+        .starts_with("calculate_output: formula"));
 }
 
 #[test]
 fn validate_rejects_unknown_template_namespace() {
     let grader = Grader::from_value(&string_check("eq", "{{ row.answer }}")).unwrap();
     let err = validate(&grader).unwrap_err().to_string();
-    assert!(err.starts_with("reference: template {{row.answer}}"), "{err}");
+    assert!(
+        err.starts_with("reference: template {{row.answer}}"),
+        "{err}"
+    );
 }
 
 #[test]
 fn validate_limits_python_source_size() {
-    let source = format!("def grade(sample, item):\n    return 1.0\n#{}", "x".repeat(256 * 1024));
-    let grader = Grader::from_value(&json!({"type": "python", "name": "py", "source": source})).unwrap();
-    assert!(matches!(validate(&grader), Err(GradeError::SourceTooLarge { .. })));
+    let source = format!(
+        "def grade(sample, item):\n    return 1.0\n#{}",
+        "x".repeat(256 * 1024)
+    );
+    let grader =
+        Grader::from_value(&json!({"type": "python", "name": "py", "source": source})).unwrap();
+    assert!(matches!(
+        validate(&grader),
+        Err(GradeError::SourceTooLarge { .. })
+    ));
 }
 
 #[test]
 fn response_serialises_with_every_spec_field() {
     let result = run(string_check("eq", "x"), "x", json!({}));
     let value = serde_json::to_value(&result).unwrap();
-    for key in ["reward", "metadata", "sub_rewards", "model_grader_token_usage_per_model"] {
+    for key in [
+        "reward",
+        "metadata",
+        "sub_rewards",
+        "model_grader_token_usage_per_model",
+    ] {
         assert!(value.get(key).is_some(), "missing {key}");
     }
-    for key in ["name", "type", "errors", "execution_time", "scores", "token_usage", "sampled_model_name"] {
-        assert!(value["metadata"].get(key).is_some(), "missing metadata.{key}");
+    for key in [
+        "name",
+        "type",
+        "errors",
+        "execution_time",
+        "scores",
+        "token_usage",
+        "sampled_model_name",
+    ] {
+        assert!(
+            value["metadata"].get(key).is_some(),
+            "missing metadata.{key}"
+        );
     }
 }

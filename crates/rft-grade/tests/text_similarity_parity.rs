@@ -33,7 +33,10 @@ fn corpus() -> Vec<Row> {
             }
         })
         .collect();
-    assert!(rows.len() >= 500, "the parity corpus must hold at least 500 pairs");
+    assert!(
+        rows.len() >= 500,
+        "the parity corpus must hold at least 500 pairs"
+    );
     rows
 }
 
@@ -57,7 +60,12 @@ fn check(metric: &str, score: impl Fn(&str, &str) -> f64) {
         "{} of {} pairs differ:\n{}",
         failures.len(),
         rows.len(),
-        failures.iter().take(15).cloned().collect::<Vec<_>>().join("\n")
+        failures
+            .iter()
+            .take(15)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
