@@ -25,6 +25,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: GraderCommand,
     },
+    /// Prepare what graders need on this machine.
+    Setup {
+        #[command(subcommand)]
+        command: SetupCommand,
+    },
     /// Measure OpenRFT against reference implementations.
     Bench {
         #[command(subcommand)]
@@ -67,10 +72,36 @@ pub(crate) enum GraderCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub(crate) enum SetupCommand {
+    /// Build the Python grader environment an `image_tag` names (idempotent; offline once built).
+    Python {
+        /// The image tag to build.
+        #[arg(long, default_value = rft_grade::python::DEFAULT_IMAGE_TAG)]
+        tag: String,
+        /// The Python used to create the virtual environment.
+        #[arg(long, default_value = "python3")]
+        python: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
     /// Grade the same pairs with each text_similarity metric in OpenRFT and in the Python
     /// reference implementations, and print the speed ratio.
     Graders(BenchGradersArgs),
+    /// Grade with a trivial Python grader through the worker pool, and compare with starting
+    /// one Python process per grade.
+    Python(BenchPythonArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchPythonArgs {
+    /// Grades through the worker pool.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) grades: usize,
+    /// Grades for the one-process-per-grade baseline (it is slow).
+    #[arg(long, default_value_t = 200)]
+    pub(crate) baseline_grades: usize,
 }
 
 #[derive(Debug, Args)]

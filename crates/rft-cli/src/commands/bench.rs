@@ -231,3 +231,73 @@ fn bench_pairs(n: usize) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// The trivial grader both sides run.
+const TRIVIAL_SOURCE: &str =
+    "def grade(sample, item):\n    return 1.0 if sample['output_text'] == item['answer'] else 0.0\n";
+
+pub(crate) fn python(args: &crate::cli::BenchPythonArgs) -> anyhow::Result<ExitCode> {
+    use rft_grade::{compile, GradeRequest};
+    use rft_types::{Grader, Sample};
+
+    let grader = Grader::from_value(
+        &json!({"type": "python", "name": "trivial", "source": TRIVIAL_SOURCE}),
+    )?;
+    let start = Instant::now();
+    let compiled = compile(&grader)?;
+    let startup = start.elapsed().as_secs_f64();
+    let requests: Vec<GradeRequest> = (0..args.grades)
+        .map(|i| GradeRequest {
+            sample: Sample::from_text(&(i % 7).to_string()),
+            item: json!({"answer": "3"}),
+        })
+        .collect();
+    // Warm the pool so the timing measures steady-state grading, as in a training run.
+    compiled.grade_all(&requests[..requests.len().min(64)]);
+    let start = Instant::now();
+    let results = compiled.grade_all(&requests);
+    let pooled = start.elapsed().as_secs_f64();
+    let failures = results.iter().filter(|r| r.metadata.errors.any()).count();
+    anyhow::ensure!(failures == 0, "{failures} grades failed");
+
+    let configured = rft_grade::python::PythonRuntime::shared()
+        .config()
+        .interpreter
+        .clone()
+        .unwrap_or_else(|| "python3".into());
+    // Launchers such as pyenv's shims are scripts; time the interpreter itself.
+    let resolved = Command::new(&configured)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .with_context(|| format!("cannot run {}", configured.display()))?;
+    let python = std::path::PathBuf::from(String::from_utf8_lossy(&resolved.stdout).trim());
+    let script = format!(
+        "import json, sys\n{TRIVIAL_SOURCE}\nreq = json.loads(sys.argv[1])\nprint(grade(req['sample'], req['item']))\n"
+    );
+    let start = Instant::now();
+    for i in 0..args.baseline_grades {
+        let request =
+            json!({"sample": {"output_text": (i % 7).to_string()}, "item": {"answer": "3"}});
+        let status = Command::new(&python)
+            .args(["-I", "-c", &script, &request.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("cannot run {}", python.display()))?;
+        anyhow::ensure!(status.success(), "the baseline grader failed");
+    }
+    let baseline = start.elapsed().as_secs_f64();
+
+    let pooled_rate = args.grades as f64 / pooled;
+    let baseline_rate = args.baseline_grades as f64 / baseline;
+    println!("pool start-up (sandbox + first worker): {startup:.3} s");
+    println!(
+        "worker pool:          {} grades in {pooled:.3} s = {pooled_rate:.0} grades/s",
+        args.grades
+    );
+    println!(
+        "process per grade:    {} grades in {baseline:.3} s = {baseline_rate:.1} grades/s (unsandboxed)",
+        args.baseline_grades
+    );
+    println!("ratio: {:.0}x", pooled_rate / baseline_rate);
+    Ok(ExitCode::SUCCESS)
+}

@@ -6,11 +6,12 @@ use std::process::ExitCode;
 use anyhow::Context;
 use rft_types::Grader;
 
-use crate::cli::{BenchCommand, Cli, Command, GraderCommand};
+use crate::cli::{BenchCommand, Cli, Command, GraderCommand, SetupCommand};
 
 mod bench;
 mod grade;
 mod grader;
+mod setup;
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -18,9 +19,15 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Grader {
             command: GraderCommand::Validate { grader: path },
         } => grader::validate(&path),
+        Command::Setup {
+            command: SetupCommand::Python { tag, python },
+        } => setup::python(&tag, &python),
         Command::Bench {
             command: BenchCommand::Graders(args),
         } => bench::graders(&args),
+        Command::Bench {
+            command: BenchCommand::Python(args),
+        } => bench::python(&args),
     }
 }
 

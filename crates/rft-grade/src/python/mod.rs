@@ -12,6 +12,9 @@
 //! tag instead, which the tests use.
 
 mod sandbox;
+mod setup;
+
+pub use setup::{setup, SetupError, SetupOutcome, IMAGES};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
