@@ -65,6 +65,14 @@ pub enum GradeError {
         /// Why.
         source: crate::python::PythonSetupError,
     },
+    /// Model graders cannot call their judge with this configuration.
+    #[error("{path}: {source}")]
+    Judge {
+        /// JSON path of the model grader (`grader` for the root).
+        path: String,
+        /// What is wrong with the judge configuration.
+        source: crate::judge::JudgeSetupError,
+    },
     /// WordNet, which METEOR needs, is not installed.
     #[error(transparent)]
     WordNet(#[from] WordNetError),

@@ -3,7 +3,8 @@
 //! [`compile`] checks what can be checked up front (metric availability, template syntax) and
 //! parses templates and formulas, so that [`CompiledGrader::grade`] only renders and scores.
 //! Problems that OpenAI reports per sample (a missing template variable, a formula that does not
-//! parse) stay per-sample error flags, as in `graders/run`; [`validate`] reports them up front.
+//! parse, a judge that is down) stay per-sample error flags, as in `graders/run`; [`validate`]
+//! reports the static ones up front.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,13 +12,15 @@ use std::time::Instant;
 use indexmap::IndexMap;
 use rayon::prelude::*;
 use rft_types::{
-    EvaluationMetric, Grader, GraderErrors, GraderMetadata, RunGraderResponse, Sample,
-    StringCheckOperation,
+    EvaluationMetric, Grader, GraderErrors, GraderMetadata, RunGraderResponse, Sample, SpecError,
+    StringCheckOperation, TokenUsage,
 };
 use serde_json::{Map, Value};
 
 use crate::error::GradeError;
 use crate::formula::{EvalError, Formula, FormulaError};
+use crate::judge::model::{Failure, ModelGrader};
+use crate::judge::JudgeClient;
 use crate::metrics::{self, WordNet};
 use crate::python::{PythonGrader, PythonOutcome, PythonRuntime};
 use crate::template::{MissingVariable, Scope, Template};
@@ -31,6 +34,9 @@ pub struct CompiledGrader {
     name: String,
     kind: &'static str,
     body: Body,
+    /// The judge this grader or one of its children calls; `grade_all` runs such graders on
+    /// the judge's thread pool.
+    judge: Option<Arc<JudgeClient>>,
 }
 
 #[derive(Debug)]
@@ -50,6 +56,8 @@ enum Body {
         formula: Result<Formula, FormulaError>,
     },
     Python(PythonGrader),
+    /// `score_model` and `label_model`.
+    Model(ModelGrader),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -71,19 +79,23 @@ pub struct GradeRequest {
     pub item: Value,
 }
 
-/// What graders need from outside themselves: the Python runtime (and, for model graders, the
-/// judge endpoint). Cheap to clone; share one per process.
+/// What graders need from outside themselves: the Python runtime and, for model graders, the
+/// judge endpoint. Cheap to clone; share one per process.
 #[derive(Debug, Clone)]
 pub struct GraderContext {
     /// Runs Python graders.
     pub python: Arc<PythonRuntime>,
+    /// Calls the judge model of `score_model` and `label_model` graders.
+    pub judge: Arc<JudgeClient>,
 }
 
 impl GraderContext {
-    /// The process-wide context, configured from the environment (docs/graders.md).
+    /// The process-wide context, configured from the environment (docs/graders.md). Building
+    /// it starts no process and makes no network call.
     pub fn shared() -> GraderContext {
         GraderContext {
             python: PythonRuntime::shared(),
+            judge: JudgeClient::shared(),
         }
     }
 }
@@ -152,13 +164,20 @@ fn compile_at(
                 })?;
             Body::Python(compiled)
         }
-        Grader::ScoreModel(_) | Grader::LabelModel(_) => {
-            return Err(unsupported(
-                path,
-                &format!("the {} grader", grader.type_name()),
-                "calling a judge model is not built yet; nothing was graded",
-            ))
+        Grader::ScoreModel(g) => {
+            if let Some([low, high]) = g.range {
+                // Parsing checks this too, but a grader built in code skips parsing, and
+                // clipping into a reversed or NaN range would panic.
+                if !(low.is_finite() && high.is_finite() && low < high) {
+                    return Err(GradeError::Spec(SpecError {
+                        path: format!("{path}range"),
+                        message: format!("expected [min, max] with min < max, got [{low}, {high}]"),
+                    }));
+                }
+            }
+            Body::Model(ModelGrader::score(g, judge_for(path, context)?))
         }
+        Grader::LabelModel(g) => Body::Model(ModelGrader::label(g, judge_for(path, context)?)),
         Grader::Multi(g) => {
             let children = g
                 .graders
@@ -173,11 +192,25 @@ fn compile_at(
             }
         }
     };
+    let judge = match &body {
+        Body::Model(model) => Some(model.client().clone()),
+        Body::Multi { children, .. } => children.iter().find_map(|(_, c)| c.judge.clone()),
+        _ => None,
+    };
     Ok(CompiledGrader {
         name: grader.name().to_owned(),
         kind: grader.type_name(),
         body,
+        judge,
     })
+}
+
+fn judge_for(path: &str, context: &GraderContext) -> Result<Arc<JudgeClient>, GradeError> {
+    context.judge.check().map_err(|source| GradeError::Judge {
+        path: display_path(path),
+        source,
+    })?;
+    Ok(context.judge.clone())
 }
 
 /// Checks a grader beyond its JSON shape: template references, the formula and its variables,
@@ -291,18 +324,26 @@ fn unsupported(path: &str, what: &str, why: &str) -> GradeError {
 }
 
 /// The score of one grader on one sample, before it is wrapped into a response.
+#[derive(Default)]
 struct Outcome {
     reward: f64,
     errors: GraderErrors,
     sub_rewards: IndexMap<String, f64>,
+    /// `metadata.scores` when it is not `sub_rewards` (model graders: the judge's answer).
+    scores: Option<Map<String, Value>>,
+    /// The total usage of the judge calls made; `None` when there were none.
+    token_usage: Option<TokenUsage>,
+    /// Judge usage by the graders' model names.
+    usage_per_model: IndexMap<String, TokenUsage>,
+    /// The model that answered, when all judge calls were answered by the same one.
+    sampled_model: Option<String>,
 }
 
 impl Outcome {
     fn score(reward: f64) -> Outcome {
         Outcome {
             reward,
-            errors: GraderErrors::default(),
-            sub_rewards: IndexMap::new(),
+            ..Outcome::default()
         }
     }
 
@@ -310,9 +351,8 @@ impl Outcome {
         let mut errors = GraderErrors::default();
         set(&mut errors);
         Outcome {
-            reward: 0.0,
             errors,
-            sub_rewards: IndexMap::new(),
+            ..Outcome::default()
         }
     }
 }
@@ -323,6 +363,14 @@ impl CompiledGrader {
         &self.name
     }
 
+    /// Whether grading calls a judge model (the grader is, or contains, a model grader). Such
+    /// graders spend their time waiting on the network: callers that grade many samples
+    /// should run up to the judge's `max_concurrency` of them at once, as
+    /// [`CompiledGrader::grade_all`] and [`CompiledGrader::install`] do.
+    pub fn calls_judge(&self) -> bool {
+        self.judge.is_some()
+    }
+
     /// Grades one sample against its item.
     pub fn grade(&self, sample: &Sample, item: &Value) -> RunGraderResponse {
         let start = Instant::now();
@@ -331,11 +379,13 @@ impl CompiledGrader {
             item,
             sample: &sample_value,
         });
-        let scores: Map<String, Value> = outcome
-            .sub_rewards
-            .iter()
-            .map(|(k, v)| (k.clone(), Value::from(*v)))
-            .collect();
+        let scores = outcome.scores.unwrap_or_else(|| {
+            outcome
+                .sub_rewards
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::from(*v)))
+                .collect()
+        });
         RunGraderResponse {
             reward: outcome.reward,
             metadata: GraderMetadata {
@@ -344,20 +394,37 @@ impl CompiledGrader {
                 errors: outcome.errors,
                 execution_time: start.elapsed().as_secs_f64(),
                 scores,
-                token_usage: None,
-                sampled_model_name: None,
+                token_usage: outcome.token_usage,
+                sampled_model_name: outcome.sampled_model,
             },
             sub_rewards: outcome.sub_rewards,
-            model_grader_token_usage_per_model: IndexMap::new(),
+            model_grader_token_usage_per_model: outcome.usage_per_model,
         }
     }
 
-    /// Grades many samples on all cores; the results are in the order of `requests`.
+    /// Grades many samples in parallel; the results are in the order of `requests`. Runs on
+    /// the pool [`CompiledGrader::install`] picks.
     pub fn grade_all(&self, requests: &[GradeRequest]) -> Vec<RunGraderResponse> {
-        requests
-            .par_iter()
-            .map(|r| self.grade(&r.sample, &r.item))
-            .collect()
+        self.install(|| {
+            requests
+                .par_iter()
+                .map(|r| self.grade(&r.sample, &r.item))
+                .collect()
+        })
+    }
+
+    /// Runs `work` (typically a rayon parallel iterator that calls [`CompiledGrader::grade`])
+    /// on the thread pool that suits this grader, as [`rayon::ThreadPool::install`] does.
+    ///
+    /// Graders that call no judge use rayon's global pool (one thread per core). Graders that
+    /// call a judge use the judge client's own pool, one thread per allowed concurrent call:
+    /// they wait on the network rather than compute, so one thread per core would leave most
+    /// of the allowed calls unused.
+    pub fn install<R: Send>(&self, work: impl FnOnce() -> R + Send) -> R {
+        match self.judge.as_ref().and_then(|judge| judge.thread_pool()) {
+            Some(pool) => pool.install(work),
+            None => work(),
+        }
     }
 
     fn outcome(&self, scope: Scope<'_>) -> Outcome {
@@ -395,7 +462,37 @@ impl CompiledGrader {
                     })
                 }
             },
+            Body::Model(grader) => self.model_outcome(grader, scope),
         }
+    }
+
+    fn model_outcome(&self, grader: &ModelGrader, scope: Scope<'_>) -> Outcome {
+        let judgement = grader.grade(scope);
+        let mut outcome = match judgement.result {
+            Ok(reward) => Outcome::score(reward),
+            Err(Failure::MissingVariable(missing)) => return invalid_variable(missing),
+            Err(Failure::Refusal) => Outcome::failed(|e| e.model_grader_refusal_error = true),
+            Err(Failure::Parse(why)) => {
+                tracing::debug!("{} grader {}: {why}", self.kind, self.name);
+                Outcome::failed(|e| e.model_grader_parse_error = true)
+            }
+            Err(Failure::Server(err)) => {
+                tracing::warn!("{} grader {}: {err}", self.kind, self.name);
+                Outcome::failed(|e| {
+                    e.model_grader_server_error = true;
+                    e.model_grader_server_error_details = Some(err.to_string());
+                })
+            }
+        };
+        outcome.scores = Some(judgement.scores);
+        outcome.sampled_model = judgement.sampled_model;
+        if let Some(usage) = judgement.usage {
+            outcome.token_usage = Some(usage);
+            outcome
+                .usage_per_model
+                .insert(grader.model().to_owned(), usage);
+        }
+        outcome
     }
 }
 
@@ -460,10 +557,26 @@ fn multi(
 ) -> Outcome {
     let mut errors = GraderErrors::default();
     let mut sub_rewards = IndexMap::new();
+    let mut token_usage: Option<TokenUsage> = None;
+    let mut usage_per_model: IndexMap<String, TokenUsage> = IndexMap::new();
+    let mut sampled_models: Vec<String> = Vec::new();
     for (key, child) in children {
         let outcome = child.outcome(scope);
         errors.merge(&outcome.errors);
         sub_rewards.insert(key.clone(), outcome.reward);
+        if let Some(usage) = &outcome.token_usage {
+            token_usage
+                .get_or_insert_with(TokenUsage::default)
+                .add(usage);
+        }
+        for (model, usage) in &outcome.usage_per_model {
+            usage_per_model.entry(model.clone()).or_default().add(usage);
+        }
+        if let Some(model) = outcome.sampled_model {
+            if !sampled_models.contains(&model) {
+                sampled_models.push(model);
+            }
+        }
     }
     let reward = match formula {
         Err(err) => {
@@ -488,5 +601,13 @@ fn multi(
         reward: if errors.any() { 0.0 } else { reward },
         errors,
         sub_rewards,
+        scores: None,
+        token_usage,
+        usage_per_model,
+        // One name says which model judged; several cannot be said in one string field.
+        sampled_model: match sampled_models.len() {
+            1 => sampled_models.pop(),
+            _ => None,
+        },
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! This crate owns template rendering ([`template`]), every grader type ([`compile`] turns a
 //! [`rft_types::Grader`] into a [`CompiledGrader`]), the text-similarity metrics ([`metrics`],
-//! each an exact port of a Python reference) and the multi-grader formula language ([`formula`]).
-//! It knows nothing of tensors, HTTP or storage: the trainer, the evals and the server all call
-//! [`CompiledGrader::grade`] and get the spec's `RunGraderResponse`.
+//! each an exact port of a Python reference), the multi-grader formula language ([`formula`])
+//! and the judge client of model graders ([`judge`]).
+//! It knows nothing of tensors, HTTP servers or storage: the trainer, the evals and the server
+//! all call [`CompiledGrader::grade`] and get the spec's `RunGraderResponse`.
 //!
 //! ```
 //! use rft_grade::compile;
@@ -23,6 +24,7 @@
 mod error;
 pub mod formula;
 mod grader;
+pub mod judge;
 pub mod metrics;
 pub mod python;
 pub mod template;
@@ -32,3 +34,4 @@ pub use grader::{
     compile, compile_with, validate, CompiledGrader, GradeRequest, GraderContext,
     MAX_PYTHON_SOURCE_BYTES,
 };
+pub use judge::{JudgeClient, JudgeConfig};

@@ -36,6 +36,7 @@ fn python_grader(body: &str, timeout_secs: u64) -> CompiledGrader {
             .unwrap();
     let context = GraderContext {
         python: runtime(timeout_secs),
+        ..GraderContext::shared()
     };
     compile_with(&grader, &context).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -72,6 +73,7 @@ fn trivial_grader_scores_and_sees_sample_and_item() {
         &grader,
         &GraderContext {
             python: runtime(10),
+            ..GraderContext::shared()
         },
     )
     .unwrap();
@@ -91,6 +93,7 @@ fn output_json_reaches_python_when_the_sample_parses() {
         &grader,
         &GraderContext {
             python: runtime(10),
+            ..GraderContext::shared()
         },
     )
     .unwrap();
@@ -262,6 +265,7 @@ fn exiting_is_reported() {
 fn global_state_does_not_leak_between_graders() {
     let context = GraderContext {
         python: runtime(10),
+        ..GraderContext::shared()
     };
     let polluter = Grader::from_value(&json!({"type": "python", "name": "a", "source":
         "import math, builtins\ndef grade(sample, item):\n    math.pi = 3.0\n    builtins.len = lambda x: 0\n    return 1.0\n"})).unwrap();
@@ -290,6 +294,7 @@ fn broken_source_fails_every_grade_with_its_error() {
         &grader,
         &GraderContext {
             python: runtime(10),
+            ..GraderContext::shared()
         },
     )
     .unwrap();
@@ -310,6 +315,7 @@ fn broken_source_fails_every_grade_with_its_error() {
         &grader,
         &GraderContext {
             python: runtime(10),
+            ..GraderContext::shared()
         },
     )
     .unwrap();
@@ -332,6 +338,7 @@ fn missing_environment_names_the_fix() {
         &grader,
         &GraderContext {
             python: PythonRuntime::new(config),
+            ..GraderContext::shared()
         },
     )
     .unwrap_err()

@@ -74,15 +74,18 @@ fn grade_file(
         .map(|(idx, line)| (idx + 1, line))
         .collect();
     // Ok: the result as JSON; Err: what was wrong with the line.
-    let results: Vec<Result<String, String>> = lines
-        .par_iter()
-        .map(|&(_, line)| {
-            let request = parse_request(line)?;
-            let item = request.item.unwrap_or_else(|| json!({}));
-            let result = grader.grade(&Sample::from_text(&request.model_sample), &item);
-            serde_json::to_string(&result).map_err(|e| e.to_string())
-        })
-        .collect();
+    // `install` picks a pool wide enough for judge calls when the grader makes any.
+    let results: Vec<Result<String, String>> = grader.install(|| {
+        lines
+            .par_iter()
+            .map(|&(_, line)| {
+                let request = parse_request(line)?;
+                let item = request.item.unwrap_or_else(|| json!({}));
+                let result = grader.grade(&Sample::from_text(&request.model_sample), &item);
+                serde_json::to_string(&result).map_err(|e| e.to_string())
+            })
+            .collect()
+    });
 
     let mut out: Box<dyn Write> = match output {
         Some(path) => Box::new(BufWriter::new(
