@@ -214,22 +214,9 @@ fn partial_ratio_impl(s1: &[u32], s2: &[u32], mut score_cutoff: f64) -> f64 {
     let mut best = 0.0;
 
     if len2 > len1 {
-        // Full-length windows s2[start..start + len1] for start < len2 - len1. The C++ searches
-        // them by bisection, splitting a range of starts only while the distances at its ends
-        // leave room (shifting a window changes its even distance by 0 or 2) for one below the
-        // running cutoff. That bound is exact, so the search ends with the smallest distance of
-        // all these windows when it is below the initial cutoff, and with none otherwise; this
-        // finds the same minimum with fewer LCS computations (`best_window_lcs`).
         let maximum = len1 * 2;
         let cutoff_dist = indel_cutoff_distance(maximum, score_cutoff);
-        // dist < cutoff_dist  <=>  lcs > len1 - cutoff_dist / 2.
-        let min_lcs = if cutoff_dist > maximum {
-            0
-        } else {
-            (maximum - cutoff_dist) / 2 + 1
-        };
-        if let Some(lcs) = best_window_lcs(&pattern, s1, &ids, min_lcs) {
-            let best_dist = maximum - 2 * lcs;
+        if let Some(best_dist) = best_window_distance(&pattern, s1, &ids, cutoff_dist) {
             if best_dist == 0 {
                 return 100.0;
             }
@@ -274,7 +261,14 @@ fn partial_ratio_impl(s1: &[u32], s2: &[u32], mut score_cutoff: f64) -> f64 {
         if ids[i] == 0 {
             continue;
         }
-        let ls_ratio = cached_ratio(&pattern, s1, &s2[i..], &ids[i..], suffix_lcs[k], score_cutoff);
+        let ls_ratio = cached_ratio(
+            &pattern,
+            s1,
+            &s2[i..],
+            &ids[i..],
+            suffix_lcs[k],
+            score_cutoff,
+        );
         if ls_ratio > best {
             score_cutoff = ls_ratio;
             best = ls_ratio;
@@ -304,26 +298,31 @@ fn cached_ratio(
     indel_score(maximum - 2 * sim, maximum, score_cutoff)
 }
 
-/// The largest LCS of the pattern against a full-length window `ids[start..start + len]`,
-/// `start < ids.len() - len`, if some window reaches `min_lcs`.
+/// The smallest Indel distance between the needle (`pattern`, `needle`) and a full-length window
+/// `ids[start..start + len]` of the encoded haystack, `start < ids.len() - len`, if it is below
+/// `cutoff_dist`.
 ///
-/// A window's LCS is at most its character-count overlap with the pattern (the sum over
-/// characters of the smaller count), which a sliding histogram gives for every window in linear
-/// time. Windows are then visited from the highest bound down, and the search stops once no
-/// remaining bound can beat the best exact LCS found.
-fn best_window_lcs(
+/// The C++ searches these windows by bisection: it evaluates both ends of a range of starts and
+/// splits the range only while their distances leave room for one below the running cutoff
+/// (shifting a window by one changes its distance, always even, by 0 or 2). That bound is exact,
+/// so the search ends with the smallest distance of all the windows when it is below the initial
+/// cutoff, and with none otherwise; which windows it evaluates on the way does not matter. This
+/// runs the same bisection, but a window whose character counts alone (a sliding histogram)
+/// bound its distance at or above the running cutoff is not computed: the bound stands in for its
+/// distance, which keeps every pruning decision valid.
+fn best_window_distance(
     pattern: &Pattern,
     needle: &[u32],
     ids: &[u32],
-    min_lcs: usize,
+    initial_cutoff: usize,
 ) -> Option<usize> {
     let len = pattern.len();
     let starts = ids.len() - len;
-    if min_lcs > len || starts == 0 {
-        return None;
-    }
-    // Per-id counts in the pattern (`need`) and in the current window (`have`).
-    let alphabet = pattern.masks().len() / pattern.words();
+    let maximum = 2 * len;
+
+    // lower[start]: 2 * (len - overlap), where overlap is the sum over characters of the smaller
+    // of their counts in the needle and in the window, an upper bound of the window's LCS.
+    let alphabet = pattern.masks().len() / pattern.words().max(1);
     let mut need = vec![0u32; alphabet];
     let mut have = vec![0u32; alphabet];
     for &ch in needle {
@@ -337,9 +336,9 @@ fn best_window_lcs(
         }
         have[id] += 1;
     }
-    let mut bounds = Vec::with_capacity(starts);
+    let mut lower = Vec::with_capacity(starts);
     for start in 0..starts {
-        bounds.push(overlap);
+        lower.push(maximum - 2 * overlap);
         let out = ids[start] as usize;
         have[out] -= 1;
         if have[out] < need[out] {
@@ -351,41 +350,68 @@ fn best_window_lcs(
         }
         have[inc] += 1;
     }
-    // Counting sort of the starts by bound, highest first.
-    let mut bucket_start = vec![0usize; len + 2];
-    for &b in &bounds {
-        bucket_start[len - b + 1] += 1;
-    }
-    for i in 1..bucket_start.len() {
-        bucket_start[i] += bucket_start[i - 1];
-    }
-    let mut order = vec![0usize; starts];
-    for (start, &b) in bounds.iter().enumerate() {
-        let slot = &mut bucket_start[len - b];
-        order[*slot] = start;
-        *slot += 1;
-    }
-    let mut best: Option<usize> = None;
-    for &start in &order {
-        let bound = bounds[start];
-        let floor = best.map_or(min_lcs, |b| b + 1);
-        if bound < floor {
-            break;
-        }
-        let window = &ids[start..start + len];
-        let lcs = if pattern.words() == 1 {
-            pattern.lcs(window)
-        } else {
-            lcs::lcs_pattern_at_least(pattern, window, floor)
-        };
-        if lcs >= floor {
-            best = Some(lcs);
-            if lcs == len {
-                break;
+
+    const UNKNOWN: usize = usize::MAX;
+    let mut cutoff_dist = initial_cutoff;
+    let mut best_dist = None;
+    let mut scores = vec![UNKNOWN; starts];
+    let mut windows = vec![(0usize, starts - 1)];
+    let mut new_windows = Vec::new();
+    while !windows.is_empty() {
+        for &(first, second) in &windows {
+            for start in [first, second] {
+                if scores[start] != UNKNOWN {
+                    continue;
+                }
+                if lower[start] >= cutoff_dist {
+                    scores[start] = lower[start];
+                    continue;
+                }
+                let window = &ids[start..start + len];
+                // Only an LCS above this can beat the cutoff; below it the window's distance is
+                // at least the cutoff, which is as good a bound as the exact value.
+                let floor = (maximum - cutoff_dist) / 2 + 1;
+                let lcs = lcs::lcs_pattern_at_least(pattern, window, floor);
+                if lcs >= floor {
+                    let dist = maximum - 2 * lcs;
+                    scores[start] = dist;
+                    cutoff_dist = dist;
+                    best_dist = Some(dist);
+                    if dist == 0 {
+                        return best_dist;
+                    }
+                } else {
+                    scores[start] = lower[start].max(cutoff_dist);
+                }
+            }
+            let cell_diff = second - first;
+            if cell_diff <= 1 {
+                continue;
+            }
+            if interior_lower_bound(scores[first], scores[second], cell_diff) < cutoff_dist {
+                let center = cell_diff / 2;
+                new_windows.push((first, first + center));
+                new_windows.push((first + center, second));
             }
         }
+        std::mem::swap(&mut windows, &mut new_windows);
+        new_windows.clear();
     }
-    best
+    best_dist
+}
+
+/// A lower bound on the distance of every window strictly between two starts `gap` apart whose
+/// distances are at least `left` and `right`: a shift by one changes a distance by at most 2.
+/// (The C++ computes the same bound, rounded to even, from exact distances.)
+fn interior_lower_bound(left: usize, right: usize, gap: usize) -> usize {
+    let (left, right, gap) = (left as i64, right as i64, gap as i64);
+    // max(left - 2x, right - 2(gap - x)) is smallest where the two lines cross.
+    let cross = (left - right + 2 * gap).div_euclid(4);
+    let at = |x: i64| {
+        let x = x.clamp(1, gap - 1);
+        (left - 2 * x).max(right - 2 * (gap - x))
+    };
+    at(cross).min(at(cross + 1)).max(0) as usize
 }
 
 /// `detail::sorted_split`: the words of `s` (split on spaces, empty words dropped), sorted.

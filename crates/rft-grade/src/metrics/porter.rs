@@ -186,15 +186,16 @@ pub(crate) fn stem(word: &str) -> String {
     if word.chars().count() <= 2 {
         return lowered.into_owned();
     }
+    // Each step of nltk returns a new string; here they rewrite one buffer in place.
     let mut w: Vec<char> = lowered.chars().collect();
-    w = step1a(&w);
-    w = step1b(&w);
-    w = step1c(&w);
-    w = step2(&w);
-    w = step3(&w);
-    w = step4(&w);
-    w = step5a(&w);
-    w = step5b(&w);
+    step1a(&mut w);
+    step1b(&mut w);
+    step1c(&mut w);
+    step2(&mut w);
+    step3(&mut w);
+    step4(&mut w);
+    step5a(&mut w);
+    step5b(&mut w);
     w.into_iter().collect()
 }
 
@@ -220,26 +221,33 @@ fn is_consonant(word: &[char], i: usize) -> bool {
     true
 }
 
-/// `_consonant_flags`: `is_consonant` for every position in one pass.
-fn consonant_flags(word: &[char]) -> Vec<bool> {
-    let mut flags: Vec<bool> = Vec::with_capacity(word.len());
-    for (i, &c) in word.iter().enumerate() {
-        let flag = if is_vowel(c) {
+/// `_consonant_flags`: `is_consonant` for every position, in one left-to-right pass.
+fn consonant_flags(word: &[char]) -> impl Iterator<Item = bool> + '_ {
+    let mut previous = true;
+    word.iter().enumerate().map(move |(i, &c)| {
+        let consonant = if is_vowel(c) {
             false
         } else if c == 'y' {
-            i == 0 || !flags[i - 1]
+            i == 0 || !previous
         } else {
             true
         };
-        flags.push(flag);
-    }
-    flags
+        previous = consonant;
+        consonant
+    })
 }
 
 /// `_measure`: the number of vowel→consonant transitions, Porter's `m`.
 fn measure(stem: &[char]) -> usize {
-    let flags = consonant_flags(stem);
-    flags.windows(2).filter(|pair| !pair[0] && pair[1]).count()
+    let mut m = 0;
+    let mut after_vowel = false;
+    for consonant in consonant_flags(stem) {
+        if consonant && after_vowel {
+            m += 1;
+        }
+        after_vowel = !consonant;
+    }
+    m
 }
 
 fn has_positive_measure(stem: &[char]) -> bool {
@@ -247,7 +255,7 @@ fn has_positive_measure(stem: &[char]) -> bool {
 }
 
 fn contains_vowel(stem: &[char]) -> bool {
-    consonant_flags(stem).iter().any(|&consonant| !consonant)
+    consonant_flags(stem).any(|consonant| !consonant)
 }
 
 /// `_ends_double_consonant`, condition `*d`.
@@ -267,8 +275,9 @@ fn ends_cvc(word: &[char]) -> bool {
         || (n == 2 && !is_consonant(word, 0) && is_consonant(word, 1))
 }
 
+/// Whether `word` ends with the ASCII `suffix`.
 fn ends_with(word: &[char], suffix: &str) -> bool {
-    let n = suffix.chars().count();
+    let n = suffix.len();
     word.len() >= n && word[word.len() - n..].iter().copied().eq(suffix.chars())
 }
 
@@ -277,15 +286,15 @@ fn drop_last(word: &[char], n: usize) -> &[char] {
     &word[..word.len().saturating_sub(n)]
 }
 
-fn concat(stem: &[char], replacement: &str) -> Vec<char> {
-    let mut out = stem.to_vec();
-    out.extend(replacement.chars());
-    out
+/// `word = word[:-n] + replacement`.
+fn replace_last(word: &mut Vec<char>, n: usize, replacement: &str) {
+    word.truncate(word.len().saturating_sub(n));
+    word.extend(replacement.chars());
 }
 
 type Condition<'a> = &'a dyn Fn(&[char]) -> bool;
 
-/// One `(suffix, replacement, condition)` triple of nltk's rule lists.
+/// One `(suffix, replacement, condition)` triple of nltk's rule lists (suffixes are ASCII).
 struct Rule<'a> {
     suffix: &'a str,
     replacement: &'a str,
@@ -311,33 +320,27 @@ fn unconditional(suffix: &'static str, replacement: &'static str) -> Rule<'stati
 /// `_apply_rule_list`: the first rule whose suffix matches decides, whether or not its condition
 /// holds. The pseudo-suffix `*d` means "ends in a double consonant"; like nltk, when that fails
 /// the literal text `*d` is still tried as a suffix.
-fn apply_rule_list(word: &[char], rules: &[Rule<'_>]) -> Vec<char> {
+fn apply_rule_list(word: &mut Vec<char>, rules: &[Rule<'_>]) {
     for rule in rules {
         let holds = |stem: &[char]| rule.condition.is_none_or(|condition| condition(stem));
-        if rule.suffix == "*d" && ends_double_consonant(word) {
-            let stem = drop_last(word, 2);
-            return if holds(stem) {
-                concat(stem, rule.replacement)
-            } else {
-                word.to_vec()
-            };
+        let strip = if rule.suffix == "*d" && ends_double_consonant(word) {
+            2
+        } else if ends_with(word, rule.suffix) {
+            rule.suffix.len()
+        } else {
+            continue;
+        };
+        if holds(drop_last(word, strip)) {
+            replace_last(word, strip, rule.replacement);
         }
-        if ends_with(word, rule.suffix) {
-            let stem = drop_last(word, rule.suffix.chars().count());
-            return if holds(stem) {
-                concat(stem, rule.replacement)
-            } else {
-                word.to_vec()
-            };
-        }
+        return;
     }
-    word.to_vec()
 }
 
 /// Step 1a: plurals. NLTK extension: a four-letter `-ies` word keeps `ie` (`dies` → `die`).
-fn step1a(word: &[char]) -> Vec<char> {
+fn step1a(word: &mut Vec<char>) {
     if ends_with(word, "ies") && word.len() == 4 {
-        return concat(drop_last(word, 3), "ie");
+        return replace_last(word, 3, "ie");
     }
     apply_rule_list(
         word,
@@ -347,44 +350,37 @@ fn step1a(word: &[char]) -> Vec<char> {
             unconditional("ss", "ss"),
             unconditional("s", ""),
         ],
-    )
+    );
 }
 
 /// Step 1b: `-eed`, `-ed`, `-ing`, then the clean-up rules. NLTK extension: `-ied` → `ie` on
 /// four-letter words and `i` otherwise.
-fn step1b(word: &[char]) -> Vec<char> {
+fn step1b(word: &mut Vec<char>) {
     if ends_with(word, "ied") {
         let replacement = if word.len() == 4 { "ie" } else { "i" };
-        return concat(drop_last(word, 3), replacement);
+        return replace_last(word, 3, replacement);
     }
     if ends_with(word, "eed") {
-        let stem = drop_last(word, 3);
-        return if measure(stem) > 0 {
-            concat(stem, "ee")
-        } else {
-            word.to_vec()
-        };
-    }
-    let mut intermediate: Option<&[char]> = None;
-    for suffix in ["ed", "ing"] {
-        if ends_with(word, suffix) {
-            let stem = drop_last(word, suffix.chars().count());
-            if contains_vowel(stem) {
-                intermediate = Some(stem);
-                break;
-            }
+        if measure(drop_last(word, 3)) > 0 {
+            replace_last(word, 3, "ee");
         }
+        return;
     }
-    let Some(stem) = intermediate else {
-        return word.to_vec();
+    let Some(suffix) = ["ed", "ing"]
+        .into_iter()
+        .find(|suffix| ends_with(word, suffix) && contains_vowel(drop_last(word, suffix.len())))
+    else {
+        return;
     };
+    // The rules below apply to the word without "ed"/"ing" (nltk's `intermediate_stem`).
+    word.truncate(word.len() - suffix.len());
     // `contains_vowel` held, so the stem is not empty; nltk reads its last letter up front.
-    let last = stem.last().copied().unwrap_or_default();
+    let last = word.last().copied().unwrap_or_default();
     let last_str = last.to_string();
     let not_lsz = |_: &[char]| !matches!(last, 'l' | 's' | 'z');
     let cvc_stem = |s: &[char]| measure(s) == 1 && ends_cvc(s);
     apply_rule_list(
-        stem,
+        word,
         &[
             unconditional("at", "ate"),
             unconditional("bl", "ble"),
@@ -392,25 +388,26 @@ fn step1b(word: &[char]) -> Vec<char> {
             rule("*d", &last_str, &not_lsz),
             rule("", "e", &cvc_stem),
         ],
-    )
+    );
 }
 
 /// Step 1c: `y` → `i`, in NLTK's stricter form (the `y` must follow a consonant that is not the
 /// whole stem).
-fn step1c(word: &[char]) -> Vec<char> {
+fn step1c(word: &mut Vec<char>) {
     let condition = |stem: &[char]| stem.len() > 1 && is_consonant(stem, stem.len() - 1);
-    apply_rule_list(word, &[rule("y", "i", &condition)])
+    apply_rule_list(word, &[rule("y", "i", &condition)]);
 }
 
 /// Step 2: double suffixes. NLTK extensions: `alli` is tried first and, on success, step 2 runs
 /// again; `fulli` → `ful`; `logi` → `log` measured with the `l` kept in the stem.
-fn step2(word: &[char]) -> Vec<char> {
+fn step2(word: &mut Vec<char>) {
     if ends_with(word, "alli") && has_positive_measure(drop_last(word, 4)) {
-        return step2(&concat(drop_last(word, 4), "al"));
+        replace_last(word, 4, "al");
+        return step2(word);
     }
     let positive = &has_positive_measure;
-    let logi_stem = drop_last(word, 3);
-    let logi = |_: &[char]| has_positive_measure(logi_stem);
+    let logi_holds = has_positive_measure(drop_last(word, 3));
+    let logi = |_: &[char]| logi_holds;
     apply_rule_list(
         word,
         &[
@@ -437,11 +434,11 @@ fn step2(word: &[char]) -> Vec<char> {
             rule("fulli", "ful", positive),
             rule("logi", "log", &logi),
         ],
-    )
+    );
 }
 
 /// Step 3: `-icate`, `-ative`, `-alize`, `-iciti`, `-ical`, `-ful`, `-ness`.
-fn step3(word: &[char]) -> Vec<char> {
+fn step3(word: &mut Vec<char>) {
     let positive = &has_positive_measure;
     apply_rule_list(
         word,
@@ -454,11 +451,11 @@ fn step3(word: &[char]) -> Vec<char> {
             rule("ful", "", positive),
             rule("ness", "", positive),
         ],
-    )
+    );
 }
 
 /// Step 4: strip single suffixes from stems of measure above one.
-fn step4(word: &[char]) -> Vec<char> {
+fn step4(word: &mut Vec<char>) {
     let gt1 = |stem: &[char]| measure(stem) > 1;
     let ion = |stem: &[char]| measure(stem) > 1 && matches!(stem.last(), Some('s' | 't'));
     let gt1 = &gt1;
@@ -485,29 +482,26 @@ fn step4(word: &[char]) -> Vec<char> {
             rule("ive", "", gt1),
             rule("ize", "", gt1),
         ],
-    )
+    );
 }
 
 /// Step 5a: a final `e` goes when `m > 1`, or when `m == 1` and the stem does not end `cvc`;
 /// unlike the other steps both conditions are tried.
-fn step5a(word: &[char]) -> Vec<char> {
+fn step5a(word: &mut Vec<char>) {
     if ends_with(word, "e") {
         let stem = drop_last(word, 1);
-        if measure(stem) > 1 {
-            return stem.to_vec();
-        }
-        if measure(stem) == 1 && !ends_cvc(stem) {
-            return stem.to_vec();
+        let m = measure(stem);
+        if m > 1 || (m == 1 && !ends_cvc(stem)) {
+            word.pop();
         }
     }
-    word.to_vec()
 }
 
 /// Step 5b: `-ll` → `-l` when the word minus one letter has `m > 1`.
-fn step5b(word: &[char]) -> Vec<char> {
-    let minus_one = drop_last(word, 1);
-    let condition = |_: &[char]| measure(minus_one) > 1;
-    apply_rule_list(word, &[rule("ll", "l", &condition)])
+fn step5b(word: &mut Vec<char>) {
+    let holds = measure(drop_last(word, 1)) > 1;
+    let condition = |_: &[char]| holds;
+    apply_rule_list(word, &[rule("ll", "l", &condition)]);
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use super::porter::py_lower;
-use super::pytext::py_split;
+use super::pytext::{is_py_space, py_split};
 
 /// The parts of speech in nltk's `POS_LIST` order, with the file suffix of each.
 const POS_FILES: [&str; 4] = ["noun", "verb", "adj", "adv"];
@@ -89,20 +89,27 @@ pub enum WordNetError {
     },
 }
 
-/// The offsets of one lemma's synsets for one part of speech: a slice of [`WordNet::offsets`].
-/// nltk refuses index lines with no synsets, so an empty span means "not under this part of speech".
-#[derive(Clone, Copy, Default)]
-struct Span {
-    start: u32,
-    len: u32,
+/// One line of an `index.<pos>` file: the lemma (a byte range of that file's text) and its
+/// synset offsets (a range of [`WordNet::offsets`]). nltk refuses lines without synsets.
+#[derive(Clone, Copy)]
+struct Entry {
+    file: u8,
+    lemma_start: u32,
+    lemma_len: u32,
+    offsets_start: u32,
+    offsets_len: u32,
 }
 
 /// WordNet 3.0, loaded from its database files, answering the synonym query nltk's METEOR makes.
 pub struct WordNet {
     dir: PathBuf,
-    /// `index.<pos>`: lemma → its synset offsets under each part of speech (`POS_LIST` order).
-    index: HashMap<Box<str>, [Span; 4]>,
-    /// All synset offsets of the index, referenced by [`Span`]s.
+    /// The text of `index.<pos>`, by file (`POS_FILES` order).
+    index_text: [String; 4],
+    /// Per part of speech (`POS_LIST` order), the index lines tagged with it, sorted by lemma
+    /// without duplicates, for binary search. (WordNet ships its index files sorted, so loading
+    /// only checks the order.)
+    entries: [Vec<Entry>; 4],
+    /// The synset offsets of all index lines, referenced by [`Entry`]s.
     offsets: Vec<u32>,
     /// `<pos>.exc`: inflected form → base forms, per part of speech.
     exceptions: [HashMap<Box<str>, Box<[Box<str>]>>; 4],
@@ -112,9 +119,10 @@ pub struct WordNet {
 
 impl fmt::Debug for WordNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lemmas: Vec<usize> = self.entries.iter().map(Vec::len).collect();
         f.debug_struct("WordNet")
             .field("dir", &self.dir)
-            .field("lemmas", &self.index.len())
+            .field("lemmas_per_pos", &lemmas)
             .field("synset_offsets", &self.offsets.len())
             .finish_non_exhaustive()
     }
@@ -143,35 +151,48 @@ fn parse_number(token: Option<&str>, path: &Path, line: usize) -> Result<u32, Wo
         .map_err(|_| malformed(path, line, format!("{token:?} is not a number")))
 }
 
+fn to_u32(value: usize, path: &Path, line: usize) -> Result<u32, WordNetError> {
+    u32::try_from(value).map_err(|_| malformed(path, line, "file too large"))
+}
+
 impl WordNet {
     /// Loads WordNet from a folder holding `index.{noun,verb,adj,adv}`, `data.*` and `*.exc`
     /// (WordNet 3.0's `dict` folder; Debian installs it as `/usr/share/wordnet`).
     pub fn load(dir: &Path) -> Result<WordNet, WordNetError> {
-        let mut index: HashMap<Box<str>, [Span; 4]> = HashMap::with_capacity(160_000);
+        let mut index_text: [String; 4] = Default::default();
+        let mut entries: [Vec<Entry>; 4] = Default::default();
         let mut offsets = Vec::with_capacity(210_000);
         let mut exceptions: [HashMap<Box<str>, Box<[Box<str>]>>; 4] = Default::default();
         let mut data: [String; 4] = Default::default();
-        for (pos, suffix) in POS_FILES.iter().enumerate() {
+        // nltk reads the files in `_FILEMAP` order (adj, adv, noun, verb); only a lemma listed
+        // twice could tell, the later line winning.
+        for file in [2, 3, 0, 1] {
+            let suffix = POS_FILES[file];
             let path = dir.join(format!("index.{suffix}"));
-            load_index(&path, &read(&path)?, &mut index, &mut offsets)?;
+            index_text[file] = read(&path)?;
+            load_index(&path, file, &index_text[file], &mut entries, &mut offsets)?;
             let path = dir.join(format!("{suffix}.exc"));
             for line in read(&path)?.lines() {
                 let mut terms = py_split(line);
                 // nltk would fail on a blank line (`terms[0]`); skipping it is the lenient reading.
                 if let Some(form) = terms.next() {
-                    exceptions[pos].insert(form.into(), terms.map(Box::from).collect());
+                    exceptions[file].insert(form.into(), terms.map(Box::from).collect());
                 }
             }
-            data[pos] = read(&dir.join(format!("data.{suffix}")))?;
+            data[file] = read(&dir.join(format!("data.{suffix}")))?;
         }
-        index.shrink_to_fit();
-        Ok(WordNet {
+        let mut wordnet = WordNet {
             dir: dir.to_owned(),
-            index,
+            index_text,
+            entries,
             offsets,
             exceptions,
             data,
-        })
+        };
+        for pos in 0..POS_FILES.len() {
+            wordnet.sort_entries(pos);
+        }
+        Ok(wordnet)
     }
 
     /// The WordNet of this process, loaded on first use from `$RFT_WORDNET_DIR`, or
@@ -200,17 +221,53 @@ impl WordNet {
         Ok(SHARED.get_or_init(|| wordnet))
     }
 
+    fn lemma(&self, entry: &Entry) -> &str {
+        let start = entry.lemma_start as usize;
+        self.index_text[usize::from(entry.file)]
+            .get(start..start + entry.lemma_len as usize)
+            .unwrap_or_default()
+    }
+
+    /// Sorts one part of speech's entries by lemma, keeping the last of equal lemmas (nltk's
+    /// dictionary assignment), unless they already are (as WordNet ships them).
+    fn sort_entries(&mut self, pos: usize) {
+        let mut list = std::mem::take(&mut self.entries[pos]);
+        if !list
+            .windows(2)
+            .all(|pair| self.lemma(&pair[0]) < self.lemma(&pair[1]))
+        {
+            list.sort_by(|a, b| self.lemma(a).cmp(self.lemma(b)));
+            let mut deduped: Vec<Entry> = Vec::with_capacity(list.len());
+            for entry in list {
+                match deduped.last_mut() {
+                    Some(last) if self.lemma(last) == self.lemma(&entry) => *last = entry,
+                    _ => deduped.push(entry),
+                }
+            }
+            list = deduped;
+        }
+        self.entries[pos] = list;
+    }
+
+    /// The index line of `lemma` under part of speech `pos`, if any.
+    fn lookup(&self, lemma: &str, pos: usize) -> Option<&Entry> {
+        let list = &self.entries[pos];
+        list.binary_search_by(|entry| self.lemma(entry).cmp(lemma))
+            .ok()
+            .map(|i| &list[i])
+    }
+
     /// `[l for s in wordnet.synsets(word) for l in s.lemma_names()]` in nltk 3.10.4, in its order
     /// and with its repetitions: the lemma names of every synset of every base form of `word`.
     pub(crate) fn synset_lemma_names(&self, word: &str) -> Vec<&str> {
         let lemma = py_lower(word);
         let mut names = Vec::new();
         for pos in 0..POS_FILES.len() {
-            for span in self.morphy(&lemma, pos) {
-                let start = span.start as usize;
+            for entry in self.morphy(&lemma, pos) {
+                let start = entry.offsets_start as usize;
                 let offsets = self
                     .offsets
-                    .get(start..start + span.len as usize)
+                    .get(start..start + entry.offsets_len as usize)
                     .unwrap_or(&[]);
                 for &offset in offsets {
                     self.push_lemma_names(pos, offset, &mut names);
@@ -222,28 +279,33 @@ impl WordNet {
 
     /// nltk's `_morphy(form, pos)` (with `check_exceptions=True`), answering with the index
     /// entries of the forms it returns, in its order.
-    fn morphy(&self, form: &str, pos: usize) -> Vec<Span> {
-        let mut candidates: Vec<std::borrow::Cow<'_, str>> = vec![form.into()];
+    fn morphy(&self, form: &str, pos: usize) -> Vec<&Entry> {
+        /// `filter_forms`: keeps forms in the index, once each (equal forms, equal entries).
+        fn keep<'a>(found: &mut Vec<&'a Entry>, entry: Option<&'a Entry>) {
+            if let Some(entry) = entry {
+                if !found.iter().any(|seen| std::ptr::eq(*seen, entry)) {
+                    found.push(entry);
+                }
+            }
+        }
+        let mut found: Vec<&Entry> = Vec::new();
+        keep(&mut found, self.lookup(form, pos));
         if let Some(bases) = self.exceptions[pos].get(form) {
-            candidates.extend(bases.iter().map(|base| (&**base).into()));
+            for base in bases.iter() {
+                keep(&mut found, self.lookup(base, pos));
+            }
         } else {
+            let mut candidate = String::new();
             for (old, new) in SUBSTITUTIONS[pos] {
                 if let Some(stem) = form.strip_suffix(old) {
-                    candidates.push(format!("{stem}{new}").into());
+                    candidate.clear();
+                    candidate.push_str(stem);
+                    candidate.push_str(new);
+                    keep(&mut found, self.lookup(&candidate, pos));
                 }
             }
         }
-        let mut seen: Vec<&str> = Vec::with_capacity(candidates.len());
-        let mut spans = Vec::new();
-        for candidate in &candidates {
-            if let Some((key, entry)) = self.index.get_key_value(&**candidate) {
-                if entry[pos].len > 0 && !seen.contains(&&**key) {
-                    seen.push(key);
-                    spans.push(entry[pos]);
-                }
-            }
-        }
-        spans
+        found
     }
 
     /// Appends the lemma names of the synset at byte `offset` of `data.<pos>`. nltk first checks
@@ -260,7 +322,7 @@ impl WordNet {
             return;
         };
         let line = rest.split('\n').next().unwrap_or_default();
-        if line.get(..8) != Some(format!("{offset:08}").as_str()) {
+        if !starts_with_padded_offset(line, offset) {
             tracing::warn!(
                 pos = POS_FILES[pos],
                 offset,
@@ -290,6 +352,22 @@ impl WordNet {
     }
 }
 
+/// Whether `line` starts with `offset` written in 8 zero-padded digits (nltk's
+/// `line[:8] == f"{'0'*(8-len(str(offset)))}{str(offset)}"`).
+fn starts_with_padded_offset(line: &str, offset: u32) -> bool {
+    let Some(head) = line.as_bytes().get(..8) else {
+        return false;
+    };
+    let mut rest = u64::from(offset);
+    for &digit in head.iter().rev() {
+        if !digit.is_ascii_digit() || u64::from(digit - b'0') != rest % 10 {
+            return false;
+        }
+        rest /= 10;
+    }
+    rest == 0
+}
+
 /// nltk's `re.match(r"(.*?)(\([^()]*\))?$", name).group(1)`: drops a trailing parenthesised
 /// marker such as `(a)`, `(p)` or `(ip)` from an adjective's lemma name.
 fn strip_syntactic_marker(name: &str) -> &str {
@@ -303,16 +381,19 @@ fn strip_syntactic_marker(name: &str) -> &str {
     name
 }
 
-/// Parses one `index.<pos>` file into `index` as nltk's `_load_lemma_pos_offset_map` does: the
-/// part of speech is the one written on each line, and a later line for the same lemma and part
-/// of speech replaces an earlier one.
+/// Parses one `index.<pos>` file as nltk's `_load_lemma_pos_offset_map` does, appending each
+/// line to the entries of the part of speech written on it.
 fn load_index(
     path: &Path,
+    file: usize,
     text: &str,
-    index: &mut HashMap<Box<str>, [Span; 4]>,
+    entries: &mut [Vec<Entry>; 4],
     offsets: &mut Vec<u32>,
 ) -> Result<(), WordNetError> {
-    for (i, line) in text.lines().enumerate() {
+    let mut line_start = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let this_start = line_start;
+        line_start += line.len();
         // The license text at the top of each file is indented.
         if line.starts_with(' ') {
             continue;
@@ -345,7 +426,7 @@ fn load_index(
         tokens
             .next()
             .ok_or_else(|| malformed(path, line_no, "line ends too early"))?;
-        let start = offsets.len();
+        let offsets_start = to_u32(offsets.len(), path, line_no)?;
         for _ in 0..n_synsets {
             offsets.push(parse_number(tokens.next(), path, line_no)?);
         }
@@ -357,11 +438,15 @@ fn load_index(
             // A part of speech nltk's `synsets` never asks for (it asks `POS_LIST` only).
             _ => continue,
         };
-        let span = Span {
-            start: u32::try_from(start).map_err(|_| malformed(path, line_no, "index too large"))?,
-            len: n_synsets,
-        };
-        index.entry(lemma.into()).or_default()[pos] = span;
+        // `lemma` is the first word of the line.
+        let lemma_start = this_start + (line.len() - line.trim_start_matches(is_py_space).len());
+        entries[pos].push(Entry {
+            file: file as u8,
+            lemma_start: to_u32(lemma_start, path, line_no)?,
+            lemma_len: to_u32(lemma.len(), path, line_no)?,
+            offsets_start,
+            offsets_len: n_synsets,
+        });
     }
     Ok(())
 }
