@@ -15,27 +15,40 @@
 //!    `fmean = P * R / (alpha * P + (1 - alpha) * R)`, and 0 when nothing matches or a side is
 //!    empty (nltk's `ZeroDivisionError` branch). With one reference the maximum over references is
 //!    that reference's score.
+//!
+//! The data structures differ where that cannot change a result (sorted groups instead of
+//! dictionaries of position lists; the synonym lookup from whichever side is smaller), and Porter
+//! stems and WordNet synonyms are remembered per thread, so that grading a corpus in parallel
+//! looks each distinct word up about once per thread.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::ops::Deref;
+use std::rc::Rc;
 
 use super::porter::{py_lower, stem};
 use super::pytext::py_split;
+use super::wordnet::FxHasher;
 use super::WordNet;
 
 const ALPHA: f64 = 0.9;
 const BETA: f64 = 3.0;
 const GAMMA: f64 = 0.5;
 
+/// How many stems a thread remembers before starting afresh.
+const STEM_CACHE_WORDS: usize = 16_384;
+
 /// One enumerated word: its position in the sentence and its (lowercased, maybe stemmed) text.
-type Enumerated = (usize, String);
+type Enumerated<W> = (usize, W);
 
 /// nltk's `meteor_score([reference.split()], input.split())`: METEOR of `input` (the hypothesis)
 /// against `reference`, aligning words exactly, by Porter stem and by WordNet synonymy.
 ///
 /// Returns a value in `[0, 1)`; 0 when either side has no words or nothing aligns.
 pub fn meteor(input: &str, reference: &str, wordnet: &WordNet) -> f64 {
-    let hypothesis: Vec<Enumerated> = enumerate_lowercased(input);
-    let reference: Vec<Enumerated> = enumerate_lowercased(reference);
+    let hypothesis = enumerate_lowercased(input);
+    let reference = enumerate_lowercased(reference);
     let translation_length = hypothesis.len();
     let reference_length = reference.len();
     let matches = align_words(hypothesis, reference, wordnet);
@@ -54,22 +67,21 @@ pub fn meteor(input: &str, reference: &str, wordnet: &WordNet) -> f64 {
 }
 
 /// `_generate_enums`: `list(enumerate(map(str.lower, words)))`.
-fn enumerate_lowercased(text: &str) -> Vec<Enumerated> {
-    py_split(text)
-        .map(|word| py_lower(word).into_owned())
-        .enumerate()
-        .collect()
+fn enumerate_lowercased(text: &str) -> Vec<Enumerated<std::borrow::Cow<'_, str>>> {
+    py_split(text).map(py_lower).enumerate().collect()
 }
 
 /// `_enum_align_words`: exact, then stem, then synonym matches, sorted by hypothesis position.
-fn align_words(
-    hypothesis: Vec<Enumerated>,
-    reference: Vec<Enumerated>,
+fn align_words<W: Deref<Target = str>>(
+    hypothesis: Vec<Enumerated<W>>,
+    reference: Vec<Enumerated<W>>,
     wordnet: &WordNet,
 ) -> Vec<(usize, usize)> {
     let (mut matches, hypothesis, reference) = match_enums(hypothesis, reference);
-    let stemmed = |list: Vec<Enumerated>| -> Vec<Enumerated> {
-        list.into_iter().map(|(i, word)| (i, stem(&word))).collect()
+    let stemmed = |list: Vec<Enumerated<W>>| -> Vec<Enumerated<Rc<str>>> {
+        list.into_iter()
+            .map(|(i, word)| (i, cached_stem(&word)))
+            .collect()
     };
     let (stem_matches, hypothesis, reference) =
         match_enums(stemmed(hypothesis), stemmed(reference));
@@ -80,18 +92,88 @@ fn align_words(
     matches
 }
 
-/// Reference word → its indices in the (unmatched) reference list, in order; nltk's
-/// `ref_positions`, from which matching pops the last.
-fn reference_positions(reference: &[Enumerated]) -> HashMap<&str, Vec<usize>> {
-    let mut positions: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (j, (_, word)) in reference.iter().enumerate() {
-        positions.entry(word.as_str()).or_default().push(j);
+/// `PorterStemmer().stem(word)`, remembered per thread: words recur across a corpus, and
+/// stemming is a good part of the work.
+fn cached_stem(word: &str) -> Rc<str> {
+    thread_local! {
+        static STEMS: RefCell<HashMap<Box<str>, Rc<str>, BuildHasherDefault<FxHasher>>> =
+            RefCell::default();
     }
-    positions
+    STEMS.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(stemmed) = cache.get(word) {
+            return Rc::clone(stemmed);
+        }
+        let stemmed: Rc<str> = stem(word).into();
+        if cache.len() >= STEM_CACHE_WORDS {
+            cache.clear();
+        }
+        cache.insert(word.into(), Rc::clone(&stemmed));
+        stemmed
+    })
+}
+
+/// nltk's `ref_positions`: for each distinct reference word, its indices in the reference list
+/// in increasing order, from which matching pops the last. Kept as one list of indices sorted
+/// by (word, index), cut into groups, each a stack whose top moves down as it is popped.
+struct RefPositions<'a> {
+    order: Vec<usize>,
+    groups: Vec<Group<'a>>,
+    remaining: usize,
+}
+
+struct Group<'a> {
+    word: &'a str,
+    start: usize,
+    top: usize,
+}
+
+impl<'a> RefPositions<'a> {
+    fn new<W: Deref<Target = str>>(reference: &'a [Enumerated<W>]) -> Self {
+        let mut order: Vec<usize> = (0..reference.len()).collect();
+        order.sort_by(|&a, &b| reference[a].1.cmp(&reference[b].1).then(a.cmp(&b)));
+        let mut groups: Vec<Group<'a>> = Vec::new();
+        for (k, &j) in order.iter().enumerate() {
+            let word: &str = &reference[j].1;
+            match groups.last_mut() {
+                Some(group) if group.word == word => group.top = k + 1,
+                _ => groups.push(Group {
+                    word,
+                    start: k,
+                    top: k + 1,
+                }),
+            }
+        }
+        RefPositions {
+            order,
+            groups,
+            remaining: reference.len(),
+        }
+    }
+
+    fn group(&self, word: &str) -> Option<usize> {
+        self.groups
+            .binary_search_by(|group| group.word.cmp(word))
+            .ok()
+    }
+
+    /// `positions[-1]` of a group, if any is left.
+    fn last(&self, group: usize) -> Option<usize> {
+        let group = &self.groups[group];
+        (group.top > group.start).then(|| self.order[group.top - 1])
+    }
+
+    /// `positions.pop()` of a group.
+    fn pop(&mut self, group: usize) -> Option<usize> {
+        let last = self.last(group)?;
+        self.groups[group].top -= 1;
+        self.remaining -= 1;
+        Some(last)
+    }
 }
 
 /// The words of `list` whose index (in `list`) is not in `matched`.
-fn unmatched(list: Vec<Enumerated>, matched: &[bool]) -> Vec<Enumerated> {
+fn unmatched<W>(list: Vec<Enumerated<W>>, matched: &[bool]) -> Vec<Enumerated<W>> {
     list.into_iter()
         .zip(matched)
         .filter(|(_, &m)| !m)
@@ -99,19 +181,22 @@ fn unmatched(list: Vec<Enumerated>, matched: &[bool]) -> Vec<Enumerated> {
         .collect()
 }
 
+/// What a matching stage returns: the matches, then the unmatched hypothesis and reference.
+type Stage<W> = (Vec<(usize, usize)>, Vec<Enumerated<W>>, Vec<Enumerated<W>>);
+
 /// `_match_enums`: pairs equal words, hypothesis from its end, each with the last free reference
 /// position; returns the matches and what is left of both lists.
-fn match_enums(
-    hypothesis: Vec<Enumerated>,
-    reference: Vec<Enumerated>,
-) -> (Vec<(usize, usize)>, Vec<Enumerated>, Vec<Enumerated>) {
+fn match_enums<W: Deref<Target = str>>(
+    hypothesis: Vec<Enumerated<W>>,
+    reference: Vec<Enumerated<W>>,
+) -> Stage<W> {
     let mut word_match = Vec::new();
     let mut matched_hyp = vec![false; hypothesis.len()];
     let mut matched_ref = vec![false; reference.len()];
     {
-        let mut positions = reference_positions(&reference);
+        let mut positions = RefPositions::new(&reference);
         for (i, (hyp_pos, word)) in hypothesis.iter().enumerate().rev() {
-            if let Some(j) = positions.get_mut(word.as_str()).and_then(Vec::pop) {
+            if let Some(j) = positions.group(word).and_then(|g| positions.pop(g)) {
                 matched_hyp[i] = true;
                 matched_ref[j] = true;
                 word_match.push((*hyp_pos, reference[j].0));
@@ -126,38 +211,42 @@ fn match_enums(
 }
 
 /// `_enum_wordnetsyn_match`: pairs a hypothesis word with the last free reference position whose
-/// word is the hypothesis word or one of its WordNet synonyms (lemma names without `_`).
-fn wordnet_synonym_matches(
-    hypothesis: &[Enumerated],
-    reference: &[Enumerated],
+/// word is the hypothesis word or one of its WordNet synonyms (lemma names without `_`). Only
+/// the matches are returned: nothing looks at what is left.
+fn wordnet_synonym_matches<W: Deref<Target = str>>(
+    hypothesis: &[Enumerated<W>],
+    reference: &[Enumerated<W>],
     wordnet: &WordNet,
 ) -> Vec<(usize, usize)> {
     let mut word_match = Vec::new();
-    if reference.is_empty() {
-        // Nothing can match; skip the WordNet lookups.
-        return word_match;
-    }
-    let mut positions = reference_positions(reference);
+    let mut positions = RefPositions::new(reference);
     for (hyp_pos, word) in hypothesis.iter().rev() {
-        let synonyms = wordnet.synset_lemma_names(word);
-        let candidates = synonyms
-            .into_iter()
-            .filter(|name| !name.contains('_'))
-            .chain(std::iter::once(word.as_str()));
-        // nltk iterates a set, but the best position is a strict maximum over distinct
-        // reference positions, hence unique, so the iteration order does not matter.
-        let mut best: Option<(usize, &str)> = None;
-        for candidate in candidates {
-            if let Some(&j) = positions.get(candidate).and_then(|p| p.last()) {
-                if best.is_none_or(|(best_j, _)| j > best_j) {
-                    best = Some((j, candidate));
-                }
-            }
+        if positions.remaining == 0 {
+            // Nothing can match any more; skip the WordNet lookups.
+            break;
         }
-        if let Some((best_j, best_word)) = best {
-            if let Some(list) = positions.get_mut(best_word) {
-                list.pop();
-            }
+        let synonyms = wordnet.synonyms(word);
+        // nltk keeps the candidate whose last free position is highest. Positions are distinct,
+        // so that maximum is unique and may be found from either side: through the synonyms or
+        // through the reference words, whichever is fewer.
+        let best = if synonyms.len() < positions.groups.len() {
+            synonyms
+                .iter()
+                .chain(std::iter::once(&**word))
+                .filter_map(|candidate| positions.group(candidate))
+                .filter_map(|g| positions.last(g).map(|j| (j, g)))
+                .max()
+        } else {
+            (0..positions.groups.len())
+                .filter_map(|g| positions.last(g).map(|j| (j, g)))
+                .filter(|&(_, g)| {
+                    let candidate = positions.groups[g].word;
+                    candidate == &**word || synonyms.contains(candidate)
+                })
+                .max()
+        };
+        if let Some((best_j, g)) = best {
+            positions.pop(g);
             word_match.push((*hyp_pos, reference[best_j].0));
         }
     }
@@ -234,43 +323,3 @@ mod tests {
         assert_eq!(count_chunks(&[(0, 0), (1, 1), (3, 2), (4, 3)]), 2);
     }
 }
-
-// SCRATCH-BEGIN (throwaway parity harness; remove before commit)
-#[cfg(test)]
-mod scratch {
-    use super::*;
-
-    #[test]
-    #[ignore]
-    fn scratch_dump() {
-        let mode = std::env::var("SCRATCH_MODE").unwrap();
-        let input = std::fs::read_to_string(std::env::var("SCRATCH_IN").unwrap()).unwrap();
-        let t0 = std::time::Instant::now();
-        let wn = WordNet::shared().unwrap();
-        eprintln!("SCRATCH load {:?}", t0.elapsed());
-        for _ in 0..3 {
-            let t0 = std::time::Instant::now();
-            let w = WordNet::load(std::path::Path::new("/usr/share/wordnet")).unwrap();
-            eprintln!("SCRATCH reload {:?} {:?}", t0.elapsed(), w);
-        }
-        let mut out = String::new();
-        let t = std::time::Instant::now();
-        for line in input.lines() {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let res = match mode.as_str() {
-                "stem" => serde_json::json!(stem(v.as_str().unwrap())),
-                "syn" => serde_json::json!(wn.synset_lemma_names(v.as_str().unwrap())),
-                "lower" => serde_json::json!(py_lower(v.as_str().unwrap())),
-                _ => {
-                    let a = v.as_array().unwrap();
-                    serde_json::json!(meteor(a[0].as_str().unwrap(), a[1].as_str().unwrap(), wn))
-                }
-            };
-            out.push_str(&res.to_string());
-            out.push('\n');
-        }
-        eprintln!("SCRATCH elapsed {:?}", t.elapsed());
-        std::fs::write(std::env::var("SCRATCH_OUT").unwrap(), out).unwrap();
-    }
-}
-// SCRATCH-END

@@ -216,7 +216,8 @@ fn is_consonant(word: &[char], i: usize) -> bool {
             negate = !negate;
             i -= 1;
         }
-        return !is_vowel(word[i]) != negate;
+        // nltk: `(word[i] not in self.vowels) != negate`.
+        return is_vowel(word[i]) == negate;
     }
     true
 }
@@ -278,7 +279,11 @@ fn ends_cvc(word: &[char]) -> bool {
 /// Whether `word` ends with the ASCII `suffix`.
 fn ends_with(word: &[char], suffix: &str) -> bool {
     let n = suffix.len();
-    word.len() >= n && word[word.len() - n..].iter().copied().eq(suffix.chars())
+    word.len() >= n
+        && word[word.len() - n..]
+            .iter()
+            .zip(suffix.bytes())
+            .all(|(&c, b)| c == char::from(b))
 }
 
 /// `word` without its last `n` characters (`word[:-n]` for `n <= len(word)`).

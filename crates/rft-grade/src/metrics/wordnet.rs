@@ -14,20 +14,30 @@
 //!   lemma names from its line in `data.<pos>`, with the adjective syntactic marker (`(a)`,
 //!   `(p)`, `(ip)`) removed and the original case and underscores kept.
 //!
-//! The index and exception files are parsed when loading; the data files are kept in memory and a
-//! synset line is parsed only when a query reaches its byte offset (which is what the index
-//! stores). Everything is immutable after loading, so a [`WordNet`] is shared freely across threads.
+//! Loading reads the twelve files (one thread per part of speech) and parses the index and
+//! exception files into compact tables, without one allocation per lemma; the data files stay
+//! in memory as text, and a synset line is read only when a query reaches its byte offset (which
+//! is what the index stores). A [`WordNet`] is immutable, so it is shared freely across threads;
+//! each thread remembers the synonyms it has looked up.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use super::porter::py_lower;
-use super::pytext::{is_py_space, py_split};
+use super::pytext::is_py_space;
 
-/// The parts of speech in nltk's `POS_LIST` order, with the file suffix of each.
+/// The parts of speech in nltk's `POS_LIST` order, by their file suffix.
 const POS_FILES: [&str; 4] = ["noun", "verb", "adj", "adv"];
+
+/// The order in which nltk reads the files (`_FILEMAP`: adj, adv, noun, verb), as indices into
+/// [`POS_FILES`]. Only a lemma listed twice could tell: the line read later wins.
+const NLTK_FILE_ORDER: [usize; 4] = [2, 3, 0, 1];
 
 /// nltk's `MORPHOLOGICAL_SUBSTITUTIONS`, in `POS_LIST` order.
 const SUBSTITUTIONS: [&[(&str, &str)]; 4] = [
@@ -59,6 +69,9 @@ const SUBSTITUTIONS: [&[(&str, &str)]; 4] = [
 /// Where the WordNet files are looked for when `RFT_WORDNET_DIR` is not set.
 const DEFAULT_DIR: &str = "/usr/share/wordnet";
 
+/// How many words' synonyms a thread remembers before starting afresh.
+const SYNONYM_CACHE_WORDS: usize = 16_384;
+
 /// Why WordNet could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum WordNetError {
@@ -89,8 +102,8 @@ pub enum WordNetError {
     },
 }
 
-/// One line of an `index.<pos>` file: the lemma (a byte range of that file's text) and its
-/// synset offsets (a range of [`WordNet::offsets`]). nltk refuses lines without synsets.
+/// One line of an `index.<pos>` file: where its lemma is in that file's text, and where its
+/// synset offsets are in that file's [`PosFiles::offsets`]. nltk refuses lines without synsets.
 #[derive(Clone, Copy)]
 struct Entry {
     file: u8,
@@ -100,21 +113,34 @@ struct Entry {
     offsets_len: u32,
 }
 
+/// The files of one part of speech, parsed.
+#[derive(Default)]
+struct PosFiles {
+    /// `index.<pos>`, whole.
+    index_text: String,
+    /// Its lines, each with the part of speech written on it (`POS_FILES` index).
+    lines: Vec<(usize, Entry)>,
+    /// The synset offsets of its lines, referenced by [`Entry`]s.
+    offsets: Vec<u32>,
+    /// `<pos>.exc`: inflected form → base forms.
+    exceptions: HashMap<Box<str>, Box<[Box<str>]>>,
+    /// `data.<pos>`, whole; synset lines are found by the byte offsets the index stores.
+    data: String,
+}
+
 /// WordNet 3.0, loaded from its database files, answering the synonym query nltk's METEOR makes.
 pub struct WordNet {
+    /// Tells WordNets apart in the per-thread synonym caches.
+    id: u64,
     dir: PathBuf,
-    /// The text of `index.<pos>`, by file (`POS_FILES` order).
-    index_text: [String; 4],
-    /// Per part of speech (`POS_LIST` order), the index lines tagged with it, sorted by lemma
-    /// without duplicates, for binary search. (WordNet ships its index files sorted, so loading
-    /// only checks the order.)
+    /// By file (`POS_FILES` order).
+    files: [PosFiles; 4],
+    /// Per part of speech (`POS_LIST` order), the index lines tagged with it, in nltk's order.
     entries: [Vec<Entry>; 4],
-    /// The synset offsets of all index lines, referenced by [`Entry`]s.
-    offsets: Vec<u32>,
-    /// `<pos>.exc`: inflected form → base forms, per part of speech.
-    exceptions: [HashMap<Box<str>, Box<[Box<str>]>>; 4],
-    /// `data.<pos>`, whole; synset lines are found by the byte offsets the index stores.
-    data: [String; 4],
+    /// Per part of speech, an open-addressing hash table over `entries` keyed by lemma: the
+    /// entry's index in the low half, the lemma's hash in the high half (so that probing rarely
+    /// has to compare lemmas), `EMPTY` for a free slot.
+    slots: [Vec<u64>; 4],
 }
 
 impl fmt::Debug for WordNet {
@@ -123,7 +149,6 @@ impl fmt::Debug for WordNet {
         f.debug_struct("WordNet")
             .field("dir", &self.dir)
             .field("lemmas_per_pos", &lemmas)
-            .field("synset_offsets", &self.offsets.len())
             .finish_non_exhaustive()
     }
 }
@@ -159,40 +184,60 @@ impl WordNet {
     /// Loads WordNet from a folder holding `index.{noun,verb,adj,adv}`, `data.*` and `*.exc`
     /// (WordNet 3.0's `dict` folder; Debian installs it as `/usr/share/wordnet`).
     pub fn load(dir: &Path) -> Result<WordNet, WordNetError> {
-        let mut index_text: [String; 4] = Default::default();
-        let mut entries: [Vec<Entry>; 4] = Default::default();
-        let mut offsets = Vec::with_capacity(210_000);
-        let mut exceptions: [HashMap<Box<str>, Box<[Box<str>]>>; 4] = Default::default();
-        let mut data: [String; 4] = Default::default();
-        // nltk reads the files in `_FILEMAP` order (adj, adv, noun, verb); only a lemma listed
-        // twice could tell, the later line winning.
-        for file in [2, 3, 0, 1] {
-            let suffix = POS_FILES[file];
-            let path = dir.join(format!("index.{suffix}"));
-            index_text[file] = read(&path)?;
-            load_index(&path, file, &index_text[file], &mut entries, &mut offsets)?;
-            let path = dir.join(format!("{suffix}.exc"));
-            for line in read(&path)?.lines() {
-                let mut terms = py_split(line);
-                // nltk would fail on a blank line (`terms[0]`); skipping it is the lenient reading.
-                if let Some(form) = terms.next() {
-                    exceptions[file].insert(form.into(), terms.map(Box::from).collect());
-                }
+        let loaded: Vec<Result<PosFiles, WordNetError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..POS_FILES.len())
+                .map(|file| scope.spawn(move || load_pos_files(dir, file)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| {
+                    worker
+                        .join()
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+                })
+                .collect()
+        });
+        let mut files: [PosFiles; 4] = Default::default();
+        let mut results: Vec<Option<Result<PosFiles, WordNetError>>> =
+            loaded.into_iter().map(Some).collect();
+        // Report the first failure in the order nltk would meet it.
+        for file in NLTK_FILE_ORDER {
+            if let Some(result) = results[file].take() {
+                files[file] = result?;
             }
-            data[file] = read(&dir.join(format!("data.{suffix}")))?;
         }
-        let mut wordnet = WordNet {
+        let mut entries: [Vec<Entry>; 4] = Default::default();
+        for file in NLTK_FILE_ORDER {
+            for &(pos, entry) in &files[file].lines {
+                entries[pos].push(entry);
+            }
+        }
+        let slots: Vec<Vec<u64>> = std::thread::scope(|scope| {
+            let files = &files;
+            let workers: Vec<_> = entries
+                .iter()
+                .map(|list| scope.spawn(move || build_table(files, list)))
+                .collect();
+            workers
+                .into_iter()
+                .map(|worker| {
+                    worker
+                        .join()
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+                })
+                .collect()
+        });
+        let mut slot_tables: [Vec<u64>; 4] = Default::default();
+        for (table, built) in slot_tables.iter_mut().zip(slots) {
+            *table = built;
+        }
+        Ok(WordNet {
+            id: NEXT_WORDNET_ID.fetch_add(1, Ordering::Relaxed),
             dir: dir.to_owned(),
-            index_text,
+            files,
             entries,
-            offsets,
-            exceptions,
-            data,
-        };
-        for pos in 0..POS_FILES.len() {
-            wordnet.sort_entries(pos);
-        }
-        Ok(wordnet)
+            slots: slot_tables,
+        })
     }
 
     /// The WordNet of this process, loaded on first use from `$RFT_WORDNET_DIR`, or
@@ -221,60 +266,95 @@ impl WordNet {
         Ok(SHARED.get_or_init(|| wordnet))
     }
 
-    fn lemma(&self, entry: &Entry) -> &str {
-        let start = entry.lemma_start as usize;
-        self.index_text[usize::from(entry.file)]
-            .get(start..start + entry.lemma_len as usize)
-            .unwrap_or_default()
-    }
-
-    /// Sorts one part of speech's entries by lemma, keeping the last of equal lemmas (nltk's
-    /// dictionary assignment), unless they already are (as WordNet ships them).
-    fn sort_entries(&mut self, pos: usize) {
-        let mut list = std::mem::take(&mut self.entries[pos]);
-        if !list
-            .windows(2)
-            .all(|pair| self.lemma(&pair[0]) < self.lemma(&pair[1]))
-        {
-            list.sort_by(|a, b| self.lemma(a).cmp(self.lemma(b)));
-            let mut deduped: Vec<Entry> = Vec::with_capacity(list.len());
-            for entry in list {
-                match deduped.last_mut() {
-                    Some(last) if self.lemma(last) == self.lemma(&entry) => *last = entry,
-                    _ => deduped.push(entry),
-                }
-            }
-            list = deduped;
-        }
-        self.entries[pos] = list;
-    }
-
     /// The index line of `lemma` under part of speech `pos`, if any.
     fn lookup(&self, lemma: &str, pos: usize) -> Option<&Entry> {
-        let list = &self.entries[pos];
-        list.binary_search_by(|entry| self.lemma(entry).cmp(lemma))
-            .ok()
-            .map(|i| &list[i])
+        let slots = &self.slots[pos];
+        let mask = slots.len().checked_sub(1)?;
+        let hash = fx_hash(lemma);
+        let mut slot = home_slot(hash, slots.len());
+        loop {
+            let value = *slots.get(slot)?;
+            if value == EMPTY {
+                return None;
+            }
+            if value >> 32 == hash >> 32 {
+                let entry = self.entries[pos].get((value & 0xffff_ffff) as usize)?;
+                if lemma_of(&self.files, entry) == lemma {
+                    return Some(entry);
+                }
+            }
+            slot = (slot + 1) & mask;
+        }
     }
 
     /// `[l for s in wordnet.synsets(word) for l in s.lemma_names()]` in nltk 3.10.4, in its order
     /// and with its repetitions: the lemma names of every synset of every base form of `word`.
+    #[cfg(test)]
     pub(crate) fn synset_lemma_names(&self, word: &str) -> Vec<&str> {
+        let spans = self.synset_name_spans(word);
+        spans.iter().map(|&span| self.name(span)).collect()
+    }
+
+    /// What METEOR's synonym stage makes of the lemma names of `word`'s synsets (see
+    /// `synset_lemma_names`): the set of those without `_`
+    /// (`set(... if lemma.name().find("_") < 0)`).
+    ///
+    /// Answers are cached per thread (words recur across the sentences of a corpus, and one
+    /// lookup reads many scattered synset lines); the cache is dropped when it grows large.
+    pub(crate) fn synonyms(&self, word: &str) -> Synonyms<'_> {
+        SYNONYM_CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.wordnet != self.id {
+                cache.wordnet = self.id;
+                cache.spans.clear();
+            }
+            if let Some(spans) = cache.spans.get(word) {
+                return Synonyms {
+                    wordnet: self,
+                    spans: Rc::clone(spans),
+                };
+            }
+            let mut spans = self.synset_name_spans(word);
+            spans.retain(|&span| !self.name(span).contains('_'));
+            spans.sort_unstable_by(|&a, &b| self.name(a).cmp(self.name(b)));
+            spans.dedup_by(|a, b| self.name(*a) == self.name(*b));
+            let spans: Rc<[NameSpan]> = spans.into();
+            if cache.spans.len() >= SYNONYM_CACHE_WORDS {
+                cache.spans.clear();
+            }
+            cache.spans.insert(word.into(), Rc::clone(&spans));
+            Synonyms {
+                wordnet: self,
+                spans,
+            }
+        })
+    }
+
+    /// The uncached lemma names of `word`'s synsets, as places in the data files.
+    fn synset_name_spans(&self, word: &str) -> Vec<NameSpan> {
         let lemma = py_lower(word);
         let mut names = Vec::new();
         for pos in 0..POS_FILES.len() {
             for entry in self.morphy(&lemma, pos) {
                 let start = entry.offsets_start as usize;
-                let offsets = self
+                let offsets = self.files[usize::from(entry.file)]
                     .offsets
                     .get(start..start + entry.offsets_len as usize)
                     .unwrap_or(&[]);
                 for &offset in offsets {
-                    self.push_lemma_names(pos, offset, &mut names);
+                    self.push_name_spans(pos, offset, &mut names);
                 }
             }
         }
         names
+    }
+
+    fn name(&self, span: NameSpan) -> &str {
+        let start = span.start as usize;
+        self.files[usize::from(span.pos)]
+            .data
+            .get(start..start + span.len as usize)
+            .unwrap_or_default()
     }
 
     /// nltk's `_morphy(form, pos)` (with `check_exceptions=True`), answering with the index
@@ -290,7 +370,7 @@ impl WordNet {
         }
         let mut found: Vec<&Entry> = Vec::new();
         keep(&mut found, self.lookup(form, pos));
-        if let Some(bases) = self.exceptions[pos].get(form) {
+        if let Some(bases) = self.files[pos].exceptions.get(form) {
             for base in bases.iter() {
                 keep(&mut found, self.lookup(base, pos));
             }
@@ -311,18 +391,10 @@ impl WordNet {
     /// Appends the lemma names of the synset at byte `offset` of `data.<pos>`. nltk first checks
     /// that the line there starts with that offset, zero-padded to 8 digits, and yields no synset
     /// (then fails) otherwise; with intact files that never happens, and here it yields nothing.
-    fn push_lemma_names<'a>(&'a self, pos: usize, offset: u32, names: &mut Vec<&'a str>) {
-        let data = &self.data[pos];
-        let Some(rest) = data.get(offset as usize..) else {
-            tracing::warn!(
-                pos = POS_FILES[pos],
-                offset,
-                "WordNet offset outside its data file"
-            );
-            return;
-        };
-        let line = rest.split('\n').next().unwrap_or_default();
-        if !starts_with_padded_offset(line, offset) {
+    fn push_name_spans(&self, pos: usize, offset: u32, names: &mut Vec<NameSpan>) {
+        let data = &self.files[pos].data;
+        let at = offset as usize;
+        if !data.is_char_boundary(at) || !starts_with_padded_offset(&data[at..], offset) {
             tracing::warn!(
                 pos = POS_FILES[pos],
                 offset,
@@ -331,11 +403,15 @@ impl WordNet {
             return;
         }
         // `columns_str, gloss = line.strip().split("|")`: the gloss is not needed.
-        let columns = line.split('|').next().unwrap_or_default();
-        let mut tokens = py_split(columns).skip(3);
+        let mut tokens = Columns {
+            data,
+            at,
+            done: false,
+        }
+        .skip(3);
         let Some(count) = tokens
             .next()
-            .and_then(|n| usize::from_str_radix(n, 16).ok())
+            .and_then(|(_, n)| usize::from_str_radix(n, 16).ok())
         else {
             tracing::warn!(
                 pos = POS_FILES[pos],
@@ -345,10 +421,202 @@ impl WordNet {
             return;
         };
         for _ in 0..count {
-            let Some(name) = tokens.next() else { break };
-            names.push(strip_syntactic_marker(name));
+            let Some((start, name)) = tokens.next() else {
+                break;
+            };
+            // The data file was read whole, so it is far below 4 GiB; `pos` is below 4.
+            names.push(NameSpan {
+                pos: pos as u8,
+                start: start as u32,
+                len: strip_syntactic_marker(name).len() as u32,
+            });
             tokens.next(); // lex_id
         }
+    }
+}
+
+/// Reads and parses the files of part of speech `file` (a `POS_FILES` index).
+fn load_pos_files(dir: &Path, file: usize) -> Result<PosFiles, WordNetError> {
+    let suffix = POS_FILES[file];
+    let mut files = PosFiles::default();
+    let path = dir.join(format!("index.{suffix}"));
+    files.index_text = read(&path)?;
+    load_index(&path, file, &mut files)?;
+    let path = dir.join(format!("{suffix}.exc"));
+    for line in read(&path)?.lines() {
+        let mut terms = Tokens { text: line, at: 0 };
+        // nltk would fail on a blank line (`terms[0]`); skipping it is the lenient reading.
+        if let Some(form) = terms.next() {
+            files
+                .exceptions
+                .insert(form.into(), terms.map(Box::from).collect());
+        }
+    }
+    files.data = read(&dir.join(format!("data.{suffix}")))?;
+    Ok(files)
+}
+
+/// Parses `files.index_text` as nltk's `_load_lemma_pos_offset_map` does, recording each line
+/// with the part of speech written on it.
+fn load_index(path: &Path, file: usize, files: &mut PosFiles) -> Result<(), WordNetError> {
+    let text = &files.index_text;
+    let plain = is_plain_ascii(text);
+    let mut line_start = 0;
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        let this_start = line_start;
+        line_start += line.len();
+        // The license text at the top of each file is indented.
+        if line.starts_with(' ') {
+            continue;
+        }
+        let line_no = i + 1;
+        let mut tokens = LineTokens::new(line, plain);
+        let Some(lemma) = tokens.next() else {
+            return Err(malformed(path, line_no, "blank line"));
+        };
+        let pos_tag = tokens
+            .next()
+            .ok_or_else(|| malformed(path, line_no, "no part of speech"))?;
+        let n_synsets = parse_number(tokens.next(), path, line_no)?;
+        if n_synsets == 0 {
+            return Err(malformed(path, line_no, "a lemma without synsets"));
+        }
+        let n_pointers = parse_number(tokens.next(), path, line_no)?;
+        for _ in 0..n_pointers {
+            tokens
+                .next()
+                .ok_or_else(|| malformed(path, line_no, "line ends too early"))?;
+        }
+        if parse_number(tokens.next(), path, line_no)? != n_synsets {
+            return Err(malformed(
+                path,
+                line_no,
+                "sense count differs from synset count",
+            ));
+        }
+        tokens
+            .next()
+            .ok_or_else(|| malformed(path, line_no, "line ends too early"))?;
+        let offsets_start = to_u32(files.offsets.len(), path, line_no)?;
+        for _ in 0..n_synsets {
+            files
+                .offsets
+                .push(parse_number(tokens.next(), path, line_no)?);
+        }
+        let pos = match pos_tag {
+            "n" => 0,
+            "v" => 1,
+            "a" => 2,
+            "r" => 3,
+            // A part of speech nltk's `synsets` never asks for (it asks `POS_LIST` only).
+            _ => continue,
+        };
+        // `lemma` is the first word of the line.
+        let lemma_start = this_start + (line.len() - line.trim_start_matches(is_py_space).len());
+        files.lines.push((
+            pos,
+            Entry {
+                // `file` indexes `POS_FILES`, so it is below 4.
+                file: file as u8,
+                lemma_start: to_u32(lemma_start, path, line_no)?,
+                lemma_len: to_u32(lemma.len(), path, line_no)?,
+                offsets_start,
+                offsets_len: n_synsets,
+            },
+        ));
+    }
+    Ok(())
+}
+
+fn lemma_of<'a>(files: &'a [PosFiles; 4], entry: &Entry) -> &'a str {
+    let start = entry.lemma_start as usize;
+    files[usize::from(entry.file)]
+        .index_text
+        .get(start..start + entry.lemma_len as usize)
+        .unwrap_or_default()
+}
+
+/// Builds the hash table of one part of speech's `entries` (see [`WordNet::slots`]). Entries
+/// are inserted in nltk's order and a lemma seen again takes over its slot: the later line wins,
+/// as with nltk's dictionary assignment.
+fn build_table(files: &[PosFiles; 4], entries: &[Entry]) -> Vec<u64> {
+    let size = (entries.len() * 2).next_power_of_two().max(2);
+    let mut slots = vec![EMPTY; size];
+    for (i, entry) in entries.iter().enumerate() {
+        let lemma = lemma_of(files, entry);
+        let hash = fx_hash(lemma);
+        let mut slot = home_slot(hash, size);
+        loop {
+            let value = slots[slot];
+            if value == EMPTY
+                || (value >> 32 == hash >> 32
+                    && lemma_of(files, &entries[(value & 0xffff_ffff) as usize]) == lemma)
+            {
+                break;
+            }
+            slot = (slot + 1) & (size - 1);
+        }
+        // Entries number far fewer than 2^32 (each is a line of a file read whole).
+        slots[slot] = (hash & 0xffff_ffff_0000_0000) | i as u64;
+    }
+    slots
+}
+
+/// A free slot of [`WordNet::slots`] (no entry has index `u32::MAX`).
+const EMPTY: u64 = u64::MAX;
+
+/// rustc's FxHash: fast on the short strings used as keys here, where SipHash's resistance to
+/// chosen collisions buys nothing (the tables hold WordNet's lemmas; the caches are per thread
+/// and bounded).
+#[derive(Default)]
+pub(crate) struct FxHasher(u64);
+
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        for &byte in chunks.remainder() {
+            self.add(u64::from(byte));
+        }
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.add(value as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+fn fx_hash(key: &str) -> u64 {
+    let mut hasher = FxHasher::default();
+    hasher.write(key.as_bytes());
+    hasher.finish()
+}
+
+/// The home slot of a key with this hash in a table of `size` (a power of two) slots; FxHash's
+/// top bits are its best mixed.
+fn home_slot(hash: u64, size: usize) -> usize {
+    match size.trailing_zeros() {
+        0 => 0,
+        bits => (hash >> (64 - bits)) as usize,
     }
 }
 
@@ -381,74 +649,176 @@ fn strip_syntactic_marker(name: &str) -> &str {
     name
 }
 
-/// Parses one `index.<pos>` file as nltk's `_load_lemma_pos_offset_map` does, appending each
-/// line to the entries of the part of speech written on it.
-fn load_index(
-    path: &Path,
-    file: usize,
-    text: &str,
-    entries: &mut [Vec<Entry>; 4],
-    offsets: &mut Vec<u32>,
-) -> Result<(), WordNetError> {
-    let mut line_start = 0;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let this_start = line_start;
-        line_start += line.len();
-        // The license text at the top of each file is indented.
-        if line.starts_with(' ') {
-            continue;
-        }
-        let line_no = i + 1;
-        let mut tokens = py_split(line);
-        let Some(lemma) = tokens.next() else {
-            return Err(malformed(path, line_no, "blank line"));
-        };
-        let pos_tag = tokens
-            .next()
-            .ok_or_else(|| malformed(path, line_no, "no part of speech"))?;
-        let n_synsets = parse_number(tokens.next(), path, line_no)?;
-        if n_synsets == 0 {
-            return Err(malformed(path, line_no, "a lemma without synsets"));
-        }
-        let n_pointers = parse_number(tokens.next(), path, line_no)?;
-        for _ in 0..n_pointers {
-            tokens
-                .next()
-                .ok_or_else(|| malformed(path, line_no, "line ends too early"))?;
-        }
-        if parse_number(tokens.next(), path, line_no)? != n_synsets {
-            return Err(malformed(
-                path,
-                line_no,
-                "sense count differs from synset count",
-            ));
-        }
-        tokens
-            .next()
-            .ok_or_else(|| malformed(path, line_no, "line ends too early"))?;
-        let offsets_start = to_u32(offsets.len(), path, line_no)?;
-        for _ in 0..n_synsets {
-            offsets.push(parse_number(tokens.next(), path, line_no)?);
-        }
-        let pos = match pos_tag {
-            "n" => 0,
-            "v" => 1,
-            "a" => 2,
-            "r" => 3,
-            // A part of speech nltk's `synsets` never asks for (it asks `POS_LIST` only).
-            _ => continue,
-        };
-        // `lemma` is the first word of the line.
-        let lemma_start = this_start + (line.len() - line.trim_start_matches(is_py_space).len());
-        entries[pos].push(Entry {
-            file: file as u8,
-            lemma_start: to_u32(lemma_start, path, line_no)?,
-            lemma_len: to_u32(lemma.len(), path, line_no)?,
-            offsets_start,
-            offsets_len: n_synsets,
-        });
+/// Where a lemma name is: a byte range of `data.<pos>`.
+#[derive(Clone, Copy)]
+struct NameSpan {
+    pos: u8,
+    start: u32,
+    len: u32,
+}
+
+/// A word's WordNet synonyms, as [`WordNet::synonyms`] gives them: distinct, sorted.
+pub(crate) struct Synonyms<'a> {
+    wordnet: &'a WordNet,
+    spans: Rc<[NameSpan]>,
+}
+
+impl<'a> Synonyms<'a> {
+    /// How many there are.
+    pub(crate) fn len(&self) -> usize {
+        self.spans.len()
     }
-    Ok(())
+
+    /// Whether `name` is one of them.
+    pub(crate) fn contains(&self, name: &str) -> bool {
+        self.spans
+            .binary_search_by(|&span| self.wordnet.name(span).cmp(name))
+            .is_ok()
+    }
+
+    /// All of them, in byte order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.spans.iter().map(|&span| self.wordnet.name(span))
+    }
+}
+
+/// Per-thread memo of [`WordNet::synonyms`], for one [`WordNet`] at a time.
+#[derive(Default)]
+struct SynonymCache {
+    /// [`WordNet::id`] of the WordNet the spans point into.
+    wordnet: u64,
+    spans: HashMap<Box<str>, Rc<[NameSpan]>, BuildHasherDefault<FxHasher>>,
+}
+
+thread_local! {
+    static SYNONYM_CACHE: RefCell<SynonymCache> = RefCell::default();
+}
+
+/// Source of [`WordNet::id`]s; 0 is never handed out, so an empty cache matches no WordNet.
+static NEXT_WORDNET_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Python's `text.split()`, scanning bytes: as fast on ASCII (all of WordNet) as a byte splitter,
+/// and decoding a character only to check a non-ASCII one for Unicode whitespace.
+struct Tokens<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+/// Python's `str.isspace()` for an ASCII byte.
+fn is_ascii_py_space(byte: u8) -> bool {
+    matches!(byte, b'\t'..=b'\r' | 0x1c..=0x1f | b' ')
+}
+
+impl Tokens<'_> {
+    /// The length of the whitespace character at byte `at`, or `None` at the end or on a word.
+    fn space_at(&self, at: usize) -> Option<usize> {
+        let byte = *self.text.as_bytes().get(at)?;
+        if byte.is_ascii() {
+            return is_ascii_py_space(byte).then_some(1);
+        }
+        let c = self.text.get(at..)?.chars().next()?;
+        is_py_space(c).then_some(c.len_utf8())
+    }
+}
+
+impl<'a> Iterator for Tokens<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        while let Some(len) = self.space_at(self.at) {
+            self.at += len;
+        }
+        let start = self.at;
+        let bytes = self.text.as_bytes();
+        while let Some(&byte) = bytes.get(self.at) {
+            if byte.is_ascii() {
+                if is_ascii_py_space(byte) {
+                    break;
+                }
+                self.at += 1;
+            } else if self.space_at(self.at).is_some() {
+                break;
+            } else {
+                // Not whitespace: step over the whole character.
+                self.at += self
+                    .text
+                    .get(self.at..)
+                    .and_then(|rest| rest.chars().next())
+                    .map_or(1, char::len_utf8);
+            }
+        }
+        self.text
+            .get(start..self.at)
+            .filter(|token| !token.is_empty())
+    }
+}
+
+/// Whether `text` is ASCII without the separators (`\x0b`, `\x1c`..`\x1f`) that Python's
+/// `str.split()` honours and `str::split_ascii_whitespace` does not: then the two agree.
+fn is_plain_ascii(text: &str) -> bool {
+    // Without early exit, so that it vectorises.
+    text.is_ascii()
+        && !text.as_bytes().iter().fold(false, |odd, &b| {
+            odd | (b == 0x0b) | (b.wrapping_sub(0x1c) < 4)
+        })
+}
+
+/// Python's `line.split()`: `split_ascii_whitespace` on plain ASCII files (all of WordNet's,
+/// and faster), [`Tokens`] otherwise.
+enum LineTokens<'a> {
+    Plain(std::str::SplitAsciiWhitespace<'a>),
+    Unicode(Tokens<'a>),
+}
+
+impl<'a> LineTokens<'a> {
+    fn new(line: &'a str, plain: bool) -> Self {
+        if plain {
+            LineTokens::Plain(line.split_ascii_whitespace())
+        } else {
+            LineTokens::Unicode(Tokens { text: line, at: 0 })
+        }
+    }
+}
+
+impl<'a> Iterator for LineTokens<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        match self {
+            LineTokens::Plain(tokens) => tokens.next(),
+            LineTokens::Unicode(tokens) => tokens.next(),
+        }
+    }
+}
+
+/// The words of a data line before its gloss, with their byte offsets, read lazily from the
+/// line's start: nltk's `line.strip().split("|")[0].split()`, without first scanning the line
+/// for its end (the pointers that follow the lemma names can be long, and are not needed).
+struct Columns<'a> {
+    data: &'a str,
+    at: usize,
+    done: bool,
+}
+
+impl<'a> Iterator for Columns<'a> {
+    type Item = (usize, &'a str);
+
+    fn next(&mut self) -> Option<(usize, &'a str)> {
+        if self.done {
+            return None;
+        }
+        let rest = self.data.get(self.at..)?;
+        let start = rest.trim_start_matches(|c: char| c != '\n' && is_py_space(c));
+        let end = start
+            .find(|c: char| c == '|' || is_py_space(c))
+            .unwrap_or(start.len());
+        let (token, after) = start.split_at(end);
+        let token_at = self.data.len() - start.len();
+        // The line, or its columns, end here.
+        self.done = after.is_empty() || after.starts_with(['|', '\n']);
+        self.at = self.data.len() - after.len();
+        (!token.is_empty()).then_some((token_at, token))
+    }
 }
 
 #[cfg(test)]
@@ -495,9 +865,67 @@ mod tests {
     }
 
     #[test]
+    fn synonyms_are_distinct_sorted_and_without_underscores() {
+        let synonyms = wordnet().synonyms("Cat");
+        let listed: Vec<&str> = synonyms.iter().collect();
+        let mut expected: Vec<&str> = names("cat")
+            .into_iter()
+            .filter(|name| !name.contains('_'))
+            .collect();
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(listed, expected);
+        assert!(!synonyms.contains("computerized_tomography"));
+        assert!(synonyms.contains("kat"));
+        // A second lookup comes from the cache, unchanged.
+        assert_eq!(
+            wordnet().synonyms("Cat").iter().collect::<Vec<_>>(),
+            expected
+        );
+    }
+
+    #[test]
+    fn tokens_split_like_python_str_split() {
+        let text = " a\u{1c}b\u{a0}c\u{85}d\u{3000}e\tfé\u{200b}g\n  ";
+        let tokens: Vec<&str> = Tokens { text, at: 0 }.collect();
+        let expected: Vec<&str> = super::super::pytext::py_split(text).collect();
+        assert_eq!(tokens, expected);
+        assert_eq!(Tokens { text: "   ", at: 0 }.next(), None);
+        assert!(is_plain_ascii("a b\tc\n"));
+        assert!(!is_plain_ascii("a\u{1c}b"));
+        assert!(!is_plain_ascii("a\u{b}b"));
+        assert!(!is_plain_ascii("é"));
+    }
+
+    #[test]
+    fn data_columns_stop_at_the_gloss_and_the_line_end() {
+        let data = "00000001 03 n 01 x 0 001 | gloss words\n00000002 z";
+        let columns: Vec<(usize, &str)> = Columns {
+            data,
+            at: 0,
+            done: false,
+        }
+        .collect();
+        assert_eq!(columns.last(), Some(&(21, "001")));
+        assert_eq!(columns.len(), 7);
+        let line: Vec<&str> = Columns {
+            data: "1 a|b",
+            at: 0,
+            done: false,
+        }
+        .map(|(_, token)| token)
+        .collect();
+        assert_eq!(line, ["1", "a"]);
+        assert!(starts_with_padded_offset(data, 1));
+        assert!(!starts_with_padded_offset(data, 2));
+        assert!(!starts_with_padded_offset("123", 123));
+    }
+
+    #[test]
     fn unknown_words_have_no_synsets() {
         assert!(names("qwertyuiop").is_empty());
         assert!(names("").is_empty());
+        assert_eq!(wordnet().synonyms("qwertyuiop").len(), 0);
     }
 
     #[test]
@@ -505,7 +933,7 @@ mod tests {
         let err = WordNet::load(Path::new("/nonexistent/wordnet")).unwrap_err();
         let message = err.to_string();
         assert!(
-            message.contains("/nonexistent/wordnet/index.noun"),
+            message.contains("/nonexistent/wordnet/index.adj"),
             "{message}"
         );
         assert!(
