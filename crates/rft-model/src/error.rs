@@ -1,0 +1,52 @@
+//! The error type of the model engine.
+
+use std::path::PathBuf;
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A file exists but its content is not what it should be.
+    #[error("{path}: {message}; the file may be truncated or not a model file: fetch it again")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// A file a model folder needs is missing.
+    #[error("{path} is missing: {hint}")]
+    MissingFile {
+        /// The missing file.
+        path: PathBuf,
+        /// What the folder should hold.
+        hint: String,
+    },
+    /// A weight the architecture needs is not in the file.
+    #[error("{file}: no tensor {name}; is this a model of the architecture its header names?")]
+    MissingTensor {
+        /// The Hugging Face tensor name.
+        name: String,
+        /// The file or folder.
+        file: PathBuf,
+    },
+    /// Malformed metadata.
+    #[error("{0}")]
+    Format(String),
+    /// Something OpenRFT does not run (yet).
+    #[error("unsupported {0}")]
+    Unsupported(String),
+    /// A tensor operation failed (shapes, devices).
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    /// Fetching a model failed.
+    #[error(transparent)]
+    Fetch(#[from] crate::hub::FetchError),
+}

@@ -1,0 +1,419 @@
+//! The decoder-only transformer shared by Llama, Qwen2 and Qwen3, on the inference path.
+//!
+//! One implementation serves all three families: they differ only in q/k/v biases (Qwen2) and
+//! per-head q/k RMS norms (Qwen3), which are optional fields here. The reference is Hugging Face
+//! `transformers`' `modeling_llama.py` / `modeling_qwen2.py` / `modeling_qwen3.py`: pre-norm
+//! residual blocks, rotate-half RoPE, grouped-query attention, SwiGLU MLP.
+//!
+//! This path uses candle's fused kernels (RMS norm, RoPE, soft-max), which record no gradient:
+//! it is for sampling, where nothing is differentiated. Rows of a batch may have different
+//! lengths: prompts are left-padded, `positions` gives each token its own position, and
+//! `key_mask` hides the padding.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor, D};
+
+use crate::config::ModelConfig;
+use crate::weights::{self, Weights};
+use crate::ModelError;
+
+/// A loaded causal language model.
+#[derive(Debug)]
+pub struct CausalLm {
+    config: ModelConfig,
+    embed_tokens: Tensor,
+    layers: Vec<DecoderLayer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    inv_freq: Tensor,
+    device: Device,
+}
+
+#[derive(Debug)]
+struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// xs: (b, t, in) -> (b, t, out)
+    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, t, d_in) = xs.dims3()?;
+        let out = xs.reshape((b * t, d_in))?.matmul(&self.weight.t()?)?;
+        let out = match &self.bias {
+            Some(bias) => out.broadcast_add(bias)?,
+            None => out,
+        };
+        out.reshape((b, t, ()))
+    }
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    input_layernorm: Tensor,
+    post_attention_layernorm: Tensor,
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+/// Keys and values of the tokens seen so far, per layer: `(b, kv_heads, seen, head_dim)`.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// An empty cache.
+    pub fn new() -> KvCache {
+        KvCache::default()
+    }
+
+    /// Tokens cached so far (0 when empty).
+    pub fn seen(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |(k, _)| k.dim(2).unwrap_or(0))
+    }
+
+    /// Repeats every row `n` times along the batch: `n` samples share one prompt's prefill.
+    pub fn repeat_rows(&self, n: usize) -> candle_core::Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| {
+                layer
+                    .as_ref()
+                    .map(|(k, v)| Ok((repeat_batch(k, n)?, repeat_batch(v, n)?)))
+                    .transpose()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(KvCache { layers })
+    }
+
+    /// Keeps only the given batch rows (finished sequences leave the batch).
+    pub fn select_rows(&self, rows: &Tensor) -> candle_core::Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| {
+                layer
+                    .as_ref()
+                    .map(|(k, v)| Ok((k.index_select(rows, 0)?, v.index_select(rows, 0)?)))
+                    .transpose()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(KvCache { layers })
+    }
+}
+
+/// (b, ...) -> (b * n, ...), each row repeated `n` times consecutively.
+fn repeat_batch(xs: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+    if n == 1 {
+        return Ok(xs.clone());
+    }
+    let dims = xs.dims().to_vec();
+    let mut expanded = vec![dims[0], n];
+    expanded.extend(&dims[1..]);
+    let mut target = vec![dims[0] * n];
+    target.extend(&dims[1..]);
+    xs.unsqueeze(1)?
+        .broadcast_as(expanded)?
+        .contiguous()?
+        .reshape(target)
+}
+
+/// Which positions the forward pass turns into logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Every position: `(b, t, vocab)`.
+    All,
+    /// Only the last position of each row: `(b, 1, vocab)`; what sampling needs.
+    Last,
+}
+
+impl CausalLm {
+    /// Loads a model from a GGUF file or a Hugging Face folder.
+    pub fn load(path: &Path, device: &Device) -> Result<CausalLm, ModelError> {
+        if path.is_dir() {
+            let config_path = path.join("config.json");
+            let text = std::fs::read_to_string(&config_path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => ModelError::MissingFile {
+                    path: config_path.clone(),
+                    hint: "a Hugging Face model folder needs config.json, *.safetensors and tokenizer.json".into(),
+                },
+                _ => ModelError::Io {
+                    path: config_path.clone(),
+                    source: e,
+                },
+            })?;
+            let config = ModelConfig::from_hf_json(&text)?;
+            let weights = weights::load_safetensors_dir(path, device)?;
+            CausalLm::from_weights(config, weights, device)
+        } else {
+            let (_, config, weights) = weights::load_gguf(path, device)?;
+            CausalLm::from_weights(config, weights, device)
+        }
+    }
+
+    /// Assembles a model from named weights (Hugging Face names).
+    pub fn from_weights(config: ModelConfig, mut weights: Weights, device: &Device) -> Result<CausalLm, ModelError> {
+        let arch = config.architecture;
+        let embed_tokens = weights.take("model.embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for idx in 0..config.num_layers {
+            let p = format!("model.layers.{idx}");
+            let mut linear = |name: &str, bias: bool| -> Result<Linear, ModelError> {
+                Ok(Linear {
+                    weight: weights.take(&format!("{p}.{name}.weight"))?,
+                    bias: if bias {
+                        Some(weights.take(&format!("{p}.{name}.bias"))?)
+                    } else {
+                        None
+                    },
+                })
+            };
+            let qkv_bias = arch.has_qkv_bias();
+            let q_proj = linear("self_attn.q_proj", qkv_bias)?;
+            let k_proj = linear("self_attn.k_proj", qkv_bias)?;
+            let v_proj = linear("self_attn.v_proj", qkv_bias)?;
+            let o_proj = linear("self_attn.o_proj", false)?;
+            let gate_proj = linear("mlp.gate_proj", false)?;
+            let up_proj = linear("mlp.up_proj", false)?;
+            let down_proj = linear("mlp.down_proj", false)?;
+            let (q_norm, k_norm) = if arch.has_qk_norm() {
+                (
+                    Some(weights.take(&format!("{p}.self_attn.q_norm.weight"))?),
+                    Some(weights.take(&format!("{p}.self_attn.k_norm.weight"))?),
+                )
+            } else {
+                (None, None)
+            };
+            layers.push(DecoderLayer {
+                input_layernorm: weights.take(&format!("{p}.input_layernorm.weight"))?,
+                post_attention_layernorm: weights.take(&format!("{p}.post_attention_layernorm.weight"))?,
+                q_proj,
+                k_proj,
+                v_proj,
+                o_proj,
+                q_norm,
+                k_norm,
+                gate_proj,
+                up_proj,
+                down_proj,
+            });
+        }
+        let norm = weights.take("model.norm.weight")?;
+        let lm_head = match weights.take_optional("lm_head.weight") {
+            Some(head) if !config.tie_word_embeddings => head,
+            _ => embed_tokens.clone(),
+        };
+        let half = config.head_dim / 2;
+        // Computed like transformers: base ** (2i / d) in f32, then its reciprocal.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / (config.rope_theta as f32).powf((2 * i) as f32 / config.head_dim as f32))
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        Ok(CausalLm {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// One forward pass over new tokens, extending `cache`.
+    ///
+    /// - `input_ids`: (b, t) u32, the new tokens;
+    /// - `positions`: (b, t) u32, each token's position in its own sequence;
+    /// - `key_mask`: (b, seen + t) f32, 0 for real tokens and -inf for padding, or `None`
+    ///   when no row is padded.
+    ///
+    /// Returns logits `(b, t, vocab)` or `(b, 1, vocab)` per `logits`.
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        key_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        logits: Logits,
+    ) -> Result<Tensor, ModelError> {
+        let (b, t) = input_ids.dims2()?;
+        let seen = cache.seen();
+        if cache.layers.len() != self.layers.len() {
+            cache.layers = vec![None; self.layers.len()];
+        }
+        let mut xs = self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.hidden_size))?;
+        let (cos, sin) = self.rotary(positions)?;
+        let mask = self.attention_mask(b, t, seen, key_mask)?;
+        let eps = self.config.rms_norm_eps as f32;
+        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+            let residual = xs.clone();
+            let normed = candle_nn::ops::rms_norm(&xs, &layer.input_layernorm, eps)?;
+            let attn = self.attention(layer, &normed, &cos, &sin, mask.as_ref(), slot)?;
+            xs = (residual + attn)?;
+            let residual = xs.clone();
+            let normed = candle_nn::ops::rms_norm(&xs, &layer.post_attention_layernorm, eps)?;
+            let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&normed)?)?;
+            let mlp = layer.down_proj.forward(&(gate * layer.up_proj.forward(&normed)?)?)?;
+            xs = (residual + mlp)?;
+        }
+        let xs = match logits {
+            Logits::All => xs,
+            Logits::Last => xs.narrow(1, t - 1, 1)?,
+        };
+        let xs = candle_nn::ops::rms_norm(&xs, &self.norm, eps)?;
+        let (b, t_out, d) = xs.dims3()?;
+        let out = xs.reshape((b * t_out, d))?.matmul(&self.lm_head.t()?)?;
+        Ok(out.reshape((b, t_out, self.config.vocab_size))?)
+    }
+
+    /// cos and sin for each position: (b, t, head_dim / 2).
+    fn rotary(&self, positions: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        let (b, t) = positions.dims2()?;
+        let freqs = positions
+            .to_dtype(DType::F32)?
+            .reshape((b * t, 1))?
+            .broadcast_mul(&self.inv_freq)?;
+        let half = self.config.head_dim / 2;
+        Ok((
+            freqs.cos()?.reshape((b, t, half))?.contiguous()?,
+            freqs.sin()?.reshape((b, t, half))?.contiguous()?,
+        ))
+    }
+
+    /// Additive mask (b, 1, t, seen + t): causal within the new tokens, padding hidden.
+    fn attention_mask(
+        &self,
+        b: usize,
+        t: usize,
+        seen: usize,
+        key_mask: Option<&Tensor>,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let total = seen + t;
+        let causal = if t > 1 {
+            let values: Vec<f32> = (0..t)
+                .flat_map(|i| {
+                    (0..total).map(move |j| if j <= seen + i { 0.0 } else { f32::NEG_INFINITY })
+                })
+                .collect();
+            Some(Tensor::from_vec(values, (1, 1, t, total), &self.device)?)
+        } else {
+            None
+        };
+        let padding = key_mask
+            .map(|m| m.reshape((b, 1, 1, total)))
+            .transpose()?;
+        Ok(match (causal, padding) {
+            (None, None) => None,
+            (Some(c), None) => Some(c),
+            (None, Some(p)) => Some(p),
+            (Some(c), Some(p)) => Some(c.broadcast_add(&p)?),
+        })
+    }
+
+    fn attention(
+        &self,
+        layer: &DecoderLayer,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut Option<(Tensor, Tensor)>,
+    ) -> candle_core::Result<Tensor> {
+        let (b, t, _) = xs.dims3()?;
+        let (n_heads, n_kv, head_dim) = (
+            self.config.num_heads,
+            self.config.num_kv_heads,
+            self.config.head_dim,
+        );
+        let eps = self.config.rms_norm_eps as f32;
+        let split = |proj: &Linear, heads: usize| -> candle_core::Result<Tensor> {
+            proj.forward(xs)?.reshape((b, t, heads, head_dim))?.transpose(1, 2)?.contiguous()
+        };
+        let mut q = split(&layer.q_proj, n_heads)?;
+        let mut k = split(&layer.k_proj, n_kv)?;
+        let v = split(&layer.v_proj, n_kv)?;
+        if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
+            q = candle_nn::ops::rms_norm(&q, q_norm, eps)?;
+            k = candle_nn::ops::rms_norm(&k, k_norm, eps)?;
+        }
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (k, v) = match cache.take() {
+            Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 2)?, Tensor::cat(&[&past_v, &v], 2)?),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let k = repeat_kv(&k, n_heads / n_kv)?;
+        let v = repeat_kv(&v, n_heads / n_kv)?;
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, n_heads * head_dim))?;
+        layer.o_proj.forward(&out)
+    }
+
+    /// Greedy decoding of one prompt: the reference path for parity tests.
+    pub fn generate_greedy(&self, prompt: &[u32], max_new_tokens: usize, stop: &[u32]) -> Result<Vec<u32>, ModelError> {
+        let mut cache = KvCache::new();
+        let mut out = Vec::new();
+        let mut input: Vec<u32> = prompt.to_vec();
+        let mut position = 0u32;
+        for _ in 0..max_new_tokens {
+            let n = input.len();
+            let ids = Tensor::from_vec(input.clone(), (1, n), &self.device)?;
+            let positions: Vec<u32> = (position..position + n as u32).collect();
+            let positions = Tensor::from_vec(positions, (1, n), &self.device)?;
+            let logits = self.forward(&ids, &positions, None, &mut cache, Logits::Last)?;
+            let next = logits.flatten_all()?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            position += n as u32;
+            out.push(next);
+            if stop.contains(&next) {
+                break;
+            }
+            input = vec![next];
+        }
+        Ok(out)
+    }
+}
+
+/// (b, kv, t, d) -> (b, kv * n, t, d): grouped-query attention shares each kv head.
+fn repeat_kv(xs: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+    if n == 1 {
+        return Ok(xs.clone());
+    }
+    let (b, kv, t, d) = xs.dims4()?;
+    xs.unsqueeze(2)?
+        .broadcast_as((b, kv, n, t, d))?
+        .contiguous()?
+        .reshape((b, kv * n, t, d))
+}
