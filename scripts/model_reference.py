@@ -74,23 +74,32 @@ def rope(x, positions, theta):
     return x * cos + rotated * sin
 
 
-def forward(cfg, w, ids):
+def forward(cfg, w, ids, start, cache):
+    """Runs `ids` (positions start..start+len) through the model, extending `cache`
+    (per layer: keys and values seen so far); returns the last position's logits."""
     t = len(ids)
     h, kvh = cfg["heads"], cfg["kv_heads"]
     hd = cfg["hidden"] // h
     x = w["token_embd.weight"][ids]
-    positions = np.arange(t)
-    mask = np.triu(np.full((t, t), -np.inf, dtype=np.float32), 1)
+    positions = np.arange(start, start + t)
+    total = start + t
+    mask = np.full((t, total), -np.inf, dtype=np.float32)
+    for i in range(t):
+        mask[i, : start + i + 1] = 0.0
     for i in range(cfg["layers"]):
         p = f"blk.{i}."
         n = rms_norm(x, w[p + "attn_norm.weight"], cfg["eps"])
-        q = n @ unpermute(w[p + "attn_q.weight"], h).T
-        k = n @ unpermute(w[p + "attn_k.weight"], kvh).T
+        q = n @ w[p + "q"].T
+        k = n @ w[p + "k"].T
         v = n @ w[p + "attn_v.weight"].T
         q = q.reshape(t, h, hd).transpose(1, 0, 2)
         k = k.reshape(t, kvh, hd).transpose(1, 0, 2)
         v = v.reshape(t, kvh, hd).transpose(1, 0, 2)
         q, k = rope(q, positions, cfg["theta"]), rope(k, positions, cfg["theta"])
+        if i in cache:
+            k = np.concatenate([cache[i][0], k], axis=1)
+            v = np.concatenate([cache[i][1], v], axis=1)
+        cache[i] = (k, v)
         k = np.repeat(k, h // kvh, axis=0)
         v = np.repeat(v, h // kvh, axis=0)
         scores = q @ k.transpose(0, 2, 1) / np.sqrt(hd) + mask
@@ -131,6 +140,10 @@ def main():
     gguf_path, out_path = sys.argv[1], sys.argv[2]
     tokenizer = smollm_tokenizer(GGUFReader(gguf_path))
     cfg, w = load(gguf_path)
+    for i in range(cfg["layers"]):
+        p = f"blk.{i}."
+        w[p + "q"] = unpermute(w[p + "attn_q.weight"], cfg["heads"])
+        w[p + "k"] = unpermute(w[p + "attn_k.weight"], cfg["kv_heads"])
     eos = {tokenizer.token_to_id("<|im_end|>"), tokenizer.token_to_id("<|endoftext|>")}
     with open(out_path, "w") as f:
         for prompt in PROMPTS:
@@ -139,16 +152,18 @@ def main():
                 f"<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
             )
             prompt_ids = tokenizer.encode(text, add_special_tokens=False).ids
-            ids = list(prompt_ids)
+            cache = {}
+            step_ids, start = list(prompt_ids), 0
             new = []
             margins = []
             for _ in range(N_NEW):
-                logits = forward(cfg, w, np.array(ids))
+                logits = forward(cfg, w, np.array(step_ids), start, cache)
+                start += len(step_ids)
                 order = np.argsort(logits)
                 nxt = int(order[-1])
                 margins.append(float(logits[order[-1]] - logits[order[-2]]))
                 new.append(nxt)
-                ids.append(nxt)
+                step_ids = [nxt]
                 if nxt in eos:
                     break
             row = {

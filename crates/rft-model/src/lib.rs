@@ -13,6 +13,7 @@ pub mod embed;
 mod error;
 pub mod hub;
 pub mod model;
+pub mod sample;
 pub mod tokenizer;
 pub mod weights;
 

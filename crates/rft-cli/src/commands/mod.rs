@@ -6,11 +6,13 @@ use std::process::ExitCode;
 use anyhow::Context;
 use rft_types::Grader;
 
-use crate::cli::{BenchCommand, Cli, Command, GraderCommand, SetupCommand};
+use crate::cli::{BenchCommand, Cli, Command, GraderCommand, ModelsCommand, SetupCommand};
 
 mod bench;
+mod generate;
 mod grade;
 mod grader;
+mod models;
 mod setup;
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -19,6 +21,13 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Grader {
             command: GraderCommand::Validate { grader: path },
         } => grader::validate(&path),
+        Command::Generate(args) => generate::run(&args),
+        Command::Models {
+            command: ModelsCommand::List,
+        } => models::list(),
+        Command::Models {
+            command: ModelsCommand::Pull { name },
+        } => models::pull(&name),
         Command::Setup {
             command: SetupCommand::Python { tag, python },
         } => setup::python(&tag, &python),
