@@ -7,8 +7,7 @@
 //! operation order (percentages, then logs summed left to right, then `exp`), so results agree
 //! with sacrebleu to the last bit or two, far inside 1e-9.
 
-use std::collections::HashMap;
-
+use super::ngram::{clipped_matches, expected_words, Vocab};
 use super::pytext::{is_py_space, py_split};
 
 /// sacrebleu's `MAX_NGRAM_ORDER`.
@@ -24,45 +23,22 @@ pub fn bleu(input: &str, reference: &str) -> f64 {
     let hyp_text = tokenize_13a(input);
     let ref_text = tokenize_13a(reference);
 
-    // Comparing interned ids is cheaper than comparing strings, and lets n-grams be slices of ids.
-    let mut vocab: HashMap<&str, u32> = HashMap::new();
-    let hyp = intern(&hyp_text, &mut vocab);
-    let refs = intern(&ref_text, &mut vocab);
+    let mut vocab = Vocab::default();
+    let hyp = vocab.ids(
+        py_split(&hyp_text).map(str::as_bytes),
+        expected_words(&hyp_text),
+    );
+    let refs = vocab.ids(
+        py_split(&ref_text).map(str::as_bytes),
+        expected_words(&ref_text),
+    );
+    let vocab_len = vocab.len();
 
     let mut correct = [0u64; MAX_ORDER];
-    let mut total = [0u64; MAX_ORDER];
-    let mut ref_counts: HashMap<&[u32], u32> = HashMap::new();
-    for n in 1..=MAX_ORDER.min(hyp.len()) {
-        total[n - 1] = (hyp.len() - n + 1) as u64;
-        if refs.len() < n {
-            continue;
-        }
-        ref_counts.clear();
-        for gram in refs.windows(n) {
-            *ref_counts.entry(gram).or_insert(0) += 1;
-        }
-        // Using up the reference's count occurrence by occurrence sums min(hyp, ref) per n-gram:
-        // sacrebleu's clipped counts.
-        for gram in hyp.windows(n) {
-            if let Some(left) = ref_counts.get_mut(gram) {
-                if *left > 0 {
-                    *left -= 1;
-                    correct[n - 1] += 1;
-                }
-            }
-        }
-    }
+    clipped_matches(&hyp, &refs, vocab_len, &mut correct);
+    // The hypothesis has len - n + 1 n-grams of order n = i + 1.
+    let total: [u64; MAX_ORDER] = std::array::from_fn(|i| hyp.len().saturating_sub(i) as u64);
     compute_bleu(&correct, &total, hyp.len(), refs.len()) / 100.0
-}
-
-/// Python's `str.split()` of a tokenised line, each word replaced by its id in `vocab`.
-fn intern<'a>(text: &'a str, vocab: &mut HashMap<&'a str, u32>) -> Vec<u32> {
-    py_split(text)
-        .map(|word| {
-            let next = vocab.len() as u32;
-            *vocab.entry(word).or_insert(next)
-        })
-        .collect()
 }
 
 /// `BLEU.compute_bleu` with `smooth_method='exp'` and `effective_order=True`: the score in 0..=100.
@@ -121,102 +97,160 @@ fn my_log(num: f64) -> f64 {
 ///
 /// The result is a line whose Python `split()` gives the tokens; runs of spaces are left in, since
 /// the caller splits anyway (sacrebleu joins with single spaces and splits again).
+///
+/// Every character the regexes look for is ASCII, so they are run as byte scans that copy the text
+/// between matches as whole `&str` slices. Around a multi-byte character the scan sees its first or
+/// last byte instead of the character; both are non-digits, like the character, so every match
+/// and replacement comes out as Python's.
 fn tokenize_13a(sent: &str) -> String {
     let line = sent.trim_end_matches(is_py_space);
     // The language-independent part: chained `str.replace`s, in sacrebleu's order (so
-    // "&amp;quot;" becomes "&quot;", not '"').
-    let mut line = line.replace("<skipped>", "");
-    if line.contains("-\n") {
-        line = line.replace("-\n", "");
+    // "&amp;quot;" becomes "&quot;", never '"'). The single-character checks only skip work.
+    let mut line = line.to_owned();
+    if line.contains('<') {
+        line = replace_if_found(line, "<skipped>", "");
     }
     if line.contains('\n') {
+        line = replace_if_found(line, "-\n", "");
         line = line.replace('\n', " ");
     }
     if line.contains('&') {
-        line = line
-            .replace("&quot;", "\"")
-            .replace("&amp;", "&")
-            .replace("&lt;", "<")
-            .replace("&gt;", ">");
+        line = replace_if_found(line, "&quot;", "\"");
+        line = replace_if_found(line, "&amp;", "&");
+        line = replace_if_found(line, "&lt;", "<");
+        line = replace_if_found(line, "&gt;", ">");
     }
-    // `TokenizerRegexp` runs on f' {line} '; the padding decides whether a leading or trailing
-    // period is preceded or followed by something, so it is kept.
-    let padded = format!(" {line} ");
-    let spaced = split_punctuation(&padded);
-    let spaced = split_period_comma_after_non_digit(&spaced);
-    let spaced = split_period_comma_before_non_digit(&spaced);
-    split_dash_after_digit(&spaced)
+    let mut line = split_punctuation(&line);
+    // The remaining rules only act at a period, comma or dash.
+    if line.bytes().any(|b| b == b'.' || b == b',') {
+        line = split_period_comma_after_non_digit(&line);
+        line = split_period_comma_before_non_digit(&line);
+    }
+    if line.as_bytes().contains(&b'-') {
+        line = split_dash_after_digit(&line);
+    }
+    line
 }
 
+/// `text.replace(from, to)`, without copying when `from` does not occur.
+fn replace_if_found(text: String, from: &str, to: &str) -> String {
+    if text.contains(from) {
+        text.replace(from, to)
+    } else {
+        text
+    }
+}
+
+/// `TokenizerRegexp` is applied to `f' {line} '` and starts with
 /// `re.sub(r'([\{-\~\[-\` -\&\(-\+\:-\@\/])', r' \1 ', line)`: every ASCII symbol except
-/// `'`, `,`, `-` and `.` (space included, harmlessly) gets a space on both sides.
+/// `'`, `,`, `-` and `.` gets a space on both sides.
+///
+/// The class also holds the space itself, which it only turns into three; since spaces matter
+/// to the later rules only as non-digits and to `split()` only as separators, spaces (the padding
+/// included) are left single here.
 fn split_punctuation(line: &str) -> String {
-    let mut out = String::with_capacity(line.len() * 2);
-    for c in line.chars() {
-        if matches!(c, '{'..='~' | '['..='`' | ' '..='&' | '('..='+' | ':'..='@' | '/') {
+    /// The regex's character class less the space, as a byte table.
+    const SPACED_SYMBOL: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            table[b] = matches!(
+                b as u8,
+                b'{'..=b'~' | b'['..=b'`' | b'!'..=b'&' | b'('..=b'+' | b':'..=b'@' | b'/'
+            );
+            b += 1;
+        }
+        table
+    };
+    let mut out = String::with_capacity(line.len() + line.len() / 2 + 2);
+    out.push(' ');
+    let mut copied = 0;
+    for (i, &b) in line.as_bytes().iter().enumerate() {
+        if SPACED_SYMBOL[usize::from(b)] {
+            // `i` and `i + 1` are character boundaries: `b` is an ASCII character.
+            out.push_str(&line[copied..i]);
             out.push(' ');
-            out.push(c);
+            out.push(char::from(b));
             out.push(' ');
-        } else {
-            out.push(c);
+            copied = i + 1;
         }
     }
+    out.push_str(&line[copied..]);
+    out.push(' ');
     out
 }
 
 /// `re.sub(r'([^0-9])([\.,])', r'\1 \2 ', line)`. Matches are two characters long and do not
-/// overlap, so a character consumed as `\2` cannot also be the `\1` of the next match ("a..b"
-/// splits only its first period here); a left-to-right scan reproduces that exactly.
+/// overlap, so a character taken as `\2` cannot also be the `\1` of the next match; in "x,.5"
+/// the period is left alone. A left-to-right scan that skips past each match does the same.
 fn split_period_comma_after_non_digit(line: &str) -> String {
+    let bytes = line.as_bytes();
     let mut out = String::with_capacity(line.len() + line.len() / 2);
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        out.push(c);
-        if !c.is_ascii_digit() {
-            if let Some(&next @ ('.' | ',')) = chars.peek() {
-                chars.next();
-                out.push(' ');
-                out.push(next);
-                out.push(' ');
-            }
+    let mut copied = 0;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        let next = bytes[i + 1];
+        if matches!(next, b'.' | b',') && !bytes[i].is_ascii_digit() {
+            // `i + 1` holds an ASCII character, so `i + 1` and `i + 2` are boundaries.
+            out.push_str(&line[copied..=i]);
+            out.push(' ');
+            out.push(char::from(next));
+            out.push(' ');
+            copied = i + 2;
+            i += 2;
+        } else {
+            i += 1;
         }
     }
+    out.push_str(&line[copied..]);
     out
 }
 
-/// `re.sub(r'([\.,])([^0-9])', r' \1 \2', line)`, with the same non-overlapping scan.
+/// `re.sub(r'([\.,])([^0-9])', r' \1 \2', line)`, with the same non-overlapping scan: the
+/// character after a split period or comma is not itself looked at (in "..b" only the first
+/// period is split off here).
 fn split_period_comma_before_non_digit(line: &str) -> String {
+    let bytes = line.as_bytes();
     let mut out = String::with_capacity(line.len() + line.len() / 2);
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        if matches!(c, '.' | ',') {
-            if let Some(&next) = chars.peek() {
-                if !next.is_ascii_digit() {
-                    chars.next();
-                    out.push(' ');
-                    out.push(c);
-                    out.push(' ');
-                    out.push(next);
-                    continue;
-                }
-            }
+    let mut copied = 0;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        let b = bytes[i];
+        if matches!(b, b'.' | b',') && !bytes[i + 1].is_ascii_digit() {
+            // `i` holds an ASCII character, so `i` and `i + 1` are boundaries; the character
+            // after it is copied unchanged later.
+            out.push_str(&line[copied..i]);
+            out.push(' ');
+            out.push(char::from(b));
+            out.push(' ');
+            copied = i + 1;
+            i += 2;
+        } else {
+            i += 1;
         }
-        out.push(c);
     }
+    out.push_str(&line[copied..]);
     out
 }
 
 /// `re.sub(r'([0-9])(-)', r'\1 \2 ', line)`: a dash after a digit stands alone.
 fn split_dash_after_digit(line: &str) -> String {
+    let bytes = line.as_bytes();
     let mut out = String::with_capacity(line.len() + line.len() / 4);
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        out.push(c);
-        if c.is_ascii_digit() && chars.peek() == Some(&'-') {
-            chars.next();
+    let mut copied = 0;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        if bytes[i].is_ascii_digit() && bytes[i + 1] == b'-' {
+            // Both bytes are ASCII characters, so the slice ends on a boundary.
+            out.push_str(&line[copied..=i]);
             out.push_str(" - ");
+            copied = i + 2;
+            i += 2;
+        } else {
+            i += 1;
         }
     }
+    out.push_str(&line[copied..]);
     out
 }
 

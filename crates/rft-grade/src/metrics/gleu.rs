@@ -2,10 +2,9 @@
 //!
 //! `nltk/translate/gleu_score.py` with its defaults `min_len=1`, `max_len=4`: every n-gram of
 //! order 1..=4 (`nltk.util.everygrams`) is counted on both sides, and the score is
-//! `matches / max(hypothesis n-grams, reference n-grams)`, i.e. the smaller of precision and recall.
+//! `matches / max(hypothesis n-grams, reference n-grams)`: the smaller of precision and recall.
 
-use std::collections::HashMap;
-
+use super::ngram::{clipped_matches, expected_words, Vocab};
 use super::pytext::py_split;
 
 /// nltk's `max_len` default.
@@ -16,46 +15,24 @@ const MAX_ORDER: usize = 4;
 /// Both texts are split on whitespace exactly like Python's `str.split()`; words are compared
 /// case-sensitively and punctuation stays attached. Two empty texts score 0.
 pub fn gleu(input: &str, reference: &str) -> f64 {
-    // Interned ids make n-grams cheap slices to hash and compare.
-    let mut vocab: HashMap<&str, u32> = HashMap::new();
-    let hyp = intern(input, &mut vocab);
-    let refs = intern(reference, &mut vocab);
+    let mut vocab = Vocab::default();
+    let hyp = vocab.ids(py_split(input).map(str::as_bytes), expected_words(input));
+    let refs = vocab.ids(
+        py_split(reference).map(str::as_bytes),
+        expected_words(reference),
+    );
+    let vocab_len = vocab.len();
 
     // nltk: tpfp = hypothesis n-grams, tpfn = reference n-grams, n_all = max(tpfp, tpfn).
     let n_all = everygram_count(hyp.len()).max(everygram_count(refs.len()));
     if n_all == 0 {
         return 0.0;
     }
-
-    // tp = sum(|ref_ngrams & hyp_ngrams|): Counter intersection keeps min(count, count) per n-gram,
-    // which using up the reference's counts occurrence by occurrence adds up to as well.
-    let mut tp: u64 = 0;
-    let mut ref_counts: HashMap<&[u32], u32> = HashMap::new();
-    for n in 1..=MAX_ORDER.min(hyp.len()).min(refs.len()) {
-        ref_counts.clear();
-        for gram in refs.windows(n) {
-            *ref_counts.entry(gram).or_insert(0) += 1;
-        }
-        for gram in hyp.windows(n) {
-            if let Some(left) = ref_counts.get_mut(gram) {
-                if *left > 0 {
-                    *left -= 1;
-                    tp += 1;
-                }
-            }
-        }
-    }
+    // tp = sum((ref_ngrams & hyp_ngrams).values()), over all orders at once.
+    let mut matches = [0u64; MAX_ORDER];
+    clipped_matches(&hyp, &refs, vocab_len, &mut matches);
+    let tp: u64 = matches.iter().sum();
     tp as f64 / n_all as f64
-}
-
-/// Python's `str.split()` of `text`, each word replaced by its id in `vocab`.
-fn intern<'a>(text: &'a str, vocab: &mut HashMap<&'a str, u32>) -> Vec<u32> {
-    py_split(text)
-        .map(|word| {
-            let next = vocab.len() as u32;
-            *vocab.entry(word).or_insert(next)
-        })
-        .collect()
 }
 
 /// How many n-grams of orders 1..=4 `everygrams` yields for a sequence of `len` tokens.

@@ -8,6 +8,7 @@ mod bleu;
 mod fuzzy;
 mod gleu;
 mod meteor;
+mod ngram;
 mod porter;
 pub(crate) mod pytext;
 mod rouge;

@@ -6,7 +6,7 @@
 //! becomes a separator, empty tokens are dropped. Precision, recall and F-measure use the same
 //! float operations as `rouge_score/scoring.py`.
 
-use std::collections::HashMap;
+use super::ngram::{ngram_matches, Vocab};
 
 /// ROUGE-N F-measure of `input` (the prediction) against `reference` (the target), in 0..=1.
 ///
@@ -17,32 +17,16 @@ pub fn rouge_n(input: &str, reference: &str, n: usize) -> f64 {
     if n == 0 {
         return 0.0;
     }
-    let target_text = normalize(reference);
-    let prediction_text = normalize(input);
-    let mut vocab: HashMap<&str, u32> = HashMap::new();
-    let target = intern(&target_text, &mut vocab);
-    let prediction = intern(&prediction_text, &mut vocab);
+    let (target_tokens, prediction_tokens) = (Tokens::new(reference), Tokens::new(input));
+    let mut vocab = Vocab::default();
+    let target = target_tokens.ids(&mut vocab);
+    let prediction = prediction_tokens.ids(&mut vocab);
+    let vocab_len = vocab.len();
 
     let target_count = (target.len() + 1).saturating_sub(n);
     let prediction_count = (prediction.len() + 1).saturating_sub(n);
-
-    // `_score_ngrams` sums min(target, prediction) over the target's n-grams; using up the
-    // target's counts occurrence by occurrence of the prediction gives the same sum.
-    let mut intersection: u64 = 0;
-    if target_count > 0 && prediction_count > 0 {
-        let mut target_ngrams: HashMap<&[u32], u32> = HashMap::with_capacity(target_count);
-        for gram in target.windows(n) {
-            *target_ngrams.entry(gram).or_insert(0) += 1;
-        }
-        for gram in prediction.windows(n) {
-            if let Some(left) = target_ngrams.get_mut(gram) {
-                if *left > 0 {
-                    *left -= 1;
-                    intersection += 1;
-                }
-            }
-        }
-    }
+    // `_score_ngrams` sums min(target count, prediction count) over the target's n-grams.
+    let intersection = ngram_matches(&prediction, &target, vocab_len, n);
     let precision = intersection as f64 / prediction_count.max(1) as f64;
     let recall = intersection as f64 / target_count.max(1) as f64;
     fmeasure(precision, recall)
@@ -53,11 +37,10 @@ pub fn rouge_n(input: &str, reference: &str, n: usize) -> f64 {
 ///
 /// Tokenisation is the same as [`rouge_n`]'s. If either side has no token the score is 0.
 pub fn rouge_l(input: &str, reference: &str) -> f64 {
-    let target_text = normalize(reference);
-    let prediction_text = normalize(input);
-    let mut vocab: HashMap<&str, u32> = HashMap::new();
-    let target = intern(&target_text, &mut vocab);
-    let prediction = intern(&prediction_text, &mut vocab);
+    let (target_tokens, prediction_tokens) = (Tokens::new(reference), Tokens::new(input));
+    let mut vocab = Vocab::default();
+    let target = target_tokens.ids(&mut vocab);
+    let prediction = prediction_tokens.ids(&mut vocab);
     if target.is_empty() || prediction.is_empty() {
         return 0.0;
     }
@@ -76,44 +59,100 @@ fn fmeasure(precision: f64, recall: f64) -> f64 {
     }
 }
 
-/// rouge-score's `tokenize` up to the split: `text.lower()`, then `[^a-z0-9]+` replaced by spaces.
+/// The tokens of rouge-score's default tokenizer (`tokenize.tokenize` without a stemmer):
+/// `text.lower()`, `[^a-z0-9]+` replaced by a space, split on whitespace, and only tokens that
+/// match `^[a-z0-9]+$` kept. Put together, the tokens are the maximal runs of ASCII letters and
+/// digits in the lowercased text.
 ///
-/// Python lowercases with the full Unicode mapping, and two non-ASCII characters lowercase into
-/// ASCII letters: U+212A KELVIN SIGN to "k" (which then joins its neighbours' token) and U+0130
-/// to "i" plus a combining dot (which ends the token). Rust's `char::to_lowercase` uses the same
-/// mapping, so it is consulted for every non-ASCII character rather than hard-coding those two.
-fn normalize(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_ascii() {
-            out.push(if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                ' '
-            });
-        } else {
-            for lower in c.to_lowercase() {
-                out.push(if lower.is_ascii_alphanumeric() {
-                    lower
-                } else {
-                    ' '
-                });
-            }
-        }
-    }
-    out
+/// Python lowercases with the full Unicode mapping, and exactly two non-ASCII characters
+/// lowercase into ASCII letters: U+212A KELVIN SIGN to "k" (which then joins its neighbours'
+/// token) and U+0130 to "i" plus a combining dot (which ends the token). Those two are
+/// special-cased (asking `char::to_lowercase` about every non-ASCII character would cost far
+/// more); a test checks against Rust's Unicode tables that no other character lowercases into
+/// ASCII.
+struct Tokens {
+    /// The tokens, back to back (ASCII letters and digits only).
+    text: Vec<u8>,
+    /// Where each token ends in `text`.
+    ends: Vec<usize>,
 }
 
-/// The tokens of a [`normalize`]d text (its non-empty space-separated runs, which all pass
-/// rouge-score's `^[a-z0-9]+$` check), each replaced by its id in `vocab`.
-fn intern<'a>(text: &'a str, vocab: &mut HashMap<&'a str, u32>) -> Vec<u32> {
-    text.split(' ')
-        .filter(|token| !token.is_empty())
-        .map(|token| {
-            let next = vocab.len() as u32;
-            *vocab.entry(token).or_insert(next)
-        })
-        .collect()
+impl Tokens {
+    fn new(raw: &str) -> Self {
+        /// The lowercase of each ASCII letter and digit; 0 for every other byte.
+        const ALNUM_LOWER: [u8; 256] = {
+            let mut table = [0; 256];
+            let mut b = 0;
+            while b < 128 {
+                let c = b as u8;
+                if c.is_ascii_alphanumeric() {
+                    table[b] = c.to_ascii_lowercase();
+                }
+                b += 1;
+            }
+            table
+        };
+        // Every byte of `raw` yields at most one byte of `text` (see below), so `text` is filled in
+        // place up to `len` and its `get_mut`s never fail; plain locals rather than `Vec::push`
+        // keep this loop tight.
+        let mut text = vec![0u8; raw.len()];
+        let mut len = 0;
+        let mut ends = Vec::with_capacity(raw.len() / 4 + 1);
+        let mut token_start = 0;
+        let bytes = raw.as_bytes();
+        let mut i = 0;
+        while let Some(&b) = bytes.get(i) {
+            let alnum = if b.is_ascii() {
+                // Most text is ASCII, handled a byte at a time.
+                i += 1;
+                ALNUM_LOWER[usize::from(b)]
+            } else {
+                // A non-ASCII character, 2 to 4 bytes, contributes at most one letter.
+                let c = raw.get(i..).and_then(|rest| rest.chars().next());
+                i += c.map_or(1, char::len_utf8);
+                match c {
+                    // Python lowercases these two into ASCII (see the doc comment); every other
+                    // non-ASCII character lowercases to non-ASCII: a separator.
+                    Some('\u{212a}') => b'k',
+                    Some('\u{130}') => {
+                        // "i" and a combining dot, which ends the token.
+                        if let Some(slot) = text.get_mut(len) {
+                            *slot = b'i';
+                            len += 1;
+                        }
+                        0
+                    }
+                    _ => 0,
+                }
+            };
+            if alnum != 0 {
+                if let Some(slot) = text.get_mut(len) {
+                    *slot = alnum;
+                    len += 1;
+                }
+            } else if token_start < len {
+                ends.push(len);
+                token_start = len;
+            }
+        }
+        if token_start < len {
+            ends.push(len);
+        }
+        text.truncate(len);
+        Self { text, ends }
+    }
+
+    /// The tokens' ids in `vocab`.
+    fn ids<'a>(&'a self, vocab: &mut Vocab<'a>) -> Vec<u32> {
+        vocab.ids(self.iter(), self.ends.len())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(&self.ends)
+            .map(|(start, &end)| &self.text[start..end])
+    }
 }
 
 /// Length of the longest common subsequence: `_lcs_table(...)[-1][-1]`, keeping one row.
@@ -139,11 +178,10 @@ fn lcs_length(a: &[u32], b: &[u32]) -> u32 {
 mod tests {
     use super::*;
 
-    fn tokens(text: &str) -> Vec<String> {
-        normalize(text)
-            .split(' ')
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned)
+    fn words(text: &str) -> Vec<String> {
+        Tokens::new(text)
+            .iter()
+            .map(|t| String::from_utf8_lossy(t).into_owned())
             .collect()
     }
 
@@ -184,12 +222,12 @@ mod tests {
     #[test]
     fn tokenizer_keeps_only_lowercased_ascii_alphanumerics() {
         assert_eq!(
-            tokens("Straße CAFÉ, x2-Y3"),
+            words("Straße CAFÉ, x2-Y3"),
             ["stra", "e", "caf", "x2", "y3"]
         );
         // Python's lower(): KELVIN SIGN -> "k" joins the word; U+0130 -> "i" + U+0307 splits it.
         assert_eq!(
-            tokens("KELVIN\u{212a} \u{130}stanbul"),
+            words("KELVIN\u{212a} \u{130}stanbul"),
             ["kelvink", "i", "stanbul"]
         );
         assert_eq!(
@@ -200,8 +238,9 @@ mod tests {
 
     #[test]
     fn only_kelvin_and_dotted_capital_i_lowercase_into_ascii() {
-        // Python 3.11: [c for c in map(chr, range(0x110000)) if not c.isascii()
-        //               and any(x.isascii() for x in c.lower())] == ['\u0130', '\u212a'].
+        // `Tokens::new` relies on this, and Python 3.11 agrees:
+        // [c for c in map(chr, range(0x110000))
+        //  if not c.isascii() and any(x.isascii() for x in c.lower())] == ['\u0130', '\u212a']
         let found: Vec<char> = (0x80..=0x10_ffff)
             .filter_map(char::from_u32)
             .filter(|c| c.to_lowercase().any(|l| l.is_ascii()))
