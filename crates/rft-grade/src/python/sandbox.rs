@@ -324,14 +324,11 @@ fn add_rule(ruleset: &OwnedFd, path: &Path, dir_access: u64, file_access: u64) -
         )
     };
     if result < 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::Other,
-            format!(
-                "landlock rule for {}: {}",
-                path.display(),
-                io::Error::last_os_error()
-            ),
-        ));
+        return Err(io::Error::other(format!(
+            "landlock rule for {}: {}",
+            path.display(),
+            io::Error::last_os_error()
+        )));
     }
     Ok(())
 }
@@ -410,11 +407,11 @@ fn stmt(code: u32, k: u32) -> libc::sock_filter {
 /// Builds the filter. Returns it with the indices of the instructions whose constant must be
 /// set to the worker's pid in the child (signals are allowed to the worker itself only).
 fn seccomp_filter() -> io::Result<(Vec<libc::sock_filter>, Vec<usize>)> {
-    const LD_W_ABS: u32 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
-    const JEQ_K: u32 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u32;
-    const JGE_K: u32 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u32;
-    const JSET_K: u32 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u32;
-    const RET_K: u32 = (libc::BPF_RET | libc::BPF_K) as u32;
+    const LD_W_ABS: u32 = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    const JEQ_K: u32 = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    const JGE_K: u32 = libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K;
+    const JSET_K: u32 = libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K;
+    const RET_K: u32 = libc::BPF_RET | libc::BPF_K;
 
     // Jump targets are symbolic while building and resolved to relative offsets at the end.
     enum Op {
