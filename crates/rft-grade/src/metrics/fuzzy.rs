@@ -1,32 +1,41 @@
 //! `fuzzy_match`: rapidfuzz's `fuzz.WRatio` with `utils.default_process`, ported from rapidfuzz 3.14.6.
 //!
 //! The reference is `rapidfuzz.fuzz.WRatio(input, reference, processor=rapidfuzz.utils.default_process)
-//! / 100`. What Python users run is the compiled extension, i.e. the C++ of rapidfuzz-cpp (the
-//! `extern/rapidfuzz-cpp` submodule of RapidFuzz v3.14.6, commit 6c10b68: `rapidfuzz/fuzz_impl.hpp`,
-//! `distance/Indel_impl.hpp`, `details/common_impl.hpp`, `details/distance.hpp`) and RapidFuzz's
-//! `src/rapidfuzz/utils.hpp`/`utils.cpp` for the processor. That code, not the pure-Python fallback
-//! `fuzz_py.py`, is what this file follows where the two differ (notably `partial_ratio`, whose C++
-//! version searches windows by bisection and scores prefixes and suffixes differently).
+//! / 100`. What Python users run is rapidfuzz's compiled extension, so this follows its C++, not
+//! the pure-Python fallback `fuzz_py.py` (they differ, notably in `partial_ratio`): the
+//! `extern/rapidfuzz-cpp` submodule of RapidFuzz v3.14.6 (rapidfuzz-cpp commit 6c10b68:
+//! `rapidfuzz/fuzz_impl.hpp`, `distance/Indel_impl.hpp`, `distance/LCSseq_impl.hpp`,
+//! `details/common_impl.hpp`, `details/distance.hpp`) and RapidFuzz's own `src/rapidfuzz/utils.cpp`
+//! for the processor.
 //!
-//! The pieces, each mirroring the C++ function of the same name:
+//! The pieces, each named after the C++ function it mirrors:
 //! - `default_process`: every code point maps to one code point, its lowercase form when it is
-//!   alphanumeric and a space otherwise, then spaces are trimmed. The character table is the one
-//!   compiled into rapidfuzz ([`unicode_table`]), not Rust's or the running Python's.
+//!   alphanumeric and a space otherwise, then spaces are trimmed. The table is the one compiled
+//!   into rapidfuzz ([`unicode_table`]), which agrees with neither Rust's `char` methods nor the
+//!   running Python's `str` methods on every code point.
 //! - `ratio`: normalized Indel similarity, `100 * (1 - dist / (len1 + len2))`.
 //! - `partial_ratio`, `token_ratio` (token sort and token set in one), `partial_token_ratio`.
-//! - `wratio`: the weighting by length ratio (`UNBASE_SCALE` 0.95, partial scale 0.9 or 0.6).
+//! - `wratio`: the weighting by length ratio (`UNBASE_SCALE` 0.95, partial scale 0.9 up to a length
+//!   ratio of 8, 0.6 beyond).
 //!
-//! Strings are compared as code-point sequences, as rapidfuzz does on Python `str`. Each scorer
-//! takes the `score_cutoff` the C++ passes it and applies it with the same float operations
-//! (including the `1e-5` slack of `NormSim_to_NormDist`), because some paths (the window search
-//! of `partial_ratio`, the early exits of the token scorers) prune on it and their result can
-//! depend on it. Distances themselves are exact: [`lcs`] computes the LCS bit-parallel, as
-//! rapidfuzz does.
+//! Strings are compared as code-point sequences, as rapidfuzz compares Python `str`s. `WRatio`
+//! hands each scorer a `score_cutoff` derived from the scores so far, and the scorers zero or
+//! skip whatever falls below it; this port passes the same cutoffs and applies them with the same
+//! float operations (including the `1e-5` slack of `NormSim_to_NormDist`), because the result
+//! can depend on them: below a cutoff rapidfuzz may switch to a banded LCS that can miss an
+//! optimal alignment (see [`lcs`]), and that is reproduced too.
+//!
+//! For speed, work whose outcome is already known is skipped, never approximated: windows of
+//! `partial_ratio` whose character counts rule them out, prefix and suffix scores that cannot beat
+//! the best one, LCS computations confined to a band when only values above a threshold matter.
+//! Scratch vectors are reused across calls ([`pool`]).
 
 mod lcs;
+mod pool;
 mod unicode_table;
 
 use lcs::{Pattern, Scan};
+use pool::Buf;
 
 /// How similar `input` is to `reference`, in `0..=1`: rapidfuzz's `WRatio` with its default
 /// processor (lowercasing, non-alphanumerics to spaces, trimming), divided by 100.
@@ -45,8 +54,24 @@ pub fn fuzzy_match(input: &str, reference: &str) -> f64 {
 const SPACE: u32 = 0x20;
 
 /// rapidfuzz's `default_process` on the code points of `text`.
-fn default_process(text: &str) -> Vec<u32> {
-    let mut out: Vec<u32> = text.chars().map(|ch| process_char(u32::from(ch))).collect();
+fn default_process(text: &str) -> Buf<u32> {
+    let mut out = Buf::new();
+    out.reserve(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        // Runs of ASCII go through the byte table; other characters are decoded one by one.
+        let ascii = rest
+            .bytes()
+            .position(|b| !b.is_ascii())
+            .unwrap_or(rest.len());
+        let (run, tail) = rest.split_at(ascii);
+        out.extend(run.bytes().map(|b| u32::from(ASCII_MAP[usize::from(b)])));
+        let mut chars = tail.chars();
+        if let Some(ch) = chars.next() {
+            out.push(process_char(u32::from(ch)));
+        }
+        rest = chars.as_str();
+    }
     // The C++ trims only U+0020, which is the only whitespace left after the mapping.
     let end = out.iter().rposition(|&c| c != SPACE).map_or(0, |i| i + 1);
     out.truncate(end);
@@ -55,15 +80,66 @@ fn default_process(text: &str) -> Vec<u32> {
     out
 }
 
-/// One code point through rapidfuzz's `default_process` mapping.
-fn process_char(ch: u32) -> u32 {
-    if ch < 0x80 {
-        return match ch {
-            0x30..=0x39 | 0x61..=0x7A => ch,
-            0x41..=0x5A => ch + 0x20,
-            _ => SPACE,
-        };
+/// `default_process` on ASCII: letters lowercased, digits kept, everything else a space.
+static ASCII_MAP: [u8; 128] = {
+    let mut map = [b' '; 128];
+    let mut i = 0;
+    while i < 128 {
+        let b = i as u8;
+        if b.is_ascii_digit() || b.is_ascii_lowercase() {
+            map[i] = b;
+        } else if b.is_ascii_uppercase() {
+            map[i] = b + 0x20;
+        }
+        i += 1;
     }
+    map
+};
+
+/// One code point through rapidfuzz's `default_process` mapping.
+#[inline]
+fn process_char(ch: u32) -> u32 {
+    match SMALL_MAP.get(ch as usize) {
+        Some(&mapped) => u32::from(mapped),
+        None => process_large(ch),
+    }
+}
+
+/// Code points below this are mapped by [`SMALL_MAP`]; they cover Latin, Greek, Cyrillic, the
+/// scripts of South Asia, general punctuation and letterlike symbols such as the Kelvin sign.
+const SMALL_LIMIT: usize = 0x3000;
+
+/// [`process_char`] for code points below [`SMALL_LIMIT`], expanded at compile time from the range
+/// tables (all their images lie in the Basic Multilingual Plane).
+static SMALL_MAP: [u16; SMALL_LIMIT] = {
+    let mut map = [SPACE as u16; SMALL_LIMIT];
+    let alnum = unicode_table::ALNUM_RANGES;
+    let mut i = 0;
+    while i < alnum.len() {
+        let (first, last) = alnum[i];
+        let mut cp = first as usize;
+        while cp <= last as usize && cp < SMALL_LIMIT {
+            map[cp] = cp as u16;
+            cp += 1;
+        }
+        i += 1;
+    }
+    let runs = unicode_table::LOWER_RUNS;
+    let mut i = 0;
+    while i < runs.len() {
+        let (first, last, stride, delta) = runs[i];
+        let mut cp = first;
+        while cp <= last && (cp as usize) < SMALL_LIMIT {
+            map[cp as usize] = (cp as i64 + delta as i64) as u16;
+            cp += stride;
+        }
+        i += 1;
+    }
+    map
+};
+
+/// [`process_char`] from the range tables, by binary search.
+fn process_large(ch: u32) -> u32 {
     let alnum = unicode_table::ALNUM_RANGES
         .binary_search_by(|&(first, last)| {
             if last < ch {
@@ -84,7 +160,7 @@ fn process_char(ch: u32) -> u32 {
         return ch;
     }
     let (first, last, stride, delta) = runs[idx - 1];
-    if ch <= last && (ch - first) % stride == 0 {
+    if ch <= last && stride != 0 && (ch - first).is_multiple_of(stride) {
         ch.wrapping_add_signed(delta)
     } else {
         ch
@@ -209,7 +285,7 @@ fn partial_ratio_impl(s1: &[u32], s2: &[u32], mut score_cutoff: f64) -> f64 {
     let len1 = s1.len();
     let len2 = s2.len();
     let pattern = Pattern::new(s1);
-    let mut ids = Vec::with_capacity(len2);
+    let mut ids = Buf::new();
     pattern.encode(s2, &mut ids);
     let mut best = 0.0;
 
@@ -237,7 +313,11 @@ fn partial_ratio_impl(s1: &[u32], s2: &[u32], mut score_cutoff: f64) -> f64 {
         if id == 0 {
             continue;
         }
-        let ls_ratio = cached_ratio(&pattern, s1, &s2[..i], &ids[..i], scan.lcs(), score_cutoff);
+        let lcs = scan.lcs();
+        if exact_score(lcs, len1, i) <= best {
+            continue;
+        }
+        let ls_ratio = cached_ratio(&pattern, s1, &s2[..i], &ids[..i], lcs, score_cutoff);
         if ls_ratio > best {
             score_cutoff = ls_ratio;
             best = ls_ratio;
@@ -252,13 +332,13 @@ fn partial_ratio_impl(s1: &[u32], s2: &[u32], mut score_cutoff: f64) -> f64 {
     // suffix's LCS; the C++ then visits them from the longest on.
     let reversed = pattern.reversed_masks();
     let mut scan = Scan::new(&reversed, pattern.words());
-    let mut suffix_lcs = vec![0usize; len1];
+    let mut suffix_lcs = Buf::filled(len1, 0usize);
     for (k, i) in (len2 - len1..len2).rev().enumerate() {
         scan.feed(ids[i]);
         suffix_lcs[len1 - 1 - k] = scan.lcs();
     }
     for (k, i) in (len2 - len1..len2).enumerate() {
-        if ids[i] == 0 {
+        if ids[i] == 0 || exact_score(suffix_lcs[k], len1, len2 - i) <= best {
             continue;
         }
         let ls_ratio = cached_ratio(
@@ -279,6 +359,16 @@ fn partial_ratio_impl(s1: &[u32], s2: &[u32], mut score_cutoff: f64) -> f64 {
     }
     debug_assert_eq!(pattern.len(), len1);
     best
+}
+
+/// The ratio of two strings of lengths `len1` and `len2` with LCS `lcs`, computed as
+/// [`indel_score`] does: what `CachedRatio::similarity` returns when no cutoff interferes, and an
+/// upper bound of what it returns otherwise (0, or the same value). Both loops of
+/// `partial_ratio_impl` skip the full computation when this cannot beat the best score so far.
+fn exact_score(lcs: usize, len1: usize, len2: usize) -> f64 {
+    let maximum = len1 + len2;
+    let dist = maximum - 2 * lcs;
+    (1.0 - dist as f64 / maximum as f64) * 100.0
 }
 
 /// `CachedRatio::similarity(s2, score_cutoff)` for the needle `s1` (with its `pattern`), given
@@ -323,8 +413,8 @@ fn best_window_distance(
     // lower[start]: 2 * (len - overlap), where overlap is the sum over characters of the smaller
     // of their counts in the needle and in the window, an upper bound of the window's LCS.
     let alphabet = pattern.masks().len() / pattern.words().max(1);
-    let mut need = vec![0u32; alphabet];
-    let mut have = vec![0u32; alphabet];
+    let mut need = Buf::filled(alphabet, 0u32);
+    let mut have = Buf::filled(alphabet, 0u32);
     for &ch in needle {
         need[pattern.id(ch) as usize] += 1;
     }
@@ -336,7 +426,8 @@ fn best_window_distance(
         }
         have[id] += 1;
     }
-    let mut lower = Vec::with_capacity(starts);
+    let mut lower = Buf::new();
+    lower.reserve(starts);
     for start in 0..starts {
         lower.push(maximum - 2 * overlap);
         let out = ids[start] as usize;
@@ -354,11 +445,14 @@ fn best_window_distance(
     const UNKNOWN: usize = usize::MAX;
     let mut cutoff_dist = initial_cutoff;
     let mut best_dist = None;
-    let mut scores = vec![UNKNOWN; starts];
-    let mut windows = vec![(0usize, starts - 1)];
-    let mut new_windows = Vec::new();
+    let mut scores = Buf::filled(starts, UNKNOWN);
+    // Ranges of starts, as flat (first, second) pairs.
+    let mut windows = Buf::new();
+    windows.extend_from_slice(&[0, starts - 1]);
+    let mut new_windows = Buf::new();
     while !windows.is_empty() {
-        for &(first, second) in &windows {
+        for range in windows.chunks_exact(2) {
+            let (first, second) = (range[0], range[1]);
             for start in [first, second] {
                 if scores[start] != UNKNOWN {
                     continue;
@@ -367,21 +461,17 @@ fn best_window_distance(
                     scores[start] = lower[start];
                     continue;
                 }
-                let window = &ids[start..start + len];
-                // Only an LCS above this can beat the cutoff; below it the window's distance is
-                // at least the cutoff, which is as good a bound as the exact value.
-                let floor = (maximum - cutoff_dist) / 2 + 1;
-                let lcs = lcs::lcs_pattern_at_least(pattern, window, floor);
-                if lcs >= floor {
-                    let dist = maximum - 2 * lcs;
-                    scores[start] = dist;
+                // Exact distances, as the C++ computes them, prune best: a bound that only says
+                // "at least the cutoff" would leave the neighbouring windows to evaluate.
+                let lcs = lcs::lcs_pattern_at_least(pattern, &ids[start..start + len], 0);
+                let dist = maximum - 2 * lcs;
+                scores[start] = dist;
+                if dist < cutoff_dist {
                     cutoff_dist = dist;
                     best_dist = Some(dist);
                     if dist == 0 {
                         return best_dist;
                     }
-                } else {
-                    scores[start] = lower[start].max(cutoff_dist);
                 }
             }
             let cell_diff = second - first;
@@ -390,8 +480,7 @@ fn best_window_distance(
             }
             if interior_lower_bound(scores[first], scores[second], cell_diff) < cutoff_dist {
                 let center = cell_diff / 2;
-                new_windows.push((first, first + center));
-                new_windows.push((first + center, second));
+                new_windows.extend_from_slice(&[first, first + center, first + center, second]);
             }
         }
         std::mem::swap(&mut windows, &mut new_windows);
@@ -402,7 +491,8 @@ fn best_window_distance(
 
 /// A lower bound on the distance of every window strictly between two starts `gap` apart whose
 /// distances are at least `left` and `right`: a shift by one changes a distance by at most 2.
-/// (The C++ computes the same bound, rounded to even, from exact distances.)
+/// The C++ prunes with a bound that is never larger (checked in the tests); any valid bound
+/// leads to the same minimum.
 fn interior_lower_bound(left: usize, right: usize, gap: usize) -> usize {
     let (left, right, gap) = (left as i64, right as i64, gap as i64);
     // max(left - 2x, right - 2(gap - x)) is smallest where the two lines cross.
@@ -416,14 +506,27 @@ fn interior_lower_bound(left: usize, right: usize, gap: usize) -> usize {
 
 /// `detail::sorted_split`: the words of `s` (split on spaces, empty words dropped), sorted.
 fn sorted_split(s: &[u32]) -> Vec<&[u32]> {
-    let mut words: Vec<&[u32]> = s.split(|&c| c == SPACE).filter(|w| !w.is_empty()).collect();
-    words.sort_unstable();
-    words
+    // Sorting on a key made of the first three characters settles most comparisons with one
+    // integer comparison. Characters are below 2^21 and never 0 after `default_process`, so 0
+    // marks the end of a shorter word and the key order agrees with the lexicographic order.
+    let key = |w: &[u32]| -> u64 {
+        let at = |i: usize| u64::from(w.get(i).copied().unwrap_or(0));
+        (at(0) << 42) | (at(1) << 21) | at(2)
+    };
+    let mut keyed: Vec<(u64, &[u32])> = Vec::with_capacity(s.len() / 2 + 1);
+    keyed.extend(
+        s.split(|&c| c == SPACE)
+            .filter(|w| !w.is_empty())
+            .map(|w| (key(w), w)),
+    );
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, w)| w).collect()
 }
 
 /// `SplittedSentenceView::join`: the words separated by single spaces.
-fn join(words: &[&[u32]]) -> Vec<u32> {
-    let mut out = Vec::with_capacity(joined_len(words));
+fn join(words: &[&[u32]]) -> Buf<u32> {
+    let mut out = Buf::new();
+    out.reserve(joined_len(words));
     for (i, word) in words.iter().enumerate() {
         if i > 0 {
             out.push(SPACE);
@@ -442,45 +545,51 @@ fn joined_len(words: &[&[u32]]) -> usize {
     }
 }
 
-/// `detail::set_decomposition` of two sorted word lists: the de-duplicated words they share and
-/// those only in one of them, each in sorted order.
+/// The result of [`set_decomposition`].
 struct Decomposition<'a> {
     intersection: Vec<&'a [u32]>,
     difference_ab: Vec<&'a [u32]>,
     difference_ba: Vec<&'a [u32]>,
 }
 
+/// `detail::set_decomposition` of two sorted word lists: the de-duplicated words they share and
+/// those only in one of them, each in sorted order.
 fn set_decomposition<'a>(a: &[&'a [u32]], b: &[&'a [u32]]) -> Decomposition<'a> {
-    let mut a = a.to_vec();
-    let mut b = b.to_vec();
-    a.dedup();
-    b.dedup();
     let mut out = Decomposition {
-        intersection: Vec::new(),
-        difference_ab: Vec::new(),
-        difference_ba: Vec::new(),
+        intersection: Vec::with_capacity(a.len().min(b.len())),
+        difference_ab: Vec::with_capacity(a.len()),
+        difference_ba: Vec::with_capacity(b.len()),
     };
-    // Both lists are sorted and unique, so a merge gives what the C++ finds with linear searches.
+    // Both lists are sorted, so a merge that skips repeated words gives what the C++ finds by
+    // de-duplicating and searching.
     let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(b[j]) {
-            std::cmp::Ordering::Less => {
-                out.difference_ab.push(a[i]);
+    while i < a.len() || j < b.len() {
+        let order = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) => x.cmp(y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            _ => std::cmp::Ordering::Greater,
+        };
+        let (word, from_a, from_b) = match order {
+            std::cmp::Ordering::Less => (a[i], true, false),
+            std::cmp::Ordering::Greater => (b[j], false, true),
+            std::cmp::Ordering::Equal => (a[i], true, true),
+        };
+        match (from_a, from_b) {
+            (true, true) => out.intersection.push(word),
+            (true, false) => out.difference_ab.push(word),
+            _ => out.difference_ba.push(word),
+        }
+        if from_a {
+            while i < a.len() && a[i] == word {
                 i += 1;
             }
-            std::cmp::Ordering::Greater => {
-                out.difference_ba.push(b[j]);
-                j += 1;
-            }
-            std::cmp::Ordering::Equal => {
-                out.intersection.push(a[i]);
-                i += 1;
+        }
+        if from_b {
+            while j < b.len() && b[j] == word {
                 j += 1;
             }
         }
     }
-    out.difference_ab.extend_from_slice(&a[i..]);
-    out.difference_ba.extend_from_slice(&b[j..]);
     out
 }
 
@@ -608,8 +717,8 @@ mod tests {
 
     fn processed(s: &str) -> String {
         default_process(s)
-            .into_iter()
-            .filter_map(char::from_u32)
+            .iter()
+            .filter_map(|&c| char::from_u32(c))
             .collect()
     }
 
@@ -628,6 +737,7 @@ mod tests {
     fn empty_or_punctuation_only_scores_zero() {
         close(fuzzy_match("", ""), 0.0);
         close(fuzzy_match("", "hello"), 0.0);
+        close(fuzzy_match("hello", ""), 0.0);
         close(fuzzy_match("!!!", "!!!"), 0.0);
         close(fuzzy_match(" ", " "), 0.0);
     }
@@ -638,18 +748,54 @@ mod tests {
         assert_eq!(processed("Straße"), "straße");
         // rapidfuzz maps U+0130 to a bare "i" (it ignores the combining dot of full lowercasing).
         assert_eq!(processed("İstanbul"), "istanbul");
+        // No final-sigma rule: capital sigma always becomes σ.
         assert_eq!(processed("ΟΔΟΣ"), "οδοσ");
-        // The Kelvin sign lowercases to "k"; the ligature and emoji are not alphanumeric / kept.
+        // The Kelvin sign lowercases to "k"; the ligature is a letter; the emoji is not.
         assert_eq!(processed("K\u{212A}"), "kk");
         assert_eq!(processed("ﬁle 😀"), "ﬁle");
-        // A combining mark is not alphanumeric.
+        // Combining marks and non-breaking spaces are not alphanumeric.
         assert_eq!(processed("x\u{301}"), "x");
+        assert_eq!(processed("a\u{a0}b\u{3000}c\u{85}"), "a b c");
+    }
+
+    #[test]
+    fn compile_time_table_agrees_with_the_range_tables() {
+        for (cp, &mapped) in SMALL_MAP.iter().enumerate() {
+            let cp = cp as u32;
+            assert_eq!(u32::from(mapped), process_large(cp), "U+{cp:04X}");
+        }
+        for (cp, &mapped) in ASCII_MAP.iter().enumerate() {
+            assert_eq!(u16::from(mapped), SMALL_MAP[cp], "U+{cp:04X}");
+        }
+    }
+
+    #[test]
+    fn window_bound_never_exceeds_a_reachable_distance() {
+        // Distances of windows `gap` apart differ by at most 2 per step; every value the bound
+        // allows must be at least the bound.
+        for gap in 2..30usize {
+            for left in (0..120usize).step_by(2) {
+                for right in (0..120usize).step_by(2) {
+                    if left.abs_diff(right) > 2 * gap {
+                        continue;
+                    }
+                    let tightest = (1..gap)
+                        .map(|x| {
+                            left.saturating_sub(2 * x)
+                                .max(right.saturating_sub(2 * (gap - x)))
+                        })
+                        .min()
+                        .unwrap_or(0);
+                    assert!(interior_lower_bound(left, right, gap) <= tightest);
+                }
+            }
+        }
     }
 
     // Expected values below were computed with rapidfuzz 3.14.6:
     // fuzz.WRatio(a, b, processor=utils.default_process) / 100.
     #[test]
-    fn token_set_and_sort_paths_match_rapidfuzz() {
+    fn token_paths_match_rapidfuzz() {
         close(
             fuzzy_match("fuzzy wuzzy was a bear", "wuzzy fuzzy was a bear"),
             0.95,
@@ -659,17 +805,38 @@ mod tests {
             0.95,
         );
         close(fuzzy_match("this is a test", "this is a test!"), 1.0);
+        close(fuzzy_match("the the the cat", "cat the"), 0.855);
+        close(fuzzy_match("$1,234.56", "1234.56"), 0.9333333333333332);
     }
 
     #[test]
     fn partial_paths_match_rapidfuzz() {
         close(fuzzy_match("New York", "new york city"), 0.9);
+        close(fuzzy_match("abcd", "abcdabcdxxxx"), 0.9);
+        close(fuzzy_match("ab", "abc"), 0.9);
+        close(fuzzy_match("abcd", "abcde"), 0.8888888888888888);
         close(
-            fuzzy_match(
-                "short",
-                "this is a much longer reference that contains short somewhere",
-            ),
+            fuzzy_match("hello", "help me with this hello world message please"),
             0.6,
+        );
+        close(fuzzy_match("x", &"x".repeat(200)), 0.6);
+    }
+
+    #[test]
+    fn length_ratio_of_exactly_eight_keeps_the_larger_scale() {
+        close(fuzzy_match("abc", &format!("abc{}", "y".repeat(21))), 0.9);
+        close(fuzzy_match("abc", &format!("abc{}", "y".repeat(22))), 0.6);
+    }
+
+    #[test]
+    fn long_inputs_match_rapidfuzz() {
+        close(
+            fuzzy_match(&"a".repeat(300), &"a".repeat(299)),
+            0.998330550918197,
+        );
+        close(
+            fuzzy_match(&"ab".repeat(150), &"ba".repeat(150)),
+            0.9966666666666667,
         );
     }
 
@@ -677,5 +844,12 @@ mod tests {
     fn unicode_inputs_match_rapidfuzz() {
         close(fuzzy_match("Straße", "strasse"), 0.7692307692307692);
         close(fuzzy_match("café naïve", "cafe naive"), 0.8);
+        close(fuzzy_match("😀 emoji here", "emoji here"), 1.0);
+        close(fuzzy_match("日本語のテキスト", "日本語"), 0.9);
+        close(fuzzy_match("İstanbul", "istanbul"), 1.0);
+        close(fuzzy_match("Kelvin\u{212a}", "kelvink"), 1.0);
+        close(fuzzy_match("ﬁle", "file"), 0.5714285714285714);
+        close(fuzzy_match("x\u{301}", "x"), 1.0);
+        close(fuzzy_match("ΟΔΟΣ", "οδος"), 0.75);
     }
 }
