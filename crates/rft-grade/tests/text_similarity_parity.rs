@@ -46,7 +46,8 @@ fn check(metric: &str, score: impl Fn(&str, &str) -> f64) {
     for row in &rows {
         let expected = row.expected[metric].as_f64().unwrap();
         let got = score(&row.input, &row.reference);
-        if !((got - expected).abs() <= TOLERANCE) {
+        let close = (got - expected).abs() <= TOLERANCE;
+        if !close {
             failures.push(format!(
                 "line {}: {metric}({:?}, {:?}) = {got}, python says {expected}",
                 row.line,

@@ -537,7 +537,7 @@ mod tests {
         let slot = filter[pid_slots[0]];
         assert_eq!(
             u32::from(slot.code),
-            (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u32
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K
         );
     }
 }
