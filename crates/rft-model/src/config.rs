@@ -84,9 +84,10 @@ impl ModelConfig {
         let key = |name: &str| format!("{arch_name}.{name}");
         let hidden_size = gguf_usize(content, &key("embedding_length"))?;
         let num_heads = gguf_usize(content, &key("attention.head_count"))?;
-        let num_kv_heads = gguf_usize(content, &key("attention.head_count_kv")).unwrap_or(num_heads);
-        let head_dim = gguf_usize(content, &key("attention.key_length"))
-            .unwrap_or(hidden_size / num_heads);
+        let num_kv_heads =
+            gguf_usize(content, &key("attention.head_count_kv")).unwrap_or(num_heads);
+        let head_dim =
+            gguf_usize(content, &key("attention.key_length")).unwrap_or(hidden_size / num_heads);
         let vocab_size = match gguf_usize(content, &key("vocab_size")) {
             Ok(n) => n,
             Err(_) => match content.metadata.get("tokenizer.ggml.tokens") {

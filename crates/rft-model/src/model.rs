@@ -165,7 +165,11 @@ impl CausalLm {
     }
 
     /// Assembles a model from named weights (Hugging Face names).
-    pub fn from_weights(config: ModelConfig, mut weights: Weights, device: &Device) -> Result<CausalLm, ModelError> {
+    pub fn from_weights(
+        config: ModelConfig,
+        mut weights: Weights,
+        device: &Device,
+    ) -> Result<CausalLm, ModelError> {
         let arch = config.architecture;
         let embed_tokens = weights.take("model.embed_tokens.weight")?;
         let mut layers = Vec::with_capacity(config.num_layers);
@@ -199,7 +203,8 @@ impl CausalLm {
             };
             layers.push(DecoderLayer {
                 input_layernorm: weights.take(&format!("{p}.input_layernorm.weight"))?,
-                post_attention_layernorm: weights.take(&format!("{p}.post_attention_layernorm.weight"))?,
+                post_attention_layernorm: weights
+                    .take(&format!("{p}.post_attention_layernorm.weight"))?,
                 q_proj,
                 k_proj,
                 v_proj,
@@ -279,7 +284,9 @@ impl CausalLm {
             let residual = xs.clone();
             let normed = candle_nn::ops::rms_norm(&xs, &layer.post_attention_layernorm, eps)?;
             let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&normed)?)?;
-            let mlp = layer.down_proj.forward(&(gate * layer.up_proj.forward(&normed)?)?)?;
+            let mlp = layer
+                .down_proj
+                .forward(&(gate * layer.up_proj.forward(&normed)?)?)?;
             xs = (residual + mlp)?;
         }
         let xs = match logits {
@@ -318,16 +325,20 @@ impl CausalLm {
         let causal = if t > 1 {
             let values: Vec<f32> = (0..t)
                 .flat_map(|i| {
-                    (0..total).map(move |j| if j <= seen + i { 0.0 } else { f32::NEG_INFINITY })
+                    (0..total).map(move |j| {
+                        if j <= seen + i {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
                 })
                 .collect();
             Some(Tensor::from_vec(values, (1, 1, t, total), &self.device)?)
         } else {
             None
         };
-        let padding = key_mask
-            .map(|m| m.reshape((b, 1, 1, total)))
-            .transpose()?;
+        let padding = key_mask.map(|m| m.reshape((b, 1, 1, total))).transpose()?;
         Ok(match (causal, padding) {
             (None, None) => None,
             (Some(c), None) => Some(c),
@@ -353,7 +364,10 @@ impl CausalLm {
         );
         let eps = self.config.rms_norm_eps as f32;
         let split = |proj: &Linear, heads: usize| -> candle_core::Result<Tensor> {
-            proj.forward(xs)?.reshape((b, t, heads, head_dim))?.transpose(1, 2)?.contiguous()
+            proj.forward(xs)?
+                .reshape((b, t, heads, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
         };
         let mut q = split(&layer.q_proj, n_heads)?;
         let mut k = split(&layer.k_proj, n_kv)?;
@@ -365,7 +379,10 @@ impl CausalLm {
         let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
         let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         let (k, v) = match cache.take() {
-            Some((past_k, past_v)) => (Tensor::cat(&[&past_k, &k], 2)?, Tensor::cat(&[&past_v, &v], 2)?),
+            Some((past_k, past_v)) => (
+                Tensor::cat(&[&past_k, &k], 2)?,
+                Tensor::cat(&[&past_v, &v], 2)?,
+            ),
             None => (k, v),
         };
         *cache = Some((k.clone(), v.clone()));
@@ -378,12 +395,20 @@ impl CausalLm {
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, n_heads * head_dim))?;
+        let out = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, n_heads * head_dim))?;
         layer.o_proj.forward(&out)
     }
 
     /// Greedy decoding of one prompt: the reference path for parity tests.
-    pub fn generate_greedy(&self, prompt: &[u32], max_new_tokens: usize, stop: &[u32]) -> Result<Vec<u32>, ModelError> {
+    pub fn generate_greedy(
+        &self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        stop: &[u32],
+    ) -> Result<Vec<u32>, ModelError> {
         let mut cache = KvCache::new();
         let mut out = Vec::new();
         let mut input: Vec<u32> = prompt.to_vec();
@@ -394,7 +419,10 @@ impl CausalLm {
             let positions: Vec<u32> = (position..position + n as u32).collect();
             let positions = Tensor::from_vec(positions, (1, n), &self.device)?;
             let logits = self.forward(&ids, &positions, None, &mut cache, Logits::Last)?;
-            let next = logits.flatten_all()?.argmax(D::Minus1)?.to_scalar::<u32>()?;
+            let next = logits
+                .flatten_all()?
+                .argmax(D::Minus1)?
+                .to_scalar::<u32>()?;
             position += n as u32;
             out.push(next);
             if stop.contains(&next) {

@@ -32,10 +32,12 @@ impl Weights {
 
     /// Takes a tensor out by name; an error names the file and the missing tensor.
     pub fn take(&mut self, name: &str) -> Result<Tensor, ModelError> {
-        self.tensors.remove(name).ok_or_else(|| ModelError::MissingTensor {
-            name: name.to_owned(),
-            file: self.source.clone(),
-        })
+        self.tensors
+            .remove(name)
+            .ok_or_else(|| ModelError::MissingTensor {
+                name: name.to_owned(),
+                file: self.source.clone(),
+            })
     }
 
     /// Takes a tensor if present.
@@ -57,7 +59,10 @@ impl Weights {
 }
 
 /// A GGUF file opened: its header and the dequantised weights.
-pub fn load_gguf(path: &Path, device: &Device) -> Result<(gguf_file::Content, ModelConfig, Weights), ModelError> {
+pub fn load_gguf(
+    path: &Path,
+    device: &Device,
+) -> Result<(gguf_file::Content, ModelConfig, Weights), ModelError> {
     let io_err = |e: std::io::Error| ModelError::Io {
         path: path.to_owned(),
         source: e,
@@ -75,12 +80,13 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(gguf_file::Content, Mo
             tracing::debug!("ignoring GGUF tensor {gguf_name}");
             continue;
         };
-        let qtensor = content
-            .tensor(&mut file, &gguf_name, device)
-            .map_err(|e| ModelError::Corrupt {
-                path: path.to_owned(),
-                message: format!("tensor {gguf_name}: {e}"),
-            })?;
+        let qtensor =
+            content
+                .tensor(&mut file, &gguf_name, device)
+                .map_err(|e| ModelError::Corrupt {
+                    path: path.to_owned(),
+                    message: format!("tensor {gguf_name}: {e}"),
+                })?;
         let mut tensor = qtensor
             .dequantize(device)
             .and_then(|t| t.to_dtype(DType::F32))
@@ -97,7 +103,11 @@ pub fn load_gguf(path: &Path, device: &Device) -> Result<(gguf_file::Content, Mo
         }
         tensors.insert(hf_name, tensor);
     }
-    Ok((content, config, Weights::from_tensors(tensors, path.to_owned())))
+    Ok((
+        content,
+        config,
+        Weights::from_tensors(tensors, path.to_owned()),
+    ))
 }
 
 /// The safetensors files of a Hugging Face folder (one file, or the shards an index names),
@@ -109,10 +119,11 @@ pub fn load_safetensors_dir(dir: &Path, device: &Device) -> Result<Weights, Mode
             path: index.clone(),
             source: e,
         })?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
-            path: index.clone(),
-            message: e.to_string(),
-        })?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::Corrupt {
+                path: index.clone(),
+                message: e.to_string(),
+            })?;
         let mut shards: Vec<String> = value["weight_map"]
             .as_object()
             .ok_or_else(|| ModelError::Corrupt {
@@ -136,15 +147,18 @@ pub fn load_safetensors_dir(dir: &Path, device: &Device) -> Result<Weights, Mode
                 hint: "a Hugging Face model folder needs model.safetensors (or the shards model.safetensors.index.json names)".into(),
             });
         }
-        let loaded = candle_core::safetensors::load(file, device).map_err(|e| ModelError::Corrupt {
-            path: file.clone(),
-            message: e.to_string(),
-        })?;
-        for (name, tensor) in loaded {
-            let tensor = tensor.to_dtype(DType::F32).map_err(|e| ModelError::Corrupt {
+        let loaded =
+            candle_core::safetensors::load(file, device).map_err(|e| ModelError::Corrupt {
                 path: file.clone(),
-                message: format!("{name}: {e}"),
+                message: e.to_string(),
             })?;
+        for (name, tensor) in loaded {
+            let tensor = tensor
+                .to_dtype(DType::F32)
+                .map_err(|e| ModelError::Corrupt {
+                    path: file.clone(),
+                    message: format!("{name}: {e}"),
+                })?;
             tensors.insert(name, tensor);
         }
     }
@@ -205,10 +219,22 @@ mod tests {
 
     #[test]
     fn gguf_names_map_to_hugging_face_names() {
-        assert_eq!(hf_name("blk.12.attn_q.weight").unwrap(), "model.layers.12.self_attn.q_proj.weight");
-        assert_eq!(hf_name("blk.0.attn_k.bias").unwrap(), "model.layers.0.self_attn.k_proj.bias");
-        assert_eq!(hf_name("blk.3.ffn_down.weight").unwrap(), "model.layers.3.mlp.down_proj.weight");
-        assert_eq!(hf_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
+        assert_eq!(
+            hf_name("blk.12.attn_q.weight").unwrap(),
+            "model.layers.12.self_attn.q_proj.weight"
+        );
+        assert_eq!(
+            hf_name("blk.0.attn_k.bias").unwrap(),
+            "model.layers.0.self_attn.k_proj.bias"
+        );
+        assert_eq!(
+            hf_name("blk.3.ffn_down.weight").unwrap(),
+            "model.layers.3.mlp.down_proj.weight"
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
         assert_eq!(hf_name("rope_freqs.weight"), None);
     }
 
