@@ -93,7 +93,8 @@ fn no_ignored_or_should_panic_tests() {
     rust_files(&workspace_root().join("crates"), &mut files);
     let ignore = ["#[", "ignore]"].concat();
     let should_panic = ["#[", "should_panic"].concat();
-    for file in files {
+    // This file names the attributes it bans.
+    for file in files.into_iter().filter(|f| !f.ends_with("rft-cli/tests/tidy.rs")) {
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(
             !text.contains(&ignore),
