@@ -73,6 +73,21 @@ pub enum GradeError {
         /// What is wrong with the judge configuration.
         source: crate::judge::JudgeSetupError,
     },
+    /// A `cosine` grader was compiled without an embedder.
+    #[error("{path}: the cosine metric needs a sentence-embedding model and none is configured: set RFT_EMBEDDINGS_BASE_URL to an OpenAI-compatible API root (e.g. https://api.openai.com/v1), or grade with the `rft` command, which uses the local all-MiniLM-L6-v2 model (library users: set GraderContext::embedder)")]
+    NoEmbedder {
+        /// JSON path of the text_similarity grader (`grader` for the root).
+        path: String,
+    },
+    /// The embedder of a `cosine` grader is misconfigured.
+    // Not a `source` field: the message already says it all, and error chains would repeat it.
+    #[error("{path}: {error}")]
+    Embedder {
+        /// JSON path of the text_similarity grader (`grader` for the root).
+        path: String,
+        /// What is wrong with the configuration.
+        error: crate::embed::EmbedError,
+    },
     /// WordNet, which METEOR needs, is not installed.
     #[error(transparent)]
     WordNet(#[from] WordNetError),

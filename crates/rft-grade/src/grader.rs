@@ -17,6 +17,7 @@ use rft_types::{
 };
 use serde_json::{Map, Value};
 
+use crate::embed::{cosine_similarity, Embedder, RemoteEmbedder};
 use crate::error::GradeError;
 use crate::formula::{EvalError, Formula, FormulaError};
 use crate::judge::model::{Failure, ModelGrader};
@@ -51,6 +52,12 @@ enum Body {
         reference: Template,
         metric: Metric,
     },
+    /// `text_similarity` with the `cosine` metric, which needs an embedder and can fail.
+    Cosine {
+        input: Template,
+        reference: Template,
+        embedder: Arc<dyn Embedder>,
+    },
     Multi {
         children: Vec<(String, CompiledGrader)>,
         formula: Result<Formula, FormulaError>,
@@ -79,23 +86,29 @@ pub struct GradeRequest {
     pub item: Value,
 }
 
-/// What graders need from outside themselves: the Python runtime and, for model graders, the
-/// judge endpoint. Cheap to clone; share one per process.
+/// What graders need from outside themselves: the Python runtime, the judge endpoint of model
+/// graders and the embedder of the `cosine` metric. Cheap to clone; share one per process.
 #[derive(Debug, Clone)]
 pub struct GraderContext {
     /// Runs Python graders.
     pub python: Arc<PythonRuntime>,
     /// Calls the judge model of `score_model` and `label_model` graders.
     pub judge: Arc<JudgeClient>,
+    /// Embeds texts for the `cosine` metric of `text_similarity` graders; without one, such
+    /// graders do not compile. The `rft` binary installs the local all-MiniLM-L6-v2 model here
+    /// when no remote endpoint is configured.
+    pub embedder: Option<Arc<dyn Embedder>>,
 }
 
 impl GraderContext {
     /// The process-wide context, configured from the environment (docs/graders.md). Building
-    /// it starts no process and makes no network call.
+    /// it starts no process and makes no network call. Its embedder is the remote endpoint of
+    /// `RFT_EMBEDDINGS_BASE_URL` when that is set, else none.
     pub fn shared() -> GraderContext {
         GraderContext {
             python: PythonRuntime::shared(),
             judge: JudgeClient::shared(),
+            embedder: RemoteEmbedder::shared(),
         }
     }
 }
@@ -125,28 +138,35 @@ fn compile_at(
             reference: Template::parse(&g.reference),
             operation: g.operation,
         },
-        Grader::TextSimilarity(g) => Body::TextSimilarity {
-            input: Template::parse(&g.input),
-            reference: Template::parse(&g.reference),
-            metric: match g.evaluation_metric {
-                EvaluationMetric::Cosine => return Err(unsupported(
-                    path,
-                    "the cosine metric",
-                    "it needs a sentence-embedding model, which arrives with the model engine; \
-                         use fuzzy_match, bleu, gleu, meteor or rouge_* meanwhile",
-                )),
-                EvaluationMetric::FuzzyMatch => Metric::FuzzyMatch,
-                EvaluationMetric::Bleu => Metric::Bleu,
-                EvaluationMetric::Gleu => Metric::Gleu,
-                EvaluationMetric::Meteor => Metric::Meteor(WordNet::shared()?),
-                EvaluationMetric::Rouge1 => Metric::RougeN(1),
-                EvaluationMetric::Rouge2 => Metric::RougeN(2),
-                EvaluationMetric::Rouge3 => Metric::RougeN(3),
-                EvaluationMetric::Rouge4 => Metric::RougeN(4),
-                EvaluationMetric::Rouge5 => Metric::RougeN(5),
-                EvaluationMetric::RougeL => Metric::RougeL,
-            },
-        },
+        Grader::TextSimilarity(g) => {
+            let input = Template::parse(&g.input);
+            let reference = Template::parse(&g.reference);
+            let metric = match g.evaluation_metric {
+                EvaluationMetric::Cosine => None,
+                EvaluationMetric::FuzzyMatch => Some(Metric::FuzzyMatch),
+                EvaluationMetric::Bleu => Some(Metric::Bleu),
+                EvaluationMetric::Gleu => Some(Metric::Gleu),
+                EvaluationMetric::Meteor => Some(Metric::Meteor(WordNet::shared()?)),
+                EvaluationMetric::Rouge1 => Some(Metric::RougeN(1)),
+                EvaluationMetric::Rouge2 => Some(Metric::RougeN(2)),
+                EvaluationMetric::Rouge3 => Some(Metric::RougeN(3)),
+                EvaluationMetric::Rouge4 => Some(Metric::RougeN(4)),
+                EvaluationMetric::Rouge5 => Some(Metric::RougeN(5)),
+                EvaluationMetric::RougeL => Some(Metric::RougeL),
+            };
+            match metric {
+                Some(metric) => Body::TextSimilarity {
+                    input,
+                    reference,
+                    metric,
+                },
+                None => Body::Cosine {
+                    input,
+                    reference,
+                    embedder: embedder_for(path, context)?,
+                },
+            }
+        }
         Grader::Python(g) => {
             if g.source.len() > MAX_PYTHON_SOURCE_BYTES {
                 return Err(GradeError::SourceTooLarge {
@@ -203,6 +223,20 @@ fn compile_at(
         body,
         judge,
     })
+}
+
+fn embedder_for(path: &str, context: &GraderContext) -> Result<Arc<dyn Embedder>, GradeError> {
+    let embedder = context
+        .embedder
+        .clone()
+        .ok_or_else(|| GradeError::NoEmbedder {
+            path: display_path(path),
+        })?;
+    embedder.check().map_err(|error| GradeError::Embedder {
+        path: display_path(path),
+        error,
+    })?;
+    Ok(embedder)
 }
 
 fn judge_for(path: &str, context: &GraderContext) -> Result<Arc<JudgeClient>, GradeError> {
@@ -312,14 +346,6 @@ fn display_path(path: &str) -> String {
     match path.trim_end_matches('.') {
         "" => "grader".to_owned(),
         path => path.to_owned(),
-    }
-}
-
-fn unsupported(path: &str, what: &str, why: &str) -> GradeError {
-    GradeError::Unsupported {
-        path: display_path(path),
-        what: what.to_owned(),
-        why: why.to_owned(),
     }
 }
 
@@ -447,6 +473,14 @@ impl CompiledGrader {
                 Ok((input, reference)) => Outcome::score(metric.score(&input, &reference)),
                 Err(missing) => invalid_variable(missing),
             },
+            Body::Cosine {
+                input,
+                reference,
+                embedder,
+            } => match render_pair(input, reference, scope) {
+                Ok((input, reference)) => self.cosine(embedder.as_ref(), &input, &reference),
+                Err(missing) => invalid_variable(missing),
+            },
             Body::Multi { children, formula } => multi(children, formula, scope),
             Body::Python(grader) => match grader.grade(scope.sample, scope.item) {
                 PythonOutcome::Reward(reward) => Outcome::score(reward),
@@ -463,6 +497,40 @@ impl CompiledGrader {
                 }
             },
             Body::Model(grader) => self.model_outcome(grader, scope),
+        }
+    }
+
+    /// The `cosine` metric: both texts embedded in one call, then `util.cos_sim` of the two
+    /// vectors. An empty (or all-whitespace) text scores 0 without a call, as it does for every
+    /// other metric; OpenAI's embeddings API would refuse it. An embedder that fails, or answers
+    /// with vectors that cannot be compared, gives reward 0 with `other_error` (the reason is
+    /// logged: the response has no field for it).
+    fn cosine(&self, embedder: &dyn Embedder, input: &str, reference: &str) -> Outcome {
+        if input.trim().is_empty() || reference.trim().is_empty() {
+            return Outcome::score(0.0);
+        }
+        let failed = |why: &dyn std::fmt::Display| {
+            tracing::warn!("text_similarity grader {}: cosine: {why}", self.name);
+            Outcome::failed(|e| e.other_error = true)
+        };
+        match embedder.embed(&[input, reference]) {
+            Ok(vectors) => match vectors.as_slice() {
+                [a, b] => match cosine_similarity(a, b) {
+                    Some(cosine) => Outcome::score(cosine),
+                    None => failed(&format_args!(
+                        "{} returned vectors of lengths {} and {} that cannot be compared",
+                        embedder.name(),
+                        a.len(),
+                        b.len()
+                    )),
+                },
+                other => failed(&format_args!(
+                    "{} returned {} vectors for 2 texts",
+                    embedder.name(),
+                    other.len()
+                )),
+            },
+            Err(err) => failed(&err),
         }
     }
 

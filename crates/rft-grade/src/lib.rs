@@ -2,8 +2,9 @@
 //!
 //! This crate owns template rendering ([`template`]), every grader type ([`compile`] turns a
 //! [`rft_types::Grader`] into a [`CompiledGrader`]), the text-similarity metrics ([`metrics`],
-//! each an exact port of a Python reference), the multi-grader formula language ([`formula`])
-//! and the judge client of model graders ([`judge`]).
+//! each an exact port of a Python reference), the multi-grader formula language ([`formula`]),
+//! the judge client of model graders ([`judge`]) and the embedder seam of the `cosine` metric
+//! ([`embed`]).
 //! It knows nothing of tensors, HTTP servers or storage: the trainer, the evals and the server
 //! all call [`CompiledGrader::grade`] and get the spec's `RunGraderResponse`.
 //!
@@ -21,6 +22,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod embed;
 mod error;
 pub mod formula;
 mod grader;
@@ -29,6 +31,7 @@ pub mod metrics;
 pub mod python;
 pub mod template;
 
+pub use embed::{EmbedError, Embedder, EmbeddingsConfig, RemoteEmbedder};
 pub use error::GradeError;
 pub use grader::{
     compile, compile_with, validate, CompiledGrader, GradeRequest, GraderContext,

@@ -1,6 +1,6 @@
 //! Graders end to end: spec JSON in, `RunGraderResponse` out, as `graders/run` would answer.
 
-use rft_grade::{compile, validate, GradeError};
+use rft_grade::{compile, compile_with, validate, GradeError, GraderContext};
 use rft_types::{Grader, RunGraderResponse, Sample};
 use serde_json::{json, Value};
 
@@ -108,15 +108,24 @@ fn text_similarity_reports_metric_score() {
 }
 
 #[test]
-fn cosine_is_refused_until_embeddings_exist() {
+fn cosine_without_an_embedder_names_the_fix() {
+    // Grading with cosine is covered by tests/cosine.rs, against a local embeddings server.
     let grader = Grader::from_value(
         &json!({"type": "text_similarity", "name": "sim", "input": "a",
         "reference": "b", "evaluation_metric": "cosine"}),
     )
     .unwrap();
-    let err = compile(&grader).unwrap_err();
-    assert!(matches!(err, GradeError::Unsupported { .. }), "{err}");
-    assert!(err.to_string().contains("cosine"), "{err}");
+    let context = GraderContext {
+        embedder: None,
+        ..GraderContext::shared()
+    };
+    let err = compile_with(&grader, &context).unwrap_err();
+    assert!(matches!(err, GradeError::NoEmbedder { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("cosine") && message.contains("RFT_EMBEDDINGS_BASE_URL"),
+        "{message}"
+    );
 }
 
 #[test]

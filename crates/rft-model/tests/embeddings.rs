@@ -47,7 +47,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/embeddings.jsonl");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/embeddings.jsonl"
+    );
     let text = std::fs::read_to_string(path).unwrap();
     let mut fixture = Fixture {
         max_seq_length: 0,
@@ -83,7 +86,11 @@ fn fixture() -> Fixture {
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (norm(a) * norm(b)).max(1e-12)
 }
@@ -124,7 +131,11 @@ fn all_minilm_l6_v2_matches_sentence_transformers() {
         max_cosine = max_cosine.max(diff);
     }
     for vector in &ours {
-        let norm = vector.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+        let norm = vector
+            .iter()
+            .map(|x| f64::from(*x).powi(2))
+            .sum::<f64>()
+            .sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "embeddings are unit vectors");
     }
     eprintln!(

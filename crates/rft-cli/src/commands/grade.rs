@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use rayon::prelude::*;
-use rft_grade::{compile, CompiledGrader};
+use rft_grade::{compile_with, CompiledGrader};
 use rft_types::Sample;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -30,8 +30,10 @@ struct RunRequest {
 
 pub(crate) fn run(args: &GradeArgs) -> anyhow::Result<ExitCode> {
     let grader = read_grader(&args.grader)?;
-    let compiled =
-        compile(&grader).with_context(|| format!("cannot grade with {}", args.grader.display()))?;
+    // The local embedding model is loaded here, once, when the grader needs it.
+    let context = crate::embedder::context_for(&grader)?;
+    let compiled = compile_with(&grader, &context)
+        .with_context(|| format!("cannot grade with {}", args.grader.display()))?;
     match (&args.sample, &args.input) {
         (Some(sample), _) => grade_one(&compiled, sample, args.item.as_deref()),
         (None, Some(input)) => grade_file(&compiled, input, args.output.as_deref()),

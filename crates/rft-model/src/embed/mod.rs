@@ -8,6 +8,9 @@
 //! the pooling; pipelines other than Transformer → mean Pooling → (Normalize) are refused
 //! rather than computed differently.
 //!
+//! The model runs on the CPU, in f32: a grade embeds two short texts, which takes tens of
+//! milliseconds there, and an accelerator is kept for the policy.
+//!
 //! ```no_run
 //! let encoder = rft_model::embed::SentenceEncoder::default_model()?;
 //! let vectors = encoder.embed(&["A cat sits on the mat.", "A feline rests on a rug."])?;
@@ -223,6 +226,13 @@ impl SentenceEncoder {
         }
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| config_error(&tokenizer_path, e.to_string()))?;
+        // Padding positions are masked out, so any id the embedding table has will do; prefer
+        // the one the tokenizer pads with.
+        let pad_id = tokenizer
+            .get_padding()
+            .map(|p| p.pad_id)
+            .or_else(|| tokenizer.token_to_id("[PAD]"))
+            .unwrap_or(0);
         // tokenizer.json may carry its own truncation and padding (all-MiniLM-L6-v2's pads
         // every text to 128 tokens); sentence-transformers overrides both on every call, so
         // this does too: truncate at max_seq_length, and pad per batch below.
@@ -233,10 +243,6 @@ impl SentenceEncoder {
             }))
             .map_err(|e| config_error(&tokenizer_path, e.to_string()))?;
         tokenizer.with_padding(None);
-        let pad_id = tokenizer
-            .token_to_id("[PAD]")
-            .or_else(|| tokenizer.get_padding().map(|p| p.pad_id))
-            .unwrap_or(0);
 
         Ok(SentenceEncoder {
             model,
