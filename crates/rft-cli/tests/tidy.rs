@@ -94,7 +94,10 @@ fn no_ignored_or_should_panic_tests() {
     let ignore = ["#[", "ignore]"].concat();
     let should_panic = ["#[", "should_panic"].concat();
     // This file names the attributes it bans.
-    for file in files.into_iter().filter(|f| !f.ends_with("rft-cli/tests/tidy.rs")) {
+    for file in files
+        .into_iter()
+        .filter(|f| !f.ends_with("rft-cli/tests/tidy.rs"))
+    {
         let text = std::fs::read_to_string(&file).unwrap();
         assert!(
             !text.contains(&ignore),
