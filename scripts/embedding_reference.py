@@ -133,7 +133,7 @@ def main():
     if mode == "fixtures":
         vectors = model.encode(TEXTS, batch_size=32, convert_to_tensor=True)
         limit = model.max_seq_length
-        tokenized = model.tokenize(TEXTS)["attention_mask"].sum(dim=1).tolist()
+        tokenized = model.preprocess(TEXTS)["attention_mask"].sum(dim=1).tolist()
         with open(arg, "w", encoding="utf-8") as f:
             meta = {
                 "kind": "meta",
