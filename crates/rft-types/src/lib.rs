@@ -21,6 +21,7 @@
 
 mod dataset;
 mod grader;
+pub mod paths;
 mod response;
 mod sample;
 

@@ -95,16 +95,9 @@ impl PythonConfig {
     }
 }
 
-/// OpenRFT's data folder: `$RFT_HOME`, else `~/.cache/openrft`.
+/// OpenRFT's data folder (`$RFT_HOME`, default `~/.cache/openrft`).
 pub fn rft_home() -> PathBuf {
-    if let Some(home) = std::env::var_os("RFT_HOME") {
-        return PathBuf::from(home);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("openrft")
+    rft_types::paths::rft_home()
 }
 
 /// Why Python graders cannot run at all on this host or with this configuration.
