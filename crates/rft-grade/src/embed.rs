@@ -12,14 +12,13 @@
 //! request, with a per-attempt timeout and a few backed-off retries on 429, 5xx and connection
 //! failures.
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+
+use crate::retry::{self, excerpt, plural, retry_after};
 
 /// The embeddings model requested from a remote endpoint when `RFT_EMBEDDINGS_MODEL` is unset:
 /// the one OpenAI documents for its `cosine` metric.
@@ -100,14 +99,6 @@ pub enum EmbedError {
         /// What went wrong.
         message: String,
     },
-}
-
-fn plural(n: u32) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
-    }
 }
 
 /// The cosine of the angle between two embeddings, as sentence-transformers'
@@ -414,14 +405,12 @@ impl RemoteEmbedder {
         Ok(vectors)
     }
 
-    /// `initial_backoff · 2^(attempt-1)`, capped, times a random factor in [0.5, 1) so that
-    /// many graders failing together do not retry in lockstep.
     fn backoff(&self, attempt: u32) -> Duration {
-        let doubled = self
-            .config
-            .initial_backoff
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
-        doubled.min(self.config.max_backoff).mul_f64(jitter())
+        retry::backoff(
+            self.config.initial_backoff,
+            self.config.max_backoff,
+            attempt,
+        )
     }
 }
 
@@ -475,36 +464,6 @@ impl Failure {
             },
         }
     }
-}
-
-/// `retry-after-ms` (OpenAI's, precise) or `Retry-After` in seconds; an HTTP-date is ignored
-/// and the computed backoff used instead.
-fn retry_after(headers: &ureq::http::HeaderMap) -> Option<Duration> {
-    let seconds = |name: &str, scale: f64| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .map(|v| Duration::from_secs_f64(v * scale))
-    };
-    seconds("retry-after-ms", 0.001).or_else(|| seconds("retry-after", 1.0))
-}
-
-fn excerpt(text: &str, chars: usize) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(chars) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
-/// A uniform number in [0.5, 1): a fresh randomly keyed hash of a counter, so no RNG
-/// dependency is needed for jitter.
-fn jitter() -> f64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let bits = RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed));
-    0.5 + (bits >> 11) as f64 / (1u64 << 53) as f64 * 0.5
 }
 
 #[cfg(test)]

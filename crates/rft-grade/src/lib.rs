@@ -29,6 +29,7 @@ mod grader;
 pub mod judge;
 pub mod metrics;
 pub mod python;
+mod retry;
 pub mod template;
 
 pub use embed::{EmbedError, Embedder, EmbeddingsConfig, RemoteEmbedder};

@@ -6,7 +6,7 @@
 //! distribution tokens are drawn from. Each sample draws from its own generator seeded by
 //! `(seed, sample index)`, so the same seed gives the same completions, batch or not.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -202,11 +202,6 @@ fn draw(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> u32 {
         u -= p;
     }
     candidates[probs.len() - 1].0
-}
-
-/// Log-softmax of the last dimension (kept for tests that compare against the sampler).
-pub fn log_softmax_last(logits: &Tensor) -> candle_core::Result<Tensor> {
-    candle_nn::ops::log_softmax(logits, D::Minus1)
 }
 
 #[cfg(test)]

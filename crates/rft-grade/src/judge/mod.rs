@@ -13,15 +13,14 @@
 
 pub(crate) mod model;
 
-use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rft_types::TokenUsage;
 use serde_json::Value;
+
+use crate::retry::{self, plural, retry_after};
 
 /// The endpoint used when none is configured.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -175,14 +174,6 @@ pub(crate) enum CallError {
     /// The endpoint answered 2xx with something that is not a chat completion.
     #[error("{endpoint} answered with something that is not a chat completion: {message}")]
     Malformed { endpoint: String, message: String },
-}
-
-fn plural(n: u32) -> &'static str {
-    if n == 1 {
-        ""
-    } else {
-        "s"
-    }
 }
 
 /// The parts of a chat completion a model grader reads.
@@ -381,14 +372,12 @@ impl JudgeClient {
         }
     }
 
-    /// `initial_backoff · 2^(attempt-1)`, capped, times a random factor in [0.5, 1) so that
-    /// many graders failing together do not retry in lockstep.
     fn backoff(&self, attempt: u32) -> Duration {
-        let doubled = self
-            .config
-            .initial_backoff
-            .saturating_mul(1u32 << (attempt - 1).min(20));
-        doubled.min(self.config.max_backoff).mul_f64(jitter())
+        retry::backoff(
+            self.config.initial_backoff,
+            self.config.max_backoff,
+            attempt,
+        )
     }
 }
 
@@ -451,34 +440,8 @@ fn describe_transport(err: &ureq::Error, timeout: Duration) -> String {
     }
 }
 
-/// `retry-after-ms` (OpenAI's, precise) or `Retry-After` in seconds; an HTTP-date is ignored
-/// and the computed backoff used instead.
-fn retry_after(headers: &ureq::http::HeaderMap) -> Option<Duration> {
-    let seconds = |name: &str, scale: f64| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
-            .map(|v| Duration::from_secs_f64(v * scale))
-    };
-    seconds("retry-after-ms", 0.001).or_else(|| seconds("retry-after", 1.0))
-}
-
 fn excerpt(text: &str) -> String {
-    let text = text.trim();
-    match text.char_indices().nth(MAX_DETAILS_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
-}
-
-/// A uniform number in [0.5, 1): a fresh randomly keyed hash of a counter, so no RNG
-/// dependency is needed for jitter.
-fn jitter() -> f64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let bits = RandomState::new().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed));
-    0.5 + (bits >> 11) as f64 / (1u64 << 53) as f64 * 0.5
+    retry::excerpt(text, MAX_DETAILS_CHARS)
 }
 
 fn parse_completion(text: &str, endpoint: &str) -> Result<Completion, CallError> {
