@@ -9,6 +9,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod constrain;
 pub mod embed;
 mod error;
 pub mod hub;
