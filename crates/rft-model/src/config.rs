@@ -129,9 +129,15 @@ impl ModelConfig {
             num_key_value_heads: Option<usize>,
             head_dim: Option<usize>,
             rope_theta: Option<f64>,
+            /// transformers >= 5 writes `rope_theta` here instead of at the top level.
+            rope_parameters: Option<RopeParameters>,
             rms_norm_eps: f64,
             tie_word_embeddings: Option<bool>,
             max_position_embeddings: Option<usize>,
+        }
+        #[derive(Deserialize)]
+        struct RopeParameters {
+            rope_theta: Option<f64>,
         }
         let hf: HfConfig = serde_json::from_str(text)
             .map_err(|e| ModelError::Format(format!("config.json: {e}")))?;
@@ -156,10 +162,61 @@ impl ModelConfig {
             head_dim: hf
                 .head_dim
                 .unwrap_or(hf.hidden_size / hf.num_attention_heads),
-            rope_theta: hf.rope_theta.unwrap_or(10_000.0),
+            rope_theta: hf
+                .rope_theta
+                .or(hf.rope_parameters.and_then(|r| r.rope_theta))
+                .unwrap_or(10_000.0),
             rms_norm_eps: hf.rms_norm_eps,
             tie_word_embeddings: hf.tie_word_embeddings.unwrap_or(false),
             max_position_embeddings: hf.max_position_embeddings.unwrap_or(4096),
+        })
+    }
+}
+
+impl ModelConfig {
+    /// A tiny shape for tests and benchmarks of the machinery (random weights): vocab 97,
+    /// hidden 32, 2 layers, 4 query heads over 2 key/value heads.
+    pub fn tiny(architecture: Architecture) -> ModelConfig {
+        ModelConfig {
+            architecture,
+            vocab_size: 97,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-6,
+            tie_word_embeddings: architecture == Architecture::Llama,
+            max_position_embeddings: 512,
+        }
+    }
+
+    /// The Hugging Face `config.json` of this shape (for exported models).
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        let (model_class, model_type) = match self.architecture {
+            Architecture::Llama => ("LlamaForCausalLM", "llama"),
+            Architecture::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+            Architecture::Qwen3 => ("Qwen3ForCausalLM", "qwen3"),
+        };
+        serde_json::json!({
+            "architectures": [model_class],
+            "model_type": model_type,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "max_position_embeddings": self.max_position_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": self.architecture.has_qkv_bias(),
+            "torch_dtype": "float32",
         })
     }
 }

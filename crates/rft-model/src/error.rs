@@ -46,6 +46,14 @@ pub enum ModelError {
     /// A tensor operation failed (shapes, devices).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// Backward left trainable tensors without a gradient: the graph is cut somewhere.
+    #[error("{count} trainable tensors got no gradient (first: {first}); this is a bug in the training path, please report it")]
+    MissingGradients {
+        /// How many.
+        count: usize,
+        /// The first one's name.
+        first: String,
+    },
     /// Fetching a model failed.
     #[error(transparent)]
     Fetch(#[from] crate::hub::FetchError),

@@ -13,9 +13,12 @@ pub mod constrain;
 pub mod embed;
 mod error;
 pub mod hub;
+pub mod lora;
 pub mod model;
+pub mod ops;
 pub mod sample;
 pub mod tokenizer;
+pub mod train;
 pub mod weights;
 
 pub use config::{Architecture, ModelConfig};

@@ -15,11 +15,13 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::config::ModelConfig;
+use crate::lora::{LoraAdapter, Projection};
+use crate::ops;
 use crate::weights::{self, Weights};
 use crate::ModelError;
 
-/// A loaded causal language model.
-#[derive(Debug)]
+/// A loaded causal language model. Cloning shares the weights.
+#[derive(Debug, Clone)]
 pub struct CausalLm {
     config: ModelConfig,
     embed_tokens: Tensor,
@@ -30,26 +32,65 @@ pub struct CausalLm {
     device: Device,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
 }
 
 impl Linear {
-    /// xs: (b, t, in) -> (b, t, out)
-    fn forward(&self, xs: &Tensor) -> candle_core::Result<Tensor> {
+    /// xs: (b, t, in) -> (b, t, out), plus the LoRA update when one is given.
+    fn forward(&self, xs: &Tensor, lora: Option<&LoraWeights>) -> candle_core::Result<Tensor> {
         let (b, t, d_in) = xs.dims3()?;
-        let out = xs.reshape((b * t, d_in))?.matmul(&self.weight.t()?)?;
-        let out = match &self.bias {
-            Some(bias) => out.broadcast_add(bias)?,
-            None => out,
-        };
+        let flat = xs.reshape((b * t, d_in))?;
+        let mut out = ops::frozen_linear(&flat, &self.weight, self.bias.as_ref())?;
+        if let Some(lora) = lora {
+            let update = flat.matmul(&lora.a.t()?)?.matmul(&lora.b.t()?)?;
+            out = (out + (update * lora.scale)?)?;
+        }
         out.reshape((b, t, ()))
     }
 }
 
-#[derive(Debug)]
+/// The LoRA matrices of one projection as the forward pass uses them.
+struct LoraWeights {
+    a: Tensor,
+    b: Tensor,
+    scale: f64,
+}
+
+/// How a forward pass uses an adapter.
+#[derive(Clone, Copy)]
+enum AdapterUse<'a> {
+    None,
+    /// Adapter values only: nothing is recorded (sampling with an unmerged adapter).
+    Frozen(&'a LoraAdapter),
+    /// The adapter's `Var`s: the pass records a graph for backward.
+    Trainable(&'a LoraAdapter),
+}
+
+impl AdapterUse<'_> {
+    fn weights(&self, layer: usize, projection: Projection) -> Option<LoraWeights> {
+        let (adapter, trainable) = match *self {
+            AdapterUse::None => return None,
+            AdapterUse::Frozen(adapter) => (adapter, false),
+            AdapterUse::Trainable(adapter) => (adapter, true),
+        };
+        let pair = adapter.pair(layer, projection)?;
+        let (a, b) = if trainable {
+            (pair.a.as_tensor().clone(), pair.b.as_tensor().clone())
+        } else {
+            (pair.a.as_detached_tensor(), pair.b.as_detached_tensor())
+        };
+        Some(LoraWeights {
+            a,
+            b,
+            scale: adapter.scale(),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
 struct DecoderLayer {
     input_layernorm: Tensor,
     post_attention_layernorm: Tensor,
@@ -62,6 +103,32 @@ struct DecoderLayer {
     gate_proj: Linear,
     up_proj: Linear,
     down_proj: Linear,
+}
+
+impl DecoderLayer {
+    fn projection(&self, projection: Projection) -> &Linear {
+        match projection {
+            Projection::Q => &self.q_proj,
+            Projection::K => &self.k_proj,
+            Projection::V => &self.v_proj,
+            Projection::O => &self.o_proj,
+            Projection::Gate => &self.gate_proj,
+            Projection::Up => &self.up_proj,
+            Projection::Down => &self.down_proj,
+        }
+    }
+
+    fn projection_mut(&mut self, projection: Projection) -> &mut Linear {
+        match projection {
+            Projection::Q => &mut self.q_proj,
+            Projection::K => &mut self.k_proj,
+            Projection::V => &mut self.v_proj,
+            Projection::O => &mut self.o_proj,
+            Projection::Gate => &mut self.gate_proj,
+            Projection::Up => &mut self.up_proj,
+            Projection::Down => &mut self.down_proj,
+        }
+    }
 }
 
 /// Keys and values of the tokens seen so far, per layer: `(b, kv_heads, seen, head_dim)`.
@@ -238,6 +305,167 @@ impl CausalLm {
         })
     }
 
+    /// A model with random weights (normal, std 0.1; norm scales near 1): tests and benchmarks
+    /// build their own small models this way.
+    pub fn random(
+        config: ModelConfig,
+        seed: u64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<CausalLm, ModelError> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut tensors = std::collections::HashMap::new();
+        let mut add =
+            |name: String, shape: Vec<usize>, around_one: bool| -> Result<(), ModelError> {
+                let n: usize = shape.iter().product();
+                let values: Vec<f32> = (0..n)
+                    .map(|_| {
+                        // Sum of uniforms: a cheap, bounded, roughly normal draw.
+                        let z: f32 = (0..4).map(|_| rng.random::<f32>() - 0.5).sum::<f32>() * 0.17;
+                        if around_one {
+                            1.0 + z
+                        } else {
+                            z
+                        }
+                    })
+                    .collect();
+                let tensor = Tensor::from_vec(values, shape, device)?.to_dtype(dtype)?;
+                tensors.insert(name, tensor);
+                Ok(())
+            };
+        let c = &config;
+        add(
+            "model.embed_tokens.weight".into(),
+            vec![c.vocab_size, c.hidden_size],
+            false,
+        )?;
+        add("model.norm.weight".into(), vec![c.hidden_size], true)?;
+        if !c.tie_word_embeddings {
+            add(
+                "lm_head.weight".into(),
+                vec![c.vocab_size, c.hidden_size],
+                false,
+            )?;
+        }
+        for idx in 0..c.num_layers {
+            let p = format!("model.layers.{idx}");
+            add(
+                format!("{p}.input_layernorm.weight"),
+                vec![c.hidden_size],
+                true,
+            )?;
+            add(
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![c.hidden_size],
+                true,
+            )?;
+            for projection in Projection::ALL {
+                let (fan_in, fan_out) = projection.shape(c);
+                add(
+                    format!("{p}.{}.weight", projection.path()),
+                    vec![fan_out, fan_in],
+                    false,
+                )?;
+                let biased = matches!(projection, Projection::Q | Projection::K | Projection::V);
+                if biased && c.architecture.has_qkv_bias() {
+                    add(
+                        format!("{p}.{}.bias", projection.path()),
+                        vec![fan_out],
+                        false,
+                    )?;
+                }
+            }
+            if c.architecture.has_qk_norm() {
+                add(
+                    format!("{p}.self_attn.q_norm.weight"),
+                    vec![c.head_dim],
+                    true,
+                )?;
+                add(
+                    format!("{p}.self_attn.k_norm.weight"),
+                    vec![c.head_dim],
+                    true,
+                )?;
+            }
+        }
+        CausalLm::from_weights(
+            config,
+            Weights::from_tensors(tensors, "random weights".into()),
+            device,
+        )
+    }
+
+    /// Every weight under its Hugging Face name (the tied output head is not repeated).
+    pub fn named_weights(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![
+            (
+                "model.embed_tokens.weight".to_owned(),
+                self.embed_tokens.clone(),
+            ),
+            ("model.norm.weight".to_owned(), self.norm.clone()),
+        ];
+        if !self.config.tie_word_embeddings {
+            out.push(("lm_head.weight".to_owned(), self.lm_head.clone()));
+        }
+        for (idx, layer) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{idx}");
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                layer.input_layernorm.clone(),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                layer.post_attention_layernorm.clone(),
+            ));
+            for projection in Projection::ALL {
+                let linear = layer.projection(projection);
+                out.push((
+                    format!("{p}.{}.weight", projection.path()),
+                    linear.weight.clone(),
+                ));
+                if let Some(bias) = &linear.bias {
+                    out.push((format!("{p}.{}.bias", projection.path()), bias.clone()));
+                }
+            }
+            if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
+                out.push((format!("{p}.self_attn.q_norm.weight"), q_norm.clone()));
+                out.push((format!("{p}.self_attn.k_norm.weight"), k_norm.clone()));
+            }
+        }
+        out
+    }
+
+    /// A copy of this model with `adapter` merged into its weights (`W + scale·B·A`): the
+    /// fastest way to sample with an adapter, and what `rft export --merged` writes. Weights the
+    /// adapter does not touch are shared, not copied.
+    pub fn merged(&self, adapter: &LoraAdapter) -> Result<CausalLm, ModelError> {
+        if adapter.num_layers() != self.layers.len() {
+            return Err(ModelError::Format(format!(
+                "the adapter has {} layers, the model {}",
+                adapter.num_layers(),
+                self.layers.len()
+            )));
+        }
+        let mut merged = self.clone();
+        for (idx, layer) in merged.layers.iter_mut().enumerate() {
+            for projection in Projection::ALL {
+                if let Some(pair) = adapter.pair(idx, projection) {
+                    let linear = layer.projection_mut(projection);
+                    let dtype = linear.weight.dtype();
+                    let delta = (pair
+                        .b
+                        .as_detached_tensor()
+                        .matmul(&pair.a.as_detached_tensor())?
+                        * adapter.scale())?;
+                    linear.weight =
+                        (linear.weight.to_dtype(delta.dtype())? + delta)?.to_dtype(dtype)?;
+                }
+            }
+        }
+        Ok(merged)
+    }
+
     /// The model's shape.
     pub fn config(&self) -> &ModelConfig {
         &self.config
@@ -264,10 +492,73 @@ impl CausalLm {
         cache: &mut KvCache,
         logits: Logits,
     ) -> Result<Tensor, ModelError> {
+        self.forward_with(input_ids, positions, key_mask, cache, logits, None)
+    }
+
+    /// [`CausalLm::forward`] with a LoRA adapter applied (unmerged; nothing is recorded for
+    /// backward, so sampling with it keeps no graph alive).
+    pub fn forward_with(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        key_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        logits: Logits,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Tensor, ModelError> {
+        let adapter = adapter.map_or(AdapterUse::None, AdapterUse::Frozen);
+        let xs = self.decoder(input_ids, positions, key_mask, Some(cache), adapter)?;
+        let t = xs.dim(1)?;
+        let xs = match logits {
+            Logits::All => xs,
+            Logits::Last => xs.narrow(1, t - 1, 1)?,
+        };
+        let eps = self.config.rms_norm_eps as f32;
+        let xs = ops::rms_norm(&xs, &self.norm, eps)?;
+        let (b, t_out, d) = xs.dims3()?;
+        let out = xs.reshape((b * t_out, d))?.matmul(&self.lm_head.t()?)?;
+        Ok(out.reshape((b, t_out, self.config.vocab_size))?)
+    }
+
+    /// The final hidden states `(b, t, hidden)` (after the last norm) with the adapter's `Var`s
+    /// in the graph: the training path. No cache; `key_mask` as in [`CausalLm::forward`].
+    /// Turn them into log-probs with [`ops::token_logprobs`] and [`CausalLm::lm_head`].
+    pub fn trainable_hidden(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        key_mask: Option<&Tensor>,
+        adapter: Option<&LoraAdapter>,
+    ) -> Result<Tensor, ModelError> {
+        let adapter = adapter.map_or(AdapterUse::None, AdapterUse::Trainable);
+        let xs = self.decoder(input_ids, positions, key_mask, None, adapter)?;
+        Ok(ops::rms_norm(
+            &xs,
+            &self.norm,
+            self.config.rms_norm_eps as f32,
+        )?)
+    }
+
+    /// The output projection `(vocab, hidden)` (the embedding matrix when tied).
+    pub fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    /// The residual stream after the last decoder layer, before the final norm.
+    fn decoder(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        key_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        adapter: AdapterUse<'_>,
+    ) -> Result<Tensor, ModelError> {
         let (b, t) = input_ids.dims2()?;
-        let seen = cache.seen();
-        if cache.layers.len() != self.layers.len() {
-            cache.layers = vec![None; self.layers.len()];
+        let seen = cache.as_ref().map_or(0, |c| c.seen());
+        if let Some(cache) = cache.as_deref_mut() {
+            if cache.layers.len() != self.layers.len() {
+                cache.layers = vec![None; self.layers.len()];
+            }
         }
         let mut xs = self
             .embed_tokens
@@ -276,27 +567,38 @@ impl CausalLm {
         let (cos, sin) = self.rotary(positions)?;
         let mask = self.attention_mask(b, t, seen, key_mask)?;
         let eps = self.config.rms_norm_eps as f32;
-        for (layer, slot) in self.layers.iter().zip(cache.layers.iter_mut()) {
+        for (idx, layer) in self.layers.iter().enumerate() {
+            let slot = cache.as_deref_mut().map(|c| &mut c.layers[idx]);
+            let lora = |projection| adapter.weights(idx, projection);
             let residual = xs.clone();
-            let normed = candle_nn::ops::rms_norm(&xs, &layer.input_layernorm, eps)?;
-            let attn = self.attention(layer, &normed, &cos, &sin, mask.as_ref(), slot)?;
+            let normed = ops::rms_norm(&xs, &layer.input_layernorm, eps)?;
+            let attn = self.attention(
+                idx,
+                layer,
+                &normed,
+                &cos,
+                &sin,
+                mask.as_ref(),
+                slot,
+                adapter,
+            )?;
             xs = (residual + attn)?;
             let residual = xs.clone();
-            let normed = candle_nn::ops::rms_norm(&xs, &layer.post_attention_layernorm, eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate_proj.forward(&normed)?)?;
+            let normed = ops::rms_norm(&xs, &layer.post_attention_layernorm, eps)?;
+            let gate = candle_nn::ops::silu(
+                &layer
+                    .gate_proj
+                    .forward(&normed, lora(Projection::Gate).as_ref())?,
+            )?;
+            let up = layer
+                .up_proj
+                .forward(&normed, lora(Projection::Up).as_ref())?;
             let mlp = layer
                 .down_proj
-                .forward(&(gate * layer.up_proj.forward(&normed)?)?)?;
+                .forward(&(gate * up)?, lora(Projection::Down).as_ref())?;
             xs = (residual + mlp)?;
         }
-        let xs = match logits {
-            Logits::All => xs,
-            Logits::Last => xs.narrow(1, t - 1, 1)?,
-        };
-        let xs = candle_nn::ops::rms_norm(&xs, &self.norm, eps)?;
-        let (b, t_out, d) = xs.dims3()?;
-        let out = xs.reshape((b * t_out, d))?.matmul(&self.lm_head.t()?)?;
-        Ok(out.reshape((b, t_out, self.config.vocab_size))?)
+        Ok(xs)
     }
 
     /// cos and sin for each position: (b, t, head_dim / 2).
@@ -307,9 +609,10 @@ impl CausalLm {
             .reshape((b * t, 1))?
             .broadcast_mul(&self.inv_freq)?;
         let half = self.config.head_dim / 2;
+        let dtype = self.embed_tokens.dtype();
         Ok((
-            freqs.cos()?.reshape((b, t, half))?.contiguous()?,
-            freqs.sin()?.reshape((b, t, half))?.contiguous()?,
+            freqs.cos()?.reshape((b, t, half))?.to_dtype(dtype)?,
+            freqs.sin()?.reshape((b, t, half))?.to_dtype(dtype)?,
         ))
     }
 
@@ -334,27 +637,56 @@ impl CausalLm {
                     })
                 })
                 .collect();
-            Some(Tensor::from_vec(values, (1, 1, t, total), &self.device)?)
+            Some(
+                Tensor::from_vec(values, (1, 1, t, total), &self.device)?
+                    .to_dtype(self.embed_tokens.dtype())?,
+            )
         } else {
             None
         };
-        let padding = key_mask.map(|m| m.reshape((b, 1, 1, total))).transpose()?;
-        Ok(match (causal, padding) {
-            (None, None) => None,
-            (Some(c), None) => Some(c),
-            (None, Some(p)) => Some(p),
-            (Some(c), Some(p)) => Some(c.broadcast_add(&p)?),
-        })
+        let padding = key_mask
+            .map(|m| {
+                m.reshape((b, 1, 1, total))?
+                    .to_dtype(self.embed_tokens.dtype())
+            })
+            .transpose()?;
+        let Some(padding) = padding else {
+            return Ok(causal);
+        };
+        // A padding query sees only padding keys, and an all -inf row soft-maxes to NaN, which
+        // the next layer carries into the real tokens through that position's keys and values.
+        // Every query may see itself (real queries already do), so such rows stay finite.
+        let own: Vec<f32> = (0..t)
+            .flat_map(|i| {
+                (0..total).map(move |j| {
+                    if j == seen + i {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        let own = Tensor::from_vec(own, (1, 1, t, total), &self.device)?
+            .to_dtype(self.embed_tokens.dtype())?;
+        let mask = match causal {
+            Some(c) => c.broadcast_add(&padding)?,
+            None => padding,
+        };
+        Ok(Some(mask.broadcast_maximum(&own)?))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
+        idx: usize,
         layer: &DecoderLayer,
         xs: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: &mut Option<(Tensor, Tensor)>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        adapter: AdapterUse<'_>,
     ) -> candle_core::Result<Tensor> {
         let (b, t, _) = xs.dims3()?;
         let (n_heads, n_kv, head_dim) = (
@@ -363,43 +695,47 @@ impl CausalLm {
             self.config.head_dim,
         );
         let eps = self.config.rms_norm_eps as f32;
-        let split = |proj: &Linear, heads: usize| -> candle_core::Result<Tensor> {
-            proj.forward(xs)?
+        let split = |proj: &Linear, projection, heads: usize| -> candle_core::Result<Tensor> {
+            proj.forward(xs, adapter.weights(idx, projection).as_ref())?
                 .reshape((b, t, heads, head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let mut q = split(&layer.q_proj, n_heads)?;
-        let mut k = split(&layer.k_proj, n_kv)?;
-        let v = split(&layer.v_proj, n_kv)?;
+        let mut q = split(&layer.q_proj, Projection::Q, n_heads)?;
+        let mut k = split(&layer.k_proj, Projection::K, n_kv)?;
+        let v = split(&layer.v_proj, Projection::V, n_kv)?;
         if let (Some(q_norm), Some(k_norm)) = (&layer.q_norm, &layer.k_norm) {
-            q = candle_nn::ops::rms_norm(&q, q_norm, eps)?;
-            k = candle_nn::ops::rms_norm(&k, k_norm, eps)?;
+            q = ops::rms_norm(&q, q_norm, eps)?;
+            k = ops::rms_norm(&k, k_norm, eps)?;
         }
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let (k, v) = match cache.take() {
-            Some((past_k, past_v)) => (
-                Tensor::cat(&[&past_k, &k], 2)?,
-                Tensor::cat(&[&past_v, &v], 2)?,
-            ),
+        let q = ops::rope(&q, cos, sin)?;
+        let k = ops::rope(&k, cos, sin)?;
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((past_k, past_v)) => (
+                        Tensor::cat(&[&past_k, &k], 2)?,
+                        Tensor::cat(&[&past_v, &v], 2)?,
+                    ),
+                    None => (k, v),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v)
+            }
             None => (k, v),
         };
-        *cache = Some((k.clone(), v.clone()));
         let k = repeat_kv(&k, n_heads / n_kv)?;
         let v = repeat_kv(&v, n_heads / n_kv)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let scores = (q.matmul(&k.t()?)? * scale)?;
-        let scores = match mask {
-            Some(mask) => scores.broadcast_add(mask)?,
-            None => scores,
-        };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = ops::masked_softmax(&scores, mask)?;
         let out = probs
             .matmul(&v)?
             .transpose(1, 2)?
             .reshape((b, t, n_heads * head_dim))?;
-        layer.o_proj.forward(&out)
+        layer
+            .o_proj
+            .forward(&out, adapter.weights(idx, Projection::O).as_ref())
     }
 
     /// Greedy decoding of one prompt: the reference path for parity tests.

@@ -1,0 +1,439 @@
+//! Differentiable versions of the transformer's hot ops, each with a hand-written backward.
+//!
+//! candle's fused kernels (`rms_norm`, `rope`, `softmax_last_dim`) record no gradient, and its
+//! matmul backward always materialises the gradient of the (frozen) weight. Composite versions
+//! that do record gradients keep several `[tokens, hidden]` or `[b, h, t, t]` intermediates alive
+//! per layer until backward ends. So every op here follows one pattern ([`attach_backward`]):
+//!
+//! 1. compute the result with the fast kernel on a *detached* input (no graph at all);
+//! 2. wrap it in a custom op whose forward hands that value over and whose `bwd` computes the
+//!    input gradient in closed form, keeping only what the formula needs (often just the result).
+//!
+//! Both halves are ordinary tensor ops, so the same code runs on every device candle supports;
+//! only the hand-over copy in [`WithBackward`] touches a backend. When the input does not track
+//! a gradient (sampling, evaluation) the ops return the fast kernel's result unchanged: one code
+//! path serves inference and training.
+//!
+//! Only the *input* gets a gradient. Weights passed here are frozen by construction (the trainable
+//! parameters are LoRA matrices, which use ordinary candle ops, see `lora.rs`).
+
+use std::sync::Mutex;
+
+use candle_core::{
+    backend::BackendStorage, bail, CpuStorage, CudaStorage, CustomOp1, DType, Layout, Result,
+    Shape, Storage, Tensor, D,
+};
+
+type BackwardFn = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
+
+/// A custom op that hands over a precomputed value and owns the gradient formula.
+struct WithBackward {
+    name: &'static str,
+    /// Taken (not cloned) by the forward, so the precomputed value does not outlive the op's
+    /// result: the graph keeps one copy of each activation, not two.
+    value: Mutex<Option<Tensor>>,
+    /// `(input, result, grad_result) -> grad_input`.
+    backward: Box<BackwardFn>,
+}
+
+impl WithBackward {
+    fn take_value(&self) -> Result<Tensor> {
+        let mut slot = self
+            .value
+            .lock()
+            .map_err(|_| candle_core::Error::Msg(format!("{}: poisoned value", self.name)))?;
+        match slot.take() {
+            Some(value) => Ok(value),
+            None => bail!("{}: forward ran twice", self.name),
+        }
+    }
+}
+
+impl CustomOp1 for WithBackward {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        let value = self.take_value()?;
+        let (storage, layout) = value.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(cpu) => Ok((exact_cpu_copy(cpu, layout)?, layout.shape().clone())),
+            _ => bail!("{}: value is not on the CPU", self.name),
+        }
+    }
+
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
+        // `attach_backward` hands over values that are contiguous from offset 0 and own their
+        // storage, so cloning the buffer is an exact copy.
+        let value = self.take_value()?;
+        let (storage, layout) = value.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(cuda) => Ok((cuda.try_clone(layout)?, layout.shape().clone())),
+            _ => bail!("{}: value is not on a CUDA device", self.name),
+        }
+    }
+
+    fn bwd(&self, arg: &Tensor, res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        // The gradient formulas are built from detached tensors: nothing they create may join
+        // the graph being walked.
+        let grad = (self.backward)(&arg.detach(), &res.detach(), &grad_res.detach())?;
+        Ok(Some(grad))
+    }
+}
+
+/// The elements of a contiguous CPU tensor, copied into fresh storage of exactly that size.
+fn exact_cpu_copy(storage: &CpuStorage, layout: &Layout) -> Result<CpuStorage> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("attach_backward: value is not contiguous");
+    };
+    Ok(match storage {
+        CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
+        CpuStorage::F64(v) => CpuStorage::F64(v[start..end].to_vec()),
+        CpuStorage::BF16(v) => CpuStorage::BF16(v[start..end].to_vec()),
+        CpuStorage::F16(v) => CpuStorage::F16(v[start..end].to_vec()),
+        other => bail!(
+            "attach_backward: unsupported dtype {:?}",
+            BackendStorage::dtype(other)
+        ),
+    })
+}
+
+/// Returns `value` as a function of `input` whose gradient is `backward(input, value, grad)`.
+///
+/// `value` must have been computed from `input` without tracking (from `input.detach()`). When
+/// `input` tracks no gradient, `value` is returned as is.
+pub fn attach_backward(
+    name: &'static str,
+    input: &Tensor,
+    value: Tensor,
+    backward: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+) -> Result<Tensor> {
+    if !input.track_op() {
+        return Ok(value);
+    }
+    let value = if value.is_contiguous() && value.layout().start_offset() == 0 {
+        value
+    } else {
+        value.copy()?.contiguous()?
+    };
+    input.apply_op1(WithBackward {
+        name,
+        value: Mutex::new(Some(value)),
+        backward: Box::new(backward),
+    })
+}
+
+/// Reductions (norms, soft-max sums) run in f32 for half-precision activations, f64 for f64.
+fn accumulation_dtype(dtype: DType) -> DType {
+    if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// `x @ weightᵀ + bias` for `x: (n, in)`, `weight: (out, in)`, `bias: (out)`; gradient to `x` only.
+pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let value = x.detach().matmul(&weight.t()?)?;
+    let value = match bias {
+        Some(bias) => value.broadcast_add(bias)?,
+        None => value,
+    };
+    let weight = weight.clone();
+    attach_backward("frozen-linear", x, value, move |_, _, grad| {
+        grad.matmul(&weight)
+    })
+}
+
+/// RMS norm over the last dimension with a frozen scale: `x / sqrt(mean(x²) + eps) * weight`.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    let detached = x.detach().contiguous()?;
+    let value = if x.dtype() == DType::F64 {
+        // The fused kernel has no f64 version; f64 is what the gradient checks run in.
+        let r = (detached.sqr()?.mean_keepdim(D::Minus1)? + eps as f64)?
+            .sqrt()?
+            .recip()?;
+        detached.broadcast_mul(&r)?.broadcast_mul(weight)?
+    } else {
+        candle_nn::ops::rms_norm(&detached, weight, eps)?
+    };
+    let weight = weight.clone();
+    attach_backward("rms-norm", x, value, move |x, _, grad| {
+        // With r = (mean(x²) + eps)^-½ and x̂ = x·r:  dx = r·(g·w − x̂·mean(g·w·x̂)).
+        // Computed in f32 whatever the activation dtype, like the forward kernel.
+        let dtype = x.dtype();
+        let x = x.to_dtype(accumulation_dtype(dtype))?;
+        let grad = grad.to_dtype(accumulation_dtype(dtype))?;
+        let weight = weight.to_dtype(accumulation_dtype(dtype))?;
+        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps as f64)?
+            .sqrt()?
+            .recip()?;
+        let x_hat = x.broadcast_mul(&r)?;
+        let gw = grad.broadcast_mul(&weight)?;
+        let dot = (&gw * &x_hat)?.mean_keepdim(D::Minus1)?;
+        (gw - x_hat.broadcast_mul(&dot)?)?
+            .broadcast_mul(&r)?
+            .to_dtype(dtype)
+    })
+}
+
+/// Rotary position embedding in Hugging Face's rotate-half layout.
+///
+/// `x: (b, heads, t, head_dim)`, `cos`/`sin`: `(b, t, head_dim / 2)`. A rotation's transpose is
+/// the rotation by the opposite angle, so the backward is the same kernel with `-sin`.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let value = candle_nn::rotary_emb::rope(&x.detach().contiguous()?, cos, sin)?;
+    let cos = cos.clone();
+    let minus_sin = sin.neg()?;
+    attach_backward("rope", x, value, move |_, _, grad| {
+        candle_nn::rotary_emb::rope(&grad.contiguous()?, &cos, &minus_sin)
+    })
+}
+
+/// `softmax(scores + mask)` over the last dimension; the mask is a constant (no gradient, and
+/// none stored, unlike a plain `broadcast_add`).
+pub fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let detached = scores.detach();
+    let value = match mask {
+        Some(mask) => candle_nn::ops::softmax_last_dim(&detached.broadcast_add(mask)?)?,
+        None => candle_nn::ops::softmax_last_dim(&detached.contiguous()?)?,
+    };
+    attach_backward("masked-softmax", scores, value, |_, probs, grad| {
+        // dx = y·(g − Σ g·y)
+        let dot = (grad * probs)?.sum_keepdim(D::Minus1)?;
+        probs * grad.broadcast_sub(&dot)?
+    })
+}
+
+/// How many logits one chunk of [`token_logprobs`] materialises at most (32 MiB of f32).
+const LOGPROB_CHUNK_ELEMENTS: usize = 1 << 23;
+
+/// `log_softmax(hidden @ lm_headᵀ)[target]` for each row: the log-prob of each target token.
+///
+/// `hidden: (n, d)`, `lm_head: (vocab, d)`, `targets: (n)` u32 → `(n)` f32. Rows are processed in
+/// chunks, so at most [`LOGPROB_CHUNK_ELEMENTS`] logits exist at once, in the forward and in the
+/// backward, instead of the several `(n, vocab)` copies a composite log-softmax keeps alive.
+pub fn token_logprobs(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let (vocab, _) = lm_head.dims2()?;
+    token_logprobs_chunked(
+        hidden,
+        lm_head,
+        targets,
+        (LOGPROB_CHUNK_ELEMENTS / vocab.max(1)).max(1),
+    )
+}
+
+fn token_logprobs_chunked(
+    hidden: &Tensor,
+    lm_head: &Tensor,
+    targets: &Tensor,
+    rows_per_chunk: usize,
+) -> Result<Tensor> {
+    let (n, _) = hidden.dims2()?;
+    if targets.dims1()? != n {
+        bail!(
+            "token_logprobs: {} targets for {n} hidden rows",
+            targets.dims1()?
+        );
+    }
+    let detached = hidden.detach();
+    let mut pieces = Vec::with_capacity(n.div_ceil(rows_per_chunk));
+    for start in (0..n).step_by(rows_per_chunk) {
+        let len = rows_per_chunk.min(n - start);
+        let logits = detached
+            .narrow(0, start, len)?
+            .matmul(&lm_head.t()?)?
+            .to_dtype(accumulation_dtype(hidden.dtype()))?;
+        let log_norm = logits.log_sum_exp(D::Minus1)?;
+        let picked = logits
+            .gather(&targets.narrow(0, start, len)?.unsqueeze(1)?, 1)?
+            .squeeze(1)?;
+        pieces.push((picked - log_norm)?);
+    }
+    let value = if pieces.is_empty() {
+        Tensor::zeros(0, accumulation_dtype(hidden.dtype()), hidden.device())?
+    } else {
+        Tensor::cat(&pieces, 0)?
+    };
+    let lm_head = lm_head.clone();
+    let targets = targets.clone();
+    attach_backward("token-logprobs", hidden, value, move |hidden, _, grad| {
+        // d log p(target) / d logits = onehot(target) − softmax(logits)
+        let dtype = hidden.dtype();
+        let mut pieces = Vec::with_capacity(n.div_ceil(rows_per_chunk));
+        for start in (0..n).step_by(rows_per_chunk) {
+            let len = rows_per_chunk.min(n - start);
+            let logits = hidden
+                .narrow(0, start, len)?
+                .matmul(&lm_head.t()?)?
+                .to_dtype(accumulation_dtype(dtype))?;
+            let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+            let g = grad
+                .narrow(0, start, len)?
+                .to_dtype(accumulation_dtype(dtype))?
+                .unsqueeze(1)?;
+            let grad_logits = probs.broadcast_mul(&g.neg()?)?.scatter_add(
+                &targets.narrow(0, start, len)?.unsqueeze(1)?,
+                &g,
+                1,
+            )?;
+            pieces.push(
+                grad_logits
+                    .to_dtype(lm_head.dtype())?
+                    .matmul(&lm_head)?
+                    .to_dtype(dtype)?,
+            );
+        }
+        if pieces.is_empty() {
+            hidden.zeros_like()
+        } else {
+            Tensor::cat(&pieces, 0)
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each op against f64 central finite differences of a random linear functional of its
+    //! output, and against the same formula written with candle's differentiable composites.
+
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn random(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let data: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * 2.0 - 1.0).collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Checks d(Σ probe·f(x))/dx from backward against central differences.
+    fn check_gradient(f: impl Fn(&Tensor) -> Result<Tensor>, x: &Tensor, seed: u64) {
+        let var = Var::from_tensor(x).unwrap();
+        let out = f(var.as_tensor()).unwrap();
+        let probe = random(out.dims(), seed);
+        let loss = (out * &probe).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        let analytic: Vec<f64> = grads
+            .get(var.as_tensor())
+            .expect("the input got no gradient")
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = x.flatten_all().unwrap().to_vec1().unwrap();
+        let h = 1e-6;
+        let eval = |values: &[f64]| -> f64 {
+            let t = Tensor::from_vec(values.to_vec(), x.dims(), &Device::Cpu).unwrap();
+            (f(&t).unwrap() * &probe)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        for idx in 0..base.len() {
+            let mut plus = base.clone();
+            plus[idx] += h;
+            let mut minus = base.clone();
+            minus[idx] -= h;
+            let numeric = (eval(&plus) - eval(&minus)) / (2.0 * h);
+            let err = (numeric - analytic[idx]).abs() / numeric.abs().max(1.0);
+            assert!(
+                err < 1e-9,
+                "element {idx}: analytic {} numeric {numeric}",
+                analytic[idx]
+            );
+        }
+    }
+
+    #[test]
+    fn frozen_linear_gradient() {
+        let w = random(&[5, 4], 1);
+        let b = random(&[5], 2);
+        check_gradient(|x| frozen_linear(x, &w, Some(&b)), &random(&[3, 4], 3), 4);
+    }
+
+    #[test]
+    fn frozen_linear_gives_the_weight_no_gradient() {
+        let w = Var::from_tensor(&random(&[5, 4], 1)).unwrap();
+        let x = Var::from_tensor(&random(&[3, 4], 3)).unwrap();
+        let loss = frozen_linear(x.as_tensor(), w.as_tensor(), None)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        assert!(grads.get(x.as_tensor()).is_some());
+        assert!(grads.get(w.as_tensor()).is_none());
+    }
+
+    #[test]
+    fn rms_norm_gradient() {
+        let w = (random(&[6], 5) + 1.0).unwrap();
+        check_gradient(|x| rms_norm(x, &w, 1e-5), &random(&[2, 3, 6], 6), 7);
+    }
+
+    #[test]
+    fn rope_gradient() {
+        let cos = random(&[2, 3, 4], 8);
+        let sin = random(&[2, 3, 4], 9);
+        check_gradient(|x| rope(x, &cos, &sin), &random(&[2, 2, 3, 8], 10), 11);
+    }
+
+    #[test]
+    fn masked_softmax_gradient() {
+        let mask = Tensor::from_vec(
+            vec![0f64, 0.0, f64::NEG_INFINITY, 0.0, 0.0, 0.0],
+            (1, 2, 3),
+            &Device::Cpu,
+        )
+        .unwrap();
+        check_gradient(
+            |x| masked_softmax(x, Some(&mask)),
+            &random(&[2, 2, 3], 12),
+            13,
+        );
+        check_gradient(|x| masked_softmax(x, None), &random(&[2, 5], 14), 15);
+    }
+
+    #[test]
+    fn token_logprobs_gradient_and_value() {
+        let head = random(&[11, 4], 16);
+        let targets = Tensor::from_vec(vec![3u32, 0, 10, 7, 7], 5, &Device::Cpu).unwrap();
+        let hidden = random(&[5, 4], 17);
+        check_gradient(|h| token_logprobs(h, &head, &targets), &hidden, 18);
+        check_gradient(
+            |h| token_logprobs_chunked(h, &head, &targets, 2),
+            &hidden,
+            18,
+        );
+        // Against the composite log_softmax + gather.
+        let value = token_logprobs(&hidden, &head, &targets).unwrap();
+        let logits = hidden.matmul(&head.t().unwrap()).unwrap();
+        let expected = candle_nn::ops::log_softmax(&logits, D::Minus1)
+            .unwrap()
+            .gather(&targets.unsqueeze(1).unwrap(), 1)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
+        let diff = (value - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        assert!(diff < 1e-12, "{diff}");
+    }
+
+    #[test]
+    fn untracked_inputs_take_the_fast_path() {
+        let x = random(&[2, 6], 19);
+        let w = random(&[6], 20);
+        let y = rms_norm(&x, &w, 1e-6).unwrap();
+        assert!(!y.track_op());
+    }
+}
