@@ -88,7 +88,8 @@ fn check_architecture(arch: Architecture) {
             .unwrap()
             .to_vec1()
             .unwrap();
-        let base = var.as_detached_tensor();
+        // A copy: `Var::set` writes into the storage a detached view would share.
+        let base = var.as_tensor().copy().unwrap();
         let values: Vec<f64> = base.flatten_all().unwrap().to_vec1().unwrap();
         for idx in [0, values.len() / 2, values.len() - 1] {
             let eval = |delta: f64| {
@@ -99,13 +100,13 @@ fn check_architecture(arch: Architecture) {
                 let out = weighted_loss(&model, &adapter, &probe)
                     .to_scalar::<f64>()
                     .unwrap();
-                var.set(&base.copy().unwrap()).unwrap();
+                var.set(&base).unwrap();
                 out
             };
             let numeric = (eval(h) - eval(-h)) / (2.0 * h);
-            let err = (numeric - grad[idx]).abs() / numeric.abs().max(1e-3);
+            let err = (numeric - grad[idx]).abs() / numeric.abs().max(1e-2);
             assert!(
-                err < 1e-5,
+                err < 1e-6,
                 "{arch:?} {name}[{idx}]: analytic {} numeric {numeric} (rel err {err:.2e})",
                 grad[idx]
             );

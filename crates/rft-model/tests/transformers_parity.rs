@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
+use rft_model::lora::LoraAdapter;
 use rft_model::{CausalLm, KvCache, Logits};
 use serde::Deserialize;
 
@@ -26,6 +27,9 @@ struct Case {
     position_ids: Vec<Vec<u32>>,
     /// (b, t, vocab), `None` at padding positions.
     logits: Vec<Vec<Option<Vec<f32>>>>,
+    /// adapter/expected.json only: after PEFT's `merge_and_unload()`.
+    #[serde(default)]
+    merged_logits: Option<Vec<Vec<Option<Vec<f32>>>>>,
 }
 
 fn fixture_dir(arch: &str) -> PathBuf {
@@ -44,6 +48,15 @@ fn tensor2<T: candle_core::WithDType>(rows: &[Vec<T>]) -> Tensor {
 /// Logits `(b, t, vocab)` of one case: the whole sequence in one forward pass (`prefill` =
 /// t), or the first `prefill` tokens and then one token at a time through the KV cache.
 fn run(model: &CausalLm, case: &Case, prefill: usize) -> Vec<Vec<Vec<f32>>> {
+    run_with(model, None, case, prefill)
+}
+
+fn run_with(
+    model: &CausalLm,
+    adapter: Option<&LoraAdapter>,
+    case: &Case,
+    prefill: usize,
+) -> Vec<Vec<Vec<f32>>> {
     let ids = tensor2(&case.input_ids);
     let positions = tensor2(&case.position_ids);
     let padded = case.attention_mask.iter().flatten().any(|&m| m == 0);
@@ -69,12 +82,13 @@ fn run(model: &CausalLm, case: &Case, prefill: usize) -> Vec<Vec<Vec<f32>>> {
             .as_ref()
             .map(|m| m.narrow(1, 0, start + len).unwrap());
         let logits = model
-            .forward(
+            .forward_with(
                 &ids.narrow(1, start, len).unwrap(),
                 &positions.narrow(1, start, len).unwrap(),
                 mask.as_ref(),
                 &mut cache,
                 Logits::All,
+                adapter,
             )
             .unwrap();
         chunks.push(logits);
@@ -159,4 +173,57 @@ fn tiny_qwen2_matches_transformers() {
 fn tiny_qwen3_matches_transformers() {
     let worst = check("qwen3");
     eprintln!("qwen3: worst max |diff| {worst:.3e}");
+}
+
+/// PEFT's adapter files load, and base + adapter (unmerged, and merged into the weights) gives
+/// PEFT's logits.
+fn check_adapter(arch: &str) {
+    let dir = fixture_dir(arch);
+    let model = CausalLm::load(&dir, &Device::Cpu).unwrap();
+    let adapter =
+        LoraAdapter::load_peft(&dir.join("adapter"), model.config(), &Device::Cpu).unwrap();
+    assert_eq!(adapter.config().rank, 4);
+    let merged = model.merged(&adapter).unwrap();
+    let text = std::fs::read_to_string(dir.join("adapter/expected.json")).unwrap();
+    let expected: Expected = serde_json::from_str(&text).unwrap();
+    for case in &expected.cases {
+        let t = case.input_ids[0].len();
+        let unmerged = run_with(&model, Some(&adapter), case, t);
+        let diff = max_diff(arch, &case.name, &unmerged, &case.logits);
+        assert!(
+            diff < TOLERANCE,
+            "{arch}/{} with adapter: {diff:.3e}",
+            case.name
+        );
+        let cached = run_with(&model, Some(&adapter), case, (t / 3).max(1));
+        let diff = max_diff(arch, &case.name, &cached, &case.logits);
+        assert!(
+            diff < TOLERANCE,
+            "{arch}/{} with adapter, cached: {diff:.3e}",
+            case.name
+        );
+        let want = case.merged_logits.as_ref().expect("merged_logits");
+        let diff = max_diff(arch, &case.name, &run(&merged, case, t), want);
+        assert!(diff < TOLERANCE, "{arch}/{} merged: {diff:.3e}", case.name);
+    }
+    // What OpenRFT writes, PEFT's layout, loads back to the same adapter.
+    let out = tempfile::tempdir().unwrap();
+    adapter.save_peft(out.path(), "tiny").unwrap();
+    let again = LoraAdapter::load_peft(out.path(), model.config(), &Device::Cpu).unwrap();
+    let case = &expected.cases[0];
+    let t = case.input_ids[0].len();
+    assert_eq!(
+        run_with(&model, Some(&again), case, t),
+        run_with(&model, Some(&adapter), case, t)
+    );
+}
+
+#[test]
+fn tiny_llama_peft_adapter_matches_peft() {
+    check_adapter("llama");
+}
+
+#[test]
+fn tiny_qwen2_peft_adapter_matches_peft() {
+    check_adapter("qwen2");
 }
