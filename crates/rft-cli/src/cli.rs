@@ -123,9 +123,13 @@ pub(crate) struct GenerateArgs {
     /// Completions to sample (they share the prompt's prefill).
     #[arg(long, default_value_t = 1)]
     pub(crate) n: usize,
-    /// A response_format JSON file (structured outputs).
+    /// A response_format JSON file (structured outputs): `{"type": "json_schema", "json_schema":
+    /// {"name": ..., "schema": {...}, "strict": true}}` or `{"type": "json_object"}`.
     #[arg(long, value_name = "FILE")]
     pub(crate) response_format: Option<std::path::PathBuf>,
+    /// Stop when the text contains this string (repeatable, as OpenAI's `stop`).
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) stop: Vec<String>,
     /// Print one JSON object per completion: text, prompt_ids, ids, logprobs, finish_reason.
     #[arg(long)]
     pub(crate) json: bool,
@@ -152,6 +156,11 @@ pub(crate) enum BenchCommand {
     /// Grade with a trivial Python grader through the worker pool, and compare with starting
     /// one Python process per grade.
     Python(BenchPythonArgs),
+    /// Decode throughput of the model engine at batch 1 and 32 (prefill excluded); with
+    /// --reference, transformers and llama.cpp on the same weights in the same run.
+    Decode(crate::commands::bench_decode::BenchDecodeArgs),
+    /// Wall time and peak memory of one forward+backward pass of the LoRA training path.
+    TrainMemory(crate::commands::bench_train::BenchTrainMemoryArgs),
 }
 
 #[derive(Debug, Args)]

@@ -54,6 +54,12 @@ pub enum ModelError {
         /// The first one's name.
         first: String,
     },
+    /// Tokenizing or decoding failed.
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    /// A structured-output constraint failed.
+    #[error(transparent)]
+    Constraint(#[from] crate::constrain::ConstraintError),
     /// Fetching a model failed.
     #[error(transparent)]
     Fetch(#[from] crate::hub::FetchError),

@@ -11,6 +11,7 @@
 pub mod config;
 pub mod constrain;
 pub mod embed;
+pub mod engine;
 mod error;
 pub mod hub;
 pub mod lora;

@@ -1,16 +1,27 @@
-//! Sampling completions: `n` samples of one prompt share its prefill, decode as one batch with a
-//! KV cache, and return the log-probability of every sampled token.
+//! Sampling completions: many prompts of different lengths at once, `n` samples per prompt
+//! sharing that prompt's prefill, decoded as one KV-cached batch; per-token log-probs of every
+//! sampled token; stop tokens, stop strings, structured outputs.
 //!
-//! Log-probs are those of the model itself (soft-max of the raw logits, temperature 1), which is
-//! what an RL trainer needs for importance ratios; temperature, top-k and top-p only shape the
-//! distribution tokens are drawn from. Each sample draws from its own generator seeded by
-//! `(seed, sample index)`, so the same seed gives the same completions, batch or not.
+//! - Prompts are left-padded into one prefill batch (`key_mask` hides the padding, every row
+//!   keeps positions `0..len`); the cache rows are then repeated `n` times per prompt, so a
+//!   prompt is encoded once however many samples it gets.
+//! - Rows leave the batch as soon as they finish, so a long straggler does not pay for the
+//!   rows that stopped early.
+//! - Log-probs are the model's own (soft-max of the raw logits at temperature 1, before top-k,
+//!   top-p or a structured-output mask), which is what an RL trainer needs for importance
+//!   ratios and what the training path recomputes ([`crate::train`]); temperature, top-k, top-p
+//!   and masks only shape the distribution tokens are drawn from.
+//! - Each sample draws from its own generator seeded by `(seed, sample index)`, so the same
+//!   seed gives the same completions whatever else shares the batch.
 
 use candle_core::{DType, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::constrain::Constraint;
+use crate::lora::LoraAdapter;
 use crate::model::{CausalLm, KvCache, Logits};
+use crate::tokenizer::{DecodeStream, Tokenizer};
 use crate::ModelError;
 
 /// How to sample.
@@ -24,8 +35,11 @@ pub struct SamplingParams {
     pub top_k: usize,
     /// Most new tokens per sample.
     pub max_tokens: usize,
-    /// Token ids that end a sample (kept in the output, like OpenAI's `finish_reason: stop`).
+    /// Token ids that end a sample (kept in `ids`, like an end-of-turn token).
     pub stop_ids: Vec<u32>,
+    /// Strings that end a sample (OpenAI's `stop`): the text is cut before the first one;
+    /// `ids` keep the token that completed it. Needs a tokenizer.
+    pub stop_strings: Vec<String>,
     /// Seed of the per-sample generators.
     pub seed: u64,
 }
@@ -38,6 +52,7 @@ impl Default for SamplingParams {
             top_k: 0,
             max_tokens: 256,
             stop_ids: Vec::new(),
+            stop_strings: Vec::new(),
             seed: 0,
         }
     }
@@ -46,7 +61,7 @@ impl Default for SamplingParams {
 /// Why a sample ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
-    /// A stop token was sampled.
+    /// A stop token or stop string was sampled.
     Stop,
     /// `max_tokens` was reached.
     Length,
@@ -71,87 +86,331 @@ pub struct Completion {
     pub logprobs: Vec<f32>,
     /// Why sampling ended.
     pub finish_reason: FinishReason,
+    /// The decoded text without special tokens, cut before a stop string; `None` when sampled
+    /// without a tokenizer.
+    pub text: Option<String>,
 }
 
-/// Samples `n` completions of `prompt`.
+/// One prompt to sample from.
+#[derive(Debug, Clone)]
+pub struct SampleRequest {
+    /// The prompt's token ids (at least one).
+    pub prompt: Vec<u32>,
+    /// Samples of this prompt.
+    pub n: usize,
+    /// How to sample them.
+    pub params: SamplingParams,
+    /// A structured-output constraint; each sample gets its own copy of this state.
+    pub constraint: Option<Constraint>,
+}
+
+/// What sampling runs on: a model, optionally an adapter (applied unmerged, recording nothing),
+/// optionally a tokenizer (for stop strings and `text`).
+#[derive(Clone, Copy)]
+pub struct Sampler<'a> {
+    /// The base model.
+    pub model: &'a CausalLm,
+    /// A LoRA adapter over it.
+    pub adapter: Option<&'a LoraAdapter>,
+    /// The model's tokenizer.
+    pub tokenizer: Option<&'a Tokenizer>,
+}
+
+/// Samples `n` completions of `prompt` (no adapter, no tokenizer).
 pub fn sample(
     model: &CausalLm,
     prompt: &[u32],
     n: usize,
     params: &SamplingParams,
 ) -> Result<Vec<Completion>, ModelError> {
-    if prompt.is_empty() {
-        return Err(ModelError::Format(
-            "cannot sample from an empty prompt".into(),
-        ));
+    let sampler = Sampler {
+        model,
+        adapter: None,
+        tokenizer: None,
+    };
+    let request = SampleRequest {
+        prompt: prompt.to_vec(),
+        n,
+        params: params.clone(),
+        constraint: None,
+    };
+    Ok(sampler.run(&[request])?.pop().unwrap_or_default())
+}
+
+/// The decode state of one sample.
+struct Row<'t> {
+    request: usize,
+    rng: StdRng,
+    completion: Completion,
+    constraint: Option<Constraint>,
+    stream: Option<DecodeStream<'t>>,
+    text: String,
+    position: u32,
+}
+
+impl Sampler<'_> {
+    /// Samples every request; returns each request's completions in order.
+    pub fn run(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, ModelError> {
+        let device = self.model.device();
+        for (idx, request) in requests.iter().enumerate() {
+            if request.prompt.is_empty() {
+                return Err(ModelError::Format(format!(
+                    "request {idx}: cannot sample from an empty prompt"
+                )));
+            }
+            if !request.params.stop_strings.is_empty() && self.tokenizer.is_none() {
+                return Err(ModelError::Format(
+                    "stop strings need the model's tokenizer".into(),
+                ));
+            }
+            let vocab = self.model.config().vocab_size as u32;
+            if let Some(bad) = request.prompt.iter().find(|&&id| id >= vocab) {
+                return Err(ModelError::Format(format!(
+                    "request {idx}: token id {bad} is outside the model's vocabulary of {vocab}"
+                )));
+            }
+        }
+        let live: Vec<usize> = (0..requests.len())
+            .filter(|&r| requests[r].n > 0 && requests[r].params.max_tokens > 0)
+            .collect();
+        let mut results: Vec<Vec<Completion>> = requests
+            .iter()
+            .map(|r| {
+                if r.params.max_tokens == 0 {
+                    vec![Completion::default(); r.n]
+                } else {
+                    Vec::new()
+                }
+            })
+            .collect();
+        if live.is_empty() {
+            return Ok(results);
+        }
+
+        // Prefill every prompt once, left-padded.
+        let width = live
+            .iter()
+            .map(|&r| requests[r].prompt.len())
+            .max()
+            .unwrap_or(1);
+        let b = live.len();
+        let mut ids = vec![0u32; b * width];
+        let mut positions = vec![0u32; b * width];
+        let mut mask = vec![0f32; b * width];
+        for (row, &r) in live.iter().enumerate() {
+            let prompt = &requests[r].prompt;
+            let pad = width - prompt.len();
+            for col in 0..width {
+                let at = row * width + col;
+                if col < pad {
+                    mask[at] = f32::NEG_INFINITY;
+                } else {
+                    ids[at] = prompt[col - pad];
+                    positions[at] = (col - pad) as u32;
+                }
+            }
+        }
+        let padded = live.iter().any(|&r| requests[r].prompt.len() != width);
+        let mut key_mask = Tensor::from_vec(mask, (b, width), device)?;
+        let mut cache = KvCache::new();
+        let logits = self.model.forward_with(
+            &Tensor::from_vec(ids, (b, width), device)?,
+            &Tensor::from_vec(positions, (b, width), device)?,
+            padded.then_some(&key_mask),
+            &mut cache,
+            Logits::Last,
+            self.adapter,
+        )?;
+
+        // One row per sample: repeat each prompt's cache row `n` times.
+        let mut rows: Vec<Row<'_>> = Vec::new();
+        let mut source = Vec::new();
+        for (prefill_row, &r) in live.iter().enumerate() {
+            let request = &requests[r];
+            for idx in 0..request.n {
+                source.push(prefill_row as u32);
+                rows.push(Row {
+                    request: r,
+                    rng: StdRng::seed_from_u64(
+                        request.params.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ idx as u64,
+                    ),
+                    completion: Completion::default(),
+                    constraint: request.constraint.clone(),
+                    stream: self.tokenizer.map(|t| t.decode_stream(true)),
+                    text: String::new(),
+                    position: request.prompt.len() as u32,
+                });
+            }
+        }
+        let source = Tensor::from_vec(source, rows.len(), device)?;
+        cache = cache.select_rows(&source)?;
+        key_mask = key_mask.index_select(&source, 0)?;
+        let mut logits = logits.squeeze(1)?.index_select(&source, 0)?;
+        // `active[i]` is the row of `rows` that batch row `i` decodes.
+        let mut active: Vec<usize> = (0..rows.len()).collect();
+        let mut finished: Vec<Option<Completion>> = vec![None; rows.len()];
+
+        loop {
+            let logits_rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            let mut next = Vec::with_capacity(active.len());
+            let mut keep = Vec::with_capacity(active.len());
+            for (batch_row, (&row_idx, mut logits_row)) in
+                active.iter().zip(logits_rows).enumerate()
+            {
+                let row = &mut rows[row_idx];
+                let params = &requests[row.request].params;
+                let done = self.step(row, params, &mut logits_row)?;
+                if done {
+                    finished[row_idx] = Some(finish(row)?);
+                } else {
+                    keep.push(batch_row as u32);
+                    next.push((row_idx, *row.completion.ids.last().unwrap_or(&0)));
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            if keep.len() != active.len() {
+                let keep = Tensor::from_vec(keep, next.len(), device)?;
+                cache = cache.select_rows(&keep)?;
+                key_mask = key_mask.index_select(&keep, 0)?;
+            }
+            active = next.iter().map(|&(row, _)| row).collect();
+            let n = active.len();
+            let ids: Vec<u32> = next.iter().map(|&(_, id)| id).collect();
+            let positions: Vec<u32> = active.iter().map(|&r| rows[r].position).collect();
+            key_mask = Tensor::cat(&[&key_mask, &Tensor::zeros((n, 1), DType::F32, device)?], 1)?;
+            logits = self
+                .model
+                .forward_with(
+                    &Tensor::from_vec(ids, (n, 1), device)?,
+                    &Tensor::from_vec(positions, (n, 1), device)?,
+                    padded.then_some(&key_mask),
+                    &mut cache,
+                    Logits::Last,
+                    self.adapter,
+                )?
+                .squeeze(1)?;
+            for &r in &active {
+                rows[r].position += 1;
+            }
+        }
+        for (row, completion) in rows.iter().zip(finished) {
+            results[row.request].push(completion.unwrap_or_default());
+        }
+        Ok(results)
     }
-    let device = model.device();
-    let mut cache = KvCache::new();
-    let ids = Tensor::from_vec(prompt.to_vec(), (1, prompt.len()), device)?;
-    let positions: Vec<u32> = (0..prompt.len() as u32).collect();
-    let positions = Tensor::from_vec(positions, (1, prompt.len()), device)?;
-    let logits = model.forward(&ids, &positions, None, &mut cache, Logits::Last)?;
-    let mut cache = cache.repeat_rows(n)?;
-    let mut logits = logits
-        .squeeze(1)?
-        .broadcast_as((n, model.config().vocab_size))?
-        .contiguous()?;
-    let mut rngs: Vec<StdRng> = (0..n)
-        .map(|idx| {
-            StdRng::seed_from_u64(params.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ idx as u64)
-        })
-        .collect();
-    let mut completions: Vec<Completion> = (0..n)
-        .map(|_| Completion {
+
+    /// Draws one token for `row`; returns whether the row is finished.
+    fn step(
+        &self,
+        row: &mut Row<'_>,
+        params: &SamplingParams,
+        logits: &mut [f32],
+    ) -> Result<bool, ModelError> {
+        let log_norm = log_sum_exp(logits);
+        let vocab = logits.len();
+        let token = match &mut row.constraint {
+            Some(constraint) => {
+                let raw: Vec<f32> = logits.to_vec();
+                constraint.allowed()?.apply(logits);
+                if logits.iter().all(|l| *l == f32::NEG_INFINITY) {
+                    return Err(ModelError::Format(
+                        "the response format allows no token here".into(),
+                    ));
+                }
+                let token = pick(logits, params, &mut row.rng);
+                constraint.commit(token)?;
+                logits.copy_from_slice(&raw);
+                token
+            }
+            None => pick(logits, params, &mut row.rng),
+        };
+        debug_assert!((token as usize) < vocab);
+        let completion = &mut row.completion;
+        completion.ids.push(token);
+        completion.logprobs.push(logits[token as usize] - log_norm);
+        if params.stop_ids.contains(&token) {
+            completion.finish_reason = FinishReason::Stop;
+            return Ok(true);
+        }
+        if let Some(stream) = &mut row.stream {
+            if let Some(piece) = stream.step(token)? {
+                row.text.push_str(&piece);
+                // Only the tail can hold a stop string that this token completed.
+                if let Some(cut) = find_stop(&row.text, piece.len(), &params.stop_strings) {
+                    row.text.truncate(cut);
+                    completion.finish_reason = FinishReason::Stop;
+                    completion.text = Some(std::mem::take(&mut row.text));
+                    row.stream = None;
+                    return Ok(true);
+                }
+            }
+        }
+        if completion.ids.len() >= params.max_tokens {
+            completion.finish_reason = FinishReason::Length;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+impl Default for Completion {
+    fn default() -> Self {
+        Completion {
             ids: Vec::new(),
             logprobs: Vec::new(),
             finish_reason: FinishReason::Length,
-        })
-        .collect();
-    let mut done = vec![false; n];
-    let mut position = prompt.len() as u32;
-    for _ in 0..params.max_tokens {
-        let logits_rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
-        let mut next = Vec::with_capacity(n);
-        for (row, logits_row) in logits_rows.iter().enumerate() {
-            if done[row] {
-                // Finished rows keep the batch rectangular; what they feed is never read.
-                next.push(params.stop_ids.first().copied().unwrap_or(0));
-                continue;
-            }
-            let (token, logprob) = pick(logits_row, params, &mut rngs[row]);
-            let completion = &mut completions[row];
-            completion.ids.push(token);
-            completion.logprobs.push(logprob);
-            if params.stop_ids.contains(&token) {
-                completion.finish_reason = FinishReason::Stop;
-                done[row] = true;
-            }
-            next.push(token);
+            text: None,
         }
-        if done.iter().all(|d| *d) || completions.iter().all(|c| c.ids.len() >= params.max_tokens) {
-            break;
-        }
-        let ids = Tensor::from_vec(next, (n, 1), device)?;
-        let positions = Tensor::from_vec(vec![position; n], (n, 1), device)?;
-        logits = model
-            .forward(&ids, &positions, None, &mut cache, Logits::Last)?
-            .squeeze(1)?;
-        position += 1;
     }
-    Ok(completions)
 }
 
-/// Draws one token from one row of logits; returns it with its log-prob under the model.
-fn pick(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> (u32, f32) {
+/// Takes a finished row's completion, flushing its text.
+fn finish(row: &mut Row<'_>) -> Result<Completion, ModelError> {
+    let mut completion = std::mem::take(&mut row.completion);
+    if completion.text.is_none() {
+        if let Some(mut stream) = row.stream.take() {
+            if let Some(rest) = stream.finish()? {
+                row.text.push_str(&rest);
+            }
+            completion.text = Some(std::mem::take(&mut row.text));
+        }
+    }
+    Ok(completion)
+}
+
+/// The byte offset of the earliest stop string that ends within the last `new_len` bytes (or
+/// overlaps them) of `text`.
+fn find_stop(text: &str, new_len: usize, stops: &[String]) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|stop| {
+            let from = text.len().saturating_sub(new_len + stop.len() - 1);
+            let from = (0..=from)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            text[from..].find(stop.as_str()).map(|at| from + at)
+        })
+        .min()
+}
+
+/// In f64: an f32 running sum over a 50k–150k vocabulary loses about 1e-4 of the log-prob.
+fn log_sum_exp(logits: &[f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let log_norm = max + logits.iter().map(|&l| (l - max).exp()).sum::<f32>().ln();
-    let token = if params.temperature <= 0.0 {
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    (f64::from(max) + sum.ln()) as f32
+}
+
+/// Draws one token from one row of logits (already masked, if constrained).
+fn pick(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> u32 {
+    if params.temperature <= 0.0 {
         argmax(logits)
     } else {
         draw(logits, params, rng)
-    };
-    (token, logits[token as usize] - log_norm)
+    }
 }
 
 fn argmax(logits: &[f32]) -> u32 {
@@ -166,16 +425,40 @@ fn argmax(logits: &[f32]) -> u32 {
 
 fn draw(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> u32 {
     let inv_t = 1.0 / params.temperature as f32;
+    if params.top_k == 0 && params.top_p >= 1.0 {
+        // The common RL case: the full distribution. One pass, no sort.
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let weights: Vec<f32> = logits.iter().map(|&l| ((l - max) * inv_t).exp()).collect();
+        let total: f32 = weights.iter().sum();
+        let mut u = rng.random::<f32>() * total;
+        let mut last = 0;
+        for (idx, &w) in weights.iter().enumerate() {
+            if w > 0.0 {
+                if u < w {
+                    return idx as u32;
+                }
+                u -= w;
+                last = idx;
+            }
+        }
+        return last as u32;
+    }
     let mut candidates: Vec<(u32, f32)> = logits
         .iter()
         .enumerate()
+        .filter(|(_, l)| **l > f32::NEG_INFINITY)
         .map(|(idx, &l)| (idx as u32, l * inv_t))
         .collect();
+    if candidates.is_empty() {
+        return argmax(logits);
+    }
     // Most likely first; ties broken by id so the order never depends on the sort.
-    candidates.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    if params.top_k > 0 {
+    let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if params.top_k > 0 && params.top_k < candidates.len() {
+        candidates.select_nth_unstable_by(params.top_k - 1, order);
         candidates.truncate(params.top_k);
     }
+    candidates.sort_unstable_by(order);
     let max = candidates[0].1;
     let mut probs: Vec<f32> = candidates.iter().map(|&(_, l)| (l - max).exp()).collect();
     let total: f32 = probs.iter().sum();
@@ -209,16 +492,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn greedy_picks_the_argmax_with_its_logprob() {
+    fn greedy_picks_the_argmax() {
         let mut rng = StdRng::seed_from_u64(0);
         let params = SamplingParams {
             temperature: 0.0,
             ..SamplingParams::default()
         };
-        let (token, logprob) = pick(&[0.0, 2.0, 1.0], &params, &mut rng);
-        assert_eq!(token, 1);
+        assert_eq!(pick(&[0.0, 2.0, 1.0], &params, &mut rng), 1);
         let expected = 2.0 - (1f32 + 2f32.exp() + 1f32.exp()).ln();
-        assert!((logprob - expected).abs() < 1e-6);
+        assert!((2.0 - log_sum_exp(&[0.0, 2.0, 1.0]) - expected).abs() < 1e-6);
     }
 
     #[test]
@@ -236,13 +518,29 @@ mod tests {
 
     #[test]
     fn sampling_follows_the_distribution() {
-        let mut rng = StdRng::seed_from_u64(1);
+        for top_k in [0, 2] {
+            let mut rng = StdRng::seed_from_u64(1);
+            let params = SamplingParams {
+                top_k,
+                ..SamplingParams::default()
+            };
+            let logits = [0f32, (3f32).ln()]; // p = 0.25, 0.75
+            let n_ones = (0..4000)
+                .filter(|_| draw(&logits, &params, &mut rng) == 1)
+                .count();
+            assert!((2800..3200).contains(&n_ones), "{n_ones}");
+        }
+    }
+
+    #[test]
+    fn masked_tokens_are_never_drawn() {
+        let mut rng = StdRng::seed_from_u64(2);
         let params = SamplingParams::default();
-        let logits = [0f32, (3f32).ln()]; // p = 0.25, 0.75
-        let n_ones = (0..4000)
-            .filter(|_| draw(&logits, &params, &mut rng) == 1)
-            .count();
-        assert!((2800..3200).contains(&n_ones), "{n_ones}");
+        let logits = [5.0, f32::NEG_INFINITY, 0.0, f32::NEG_INFINITY];
+        for _ in 0..500 {
+            let t = draw(&logits, &params, &mut rng);
+            assert!(t == 0 || t == 2);
+        }
     }
 
     #[test]
@@ -256,5 +554,15 @@ mod tests {
         for _ in 0..200 {
             assert_eq!(draw(&logits, &params, &mut rng), 0);
         }
+    }
+
+    #[test]
+    fn stop_strings_are_found_across_pieces() {
+        let stops = vec!["\n\n".to_owned(), "END".to_owned()];
+        assert_eq!(find_stop("abc\n", 1, &stops), None);
+        assert_eq!(find_stop("abc\n\n", 1, &stops), Some(3));
+        assert_eq!(find_stop("xxEN", 2, &stops), None);
+        assert_eq!(find_stop("xxEND and more", 10, &stops), Some(2));
+        assert_eq!(find_stop("é\n\n", 2, &stops), Some(2));
     }
 }

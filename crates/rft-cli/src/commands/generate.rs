@@ -4,45 +4,54 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use candle_core::Device;
-use rft_model::hub::{resolve_model, ModelLocation};
-use rft_model::sample::{sample, SamplingParams};
-use rft_model::tokenizer::Tokenizer;
-use rft_model::CausalLm;
+use rft_model::constrain::ResponseFormat;
+use rft_model::engine::Engine;
+use rft_model::sample::SamplingParams;
 use serde_json::{json, Value};
 
 use crate::cli::GenerateArgs;
 
 pub(crate) fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
-    if args.response_format.is_some() {
-        anyhow::bail!("--response-format (structured outputs) is not supported yet; it arrives with constrained decoding");
-    }
     let messages: Vec<Value> = match (&args.prompt, &args.messages) {
         (Some(prompt), _) => vec![json!({"role": "user", "content": prompt})],
         (None, Some(text)) => serde_json::from_str(text)
             .context("--messages must be a JSON array of {\"role\", \"content\"} objects")?,
         (None, None) => anyhow::bail!("give --prompt TEXT or --messages JSON"),
     };
-    let location = resolve_model(&args.model)?;
-    let path = match &location {
-        ModelLocation::Gguf(path) | ModelLocation::HfDir(path) => path.clone(),
+    let response_format = match &args.response_format {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let value: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            Some(
+                ResponseFormat::from_value(&value)
+                    .with_context(|| format!("invalid response format in {}", path.display()))?,
+            )
+        }
+        None => None,
     };
-    let device = Device::Cpu;
-    let model = CausalLm::load(&path, &device)
-        .with_context(|| format!("cannot load {}", path.display()))?;
-    let tokenizer = Tokenizer::load(&path)?;
-    let text = tokenizer.chat_template()?.render(&messages, None, true)?;
-    let prompt_ids = tokenizer.encode(&text, false)?;
+    let engine = Engine::load(&args.model, &Device::Cpu)
+        .with_context(|| format!("cannot load model {}", args.model))?;
+    let prompt_ids = engine.chat_prompt(&messages, None)?;
     let params = SamplingParams {
         temperature: args.temperature,
         top_p: args.top_p,
         top_k: args.top_k,
         max_tokens: args.max_tokens,
-        stop_ids: tokenizer.eos_token_ids().to_vec(),
+        stop_strings: args.stop.clone(),
         seed: args.seed,
+        ..SamplingParams::default()
     };
-    let completions = sample(&model, &prompt_ids, args.n.max(1), &params)?;
+    let request = engine.request(
+        prompt_ids.clone(),
+        args.n.max(1),
+        params,
+        response_format.as_ref(),
+    )?;
+    let completions = engine.sampler().run(&[request])?.pop().unwrap_or_default();
     for completion in completions {
-        let text = tokenizer.decode(&completion.ids, true)?;
+        let text = completion.text.clone().unwrap_or_default();
         if args.json {
             println!(
                 "{}",

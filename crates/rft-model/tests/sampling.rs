@@ -1,0 +1,242 @@
+//! Batched sampling: many prompts of different lengths decode together exactly as they would
+//! alone; seeds reproduce; sampled log-probs equal the training path's; stop strings, EOS and
+//! structured outputs on the default model.
+
+use candle_core::{DType, Device};
+use rft_model::constrain::ResponseFormat;
+use rft_model::engine::Engine;
+use rft_model::lora::{LoraAdapter, LoraConfig};
+use rft_model::sample::{FinishReason, SampleRequest, Sampler, SamplingParams};
+use rft_model::train::{completion_logprobs, TokenSequence};
+use rft_model::{hub, Architecture, CausalLm, ModelConfig};
+
+fn tiny() -> (CausalLm, LoraAdapter) {
+    let config = ModelConfig::tiny(Architecture::Qwen2);
+    let model = CausalLm::random(config.clone(), 21, DType::F32, &Device::Cpu).unwrap();
+    let adapter = LoraAdapter::new(&config, LoraConfig::default(), 4, &Device::Cpu).unwrap();
+    // Move B off zero so the adapter matters.
+    for (name, var) in adapter.named_vars() {
+        if name.contains("lora_B") {
+            let t = (var.as_tensor().ones_like().unwrap() * 0.01).unwrap();
+            var.set(&t).unwrap();
+        }
+    }
+    (model, adapter)
+}
+
+fn request(prompt: Vec<u32>, n: usize, temperature: f64, seed: u64) -> SampleRequest {
+    SampleRequest {
+        prompt,
+        n,
+        params: SamplingParams {
+            temperature,
+            max_tokens: 12,
+            stop_ids: vec![3],
+            seed,
+            ..SamplingParams::default()
+        },
+        constraint: None,
+    }
+}
+
+fn prompts() -> Vec<Vec<u32>> {
+    vec![
+        vec![5, 6, 7, 8, 9, 10, 11],
+        vec![40],
+        vec![12, 90, 33],
+        vec![1, 2, 4, 8, 16, 32, 64, 96, 2, 4, 8],
+    ]
+}
+
+#[test]
+fn a_batch_decodes_exactly_as_each_prompt_alone() {
+    let (model, adapter) = tiny();
+    let sampler = Sampler {
+        model: &model,
+        adapter: Some(&adapter),
+        tokenizer: None,
+    };
+    for temperature in [0.0, 1.0] {
+        let requests: Vec<SampleRequest> = prompts()
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| request(p, 3, temperature, 100 + i as u64))
+            .collect();
+        let together = sampler.run(&requests).unwrap();
+        for (request, batched) in requests.iter().zip(&together) {
+            let alone = sampler
+                .run(std::slice::from_ref(request))
+                .unwrap()
+                .pop()
+                .unwrap();
+            assert_eq!(batched.len(), 3);
+            for (a, b) in alone.iter().zip(batched) {
+                assert_eq!(a.ids, b.ids, "temperature {temperature}");
+                assert_eq!(a.finish_reason, b.finish_reason);
+                for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+                    assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+                }
+            }
+        }
+        // The same seed gives the same samples; greedy samples of one prompt are all equal.
+        assert_eq!(sampler.run(&requests).unwrap(), together);
+        if temperature == 0.0 {
+            assert!(together.iter().all(|c| c.iter().all(|s| s.ids == c[0].ids)));
+        }
+    }
+}
+
+#[test]
+fn sampled_logprobs_equal_the_training_path() {
+    let (model, adapter) = tiny();
+    let sampler = Sampler {
+        model: &model,
+        adapter: Some(&adapter),
+        tokenizer: None,
+    };
+    let requests: Vec<SampleRequest> = prompts()
+        .into_iter()
+        .map(|p| request(p, 4, 1.0, 7))
+        .collect();
+    let results = sampler.run(&requests).unwrap();
+    let mut sequences = Vec::new();
+    let mut recorded = Vec::new();
+    for (request, completions) in requests.iter().zip(&results) {
+        for c in completions {
+            assert!(!c.ids.is_empty());
+            assert!(c.ids.len() <= 12);
+            assert_eq!(
+                c.finish_reason == FinishReason::Stop,
+                c.ids.last() == Some(&3)
+            );
+            sequences.push(TokenSequence {
+                prompt: request.prompt.clone(),
+                completion: c.ids.clone(),
+            });
+            recorded.extend(c.logprobs.iter().copied());
+        }
+    }
+    let trained: Vec<f32> = completion_logprobs(&model, Some(&adapter), &sequences)
+        .unwrap()
+        .logprobs
+        .to_vec1()
+        .unwrap();
+    assert_eq!(trained.len(), recorded.len());
+    let worst = trained
+        .iter()
+        .zip(&recorded)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "max |sampled - training| = {worst}");
+}
+
+#[test]
+fn max_tokens_zero_and_n_zero_return_empty() {
+    let (model, _) = tiny();
+    let sampler = Sampler {
+        model: &model,
+        adapter: None,
+        tokenizer: None,
+    };
+    let mut zero_tokens = request(vec![1, 2], 2, 1.0, 0);
+    zero_tokens.params.max_tokens = 0;
+    let out = sampler
+        .run(&[zero_tokens, request(vec![4], 0, 1.0, 0)])
+        .unwrap();
+    assert_eq!(out[0].len(), 2);
+    assert!(out[0][0].ids.is_empty());
+    assert!(out[1].is_empty());
+    let err = sampler.run(&[request(vec![], 1, 1.0, 0)]).unwrap_err();
+    assert!(err.to_string().contains("empty prompt"), "{err}");
+}
+
+fn default_engine() -> Option<Engine> {
+    let slow = std::env::var("RFT_SLOW_TESTS").as_deref() == Ok("1");
+    if !slow && !hub::SMOLLM2_135M_INSTRUCT.is_present() {
+        eprintln!("skipping: the default model is not fetched (RFT_SLOW_TESTS=1 fetches it)");
+        return None;
+    }
+    Some(Engine::load(hub::SMOLLM2_135M_INSTRUCT.name, &Device::Cpu).unwrap())
+}
+
+#[test]
+fn default_model_stop_strings_structured_outputs_and_logprob_parity() {
+    let Some(engine) = default_engine() else {
+        return;
+    };
+    let messages = [
+        serde_json::json!({"role": "user", "content": "Count from 1 to 20, one number per line."}),
+    ];
+    let prompt = engine.chat_prompt(&messages, None).unwrap();
+    // Stop strings cut the text before the stop.
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 64,
+        stop_strings: vec!["5".into()],
+        ..SamplingParams::default()
+    };
+    let request = engine.request(prompt.clone(), 1, params, None).unwrap();
+    let out = engine.sampler().run(&[request]).unwrap().pop().unwrap();
+    let text = out[0].text.clone().unwrap();
+    assert_eq!(out[0].finish_reason, FinishReason::Stop, "{text:?}");
+    assert!(!text.contains('5') && text.contains('4'), "{text:?}");
+
+    // Structured outputs always parse and follow the schema.
+    let format = ResponseFormat::from_value(&serde_json::json!({
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "strict": true, "schema": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 20},
+                "population": {"type": "integer"},
+                "capital": {"type": "boolean"}
+            },
+            "required": ["city", "population", "capital"],
+            "additionalProperties": false
+        }}
+    }))
+    .unwrap();
+    let messages = [serde_json::json!({"role": "user", "content": "Name a big city as JSON."})];
+    let prompt = engine.chat_prompt(&messages, None).unwrap();
+    let params = SamplingParams {
+        temperature: 1.0,
+        max_tokens: 96,
+        seed: 5,
+        ..SamplingParams::default()
+    };
+    let request = engine
+        .request(prompt.clone(), 4, params, Some(&format))
+        .unwrap();
+    let out = engine.sampler().run(&[request]).unwrap().pop().unwrap();
+    let mut sequences = Vec::new();
+    let mut recorded = Vec::new();
+    for c in &out {
+        let text = c.text.clone().unwrap();
+        assert_eq!(c.finish_reason, FinishReason::Stop, "{text:?}");
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(value["city"].is_string(), "{text}");
+        assert!(
+            value["population"].is_i64() || value["population"].is_u64(),
+            "{text}"
+        );
+        assert!(value["capital"].is_boolean(), "{text}");
+        assert_eq!(value.as_object().unwrap().len(), 3);
+        sequences.push(TokenSequence {
+            prompt: prompt.clone(),
+            completion: c.ids.clone(),
+        });
+        recorded.extend(c.logprobs.iter().copied());
+    }
+    // The sampling path and the training path agree on the real model.
+    let trained: Vec<f32> = completion_logprobs(&engine.model, None, &sequences)
+        .unwrap()
+        .logprobs
+        .to_vec1()
+        .unwrap();
+    let worst = trained
+        .iter()
+        .zip(&recorded)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "max |sampled - training| = {worst}");
+}
