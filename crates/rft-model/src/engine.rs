@@ -110,6 +110,18 @@ impl Engine {
         })
     }
 
+    /// An engine from parts already loaded (tests build tiny models this way).
+    pub fn from_parts(base: String, model: CausalLm, tokenizer: Tokenizer) -> Engine {
+        Engine {
+            base_path: PathBuf::from(&base),
+            base,
+            model,
+            tokenizer,
+            adapter: None,
+            constraints: OnceLock::new(),
+        }
+    }
+
     /// Renders chat messages (and tools) with the model's chat template and tokenizes them,
     /// ready for the assistant's turn.
     pub fn chat_prompt(

@@ -18,6 +18,7 @@ pub mod lora;
 pub mod model;
 pub mod ops;
 pub mod sample;
+pub mod tiny;
 pub mod tokenizer;
 pub mod train;
 pub mod weights;

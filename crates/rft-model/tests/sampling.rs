@@ -240,3 +240,29 @@ fn default_model_stop_strings_structured_outputs_and_logprob_parity() {
         .fold(0f32, f32::max);
     assert!(worst < 1e-4, "max |sampled - training| = {worst}");
 }
+
+#[test]
+fn a_tiny_model_folder_runs_the_whole_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    rft_model::tiny::write_tiny_model(dir.path(), Architecture::Llama, 3).unwrap();
+    let engine = Engine::load(dir.path().to_str().unwrap(), &Device::Cpu).unwrap();
+    let messages = [serde_json::json!({"role": "user", "content": "Hi there"})];
+    let prompt = engine.chat_prompt(&messages, None).unwrap();
+    assert_eq!(
+        engine.tokenizer.decode(&prompt, false).unwrap(),
+        "<|im_start|>user: Hi there<|im_end|><|im_start|>assistant: "
+    );
+    let params = SamplingParams {
+        max_tokens: 10,
+        seed: 1,
+        ..SamplingParams::default()
+    };
+    let request = engine.request(prompt, 3, params, None).unwrap();
+    let out = engine.sampler().run(&[request]).unwrap().pop().unwrap();
+    assert_eq!(out.len(), 3);
+    for c in out {
+        let text = c.text.unwrap();
+        let expected = engine.tokenizer.decode(&c.ids, true).unwrap();
+        assert_eq!(text, expected);
+    }
+}
