@@ -1,0 +1,401 @@
+//! The four training primitives the RFT loop is written against (and that researchers can drive
+//! themselves, as with Tinker): `sample`, `forward_backward`, `optim_step`, and saving/loading
+//! state.
+//!
+//! A [`TrainingClient`] owns one LoRA adapter over a frozen base model and an AdamW state.
+//! Gradients accumulate across `forward_backward` calls (micro-batches) until `optim_step`
+//! applies and clears them.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Tensor, TensorId, Var};
+use rft_model::engine::Engine;
+use rft_model::lora::LoraAdapter;
+use rft_model::sample::{Completion, SampleRequest, Sampler};
+use rft_model::train::{check_all_gradients, completion_logprobs, TokenSequence};
+use serde::{Deserialize, Serialize};
+
+use crate::loss::{self, LossFn};
+use crate::TrainError;
+
+/// One sequence to learn from: the prompt, the completion, and per-completion-token values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Datum {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Completion token ids (the scored tokens).
+    pub completion: Vec<u32>,
+    /// Log-probs recorded when the completion was sampled (for importance ratios).
+    pub sampling_logprobs: Vec<f32>,
+    /// Per-token advantages (or weights for `cross_entropy`), already normalised.
+    pub advantages: Vec<f32>,
+}
+
+/// A KL penalty for `forward_backward`: β, the reference policy's log-probs per datum, and each
+/// completion token's weight (the loop's normalisation), packed like the batch.
+#[derive(Debug, Clone, Copy)]
+pub struct KlPenalty<'a> {
+    /// β.
+    pub beta: f64,
+    /// Reference log-probs, one vector per datum.
+    pub reference: &'a [Vec<f32>],
+    /// Per-token weights over the whole batch.
+    pub weights: &'a [f32],
+}
+
+/// What `forward_backward` reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ForwardBackwardOutput {
+    /// The loss summed over the batch.
+    pub loss: f64,
+    /// Current-policy log-probs of every completion token, per datum.
+    pub logprobs: Vec<Vec<f32>>,
+    /// Fraction of clipped terms.
+    pub clip_fraction: f64,
+    /// Mean importance ratio.
+    pub ratio_mean: f64,
+    /// k3 estimate of KL(policy ‖ reference) per token, when a KL term was asked for.
+    pub kl: Option<f64>,
+}
+
+/// AdamW settings for one step.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamParams {
+    /// Learning rate.
+    pub learning_rate: f64,
+    /// β₁.
+    pub beta1: f64,
+    /// β₂.
+    pub beta2: f64,
+    /// ε.
+    pub eps: f64,
+    /// Decoupled weight decay.
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0: none).
+    pub grad_clip_norm: f64,
+}
+
+impl Default for AdamParams {
+    fn default() -> Self {
+        AdamParams {
+            learning_rate: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            grad_clip_norm: 1.0,
+        }
+    }
+}
+
+/// What `optim_step` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct OptimStepOutput {
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Optimizer steps taken so far.
+    pub step: u64,
+}
+
+/// A LoRA policy over a frozen base model, with its optimizer.
+pub struct TrainingClient {
+    engine: Engine,
+    adapter: LoraAdapter,
+    grads: HashMap<TensorId, Tensor>,
+    moments: HashMap<TensorId, (Tensor, Tensor)>,
+    step: u64,
+    /// Most completion tokens one forward/backward pass holds (micro-batch size).
+    pub max_tokens_per_pass: usize,
+}
+
+impl TrainingClient {
+    /// A client training `adapter` over `engine`'s base model.
+    pub fn new(engine: Engine, adapter: LoraAdapter) -> TrainingClient {
+        TrainingClient {
+            engine,
+            adapter,
+            grads: HashMap::new(),
+            moments: HashMap::new(),
+            step: 0,
+            max_tokens_per_pass: 2048,
+        }
+    }
+
+    /// The base model, tokenizer and chat template.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The trained adapter.
+    pub fn adapter(&self) -> &LoraAdapter {
+        &self.adapter
+    }
+
+    /// Optimizer steps taken.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Samples with the current policy (the adapter applied unmerged; nothing recorded).
+    pub fn sample(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, TrainError> {
+        let sampler = Sampler {
+            model: &self.engine.model,
+            adapter: Some(&self.adapter),
+            tokenizer: Some(&self.engine.tokenizer),
+        };
+        Ok(sampler.run(requests)?)
+    }
+
+    /// Log-probs of the base model without the adapter (the reference policy), no graph.
+    pub fn reference_logprobs(&self, batch: &[Datum]) -> Result<Vec<Vec<f32>>, TrainError> {
+        let mut out = Vec::with_capacity(batch.len());
+        for chunk in self.micro_batches(batch) {
+            let sequences = to_sequences(chunk);
+            let lp = completion_logprobs(&self.engine.model, None, &sequences)?;
+            let values: Vec<f32> = lp.logprobs.to_dtype(DType::F32)?.to_vec1()?;
+            out.extend(lp.spans.iter().map(|s| values[s.clone()].to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Computes the loss and its gradient, adding the gradient to what earlier calls
+    /// accumulated. With `kl = Some((β, reference logprobs))`, adds `β·Σ k3` to the loss (k3 =
+    /// `exp(ref − lp) − (ref − lp) − 1`), each token weighted by `kl_weights` when given.
+    pub fn forward_backward(
+        &mut self,
+        batch: &[Datum],
+        loss_fn: &LossFn,
+        kl: Option<KlPenalty<'_>>,
+    ) -> Result<ForwardBackwardOutput, TrainError> {
+        for (idx, datum) in batch.iter().enumerate() {
+            let n = datum.completion.len();
+            if datum.sampling_logprobs.len() != n || datum.advantages.len() != n {
+                return Err(TrainError::Invalid(format!(
+                    "datum {idx}: {n} completion tokens but {} sampling log-probs and {} advantages",
+                    datum.sampling_logprobs.len(),
+                    datum.advantages.len()
+                )));
+            }
+        }
+        let mut output = ForwardBackwardOutput::default();
+        let (mut clip_sum, mut ratio_sum, mut kl_sum, mut terms, mut tokens) =
+            (0.0, 0.0, 0.0, 0usize, 0usize);
+        let mut offset = 0;
+        for chunk in self.micro_batches(batch) {
+            let sequences = to_sequences(chunk);
+            let lp = completion_logprobs(&self.engine.model, Some(&self.adapter), &sequences)?;
+            let device = lp.logprobs.device().clone();
+            let flat = |f: &dyn Fn(&Datum) -> &[f32]| -> Result<Tensor, TrainError> {
+                let values: Vec<f32> = chunk.iter().flat_map(|d| f(d).iter().copied()).collect();
+                let n = values.len();
+                Ok(Tensor::from_vec(values, n, &device)?.to_dtype(lp.logprobs.dtype())?)
+            };
+            let old = flat(&|d| &d.sampling_logprobs)?;
+            let advantages = flat(&|d| &d.advantages)?;
+            let out = loss::compute(loss_fn, &lp.logprobs, &old, &advantages, &lp.spans)?;
+            let mut total = out.loss;
+            let n_tokens = lp.logprobs.dim(0)?;
+            if let Some(KlPenalty {
+                beta,
+                reference,
+                weights,
+            }) = kl
+            {
+                let reference: Vec<f32> = reference[offset..offset + chunk.len()]
+                    .iter()
+                    .flatten()
+                    .copied()
+                    .collect();
+                let weights: Vec<f32> = weights[tokens..tokens + n_tokens].to_vec();
+                let reference = Tensor::from_vec(reference, n_tokens, &device)?;
+                let weights = Tensor::from_vec(weights, n_tokens, &device)?;
+                let diff = (reference - &lp.logprobs)?;
+                let k3 = ((diff.exp()? - &diff)? - 1.0)?;
+                kl_sum += k3.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                total = (total + ((k3 * weights)?.sum_all()? * beta)?)?;
+            }
+            if n_tokens > 0 {
+                let grads = total.backward()?;
+                check_all_gradients(&self.adapter, &grads)?;
+                for var in self.adapter.vars() {
+                    if let Some(g) = grads.get(var.as_tensor()) {
+                        let entry = self.grads.entry(var.as_tensor().id());
+                        match entry {
+                            std::collections::hash_map::Entry::Occupied(mut e) => {
+                                let sum = (e.get() + g)?;
+                                e.insert(sum);
+                            }
+                            std::collections::hash_map::Entry::Vacant(e) => {
+                                e.insert(g.clone());
+                            }
+                        }
+                    }
+                }
+            }
+            output.loss += total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            clip_sum += out.clip_fraction * n_tokens as f64;
+            ratio_sum += out.ratio_mean * n_tokens as f64;
+            terms += n_tokens;
+            let values: Vec<f32> = lp.logprobs.to_dtype(DType::F32)?.to_vec1()?;
+            output
+                .logprobs
+                .extend(lp.spans.iter().map(|s| values[s.clone()].to_vec()));
+            offset += chunk.len();
+            tokens += n_tokens;
+        }
+        output.clip_fraction = clip_sum / terms.max(1) as f64;
+        output.ratio_mean = if terms == 0 {
+            1.0
+        } else {
+            ratio_sum / terms as f64
+        };
+        output.kl = kl.map(|_| kl_sum / tokens.max(1) as f64);
+        Ok(output)
+    }
+
+    /// Applies the accumulated gradients with AdamW and clears them.
+    pub fn optim_step(&mut self, params: &AdamParams) -> Result<OptimStepOutput, TrainError> {
+        let vars = self.adapter.vars();
+        let mut norm_sq = 0.0;
+        for var in &vars {
+            if let Some(g) = self.grads.get(&var.as_tensor().id()) {
+                norm_sq += g
+                    .sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?;
+            }
+        }
+        let grad_norm = norm_sq.sqrt();
+        if !grad_norm.is_finite() {
+            self.grads.clear();
+            return Err(TrainError::Invalid(
+                "the gradient is not finite (NaN or infinity); the step was skipped".into(),
+            ));
+        }
+        let clip = if params.grad_clip_norm > 0.0 && grad_norm > params.grad_clip_norm {
+            params.grad_clip_norm / grad_norm
+        } else {
+            1.0
+        };
+        self.step += 1;
+        let t = self.step as i32;
+        let bias1 = 1.0 - params.beta1.powi(t);
+        let bias2 = 1.0 - params.beta2.powi(t);
+        for var in &vars {
+            let id = var.as_tensor().id();
+            let Some(g) = self.grads.remove(&id) else {
+                continue;
+            };
+            let g = (g * clip)?;
+            let theta = var.as_tensor().detach();
+            let (m, v) = match self.moments.remove(&id) {
+                Some(mv) => mv,
+                None => (theta.zeros_like()?, theta.zeros_like()?),
+            };
+            let m = ((m * params.beta1)? + (&g * (1.0 - params.beta1))?)?;
+            let v = ((v * params.beta2)? + (g.sqr()? * (1.0 - params.beta2))?)?;
+            let update = ((&m / bias1)? / ((&v / bias2)?.sqrt()? + params.eps)?)?;
+            let decayed = (&theta * (1.0 - params.learning_rate * params.weight_decay))?;
+            var.set(&(decayed - (update * params.learning_rate)?)?)?;
+            self.moments.insert(id, (m, v));
+        }
+        self.grads.clear();
+        Ok(OptimStepOutput {
+            grad_norm,
+            step: self.step,
+        })
+    }
+
+    /// Writes the adapter (PEFT layout, servable) to `dir`.
+    pub fn save_weights_for_sampler(&self, dir: &Path) -> Result<(), TrainError> {
+        self.adapter.save_peft(dir, &self.engine.base)?;
+        Ok(())
+    }
+
+    /// Writes everything needed to resume: the adapter, the AdamW moments and the step.
+    pub fn save_state(&self, dir: &Path) -> Result<(), TrainError> {
+        self.save_weights_for_sampler(dir)?;
+        let mut tensors = HashMap::new();
+        for (name, var) in self.adapter.named_vars() {
+            if let Some((m, v)) = self.moments.get(&var.as_tensor().id()) {
+                tensors.insert(format!("{name}.exp_avg"), m.clone());
+                tensors.insert(format!("{name}.exp_avg_sq"), v.clone());
+            }
+        }
+        let temp = dir.join("optimizer.safetensors.tmp");
+        candle_core::safetensors::save(&tensors, &temp)?;
+        let io = |source| TrainError::Io {
+            path: dir.join("optimizer.safetensors"),
+            source,
+        };
+        std::fs::File::open(&temp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&temp, dir.join("optimizer.safetensors")).map_err(io)?;
+        crate::write_json_atomic(
+            &dir.join("optimizer.json"),
+            &serde_json::json!({"step": self.step}),
+        )?;
+        Ok(())
+    }
+
+    /// Restores what [`TrainingClient::save_state`] wrote.
+    pub fn load_state(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let device = self.engine.model.device().clone();
+        self.adapter = LoraAdapter::load_peft(dir, self.engine.model.config(), &device)?;
+        let path = dir.join("optimizer.safetensors");
+        let mut tensors =
+            candle_core::safetensors::load(&path, &device).map_err(|e| TrainError::Corrupt {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+        self.moments.clear();
+        for (name, var) in self.adapter.named_vars() {
+            let m = tensors.remove(&format!("{name}.exp_avg"));
+            let v = tensors.remove(&format!("{name}.exp_avg_sq"));
+            if let (Some(m), Some(v)) = (m, v) {
+                self.moments.insert(var.as_tensor().id(), (m, v));
+            }
+        }
+        let meta: serde_json::Value = crate::read_json(&dir.join("optimizer.json"))?;
+        self.step = meta["step"].as_u64().unwrap_or(0);
+        self.grads.clear();
+        Ok(())
+    }
+
+    fn micro_batches<'b>(&self, batch: &'b [Datum]) -> Vec<&'b [Datum]> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut tokens = 0;
+        for (idx, datum) in batch.iter().enumerate() {
+            let len = datum.prompt.len() + datum.completion.len();
+            if idx > start && tokens + len > self.max_tokens_per_pass {
+                out.push(&batch[start..idx]);
+                start = idx;
+                tokens = 0;
+            }
+            tokens += len;
+        }
+        if start < batch.len() {
+            out.push(&batch[start..]);
+        }
+        out
+    }
+}
+
+fn to_sequences(batch: &[Datum]) -> Vec<TokenSequence> {
+    batch
+        .iter()
+        .map(|d| TokenSequence {
+            prompt: d.prompt.clone(),
+            completion: d.completion.clone(),
+        })
+        .collect()
+}
+
+/// The adapter's variables, for callers that build their own optimizer.
+pub fn trainable(client: &TrainingClient) -> Vec<Var> {
+    client.adapter.vars()
+}

@@ -1,0 +1,244 @@
+//! The RFT loop end to end on a tiny random model: reward rises on a toy task, a paused and
+//! resumed run equals an uninterrupted one, a killed run resumes from its last complete state,
+//! and bad input fails with the file and line.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use rft_model::Architecture;
+use rft_train::config::JobRequest;
+use rft_train::job::{run_job, JobControl, JobOutcome};
+use serde_json::{json, Value};
+
+/// A toy task: the reward is 1 when the completion contains `x`. A random tiny model emits it
+/// now and then, so groups carry signal and RL can push its probability up.
+fn setup(dir: &Path, rows: usize, extra: Value) -> JobRequest {
+    let model = dir.join("model");
+    rft_model::tiny::write_tiny_model(&model, Architecture::Qwen2, 5).unwrap();
+    let mut train = String::new();
+    for i in 0..rows {
+        train.push_str(
+            &json!({"messages": [{"role": "user", "content": format!("Say x please {i}")}], "target": "x"})
+                .to_string(),
+        );
+        train.push('\n');
+    }
+    std::fs::write(dir.join("train.jsonl"), &train).unwrap();
+    std::fs::write(
+        dir.join("valid.jsonl"),
+        json!({"messages": [{"role": "user", "content": "Say x now"}], "target": "x"}).to_string()
+            + "\n",
+    )
+    .unwrap();
+    let mut hyper = json!({
+        "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1, "eval_interval": 3,
+        "eval_samples": 4, "learning_rate_multiplier": 50, "lora_rank": 4,
+        "max_completion_tokens": 6
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        hyper[k] = v.clone();
+    }
+    JobRequest::from_value(json!({
+        "model": model.to_str().unwrap(),
+        "training_file": dir.join("train.jsonl").to_str().unwrap(),
+        "validation_file": dir.join("valid.jsonl").to_str().unwrap(),
+        "seed": 3,
+        "method": {"type": "reinforcement", "reinforcement": {
+            "grader": {"type": "string_check", "name": "has_x", "operation": "like",
+                       "input": "{{sample.output_text}}", "reference": "{{item.target}}"},
+            "hyperparameters": hyper
+        }}
+    }))
+    .unwrap()
+}
+
+fn events(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn metrics(dir: &Path) -> Vec<Value> {
+    events(dir)
+        .into_iter()
+        .filter(|e| e["type"] == "metrics" && e["data"]["step"].as_u64() > Some(0))
+        .map(|e| e["data"].clone())
+        .collect()
+}
+
+#[test]
+fn reward_rises_on_a_toy_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let request = setup(
+        tmp.path(),
+        120,
+        json!({"eval_interval": 10, "learning_rate_multiplier": 100}),
+    );
+    let out = tmp.path().join("run");
+    let summary = run_job(&request, &out, &JobControl::default(), &mut |_| {}).unwrap();
+    assert_eq!(summary.outcome, JobOutcome::Succeeded);
+    assert_eq!(summary.steps, 30);
+    let rewards = &summary.train_rewards;
+    let third = rewards.len() / 3;
+    let first: f64 = rewards[..third].iter().sum::<f64>() / third as f64;
+    let last: f64 = rewards[rewards.len() - third..].iter().sum::<f64>() / third as f64;
+    assert!(
+        last > first + 0.1,
+        "train rewards did not rise ({first:.3} -> {last:.3}): {rewards:?}"
+    );
+    // What a job leaves behind.
+    let m = metrics(&out);
+    assert_eq!(m.len(), 30);
+    assert!(m[9]["scores"]["valid_reward_mean"].is_number());
+    assert!(m[0]["timing"]["step"]["sampling"].is_number());
+    assert!(m[0]["frac_zero_std_groups"].is_number());
+    assert!(out.join("final/adapter_model.safetensors").is_file());
+    let checkpoints: Vec<Value> = std::fs::read_to_string(out.join("checkpoints.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(checkpoints.len() <= 3 && !checkpoints.is_empty());
+    for c in &checkpoints {
+        assert_eq!(c["object"], "fine_tuning.job.checkpoint");
+        assert!(c["fine_tuned_model_checkpoint"]
+            .as_str()
+            .unwrap()
+            .contains(":ckpt-step-"));
+    }
+}
+
+#[test]
+fn pause_and_resume_equals_an_uninterrupted_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let request = setup(tmp.path(), 20, json!({}));
+    let straight = tmp.path().join("straight");
+    run_job(&request, &straight, &JobControl::default(), &mut |_| {}).unwrap();
+
+    let paused = tmp.path().join("paused");
+    let control = JobControl::default();
+    let summary = run_job(&request, &paused, &control, &mut |event| {
+        if event["data"]["step"] == 2 {
+            control.pause.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    assert_eq!(summary.outcome, JobOutcome::Paused);
+    assert_eq!(summary.steps, 2);
+    let summary = run_job(&request, &paused, &JobControl::default(), &mut |_| {}).unwrap();
+    assert_eq!(summary.outcome, JobOutcome::Succeeded);
+    let strip = |m: Vec<Value>| -> Vec<Value> {
+        m.into_iter()
+            .map(|mut d| {
+                d["timing"] = Value::Null;
+                d
+            })
+            .collect()
+    };
+    assert_eq!(strip(metrics(&straight)), strip(metrics(&paused)));
+    assert!(events(&paused)
+        .iter()
+        .any(|e| e["message"].as_str().unwrap().starts_with("Resumed")));
+    let a = std::fs::read(straight.join("final/adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(paused.join("final/adapter_model.safetensors")).unwrap();
+    assert_eq!(a, b, "the resumed run ended with different weights");
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_last_complete_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let request = setup(tmp.path(), 20, json!({}));
+    let straight = tmp.path().join("straight");
+    run_job(&request, &straight, &JobControl::default(), &mut |_| {}).unwrap();
+
+    let killed = tmp.path().join("killed");
+    let control = JobControl::default();
+    run_job(&request, &killed, &control, &mut |event| {
+        if event["data"]["step"] == 3 {
+            control.pause.store(true, Ordering::SeqCst);
+        }
+    })
+    .unwrap();
+    // What a SIGKILL during step 4's save leaves: a half-written staging folder.
+    let staging = killed.join("checkpoints/latest.new");
+    std::fs::create_dir_all(&staging).unwrap();
+    std::fs::write(staging.join("adapter_model.safetensors"), b"garbage").unwrap();
+    run_job(&request, &killed, &JobControl::default(), &mut |_| {}).unwrap();
+    let a = std::fs::read(straight.join("final/adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("final/adapter_model.safetensors")).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn bad_datasets_name_the_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let request = setup(tmp.path(), 4, json!({}));
+    let train = tmp.path().join("train.jsonl");
+    let mut text = std::fs::read_to_string(&train).unwrap();
+    text.push_str("{\"prompt\": \"no messages\"}\n");
+    std::fs::write(&train, &text).unwrap();
+    let err = run_job(
+        &request,
+        &tmp.path().join("a"),
+        &JobControl::default(),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("train.jsonl:5") && err.contains("messages"),
+        "{err}"
+    );
+
+    std::fs::write(
+        &train,
+        json!({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
+            .to_string(),
+    )
+    .unwrap();
+    let err = run_job(
+        &request,
+        &tmp.path().join("b"),
+        &JobControl::default(),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("train.jsonl:1") && err.contains("user message"),
+        "{err}"
+    );
+
+    std::fs::write(&train, "").unwrap();
+    let err = run_job(
+        &request,
+        &tmp.path().join("c"),
+        &JobControl::default(),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("no rows"), "{err}");
+}
+
+#[test]
+fn a_grader_failing_on_most_samples_fails_the_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut request = setup(tmp.path(), 8, json!({}));
+    // `item.missing` is not in any row: every sample gets invalid_variable_error.
+    request.method.reinforcement.as_mut().unwrap().grader = json!({
+        "type": "string_check", "name": "broken", "operation": "eq",
+        "input": "{{sample.output_text}}", "reference": "{{item.missing}}"
+    });
+    let err = run_job(
+        &request,
+        &tmp.path().join("run"),
+        &JobControl::default(),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("grader failed on"), "{err}");
+}
