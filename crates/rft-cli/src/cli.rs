@@ -37,6 +37,12 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: SetupCommand,
     },
+    /// Run a reinforcement fine-tuning job (the body of OpenAI's POST /fine_tuning/jobs).
+    Train(TrainArgs),
+    /// Pull the default model, measure it on a built-in task, train it, measure again.
+    Quickstart(QuickstartArgs),
+    /// Write a model (an adapter merged into its base) as a Hugging Face folder.
+    Export(ExportArgs),
     /// Measure OpenRFT against reference implementations.
     Bench {
         #[command(subcommand)]
@@ -184,4 +190,42 @@ pub(crate) struct BenchGradersArgs {
     /// Skip the Python side and report OpenRFT's timings alone.
     #[arg(long)]
     pub(crate) no_reference: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TrainArgs {
+    /// The job: OpenAI's fine-tuning job body with file paths (relative to this file) in place
+    /// of file ids.
+    #[arg(long, value_name = "JOB.json", required_unless_present = "resume")]
+    pub(crate) config: Option<PathBuf>,
+    /// Where the job writes events.jsonl, checkpoints/ and final/ (default: runs/<config name>).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) output: Option<PathBuf>,
+    /// Continue a paused or killed job from its folder.
+    #[arg(long, value_name = "DIR", conflicts_with = "output")]
+    pub(crate) resume: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QuickstartArgs {
+    /// Where the run is written (default: $RFT_HOME/quickstart).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) output: Option<PathBuf>,
+    /// Training steps (default: the whole built-in training set once).
+    #[arg(long)]
+    pub(crate) steps: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExportArgs {
+    /// The model: usually a PEFT adapter folder (a job's `final/` or a checkpoint), or any
+    /// model `rft generate` takes.
+    #[arg(long)]
+    pub(crate) model: String,
+    /// Fold the adapter into the weights and write a full model (the only format for now).
+    #[arg(long, required = true)]
+    pub(crate) merged: bool,
+    /// The folder to write.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) output: PathBuf,
 }

@@ -13,6 +13,7 @@ pub mod constrain;
 pub mod embed;
 pub mod engine;
 mod error;
+pub mod export;
 pub mod hub;
 pub mod lora;
 pub mod model;

@@ -521,17 +521,20 @@ impl CausalLm {
     }
 
     /// The final hidden states `(b, t, hidden)` (after the last norm) with the adapter's `Var`s
-    /// in the graph: the training path. No cache; `key_mask` as in [`CausalLm::forward`].
-    /// Turn them into log-probs with [`ops::token_logprobs`] and [`CausalLm::lm_head`].
+    /// in the graph: the training path. `key_mask` as in [`CausalLm::forward`]. With a cache,
+    /// the cached keys and values stay in the graph too, so a prompt encoded once and repeated
+    /// over its samples ([`KvCache::repeat_rows`]) receives the gradient of all of them.
+    /// Turn the states into log-probs with [`ops::token_logprobs`] and [`CausalLm::lm_head`].
     pub fn trainable_hidden(
         &self,
         input_ids: &Tensor,
         positions: &Tensor,
         key_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
         adapter: Option<&LoraAdapter>,
     ) -> Result<Tensor, ModelError> {
         let adapter = adapter.map_or(AdapterUse::None, AdapterUse::Trainable);
-        let xs = self.decoder(input_ids, positions, key_mask, None, adapter)?;
+        let xs = self.decoder(input_ids, positions, key_mask, cache, adapter)?;
         Ok(ops::rms_norm(
             &xs,
             &self.norm,

@@ -266,3 +266,57 @@ fn a_tiny_model_folder_runs_the_whole_engine() {
         assert_eq!(text, expected);
     }
 }
+
+#[test]
+fn a_merged_export_loads_back_with_the_adapters_outputs() {
+    use rft_model::Logits;
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    rft_model::tiny::write_tiny_model(&base, Architecture::Qwen2, 8).unwrap();
+    let engine = Engine::load(base.to_str().unwrap(), &Device::Cpu).unwrap();
+    let (_, adapter) = tiny();
+    let adapter_dir = dir.path().join("adapter");
+    adapter
+        .save_peft(&adapter_dir, base.to_str().unwrap())
+        .unwrap();
+    let adapted = Engine::load(adapter_dir.to_str().unwrap(), &Device::Cpu).unwrap();
+    assert!(adapted.adapter.is_some());
+    let out = dir.path().join("merged");
+    rft_model::export::export_merged(&adapted, &out).unwrap();
+    let merged = Engine::load(out.to_str().unwrap(), &Device::Cpu).unwrap();
+    let ids = candle_core::Tensor::new(&[[5u32, 9, 30, 2]], &Device::Cpu).unwrap();
+    let pos = candle_core::Tensor::new(&[[0u32, 1, 2, 3]], &Device::Cpu).unwrap();
+    let logits = |e: &Engine| -> Vec<f32> {
+        e.model
+            .forward_with(
+                &ids,
+                &pos,
+                None,
+                &mut rft_model::KvCache::new(),
+                Logits::All,
+                e.adapter.as_ref(),
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let (a, b, c) = (logits(&adapted), logits(&merged), logits(&engine));
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "{diff}");
+    assert!(
+        a.iter().zip(&c).any(|(x, y)| (x - y).abs() > 1e-3),
+        "the adapter changed nothing"
+    );
+    // The chat template and tokenizer came along.
+    let messages = [serde_json::json!({"role": "user", "content": "Hi"})];
+    assert_eq!(
+        merged.chat_prompt(&messages, None).unwrap(),
+        engine.chat_prompt(&messages, None).unwrap()
+    );
+}

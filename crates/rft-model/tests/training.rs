@@ -21,6 +21,23 @@ fn sequences() -> Vec<TokenSequence> {
             prompt: vec![12, 13],
             completion: vec![],
         },
+        // Three samples of one prompt: the shared-prefix path (one of length 1, one empty).
+        TokenSequence {
+            prompt: vec![4, 50, 51],
+            completion: vec![9, 10, 11, 12],
+        },
+        TokenSequence {
+            prompt: vec![4, 50, 51],
+            completion: vec![70],
+        },
+        TokenSequence {
+            prompt: vec![4, 50, 51],
+            completion: vec![],
+        },
+        TokenSequence {
+            prompt: vec![4, 50, 51],
+            completion: vec![71, 72],
+        },
     ]
 }
 

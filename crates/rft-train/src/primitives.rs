@@ -370,11 +370,15 @@ impl TrainingClient {
         let mut start = 0;
         let mut tokens = 0;
         for (idx, datum) in batch.iter().enumerate() {
-            let len = datum.prompt.len() + datum.completion.len();
+            // Samples of one prompt share its forward pass (`completion_logprobs`): the prompt
+            // counts once per run of equal prompts.
+            let shared = idx > start && batch[idx - 1].prompt == datum.prompt;
+            let len = datum.completion.len() + if shared { 0 } else { datum.prompt.len() };
             if idx > start && tokens + len > self.max_tokens_per_pass {
                 out.push(&batch[start..idx]);
                 start = idx;
-                tokens = 0;
+                tokens = datum.prompt.len() + datum.completion.len();
+                continue;
             }
             tokens += len;
         }

@@ -9,11 +9,14 @@ use rft_types::Grader;
 use crate::cli::{BenchCommand, Cli, Command, GraderCommand, ModelsCommand, SetupCommand};
 
 mod bench;
+pub(crate) mod bench_decode;
+pub(crate) mod bench_train;
 mod generate;
 mod grade;
 mod grader;
 mod models;
 mod setup;
+mod train;
 
 pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
@@ -22,6 +25,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: GraderCommand::Validate { grader: path },
         } => grader::validate(&path),
         Command::Generate(args) => generate::run(&args),
+        Command::Train(args) => train::train(&args),
+        Command::Quickstart(args) => train::quickstart(&args),
+        Command::Export(args) => train::export(&args),
         Command::Models {
             command: ModelsCommand::List,
         } => models::list(),
@@ -37,6 +43,12 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Python(args),
         } => bench::python(&args),
+        Command::Bench {
+            command: BenchCommand::Decode(args),
+        } => bench_decode::decode(&args),
+        Command::Bench {
+            command: BenchCommand::TrainMemory(args),
+        } => bench_train::train_memory(&args),
     }
 }
 

@@ -1,0 +1,159 @@
+//! `rft bench train-memory`: one forward and backward pass of the LoRA training path (completion
+//! log-probs of a batch, differentiable with respect to a fresh adapter), with wall times and the
+//! process's resident memory: RSS before loading the model, after loading it, and the peak
+//! (`VmHWM` from `/proc/self/status`) after the pass. Also checks that every adapter tensor got a
+//! gradient. Token ids are pseudo-random (fixed seed): the cost does not depend on them.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use candle_core::Device;
+use clap::Args;
+use rft_model::hub::{resolve_model, ModelLocation};
+use rft_model::lora::{LoraAdapter, LoraConfig};
+use rft_model::train::{check_all_gradients, completion_logprobs, TokenSequence};
+use rft_model::CausalLm;
+
+/// Arguments of `rft bench train-memory`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchTrainMemoryArgs {
+    /// A model name, a GGUF file, a model folder or a cached hub id.
+    #[arg(long, default_value = rft_model::hub::SMOLLM2_135M_INSTRUCT.name)]
+    pub(crate) model: String,
+    /// Sequences in the batch.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) batch: usize,
+    /// Tokens per sequence, prompt and completion together.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) seq: usize,
+    /// Prompt tokens of each sequence (the rest are scored completion tokens).
+    #[arg(long, default_value_t = 64)]
+    pub(crate) prompt: usize,
+    /// Forward+backward passes to time (the peak is over all of them).
+    #[arg(long, default_value_t = 1)]
+    pub(crate) repeats: usize,
+}
+
+pub(crate) fn train_memory(args: &BenchTrainMemoryArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.batch >= 1, "--batch must be at least 1");
+    anyhow::ensure!(
+        args.prompt >= 1 && args.seq > args.prompt,
+        "--seq must exceed --prompt, which must be at least 1"
+    );
+    anyhow::ensure!(args.repeats >= 1, "--repeats must be at least 1");
+    let rss_start = memory_kib("VmRSS")?;
+    let location = resolve_model(&args.model)?;
+    let path = match &location {
+        ModelLocation::Gguf(path) | ModelLocation::HfDir(path) => path.clone(),
+    };
+    let device = Device::Cpu;
+    let start = Instant::now();
+    let model = CausalLm::load(&path, &device)
+        .with_context(|| format!("cannot load {}", path.display()))?;
+    let load = start.elapsed().as_secs_f64();
+    let adapter = LoraAdapter::new(model.config(), LoraConfig::default(), 0, &device)?;
+    let rss_loaded = memory_kib("VmRSS")?;
+    let hwm_loaded = memory_kib("VmHWM")?;
+
+    let vocab = model.config().vocab_size as u64;
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next_id = move || -> u32 {
+        // xorshift64*: fixed pseudo-random ids, no dependency.
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        ((state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) % vocab) as u32
+    };
+    let sequences: Vec<TokenSequence> = (0..args.batch)
+        .map(|_| TokenSequence {
+            prompt: (0..args.prompt).map(|_| next_id()).collect(),
+            completion: (0..args.seq - args.prompt).map(|_| next_id()).collect(),
+        })
+        .collect();
+
+    let config = model.config();
+    println!(
+        "model {} ({} layers, hidden {}, vocab {}, {:?} weights), loaded in {load:.2} s",
+        path.display(),
+        config.num_layers,
+        config.hidden_size,
+        config.vocab_size,
+        model.lm_head().dtype()
+    );
+    println!(
+        "LoRA rank {} on {} projections per layer: {} trainable parameters",
+        adapter.config().rank,
+        adapter.config().targets.len(),
+        adapter.num_parameters()
+    );
+    println!(
+        "batch {} x {} tokens ({} prompt + {} completion), {} threads",
+        args.batch,
+        args.seq,
+        args.prompt,
+        args.seq - args.prompt,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    for repeat in 0..args.repeats {
+        let start = Instant::now();
+        let logprobs = completion_logprobs(&model, Some(&adapter), &sequences)?;
+        let loss = logprobs.logprobs.mean_all()?.neg()?;
+        let loss_value = loss.to_scalar::<f32>()?;
+        let forward = start.elapsed().as_secs_f64();
+        let hwm_forward = memory_kib("VmHWM")?;
+        let start = Instant::now();
+        let grads = loss.backward()?;
+        let backward = start.elapsed().as_secs_f64();
+        check_all_gradients(&adapter, &grads)?;
+        let with_grad = adapter
+            .vars()
+            .iter()
+            .filter(|v| grads.get(v.as_tensor()).is_some())
+            .count();
+        println!(
+            "pass {}: forward {forward:.2} s, backward {backward:.2} s, total {:.2} s; loss {loss_value:.4}; peak RSS after forward {}; gradients for {with_grad}/{} LoRA tensors",
+            repeat + 1,
+            forward + backward,
+            gib(hwm_forward),
+            adapter.vars().len()
+        );
+        drop(grads);
+    }
+    let rss_end = memory_kib("VmRSS")?;
+    let hwm = memory_kib("VmHWM")?;
+    println!("RSS at start: {}", gib(rss_start));
+    println!(
+        "RSS after loading the model and adapter: {} (peak so far {})",
+        gib(rss_loaded),
+        gib(hwm_loaded)
+    );
+    println!("RSS after the passes: {}", gib(rss_end));
+    println!(
+        "peak RSS (VmHWM): {} — {} the 6 GB target",
+        gib(hwm),
+        if hwm * 1024 < 6_000_000_000 {
+            "under"
+        } else {
+            "OVER"
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A `kB` field of `/proc/self/status` (Linux).
+fn memory_kib(field: &str) -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("cannot read /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(field)?.strip_prefix(':')?;
+            rest.trim().strip_suffix("kB")?.trim().parse().ok()
+        })
+        .with_context(|| format!("no {field} in /proc/self/status"))
+}
+
+fn gib(kib: u64) -> String {
+    format!("{:.2} GiB", kib as f64 / (1024.0 * 1024.0))
+}

@@ -1,0 +1,198 @@
+//! `rft train` and `rft quickstart`: run an RFT job from a job file, or the built-in one.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use rft_train::config::JobRequest;
+use rft_train::job::{run_job, JobControl, JobOutcome, JobSummary};
+use serde_json::Value;
+
+use crate::cli::{ExportArgs, QuickstartArgs, TrainArgs};
+
+/// The built-in task: files a user can copy from `examples/quickstart/`.
+const QUICKSTART_TRAIN: &str = include_str!("../../../../examples/quickstart/train.jsonl");
+const QUICKSTART_VALID: &str = include_str!("../../../../examples/quickstart/valid.jsonl");
+const QUICKSTART_GRADER: &str = include_str!("../../../../examples/quickstart/grader.json");
+const QUICKSTART_JOB: &str = include_str!("../../../../examples/quickstart/job.json");
+
+pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
+    let (request, dir) = match (&args.resume, &args.config) {
+        (Some(dir), _) => {
+            let path = dir.join("request.json");
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!("{} is not a job folder (no request.json)", dir.display())
+            })?;
+            let value: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", path.display()))?;
+            (JobRequest::from_value(value)?, dir.clone())
+        }
+        (None, Some(config)) => {
+            let request = read_job(config)?;
+            let dir = args.output.clone().unwrap_or_else(|| {
+                PathBuf::from("runs").join(
+                    config
+                        .file_stem()
+                        .map(|s| s.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| "job".into()),
+                )
+            });
+            (request, dir)
+        }
+        (None, None) => anyhow::bail!("give --config JOB.json or --resume DIR"),
+    };
+    let summary = run(&request, &dir)?;
+    print_summary(&summary, &dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads a job file; dataset paths are taken relative to the job file's folder.
+fn read_job(path: &Path) -> anyhow::Result<JobRequest> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read job file {}", path.display()))?;
+    let mut value: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    for key in ["training_file", "validation_file"] {
+        if let Some(file) = value.get(key).and_then(Value::as_str) {
+            let resolved = base.join(file);
+            value[key] = Value::String(resolved.to_string_lossy().into_owned());
+        }
+    }
+    JobRequest::from_value(value).with_context(|| format!("invalid job in {}", path.display()))
+}
+
+/// Runs a job in `dir`, printing its events; Ctrl-C pauses it at the next step boundary.
+fn run(request: &JobRequest, dir: &Path) -> anyhow::Result<JobSummary> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let request_path = dir.join("request.json");
+    if !request_path.exists() {
+        std::fs::write(&request_path, serde_json::to_vec_pretty(request)?)
+            .with_context(|| format!("cannot write {}", request_path.display()))?;
+    }
+    let control = Arc::new(JobControl::default());
+    let handler = control.clone();
+    // A second Ctrl-C (or a handler already set by an embedding process) is left alone.
+    let _ = ctrlc::set_handler(move || {
+        eprintln!("pausing after the current step (Ctrl-C again to kill)...");
+        if handler.pause.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+    });
+    let summary = run_job(request, dir, &control, &mut |event| {
+        if let Some(message) = event["message"].as_str() {
+            eprintln!("{message}");
+        }
+    })
+    .with_context(|| format!("the job in {} failed", dir.display()))?;
+    Ok(summary)
+}
+
+fn print_summary(summary: &JobSummary, dir: &Path) {
+    match summary.outcome {
+        JobOutcome::Paused => println!(
+            "paused after step {}/{}; continue with: rft train --resume {}",
+            summary.steps,
+            summary.total_steps,
+            dir.display()
+        ),
+        JobOutcome::Succeeded => {
+            println!("fine-tuned model: {}", summary.fine_tuned_model);
+            println!("adapter (PEFT): {}", summary.final_adapter.display());
+        }
+    }
+    if let Some(base) = summary.baseline_valid_reward {
+        println!("validation reward before training: {base:.3}");
+    }
+    if let Some(last) = summary.final_valid_reward {
+        println!("validation reward after training:  {last:.3}");
+    }
+}
+
+pub(crate) fn quickstart(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let dir = args
+        .output
+        .clone()
+        .unwrap_or_else(|| rft_types::paths::rft_home().join("quickstart"));
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+    for (name, content) in [
+        ("train.jsonl", QUICKSTART_TRAIN),
+        ("valid.jsonl", QUICKSTART_VALID),
+        ("grader.json", QUICKSTART_GRADER),
+    ] {
+        std::fs::write(data.join(name), content)
+            .with_context(|| format!("cannot write {}", data.join(name).display()))?;
+    }
+    let mut job: Value = serde_json::from_str(QUICKSTART_JOB).context("the built-in job.json")?;
+    job["training_file"] = Value::String(data.join("train.jsonl").to_string_lossy().into_owned());
+    job["validation_file"] = Value::String(data.join("valid.jsonl").to_string_lossy().into_owned());
+    job["method"]["reinforcement"]["grader"] =
+        serde_json::from_str(QUICKSTART_GRADER).context("the built-in grader.json")?;
+    if let Some(steps) = args.steps {
+        let batch = job["method"]["reinforcement"]["hyperparameters"]["batch_size"]
+            .as_u64()
+            .unwrap_or(8) as usize;
+        let rows = QUICKSTART_TRAIN
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count();
+        anyhow::ensure!(steps >= 1, "--steps must be at least 1");
+        let keep = (steps * batch).min(rows);
+        let trimmed: String = QUICKSTART_TRAIN
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(keep)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(data.join("train.jsonl"), trimmed)?;
+        job["method"]["reinforcement"]["hyperparameters"]["eval_interval"] =
+            Value::from(steps.max(1));
+    }
+    eprintln!(
+        "OpenRFT quickstart: the default model ({}), the task in examples/quickstart/",
+        rft_model::hub::SMOLLM2_135M_INSTRUCT.name
+    );
+    rft_model::hub::SMOLLM2_135M_INSTRUCT
+        .ensure()
+        .context("cannot fetch the default model")?;
+    let request = JobRequest::from_value(job)?;
+    let run_dir = dir.join("run");
+    // A quickstart always starts fresh.
+    let _ = std::fs::remove_dir_all(&run_dir);
+    let summary = run(&request, &run_dir)?;
+    print_summary(&summary, &run_dir);
+    if let (Some(before), Some(after)) = (summary.baseline_valid_reward, summary.final_valid_reward)
+    {
+        println!("change: {:+.3}", after - before);
+    }
+    println!(
+        "took {:.1} min; events: {}",
+        started.elapsed().as_secs_f64() / 60.0,
+        run_dir.join("events.jsonl").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.merged, "only --merged export exists");
+    let engine = rft_model::engine::Engine::load(&args.model, &candle_core::Device::Cpu)
+        .with_context(|| format!("cannot load model {}", args.model))?;
+    rft_model::export::export_merged(&engine, &args.output)
+        .with_context(|| format!("cannot export to {}", args.output.display()))?;
+    println!(
+        "wrote {} ({}{})",
+        args.output.display(),
+        engine.base,
+        if engine.adapter.is_some() {
+            " + adapter, merged"
+        } else {
+            ""
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
