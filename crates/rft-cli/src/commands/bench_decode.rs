@@ -120,6 +120,7 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
         args.temperature
     );
 
+    let load_before = load_average();
     let peak = matmul_peak(&device)?;
     let config = model.config().clone();
     let flops_per_token = matmul_flops_per_token(&config);
@@ -281,7 +282,19 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
     for note in notes {
         println!("note: {note}");
     }
+    println!(
+        "load average (1 min) before / after: {load_before} / {}",
+        load_average()
+    );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The 1-minute load average (`/proc/loadavg`), to judge how shared the machine was.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 /// Samples `batch` completions of exactly `tokens` tokens; returns the seconds taken and the

@@ -11,7 +11,7 @@ use anyhow::Context;
 use candle_core::Device;
 use clap::Args;
 use rft_model::hub::{resolve_model, ModelLocation};
-use rft_model::lora::{LoraAdapter, LoraConfig};
+use rft_model::lora::{LoraAdapter, LoraConfig, Projection};
 use rft_model::train::{check_all_gradients, completion_logprobs, TokenSequence};
 use rft_model::CausalLm;
 
@@ -33,6 +33,13 @@ pub(crate) struct BenchTrainMemoryArgs {
     /// Forward+backward passes to time (the peak is over all of them).
     #[arg(long, default_value_t = 1)]
     pub(crate) repeats: usize,
+    /// LoRA rank.
+    #[arg(long, default_value_t = LoraConfig::default().rank)]
+    pub(crate) rank: usize,
+    /// Projections that carry an adapter (`q,k,v,o,gate,up,down`; `all`), to see what each
+    /// costs in memory.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub(crate) lora_targets: Vec<String>,
 }
 
 pub(crate) fn train_memory(args: &BenchTrainMemoryArgs) -> anyhow::Result<ExitCode> {
@@ -52,7 +59,24 @@ pub(crate) fn train_memory(args: &BenchTrainMemoryArgs) -> anyhow::Result<ExitCo
     let model = CausalLm::load(&path, &device)
         .with_context(|| format!("cannot load {}", path.display()))?;
     let load = start.elapsed().as_secs_f64();
-    let adapter = LoraAdapter::new(model.config(), LoraConfig::default(), 0, &device)?;
+    let mut targets = Vec::new();
+    for name in &args.lora_targets {
+        if name == "all" {
+            targets.extend(Projection::ALL);
+        } else {
+            targets.push(Projection::parse(name).with_context(|| {
+                format!("unknown projection {name:?} (q, k, v, o, gate, up, down or all)")
+            })?);
+        }
+    }
+    targets.sort();
+    targets.dedup();
+    let lora = LoraConfig {
+        rank: args.rank,
+        targets,
+        ..LoraConfig::default()
+    };
+    let adapter = LoraAdapter::new(model.config(), lora, 0, &device)?;
     let rss_loaded = memory_kib("VmRSS")?;
     let hwm_loaded = memory_kib("VmHWM")?;
 
@@ -82,9 +106,9 @@ pub(crate) fn train_memory(args: &BenchTrainMemoryArgs) -> anyhow::Result<ExitCo
         model.lm_head().dtype()
     );
     println!(
-        "LoRA rank {} on {} projections per layer: {} trainable parameters",
+        "LoRA rank {} on {:?} in every layer: {} trainable parameters",
         adapter.config().rank,
-        adapter.config().targets.len(),
+        adapter.config().targets,
         adapter.num_parameters()
     );
     println!(

@@ -170,6 +170,9 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
     {
         println!("change: {:+.3}", after - before);
     }
+    if summary.outcome == JobOutcome::Succeeded {
+        show_before_after(&request, &summary.final_adapter, 4)?;
+    }
     println!(
         "took {:.1} min; events: {}",
         started.elapsed().as_secs_f64() / 60.0,
@@ -195,4 +198,65 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Greedy answers of the base model and of the trained adapter to the first `rows` validation
+/// prompts, with their rewards.
+fn show_before_after(request: &JobRequest, adapter_dir: &Path, rows: usize) -> anyhow::Result<()> {
+    use rft_model::sample::{Sampler, SamplingParams};
+    let device = candle_core::Device::Cpu;
+    let engine = rft_model::engine::Engine::load_base(&request.model, &device)?;
+    let adapter =
+        rft_model::lora::LoraAdapter::load_peft(adapter_dir, engine.model.config(), &device)?;
+    let reinforcement = request.reinforcement()?;
+    let grader = rft_grade::compile(&rft_types::Grader::from_value(&reinforcement.grader)?)?;
+    let Some(valid) = &request.validation_file else {
+        return Ok(());
+    };
+    let dataset = rft_train::job::read_dataset(Path::new(valid))?;
+    let max_tokens = reinforcement.hyperparameters["max_completion_tokens"]
+        .as_u64()
+        .unwrap_or(64) as usize;
+    println!("\nbefore → after (greedy), first {rows} validation rows:");
+    for row in dataset.iter().take(rows) {
+        let messages: Vec<Value> = row
+            .messages
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        let prompt = engine.chat_prompt(&messages, row.tools.as_deref())?;
+        let params = SamplingParams {
+            temperature: 0.0,
+            max_tokens,
+            ..SamplingParams::default()
+        };
+        let mut answers = Vec::new();
+        for adapter in [None, Some(&adapter)] {
+            let sampler = Sampler {
+                model: &engine.model,
+                adapter,
+                tokenizer: Some(&engine.tokenizer),
+            };
+            let request = engine.request(prompt.clone(), 1, params.clone(), None)?;
+            let text = sampler
+                .run(&[request])?
+                .pop()
+                .and_then(|mut c| c.pop())
+                .and_then(|c| c.text)
+                .unwrap_or_default();
+            let reward = grader
+                .grade(&rft_types::Sample::from_text(&text), &row.item_value())
+                .reward;
+            answers.push((text, reward));
+        }
+        let question = messages
+            .last()
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .replace('\n', " ");
+        println!("- {question}");
+        println!("    before ({:.2}): {:?}", answers[0].1, answers[0].0);
+        println!("    after  ({:.2}): {:?}", answers[1].1, answers[1].0);
+    }
+    Ok(())
 }

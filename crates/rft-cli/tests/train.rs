@@ -1,0 +1,156 @@
+//! `rft train`, `rft generate` on its result, `rft export --merged`, and `--resume`, on a tiny
+//! model the test writes itself.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::json;
+
+fn rft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rft"))
+        .args(args)
+        .env_remove("RFT_LOG")
+        .output()
+        .expect("the rft binary runs")
+}
+
+fn job(dir: &Path) -> std::path::PathBuf {
+    let model = dir.join("model");
+    rft_model::tiny::write_tiny_model(&model, rft_model::Architecture::Llama, 2).unwrap();
+    let rows: String = (0..8)
+        .map(|i| {
+            json!({"messages": [{"role": "user", "content": format!("Say x {i}")}], "answer": "x"})
+                .to_string()
+                + "\n"
+        })
+        .collect();
+    std::fs::write(dir.join("train.jsonl"), &rows).unwrap();
+    std::fs::write(
+        dir.join("valid.jsonl"),
+        &rows[..rows.find('\n').unwrap() + 1],
+    )
+    .unwrap();
+    let path = dir.join("job.json");
+    std::fs::write(
+        &path,
+        json!({
+            "model": model.to_str().unwrap(),
+            "training_file": "train.jsonl",
+            "validation_file": "valid.jsonl",
+            "suffix": "cli",
+            "method": {"type": "reinforcement", "reinforcement": {
+                "grader": {"type": "string_check", "name": "x", "operation": "like",
+                           "input": "{{sample.output_text}}", "reference": "{{item.answer}}"},
+                "hyperparameters": {"batch_size": 2, "eval_interval": 2, "eval_samples": 2,
+                                    "max_completion_tokens": 4, "compute_multiplier": 0.5}
+            }}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn train_then_generate_and_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = job(dir.path());
+    let out = dir.path().join("run");
+    let result = rft(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(stderr.contains("Step 4/4"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(
+        stdout.contains("fine-tuned model: ft:model:cli:ftjob-"),
+        "{stdout}"
+    );
+    let job: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("job.json")).unwrap()).unwrap();
+    assert_eq!(
+        job["method"]["reinforcement"]["hyperparameters"]["batch_size"],
+        2
+    );
+
+    let final_dir = out.join("final");
+    let result = rft(&[
+        "generate",
+        "--model",
+        final_dir.to_str().unwrap(),
+        "--prompt",
+        "Say x",
+        "--max-tokens",
+        "3",
+        "--json",
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&result.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(line["ids"].as_array().unwrap().len() <= 3);
+
+    let merged = dir.path().join("merged");
+    let result = rft(&[
+        "export",
+        "--model",
+        final_dir.to_str().unwrap(),
+        "--merged",
+        "--output",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
+        assert!(merged.join(file).is_file(), "{file} missing");
+    }
+
+    // Resuming a finished job re-runs nothing and succeeds.
+    let result = rft(&["train", "--resume", out.to_str().unwrap()]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
+#[test]
+fn a_bad_job_file_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = job(dir.path());
+    let mut value: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    value["method"]["reinforcement"]["hyperparameters"]["n_epoch"] = json!(2);
+    std::fs::write(&config, value.to_string()).unwrap();
+    let result = rft(&["train", "--config", config.to_str().unwrap()]);
+    assert!(!result.status.success());
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("n_epoch"), "{stderr}");
+
+    value["method"]["type"] = json!("supervised");
+    std::fs::write(&config, value.to_string()).unwrap();
+    let result = rft(&["train", "--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("supervised"), "{stderr}");
+}
