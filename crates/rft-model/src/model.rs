@@ -45,8 +45,9 @@ impl Linear {
         let flat = xs.reshape((b * t, d_in))?;
         let mut out = ops::frozen_linear(&flat, &self.weight, self.bias.as_ref())?;
         if let Some(lora) = lora {
-            let update = flat.matmul(&lora.a.t()?)?.matmul(&lora.b.t()?)?;
-            out = (out + (update * lora.scale)?)?;
+            // Scaled at rank width, where it is cheapest, and added once.
+            let update = (flat.matmul(&lora.a.t()?)? * lora.scale)?.matmul(&lora.b.t()?)?;
+            out = (out + update)?;
         }
         out.reshape((b, t, ()))
     }
@@ -727,13 +728,18 @@ impl CausalLm {
             }
             None => (k, v),
         };
-        let k = repeat_kv(&k, n_heads / n_kv)?;
-        let v = repeat_kv(&v, n_heads / n_kv)?;
+        // Grouped-query attention without repeating k and v: the `n_rep` query heads that share
+        // a kv head are consecutive, so they fold into the query-length axis of one matmul.
+        let n_rep = n_heads / n_kv;
+        let s = k.dim(2)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
+        let q = (q * scale)?.reshape((b, n_kv, n_rep * t, head_dim))?;
+        let scores = q.matmul(&k.t()?)?.reshape((b, n_heads, t, s))?;
         let probs = ops::masked_softmax(&scores, mask)?;
         let out = probs
+            .reshape((b, n_kv, n_rep * t, s))?
             .matmul(&v)?
+            .reshape((b, n_heads, t, head_dim))?
             .transpose(1, 2)?
             .reshape((b, t, n_heads * head_dim))?;
         layer
@@ -771,16 +777,4 @@ impl CausalLm {
         }
         Ok(out)
     }
-}
-
-/// (b, kv, t, d) -> (b, kv * n, t, d): grouped-query attention shares each kv head.
-fn repeat_kv(xs: &Tensor, n: usize) -> candle_core::Result<Tensor> {
-    if n == 1 {
-        return Ok(xs.clone());
-    }
-    let (b, kv, t, d) = xs.dims4()?;
-    xs.unsqueeze(2)?
-        .broadcast_as((b, kv, n, t, d))?
-        .contiguous()?
-        .reshape((b, kv * n, t, d))
 }
