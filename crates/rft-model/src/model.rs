@@ -62,7 +62,7 @@ struct LoraWeights {
 
 /// How a forward pass uses an adapter.
 #[derive(Clone, Copy)]
-enum AdapterUse<'a> {
+pub(crate) enum AdapterUse<'a> {
     None,
     /// Adapter values only: nothing is recorded (sampling with an unmerged adapter).
     Frozen(&'a LoraAdapter),
@@ -184,7 +184,7 @@ impl KvCache {
 }
 
 /// (b, ...) -> (b * n, ...), each row repeated `n` times consecutively.
-fn repeat_batch(xs: &Tensor, n: usize) -> candle_core::Result<Tensor> {
+pub(crate) fn repeat_batch(xs: &Tensor, n: usize) -> candle_core::Result<Tensor> {
     if n == 1 {
         return Ok(xs.clone());
     }
@@ -564,49 +564,73 @@ impl CausalLm {
                 cache.layers = vec![None; self.layers.len()];
             }
         }
-        let mut xs = self
-            .embed_tokens
-            .index_select(&input_ids.flatten_all()?, 0)?
-            .reshape((b, t, self.config.hidden_size))?;
+        let mut xs = self.embed(input_ids)?;
         let (cos, sin) = self.rotary(positions)?;
         let mask = self.attention_mask(b, t, seen, key_mask)?;
-        let eps = self.config.rms_norm_eps as f32;
-        for (idx, layer) in self.layers.iter().enumerate() {
+        for idx in 0..self.layers.len() {
             let slot = cache.as_deref_mut().map(|c| &mut c.layers[idx]);
-            let lora = |projection| adapter.weights(idx, projection);
-            let residual = xs.clone();
-            let normed = ops::rms_norm(&xs, &layer.input_layernorm, eps)?;
-            let attn = self.attention(
-                idx,
-                layer,
-                &normed,
-                &cos,
-                &sin,
-                mask.as_ref(),
-                slot,
-                adapter,
-            )?;
-            xs = (residual + attn)?;
-            let residual = xs.clone();
-            let normed = ops::rms_norm(&xs, &layer.post_attention_layernorm, eps)?;
-            let gate = candle_nn::ops::silu(
-                &layer
-                    .gate_proj
-                    .forward(&normed, lora(Projection::Gate).as_ref())?,
-            )?;
-            let up = layer
-                .up_proj
-                .forward(&normed, lora(Projection::Up).as_ref())?;
-            let mlp = layer
-                .down_proj
-                .forward(&(gate * up)?, lora(Projection::Down).as_ref())?;
-            xs = (residual + mlp)?;
+            xs = self.layer_forward(idx, &xs, &cos, &sin, mask.as_ref(), slot, adapter)?;
         }
         Ok(xs)
     }
 
-    /// cos and sin for each position: (b, t, head_dim / 2).
-    fn rotary(&self, positions: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+    /// The token embeddings `(b, t, hidden)` of `input_ids` (no gradient: the table is frozen).
+    pub(crate) fn embed(&self, input_ids: &Tensor) -> Result<Tensor, ModelError> {
+        let (b, t) = input_ids.dims2()?;
+        Ok(self
+            .embed_tokens
+            .index_select(&input_ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.hidden_size))?)
+    }
+
+    /// The final RMS norm.
+    pub(crate) fn final_norm(&self, xs: &Tensor) -> Result<Tensor, ModelError> {
+        Ok(ops::rms_norm(
+            xs,
+            &self.norm,
+            self.config.rms_norm_eps as f32,
+        )?)
+    }
+
+    /// Number of decoder layers.
+    pub(crate) fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// One decoder layer: pre-norm attention and SwiGLU MLP, each with its residual.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn layer_forward(
+        &self,
+        idx: usize,
+        xs: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        slot: Option<&mut Option<(Tensor, Tensor)>>,
+        adapter: AdapterUse<'_>,
+    ) -> Result<Tensor, ModelError> {
+        let layer = &self.layers[idx];
+        let eps = self.config.rms_norm_eps as f32;
+        let lora = |projection| adapter.weights(idx, projection);
+        let normed = ops::rms_norm(xs, &layer.input_layernorm, eps)?;
+        let attn = self.attention(idx, layer, &normed, cos, sin, mask, slot, adapter)?;
+        let xs = (xs + attn)?;
+        let normed = ops::rms_norm(&xs, &layer.post_attention_layernorm, eps)?;
+        let gate = candle_nn::ops::silu(
+            &layer
+                .gate_proj
+                .forward(&normed, lora(Projection::Gate).as_ref())?,
+        )?;
+        let up = layer
+            .up_proj
+            .forward(&normed, lora(Projection::Up).as_ref())?;
+        let mlp = layer
+            .down_proj
+            .forward(&(gate * up)?, lora(Projection::Down).as_ref())?;
+        Ok((xs + mlp)?)
+    }
+
+    pub(crate) fn rotary(&self, positions: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         let (b, t) = positions.dims2()?;
         let freqs = positions
             .to_dtype(DType::F32)?
@@ -621,7 +645,7 @@ impl CausalLm {
     }
 
     /// Additive mask (b, 1, t, seen + t): causal within the new tokens, padding hidden.
-    fn attention_mask(
+    pub(crate) fn attention_mask(
         &self,
         b: usize,
         t: usize,

@@ -267,3 +267,61 @@ fn peft_files_round_trip() {
     let err = LoraAdapter::load_peft(dir.path(), &other, &Device::Cpu).unwrap_err();
     assert!(err.to_string().contains("another model"), "{err}");
 }
+
+#[test]
+fn checkpointed_backward_equals_plain_backward() {
+    use rft_model::train::checkpointed_backward;
+    for arch in [
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+    ] {
+        let config = ModelConfig::tiny(arch);
+        let model = CausalLm::random(config.clone(), 13, DType::F64, &Device::Cpu).unwrap();
+        let adapter = random_adapter(&config, DType::F64, 6);
+        let n_tokens: usize = sequences().iter().map(|s| s.completion.len()).sum();
+        let probe = Tensor::from_vec(
+            (0..n_tokens)
+                .map(|i| ((i * 5 % 9) as f64 - 4.0) / 3.0)
+                .collect::<Vec<_>>(),
+            n_tokens,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let plain = weighted_loss(&model, &adapter, &probe);
+        let plain_grads = plain.backward().unwrap();
+        let out = checkpointed_backward(&model, &adapter, &sequences(), |lp| {
+            (lp * &probe)?.sum_all()
+        })
+        .unwrap();
+        assert!((out.loss - plain.to_scalar::<f64>().unwrap()).abs() < 1e-10);
+        let expected: Vec<f32> = completion_logprobs(&model, Some(&adapter), &sequences())
+            .unwrap()
+            .logprobs
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(out.logprobs.len(), expected.len());
+        for (name, var) in adapter.named_vars() {
+            let a: Vec<f64> = plain_grads
+                .get(var.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let b: Vec<f64> = out.grads[&var.as_tensor().id()]
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let diff = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f64, f64::max);
+            assert!(diff < 1e-10, "{arch:?} {name}: {diff:e}");
+        }
+    }
+}

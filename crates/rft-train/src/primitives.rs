@@ -13,7 +13,7 @@ use candle_core::{DType, Tensor, TensorId, Var};
 use rft_model::engine::Engine;
 use rft_model::lora::LoraAdapter;
 use rft_model::sample::{Completion, SampleRequest, Sampler};
-use rft_model::train::{check_all_gradients, completion_logprobs, TokenSequence};
+use rft_model::train::{checkpointed_backward, completion_logprobs, TokenSequence};
 use serde::{Deserialize, Serialize};
 
 use crate::loss::{self, LossFn};
@@ -105,7 +105,8 @@ pub struct TrainingClient {
     grads: HashMap<TensorId, Tensor>,
     moments: HashMap<TensorId, (Tensor, Tensor)>,
     step: u64,
-    /// Most completion tokens one forward/backward pass holds (micro-batch size).
+    /// Most tokens one forward/backward pass holds (micro-batch size; a prompt shared by a
+    /// group counts once). With per-layer checkpointing memory grows slowly with it.
     pub max_tokens_per_pass: usize,
 }
 
@@ -118,7 +119,7 @@ impl TrainingClient {
             grads: HashMap::new(),
             moments: HashMap::new(),
             step: 0,
-            max_tokens_per_pass: 2048,
+            max_tokens_per_pass: 4096,
         }
     }
 
@@ -184,63 +185,73 @@ impl TrainingClient {
         let mut offset = 0;
         for chunk in self.micro_batches(batch) {
             let sequences = to_sequences(chunk);
-            let lp = completion_logprobs(&self.engine.model, Some(&self.adapter), &sequences)?;
-            let device = lp.logprobs.device().clone();
-            let flat = |f: &dyn Fn(&Datum) -> &[f32]| -> Result<Tensor, TrainError> {
-                let values: Vec<f32> = chunk.iter().flat_map(|d| f(d).iter().copied()).collect();
-                let n = values.len();
-                Ok(Tensor::from_vec(values, n, &device)?.to_dtype(lp.logprobs.dtype())?)
+            let n_tokens: usize = chunk.iter().map(|d| d.completion.len()).sum();
+            let flat = |f: &dyn Fn(&Datum) -> &[f32]| -> Vec<f32> {
+                chunk.iter().flat_map(|d| f(d).iter().copied()).collect()
             };
-            let old = flat(&|d| &d.sampling_logprobs)?;
-            let advantages = flat(&|d| &d.advantages)?;
-            let out = loss::compute(loss_fn, &lp.logprobs, &old, &advantages, &lp.spans)?;
-            let mut total = out.loss;
-            let n_tokens = lp.logprobs.dim(0)?;
-            if let Some(KlPenalty {
-                beta,
-                reference,
-                weights,
-            }) = kl
-            {
-                let reference: Vec<f32> = reference[offset..offset + chunk.len()]
+            let old = flat(&|d| &d.sampling_logprobs);
+            let advantages = flat(&|d| &d.advantages);
+            let mut stats = (0.0, 1.0, 0.0);
+            let kl_inputs = kl.map(|penalty| {
+                let reference: Vec<f32> = penalty.reference[offset..offset + chunk.len()]
                     .iter()
                     .flatten()
                     .copied()
                     .collect();
-                let weights: Vec<f32> = weights[tokens..tokens + n_tokens].to_vec();
-                let reference = Tensor::from_vec(reference, n_tokens, &device)?;
-                let weights = Tensor::from_vec(weights, n_tokens, &device)?;
-                let diff = (reference - &lp.logprobs)?;
-                let k3 = ((diff.exp()? - &diff)? - 1.0)?;
-                kl_sum += k3.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                total = (total + ((k3 * weights)?.sum_all()? * beta)?)?;
-            }
-            if n_tokens > 0 {
-                let grads = total.backward()?;
-                check_all_gradients(&self.adapter, &grads)?;
-                for var in self.adapter.vars() {
-                    if let Some(g) = grads.get(var.as_tensor()) {
-                        let entry = self.grads.entry(var.as_tensor().id());
-                        match entry {
-                            std::collections::hash_map::Entry::Occupied(mut e) => {
-                                let sum = (e.get() + g)?;
-                                e.insert(sum);
-                            }
-                            std::collections::hash_map::Entry::Vacant(e) => {
-                                e.insert(g.clone());
-                            }
-                        }
+                let weights = penalty.weights[tokens..tokens + n_tokens].to_vec();
+                (penalty.beta, reference, weights)
+            });
+            let spans: Vec<std::ops::Range<usize>> = {
+                let mut at = 0;
+                chunk
+                    .iter()
+                    .map(|d| {
+                        at += d.completion.len();
+                        at - d.completion.len()..at
+                    })
+                    .collect()
+            };
+            // The loss is built on the packed log-probs inside the checkpointed backward,
+            // which re-runs one layer at a time (see `rft_model::train`).
+            let out = checkpointed_backward(&self.engine.model, &self.adapter, &sequences, |lp| {
+                let device = lp.device();
+                let dtype = lp.dtype();
+                let n = lp.dim(0)?;
+                let old = Tensor::from_vec(old, n, device)?.to_dtype(dtype)?;
+                let advantages = Tensor::from_vec(advantages, n, device)?.to_dtype(dtype)?;
+                let policy = loss::compute(loss_fn, lp, &old, &advantages, &spans)?;
+                stats.0 = policy.clip_fraction;
+                stats.1 = policy.ratio_mean;
+                let mut total = policy.loss;
+                if let Some((beta, reference, weights)) = kl_inputs {
+                    let reference = Tensor::from_vec(reference, n, device)?.to_dtype(dtype)?;
+                    let weights = Tensor::from_vec(weights, n, device)?.to_dtype(dtype)?;
+                    let diff = (reference - lp)?;
+                    let k3 = ((diff.exp()? - &diff)? - 1.0)?;
+                    stats.2 = k3.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                    total = (total + ((k3 * weights)?.sum_all()? * beta)?)?;
+                }
+                Ok(total)
+            })?;
+            for (id, g) in out.grads {
+                match self.grads.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        let sum = (e.get() + &g)?;
+                        e.insert(sum);
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(g);
                     }
                 }
             }
-            output.loss += total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            clip_sum += out.clip_fraction * n_tokens as f64;
-            ratio_sum += out.ratio_mean * n_tokens as f64;
+            output.loss += out.loss;
+            clip_sum += stats.0 * n_tokens as f64;
+            ratio_sum += stats.1 * n_tokens as f64;
+            kl_sum += stats.2;
             terms += n_tokens;
-            let values: Vec<f32> = lp.logprobs.to_dtype(DType::F32)?.to_vec1()?;
             output
                 .logprobs
-                .extend(lp.spans.iter().map(|s| values[s.clone()].to_vec()));
+                .extend(out.spans.iter().map(|s| out.logprobs[s.clone()].to_vec()));
             offset += chunk.len();
             tokens += n_tokens;
         }
