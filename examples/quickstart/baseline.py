@@ -31,10 +31,10 @@ def generate(args, messages, n, temperature):
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
-def grade(args, pairs):
-    """pairs: [(sample_text, item)] -> [reward]"""
+def grade(args, pairs, keep=None):
+    """pairs: [(sample_text, item)] -> [reward]; keep: also write the requests there."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "requests.jsonl")
+        path = keep or os.path.join(tmp, "requests.jsonl")
         with open(path, "w", encoding="utf-8") as f:
             for text, item in pairs:
                 f.write(json.dumps({"model_sample": text, "item": item}) + "\n")
@@ -67,6 +67,7 @@ def main():
     p.add_argument("--limit", type=int, default=0, help="only the first N rows")
     p.add_argument("--no-greedy", action="store_true")
     p.add_argument("--show", action="store_true", help="print every sample and its reward")
+    p.add_argument("--requests", help="also write the graded samples here, as rft grade --input takes them")
     args = p.parse_args()
 
     rows = [json.loads(line) for line in open(args.data, encoding="utf-8") if line.strip()]
@@ -85,7 +86,7 @@ def main():
         print("row {}/{}".format(i + 1, len(rows)), file=sys.stderr, end="\r")
     print(file=sys.stderr)
 
-    flat = grade(args, [(t, items[i]) for i, texts in enumerate(samples) for t in texts])
+    flat = grade(args, [(t, items[i]) for i, texts in enumerate(samples) for t in texts], args.requests)
     per_row = [flat[i * args.n:(i + 1) * args.n] for i in range(len(rows))]
 
     if args.show:

@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Writes the quickstart task: train.jsonl and valid.jsonl, next to this file.
 
-The task ("pull facts into a clean format"): a short business message holds
-several facts (an id, a place, a count, a time...); the user asks for one of
-them and wants the value alone, copied exactly, with no other words.
+The task ("pull facts into a clean format"): a one-line business note holds
+several facts (an id, a place, a count, a name...); the user asks for one of
+them and wants the value alone, copied exactly: no sentence, no label, no
+punctuation. Every prompt starts with one worked example (a user turn and the
+assistant's ideal reply), so the base model sees the format once.
 
-Each row is an OpenAI RFT dataset row: {"messages": [...], "answer": "...",
-"field": "..."}; grader.json compares the model's reply with "answer".
+Each row is an OpenAI RFT dataset row:
+    {"messages": [system, example user, example assistant, user],
+     "answer": "4821", "field": "order number"}
+grader.json compares the model's reply with "answer".
 
-Deterministic: standard library only, fixed seed. Run it again and the files
-come out byte for byte the same.
+Deterministic: standard library only, fixed seed; running it again writes the
+same bytes. Validation prompts never occur in train.
 """
 
 import json
@@ -19,13 +23,14 @@ import random
 SEED = 20250
 N_TRAIN = 200
 N_VALID = 24
+SYSTEM = "Answer with the value only."
 
 CITIES = [
     "Oslo", "Lisbon", "Madrid", "Vienna", "Dublin", "Prague", "Berlin", "Paris",
     "Rome", "Athens", "Warsaw", "Zurich", "Munich", "Milan", "Lyon", "Porto",
     "Seville", "Bergen", "Krakow", "Geneva", "Hamburg", "Valencia", "Naples",
-    "Helsinki", "Stockholm", "Copenhagen", "Brussels", "Amsterdam", "Budapest",
-    "Toronto", "Chicago", "Boston", "Denver", "Seattle", "Austin", "Sydney",
+    "Helsinki", "Stockholm", "Brussels", "Amsterdam", "Budapest", "Toronto",
+    "Chicago", "Boston", "Denver", "Seattle", "Austin", "Sydney",
 ]
 FIRST = [
     "Anna", "Maria", "David", "James", "Laura", "Peter", "Sofia", "Daniel",
@@ -34,113 +39,126 @@ FIRST = [
 ]
 LAST = [
     "Berg", "Novak", "Brooks", "Silva", "Meyer", "Costa", "Moreau", "Fischer",
-    "Larsen", "Kowalski", "Rossi", "Jensen", "Walsh", "Keller", "Dubois",
-    "Lindqvist", "Ortega", "Weber", "Hansen", "Marsh", "Nolan", "Varga",
+    "Larsen", "Rossi", "Jensen", "Walsh", "Keller", "Dubois", "Ortega",
+    "Weber", "Hansen", "Marsh", "Nolan", "Varga",
 ]
 ITEMS = ["chairs", "lamps", "desks", "boxes", "tables", "shelves", "monitors", "printers"]
-DEVICES = ["printer", "scanner", "projector", "coffee machine", "router", "heater"]
-COMPANIES = ["Acme", "Nordic Tools", "Blue Pine", "Vertex", "Solara", "Redwood", "Kestrel", "Orbit"]
+DEVICES = ["printer", "scanner", "projector", "router", "heater"]
+COMPANIES = ["Acme", "Vertex", "Solara", "Redwood", "Kestrel", "Orbit", "Nordica", "Pinewood"]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday"]
-MONTHS = ["March", "April", "May", "June", "July", "August", "October", "November"]
+
+NUMBER, WORD, NAME = "number", "word", "name"
+HINT = {
+    NUMBER: "Answer with one number.",
+    WORD: "Answer with one word.",
+    NAME: "Answer with the name only.",
+}
 
 
 def num(rng, lo, hi):
     return str(rng.randint(lo, hi))
 
 
+# Each kind of note returns its text and the questions it can answer:
+# (field, question, answer, type of answer).
+
 def order(rng):
-    f = {
-        "id": num(rng, 1000, 9999), "qty": num(rng, 12, 90), "item": rng.choice(ITEMS),
-        "city": rng.choice(CITIES), "day": num(rng, 2, 28), "month": rng.choice(MONTHS),
-    }
-    text = "Order #{id} for {qty} {item} was shipped to {city} on {day} {month}.".format(**f)
-    asks = [
-        ("order number", "What is the order number?", f["id"]),
-        ("city", "Which city was it shipped to?", f["city"]),
-        ("quantity", "How many {item} were ordered?".format(**f), f["qty"]),
+    f = {"id": num(rng, 1000, 9999), "qty": num(rng, 12, 90), "item": rng.choice(ITEMS),
+         "city": rng.choice(CITIES)}
+    text = "Order {id}: {qty} {item} shipped to {city}.".format(**f)
+    return text, [
+        ("order number", "Order number?", f["id"], NUMBER),
+        ("city", "Which city?", f["city"], WORD),
+        ("quantity", "How many {item}?".format(**f), f["qty"], NUMBER),
     ]
-    return text, asks
 
 
 def ticket(rng):
-    f = {
-        "id": num(rng, 1000, 9999), "device": rng.choice(DEVICES), "floor": num(rng, 10, 40),
-        "first": rng.choice(FIRST), "last": rng.choice(LAST),
-    }
-    text = "Ticket {id}: {first} {last} says the {device} on floor {floor} is broken again.".format(**f)
-    asks = [
-        ("ticket number", "What is the ticket number?", f["id"]),
-        ("floor", "Which floor is the {device} on?".format(**f), f["floor"]),
-        ("reporter", "Who reported it?", "{first} {last}".format(**f)),
+    f = {"id": num(rng, 1000, 9999), "device": rng.choice(DEVICES), "floor": num(rng, 10, 40),
+         "first": rng.choice(FIRST), "last": rng.choice(LAST)}
+    text = "Ticket {id}: {first} {last} reports a broken {device} on floor {floor}.".format(**f)
+    return text, [
+        ("ticket number", "Ticket number?", f["id"], NUMBER),
+        ("floor", "Which floor?", f["floor"], NUMBER),
+        ("reporter", "Who reported it?", "{first} {last}".format(**f), NAME),
     ]
-    return text, asks
 
 
 def booking(rng):
-    f = {
-        "first": rng.choice(FIRST), "last": rng.choice(LAST), "room": num(rng, 101, 940),
-        "nights": num(rng, 10, 21), "city": rng.choice(CITIES),
-    }
+    f = {"first": rng.choice(FIRST), "last": rng.choice(LAST), "room": num(rng, 101, 940),
+         "nights": num(rng, 10, 21), "city": rng.choice(CITIES)}
     text = "{first} {last} booked room {room} in {city} for {nights} nights.".format(**f)
-    asks = [
-        ("room", "Which room was booked?", f["room"]),
-        ("guest", "Who made the booking?", "{first} {last}".format(**f)),
-        ("city", "In which city is the room?", f["city"]),
-        ("nights", "For how many nights?", f["nights"]),
+    return text, [
+        ("room", "Which room?", f["room"], NUMBER),
+        ("guest", "Who booked it?", "{first} {last}".format(**f), NAME),
+        ("city", "Which city?", f["city"], WORD),
+        ("nights", "How many nights?", f["nights"], NUMBER),
     ]
-    return text, asks
 
 
 def flight(rng):
-    f = {
-        "id": num(rng, 100, 999), "city": rng.choice(CITIES), "gate": num(rng, 10, 60),
-        "hh": num(rng, 6, 9), "mm": rng.choice(["05", "10", "15", "20", "30", "40", "45", "50"]),
-    }
-    text = "Flight {id} to {city} leaves from gate {gate} at {hh}:{mm}.".format(**f)
-    asks = [
-        ("gate", "Which gate does it leave from?", f["gate"]),
-        ("destination", "Where is the flight going?", f["city"]),
-        ("flight number", "What is the flight number?", f["id"]),
+    f = {"id": num(rng, 100, 999), "city": rng.choice(CITIES), "gate": num(rng, 10, 60)}
+    text = "Flight {id} to {city} leaves from gate {gate}.".format(**f)
+    return text, [
+        ("gate", "Which gate?", f["gate"], NUMBER),
+        ("destination", "Where to?", f["city"], WORD),
+        ("flight number", "Flight number?", f["id"], NUMBER),
     ]
-    return text, asks
 
 
 def invoice(rng):
-    f = {
-        "id": num(rng, 1000, 9999), "company": rng.choice(COMPANIES), "total": num(rng, 40, 990),
-        "day": rng.choice(DAYS),
-    }
-    text = "Invoice {id} from {company} totals {total} euros and is due on {day}.".format(**f)
-    asks = [
-        ("invoice number", "What is the invoice number?", f["id"]),
-        ("total", "What is the total in euros?", f["total"]),
-        ("company", "Which company sent it?", f["company"]),
-        ("due day", "On which day is it due?", f["day"]),
+    f = {"id": num(rng, 1000, 9999), "company": rng.choice(COMPANIES),
+         "total": num(rng, 40, 990), "day": rng.choice(DAYS)}
+    text = "Invoice {id} from {company}: {total} euros, due {day}.".format(**f)
+    return text, [
+        ("invoice number", "Invoice number?", f["id"], NUMBER),
+        ("total", "Total in euros?", f["total"], NUMBER),
+        ("company", "Which company?", f["company"], WORD),
+        ("due day", "Due on which day?", f["day"], WORD),
     ]
-    return text, asks
 
 
 KINDS = [order, ticket, booking, flight, invoice]
 
 
-def make_row(rng):
-    text, asks = rng.choice(KINDS)(rng)
-    field, question, answer = rng.choice(asks)
-    content = "{}\n{} Reply with the {} only.".format(text, question, field)
-    return {"messages": [{"role": "user", "content": content}], "answer": answer, "field": field}
+def question(rng, kind, hint=True, ask=None):
+    text, asks = kind(rng)
+    field, q, answer, typ = rng.choice(asks) if ask is None else asks[ask]
+    if hint:
+        q = "{} {}".format(q, HINT[typ])
+    return "{}\n{}".format(text, q), answer, field
+
+
+def make_row(rng, kind=None, ask=None):
+    if kind is None:
+        kind = rng.choice(KINDS)
+    example_kind = rng.choice([k for k in KINDS if k is not kind])
+    example_prompt, example_answer, _ = question(rng, example_kind, hint=False)
+    prompt, answer, field = question(rng, kind, ask=ask)
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": example_prompt},
+        {"role": "assistant", "content": example_answer},
+        {"role": "user", "content": prompt},
+    ]
+    return {"messages": messages, "answer": answer, "field": field}
 
 
 def main():
     rng = random.Random(SEED)
-    rows, seen = [], set()
-    while len(rows) < N_TRAIN + N_VALID:
-        row = make_row(rng)
-        key = row["messages"][0]["content"]
+    # Every (kind, question) pair, so that validation asks each question at least once.
+    pairs = [(kind, i) for kind in KINDS for i in range(len(kind(random.Random(0))[1]))]
+    valid, train, seen = [], [], set()
+    while len(valid) + len(train) < N_TRAIN + N_VALID:
+        if len(valid) < N_VALID:
+            row = make_row(rng, *pairs[len(valid) % len(pairs)])
+        else:
+            row = make_row(rng)
+        key = row["messages"][-1]["content"]  # the question asked, whatever the example
         if key in seen:
             continue
         seen.add(key)
-        rows.append(row)
-    valid, train = rows[:N_VALID], rows[N_VALID:]
+        (valid if len(valid) < N_VALID else train).append(row)
     here = os.path.dirname(os.path.abspath(__file__))
     for name, part in (("train.jsonl", train), ("valid.jsonl", valid)):
         with open(os.path.join(here, name), "w", encoding="utf-8") as f:
