@@ -54,6 +54,9 @@ pub(crate) struct BenchDecodeArgs {
     /// The Python of the reference environment (default: .venv-bench at the repository root).
     #[arg(long, env = "RFT_BENCH_PYTHON")]
     pub(crate) python: Option<PathBuf>,
+    /// Skip the sgemm peak measurement (e.g. to profile decoding alone).
+    #[arg(long)]
+    pub(crate) no_peak: bool,
     /// Reference engines to run (transformers, llama_cpp).
     #[arg(long, value_delimiter = ',', default_value = "transformers,llama_cpp")]
     pub(crate) engines: Vec<String>,
@@ -121,14 +124,20 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
     );
 
     let load_before = load_average();
-    let peak = matmul_peak(&device)?;
+    let peak = if args.no_peak {
+        None
+    } else {
+        Some(matmul_peak(&device)?)
+    };
     let config = model.config().clone();
     let flops_per_token = matmul_flops_per_token(&config);
-    eprintln!(
-        "f32 sgemm 1024³ through candle: {:.1} GFLOP/s; {:.1} MFLOP per decoded token",
-        peak.square,
-        flops_per_token / 1e6
-    );
+    if let Some(peak) = &peak {
+        eprintln!(
+            "f32 sgemm 1024³ through candle: {:.1} GFLOP/s; {:.1} MFLOP per decoded token",
+            peak.square,
+            flops_per_token / 1e6
+        );
+    }
 
     let mut rows = Vec::new();
     let mut first_ids = None;
@@ -222,10 +231,23 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
                         .zip(&theirs)
                         .take_while(|(a, b)| u64::from(**a) == **b)
                         .count();
-                    notes.push(format!(
+                    let mut note = format!(
                         "{name}: greedy batch-1 tokens agree with ours for the first {agree} of {}",
                         ours.len().min(theirs.len())
-                    ));
+                    );
+                    if let (Some(a), Some(b)) = (ours.get(agree), theirs.get(agree)) {
+                        let eos = tokenizer.eos_token_ids().contains(a);
+                        note.push_str(&format!(
+                            " (then ours {a}{}, theirs {b}{})",
+                            if eos { " = end of turn" } else { "" },
+                            if eos {
+                                ": min_new_tokens forbids it there"
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
+                    notes.push(note);
                 }
             }
         }
@@ -258,26 +280,31 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
             ratio
         );
     }
-    println!(
-        "f32 matmul peak (candle sgemm 1024x1024x1024): {:.1} GFLOP/s; decode-shaped ({}x{} @ {}x{}ᵀ): {:.1} GFLOP/s",
-        peak.square,
-        peak.skinny_shape.0,
-        peak.skinny_shape.1,
-        peak.skinny_shape.2,
-        peak.skinny_shape.1,
-        peak.skinny
-    );
+    if let Some(peak) = &peak {
+        println!(
+            "f32 matmul peak (candle sgemm 1024x1024x1024): {:.1} GFLOP/s; decode-shaped ({}x{} @ {}x{}ᵀ): {:.1} GFLOP/s",
+            peak.square,
+            peak.skinny_shape.0,
+            peak.skinny_shape.1,
+            peak.skinny_shape.2,
+            peak.skinny_shape.1,
+            peak.skinny
+        );
+    }
     println!(
         "FLOPs per decoded token (2 x matmul weights incl. the output projection): {:.1} M",
         flops_per_token / 1e6
     );
     for row in rows.iter().filter(|r| r.engine.starts_with("rft")) {
-        println!(
-            "rft batch {}: {:.1} GFLOP/s = {:.1}% of the sgemm peak",
-            row.batch,
-            row.best() * flops_per_token / 1e9,
-            100.0 * row.best() * flops_per_token / 1e9 / peak.square
-        );
+        let gflops = row.best() * flops_per_token / 1e9;
+        match &peak {
+            Some(peak) => println!(
+                "rft batch {}: {gflops:.1} GFLOP/s = {:.1}% of the sgemm peak",
+                row.batch,
+                100.0 * gflops / peak.square
+            ),
+            None => println!("rft batch {}: {gflops:.1} GFLOP/s", row.batch),
+        }
     }
     for note in notes {
         println!("note: {note}");

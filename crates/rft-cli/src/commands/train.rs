@@ -18,6 +18,8 @@ const QUICKSTART_TRAIN: &str = include_str!("../../../../examples/quickstart/tra
 const QUICKSTART_VALID: &str = include_str!("../../../../examples/quickstart/valid.jsonl");
 const QUICKSTART_GRADER: &str = include_str!("../../../../examples/quickstart/grader.json");
 const QUICKSTART_JOB: &str = include_str!("../../../../examples/quickstart/job.json");
+/// Steps of `rft quickstart` unless `--steps` says otherwise.
+const QUICKSTART_STEPS: usize = 12;
 
 pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let (request, dir) = match (&args.resume, &args.config) {
@@ -133,7 +135,8 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
     job["validation_file"] = Value::String(data.join("valid.jsonl").to_string_lossy().into_owned());
     job["method"]["reinforcement"]["grader"] =
         serde_json::from_str(QUICKSTART_GRADER).context("the built-in grader.json")?;
-    if let Some(steps) = args.steps {
+    // The built-in run is sized for about ten minutes on two CPU cores.
+    if let Some(steps) = args.steps.or(Some(QUICKSTART_STEPS)) {
         let batch = job["method"]["reinforcement"]["hyperparameters"]["batch_size"]
             .as_u64()
             .unwrap_or(8) as usize;
@@ -150,8 +153,11 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
             .map(|l| format!("{l}\n"))
             .collect();
         std::fs::write(data.join("train.jsonl"), trimmed)?;
+        let interval = job["method"]["reinforcement"]["hyperparameters"]["eval_interval"]
+            .as_u64()
+            .unwrap_or(4) as usize;
         job["method"]["reinforcement"]["hyperparameters"]["eval_interval"] =
-            Value::from(steps.max(1));
+            Value::from(interval.min(steps).max(1));
     }
     eprintln!(
         "OpenRFT quickstart: the default model ({}), the task in examples/quickstart/",
