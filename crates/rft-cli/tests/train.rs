@@ -154,3 +154,26 @@ fn a_bad_job_file_names_the_problem() {
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(stderr.contains("supervised"), "{stderr}");
 }
+
+#[test]
+fn the_quickstart_files_are_a_valid_job() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
+    let text = std::fs::read_to_string(root.join("job.json")).unwrap();
+    let request =
+        rft_train::config::JobRequest::from_value(serde_json::from_str(&text).unwrap()).unwrap();
+    let grader = &request.reinforcement().unwrap().grader;
+    rft_grade::validate(&rft_types::Grader::from_value(grader).unwrap()).unwrap();
+    let rows = rft_train::job::read_dataset(&root.join("train.jsonl")).unwrap();
+    let valid = rft_train::job::read_dataset(&root.join("valid.jsonl")).unwrap();
+    assert!(rows.len() >= 48 && !valid.is_empty());
+    // Validation rows are never trained on.
+    for v in &valid {
+        assert!(rows.iter().all(|r| r.messages != v.messages));
+    }
+    let result = rft(&[
+        "grader",
+        "validate",
+        root.join("grader.json").to_str().unwrap(),
+    ]);
+    assert!(result.status.success());
+}
