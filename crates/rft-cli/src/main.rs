@@ -12,6 +12,13 @@ mod commands;
 mod embedder;
 
 fn main() -> ExitCode {
+    // candle 0.11 sizes its matmul thread pool by parsing /proc/cpuinfo on every matmul unless
+    // RAYON_NUM_THREADS is set (hundreds of reads per decode step); set it once, before any
+    // thread starts.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", cores.to_string());
+    }
     let args = cli::Cli::parse();
     init_logging(args.verbose);
     match commands::run(args) {
