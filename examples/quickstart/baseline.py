@@ -2,7 +2,8 @@
 """Measures the base model on the quickstart task, with the tools OpenRFT has.
 
 For each row of valid.jsonl it samples completions with `rft generate` (as the
-trainer does: 8 samples, temperature 1, at most 32 new tokens), grades them all
+trainer does: 8 samples, temperature 1, at most job.json's max_completion_tokens
+new tokens), grades them all
 with `rft grade --grader grader.json`, and prints the mean reward, the spread,
 the share of rows whose samples all got the same reward (rows GRPO learns
 nothing from), a histogram of rewards, and the greedy (temperature 0) reward.
@@ -44,6 +45,15 @@ def grade(args, pairs, keep=None):
     return [r.get("reward", 0.0) for r in results]
 
 
+def job_max_tokens():
+    try:
+        with open(os.path.join(HERE, "job.json"), encoding="utf-8") as f:
+            job = json.load(f)
+        return int(job["method"]["reinforcement"]["hyperparameters"]["max_completion_tokens"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 32
+
+
 def histogram(rewards, bins=10):
     counts = [0] * bins
     for r in rewards:
@@ -62,7 +72,8 @@ def main():
     p.add_argument("--grader", default=os.path.join(HERE, "grader.json"))
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=job_max_tokens(),
+                   help="default: max_completion_tokens of job.json")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="only the first N rows")
     p.add_argument("--no-greedy", action="store_true")
