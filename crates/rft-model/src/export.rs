@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use rft_types::paths::{persist, temp_path, write_atomic};
 use serde_json::json;
 
 use crate::engine::Engine;
-use crate::lora::write_atomic;
 use crate::ModelError;
 
 /// Writes `config.json`, `model.safetensors` (f32), `tokenizer.json`, `tokenizer_config.json`
@@ -25,13 +25,14 @@ pub fn export_merged(engine: &Engine, out: &Path) -> Result<(), ModelError> {
     };
     let tensors: HashMap<String, candle_core::Tensor> = model.named_weights().into_iter().collect();
     let weights = out.join("model.safetensors");
-    let temp = out.join("model.safetensors.tmp");
+    let temp = temp_path(&weights);
     candle_core::safetensors::save(&tensors, &temp)?;
-    std::fs::rename(&temp, &weights).map_err(io)?;
+    persist(&temp, &weights).map_err(io)?;
     let write_json = |name: &str, value: serde_json::Value| -> Result<(), ModelError> {
         let text =
             serde_json::to_vec_pretty(&value).map_err(|e| ModelError::Format(e.to_string()))?;
-        write_atomic(&out.join(name), |f| std::io::Write::write_all(f, &text))
+        let path = out.join(name);
+        write_atomic(&path, &text).map_err(|source| ModelError::Io { path, source })
     };
     let tokenizer = &engine.tokenizer;
     let mut config = model.config().to_hf_json();

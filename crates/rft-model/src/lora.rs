@@ -11,11 +11,11 @@
 //! OpenRFT itself load.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::{Rng, SeedableRng};
+use rft_types::paths::{persist, temp_path, write_atomic};
 use serde::{Deserialize, Serialize};
 
 use crate::config::ModelConfig;
@@ -356,7 +356,8 @@ impl LoraAdapter {
         };
         let json = serde_json::to_vec_pretty(&config)
             .map_err(|e| ModelError::Format(format!("adapter config: {e}")))?;
-        write_atomic(&dir.join(ADAPTER_CONFIG), |file| file.write_all(&json))?;
+        let config_path = dir.join(ADAPTER_CONFIG);
+        write_atomic(&config_path, &json).map_err(io_error(&config_path))?;
         let tensors: HashMap<String, Tensor> = self
             .named_vars()
             .into_iter()
@@ -365,7 +366,7 @@ impl LoraAdapter {
         let target = dir.join(ADAPTER_WEIGHTS);
         let temp = temp_path(&target);
         candle_core::safetensors::save(&tensors, &temp)?;
-        sync_and_rename(&temp, &target)?;
+        persist(&temp, &target).map_err(io_error(&target))?;
         Ok(())
     }
 
@@ -511,38 +512,9 @@ fn take_adapter_tensor(
         .or_else(|| tensors.remove(&format!("{prefix}.{which}.default.weight")))
 }
 
-fn temp_path(target: &Path) -> PathBuf {
-    let mut name = target.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".tmp-{}", std::process::id()));
-    target.with_file_name(name)
-}
-
-fn sync_and_rename(temp: &Path, target: &Path) -> Result<(), ModelError> {
-    let io = |source| ModelError::Io {
-        path: target.to_owned(),
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> ModelError + '_ {
+    move |source| ModelError::Io {
+        path: path.to_owned(),
         source,
-    };
-    std::fs::File::open(temp)
-        .and_then(|f| f.sync_all())
-        .map_err(io)?;
-    std::fs::rename(temp, target).map_err(io)?;
-    Ok(())
-}
-
-/// Writes a file under a temporary name, fsyncs it and renames it into place.
-pub(crate) fn write_atomic(
-    target: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
-) -> Result<(), ModelError> {
-    let temp = temp_path(target);
-    let io = |source| ModelError::Io {
-        path: target.to_owned(),
-        source,
-    };
-    let mut file = std::fs::File::create(&temp).map_err(io)?;
-    write(&mut file).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&temp, target).map_err(io)?;
-    Ok(())
+    }
 }

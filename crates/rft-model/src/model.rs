@@ -508,39 +508,16 @@ impl CausalLm {
         adapter: Option<&LoraAdapter>,
     ) -> Result<Tensor, ModelError> {
         let adapter = adapter.map_or(AdapterUse::None, AdapterUse::Frozen);
-        let xs = self.decoder(input_ids, positions, key_mask, Some(cache), adapter)?;
+        let xs = self.decoder(input_ids, positions, key_mask, cache, adapter)?;
         let t = xs.dim(1)?;
         let xs = match logits {
             Logits::All => xs,
             Logits::Last => xs.narrow(1, t - 1, 1)?,
         };
-        let eps = self.config.rms_norm_eps as f32;
-        let xs = ops::rms_norm(&xs, &self.norm, eps)?;
+        let xs = self.final_norm(&xs)?;
         let (b, t_out, d) = xs.dims3()?;
         let out = xs.reshape((b * t_out, d))?.matmul(&self.lm_head.t()?)?;
         Ok(out.reshape((b, t_out, self.config.vocab_size))?)
-    }
-
-    /// The final hidden states `(b, t, hidden)` (after the last norm) with the adapter's `Var`s
-    /// in the graph: the training path. `key_mask` as in [`CausalLm::forward`]. With a cache,
-    /// the cached keys and values stay in the graph too, so a prompt encoded once and repeated
-    /// over its samples ([`KvCache::repeat_rows`]) receives the gradient of all of them.
-    /// Turn the states into log-probs with [`ops::token_logprobs`] and [`CausalLm::lm_head`].
-    pub fn trainable_hidden(
-        &self,
-        input_ids: &Tensor,
-        positions: &Tensor,
-        key_mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-        adapter: Option<&LoraAdapter>,
-    ) -> Result<Tensor, ModelError> {
-        let adapter = adapter.map_or(AdapterUse::None, AdapterUse::Trainable);
-        let xs = self.decoder(input_ids, positions, key_mask, cache, adapter)?;
-        Ok(ops::rms_norm(
-            &xs,
-            &self.norm,
-            self.config.rms_norm_eps as f32,
-        )?)
     }
 
     /// The output projection `(vocab, hidden)` (the embedding matrix when tied).
@@ -554,22 +531,19 @@ impl CausalLm {
         input_ids: &Tensor,
         positions: &Tensor,
         key_mask: Option<&Tensor>,
-        mut cache: Option<&mut KvCache>,
+        cache: &mut KvCache,
         adapter: AdapterUse<'_>,
     ) -> Result<Tensor, ModelError> {
         let (b, t) = input_ids.dims2()?;
-        let seen = cache.as_ref().map_or(0, |c| c.seen());
-        if let Some(cache) = cache.as_deref_mut() {
-            if cache.layers.len() != self.layers.len() {
-                cache.layers = vec![None; self.layers.len()];
-            }
+        let seen = cache.seen();
+        if cache.layers.len() != self.layers.len() {
+            cache.layers = vec![None; self.layers.len()];
         }
         let mut xs = self.embed(input_ids)?;
         let (cos, sin) = self.rotary(positions)?;
         let mask = self.attention_mask(b, t, seen, key_mask)?;
-        for idx in 0..self.layers.len() {
-            let slot = cache.as_deref_mut().map(|c| &mut c.layers[idx]);
-            xs = self.layer_forward(idx, &xs, &cos, &sin, mask.as_ref(), slot, adapter)?;
+        for (idx, slot) in cache.layers.iter_mut().enumerate() {
+            xs = self.layer_forward(idx, &xs, &cos, &sin, mask.as_ref(), Some(slot), adapter)?;
         }
         Ok(xs)
     }

@@ -312,7 +312,8 @@ impl Sampler<'_> {
         let vocab = logits.len();
         let token = match &mut row.constraint {
             Some(constraint) => {
-                let raw: Vec<f32> = logits.to_vec();
+                // Masking leaves allowed logits untouched, so the sampled (allowed) token's
+                // logit below is still the model's own.
                 constraint.allowed()?.apply(logits);
                 if logits.iter().all(|l| *l == f32::NEG_INFINITY) {
                     return Err(ModelError::Format(
@@ -321,7 +322,6 @@ impl Sampler<'_> {
                 }
                 let token = pick(logits, params, &mut row.rng);
                 constraint.commit(token)?;
-                logits.copy_from_slice(&raw);
                 token
             }
             None => pick(logits, params, &mut row.rng),

@@ -1,10 +1,14 @@
 //! The training path: per-token log-probs of given completions, differentiable with respect to a
 //! LoRA adapter, and the check that every trainable tensor received a gradient.
 //!
-//! Sequences are right-padded into one batch: attention is causal, so padding after a sequence
-//! is never seen by its real tokens and needs no mask, and every row keeps positions `0..len`,
-//! exactly as in sampling. Only the hidden states that predict completion tokens go through the
-//! output projection, in vocabulary-sized chunks ([`crate::ops::token_logprobs`]).
+//! Consecutive sequences with the same prompt (the `n` samples of one prompt, as the RFT loop
+//! produces them) form a group that shares one forward pass over the prompt: its keys and values
+//! are computed once and repeated over the group's completions, which are right-padded into one
+//! batch (attention is causal, so padding after a completion is never seen by its real tokens)
+//! and keep positions `prompt_len..`, exactly as in sampling. For a 60-token prompt with 8
+//! completions of 25 tokens this is 2.5× less work than encoding each sequence whole. Only the
+//! hidden states that predict completion tokens go through the output projection, in
+//! vocabulary-sized chunks ([`crate::ops::token_logprobs`]).
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -12,8 +16,8 @@ use std::ops::Range;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, TensorId, Var};
 
-use crate::lora::LoraAdapter;
-use crate::model::{repeat_batch, AdapterUse, CausalLm, KvCache};
+use crate::lora::{LoraAdapter, Projection};
+use crate::model::{repeat_batch, AdapterUse, CausalLm};
 use crate::ops;
 use crate::ModelError;
 
@@ -38,200 +42,49 @@ pub struct SequenceLogprobs {
 
 /// `log p(completion[j] | prompt, completion[..j])` for every sequence and token, under the base
 /// model plus `adapter`. The result is in the adapter's graph: call `backward()` on a loss built
-/// from it.
-///
-/// Consecutive sequences with the same prompt (the `n` samples of one prompt, as the RFT loop
-/// produces them) share one forward pass over the prompt: its keys and values are computed once
-/// and repeated over the group, and backward sums the group's gradients into them. For a
-/// 60-token prompt with 8 completions of 25 tokens this is 2.5× less work than encoding each
-/// sequence whole, with the same result.
+/// from it (or use [`checkpointed_backward`], which needs far less memory).
 pub fn completion_logprobs(
     model: &CausalLm,
     adapter: Option<&LoraAdapter>,
     sequences: &[TokenSequence],
 ) -> Result<SequenceLogprobs, ModelError> {
-    let device = model.device();
-    let mut spans = Vec::with_capacity(sequences.len());
-    let mut total = 0;
-    for (idx, seq) in sequences.iter().enumerate() {
-        if seq.prompt.is_empty() {
-            return Err(ModelError::Format(format!(
-                "sequence {idx}: the prompt is empty; a completion needs at least one token to condition on"
-            )));
+    let plan = Plan::new(model, sequences)?;
+    let use_ = adapter.map_or(AdapterUse::None, AdapterUse::Trainable);
+    let mut states = Vec::with_capacity(plan.groups.len());
+    for group in &plan.groups {
+        let passes = group.passes(model)?;
+        let mut x = passes.embed(model)?;
+        for idx in 0..model.num_layers() {
+            x = group.layer(model, idx, &passes, &x, use_)?;
         }
-        spans.push(total..total + seq.completion.len());
-        total += seq.completion.len();
+        states.push(group.predicting_states(model, &x)?);
     }
-    let vocab = model.config().vocab_size as u32;
-    if let Some(bad) = sequences
-        .iter()
-        .flat_map(|s| s.prompt.iter().chain(&s.completion))
-        .find(|&&id| id >= vocab)
-    {
-        return Err(ModelError::Format(format!(
-            "token id {bad} is outside the model's vocabulary of {vocab}"
-        )));
-    }
-    if total == 0 {
-        return Ok(SequenceLogprobs {
-            logprobs: Tensor::zeros(0, candle_core::DType::F32, device)?,
-            spans,
-        });
-    }
-    let mut picked = Vec::new();
-    let mut targets = Vec::with_capacity(total);
-    let mut start = 0;
-    while start < sequences.len() {
-        let prompt = &sequences[start].prompt;
-        let end = start
-            + sequences[start..]
-                .iter()
-                .take_while(|s| &s.prompt == prompt)
-                .count();
-        let group = &sequences[start..end];
-        if group.iter().all(|s| s.completion.is_empty()) {
-            start = end;
-            continue;
-        }
-        picked.push(if group.len() == 1 {
-            whole_sequences(model, adapter, group)?
-        } else {
-            shared_prompt(model, adapter, group)?
-        });
-        targets.extend(group.iter().flat_map(|s| s.completion.iter().copied()));
-        start = end;
-    }
-    let picked = Tensor::cat(&picked, 0)?;
-    let targets = Tensor::from_vec(targets, total, device)?;
-    let logprobs = ops::token_logprobs(&picked, model.lm_head(), &targets)?;
-    Ok(SequenceLogprobs { logprobs, spans })
-}
-
-/// The hidden states that predict each completion token `(tokens, d)`, each sequence encoded
-/// whole (right-padded together).
-fn whole_sequences(
-    model: &CausalLm,
-    adapter: Option<&LoraAdapter>,
-    sequences: &[TokenSequence],
-) -> Result<Tensor, ModelError> {
-    let device = model.device();
-    // The last token of a sequence predicts nothing that is scored: it is not fed.
-    let width = sequences
-        .iter()
-        .map(|s| s.prompt.len() + s.completion.len() - 1)
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let b = sequences.len();
-    let mut ids = vec![0u32; b * width];
-    let mut rows = Vec::new();
-    for (row, seq) in sequences.iter().enumerate() {
-        let fed = seq
-            .prompt
-            .iter()
-            .chain(&seq.completion)
-            .take(seq.prompt.len() + seq.completion.len() - 1);
-        for (col, &id) in fed.enumerate() {
-            ids[row * width + col] = id;
-        }
-        for j in 0..seq.completion.len() {
-            rows.push((row * width + seq.prompt.len() - 1 + j) as u32);
-        }
-    }
-    let ids = Tensor::from_vec(ids, (b, width), device)?;
-    let positions: Vec<u32> = (0..b).flat_map(|_| 0..width as u32).collect();
-    let positions = Tensor::from_vec(positions, (b, width), device)?;
-    let hidden = model.trainable_hidden(&ids, &positions, None, None, adapter)?;
-    let d = hidden.dim(2)?;
-    let n = rows.len();
-    Ok(hidden
-        .reshape((b * width, d))?
-        .index_select(&Tensor::from_vec(rows, n, device)?, 0)?)
-}
-
-/// Like [`whole_sequences`] for sequences that share one prompt: the prompt is encoded once.
-fn shared_prompt(
-    model: &CausalLm,
-    adapter: Option<&LoraAdapter>,
-    group: &[TokenSequence],
-) -> Result<Tensor, ModelError> {
-    let device = model.device();
-    let prompt = &group[0].prompt;
-    let p = prompt.len();
-    let mut cache = KvCache::new();
-    let prompt_hidden = model.trainable_hidden(
-        &Tensor::from_vec(prompt.clone(), (1, p), device)?,
-        &Tensor::from_vec((0..p as u32).collect::<Vec<_>>(), (1, p), device)?,
-        None,
-        Some(&mut cache),
-        adapter,
-    )?;
-    let d = prompt_hidden.dim(2)?;
-    // Predicts every completion's first token.
-    let last = prompt_hidden.narrow(1, p - 1, 1)?.reshape((1, d))?;
-    let k = group.len();
-    let width = group
-        .iter()
-        .map(|s| s.completion.len().saturating_sub(1))
-        .max()
-        .unwrap_or(0);
-    let mut rows = Vec::new();
-    for (row, seq) in group.iter().enumerate() {
-        for j in 0..seq.completion.len() {
-            // Row 0 of the stacked states is the prompt's last; completion token j ≥ 1 is
-            // predicted by the state at column j − 1 of its row.
-            rows.push(if j == 0 {
-                0
-            } else {
-                (1 + row * width + j - 1) as u32
-            });
-        }
-    }
-    let states = if width == 0 {
-        last
-    } else {
-        let mut ids = vec![0u32; k * width];
-        for (row, seq) in group.iter().enumerate() {
-            for (col, &id) in seq.completion.iter().take(width).enumerate() {
-                if col + 1 < seq.completion.len() {
-                    ids[row * width + col] = id;
-                }
-            }
-        }
-        let positions: Vec<u32> = (0..k)
-            .flat_map(|_| (p as u32)..(p + width) as u32)
-            .collect();
-        let mut cache = cache.repeat_rows(k)?;
-        let completion_hidden = model.trainable_hidden(
-            &Tensor::from_vec(ids, (k, width), device)?,
-            &Tensor::from_vec(positions, (k, width), device)?,
-            None,
-            Some(&mut cache),
-            adapter,
-        )?;
-        Tensor::cat(&[&last, &completion_hidden.reshape((k * width, d))?], 0)?
-    };
-    let n = rows.len();
-    Ok(states.index_select(&Tensor::from_vec(rows, n, device)?, 0)?)
+    Ok(SequenceLogprobs {
+        logprobs: plan.logprobs(model, &states)?,
+        spans: plan.spans,
+    })
 }
 
 /// Fails unless every tensor of `adapter` has a gradient in `grads`: a missing gradient means
 /// the graph was cut somewhere (a fused op without backward, a detached tensor), and training
 /// would silently not move those weights.
 pub fn check_all_gradients(adapter: &LoraAdapter, grads: &GradStore) -> Result<(), ModelError> {
+    require_all(adapter, |var| grads.get(var.as_tensor()).is_some())
+}
+
+fn require_all(adapter: &LoraAdapter, has_grad: impl Fn(&Var) -> bool) -> Result<(), ModelError> {
     let missing: Vec<String> = adapter
         .named_vars()
         .into_iter()
-        .filter(|(_, var)| grads.get(var.as_tensor()).is_none())
+        .filter(|(_, var)| !has_grad(var))
         .map(|(name, _)| name)
         .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(ModelError::MissingGradients {
+    match missing.first() {
+        None => Ok(()),
+        Some(first) => Err(ModelError::MissingGradients {
             count: missing.len(),
-            first: missing[0].clone(),
-        })
+            first: first.clone(),
+        }),
     }
 }
 
@@ -248,6 +101,13 @@ pub struct CheckpointedOutput {
     pub grads: HashMap<TensorId, Tensor>,
 }
 
+/// The batch as the training forward runs it: sequences grouped by shared prompt.
+struct Plan {
+    spans: Vec<Range<usize>>,
+    targets: Vec<u32>,
+    groups: Vec<Group>,
+}
+
 /// One prompt with the completions sampled from it: the unit the training forward shares.
 struct Group {
     prompt: Vec<u32>,
@@ -259,7 +119,13 @@ struct Group {
     rows: Vec<u32>,
 }
 
-/// Per-pass constants of a group: rotary tables and masks.
+/// The two passes of a group (the prompt, then the fed completions attending to it), with
+/// their rotary tables and masks.
+struct GroupPasses {
+    prompt: Pass,
+    fed: Option<Pass>,
+}
+
 struct Pass {
     ids: Tensor,
     cos: Tensor,
@@ -267,195 +133,210 @@ struct Pass {
     mask: Option<Tensor>,
 }
 
-/// The gradient of `loss_fn(completion log-probs)` with respect to the adapter, with per-layer
-/// activation checkpointing: the forward runs once without a graph, keeping only each layer's
-/// input; backward then walks the layers from the top, re-running one layer at a time with its
-/// input as a variable and pulling the incoming gradient through it. Peak memory is one layer's
-/// graph plus one hidden state per layer and token, instead of every activation of every layer;
-/// the price is one more forward pass. Prompts are shared per group as in
-/// [`completion_logprobs`]. The gradients equal those of `completion_logprobs` + `backward`.
-pub fn checkpointed_backward(
-    model: &CausalLm,
-    adapter: &LoraAdapter,
-    sequences: &[TokenSequence],
-    loss_fn: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
-) -> Result<CheckpointedOutput, ModelError> {
-    let device = model.device().clone();
-    let mut spans = Vec::with_capacity(sequences.len());
-    let mut total = 0;
-    let vocab = model.config().vocab_size as u32;
-    for (idx, seq) in sequences.iter().enumerate() {
-        if seq.prompt.is_empty() {
-            return Err(ModelError::Format(format!(
-                "sequence {idx}: the prompt is empty; a completion needs at least one token to condition on"
-            )));
-        }
-        if let Some(bad) = seq
-            .prompt
-            .iter()
-            .chain(&seq.completion)
-            .find(|&&id| id >= vocab)
-        {
-            return Err(ModelError::Format(format!(
-                "token id {bad} is outside the model's vocabulary of {vocab}"
-            )));
-        }
-        spans.push(total..total + seq.completion.len());
-        total += seq.completion.len();
-    }
-    // Group consecutive sequences that share a prompt.
-    let mut groups = Vec::new();
-    let mut targets = Vec::with_capacity(total);
-    let mut start = 0;
-    while start < sequences.len() {
-        let prompt = &sequences[start].prompt;
-        let end = start
-            + sequences[start..]
-                .iter()
-                .take_while(|s| &s.prompt == prompt)
-                .count();
-        let members = &sequences[start..end];
-        start = end;
-        if members.iter().all(|s| s.completion.is_empty()) {
-            continue;
-        }
-        let k = members.len();
-        let width = members
-            .iter()
-            .map(|s| s.completion.len().saturating_sub(1))
-            .max()
-            .unwrap_or(0);
-        let mut fed = vec![0u32; k * width];
-        let mut rows = Vec::new();
-        for (row, seq) in members.iter().enumerate() {
-            for (j, &id) in seq.completion.iter().enumerate() {
-                if j + 1 < seq.completion.len() {
-                    fed[row * width + j] = id;
-                }
-                rows.push(if j == 0 {
-                    0
-                } else {
-                    (1 + row * width + j - 1) as u32
-                });
-                targets.push(id);
-            }
-        }
-        groups.push(Group {
-            prompt: prompt.clone(),
-            fed,
-            k,
-            width,
-            rows,
-        });
-    }
-    if total == 0 {
-        let loss = loss_fn(&Tensor::zeros(0, DType::F32, &device)?)?;
-        return Ok(CheckpointedOutput {
-            logprobs: Vec::new(),
-            spans,
-            loss: loss.to_dtype(DType::F64)?.to_scalar::<f64>()?,
-            grads: HashMap::new(),
-        });
-    }
-    let passes = groups
-        .iter()
-        .map(|g| -> Result<(Pass, Option<Pass>), ModelError> {
-            let p = g.prompt.len();
-            let pass = |ids: Tensor, positions: Vec<u32>, b: usize, t: usize, seen: usize| {
-                let positions = Tensor::from_vec(positions, (b, t), &device)?;
-                let (cos, sin) = model.rotary(&positions)?;
-                let mask = model.attention_mask(b, t, seen, None)?;
-                Ok::<Pass, ModelError>(Pass {
-                    ids,
-                    cos,
-                    sin,
-                    mask,
-                })
-            };
-            let prompt = pass(
-                Tensor::from_vec(g.prompt.clone(), (1, p), &device)?,
-                (0..p as u32).collect(),
-                1,
-                p,
-                0,
-            )?;
-            let fed = if g.width == 0 {
-                None
-            } else {
-                Some(pass(
-                    Tensor::from_vec(g.fed.clone(), (g.k, g.width), &device)?,
-                    (0..g.k)
-                        .flat_map(|_| (p as u32)..(p + g.width) as u32)
-                        .collect(),
-                    g.k,
-                    g.width,
-                    p,
-                )?)
-            };
-            Ok((prompt, fed))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+/// A group's hidden states: the prompt pass `(1, p, d)` and the fed pass `(k, width, d)`.
+type States = (Tensor, Option<Tensor>);
 
-    // One layer over every group: the prompt pass, then the completions attending to it.
-    let run_layer = |idx: usize,
-                     inputs: &[(Tensor, Option<Tensor>)],
-                     use_: AdapterUse<'_>|
-     -> Result<Vec<(Tensor, Option<Tensor>)>, ModelError> {
-        groups
-            .iter()
-            .zip(&passes)
-            .zip(inputs)
-            .map(|((g, (prompt, fed)), (x_prompt, x_fed))| {
-                let mut slot = None;
-                let y_prompt = model.layer_forward(
+impl Plan {
+    /// Checks the sequences and groups consecutive ones that share a prompt.
+    fn new(model: &CausalLm, sequences: &[TokenSequence]) -> Result<Plan, ModelError> {
+        let vocab = model.config().vocab_size as u32;
+        let mut spans = Vec::with_capacity(sequences.len());
+        let mut total = 0;
+        for (idx, seq) in sequences.iter().enumerate() {
+            if seq.prompt.is_empty() {
+                return Err(ModelError::Format(format!(
+                    "sequence {idx}: the prompt is empty; a completion needs at least one token to condition on"
+                )));
+            }
+            if let Some(bad) = seq
+                .prompt
+                .iter()
+                .chain(&seq.completion)
+                .find(|&&id| id >= vocab)
+            {
+                return Err(ModelError::Format(format!(
+                    "token id {bad} is outside the model's vocabulary of {vocab}"
+                )));
+            }
+            spans.push(total..total + seq.completion.len());
+            total += seq.completion.len();
+        }
+        let mut groups = Vec::new();
+        let mut targets = Vec::with_capacity(total);
+        let mut start = 0;
+        while start < sequences.len() {
+            let prompt = &sequences[start].prompt;
+            let end = start
+                + sequences[start..]
+                    .iter()
+                    .take_while(|s| &s.prompt == prompt)
+                    .count();
+            let members = &sequences[start..end];
+            start = end;
+            if members.iter().all(|s| s.completion.is_empty()) {
+                continue;
+            }
+            let k = members.len();
+            let width = members
+                .iter()
+                .map(|s| s.completion.len().saturating_sub(1))
+                .max()
+                .unwrap_or(0);
+            let mut fed = vec![0u32; k * width];
+            let mut rows = Vec::new();
+            for (row, seq) in members.iter().enumerate() {
+                for (j, &id) in seq.completion.iter().enumerate() {
+                    if j + 1 < seq.completion.len() {
+                        fed[row * width + j] = id;
+                    }
+                    // Row 0 is the prompt's last state, which predicts every first token;
+                    // token j ≥ 1 is predicted by the state at column j − 1 of its row.
+                    rows.push(if j == 0 {
+                        0
+                    } else {
+                        (1 + row * width + j - 1) as u32
+                    });
+                    targets.push(id);
+                }
+            }
+            groups.push(Group {
+                prompt: prompt.clone(),
+                fed,
+                k,
+                width,
+                rows,
+            });
+        }
+        Ok(Plan {
+            spans,
+            targets,
+            groups,
+        })
+    }
+
+    /// Log-probs of every target from each group's predicting states.
+    fn logprobs(&self, model: &CausalLm, states: &[Tensor]) -> Result<Tensor, ModelError> {
+        if self.targets.is_empty() {
+            return Ok(Tensor::zeros(0, DType::F32, model.device())?);
+        }
+        let n = self.targets.len();
+        let targets = Tensor::from_vec(self.targets.clone(), n, model.device())?;
+        Ok(ops::token_logprobs(
+            &Tensor::cat(states, 0)?,
+            model.lm_head(),
+            &targets,
+        )?)
+    }
+}
+
+impl Group {
+    fn passes(&self, model: &CausalLm) -> Result<GroupPasses, ModelError> {
+        let device = model.device();
+        let p = self.prompt.len();
+        let pass = |ids: Vec<u32>, positions: Vec<u32>, b: usize, t: usize, seen: usize| {
+            let positions = Tensor::from_vec(positions, (b, t), device)?;
+            let (cos, sin) = model.rotary(&positions)?;
+            Ok::<Pass, ModelError>(Pass {
+                ids: Tensor::from_vec(ids, (b, t), device)?,
+                cos,
+                sin,
+                mask: model.attention_mask(b, t, seen, None)?,
+            })
+        };
+        let prompt = pass(self.prompt.clone(), (0..p as u32).collect(), 1, p, 0)?;
+        let fed = if self.width == 0 {
+            None
+        } else {
+            Some(pass(
+                self.fed.clone(),
+                (0..self.k)
+                    .flat_map(|_| (p as u32)..(p + self.width) as u32)
+                    .collect(),
+                self.k,
+                self.width,
+                p,
+            )?)
+        };
+        Ok(GroupPasses { prompt, fed })
+    }
+
+    /// One decoder layer over the group: the prompt pass, then the completions attending to
+    /// its keys and values repeated `k` times.
+    fn layer(
+        &self,
+        model: &CausalLm,
+        idx: usize,
+        passes: &GroupPasses,
+        (x_prompt, x_fed): &States,
+        use_: AdapterUse<'_>,
+    ) -> Result<States, ModelError> {
+        let prompt = &passes.prompt;
+        let mut slot = None;
+        let y_prompt = model.layer_forward(
+            idx,
+            x_prompt,
+            &prompt.cos,
+            &prompt.sin,
+            prompt.mask.as_ref(),
+            Some(&mut slot),
+            use_,
+        )?;
+        let y_fed = match (&passes.fed, x_fed, slot) {
+            (Some(fed), Some(x_fed), Some((keys, values))) => {
+                let mut slot = Some((repeat_batch(&keys, self.k)?, repeat_batch(&values, self.k)?));
+                Some(model.layer_forward(
                     idx,
-                    x_prompt,
-                    &prompt.cos,
-                    &prompt.sin,
-                    prompt.mask.as_ref(),
+                    x_fed,
+                    &fed.cos,
+                    &fed.sin,
+                    fed.mask.as_ref(),
                     Some(&mut slot),
                     use_,
-                )?;
-                let y_fed = match (fed, x_fed, slot) {
-                    (Some(fed), Some(x_fed), Some((k_cache, v_cache))) => {
-                        let mut slot =
-                            Some((repeat_batch(&k_cache, g.k)?, repeat_batch(&v_cache, g.k)?));
-                        Some(model.layer_forward(
-                            idx,
-                            x_fed,
-                            &fed.cos,
-                            &fed.sin,
-                            fed.mask.as_ref(),
-                            Some(&mut slot),
-                            use_,
-                        )?)
-                    }
-                    _ => None,
-                };
-                Ok((y_prompt, y_fed))
-            })
-            .collect()
-    };
-
-    // Forward without a graph, keeping every layer's input.
-    let mut layer_inputs: Vec<Vec<(Tensor, Option<Tensor>)>> =
-        Vec::with_capacity(model.num_layers());
-    let mut current: Vec<(Tensor, Option<Tensor>)> = passes
-        .iter()
-        .map(|(prompt, fed)| {
-            Ok((
-                model.embed(&prompt.ids)?,
-                fed.as_ref().map(|f| model.embed(&f.ids)).transpose()?,
-            ))
-        })
-        .collect::<Result<_, ModelError>>()?;
-    for idx in 0..model.num_layers() {
-        let next = run_layer(idx, &current, AdapterUse::Frozen(adapter))?;
-        layer_inputs.push(std::mem::replace(&mut current, next));
+                )?)
+            }
+            _ => None,
+        };
+        Ok((y_prompt, y_fed))
     }
 
-    // The top: final norm, log-probs, the caller's loss; gradients to the last hidden states.
-    let tops: Vec<(Var, Option<Var>)> = current
+    /// The final-normed states that predict each completion token: `(tokens, d)`.
+    fn predicting_states(
+        &self,
+        model: &CausalLm,
+        (x_prompt, x_fed): &States,
+    ) -> Result<Tensor, ModelError> {
+        let d = x_prompt.dim(2)?;
+        let p = self.prompt.len();
+        let last = model
+            .final_norm(&x_prompt.narrow(1, p - 1, 1)?)?
+            .reshape((1, d))?;
+        let states = match x_fed {
+            Some(fed) => Tensor::cat(
+                &[
+                    &last,
+                    &model.final_norm(fed)?.reshape((self.k * self.width, d))?,
+                ],
+                0,
+            )?,
+            None => last,
+        };
+        let n = self.rows.len();
+        Ok(states.index_select(&Tensor::from_vec(self.rows.clone(), n, model.device())?, 0)?)
+    }
+}
+
+impl GroupPasses {
+    fn embed(&self, model: &CausalLm) -> Result<States, ModelError> {
+        Ok((
+            model.embed(&self.prompt.ids)?,
+            self.fed.as_ref().map(|f| model.embed(&f.ids)).transpose()?,
+        ))
+    }
+}
+
+/// Each state as a fresh variable (the input of a recomputed layer, or the top of the stack).
+fn as_vars(states: &[States]) -> candle_core::Result<Vec<(Var, Option<Var>)>> {
+    states
         .iter()
         .map(|(p, f)| {
             Ok((
@@ -463,72 +344,99 @@ pub fn checkpointed_backward(
                 f.as_ref().map(Var::from_tensor).transpose()?,
             ))
         })
-        .collect::<Result<_, candle_core::Error>>()?;
-    let mut picked = Vec::with_capacity(groups.len());
-    for (g, (p, f)) in groups.iter().zip(&tops) {
-        let d = p.as_tensor().dim(2)?;
-        let plen = g.prompt.len();
-        let last = model
-            .final_norm(&p.as_tensor().narrow(1, plen - 1, 1)?)?
-            .reshape((1, d))?;
-        let states = match f {
-            Some(f) => Tensor::cat(
-                &[
-                    &last,
-                    &model
-                        .final_norm(f.as_tensor())?
-                        .reshape((g.k * g.width, d))?,
-                ],
-                0,
-            )?,
-            None => last,
-        };
-        let n = g.rows.len();
-        picked.push(states.index_select(&Tensor::from_vec(g.rows.clone(), n, &device)?, 0)?);
+        .collect()
+}
+
+/// The gradient of each variable in `grads` (zeros when it had no influence on the loss).
+fn grads_of(vars: &[(Var, Option<Var>)], grads: &GradStore) -> candle_core::Result<Vec<States>> {
+    let grad = |v: &Var| match grads.get(v.as_tensor()) {
+        Some(g) => Ok(g.clone()),
+        None => v.as_tensor().zeros_like(),
+    };
+    vars.iter()
+        .map(|(p, f)| Ok((grad(p)?, f.as_ref().map(grad).transpose()?)))
+        .collect()
+}
+
+fn tensors(vars: &[(Var, Option<Var>)]) -> Vec<States> {
+    vars.iter()
+        .map(|(p, f)| {
+            (
+                p.as_tensor().clone(),
+                f.as_ref().map(|f| f.as_tensor().clone()),
+            )
+        })
+        .collect()
+}
+
+/// The gradient of `loss_fn(completion log-probs, each sequence's span in them)` with respect
+/// to the adapter, with per-layer
+/// activation checkpointing: the forward runs once without a graph, keeping only each layer's
+/// input; backward then walks the layers from the top, re-running one layer at a time with its
+/// input as a variable and pulling the incoming gradient through it. Peak memory is one layer's
+/// graph plus one hidden state per layer and token, instead of every activation of every layer;
+/// the price is one more forward pass. The gradients equal those of [`completion_logprobs`] +
+/// `backward`.
+pub fn checkpointed_backward(
+    model: &CausalLm,
+    adapter: &LoraAdapter,
+    sequences: &[TokenSequence],
+    loss_fn: impl FnOnce(&Tensor, &[Range<usize>]) -> candle_core::Result<Tensor>,
+) -> Result<CheckpointedOutput, ModelError> {
+    let plan = Plan::new(model, sequences)?;
+    let passes = plan
+        .groups
+        .iter()
+        .map(|g| g.passes(model))
+        .collect::<Result<Vec<_>, _>>()?;
+    let run_layer = |idx: usize, inputs: &[States], use_: AdapterUse<'_>| {
+        plan.groups
+            .iter()
+            .zip(&passes)
+            .zip(inputs)
+            .map(|((g, passes), x)| g.layer(model, idx, passes, x, use_))
+            .collect::<Result<Vec<States>, ModelError>>()
+    };
+
+    // Forward without a graph, keeping every layer's input.
+    let mut layer_inputs: Vec<Vec<States>> = Vec::with_capacity(model.num_layers());
+    let mut current = passes
+        .iter()
+        .map(|p| p.embed(model))
+        .collect::<Result<Vec<_>, _>>()?;
+    for idx in 0..model.num_layers() {
+        let next = run_layer(idx, &current, AdapterUse::Frozen(adapter))?;
+        layer_inputs.push(std::mem::replace(&mut current, next));
     }
-    let picked = Tensor::cat(&picked, 0)?;
-    let targets = Tensor::from_vec(targets, total, &device)?;
-    let logprobs = ops::token_logprobs(&picked, model.lm_head(), &targets)?;
-    let loss = loss_fn(&logprobs)?;
+
+    // The top: final norm, log-probs, the caller's loss; gradients to the last hidden states.
+    let tops = as_vars(&current)?;
+    let states = plan
+        .groups
+        .iter()
+        .zip(tensors(&tops))
+        .map(|(g, x)| g.predicting_states(model, &x))
+        .collect::<Result<Vec<_>, _>>()?;
+    let logprobs = plan.logprobs(model, &states)?;
+    let loss = loss_fn(&logprobs, &plan.spans)?;
     let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let logprob_values: Vec<f32> = logprobs.to_dtype(DType::F32)?.to_vec1()?;
-    let top_grads = loss.backward()?;
-    let grad_of = |var: &Var| -> candle_core::Result<Tensor> {
-        match top_grads.get(var.as_tensor()) {
-            Some(g) => Ok(g.clone()),
-            None => var.as_tensor().zeros_like(),
-        }
-    };
-    let mut incoming: Vec<(Tensor, Option<Tensor>)> = tops
-        .iter()
-        .map(|(p, f)| Ok((grad_of(p)?, f.as_ref().map(grad_of).transpose()?)))
-        .collect::<Result<_, candle_core::Error>>()?;
-    drop(top_grads);
+    let mut grads = HashMap::new();
+    if plan.groups.is_empty() {
+        return Ok(CheckpointedOutput {
+            logprobs: logprob_values,
+            spans: plan.spans,
+            loss: loss_value,
+            grads,
+        });
+    }
+    let mut incoming = grads_of(&tops, &loss.backward()?)?;
 
     // Down the layers: recompute each with a graph and pull the gradient through it.
-    let mut grads = HashMap::new();
     for idx in (0..model.num_layers()).rev() {
-        let inputs = &layer_inputs[idx];
-        let vars: Vec<(Var, Option<Var>)> = inputs
-            .iter()
-            .map(|(p, f)| {
-                Ok((
-                    Var::from_tensor(p)?,
-                    f.as_ref().map(Var::from_tensor).transpose()?,
-                ))
-            })
-            .collect::<Result<_, candle_core::Error>>()?;
-        let tracked: Vec<(Tensor, Option<Tensor>)> = vars
-            .iter()
-            .map(|(p, f)| {
-                (
-                    p.as_tensor().clone(),
-                    f.as_ref().map(|f| f.as_tensor().clone()),
-                )
-            })
-            .collect();
-        let outputs = run_layer(idx, &tracked, AdapterUse::Trainable(adapter))?;
-        let mut surrogate = Tensor::zeros((), outputs[0].0.dtype(), &device)?;
+        let vars = as_vars(&layer_inputs[idx])?;
+        let outputs = run_layer(idx, &tensors(&vars), AdapterUse::Trainable(adapter))?;
+        let mut surrogate = Tensor::zeros((), outputs[0].0.dtype(), model.device())?;
         for ((y_p, y_f), (g_p, g_f)) in outputs.iter().zip(&incoming) {
             surrogate = (surrogate + (y_p * g_p)?.sum_all()?)?;
             if let (Some(y_f), Some(g_f)) = (y_f, g_f) {
@@ -536,42 +444,23 @@ pub fn checkpointed_backward(
             }
         }
         let layer_grads = surrogate.backward()?;
-        for (name, var) in adapter.named_vars() {
-            if !name.contains(&format!(".layers.{idx}.")) {
-                continue;
-            }
-            if let Some(g) = layer_grads.get(var.as_tensor()) {
-                grads.insert(var.as_tensor().id(), g.clone());
+        for projection in Projection::ALL {
+            if let Some(pair) = adapter.pair(idx, projection) {
+                for var in [&pair.a, &pair.b] {
+                    if let Some(g) = layer_grads.get(var.as_tensor()) {
+                        grads.insert(var.as_tensor().id(), g.clone());
+                    }
+                }
             }
         }
         if idx > 0 {
-            incoming = vars
-                .iter()
-                .map(|(p, f)| {
-                    let g = |v: &Var| match layer_grads.get(v.as_tensor()) {
-                        Some(g) => Ok(g.clone()),
-                        None => v.as_tensor().zeros_like(),
-                    };
-                    Ok((g(p)?, f.as_ref().map(g).transpose()?))
-                })
-                .collect::<Result<_, candle_core::Error>>()?;
+            incoming = grads_of(&vars, &layer_grads)?;
         }
     }
-    let missing: Vec<String> = adapter
-        .named_vars()
-        .into_iter()
-        .filter(|(_, var)| !grads.contains_key(&var.as_tensor().id()))
-        .map(|(name, _)| name)
-        .collect();
-    if let Some(first) = missing.first() {
-        return Err(ModelError::MissingGradients {
-            count: missing.len(),
-            first: first.clone(),
-        });
-    }
+    require_all(adapter, |var| grads.contains_key(&var.as_tensor().id()))?;
     Ok(CheckpointedOutput {
         logprobs: logprob_values,
-        spans,
+        spans: plan.spans,
         loss: loss_value,
         grads,
     })

@@ -290,7 +290,7 @@ fn checkpointed_backward_equals_plain_backward() {
         .unwrap();
         let plain = weighted_loss(&model, &adapter, &probe);
         let plain_grads = plain.backward().unwrap();
-        let out = checkpointed_backward(&model, &adapter, &sequences(), |lp| {
+        let out = checkpointed_backward(&model, &adapter, &sequences(), |lp, _| {
             (lp * &probe)?.sum_all()
         })
         .unwrap();

@@ -155,6 +155,8 @@ struct Loop<'a> {
     dir: PathBuf,
     job_id: String,
     fine_tuned_model: String,
+    /// Events in `events.jsonl` so far (they number the event ids); counted once at start.
+    events_written: std::cell::Cell<usize>,
 }
 
 /// Runs (or resumes) a job in `dir`, calling `on_event` with every event it writes.
@@ -252,6 +254,11 @@ pub fn run_job(
         dir: dir.to_owned(),
         job_id,
         fine_tuned_model,
+        events_written: std::cell::Cell::new(
+            std::fs::read_to_string(dir.join("events.jsonl"))
+                .map(|t| t.lines().count())
+                .unwrap_or(0),
+        ),
     };
     state.write_job_file()?;
     state.run(control, resumed, on_event)
@@ -299,9 +306,7 @@ impl Loop<'_> {
             .map(|d| d.as_secs())
             .unwrap_or(0);
         let path = self.dir.join("events.jsonl");
-        let count = std::fs::read_to_string(&path)
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
+        let count = self.events_written.get();
         let event = json!({
             "id": format!("ftevent-{}-{count:06}", self.job_id.trim_start_matches("ftjob-")),
             "object": "fine_tuning.job.event",
@@ -322,6 +327,7 @@ impl Loop<'_> {
             .map_err(io)?;
         writeln!(file, "{event}").map_err(io)?;
         file.sync_data().map_err(io)?;
+        self.events_written.set(count + 1);
         on_event(&event);
         Ok(())
     }
@@ -777,13 +783,12 @@ impl Loop<'_> {
             .collect();
         lines.push(record);
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        let temp = path.with_extension("tmp");
-        std::fs::write(&temp, text)
-            .and_then(|_| std::fs::rename(&temp, &path))
-            .map_err(|source| TrainError::Io {
+        rft_types::paths::write_atomic(&path, text.as_bytes()).map_err(|source| {
+            TrainError::Io {
                 path: path.clone(),
                 source,
-            })?;
+            }
+        })?;
         self.event(
             "info",
             format!("Checkpoint created at step {step}"),

@@ -62,21 +62,13 @@ pub enum TrainError {
     Grading(String),
 }
 
-/// Writes JSON under a temporary name, fsyncs and renames it into place.
+/// Writes JSON atomically (`rft_types::paths::write_atomic`).
 pub(crate) fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<(), TrainError> {
-    let io = |source| TrainError::Io {
+    let text = serde_json::to_vec_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
+    rft_types::paths::write_atomic(path, &text).map_err(|source| TrainError::Io {
         path: path.to_owned(),
         source,
-    };
-    let temp = path.with_extension("tmp");
-    let text = serde_json::to_vec_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temp).map_err(io)?;
-        file.write_all(&text).map_err(io)?;
-        file.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&temp, path).map_err(io)
+    })
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, TrainError> {

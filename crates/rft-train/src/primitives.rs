@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Tensor, TensorId, Var};
+use candle_core::{DType, Tensor, TensorId};
 use rft_model::engine::Engine;
 use rft_model::lora::LoraAdapter;
 use rft_model::sample::{Completion, SampleRequest, Sampler};
@@ -201,38 +201,33 @@ impl TrainingClient {
                 let weights = penalty.weights[tokens..tokens + n_tokens].to_vec();
                 (penalty.beta, reference, weights)
             });
-            let spans: Vec<std::ops::Range<usize>> = {
-                let mut at = 0;
-                chunk
-                    .iter()
-                    .map(|d| {
-                        at += d.completion.len();
-                        at - d.completion.len()..at
-                    })
-                    .collect()
-            };
             // The loss is built on the packed log-probs inside the checkpointed backward,
             // which re-runs one layer at a time (see `rft_model::train`).
-            let out = checkpointed_backward(&self.engine.model, &self.adapter, &sequences, |lp| {
-                let device = lp.device();
-                let dtype = lp.dtype();
-                let n = lp.dim(0)?;
-                let old = Tensor::from_vec(old, n, device)?.to_dtype(dtype)?;
-                let advantages = Tensor::from_vec(advantages, n, device)?.to_dtype(dtype)?;
-                let policy = loss::compute(loss_fn, lp, &old, &advantages, &spans)?;
-                stats.0 = policy.clip_fraction;
-                stats.1 = policy.ratio_mean;
-                let mut total = policy.loss;
-                if let Some((beta, reference, weights)) = kl_inputs {
-                    let reference = Tensor::from_vec(reference, n, device)?.to_dtype(dtype)?;
-                    let weights = Tensor::from_vec(weights, n, device)?.to_dtype(dtype)?;
-                    let diff = (reference - lp)?;
-                    let k3 = ((diff.exp()? - &diff)? - 1.0)?;
-                    stats.2 = k3.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-                    total = (total + ((k3 * weights)?.sum_all()? * beta)?)?;
-                }
-                Ok(total)
-            })?;
+            let out = checkpointed_backward(
+                &self.engine.model,
+                &self.adapter,
+                &sequences,
+                |lp, spans| {
+                    let device = lp.device();
+                    let dtype = lp.dtype();
+                    let n = lp.dim(0)?;
+                    let old = Tensor::from_vec(old, n, device)?.to_dtype(dtype)?;
+                    let advantages = Tensor::from_vec(advantages, n, device)?.to_dtype(dtype)?;
+                    let policy = loss::compute(loss_fn, lp, &old, &advantages, spans)?;
+                    stats.0 = policy.clip_fraction;
+                    stats.1 = policy.ratio_mean;
+                    let mut total = policy.loss;
+                    if let Some((beta, reference, weights)) = kl_inputs {
+                        let reference = Tensor::from_vec(reference, n, device)?.to_dtype(dtype)?;
+                        let weights = Tensor::from_vec(weights, n, device)?.to_dtype(dtype)?;
+                        let diff = (reference - lp)?;
+                        let k3 = ((diff.exp()? - &diff)? - 1.0)?;
+                        stats.2 = k3.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+                        total = (total + ((k3 * weights)?.sum_all()? * beta)?)?;
+                    }
+                    Ok(total)
+                },
+            )?;
             for (id, g) in out.grads {
                 match self.grads.entry(id) {
                     std::collections::hash_map::Entry::Occupied(mut e) => {
@@ -335,16 +330,13 @@ impl TrainingClient {
                 tensors.insert(format!("{name}.exp_avg_sq"), v.clone());
             }
         }
-        let temp = dir.join("optimizer.safetensors.tmp");
+        let target = dir.join("optimizer.safetensors");
+        let temp = rft_types::paths::temp_path(&target);
         candle_core::safetensors::save(&tensors, &temp)?;
-        let io = |source| TrainError::Io {
-            path: dir.join("optimizer.safetensors"),
+        rft_types::paths::persist(&temp, &target).map_err(|source| TrainError::Io {
+            path: target.clone(),
             source,
-        };
-        std::fs::File::open(&temp)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&temp, dir.join("optimizer.safetensors")).map_err(io)?;
+        })?;
         crate::write_json_atomic(
             &dir.join("optimizer.json"),
             &serde_json::json!({"step": self.step}),
@@ -408,9 +400,4 @@ fn to_sequences(batch: &[Datum]) -> Vec<TokenSequence> {
             completion: d.completion.clone(),
         })
         .collect()
-}
-
-/// The adapter's variables, for callers that build their own optimizer.
-pub fn trainable(client: &TrainingClient) -> Vec<Var> {
-    client.adapter.vars()
 }

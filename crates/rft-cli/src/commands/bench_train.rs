@@ -177,7 +177,7 @@ pub(crate) fn train_memory(args: &BenchTrainMemoryArgs) -> anyhow::Result<ExitCo
                     (Some(forward), backward, f64::from(loss_value), with_grad)
                 }
                 TrainMode::Checkpointed => {
-                    let out = checkpointed_backward(&model, &adapter, &sequences, |lp| {
+                    let out = checkpointed_backward(&model, &adapter, &sequences, |lp, _| {
                         lp.mean_all()?.neg()
                     })?;
                     let total = start.elapsed().as_secs_f64();
