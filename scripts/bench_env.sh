@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds .venv-bench, the Python environment behind `rft bench decode --reference`
-# (scripts/decode_reference.py): transformers + PyTorch (pinned in decode-requirements.txt), then
+# (scripts/decode_reference.py) and `rft bench grpo --reference` (scripts/grpo_reference.py):
+# transformers + PyTorch (pinned in decode-requirements.txt), TRL + PEFT (grpo-requirements.txt), then
 # llama-cpp-python (decode-requirements-llama.txt), which compiles llama.cpp from source: it gets
 # a CPU-only build and a time limit (RFT_LLAMA_BUILD_TIMEOUT seconds, default 900), and a failed
 # or timed-out build leaves the environment usable without it (the benchmark then skips llama.cpp).
@@ -12,7 +13,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
-"${pip[@]}" -r "$root/scripts/decode-requirements.txt"
+"${pip[@]}" -r "$root/scripts/decode-requirements.txt" -r "$root/scripts/grpo-requirements.txt"
 if "$venv/bin/python" -c "import llama_cpp" 2>/dev/null; then
   echo "llama-cpp-python already installed"
 else

@@ -167,6 +167,9 @@ pub(crate) enum BenchCommand {
     Decode(crate::commands::bench_decode::BenchDecodeArgs),
     /// Wall time and peak memory of one forward+backward pass of the LoRA training path.
     TrainMemory(crate::commands::bench_train::BenchTrainMemoryArgs),
+    /// One GRPO step (sampling, grading, training) on the default model, and with
+    /// `--reference` TRL's GRPOTrainer on the same weights and batch shape.
+    Grpo(crate::commands::bench_grpo::BenchGrpoArgs),
 }
 
 #[derive(Debug, Args)]

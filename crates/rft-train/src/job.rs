@@ -25,8 +25,9 @@ use rft_model::sample::{Completion, FinishReason, SamplingParams};
 use rft_types::{DatasetRow, Grader, Sample};
 use serde_json::{json, Value};
 
+use crate::advantage::{build_batch, GradedGroup, RolloutBatch};
 use crate::config::{Hyperparameters, JobRequest};
-use crate::primitives::{AdamParams, Datum, KlPenalty, TrainingClient};
+use crate::primitives::{AdamParams, KlPenalty, TrainingClient};
 use crate::TrainError;
 
 /// If more than this fraction of a step's samples fail to grade, the job fails (OpenAI fails
@@ -494,7 +495,29 @@ impl Loop<'_> {
 
             // Advantages, dynamic sampling, normalisation.
             let t_train = Instant::now();
-            let (batch, zero_std_groups, kl_weights) = self.build_batch(&rows, &graded);
+            let completions: Vec<Vec<&Completion>> = graded
+                .iter()
+                .map(|group| group.iter().map(|(c, _)| c).collect())
+                .collect();
+            let rewards: Vec<Vec<f64>> = graded
+                .iter()
+                .map(|group| group.iter().map(|(_, g)| g.reward).collect())
+                .collect();
+            let groups: Vec<GradedGroup<'_>> = rows
+                .iter()
+                .zip(&completions)
+                .zip(&rewards)
+                .map(|((p, completions), rewards)| GradedGroup {
+                    prompt: &p.prompt,
+                    completions,
+                    rewards,
+                })
+                .collect();
+            let RolloutBatch {
+                datums: batch,
+                frac_zero_std_groups: zero_std_groups,
+                kl_weights,
+            } = build_batch(&self.hyper, &groups);
             let mut loss = 0.0;
             let mut clip_fraction = 0.0;
             let mut kl = None;
@@ -632,70 +655,6 @@ impl Loop<'_> {
             final_adapter: self.dir.join("final"),
             train_rewards,
         }
-    }
-
-    /// Group-relative advantages → the batch of datums, the fraction of groups dropped, and
-    /// the per-token weights of the KL term.
-    fn build_batch(
-        &self,
-        rows: &[&Prepared],
-        graded: &[Vec<(Completion, rft_types::RunGraderResponse)>],
-    ) -> (Vec<Datum>, f64, Vec<f32>) {
-        let mut groups = Vec::new();
-        let mut zero = 0usize;
-        for (p, group) in rows.iter().zip(graded) {
-            let rewards: Vec<f64> = group.iter().map(|(_, g)| g.reward).collect();
-            let mean = rewards.iter().sum::<f64>() / rewards.len().max(1) as f64;
-            let var = rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>()
-                / (rewards.len().max(2) - 1) as f64;
-            let std = var.sqrt();
-            if std < 1e-9 {
-                zero += 1;
-                if self.hyper.dynamic_sampling {
-                    continue;
-                }
-            }
-            let scale = if self.hyper.scale_rewards == "group" {
-                1.0 / (std + 1e-4)
-            } else {
-                1.0
-            };
-            for ((c, _), r) in group.iter().zip(&rewards) {
-                if c.ids.is_empty()
-                    || (self.hyper.mask_truncated && c.finish_reason == FinishReason::Length)
-                {
-                    continue;
-                }
-                groups.push((p.prompt.clone(), c.clone(), (r - mean) * scale));
-            }
-        }
-        let n_seq = groups.len().max(1) as f64;
-        let total_tokens: usize = groups.iter().map(|(_, c, _)| c.ids.len()).sum();
-        let mut batch = Vec::with_capacity(groups.len());
-        let mut kl_weights = Vec::new();
-        for (prompt, c, advantage) in groups {
-            let len = c.ids.len() as f64;
-            // The loss is a sum; each algorithm's normalisation lives here.
-            let norm = match self.hyper.loss_type.as_str() {
-                "grpo" | "gspo" => 1.0 / (len * n_seq),
-                "dr_grpo" => 1.0 / (self.hyper.max_completion_tokens as f64 * n_seq),
-                _ => 1.0 / total_tokens.max(1) as f64,
-            };
-            let per_token = if self.hyper.loss_type == "gspo" {
-                // GSPO reads one advantage per sequence; its ratio is already a mean.
-                (advantage / n_seq) as f32
-            } else {
-                (advantage * norm) as f32
-            };
-            kl_weights.extend(std::iter::repeat_n(norm as f32, c.ids.len()));
-            batch.push(Datum {
-                prompt,
-                advantages: vec![per_token; c.ids.len()],
-                sampling_logprobs: c.logprobs.clone(),
-                completion: c.ids,
-            });
-        }
-        (batch, zero as f64 / rows.len().max(1) as f64, kl_weights)
     }
 
     fn save_latest(&self, step: usize) -> Result<(), TrainError> {

@@ -6,6 +6,7 @@
 //! turns rewards into advantages, and calls `forward_backward` and `optim_step`. See
 //! `docs/training.md` for the algorithms and the mapping of OpenAI's hyperparameters.
 
+pub mod advantage;
 pub mod config;
 pub mod job;
 pub mod loss;

@@ -184,7 +184,7 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
             "threads": threads,
             "engines": args.engines,
         });
-        let reference = run_reference(&python, &request)?;
+        let reference = run_reference(&python, "decode_reference.py", REFERENCE_SCRIPT, &request)?;
         for engine in ["transformers", "llama_cpp"] {
             let Some(result) = reference.get(engine) else {
                 continue;
@@ -317,7 +317,7 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The 1-minute load average (`/proc/loadavg`), to judge how shared the machine was.
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
@@ -419,7 +419,7 @@ fn matmul_peak(device: &Device) -> anyhow::Result<Peak> {
 }
 
 /// The Python of `.venv-bench`, or a clear message saying how to create it.
-fn reference_python(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub(crate) fn reference_python(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
     let python = match explicit {
         Some(path) => path.to_path_buf(),
         None => repo_root().join(".venv-bench/bin/python"),
@@ -447,11 +447,18 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn run_reference(python: &Path, request: &Value) -> anyhow::Result<Value> {
-    let dir = std::env::temp_dir().join(format!("rft-bench-decode-{}", std::process::id()));
+/// Runs an embedded reference script (`name`, `source`) with the request as JSON; returns the
+/// JSON result it wrote.
+pub(crate) fn run_reference(
+    python: &Path,
+    name: &str,
+    source: &str,
+    request: &Value,
+) -> anyhow::Result<Value> {
+    let dir = std::env::temp_dir().join(format!("rft-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let script = dir.join("decode_reference.py");
-    std::fs::write(&script, REFERENCE_SCRIPT)?;
+    let script = dir.join(name);
+    std::fs::write(&script, source)?;
     let request_path = dir.join("request.json");
     std::fs::write(&request_path, request.to_string())?;
     let result_path = dir.join("result.json");

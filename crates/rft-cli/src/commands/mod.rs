@@ -10,6 +10,7 @@ use crate::cli::{BenchCommand, Cli, Command, GraderCommand, ModelsCommand, Setup
 
 mod bench;
 pub(crate) mod bench_decode;
+pub(crate) mod bench_grpo;
 pub(crate) mod bench_train;
 mod generate;
 mod grade;
@@ -49,6 +50,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::TrainMemory(args),
         } => bench_train::train_memory(&args),
+        Command::Bench {
+            command: BenchCommand::Grpo(args),
+        } => bench_grpo::grpo(&args),
     }
 }
 

@@ -1,0 +1,177 @@
+//! Rewards → the training batch: group-relative advantages, dynamic sampling and each loss
+//! type's normalisation. The losses in [`crate::loss`] are plain sums; every GRPO-family choice
+//! (which groups count, how advantages are scaled, what a token weighs) is made here, once, for
+//! the RFT loop and for anyone composing the primitives themselves (`rft bench grpo` does).
+
+use rft_model::sample::{Completion, FinishReason};
+
+use crate::config::Hyperparameters;
+use crate::primitives::Datum;
+
+/// One prompt's sampled group and the grader's rewards, in the same order.
+#[derive(Debug, Clone, Copy)]
+pub struct GradedGroup<'a> {
+    /// The rendered prompt's token ids.
+    pub prompt: &'a [u32],
+    /// The group's completions.
+    pub completions: &'a [&'a Completion],
+    /// One reward per completion.
+    pub rewards: &'a [f64],
+}
+
+/// What [`build_batch`] hands to `forward_backward`.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutBatch {
+    /// The datums, advantages already normalised for the loss type.
+    pub datums: Vec<Datum>,
+    /// Fraction of groups whose rewards were all equal (no signal).
+    pub frac_zero_std_groups: f64,
+    /// Per-token weights of the KL term, concatenated over the datums (the loss type's
+    /// normalisation, so the KL is averaged the same way as the policy loss).
+    pub kl_weights: Vec<f32>,
+}
+
+/// Groups → datums. Advantage = reward − group mean, divided by the group's sample std unless
+/// `scale_rewards = "none"` (Dr. GRPO). With `dynamic_sampling`, groups whose rewards are all
+/// equal are dropped. Per-token weights: `grpo`/`gspo` average each sequence then the batch,
+/// `dr_grpo` divides by `max_completion_tokens` × sequences, `dapo`/`cispo` by the batch's
+/// token count.
+pub fn build_batch(hyper: &Hyperparameters, groups: &[GradedGroup<'_>]) -> RolloutBatch {
+    let mut kept = Vec::new();
+    let mut zero = 0usize;
+    for group in groups {
+        let rewards = group.rewards;
+        let mean = rewards.iter().sum::<f64>() / rewards.len().max(1) as f64;
+        let var = rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>()
+            / (rewards.len().max(2) - 1) as f64;
+        let std = var.sqrt();
+        if std < 1e-9 {
+            zero += 1;
+            if hyper.dynamic_sampling {
+                continue;
+            }
+        }
+        let scale = if hyper.scale_rewards == "group" {
+            1.0 / (std + 1e-4)
+        } else {
+            1.0
+        };
+        for (c, r) in group.completions.iter().zip(rewards) {
+            if c.ids.is_empty() || (hyper.mask_truncated && c.finish_reason == FinishReason::Length)
+            {
+                continue;
+            }
+            kept.push((group.prompt, *c, (r - mean) * scale));
+        }
+    }
+    let n_seq = kept.len().max(1) as f64;
+    let total_tokens: usize = kept.iter().map(|(_, c, _)| c.ids.len()).sum();
+    let mut datums = Vec::with_capacity(kept.len());
+    let mut kl_weights = Vec::new();
+    for (prompt, c, advantage) in kept {
+        let len = c.ids.len() as f64;
+        let norm = match hyper.loss_type.as_str() {
+            "grpo" | "gspo" => 1.0 / (len * n_seq),
+            "dr_grpo" => 1.0 / (hyper.max_completion_tokens as f64 * n_seq),
+            _ => 1.0 / total_tokens.max(1) as f64,
+        };
+        let per_token = if hyper.loss_type == "gspo" {
+            // GSPO reads one advantage per sequence; its ratio is already a mean.
+            (advantage / n_seq) as f32
+        } else {
+            (advantage * norm) as f32
+        };
+        kl_weights.extend(std::iter::repeat_n(norm as f32, c.ids.len()));
+        datums.push(Datum {
+            prompt: prompt.to_vec(),
+            advantages: vec![per_token; c.ids.len()],
+            sampling_logprobs: c.logprobs.clone(),
+            completion: c.ids.clone(),
+        });
+    }
+    RolloutBatch {
+        datums,
+        frac_zero_std_groups: zero as f64 / groups.len().max(1) as f64,
+        kl_weights,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn completion(len: usize, finish_reason: FinishReason) -> Completion {
+        Completion {
+            ids: vec![7; len],
+            logprobs: vec![-1.0; len],
+            text: None,
+            finish_reason,
+        }
+    }
+
+    fn hyper(extra: serde_json::Value) -> Hyperparameters {
+        match Hyperparameters::resolve(&extra, 10) {
+            Ok(h) => h,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn dapo_weights_are_advantage_over_batch_tokens_and_flat_groups_drop() {
+        let h = hyper(json!({}));
+        let (a, b, c) = (
+            completion(2, FinishReason::Stop),
+            completion(4, FinishReason::Stop),
+            completion(3, FinishReason::Stop),
+        );
+        let group = [&a, &b];
+        let flat = [&c, &c];
+        let batch = build_batch(
+            &h,
+            &[
+                GradedGroup {
+                    prompt: &[1],
+                    completions: &group,
+                    rewards: &[1.0, 0.0],
+                },
+                GradedGroup {
+                    prompt: &[2],
+                    completions: &flat,
+                    rewards: &[0.5, 0.5],
+                },
+            ],
+        );
+        assert_eq!(batch.datums.len(), 2);
+        assert!((batch.frac_zero_std_groups - 0.5).abs() < 1e-12);
+        // Sample std of {1, 0} is 1/√2; advantages ±0.5/(0.7071 + 1e-4); 6 tokens in the batch.
+        let expected = 0.5 / (0.5f64.sqrt() + 1e-4) / 6.0;
+        assert!((f64::from(batch.datums[0].advantages[0]) - expected).abs() < 1e-6);
+        assert!((f64::from(batch.datums[1].advantages[0]) + expected).abs() < 1e-6);
+        assert_eq!(batch.kl_weights.len(), 6);
+    }
+
+    #[test]
+    fn grpo_averages_each_sequence_and_masking_drops_truncated() {
+        let h =
+            hyper(json!({"loss_type": "grpo", "scale_rewards": "none", "mask_truncated": true}));
+        let (a, b, c) = (
+            completion(2, FinishReason::Stop),
+            completion(4, FinishReason::Stop),
+            completion(5, FinishReason::Length),
+        );
+        let group = [&a, &b, &c];
+        let batch = build_batch(
+            &h,
+            &[GradedGroup {
+                prompt: &[1],
+                completions: &group,
+                rewards: &[1.0, 0.0, 0.5],
+            }],
+        );
+        assert_eq!(batch.datums.len(), 2);
+        // Mean 0.5, no std scaling: +0.5 over 2 tokens × 2 sequences, −0.5 over 4 × 2.
+        assert!((batch.datums[0].advantages[0] - 0.125).abs() < 1e-7);
+        assert!((batch.datums[1].advantages[0] + 0.0625).abs() < 1e-7);
+    }
+}
