@@ -43,6 +43,8 @@ pub(crate) enum Command {
     Quickstart(QuickstartArgs),
     /// Write a model (an adapter merged into its base) as a Hugging Face folder.
     Export(ExportArgs),
+    /// Serve OpenAI's fine-tuning, graders, files, models and chat API on this machine.
+    Serve(crate::commands::serve::ServeArgs),
     /// Measure OpenRFT against reference implementations.
     Bench {
         #[command(subcommand)]

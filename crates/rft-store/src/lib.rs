@@ -116,10 +116,12 @@ impl Store {
             source,
         };
         let conn = Connection::open(&db_path).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
         // FULL: every commit fsyncs the WAL, so a change the API acknowledged survives kill -9
         // and power loss; objects change a few times per job, so the cost is nothing.
-        conn.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sql)?;
         let version: i64 = conn
@@ -298,11 +300,7 @@ impl Store {
         let all = self.all(kind, None, false)?;
         Ok(all
             .into_iter()
-            .filter(|b| {
-                b["status"]
-                    .as_str()
-                    .is_some_and(|s| statuses.contains(&s))
-            })
+            .filter(|b| b["status"].as_str().is_some_and(|s| statuses.contains(&s)))
             .collect())
     }
 
@@ -342,12 +340,9 @@ impl Store {
         keep: impl Fn(&Value) -> bool,
     ) -> Result<Page, StoreError> {
         let all = self.all(kind, query.parent, query.descending)?;
-        let mut matching = all.into_iter().filter(|b| {
-            query
-                .status
-                .is_none_or(|s| b["status"].as_str() == Some(s))
-                && keep(b)
-        });
+        let mut matching = all
+            .into_iter()
+            .filter(|b| query.status.is_none_or(|s| b["status"].as_str() == Some(s)) && keep(b));
         if let Some(after) = query.after {
             // Skip up to and including the cursor; an unknown cursor gives an empty page (the
             // client paginated past a deleted object), like a cursor past the end.

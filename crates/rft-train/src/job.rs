@@ -77,6 +77,91 @@ struct Prepared {
     prompt: Vec<u32>,
 }
 
+/// Appends one event to `dir/events.jsonl` (fsynced) and returns it. Ids count the file's
+/// lines, so ids stay unique and ordered across restarts.
+fn write_event(
+    dir: &Path,
+    job_id: &str,
+    count: usize,
+    level: &str,
+    message: String,
+    data: Option<Value>,
+) -> Result<Value, TrainError> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let path = dir.join("events.jsonl");
+    let event = json!({
+        "id": format!("ftevent-{}-{count:06}", job_id.trim_start_matches("ftjob-")),
+        "object": "fine_tuning.job.event",
+        "created_at": now,
+        "level": level,
+        "message": message,
+        "type": if data.is_some() { "metrics" } else { "message" },
+        "data": data.unwrap_or(json!({})),
+    });
+    let io = |source| TrainError::Io {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .open(&path)
+        .map_err(io)?;
+    // A crash mid-write can leave a last line without its newline: end it, so this event
+    // starts a line of its own (the torn line is skipped by readers).
+    let len = file.metadata().map_err(io)?.len();
+    if len > 0 {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut last = [0u8];
+        file.seek(SeekFrom::Start(len - 1)).map_err(io)?;
+        file.read_exact(&mut last).map_err(io)?;
+        if last[0] != b'\n' {
+            file.write_all(b"\n").map_err(io)?;
+        }
+    }
+    writeln!(file, "{event}").map_err(io)?;
+    file.sync_data().map_err(io)?;
+    Ok(event)
+}
+
+/// Appends an event to a job folder from outside the loop (the server's "queued", "cancelled",
+/// "failed" messages). Call it only while no [`run_job`] runs on the folder.
+pub fn append_event(
+    dir: &Path,
+    job_id: &str,
+    level: &str,
+    message: impl Into<String>,
+) -> Result<Value, TrainError> {
+    let count = read_jsonl(&dir.join("events.jsonl")).len();
+    write_event(dir, job_id, count, level, message.into(), None)
+}
+
+/// A job folder's events, oldest first.
+pub fn read_events(dir: &Path) -> Vec<Value> {
+    read_jsonl(&dir.join("events.jsonl"))
+}
+
+/// A job folder's kept checkpoints (`fine_tuning.job.checkpoint` objects), by step.
+pub fn read_checkpoints(dir: &Path) -> Vec<Value> {
+    let mut all = read_jsonl(&dir.join("checkpoints.jsonl"));
+    all.sort_by_key(|c| c["step_number"].as_u64().unwrap_or(0));
+    all
+}
+
+/// The JSON lines of a file; a line cut short by a crash mid-write is skipped.
+fn read_jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// Reads an RFT dataset, every error with file and line.
 pub fn read_dataset(path: &Path) -> Result<Vec<DatasetRow>, TrainError> {
     let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
@@ -255,11 +340,7 @@ pub fn run_job(
         dir: dir.to_owned(),
         job_id,
         fine_tuned_model,
-        events_written: std::cell::Cell::new(
-            std::fs::read_to_string(dir.join("events.jsonl"))
-                .map(|t| t.lines().count())
-                .unwrap_or(0),
-        ),
+        events_written: std::cell::Cell::new(read_jsonl(&dir.join("events.jsonl")).len()),
     };
     state.write_job_file()?;
     state.run(control, resumed, on_event)
@@ -302,32 +383,8 @@ impl Loop<'_> {
         data: Option<Value>,
         on_event: &mut dyn FnMut(&Value),
     ) -> Result<(), TrainError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let path = self.dir.join("events.jsonl");
         let count = self.events_written.get();
-        let event = json!({
-            "id": format!("ftevent-{}-{count:06}", self.job_id.trim_start_matches("ftjob-")),
-            "object": "fine_tuning.job.event",
-            "created_at": now,
-            "level": level,
-            "message": message,
-            "type": if data.is_some() { "metrics" } else { "message" },
-            "data": data.unwrap_or(json!({})),
-        });
-        let io = |source| TrainError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(io)?;
-        writeln!(file, "{event}").map_err(io)?;
-        file.sync_data().map_err(io)?;
+        let event = write_event(&self.dir, &self.job_id, count, level, message, data)?;
         self.events_written.set(count + 1);
         on_event(&event);
         Ok(())
@@ -602,6 +659,7 @@ impl Loop<'_> {
                 "train_mean_reward": train_mean,
                 "full_valid_mean_reward": valid.as_ref().map(|v| v.0),
                 "completion_tokens_mean": completion_mean,
+                "completion_tokens_count": lengths.iter().sum::<usize>(),
                 "frac_zero_std_groups": zero_std_groups,
                 "frac_truncated": truncated,
                 "loss": loss,

@@ -16,6 +16,7 @@ mod generate;
 mod grade;
 mod grader;
 mod models;
+pub(crate) mod serve;
 mod setup;
 mod train;
 
@@ -38,6 +39,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Setup {
             command: SetupCommand::Python { tag, python },
         } => setup::python(&tag, &python),
+        Command::Serve(args) => serve::serve(&args),
         Command::Bench {
             command: BenchCommand::Graders(args),
         } => bench::graders(&args),

@@ -1,0 +1,533 @@
+//! `POST /v1/chat/completions` over base models, fine-tuned models and checkpoints.
+//!
+//! One inference thread owns the loaded models: base models are loaded once and every adapter
+//! over a base shares its weights (an adapter is a few MB). Requests wait in a bounded queue
+//! (429 when full); each time the thread takes work it drains the queue and samples all
+//! waiting requests for the same model in one batched call, so concurrent clients share the
+//! decode steps.
+//!
+//! `stream: true` answers in OpenAI's SSE chunk format. The engine returns a sample when it is
+//! finished, so the chunks (one per token's text) are sent once the sample is complete: the
+//! wire format is exact, the first byte comes later than with token-by-token streaming.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use candle_core::Device;
+use rft_model::constrain::ResponseFormat;
+use rft_model::engine::Engine;
+use rft_model::lora::LoraAdapter;
+use rft_model::sample::{Completion, Sampler, SamplingParams};
+use rft_store::Store;
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::error::ApiJson;
+use crate::{new_id, now, ApiError, SharedState};
+
+/// Most adapters kept loaded; the least recently used one is dropped beyond this.
+const MAX_LOADED_ADAPTERS: usize = 16;
+/// Completion tokens when the request sets no limit.
+pub const DEFAULT_MAX_TOKENS: usize = 512;
+
+/// What a model name resolves to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelRef {
+    /// The base model spec (name or path).
+    pub base: String,
+    /// A PEFT adapter folder over it.
+    pub adapter: Option<PathBuf>,
+}
+
+/// Resolves an API model name: `ft:…` names of succeeded jobs, `…:ckpt-step-N` checkpoint
+/// names, or a base model spec.
+pub fn resolve(store: &Store, name: &str) -> Result<Option<ModelRef>, ApiError> {
+    if !name.starts_with("ft:") {
+        return Ok(Some(ModelRef {
+            base: name.to_owned(),
+            adapter: None,
+        }));
+    }
+    for job in store.with_status(
+        "job",
+        &[
+            "succeeded",
+            "running",
+            "paused",
+            "queued",
+            "cancelled",
+            "failed",
+        ],
+    )? {
+        let id = job["id"].as_str().unwrap_or_default();
+        let base = job["model"].as_str().unwrap_or_default().to_owned();
+        let dir = store.job_dir(id);
+        if job["status"] == "succeeded" && job["fine_tuned_model"] == name {
+            return Ok(Some(ModelRef {
+                base,
+                adapter: Some(dir.join("final")),
+            }));
+        }
+        if name.contains(":ckpt-step-") {
+            for ckpt in rft_train::job::read_checkpoints(&dir) {
+                if ckpt["fine_tuned_model_checkpoint"] == name {
+                    if let Some(step) = ckpt["step_number"].as_u64() {
+                        return Ok(Some(ModelRef {
+                            base,
+                            adapter: Some(dir.join(format!("checkpoints/step-{step}"))),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// One chat request for the inference thread.
+struct ChatJob {
+    model: ModelRef,
+    messages: Vec<Value>,
+    tools: Option<Vec<Value>>,
+    n: usize,
+    params: SamplingParams,
+    response_format: Option<ResponseFormat>,
+    reply: oneshot::Sender<Result<ChatResult, ApiError>>,
+}
+
+/// What the inference thread answers.
+struct ChatResult {
+    prompt_tokens: usize,
+    completions: Vec<Completion>,
+    /// Each completion's tokens as text pieces (for streaming and logprobs).
+    pieces: Vec<Vec<TokenPiece>>,
+}
+
+struct TokenPiece {
+    text: String,
+    bytes: Vec<u8>,
+}
+
+/// The inference thread's handle.
+#[derive(Debug)]
+pub struct Inference {
+    queue: SyncSender<ChatJob>,
+}
+
+impl std::fmt::Debug for ChatJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatJob")
+            .field("model", &self.model)
+            .finish()
+    }
+}
+
+impl Inference {
+    /// Starts the inference thread with a queue of `capacity` requests.
+    pub fn start(_store: Arc<Store>, capacity: usize) -> Inference {
+        let (queue, rx) = sync_channel(capacity.max(1));
+        // The thread ends when the queue's sender (this handle) is dropped.
+        let spawned = std::thread::Builder::new()
+            .name("rft-inference".into())
+            .spawn(move || Worker::default().run(rx));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the inference thread: {e}; chat completions will fail");
+        }
+        Inference { queue }
+    }
+}
+
+#[derive(Default)]
+struct Worker {
+    engines: HashMap<String, Engine>,
+    adapters: Vec<(PathBuf, LoraAdapter)>,
+}
+
+impl Worker {
+    fn run(mut self, rx: Receiver<ChatJob>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            let mut groups: Vec<(ModelRef, Vec<ChatJob>)> = Vec::new();
+            for job in batch {
+                match groups.iter_mut().find(|(m, _)| *m == job.model) {
+                    Some((_, jobs)) => jobs.push(job),
+                    None => groups.push((job.model.clone(), vec![job])),
+                }
+            }
+            for (model, jobs) in groups {
+                self.serve_group(&model, jobs);
+            }
+        }
+    }
+
+    fn ensure_loaded(&mut self, model: &ModelRef) -> Result<(), ApiError> {
+        if !self.engines.contains_key(&model.base) {
+            let engine = Engine::load_base(&model.base, &Device::Cpu).map_err(|e| {
+                ApiError::not_found("model", &model.base)
+                    .with_param("model")
+                    .with_code("model_not_found")
+                    .with_message(format!("The model '{}' cannot be loaded: {e}", model.base))
+            })?;
+            self.engines.insert(model.base.clone(), engine);
+        }
+        if let Some(dir) = &model.adapter {
+            if let Some(pos) = self.adapters.iter().position(|(p, _)| p == dir) {
+                let entry = self.adapters.remove(pos);
+                self.adapters.push(entry);
+            } else {
+                let engine = self
+                    .engines
+                    .get(&model.base)
+                    .ok_or_else(|| ApiError::internal("base model vanished"))?;
+                let adapter = LoraAdapter::load_peft(dir, engine.model.config(), &Device::Cpu)
+                    .map_err(|e| {
+                        ApiError::internal(format!(
+                            "cannot load the adapter {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
+                if self.adapters.len() >= MAX_LOADED_ADAPTERS {
+                    self.adapters.remove(0);
+                }
+                self.adapters.push((dir.clone(), adapter));
+            }
+        }
+        Ok(())
+    }
+
+    fn serve_group(&mut self, model: &ModelRef, jobs: Vec<ChatJob>) {
+        if let Err(e) = self.ensure_loaded(model) {
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
+            }
+            return;
+        }
+        let Some(engine) = self.engines.get(&model.base) else {
+            return;
+        };
+        let adapter = model
+            .adapter
+            .as_ref()
+            .and_then(|dir| self.adapters.iter().find(|(p, _)| p == dir))
+            .map(|(_, a)| a);
+        let mut accepted = Vec::new();
+        let mut requests = Vec::new();
+        for job in jobs {
+            let prepared = engine
+                .chat_prompt(&job.messages, job.tools.as_deref())
+                .map_err(|e| {
+                    ApiError::bad_request(format!("cannot render the chat template: {e}"))
+                        .with_param("messages")
+                })
+                .and_then(|prompt| {
+                    let len = prompt.len();
+                    engine
+                        .request(
+                            prompt,
+                            job.n,
+                            job.params.clone(),
+                            job.response_format.as_ref(),
+                        )
+                        .map(|r| (len, r))
+                        .map_err(|e| {
+                            ApiError::bad_request(format!("invalid response_format: {e}"))
+                                .with_param("response_format")
+                        })
+                });
+            match prepared {
+                Ok((len, request)) => {
+                    requests.push(request);
+                    accepted.push((job, len));
+                }
+                Err(e) => {
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+        if requests.is_empty() {
+            return;
+        }
+        let sampler = Sampler {
+            model: &engine.model,
+            adapter,
+            tokenizer: Some(&engine.tokenizer),
+        };
+        match sampler.run(&requests) {
+            Ok(groups) => {
+                for ((job, prompt_tokens), completions) in accepted.into_iter().zip(groups) {
+                    let pieces = completions
+                        .iter()
+                        .map(|c| token_pieces(engine, c))
+                        .collect();
+                    let _ = job.reply.send(Ok(ChatResult {
+                        prompt_tokens,
+                        completions,
+                        pieces,
+                    }));
+                }
+            }
+            Err(e) => {
+                let error = ApiError::internal(format!("sampling failed: {e}"));
+                for (job, _) in accepted {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Splits a completion's text into per-token pieces: each token's share of the final text
+/// (incremental decoding, so multi-byte characters split across tokens come out whole).
+fn token_pieces(engine: &Engine, c: &Completion) -> Vec<TokenPiece> {
+    let text = c.text.clone().unwrap_or_default();
+    let mut out = Vec::with_capacity(c.ids.len());
+    let mut emitted = 0usize;
+    for i in 0..c.ids.len() {
+        let decoded = engine
+            .tokenizer
+            .decode(&c.ids[..=i], true)
+            .unwrap_or_default();
+        // The part of the final text this prefix covers (the final text may be cut at a stop).
+        let mut upto = decoded
+            .bytes()
+            .zip(text.bytes())
+            .take_while(|(a, b)| a == b)
+            .count();
+        while !text.is_char_boundary(upto) {
+            upto -= 1;
+        }
+        let piece = if upto > emitted {
+            let p = text[emitted..upto].to_owned();
+            emitted = upto;
+            p
+        } else {
+            String::new()
+        };
+        let bytes = engine
+            .tokenizer
+            .token_bytes(c.ids[i])
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
+        out.push(TokenPiece { text: piece, bytes });
+    }
+    if emitted < text.len() {
+        if let Some(last) = out.last_mut() {
+            last.text.push_str(&text[emitted..]);
+        }
+    }
+    out
+}
+
+fn number(body: &Value, key: &str, default: f64, range: (f64, f64)) -> Result<f64, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_f64() {
+            Some(x) if x >= range.0 && x <= range.1 => Ok(x),
+            _ => Err(ApiError::bad_request(format!(
+                "{key} must be a number from {} to {}",
+                range.0, range.1
+            ))
+            .with_param(key)),
+        },
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let name = body["model"]
+        .as_str()
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| {
+            ApiError::bad_request("Missing required parameter: 'model'.").with_param("model")
+        })?;
+    let messages = match body.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m.clone(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "messages must be a non-empty array of {role, content} objects",
+            )
+            .with_param("messages"))
+        }
+    };
+    let n = number(&body, "n", 1.0, (1.0, 128.0))? as usize;
+    let temperature = number(&body, "temperature", 1.0, (0.0, 2.0))?;
+    let top_p = number(&body, "top_p", 1.0, (0.0, 1.0))?;
+    let max_tokens = match (body.get("max_completion_tokens"), body.get("max_tokens")) {
+        (Some(v), _) if !v.is_null() => number(&body, "max_completion_tokens", 0.0, (1.0, 1e6))?,
+        (_, Some(v)) if !v.is_null() => number(&body, "max_tokens", 0.0, (1.0, 1e6))?,
+        _ => DEFAULT_MAX_TOKENS as f64,
+    } as usize;
+    let stop: Vec<String> = match body.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(Value::is_string) => a
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "stop must be a string or an array of up to 4 strings",
+            )
+            .with_param("stop"))
+        }
+    };
+    let seed = match body.get("seed") {
+        None | Some(Value::Null) => u64::from_str_radix(&new_id("")[..16], 16).unwrap_or(0),
+        Some(v) => v
+            .as_i64()
+            .map(|s| s as u64)
+            .ok_or_else(|| ApiError::bad_request("seed must be an integer").with_param("seed"))?,
+    };
+    let response_format = match body.get("response_format") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(ResponseFormat::from_value(v).map_err(|e| {
+            ApiError::bad_request(format!("Invalid response_format: {e}"))
+                .with_param("response_format")
+        })?),
+    };
+    let logprobs = body["logprobs"].as_bool().unwrap_or(false);
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let include_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let tools = body["tools"].as_array().cloned();
+    let model = resolve(&state.store, name)?.ok_or_else(|| {
+        ApiError::not_found("model", name)
+            .with_param("model")
+            .with_code("model_not_found")
+            .with_message(format!(
+                "The model '{name}' does not exist: fine-tuned models exist once their job succeeded; checkpoints are listed by GET /v1/fine_tuning/jobs/{{id}}/checkpoints"
+            ))
+    })?;
+    let (reply, answer) = oneshot::channel();
+    let job = ChatJob {
+        model,
+        messages,
+        tools,
+        n,
+        params: SamplingParams {
+            temperature,
+            top_p,
+            max_tokens,
+            stop_strings: stop,
+            seed,
+            ..SamplingParams::default()
+        },
+        response_format,
+        reply,
+    };
+    match state.inference.queue.try_send(job) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => {
+            return Err(ApiError::busy(
+                "The inference queue is full; retry after a short wait.",
+            ))
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            return Err(ApiError::internal("the inference thread is not running"))
+        }
+    }
+    let result = answer
+        .await
+        .map_err(|_| ApiError::internal("the inference thread dropped the request"))??;
+    let id = new_id("chatcmpl-");
+    let created = now();
+    let completion_tokens: usize = result.completions.iter().map(|c| c.ids.len()).sum();
+    let usage = json!({
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": result.prompt_tokens + completion_tokens,
+    });
+    let logprobs_of = |pieces: &[TokenPiece], c: &Completion| -> Value {
+        json!({"content": pieces.iter().zip(&c.logprobs).map(|(p, lp)| json!({
+            "token": p.text, "logprob": lp, "bytes": p.bytes, "top_logprobs": [],
+        })).collect::<Vec<_>>(), "refusal": null})
+    };
+    if !stream {
+        let choices: Vec<Value> = result
+            .completions
+            .iter()
+            .zip(&result.pieces)
+            .enumerate()
+            .map(|(index, (c, pieces))| {
+                json!({
+                    "index": index,
+                    "message": {"role": "assistant", "content": c.text.clone().unwrap_or_default(),
+                                "refusal": null, "annotations": []},
+                    "logprobs": if logprobs { logprobs_of(pieces, c) } else { Value::Null },
+                    "finish_reason": c.finish_reason.as_str(),
+                })
+            })
+            .collect();
+        return Ok(Json(json!({
+            "id": id, "object": "chat.completion", "created": created, "model": name,
+            "choices": choices, "usage": usage, "system_fingerprint": "openrft",
+            "service_tier": "default",
+        }))
+        .into_response());
+    }
+    let chunk = |choices: Value, usage: Value| -> Event {
+        Event::default().data(
+            json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                   "model": name, "system_fingerprint": "openrft", "choices": choices,
+                   "usage": usage})
+            .to_string(),
+        )
+    };
+    let mut events = Vec::new();
+    for (index, (c, pieces)) in result.completions.iter().zip(&result.pieces).enumerate() {
+        events.push(chunk(
+            json!([{"index": index, "delta": {"role": "assistant", "content": "", "refusal": null},
+                    "logprobs": null, "finish_reason": null}]),
+            Value::Null,
+        ));
+        for (piece, lp) in pieces.iter().zip(&c.logprobs) {
+            if piece.text.is_empty() && !logprobs {
+                continue;
+            }
+            let lp = if logprobs {
+                json!({"content": [{"token": piece.text, "logprob": lp, "bytes": piece.bytes,
+                                    "top_logprobs": []}], "refusal": null})
+            } else {
+                Value::Null
+            };
+            events.push(chunk(
+                json!([{"index": index, "delta": {"content": piece.text},
+                        "logprobs": lp, "finish_reason": null}]),
+                Value::Null,
+            ));
+        }
+        events.push(chunk(
+            json!([{"index": index, "delta": {}, "logprobs": null,
+                    "finish_reason": c.finish_reason.as_str()}]),
+            Value::Null,
+        ));
+    }
+    if include_usage {
+        events.push(chunk(json!([]), usage));
+    }
+    events.push(Event::default().data("[DONE]"));
+    let stream = futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>));
+    Ok(Sse::new(stream).into_response())
+}
+
+impl ApiError {
+    /// Replaces the message.
+    pub fn with_message(mut self, message: impl Into<String>) -> ApiError {
+        self.message = message.into();
+        self
+    }
+}

@@ -1,0 +1,427 @@
+//! The API end to end on a tiny random model, over real HTTP: files, graders, an RFT job from
+//! creation to success, its events and checkpoints, chat with the fine-tuned model (plain and
+//! streamed), pause/resume/cancel, the error envelope, and auth.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rft_model::Architecture;
+use rft_server::{serve_on, ServerConfig};
+use serde_json::{json, Value};
+
+struct Server {
+    base: String,
+    key: Option<String>,
+    agent: ureq::Agent,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(data: &Path, keys: &[&str]) -> Server {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let base = format!("http://{}/v1", listener.local_addr().unwrap());
+        let mut config = ServerConfig::new(data.to_path_buf());
+        config.api_keys = keys.iter().map(|k| k.to_string()).collect();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                serve_on(config, listener, async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+            });
+        });
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Server {
+            base,
+            key: keys.first().map(|k| k.to_string()),
+            agent,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn auth(&self) -> Option<String> {
+        self.key.as_ref().map(|k| format!("Bearer {k}"))
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        let mut request = self.agent.get(format!("{}{path}", self.base));
+        if let Some(a) = self.auth() {
+            request = request.header("Authorization", a);
+        }
+        let mut response = request.call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let mut request = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        if let Some(a) = self.auth() {
+            request = request.header("Authorization", a);
+        }
+        let mut response = request.send(body.to_string()).unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    fn upload(&self, name: &str, content: &str, purpose: &str) -> (u16, Value) {
+        let boundary = "openrft-test-boundary";
+        let body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\n{purpose}\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n{content}\r\n--{boundary}--\r\n"
+        );
+        let mut request = self.agent.post(format!("{}/files", self.base)).header(
+            "Content-Type",
+            format!("multipart/form-data; boundary={boundary}"),
+        );
+        if let Some(a) = self.auth() {
+            request = request.header("Authorization", a);
+        }
+        let mut response = request.send(body).unwrap();
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap())
+    }
+
+    fn wait_for(&self, job: &str, statuses: &[&str], limit: Duration) -> Value {
+        let start = Instant::now();
+        loop {
+            let (_, body) = self.get(&format!("/fine_tuning/jobs/{job}"));
+            if statuses.contains(&body["status"].as_str().unwrap_or_default()) {
+                return body;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "job {job} still {} after {limit:?}",
+                body["status"]
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn dataset(rows: usize) -> String {
+    (0..rows)
+        .map(|i| {
+            json!({"messages": [{"role": "user", "content": format!("Say x please {i}")}], "target": "x"})
+                .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+fn grader() -> Value {
+    json!({"type": "string_check", "name": "has_x", "operation": "like",
+           "input": "{{sample.output_text}}", "reference": "{{item.target}}"})
+}
+
+fn job_body(model: &Path, train: &str, valid: &str, hyper: Value) -> Value {
+    json!({
+        "model": model.to_str().unwrap(),
+        "training_file": train,
+        "validation_file": valid,
+        "suffix": "toy",
+        "seed": 3,
+        "metadata": {"team": "rl"},
+        "method": {"type": "reinforcement", "reinforcement": {
+            "grader": grader(),
+            "hyperparameters": hyper,
+        }}
+    })
+}
+
+#[test]
+fn an_rft_job_runs_end_to_end_over_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    rft_model::tiny::write_tiny_model(&model, Architecture::Qwen2, 5).unwrap();
+    let server = Server::start(&tmp.path().join("data"), &[]);
+
+    // Files.
+    let (status, train) = server.upload("train.jsonl", &dataset(6), "fine-tune");
+    assert_eq!(status, 200, "{train}");
+    assert_eq!(train["status"], "processed");
+    let (_, valid) = server.upload("valid.jsonl", &dataset(2), "fine-tune");
+    let (_, bad) = server.upload("bad.jsonl", "{\"messages\": []}\nnot json\n", "fine-tune");
+    assert_eq!(bad["status"], "error");
+    assert!(
+        bad["status_details"]
+            .as_str()
+            .unwrap()
+            .contains("bad.jsonl:1"),
+        "{bad}"
+    );
+    let (status, listed) = server.get("/files?purpose=fine-tune&limit=2");
+    assert_eq!(status, 200);
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+    assert_eq!(listed["has_more"], true);
+    let (status, _) = server.upload("x.txt", "hi", "nonsense");
+    assert_eq!(status, 400);
+
+    // Graders.
+    let (status, body) = server.post(
+        "/fine_tuning/alpha/graders/run",
+        &json!({"grader": grader(), "model_sample": "xx", "item": {"target": "x"}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reward"], 1.0);
+    let (status, body) = server.post(
+        "/fine_tuning/alpha/graders/validate",
+        &json!({"grader": {"type": "text_similarity", "name": "t", "input": "a", "reference": "b",
+                           "evaluation_metric": "nope"}}),
+    );
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert!(body["error"]["param"]
+        .as_str()
+        .unwrap()
+        .starts_with("grader"));
+
+    // A job whose training file is malformed fails with the line.
+    let bad_job = job_body(
+        &model,
+        bad["id"].as_str().unwrap(),
+        valid["id"].as_str().unwrap(),
+        json!({}),
+    );
+    let (status, created) = server.post("/fine_tuning/jobs", &bad_job);
+    assert_eq!(status, 200, "{created}");
+    let failed = server.wait_for(
+        created["id"].as_str().unwrap(),
+        &["failed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(failed["error"]["param"], "training_file");
+    assert!(
+        failed["error"]["message"].as_str().unwrap().contains(":1:"),
+        "{failed}"
+    );
+
+    // A real job.
+    let body = job_body(
+        &model,
+        train["id"].as_str().unwrap(),
+        valid["id"].as_str().unwrap(),
+        json!({"batch_size": 2, "n_epochs": 1, "compute_multiplier": 0.5, "eval_interval": 1,
+               "eval_samples": 2, "lora_rank": 4, "max_completion_tokens": 4}),
+    );
+    let (status, job) = server.post("/fine_tuning/jobs", &body);
+    assert_eq!(status, 200, "{job}");
+    assert_eq!(job["object"], "fine_tuning.job");
+    assert_eq!(
+        job["method"]["reinforcement"]["hyperparameters"]["eval_samples"],
+        2
+    );
+    let id = job["id"].as_str().unwrap().to_owned();
+    let done = server.wait_for(&id, &["succeeded", "failed"], Duration::from_secs(300));
+    assert_eq!(done["status"], "succeeded", "{done}");
+    let ft = done["fine_tuned_model"].as_str().unwrap().to_owned();
+    assert!(ft.starts_with("ft:") && ft.ends_with(&id), "{ft}");
+    assert_eq!(done["hyperparameters"]["batch_size"], 2);
+
+    let (_, events) = server.get(&format!("/fine_tuning/jobs/{id}/events?limit=100"));
+    let events = events["data"].as_array().unwrap().clone();
+    assert!(events.iter().any(|e| e["type"] == "metrics"));
+    let created_at: Vec<i64> = events
+        .iter()
+        .map(|e| e["created_at"].as_i64().unwrap())
+        .collect();
+    assert!(created_at.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    let (_, first_two) = server.get(&format!("/fine_tuning/jobs/{id}/events?limit=2"));
+    let cursor = first_two["data"][1]["id"].as_str().unwrap();
+    let (_, next) = server.get(&format!(
+        "/fine_tuning/jobs/{id}/events?limit=1&after={cursor}"
+    ));
+    assert_eq!(next["data"][0]["id"], events[2]["id"]);
+
+    let (_, checkpoints) = server.get(&format!("/fine_tuning/jobs/{id}/checkpoints"));
+    let checkpoints = checkpoints["data"].as_array().unwrap().clone();
+    assert!(!checkpoints.is_empty() && checkpoints.len() <= 3);
+    let ckpt_model = checkpoints[0]["fine_tuned_model_checkpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(checkpoints[0].get("path").is_none());
+
+    let (_, models) = server.get("/models");
+    let names: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert!(names.contains(&ft.as_str()) && names.contains(&ckpt_model.as_str()));
+
+    // Chat with the fine-tuned model and a checkpoint.
+    for name in [&ft, &ckpt_model] {
+        let (status, chat) = server.post(
+            "/chat/completions",
+            &json!({"model": name, "messages": [{"role": "user", "content": "Say x"}],
+                    "max_completion_tokens": 5, "n": 2, "seed": 1, "logprobs": true}),
+        );
+        assert_eq!(status, 200, "{chat}");
+        assert_eq!(chat["choices"].as_array().unwrap().len(), 2);
+        assert!(chat["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+        assert!(chat["choices"][0]["logprobs"]["content"].is_array());
+    }
+    let mut response = server
+        .agent
+        .post(format!("{}/chat/completions", server.base))
+        .header("Content-Type", "application/json")
+        .send(
+            json!({"model": ft, "messages": [{"role": "user", "content": "Say x"}],
+                   "max_tokens": 5, "stream": true, "seed": 1,
+                   "stream_options": {"include_usage": true}})
+            .to_string(),
+        )
+        .unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(text.trim_end().ends_with("data: [DONE]"));
+    assert_eq!(chunks[0]["object"], "chat.completion.chunk");
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"].is_string()));
+    assert!(
+        chunks.last().unwrap()["usage"]["total_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+
+    // State machine errors and unknown ids.
+    let (status, body) = server.post(&format!("/fine_tuning/jobs/{id}/pause"), &json!({}));
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server.get("/fine_tuning/jobs/ftjob-nope");
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["type"], "not_found_error");
+    let (status, _) = server.post(
+        "/chat/completions",
+        &json!({"model": "ft:nope:x:ftjob-nope", "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(status, 404);
+    let (status, body) = server.post(
+        "/fine_tuning/jobs",
+        &json!({"model": "m", "training_file": train["id"], "method": {"type": "supervised"}}),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (_, listed) = server.get("/fine_tuning/jobs?metadata[team]=rl&limit=10");
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+    let (_, listed) = server.get("/fine_tuning/jobs?metadata[team]=other");
+    assert!(listed["data"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn pause_resume_and_cancel_follow_the_status_machine() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    rft_model::tiny::write_tiny_model(&model, Architecture::Llama, 9).unwrap();
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    let (_, train) = server.upload("train.jsonl", &dataset(40), "fine-tune");
+    let (_, valid) = server.upload("valid.jsonl", &dataset(1), "fine-tune");
+    let body = job_body(
+        &model,
+        train["id"].as_str().unwrap(),
+        valid["id"].as_str().unwrap(),
+        json!({"batch_size": 2, "n_epochs": 1, "compute_multiplier": 0.25, "eval_interval": 50,
+               "eval_samples": 1, "lora_rank": 2, "max_completion_tokens": 3}),
+    );
+    let (_, job) = server.post("/fine_tuning/jobs", &body);
+    let id = job["id"].as_str().unwrap().to_owned();
+    server.wait_for(&id, &["running"], Duration::from_secs(60));
+    let (status, paused) = server.post(&format!("/fine_tuning/jobs/{id}/pause"), &json!({}));
+    assert_eq!(status, 200, "{paused}");
+    assert_eq!(paused["status"], "paused");
+    // The trainer stops at its step boundary and says so.
+    let start = Instant::now();
+    loop {
+        let (_, events) = server.get(&format!("/fine_tuning/jobs/{id}/events?limit=100"));
+        if events["data"].as_array().unwrap().iter().any(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("Paused after step")
+        }) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no pause event");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, resumed) = server.post(&format!("/fine_tuning/jobs/{id}/resume"), &json!({}));
+    assert_eq!(status, 200, "{resumed}");
+    assert_eq!(resumed["status"], "queued");
+    server.wait_for(&id, &["running"], Duration::from_secs(60));
+    let (status, cancelled) = server.post(&format!("/fine_tuning/jobs/{id}/cancel"), &json!({}));
+    assert_eq!(status, 200);
+    assert_eq!(cancelled["status"], "cancelled");
+    let (status, _) = server.post(&format!("/fine_tuning/jobs/{id}/resume"), &json!({}));
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn api_keys_are_required_when_configured() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &["sekret"]);
+    let (status, _) = server.get("/models");
+    assert_eq!(status, 200);
+    let anonymous = Server {
+        base: server.base.clone(),
+        key: None,
+        agent: server.agent.clone(),
+        stop: None,
+        thread: None,
+    };
+    let (status, body) = anonymous.get("/models");
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["type"], "authentication_error");
+    let wrong = Server {
+        base: server.base.clone(),
+        key: Some("nope".into()),
+        agent: server.agent.clone(),
+        stop: None,
+        thread: None,
+    };
+    let (status, _) = wrong.get("/files");
+    assert_eq!(status, 401);
+}
