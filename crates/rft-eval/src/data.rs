@@ -173,7 +173,9 @@ fn read_eval_run(path: &Path, text: &str) -> Result<EvalData, EvalError> {
         let value: Value = serde_json::from_str(line)
             .map_err(|e| fail(format!("invalid JSON at column {}: {e}", e.column())))?;
         let Value::Object(mut object) = value else {
-            return Err(fail("expected a JSON object {\"item\": {...}, \"sample\": {...}}".into()));
+            return Err(fail(
+                "expected a JSON object {\"item\": {...}, \"sample\": {...}}".into(),
+            ));
         };
         let item = match object.remove("item") {
             Some(Value::Object(item)) => item,
@@ -249,10 +251,13 @@ mod tests {
 
     #[test]
     fn errors_name_file_line_and_field() {
-        let (_dir, path) = write("{\"item\": {}, \"sample\": {\"output_text\": \"a\"}}\n{\"item\": 3}\n");
+        let (_dir, path) =
+            write("{\"item\": {}, \"sample\": {\"output_text\": \"a\"}}\n{\"item\": 3}\n");
         let err = read_data(&path).unwrap_err().to_string();
         assert!(err.contains("data.jsonl:2: item:"), "{err}");
-        let (_dir, path) = write("{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n{\"messages\": []}\n");
+        let (_dir, path) = write(
+            "{\"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}\n{\"messages\": []}\n",
+        );
         let err = read_data(&path).unwrap_err().to_string();
         assert!(err.contains("data.jsonl:2: messages"), "{err}");
     }

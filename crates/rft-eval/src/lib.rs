@@ -22,9 +22,9 @@
 
 pub mod data;
 mod error;
-// pub mod objects;
+pub mod objects;
 pub mod policy;
-// pub mod report;
+pub mod report;
 pub mod run;
 pub mod stats;
 

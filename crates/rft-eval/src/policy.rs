@@ -193,7 +193,10 @@ fn generate_local(
     let format = options
         .response_format
         .as_ref()
-        .map(|v| ResponseFormat::from_value(v).map_err(|e| EvalError::Config(format!("response_format: {e}"))))
+        .map(|v| {
+            ResponseFormat::from_value(v)
+                .map_err(|e| EvalError::Config(format!("response_format: {e}")))
+        })
         .transpose()?;
     let mut requests = Vec::with_capacity(rows.len());
     let mut prompt_lens = Vec::with_capacity(rows.len());
@@ -203,12 +206,14 @@ fn generate_local(
             .iter()
             .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
             .collect();
-        let prompt = engine.chat_prompt(&messages, row.tools.as_deref()).map_err(|e| {
-            EvalError::Config(format!(
-                "row {}: cannot render the chat template: {e}",
-                row.index + 1
-            ))
-        })?;
+        let prompt = engine
+            .chat_prompt(&messages, row.tools.as_deref())
+            .map_err(|e| {
+                EvalError::Config(format!(
+                    "row {}: cannot render the chat template: {e}",
+                    row.index + 1
+                ))
+            })?;
         prompt_lens.push(prompt.len() as u64);
         let params = SamplingParams {
             temperature: options.temperature,
@@ -247,7 +252,8 @@ fn generate_remote(
     let jobs: Vec<(usize, usize)> = (0..rows.len())
         .flat_map(|r| (0..k).map(move |s| (r, s)))
         .collect();
-    let results: Mutex<Vec<Vec<Generated>>> = Mutex::new(vec![vec![Generated::default(); k]; rows.len()]);
+    let results: Mutex<Vec<Vec<Generated>>> =
+        Mutex::new(vec![vec![Generated::default(); k]; rows.len()]);
     let next = AtomicUsize::new(0);
     let workers = remote.concurrency.min(jobs.len()).max(1);
     std::thread::scope(|scope| {

@@ -65,7 +65,10 @@ pub struct RowResult {
 impl RowResult {
     /// The rewards of the samples graded without error.
     pub fn rewards(&self) -> Vec<f64> {
-        self.samples.iter().filter_map(SampleResult::reward).collect()
+        self.samples
+            .iter()
+            .filter_map(SampleResult::reward)
+            .collect()
     }
 }
 
@@ -94,9 +97,17 @@ pub fn run_eval(
     let done: std::collections::HashSet<usize> =
         finished.iter().map(|r| r.datasource_item_id).collect();
     if !done.is_empty() {
-        tracing::info!("resuming: {} of {} rows already graded", done.len(), data.rows.len());
+        tracing::info!(
+            "resuming: {} of {} rows already graded",
+            done.len(),
+            data.rows.len()
+        );
     }
-    let todo: Vec<&EvalRow> = data.rows.iter().filter(|r| !done.contains(&r.index)).collect();
+    let todo: Vec<&EvalRow> = data
+        .rows
+        .iter()
+        .filter(|r| !done.contains(&r.index))
+        .collect();
     let mut writer = match &config.output {
         Some(path) => Some(ResultsWriter::open(path)?),
         None => None,
@@ -141,7 +152,11 @@ fn given_sample(row: &EvalRow) -> Result<Vec<Generated>, EvalError> {
 }
 
 /// Grades generated answers (all rows' samples in one parallel pass).
-fn grade_rows(grader: &CompiledGrader, rows: &[&EvalRow], generated: Vec<Vec<Generated>>) -> Vec<RowResult> {
+fn grade_rows(
+    grader: &CompiledGrader,
+    rows: &[&EvalRow],
+    generated: Vec<Vec<Generated>>,
+) -> Vec<RowResult> {
     let mut requests = Vec::new();
     let mut samples: Vec<Vec<(Sample, Generated)>> = Vec::new();
     for (row, group) in rows.iter().zip(generated) {
@@ -171,7 +186,11 @@ fn grade_rows(grader: &CompiledGrader, rows: &[&EvalRow], generated: Vec<Vec<Gen
             samples: group
                 .into_iter()
                 .map(|(sample, g)| SampleResult {
-                    grade: if g.error.is_none() { grades.next() } else { None },
+                    grade: if g.error.is_none() {
+                        grades.next()
+                    } else {
+                        None
+                    },
                     sample,
                     finish_reason: g.finish_reason,
                     prompt_tokens: g.prompt_tokens,
@@ -186,7 +205,11 @@ fn grade_rows(grader: &CompiledGrader, rows: &[&EvalRow], generated: Vec<Vec<Gen
 /// Reads the rows an earlier run finished. A torn last line (a crash mid-write) is dropped and
 /// cut from the file; anything else that does not fit this dataset is an error, because mixing
 /// two runs' rows would give a report about neither.
-fn read_results(path: &Path, data: &EvalData, config: &EvalConfig) -> Result<Vec<RowResult>, EvalError> {
+fn read_results(
+    path: &Path,
+    data: &EvalData,
+    config: &EvalConfig,
+) -> Result<Vec<RowResult>, EvalError> {
     let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -216,9 +239,16 @@ fn read_results(path: &Path, data: &EvalData, config: &EvalConfig) -> Result<Vec
                 truncate(path, good_bytes)?;
                 break;
             }
-            Err(e) => return Err(fail(format!("not a results line ({e}); pass another --output or delete the file"))),
+            Err(e) => {
+                return Err(fail(format!(
+                    "not a results line ({e}); pass another --output or delete the file"
+                )))
+            }
         };
-        let expected = data.rows.get(row.datasource_item_id).map(EvalRow::item_value);
+        let expected = data
+            .rows
+            .get(row.datasource_item_id)
+            .map(EvalRow::item_value);
         if expected.as_ref() != Some(&row.item) {
             return Err(fail(format!(
                 "row {} does not match the dataset {} (another dataset wrote this results file); pass another --output or delete the file",
@@ -226,7 +256,11 @@ fn read_results(path: &Path, data: &EvalData, config: &EvalConfig) -> Result<Vec
                 data.path.display()
             )));
         }
-        let k = if data.rows[row.datasource_item_id].sample.is_some() { 1 } else { config.sampling.samples.max(1) };
+        let k = if data.rows[row.datasource_item_id].sample.is_some() {
+            1
+        } else {
+            config.sampling.samples.max(1)
+        };
         if row.samples.len() != k {
             return Err(fail(format!(
                 "row {} has {} samples but this run asks for {k}; rerun with --samples {} or pass another --output",
@@ -274,7 +308,9 @@ impl ResultsWriter {
     fn append(&mut self, row: &RowResult) -> Result<(), EvalError> {
         let mut line = serde_json::to_vec(row).map_err(|e| EvalError::Config(e.to_string()))?;
         line.push(b'\n');
-        self.file.write_all(&line).map_err(EvalError::io(&self.path))?;
+        self.file
+            .write_all(&line)
+            .map_err(EvalError::io(&self.path))?;
         self.file.sync_data().map_err(EvalError::io(&self.path))
     }
 }

@@ -36,7 +36,11 @@ pub fn histogram(values: &[f64], lo: f64, hi: f64, n_bins: usize) -> Vec<usize> 
     let width = (hi - lo).max(f64::EPSILON);
     for v in values {
         let idx = (((v - lo) / width) * n_bins as f64).floor();
-        let idx = if idx.is_finite() { idx.clamp(0.0, (n_bins - 1) as f64) } else { 0.0 };
+        let idx = if idx.is_finite() {
+            idx.clamp(0.0, (n_bins - 1) as f64)
+        } else {
+            0.0
+        };
         counts[idx as usize] += 1;
     }
     counts
