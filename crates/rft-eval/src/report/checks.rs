@@ -204,8 +204,8 @@ fn probe_rows(rows: &[ProbeRow]) -> &[ProbeRow] {
     &rows[..rows.len().min(PROBE_MAX_ROWS)]
 }
 
-/// Distinct reference values, most common first.
-fn reference_values(rows: &[ProbeRow], field: &str) -> Vec<String> {
+/// Distinct reference values with their counts, most common first.
+fn reference_values(rows: &[ProbeRow], field: &str) -> Vec<(String, usize)> {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for row in rows {
         if let Some(text) = row.item.get(field).and_then(value_text) {
@@ -214,7 +214,7 @@ fn reference_values(rows: &[ProbeRow], field: &str) -> Vec<String> {
     }
     let mut values: Vec<(String, usize)> = counts.into_iter().collect();
     values.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-    values.into_iter().map(|(v, _)| v).collect()
+    values
 }
 
 /// 4. Lucky guesses: what trivial strategies score on the same rows, next to the model.
@@ -239,12 +239,17 @@ pub fn check_lucky_guesses(
     )];
     if let Some(field) = reference_field {
         let values = reference_values(rows, field);
-        if let Some(top) = values.first() {
+        // A value seen once is no "most common" answer: as a constant it would score on its
+        // own row only, an artefact of picking it from the same rows.
+        if let Some((top, _)) = values.first().filter(|(_, count)| *count >= 2) {
             strategies.push((
                 "constant",
                 format!("always {top:?} (the most common `{field}`)"),
                 vec![top.clone(); rows.len()],
             ));
+        }
+        let values: Vec<String> = values.into_iter().map(|(v, _)| v).collect();
+        if !values.is_empty() {
             let random = rows
                 .iter()
                 .enumerate()
