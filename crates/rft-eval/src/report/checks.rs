@@ -16,6 +16,9 @@ use crate::stats::{ci95, histogram, mean, pearson, spearman, std};
 /// Bins of every histogram in the report.
 const HISTOGRAM_BINS: usize = 10;
 
+/// A probe: its name, its description, and its answers with the items they answer.
+type Probe = (&'static str, String, Vec<(String, Value)>);
+
 /// A row as the probes see it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbeRow {
@@ -316,7 +319,7 @@ pub fn check_hacking(
     if rows.is_empty() {
         return Check::skipped(ID, TITLE, "Skipped: no rows.".into());
     }
-    let mut probes: Vec<(&str, String, Vec<(String, Value)>)> = Vec::new();
+    let mut probes: Vec<Probe> = Vec::new();
     let filler = long_filler(HACKING_LONG_CHARS);
     probes.push((
         "long_output",
@@ -462,8 +465,8 @@ pub fn check_judge_stability(
     }
 }
 
-/// 7. Judge alignment: the reference answer must score near the max, another row's reference
-/// near the min.
+/// Check 7, judge alignment: the reference answer must score near the max, and another row's
+/// reference near the min.
 pub fn check_judge_alignment(
     grader: &CompiledGrader,
     items: &[Value],
