@@ -25,6 +25,11 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: GraderCommand,
     },
+    /// Run a model over a dataset, grade every sample, and write the eval objects (and, with
+    /// --report, the RFT readiness report).
+    Eval(EvalArgs),
+    /// Check whether a task is ready for RFT: an eval plus the readiness report.
+    Doctor(EvalArgs),
     /// Sample completions from a model.
     Generate(GenerateArgs),
     /// List or fetch models.
@@ -195,6 +200,73 @@ pub(crate) struct BenchGradersArgs {
     /// Skip the Python side and report OpenRFT's timings alone.
     #[arg(long)]
     pub(crate) no_reference: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EvalArgs {
+    /// The data: an RFT dataset (messages + item fields) or an eval-run JSONL file
+    /// ({"item": ..., "sample": ...} lines, graded as they are).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) dataset: PathBuf,
+    /// The grader spec (JSON file), as in an RFT job's `grader`.
+    #[arg(long, value_name = "GRADER.json")]
+    pub(crate) grader: PathBuf,
+    /// The model: any model `rft generate` takes (an adapter folder included), or, with
+    /// --base-url, the model name the endpoint serves.
+    #[arg(long, default_value = rft_model::hub::SMOLLM2_135M_INSTRUCT.name)]
+    pub(crate) model: String,
+    /// An OpenAI-compatible API root (e.g. http://localhost:8000/v1): sample the model there.
+    #[arg(long, value_name = "URL")]
+    pub(crate) base_url: Option<String>,
+    /// The endpoint's API key.
+    #[arg(
+        long,
+        env = "RFT_EVAL_API_KEY",
+        hide_env_values = true,
+        requires = "base_url"
+    )]
+    pub(crate) api_key: Option<String>,
+    /// Requests in flight at once against --base-url.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) concurrency: usize,
+    /// Samples per row (K); the learnability check needs at least 2.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) samples: usize,
+    /// Evaluate only the first N rows.
+    #[arg(long, value_name = "N")]
+    pub(crate) limit: Option<usize>,
+    /// Most new tokens per sample.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_tokens: usize,
+    /// Sampling temperature (RFT samples at 1).
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) temperature: f64,
+    /// Nucleus sampling mass.
+    #[arg(long, default_value_t = 1.0)]
+    pub(crate) top_p: f64,
+    /// Seed; each row's samples derive from it and the row index.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) seed: u64,
+    /// OpenAI `response_format` JSON file (json_schema or json_object).
+    #[arg(long, value_name = "FORMAT.json")]
+    pub(crate) response_format: Option<PathBuf>,
+    /// Where to write report.json and report.html (`rft doctor` defaults to rft-report).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) report: Option<PathBuf>,
+    /// The resumable results file: each finished row is appended; a rerun skips them
+    /// (default: DIR/results.jsonl when a report is written).
+    #[arg(long, value_name = "RESULTS.jsonl")]
+    pub(crate) output: Option<PathBuf>,
+    /// The item field holding the reference answer (judge alignment, constant answers).
+    #[arg(long, value_name = "FIELD")]
+    pub(crate) reference_field: Option<String>,
+    /// How many times judge stability re-grades each sample.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) judge_repeats: usize,
+    /// Score at or above which a sample passes (default: the grader's pass_threshold, 1 for
+    /// string_check and label_model, else 0.5).
+    #[arg(long)]
+    pub(crate) pass_threshold: Option<f64>,
 }
 
 #[derive(Debug, Args)]

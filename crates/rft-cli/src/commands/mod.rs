@@ -12,6 +12,7 @@ mod bench;
 pub(crate) mod bench_decode;
 pub(crate) mod bench_grpo;
 pub(crate) mod bench_train;
+pub(crate) mod eval;
 mod generate;
 mod grade;
 mod grader;
@@ -26,6 +27,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Grader {
             command: GraderCommand::Validate { grader: path },
         } => grader::validate(&path),
+        Command::Eval(args) => eval::run(&args, eval::Mode::Eval),
+        Command::Doctor(args) => eval::run(&args, eval::Mode::Doctor),
         Command::Generate(args) => generate::run(&args),
         Command::Train(args) => train::train(&args),
         Command::Quickstart(args) => train::quickstart(&args),

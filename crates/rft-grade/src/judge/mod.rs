@@ -153,42 +153,54 @@ pub enum JudgeSetupError {
     MissingApiKey(String),
 }
 
-/// Why a judge call failed, after any retries.
+/// Why a chat-completions call failed, after any retries.
 #[derive(Debug, Clone, thiserror::Error)]
-pub(crate) enum CallError {
+pub enum CallError {
     /// The endpoint answered with an error status.
     #[error("HTTP {status} from {endpoint} ({attempts} attempt{s}): {body}", s = plural(*attempts))]
     Status {
+        /// The HTTP status of the last attempt.
         status: u16,
+        /// The URL called.
         endpoint: String,
+        /// Attempts made.
         attempts: u32,
+        /// An excerpt of the last response body.
         body: String,
     },
     /// The request did not get an answer: connection refused or reset, timeout, TLS failure.
     #[error("calling {endpoint} failed ({attempts} attempt{s}): {message}", s = plural(*attempts))]
     Transport {
+        /// The URL called.
         endpoint: String,
+        /// Attempts made.
         attempts: u32,
+        /// What went wrong.
         message: String,
     },
     /// The endpoint answered 2xx with something that is not a chat completion.
     #[error("{endpoint} answered with something that is not a chat completion: {message}")]
-    Malformed { endpoint: String, message: String },
+    Malformed {
+        /// The URL called.
+        endpoint: String,
+        /// What was wrong with the body.
+        message: String,
+    },
 }
 
-/// The parts of a chat completion a model grader reads.
+/// The parts of a chat completion that graders and evals read.
 #[derive(Debug, Clone)]
-pub(crate) struct Completion {
+pub struct Completion {
     /// The response's `model`: the model that actually answered.
-    pub(crate) model: Option<String>,
+    pub model: Option<String>,
     /// `choices[0].message.content`, with text parts joined if it is a list.
-    pub(crate) content: Option<String>,
+    pub content: Option<String>,
     /// `choices[0].message.refusal` when present and not null.
-    pub(crate) refusal: Option<String>,
+    pub refusal: Option<String>,
     /// `choices[0].finish_reason`.
-    pub(crate) finish_reason: Option<String>,
+    pub finish_reason: Option<String>,
     /// `usage`, zeros where absent.
-    pub(crate) usage: TokenUsage,
+    pub usage: TokenUsage,
 }
 
 /// Calls one judge endpoint for every model grader compiled with it. Cheap to create: no
@@ -278,11 +290,12 @@ impl JudgeClient {
             .as_ref()
     }
 
-    /// Posts a chat-completions request, retrying as configured.
+    /// Posts a chat-completions request, retrying as configured. Evals use it to sample the
+    /// model under test from any OpenAI-compatible endpoint with the judge's retry policy.
     ///
     /// The concurrency slot is held for the whole call, backoff included, so that a judge that
     /// is rate-limiting never sees more than `max_concurrency` callers at once.
-    pub(crate) fn complete(&self, request: &Value) -> Result<Completion, CallError> {
+    pub fn complete(&self, request: &Value) -> Result<Completion, CallError> {
         let body = request.to_string();
         let _slot = self.slots.acquire();
         let deadline = Instant::now() + self.config.deadline;
