@@ -177,6 +177,9 @@ pub(crate) enum BenchCommand {
     /// One GRPO step (sampling, grading, training) on the default model, and with
     /// `--reference` TRL's GRPOTrainer on the same weights and batch shape.
     Grpo(crate::commands::bench_grpo::BenchGrpoArgs),
+    /// `rft serve` under load: graders/run and chat completions from many clients while a job
+    /// trains; throughput and p50/p99 latency.
+    Serve(crate::commands::bench_serve::BenchServeArgs),
 }
 
 #[derive(Debug, Args)]

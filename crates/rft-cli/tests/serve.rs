@@ -17,10 +17,19 @@ struct Serve {
 
 impl Serve {
     fn start(data: &Path, key: &str) -> Serve {
+        // A free port, chosen first so the server can be its own judge endpoint (score_model
+        // and label_model graders call RFT_JUDGE_BASE_URL).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_rft"))
-            .args(["serve", "--port", "0", "--data"])
+            .args(["serve", "--port", &port.to_string(), "--data"])
             .arg(data)
             .env("RFT_API_KEYS", key)
+            .env("RFT_JUDGE_BASE_URL", format!("http://127.0.0.1:{port}/v1"))
+            .env("RFT_JUDGE_API_KEY", key)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()

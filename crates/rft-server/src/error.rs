@@ -112,6 +112,9 @@ impl From<rft_store::StoreError> for ApiError {
     }
 }
 
+/// Largest JSON body (files go through `/v1/files`, limited separately).
+pub const MAX_JSON_BODY: usize = 32 * 1024 * 1024;
+
 /// `axum::Json`, with malformed bodies reported in the error envelope.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
@@ -124,6 +127,22 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let length = req
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        if length > MAX_JSON_BODY {
+            return Err(ApiError {
+                status: StatusCode::PAYLOAD_TOO_LARGE,
+                message: format!(
+                    "The JSON body is {length} bytes; the limit is {MAX_JSON_BODY} (upload large data as a file)."
+                ),
+                param: None,
+                code: Some("request_too_large".into()),
+            });
+        }
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(match rejection {

@@ -129,7 +129,57 @@ impl std::fmt::Debug for ChatJob {
     }
 }
 
+/// A chat completion asked for by server code (eval runs), outside HTTP.
+#[derive(Debug, Clone)]
+pub struct ChatCall {
+    /// The API model name.
+    pub model: String,
+    /// The chat messages.
+    pub messages: Vec<Value>,
+    /// Samples.
+    pub n: usize,
+    /// How to sample.
+    pub params: SamplingParams,
+    /// Structured output.
+    pub response_format: Option<ResponseFormat>,
+}
+
+/// What a [`ChatCall`] returns.
+#[derive(Debug, Clone)]
+pub struct ChatOutput {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// The samples.
+    pub completions: Vec<Completion>,
+}
+
 impl Inference {
+    /// Samples through the same queue and batches as `/v1/chat/completions`, waiting for a
+    /// free place in the queue; for background work (eval runs), never on an async thread.
+    pub fn complete_blocking(&self, store: &Store, call: ChatCall) -> Result<ChatOutput, ApiError> {
+        let model = resolve(store, &call.model)?
+            .ok_or_else(|| ApiError::not_found("model", &call.model).with_param("model"))?;
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send(ChatJob {
+                model,
+                messages: call.messages,
+                tools: None,
+                n: call.n,
+                params: call.params,
+                response_format: call.response_format,
+                reply,
+            })
+            .map_err(|_| ApiError::internal("the inference thread is not running"))?;
+        let result = answer
+            .blocking_recv()
+            .map_err(|_| ApiError::internal("the inference thread dropped the request"))??;
+        Ok(ChatOutput {
+            prompt_tokens: result.prompt_tokens,
+            completions: result.completions,
+        })
+    }
+
     /// Starts the inference thread with a queue of `capacity` requests.
     pub fn start(_store: Arc<Store>, capacity: usize) -> Inference {
         let (queue, rx) = sync_channel(capacity.max(1));

@@ -7,10 +7,12 @@
 //! ([`inference`]); SQLite and a data folder for everything durable ([`rft_store`]).
 
 pub mod error;
+pub mod evals;
 pub mod files;
 pub mod graders;
 pub mod inference;
 pub mod jobs;
+pub mod loadtest;
 pub mod models;
 
 use std::net::SocketAddr;
@@ -21,7 +23,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::Router;
 use rft_store::Store;
 use serde_json::{json, Value};
@@ -37,8 +38,6 @@ pub struct ServerConfig {
     pub api_keys: Vec<String>,
     /// Largest file upload, bytes (OpenAI: 512 MB).
     pub max_upload_bytes: usize,
-    /// Largest JSON body, bytes.
-    pub max_body_bytes: usize,
     /// Chat requests waiting for the inference thread before new ones get 429.
     pub inference_queue: usize,
     /// The model `rft serve` lists as its base model.
@@ -52,7 +51,6 @@ impl ServerConfig {
             data_dir,
             api_keys: Vec::new(),
             max_upload_bytes: 512 * 1024 * 1024,
-            max_body_bytes: 32 * 1024 * 1024,
             inference_queue: 256,
             default_model: rft_model::hub::SMOLLM2_135M_INSTRUCT.name.to_owned(),
         }
@@ -134,40 +132,115 @@ pub fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usiz
     }
 }
 
+/// Declares every route once: the router registers them and `/openapi.json` describes them,
+/// so the document cannot drift from what is served.
+macro_rules! api_routes {
+    ($( $method:ident $path:literal => $handler:path, $summary:literal; )*) => {
+        /// `(method, path, handler, summary)` of every route.
+        pub const ROUTES: &[(&str, &str, &str, &str)] = &[
+            $( (stringify!($method), $path, stringify!($handler), $summary), )*
+        ];
+
+        fn add_routes(mut router: Router<SharedState>) -> Router<SharedState> {
+            $( router = router.route($path, axum::routing::$method($handler)); )*
+            router
+        }
+    };
+}
+
+api_routes! {
+    post "/v1/files" => files::upload, "Upload a file (multipart: file, purpose)";
+    get "/v1/files" => files::list, "List files";
+    get "/v1/files/{file_id}" => files::retrieve, "Retrieve a file";
+    delete "/v1/files/{file_id}" => files::delete, "Delete a file";
+    get "/v1/files/{file_id}/content" => files::content, "Download a file's content";
+    post "/v1/fine_tuning/alpha/graders/run" => graders::run, "Grade a sample with a grader";
+    post "/v1/fine_tuning/alpha/graders/validate" => graders::validate, "Validate a grader";
+    post "/v1/fine_tuning/jobs" => jobs::create, "Create a reinforcement fine-tuning job";
+    get "/v1/fine_tuning/jobs" => jobs::list, "List fine-tuning jobs";
+    get "/v1/fine_tuning/jobs/{job_id}" => jobs::retrieve, "Retrieve a fine-tuning job";
+    post "/v1/fine_tuning/jobs/{job_id}/cancel" => jobs::cancel, "Cancel a job";
+    post "/v1/fine_tuning/jobs/{job_id}/pause" => jobs::pause, "Pause a job (checkpointed)";
+    post "/v1/fine_tuning/jobs/{job_id}/resume" => jobs::resume, "Resume a paused job";
+    get "/v1/fine_tuning/jobs/{job_id}/events" => jobs::events, "List a job's events, newest first";
+    get "/v1/fine_tuning/jobs/{job_id}/checkpoints" => jobs::checkpoints, "List a job's checkpoints";
+    post "/v1/evals" => evals::create, "Create an eval";
+    get "/v1/evals" => evals::list, "List evals";
+    get "/v1/evals/{eval_id}" => evals::retrieve, "Retrieve an eval";
+    post "/v1/evals/{eval_id}" => evals::update, "Update an eval's name or metadata";
+    delete "/v1/evals/{eval_id}" => evals::delete, "Delete an eval";
+    post "/v1/evals/{eval_id}/runs" => evals::create_run, "Start an eval run";
+    get "/v1/evals/{eval_id}/runs" => evals::list_runs, "List an eval's runs";
+    get "/v1/evals/{eval_id}/runs/{run_id}" => evals::retrieve_run, "Retrieve a run";
+    post "/v1/evals/{eval_id}/runs/{run_id}" => evals::cancel_run, "Cancel a run";
+    delete "/v1/evals/{eval_id}/runs/{run_id}" => evals::delete_run, "Delete a run";
+    get "/v1/evals/{eval_id}/runs/{run_id}/output_items" => evals::list_items, "List a run's output items";
+    get "/v1/evals/{eval_id}/runs/{run_id}/output_items/{output_item_id}" => evals::retrieve_item, "Retrieve an output item";
+    get "/v1/models" => models::list, "List models (base, fine-tuned, checkpoints)";
+    get "/v1/models/{model}" => models::retrieve, "Retrieve a model";
+    post "/v1/chat/completions" => inference::chat_completions, "Create a chat completion (stream: SSE)";
+    get "/openapi.json" => openapi, "This document";
+}
+
+/// `GET /openapi.json`: OpenAPI 3.1 over [`ROUTES`].
+async fn openapi() -> axum::Json<Value> {
+    axum::Json(openapi_document())
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi_document() -> Value {
+    let mut paths = serde_json::Map::new();
+    for (method, path, handler, summary) in ROUTES {
+        let parameters: Vec<Value> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| {
+                json!({"name": name, "in": "path", "required": true,
+                               "schema": {"type": "string"}})
+            })
+            .collect();
+        let operation_id = handler.replace(" :: ", "_").replace("::", "_");
+        let mut operation = json!({
+            "operationId": operation_id,
+            "summary": summary,
+            "parameters": parameters,
+            "responses": {
+                "200": {"description": "The object, a list page, or an SSE stream (chat with stream: true)"},
+                "default": {"description": "An error: {\"error\": {message, type, param, code}}"},
+            },
+        });
+        if *method == "post"
+            && !path.contains("/cancel")
+            && !path.contains("/pause")
+            && !path.contains("/resume")
+        {
+            let content = if *path == "/v1/files" {
+                json!({"multipart/form-data": {"schema": {"type": "object"}}})
+            } else {
+                json!({"application/json": {"schema": {"type": "object"}}})
+            };
+            operation["requestBody"] = json!({"required": true, "content": content});
+        }
+        let entry = paths.entry((*path).to_owned()).or_insert_with(|| json!({}));
+        entry[*method] = operation;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "OpenRFT", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "OpenAI's fine-tuning, graders, evals, files, models and chat API, self-hosted (docs/api.md)"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+        "paths": paths,
+    })
+}
+
 /// The whole API under `/v1`.
 pub fn router(state: SharedState) -> Router {
-    let uploads = Router::new()
-        .route("/v1/files", post(files::upload).get(files::list))
-        .layer(DefaultBodyLimit::max(state.config.max_upload_bytes));
-    let api = Router::new()
-        .route(
-            "/v1/files/{file_id}",
-            get(files::retrieve).delete(files::delete),
-        )
-        .route("/v1/files/{file_id}/content", get(files::content))
-        .route("/v1/fine_tuning/alpha/graders/run", post(graders::run))
-        .route(
-            "/v1/fine_tuning/alpha/graders/validate",
-            post(graders::validate),
-        )
-        .route("/v1/fine_tuning/jobs", post(jobs::create).get(jobs::list))
-        .route("/v1/fine_tuning/jobs/{job_id}", get(jobs::retrieve))
-        .route("/v1/fine_tuning/jobs/{job_id}/cancel", post(jobs::cancel))
-        .route("/v1/fine_tuning/jobs/{job_id}/pause", post(jobs::pause))
-        .route("/v1/fine_tuning/jobs/{job_id}/resume", post(jobs::resume))
-        .route("/v1/fine_tuning/jobs/{job_id}/events", get(jobs::events))
-        .route(
-            "/v1/fine_tuning/jobs/{job_id}/checkpoints",
-            get(jobs::checkpoints),
-        )
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{model}", get(models::retrieve))
-        .route("/v1/chat/completions", post(inference::chat_completions))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes));
-    Router::new()
-        .merge(uploads)
-        .merge(api)
+    // One limit, the upload's; JSON bodies are held to
+    // `error::MAX_JSON_BODY` by `ApiJson`.
+    add_routes(Router::new())
         .fallback(|| async { ApiError::new_not_found_route().into_response() })
+        .layer(DefaultBodyLimit::max(state.config.max_upload_bytes))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
@@ -257,6 +330,70 @@ pub async fn serve_on(
     let scheduler = &state.scheduler;
     tokio::task::block_in_place(|| scheduler.shutdown());
     Ok(())
+}
+
+/// A server running on a thread of its own (benchmarks, tests); stopped when dropped.
+#[derive(Debug)]
+pub struct BackgroundServer {
+    /// `http://127.0.0.1:PORT/v1`.
+    pub base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl BackgroundServer {
+    /// Starts a server on a free loopback port.
+    pub fn start(config: ServerConfig) -> Result<BackgroundServer, ServeError> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listener = std::net::TcpListener::bind(addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("rft-serve".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => return tracing::error!("cannot start the HTTP runtime: {e}"),
+                };
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => return tracing::error!("cannot listen: {e}"),
+                    };
+                    let shutdown = async move {
+                        let _ = stopped.await;
+                    };
+                    if let Err(e) = serve_on(config, listener, shutdown).await {
+                        tracing::error!("server: {e}");
+                    }
+                });
+            })
+            .map_err(|e| ServeError::Thread("server", e))?;
+        Ok(BackgroundServer {
+            base: format!("http://{local}/v1"),
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Runs [`serve`] on a runtime of its own (for the `rft serve` command).

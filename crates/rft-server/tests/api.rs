@@ -425,3 +425,69 @@ fn api_keys_are_required_when_configured() {
     let (status, _) = wrong.get("/files");
     assert_eq!(status, 401);
 }
+
+#[test]
+fn graders_and_chats_under_concurrent_load_while_a_job_trains() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    rft_model::tiny::write_tiny_model(&model, Architecture::Qwen2, 3).unwrap();
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    let (_, train) = server.upload("train.jsonl", &dataset(20), "fine-tune");
+    let (_, valid) = server.upload("valid.jsonl", &dataset(1), "fine-tune");
+    let body = job_body(
+        &model,
+        train["id"].as_str().unwrap(),
+        valid["id"].as_str().unwrap(),
+        json!({"batch_size": 2, "n_epochs": 50, "compute_multiplier": 0.25, "eval_interval": 1000,
+               "eval_samples": 1, "lora_rank": 2, "max_completion_tokens": 3}),
+    );
+    let (_, job) = server.post("/fine_tuning/jobs", &body);
+    let id = job["id"].as_str().unwrap().to_owned();
+    server.wait_for(&id, &["running"], Duration::from_secs(60));
+    let plan = rft_server::loadtest::LoadPlan {
+        grader_requests: 300,
+        grader_clients: 16,
+        chat_requests: 40,
+        chat_clients: 8,
+        chat_model: model.to_str().unwrap().to_owned(),
+        chat_max_tokens: 4,
+    };
+    let (graders, chats) = rft_server::loadtest::run(&server.base, None, &plan);
+    assert_eq!(graders.requests, 300);
+    assert!(graders.failures.is_empty(), "{:?}", graders.failures);
+    assert_eq!(graders.ok + graders.rejected, 300);
+    assert_eq!(chats.requests, 40);
+    assert!(chats.failures.is_empty(), "{:?}", chats.failures);
+    assert!(chats.ok > 0);
+    let (_, running) = server.get(&format!("/fine_tuning/jobs/{id}"));
+    assert_eq!(
+        running["status"], "running",
+        "the job trained through the load"
+    );
+    server.post(&format!("/fine_tuning/jobs/{id}/cancel"), &json!({}));
+}
+
+#[test]
+fn openapi_describes_every_route() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &[]);
+    let root = server.base.trim_end_matches("/v1");
+    let mut response = server
+        .agent
+        .get(format!("{root}/openapi.json"))
+        .call()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let doc: Value = serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (method, path, _, _) in rft_server::ROUTES {
+        assert!(
+            paths[*path][*method]["operationId"].is_string(),
+            "{method} {path} missing"
+        );
+    }
+    assert!(paths.contains_key("/v1/fine_tuning/jobs/{job_id}/pause"));
+    let (status, body) = server.get("/no/such/route");
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "unknown_url");
+}

@@ -41,6 +41,14 @@ multi = {"type": "multi", "name": "mix", "graders": {"a": grader, "b": {"type": 
          "evaluation_metric": "fuzzy_match"}}, "calculate_output": "0.5 * a + 0.5 * b"}
 run = client.fine_tuning.alpha.graders.run(grader=multi, model_sample="x", item={"target": "x"})
 assert abs(run.reward - 1.0) < 1e-9 and set(run.sub_rewards) == {"a", "b"}, run
+# A model grader whose judge is this server itself (RFT_JUDGE_BASE_URL points at it): the
+# judge's strict json_schema answer comes back through /v1/chat/completions.
+judge = {"type": "score_model", "name": "judge", "model": model_dir, "range": [0, 1],
+         "input": [{"role": "user", "content": "Score the answer '{{ sample.output_text }}'."}],
+         "sampling_params": {"max_completions_tokens": 48, "seed": 1}}
+run = client.fine_tuning.alpha.graders.run(grader=judge, model_sample="x", item={})
+assert run.metadata.errors.model_grader_server_error is False, run
+assert 0.0 <= run.reward <= 1.0, run
 try:
     client.fine_tuning.alpha.graders.validate(grader={"type": "string_check", "name": "s"})
     raise AssertionError("an invalid grader was accepted")
@@ -94,6 +102,46 @@ try:
     raise AssertionError("resumed a cancelled job")
 except openai.BadRequestError:
     pass
+
+# Evals: grade given samples, then sample the fine-tuned model.
+def wait_run(run, eval_id):
+    start = time.time()
+    while run.status in ("queued", "in_progress"):
+        assert time.time() - start < 120, run
+        time.sleep(0.2)
+        run = client.evals.runs.retrieve(run.id, eval_id=eval_id)
+    return run
+
+
+ev = client.evals.create(
+    name="has-x", testing_criteria=[grader],
+    data_source_config={"type": "custom", "include_sample_schema": True,
+                        "item_schema": {"type": "object", "properties": {"target": {"type": "string"}}}})
+assert ev.testing_criteria[0].name == "has_x" and "sample" in ev.data_source_config.schema_["properties"]
+given = client.evals.runs.create(ev.id, name="given", data_source={"type": "jsonl", "source": {
+    "type": "file_content", "content": [{"item": {"target": "x"}, "sample": {"output_text": "x!"}},
+                                        {"item": {"target": "x"}, "sample": {"output_text": "no"}}]}})
+given = wait_run(given, ev.id)
+assert given.status == "completed" and given.result_counts.passed == 1, given
+assert given.result_counts.failed == 1 and given.per_testing_criteria_results[0].passed == 1
+items = client.evals.runs.output_items.list(given.id, eval_id=ev.id).data
+assert sorted(i.status for i in items) == ["fail", "pass"] and items[0].results[0].score in (0.0, 1.0)
+failing = client.evals.runs.output_items.list(given.id, eval_id=ev.id, status="fail").data
+assert [i.datasource_item_id for i in failing] == [1]
+sampled = client.evals.runs.create(ev.id, data_source={
+    "type": "completions", "model": job.fine_tuned_model,
+    "source": {"type": "file_content", "content": [{"item": {"target": "x", "q": "Say x"}}] * 3},
+    "input_messages": {"type": "template", "template": [{"role": "user", "content": "{{ item.q }}"}]},
+    "sampling_params": {"max_completion_tokens": 4, "seed": 1, "temperature": 1.0}})
+sampled = wait_run(sampled, ev.id)
+assert sampled.status == "completed" and sampled.result_counts.total == 3, sampled
+assert sampled.per_model_usage[0].invocation_count == 3
+item = client.evals.runs.output_items.list(sampled.id, eval_id=ev.id).data[0]
+assert item.sample.input[0].content == "Say x" and isinstance(item.sample.output[0].content, str)
+assert [e.id for e in client.evals.list().data] == [ev.id]
+assert client.evals.update(ev.id, name="renamed").name == "renamed"
+assert client.evals.runs.delete(given.id, eval_id=ev.id).deleted
+assert client.evals.delete(ev.id).deleted
 
 # Typed errors.
 for call in (lambda: client.fine_tuning.jobs.retrieve("ftjob-missing"),

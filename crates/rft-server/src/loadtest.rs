@@ -1,0 +1,164 @@
+//! A bounded loopback load test of a running server: `graders/run` and chat completions from
+//! many concurrent clients at once, with throughput and latency percentiles. Used by
+//! `rft bench serve` (figures in docs/performance.md) and by the server's tests, which assert that
+//! no request fails except by the documented 429.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// What to send.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    /// `graders/run` requests in all.
+    pub grader_requests: usize,
+    /// Concurrent grader clients.
+    pub grader_clients: usize,
+    /// Chat completion requests in all.
+    pub chat_requests: usize,
+    /// Concurrent chat clients.
+    pub chat_clients: usize,
+    /// The model the chats name.
+    pub chat_model: String,
+    /// Completion tokens per chat.
+    pub chat_max_tokens: usize,
+}
+
+/// One phase's outcome.
+#[derive(Debug, Clone, Default)]
+pub struct PhaseReport {
+    /// Requests sent.
+    pub requests: usize,
+    /// 2xx answers.
+    pub ok: usize,
+    /// 429 answers (the documented back-pressure).
+    pub rejected: usize,
+    /// Anything else: `status body` or the transport error.
+    pub failures: Vec<String>,
+    /// Wall time of the phase, seconds.
+    pub seconds: f64,
+    /// Latencies of the successful requests, milliseconds, sorted.
+    pub latencies_ms: Vec<f64>,
+}
+
+impl PhaseReport {
+    /// Successful requests per second.
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.seconds.max(1e-9)
+    }
+
+    /// The `p`-th percentile latency (0–100), milliseconds.
+    pub fn percentile(&self, p: f64) -> f64 {
+        if self.latencies_ms.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p / 100.0) * (self.latencies_ms.len() - 1) as f64).round() as usize;
+        self.latencies_ms[rank.min(self.latencies_ms.len() - 1)]
+    }
+}
+
+fn phase(
+    clients: usize,
+    requests: usize,
+    send: &(dyn Fn(&ureq::Agent, usize) -> Result<u16, String> + Sync),
+) -> PhaseReport {
+    let next = AtomicUsize::new(0);
+    let report = Mutex::new(PhaseReport::default());
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..clients.max(1) {
+            scope.spawn(|| {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(600)))
+                    .build()
+                    .into();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= requests {
+                        break;
+                    }
+                    let t = Instant::now();
+                    let outcome = send(&agent, i);
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    let mut r = report.lock().unwrap_or_else(|e| e.into_inner());
+                    r.requests += 1;
+                    match outcome {
+                        Ok(s) if (200..300).contains(&s) => {
+                            r.ok += 1;
+                            r.latencies_ms.push(ms);
+                        }
+                        Ok(429) => r.rejected += 1,
+                        Ok(s) => r.failures.push(format!("HTTP {s}")),
+                        Err(e) => r.failures.push(e),
+                    }
+                }
+            });
+        }
+    });
+    let mut report = report.into_inner().unwrap_or_else(|e| e.into_inner());
+    report.seconds = start.elapsed().as_secs_f64();
+    report.latencies_ms.sort_by(f64::total_cmp);
+    report
+}
+
+fn post(agent: &ureq::Agent, url: &str, key: Option<&str>, body: &Value) -> Result<u16, String> {
+    let mut request = agent.post(url).header("Content-Type", "application/json");
+    if let Some(key) = key {
+        request = request.header("Authorization", format!("Bearer {key}"));
+    }
+    let mut response = request.send(body.to_string()).map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .read_to_string()
+        .map_err(|e| e.to_string())?;
+    if (200..300).contains(&status) || status == 429 {
+        Ok(status)
+    } else {
+        Err(format!("HTTP {status}: {text}"))
+    }
+}
+
+/// Runs both phases at the same time against `base` (`http://host:port/v1`).
+pub fn run(base: &str, key: Option<&str>, plan: &LoadPlan) -> (PhaseReport, PhaseReport) {
+    let grader = json!({
+        "type": "multi", "name": "load",
+        "graders": {
+            "exact": {"type": "string_check", "name": "exact", "operation": "eq",
+                      "input": "{{ sample.output_text }}", "reference": "{{ item.answer }}"},
+            "close": {"type": "text_similarity", "name": "close", "evaluation_metric": "rouge_l",
+                      "input": "{{ sample.output_text }}", "reference": "{{ item.answer }}"}
+        },
+        "calculate_output": "0.5 * exact + 0.5 * close"
+    });
+    let graders_url = format!("{base}/fine_tuning/alpha/graders/run");
+    let chat_url = format!("{base}/chat/completions");
+    let grade = |agent: &ureq::Agent, i: usize| {
+        post(
+            agent,
+            &graders_url,
+            key,
+            &json!({"grader": grader, "model_sample": format!("the answer is {}", i % 97),
+                    "item": {"answer": format!("answer {}", i % 89)}}),
+        )
+    };
+    let chat = |agent: &ureq::Agent, i: usize| {
+        post(
+            agent,
+            &chat_url,
+            key,
+            &json!({"model": plan.chat_model, "seed": i,
+                    "max_completion_tokens": plan.chat_max_tokens,
+                    "messages": [{"role": "user", "content": format!("Count to {}.", i % 10 + 2)}]}),
+        )
+    };
+    std::thread::scope(|scope| {
+        let graders = scope.spawn(|| phase(plan.grader_clients, plan.grader_requests, &grade));
+        let chats = phase(plan.chat_clients, plan.chat_requests, &chat);
+        let graders = graders.join().unwrap_or_default();
+        (graders, chats)
+    })
+}
