@@ -241,3 +241,70 @@ fn a_server_killed_mid_job_resumes_it_and_loses_nothing() {
         .collect();
     assert!(steps.contains(&40));
 }
+
+#[test]
+fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = write_task(tmp.path(), 40);
+    let data = tmp.path().join("data");
+    let agent = agent();
+    let mut server = Serve::start(&data, "k");
+    let base = server.base.clone();
+    let train = upload(&agent, &base, &tmp.path().join("train.jsonl"));
+    let job = call(
+        agent
+            .post(format!("{base}/fine_tuning/jobs"))
+            .header("Content-Type", "application/json"),
+        json!({"model": model, "training_file": train, "seed": 2,
+               "method": {"type": "reinforcement", "reinforcement": {
+                   "grader": {"type": "string_check", "name": "x", "operation": "like",
+                              "input": "{{sample.output_text}}", "reference": "{{item.target}}"},
+                   "hyperparameters": {"batch_size": 2, "n_epochs": 3, "compute_multiplier": 0.25,
+                       "eval_interval": 100, "eval_samples": 1, "lora_rank": 2,
+                       "max_completion_tokens": 3}}}})
+        .to_string(),
+    );
+    let id = job["id"].as_str().unwrap().to_owned();
+    let start = Instant::now();
+    while events(&agent, &base, &id)
+        .iter()
+        .filter(|e| e["type"] == "metrics")
+        .count()
+        < 2
+    {
+        assert!(start.elapsed() < Duration::from_secs(120), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "rft serve exited with {exit} after SIGTERM");
+    drop(server);
+    let server = Serve::start(&data, "k");
+    let base = server.base.clone();
+    let after = events(&agent, &base, &id);
+    let stopped = after.iter().any(|e| {
+        e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("The server stopped; the job was checkpointed")
+    });
+    let job = get(&agent, format!("{base}/fine_tuning/jobs/{id}"));
+    assert!(
+        stopped || job["status"] == "succeeded",
+        "no shutdown event and not finished: {job}"
+    );
+    let start = Instant::now();
+    loop {
+        let job = get(&agent, format!("{base}/fine_tuning/jobs/{id}"));
+        if job["status"] == "succeeded" {
+            break;
+        }
+        assert_ne!(job["status"], "failed", "{job}");
+        assert!(start.elapsed() < Duration::from_secs(300), "never finished: {job}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
