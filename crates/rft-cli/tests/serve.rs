@@ -259,8 +259,8 @@ fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
                "method": {"type": "reinforcement", "reinforcement": {
                    "grader": {"type": "string_check", "name": "x", "operation": "like",
                               "input": "{{sample.output_text}}", "reference": "{{item.target}}"},
-                   "hyperparameters": {"batch_size": 2, "n_epochs": 3, "compute_multiplier": 0.25,
-                       "eval_interval": 100, "eval_samples": 1, "lora_rank": 2,
+                   "hyperparameters": {"batch_size": 2, "n_epochs": 10, "compute_multiplier": 0.25,
+                       "eval_interval": 1000, "eval_samples": 1, "lora_rank": 2,
                        "max_completion_tokens": 3}}}})
         .to_string(),
     );
@@ -292,11 +292,7 @@ fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
             .unwrap_or_default()
             .contains("The server stopped; the job was checkpointed")
     });
-    let job = get(&agent, format!("{base}/fine_tuning/jobs/{id}"));
-    assert!(
-        stopped || job["status"] == "succeeded",
-        "no shutdown event and not finished: {job}"
-    );
+    assert!(stopped, "no shutdown event: {after:?}");
     let start = Instant::now();
     loop {
         let job = get(&agent, format!("{base}/fine_tuning/jobs/{id}"));
@@ -304,7 +300,10 @@ fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
             break;
         }
         assert_ne!(job["status"], "failed", "{job}");
-        assert!(start.elapsed() < Duration::from_secs(300), "never finished: {job}");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "never finished: {job}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

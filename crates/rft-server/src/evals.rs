@@ -667,6 +667,21 @@ fn grader_type(grader: &Grader) -> &'static str {
     }
 }
 
+/// Runs a previous process left unfinished are marked `failed` (their finished output items
+/// stay): a run is cheap to start again, and a clear state beats one stuck `in_progress`.
+pub fn fail_interrupted_runs(store: &rft_store::Store) -> Result<(), rft_store::StoreError> {
+    for run in store.with_status("eval_run", &["queued", "in_progress"])? {
+        let id = run["id"].as_str().unwrap_or_default();
+        store.modify::<()>(id, |r| {
+            r["status"] = json!("failed");
+            r["error"] = json!({"code": "server_restarted",
+                "message": "The server stopped before this run finished; its finished output items are kept. Start a new run."});
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
 /// `GET /v1/evals/{eval_id}/runs`.
 pub async fn list_runs(
     State(state): State<SharedState>,

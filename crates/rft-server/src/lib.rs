@@ -303,6 +303,7 @@ pub async fn serve_on(
         source,
     })?;
     let store = Arc::new(Store::open(&config.data_dir)?);
+    evals::fail_interrupted_runs(&store)?;
     let scheduler = jobs::Scheduler::start(store.clone())?;
     let inference = inference::Inference::start(store.clone(), config.inference_queue);
     let state = Arc::new(AppState {
