@@ -138,11 +138,16 @@ impl TrainingClient {
         self.step
     }
 
-    /// Samples with the current policy (the adapter applied unmerged; nothing recorded).
+    /// Samples with the current policy (nothing recorded).
     pub fn sample(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, TrainError> {
+        // The adapter is fixed for the whole rollout, so it is folded into a copy of the
+        // adapted weights once (about 3 GFLOP for rank 16 on SmolLM2-135M): every decode step
+        // then runs one matmul per projection instead of one plus the adapter's two small ones
+        // and their adds. Merged and unmerged log-probs agree to f32 rounding.
+        let merged = self.engine.model.merged(&self.adapter)?;
         let sampler = Sampler {
-            model: &self.engine.model,
-            adapter: Some(&self.adapter),
+            model: &merged,
+            adapter: None,
             tokenizer: Some(&self.engine.tokenizer),
         };
         Ok(sampler.run(requests)?)
