@@ -188,6 +188,12 @@ pub(crate) fn run(args: &EvalArgs, mode: Mode) -> anyhow::Result<ExitCode> {
         }
     }
     eprintln!("report: {}", dir.join("report.html").display());
+    // `rft doctor` is a pre-flight check: a blocker (RFT cannot help on this task as it is)
+    // fails it, so scripts and CI can gate training on it. Warnings do not.
+    if mode == Mode::Doctor && report.verdict == rft_eval::report::Verdict::Blocker {
+        eprintln!("verdict: blocker; fix the blockers above before training (exit status 2)");
+        return Ok(ExitCode::from(2));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
