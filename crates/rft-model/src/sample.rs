@@ -140,6 +140,10 @@ pub fn sample(
 /// The decode state of one sample.
 struct Row<'t> {
     request: usize,
+    /// Index of this sample within its request.
+    sample: usize,
+    /// Bytes of `text` already reported to a streaming caller.
+    emitted: usize,
     rng: StdRng,
     completion: Completion,
     constraint: Option<Constraint>,
@@ -148,9 +152,43 @@ struct Row<'t> {
     position: u32,
 }
 
+/// What [`Sampler::run_streaming`] reports while it samples.
+#[derive(Debug)]
+pub enum SampleEvent<'a> {
+    /// New text of one sample (never part of a stop string: text that could still turn out to
+    /// start one is held back until it cannot).
+    Text {
+        /// Index of the request.
+        request: usize,
+        /// Index of the sample within the request.
+        sample: usize,
+        /// The new text.
+        text: &'a str,
+    },
+    /// A sample is complete (its text was reported in full before this).
+    Finished {
+        /// Index of the request.
+        request: usize,
+        /// Index of the sample within the request.
+        sample: usize,
+        /// The completion, as [`Sampler::run`] returns it.
+        completion: &'a Completion,
+    },
+}
+
 impl Sampler<'_> {
     /// Samples every request; returns each request's completions in order.
     pub fn run(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, ModelError> {
+        self.run_streaming(requests, &mut |_| {})
+    }
+
+    /// [`Sampler::run`], reporting each sample's text as it is decoded and each sample as it
+    /// finishes (chat streaming). Text needs the tokenizer.
+    pub fn run_streaming(
+        &self,
+        requests: &[SampleRequest],
+        on_event: &mut dyn FnMut(SampleEvent<'_>),
+    ) -> Result<Vec<Vec<Completion>>, ModelError> {
         let device = self.model.device();
         for (idx, request) in requests.iter().enumerate() {
             if request.prompt.is_empty() {
@@ -231,6 +269,8 @@ impl Sampler<'_> {
                 source.push(prefill_row as u32);
                 rows.push(Row {
                     request: r,
+                    sample: idx,
+                    emitted: 0,
                     rng: StdRng::seed_from_u64(
                         request.params.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ idx as u64,
                     ),
@@ -261,8 +301,42 @@ impl Sampler<'_> {
                 let params = &requests[row.request].params;
                 let done = self.step(row, params, &mut logits_row)?;
                 if done {
-                    finished[row_idx] = Some(finish(row)?);
+                    let completion = finish(row)?;
+                    if let Some(text) = &completion.text {
+                        if text.len() > row.emitted {
+                            on_event(SampleEvent::Text {
+                                request: row.request,
+                                sample: row.sample,
+                                text: &text[row.emitted..],
+                            });
+                        }
+                    }
+                    on_event(SampleEvent::Finished {
+                        request: row.request,
+                        sample: row.sample,
+                        completion: &completion,
+                    });
+                    finished[row_idx] = Some(completion);
                 } else {
+                    // Hold back what could still become the start of a stop string.
+                    let holdback = params
+                        .stop_strings
+                        .iter()
+                        .map(|s| s.len().saturating_sub(1))
+                        .max()
+                        .unwrap_or(0);
+                    let mut safe = row.text.len().saturating_sub(holdback);
+                    while !row.text.is_char_boundary(safe) {
+                        safe -= 1;
+                    }
+                    if safe > row.emitted {
+                        on_event(SampleEvent::Text {
+                            request: row.request,
+                            sample: row.sample,
+                            text: &row.text[row.emitted..safe],
+                        });
+                        row.emitted = safe;
+                    }
                     keep.push(batch_row as u32);
                     next.push((row_idx, *row.completion.ids.last().unwrap_or(&0)));
                 }

@@ -320,3 +320,58 @@ fn a_merged_export_loads_back_with_the_adapters_outputs() {
         engine.chat_prompt(&messages, None).unwrap()
     );
 }
+
+#[test]
+fn streamed_text_adds_up_to_the_final_text_and_never_leaks_a_stop_string() {
+    let dir = tempfile::tempdir().unwrap();
+    rft_model::tiny::write_tiny_model(dir.path(), Architecture::Qwen2, 11).unwrap();
+    let engine = Engine::load(dir.path().to_str().unwrap(), &Device::Cpu).unwrap();
+    let messages = [serde_json::json!({"role": "user", "content": "Write"})];
+    let prompt = engine.chat_prompt(&messages, None).unwrap();
+    let stops = vec!["e".to_owned(), "th".to_owned(), "xyz".to_owned()];
+    let requests: Vec<SampleRequest> = (0..2)
+        .map(|i| {
+            let params = SamplingParams {
+                max_tokens: 40,
+                seed: 7 + i,
+                stop_strings: stops.clone(),
+                ..SamplingParams::default()
+            };
+            engine.request(prompt.clone(), 8, params, None).unwrap()
+        })
+        .collect();
+    let mut streamed = vec![vec![String::new(); 8]; 2];
+    let mut finished = vec![vec![0; 8]; 2];
+    let out = engine
+        .sampler()
+        .run_streaming(&requests, &mut |event| match event {
+            rft_model::sample::SampleEvent::Text {
+                request,
+                sample,
+                text,
+            } => {
+                assert_eq!(finished[request][sample], 0, "text after the end");
+                streamed[request][sample].push_str(text);
+            }
+            rft_model::sample::SampleEvent::Finished {
+                request, sample, ..
+            } => finished[request][sample] += 1,
+        })
+        .unwrap();
+    let plain = engine.sampler().run(&requests).unwrap();
+    assert_eq!(out, plain, "streaming changes nothing in the result");
+    let mut stopped = 0;
+    for (r, group) in out.iter().enumerate() {
+        for (s, c) in group.iter().enumerate() {
+            assert_eq!(finished[r][s], 1);
+            let text = c.text.as_deref().unwrap();
+            assert_eq!(streamed[r][s], text);
+            assert!(stops.iter().all(|stop| !text.contains(stop.as_str())));
+            stopped += usize::from(c.finish_reason == FinishReason::Stop);
+        }
+    }
+    assert!(
+        stopped > 0,
+        "no sample hit a stop string: the test checks nothing"
+    );
+}

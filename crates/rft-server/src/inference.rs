@@ -6,9 +6,10 @@
 //! waiting requests for the same model in one batched call, so concurrent clients share the
 //! decode steps.
 //!
-//! `stream: true` answers in OpenAI's SSE chunk format. The engine returns a sample when it is
-//! finished, so the chunks (one per token's text) are sent once the sample is complete: the
-//! wire format is exact, the first byte comes later than with token-by-token streaming.
+//! `stream: true` answers in OpenAI's SSE chunk format as the engine decodes: the sampler
+//! reports each sample's new text (holding back what could still become a stop string) and
+//! each sample's end, and the handler forwards them as chunks. With `logprobs` the chunks are
+//! built from the finished sample instead, one per token, so each carries its token's record.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -100,6 +101,15 @@ struct ChatJob {
     params: SamplingParams,
     response_format: Option<ResponseFormat>,
     reply: oneshot::Sender<Result<ChatResult, ApiError>>,
+    /// For `stream: true`: each sample's text as it is decoded, and its end.
+    stream: Option<tokio::sync::mpsc::UnboundedSender<StreamEvent>>,
+}
+
+/// A streamed piece of one choice.
+#[derive(Debug)]
+enum StreamEvent {
+    Text { choice: usize, text: String },
+    Finished { choice: usize, reason: &'static str },
 }
 
 /// What the inference thread answers.
@@ -169,6 +179,7 @@ impl Inference {
                 params: call.params,
                 response_format: call.response_format,
                 reply,
+                stream: None,
             })
             .map_err(|_| ApiError::internal("the inference thread is not running"))?;
         let result = answer
@@ -312,7 +323,40 @@ impl Worker {
             adapter,
             tokenizer: Some(&engine.tokenizer),
         };
-        match sampler.run(&requests) {
+        let streams: Vec<Option<tokio::sync::mpsc::UnboundedSender<StreamEvent>>> =
+            accepted.iter().map(|(job, _)| job.stream.clone()).collect();
+        let mut forward = |event: rft_model::sample::SampleEvent<'_>| {
+            // A client that went away just stops receiving; sampling goes on for the others.
+            match event {
+                rft_model::sample::SampleEvent::Text {
+                    request,
+                    sample,
+                    text,
+                } => {
+                    if let Some(Some(tx)) = streams.get(request) {
+                        let _ = tx.send(StreamEvent::Text {
+                            choice: sample,
+                            text: text.to_owned(),
+                        });
+                    }
+                }
+                rft_model::sample::SampleEvent::Finished {
+                    request,
+                    sample,
+                    completion,
+                } => {
+                    if let Some(Some(tx)) = streams.get(request) {
+                        let _ = tx.send(StreamEvent::Finished {
+                            choice: sample,
+                            reason: completion.finish_reason.as_str(),
+                        });
+                    }
+                }
+            }
+        };
+        let outcome = sampler.run_streaming(&requests, &mut forward);
+        drop(streams);
+        match outcome {
             Ok(groups) => {
                 for ((job, prompt_tokens), completions) in accepted.into_iter().zip(groups) {
                     let pieces = completions
@@ -463,7 +507,7 @@ pub async fn chat_completions(
             ))
     })?;
     let (reply, answer) = oneshot::channel();
-    let job = ChatJob {
+    let mut job = ChatJob {
         model,
         messages,
         tools,
@@ -478,6 +522,17 @@ pub async fn chat_completions(
         },
         response_format,
         reply,
+        stream: None,
+    };
+    // Streaming without logprobs goes out token by token as the engine decodes; with logprobs
+    // the per-token records are built from the finished sample (below).
+    let live = stream && !logprobs;
+    let events_rx = if live {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        job.stream = Some(tx);
+        Some(rx)
+    } else {
+        None
     };
     match state.inference.queue.try_send(job) {
         Ok(()) => {}
@@ -489,6 +544,9 @@ pub async fn chat_completions(
         Err(TrySendError::Disconnected(_)) => {
             return Err(ApiError::internal("the inference thread is not running"))
         }
+    }
+    if let Some(rx) = events_rx {
+        return Ok(live_stream(name.to_owned(), n, include_usage, rx, answer).into_response());
     }
     let result = answer
         .await
@@ -572,6 +630,109 @@ pub async fn chat_completions(
     events.push(Event::default().data("[DONE]"));
     let stream = futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>));
     Ok(Sse::new(stream).into_response())
+}
+
+/// The SSE answer of a streamed chat: a role chunk per choice, then each piece of text as the
+/// engine decodes it, each choice's finish chunk as it ends, the usage chunk (with
+/// `stream_options.include_usage`) and `[DONE]`. An error after the stream began is sent as an
+/// `{"error": ...}` event, as OpenAI does.
+fn live_stream(
+    model: String,
+    n: usize,
+    include_usage: bool,
+    rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>,
+    answer: oneshot::Receiver<Result<ChatResult, ApiError>>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let id = new_id("chatcmpl-");
+    let created = now();
+    let chunk = move |choices: Value, usage: Value| -> Event {
+        Event::default().data(
+            json!({"id": id, "object": "chat.completion.chunk", "created": created,
+                   "model": model, "system_fingerprint": "openrft", "choices": choices,
+                   "usage": usage})
+            .to_string(),
+        )
+    };
+    let roles: Vec<Event> = (0..n)
+        .map(|index| {
+            chunk(
+                json!([{"index": index, "delta": {"role": "assistant", "content": "", "refusal": null},
+                        "logprobs": null, "finish_reason": null}]),
+                Value::Null,
+            )
+        })
+        .collect();
+    enum Phase {
+        Events,
+        Tail,
+        Done,
+    }
+    let state = (
+        Phase::Events,
+        rx,
+        Some(answer),
+        std::collections::VecDeque::from(roles),
+    );
+    let body = futures_util::stream::unfold(state, move |mut state| {
+        let chunk = chunk.clone();
+        async move {
+            loop {
+                if let Some(event) = state.3.pop_front() {
+                    return Some((Ok(event), state));
+                }
+                match state.0 {
+                    Phase::Events => match state.1.recv().await {
+                        Some(StreamEvent::Text { choice, text }) => state.3.push_back(chunk(
+                            json!([{"index": choice, "delta": {"content": text},
+                                    "logprobs": null, "finish_reason": null}]),
+                            Value::Null,
+                        )),
+                        Some(StreamEvent::Finished { choice, reason }) => state.3.push_back(chunk(
+                            json!([{"index": choice, "delta": {}, "logprobs": null,
+                                        "finish_reason": reason}]),
+                            Value::Null,
+                        )),
+                        None => state.0 = Phase::Tail,
+                    },
+                    Phase::Tail => {
+                        state.0 = Phase::Done;
+                        let result = match state.2.take() {
+                            Some(answer) => answer.await.unwrap_or_else(|_| {
+                                Err(ApiError::internal(
+                                    "the inference thread dropped the request",
+                                ))
+                            }),
+                            None => Err(ApiError::internal("no result")),
+                        };
+                        match result {
+                            Ok(result) => {
+                                if include_usage {
+                                    let completion: usize =
+                                        result.completions.iter().map(|c| c.ids.len()).sum();
+                                    state.3.push_back(chunk(
+                                        json!([]),
+                                        json!({"prompt_tokens": result.prompt_tokens,
+                                               "completion_tokens": completion,
+                                               "total_tokens": result.prompt_tokens + completion}),
+                                    ));
+                                }
+                            }
+                            Err(e) => state.3.push_back(
+                                Event::default().data(
+                                    json!({"error": {"message": e.message, "type": "server_error",
+                                                  "param": e.param, "code": e.code}})
+                                    .to_string(),
+                                ),
+                            ),
+                        }
+                        state.3.push_back(Event::default().data("[DONE]"));
+                    }
+                    Phase::Done => return None,
+                }
+            }
+        }
+    });
+    Sse::new(body)
 }
 
 impl ApiError {

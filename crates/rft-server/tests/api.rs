@@ -329,6 +329,39 @@ fn an_rft_job_runs_end_to_end_over_http() {
             .unwrap()
             > 0
     );
+    let pieces = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    assert!(pieces >= 2, "the text came in one piece: {text}");
+    // With logprobs, every token's chunk carries its record.
+    let mut response = server
+        .agent
+        .post(format!("{}/chat/completions", server.base))
+        .header("Content-Type", "application/json")
+        .send(
+            json!({"model": ft, "messages": [{"role": "user", "content": "Say x"}],
+                   "max_tokens": 5, "stream": true, "seed": 1, "logprobs": true})
+            .to_string(),
+        )
+        .unwrap();
+    let text = response.body_mut().read_to_string().unwrap();
+    let records: usize = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .filter_map(|c| {
+            c["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .map(Vec::len)
+        })
+        .sum();
+    assert!((1..=5).contains(&records), "{text}");
 
     // State machine errors and unknown ids.
     let (status, body) = server.post(&format!("/fine_tuning/jobs/{id}/pause"), &json!({}));
