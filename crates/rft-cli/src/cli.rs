@@ -50,6 +50,9 @@ pub(crate) enum Command {
     Export(ExportArgs),
     /// Serve OpenAI's fine-tuning, graders, files, models and chat API on this machine.
     Serve(crate::commands::serve::ServeArgs),
+    /// Check that a device (a CUDA GPU) computes what the CPU does: logits, log-probs, LoRA
+    /// gradients and greedy samples of tiny random models; and time a 135M-shaped model on it.
+    CheckDevice(crate::commands::check_device::CheckDeviceArgs),
     /// Measure OpenRFT against reference implementations.
     Bench {
         #[command(subcommand)]

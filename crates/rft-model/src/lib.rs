@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod constrain;
+pub mod device;
 pub mod embed;
 pub mod engine;
 mod error;

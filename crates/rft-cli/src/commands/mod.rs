@@ -13,6 +13,7 @@ pub(crate) mod bench_decode;
 pub(crate) mod bench_grpo;
 pub(crate) mod bench_serve;
 pub(crate) mod bench_train;
+pub(crate) mod check_device;
 pub(crate) mod eval;
 mod generate;
 mod grade;
@@ -44,6 +45,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: SetupCommand::Python { tag, python },
         } => setup::python(&tag, &python),
         Command::Serve(args) => serve::serve(&args),
+        Command::CheckDevice(args) => check_device::check(&args),
         Command::Bench {
             command: BenchCommand::Graders(args),
         } => bench::graders(&args),
