@@ -69,7 +69,11 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!("rft-check-device-{}", std::process::id()));
     let mut failures = 0;
     let mut state = 42u64;
-    for arch in [Architecture::Llama, Architecture::Qwen2, Architecture::Qwen3] {
+    for arch in [
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+    ] {
         let model_dir = dir.join(format!("{arch:?}"));
         rft_model::tiny::write_tiny_model(&model_dir, arch, 7)?;
         let cpu = CausalLm::load(&model_dir, &Device::Cpu)?;
@@ -149,12 +153,7 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
                 .max(1.0);
             worst = worst.max(max_abs_diff(gc, gd)? / scale);
         }
-        report(
-            "LoRA gradients (relative)",
-            worst,
-            TOLERANCE,
-            &mut failures,
-        );
+        report("LoRA gradients (relative)", worst, TOLERANCE, &mut failures);
 
         let params = SamplingParams {
             temperature: 0.0,
