@@ -17,7 +17,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, TensorId, Var};
 
 use crate::lora::{LoraAdapter, Projection};
-use crate::model::{repeat_batch, AdapterUse, CausalLm};
+use crate::model::{repeat_batch, AdapterUse, CausalLm, LayerCache};
 use crate::ops;
 use crate::ModelError;
 
@@ -282,8 +282,12 @@ impl Group {
             use_,
         )?;
         let y_fed = match (&passes.fed, x_fed, slot) {
-            (Some(fed), Some(x_fed), Some((keys, values))) => {
-                let mut slot = Some((repeat_batch(&keys, self.k)?, repeat_batch(&values, self.k)?));
+            (Some(fed), Some(x_fed), Some(prompt_cache)) => {
+                let (keys, values) = prompt_cache.filled()?;
+                let mut slot = Some(LayerCache::differentiable(
+                    repeat_batch(&keys, self.k)?,
+                    repeat_batch(&values, self.k)?,
+                )?);
                 Some(model.layer_forward(
                     idx,
                     x_fed,

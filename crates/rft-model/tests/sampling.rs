@@ -375,3 +375,50 @@ fn streamed_text_adds_up_to_the_final_text_and_never_leaks_a_stop_string() {
         "no sample hit a stop string: the test checks nothing"
     );
 }
+
+#[test]
+fn a_cloned_kv_cache_is_independent_of_its_original() {
+    // The cache writes new keys and values in place: a clone must not share its buffers.
+    let (model, _) = tiny();
+    let step = |cache: &mut rft_model::KvCache, token: u32, position: u32| {
+        model
+            .forward(
+                &candle_core::Tensor::new(&[[token]], &Device::Cpu).unwrap(),
+                &candle_core::Tensor::new(&[[position]], &Device::Cpu).unwrap(),
+                None,
+                cache,
+                rft_model::Logits::Last,
+            )
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let mut original = rft_model::KvCache::new();
+    for (i, token) in [5u32, 9, 13].into_iter().enumerate() {
+        step(&mut original, token, i as u32);
+    }
+    let mut copy = original.clone();
+    // Interleaved, so a shared buffer would hand one run the other's key at position 3.
+    let copy_3 = step(&mut copy, 20, 3);
+    let original_3 = step(&mut original, 30, 3);
+    let copy_4 = step(&mut copy, 21, 4);
+    let original_4 = step(&mut original, 31, 4);
+    let (from_copy, from_original) = ([copy_3, copy_4], [original_3, original_4]);
+    // Replaying each history from scratch gives the same logits: neither run saw the other's.
+    for (history, got) in [
+        ([5u32, 9, 13, 20, 21], &from_copy),
+        ([5, 9, 13, 30, 31], &from_original),
+    ] {
+        let mut fresh = rft_model::KvCache::new();
+        let mut last = Vec::new();
+        let mut all = Vec::new();
+        for (i, &token) in history.iter().enumerate() {
+            last = step(&mut fresh, token, i as u32);
+            all.push(last.clone());
+        }
+        assert_eq!(&all[3], &got[0]);
+        assert_eq!(&last, &got[1]);
+    }
+}
