@@ -430,7 +430,7 @@ fn grade_result(sample: &SampleResult, grader: &Grader, threshold: f64) -> Optio
     }
     Some(GradeResult {
         name: grader.name().to_owned(),
-        kind: format!("{}-grader", grader.type_name().replace('_', "-")),
+        kind: result_type(grader),
         score: grade.reward,
         passed: grade.reward >= threshold,
         sample: Some(json!({"metadata": grade.metadata, "sub_rewards": grade.sub_rewards})),
@@ -481,6 +481,11 @@ fn item_schema(data: &EvalData) -> Value {
         .map(|(k, _)| k)
         .collect();
     json!({"type": "object", "properties": properties, "required": required})
+}
+
+/// A result's `type` as OpenAI's examples write it: `string-check-grader`.
+pub fn result_type(grader: &Grader) -> String {
+    format!("{}-grader", grader.type_name().replace('_', "-"))
 }
 
 fn sample_schema() -> Value {

@@ -137,13 +137,7 @@ pub enum Policy {
     Remote(RemoteModel),
 }
 
-/// A well-mixed 64-bit hash (splitmix64), to derive per-row seeds.
-pub(crate) fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
+pub(crate) use rft_train::job::mix;
 
 impl Policy {
     /// Loads a local model spec (name, GGUF, folder, hub id or adapter folder) on the CPU.

@@ -45,10 +45,7 @@ impl SampleResult {
 
 /// Whether a grader response carries an error flag (the reward is then a placeholder 0).
 pub fn has_error(grade: &RunGraderResponse) -> bool {
-    serde_json::to_value(&grade.metadata.errors)
-        .ok()
-        .and_then(|v| v.as_object().cloned())
-        .is_some_and(|flags| flags.values().any(|f| f.as_bool() == Some(true)))
+    grade.metadata.errors.any()
 }
 
 /// One finished row: a line of the results file.

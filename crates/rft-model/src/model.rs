@@ -203,28 +203,6 @@ impl LayerCache {
     }
 }
 
-/// A deep copy: the buffers are written in place, so two caches must never share them.
-impl Clone for KvCache {
-    fn clone(&self) -> KvCache {
-        let layers = self
-            .layers
-            .iter()
-            .map(|layer| {
-                layer.as_ref().and_then(|l| {
-                    let (k, v) = l.filled().ok()?;
-                    Some(LayerCache {
-                        k: k.copy().ok()?,
-                        v: v.copy().ok()?,
-                        len: l.len,
-                        differentiable: false,
-                    })
-                })
-            })
-            .collect();
-        KvCache { layers }
-    }
-}
-
 impl KvCache {
     /// An empty cache.
     pub fn new() -> KvCache {
@@ -239,9 +217,28 @@ impl KvCache {
             .map_or(0, |l| l.len)
     }
 
-    /// Repeats every row `n` times along the batch: `n` samples share one prompt's prefill.
-    pub fn repeat_rows(&self, n: usize) -> candle_core::Result<KvCache> {
-        self.map_rows(|xs| repeat_batch(&xs.contiguous()?, n))
+    /// A deep copy. The buffers are written in place, so two caches must never share them
+    /// (which is why `KvCache` is not `Clone`).
+    pub fn try_clone(&self) -> candle_core::Result<KvCache> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| {
+                layer
+                    .as_ref()
+                    .map(|l| {
+                        let (k, v) = l.filled()?;
+                        Ok(LayerCache {
+                            k: k.copy()?,
+                            v: v.copy()?,
+                            len: l.len,
+                            differentiable: false,
+                        })
+                    })
+                    .transpose()
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(KvCache { layers })
     }
 
     /// Keeps only the given batch rows (finished sequences leave the batch). The selection
@@ -255,34 +252,8 @@ impl KvCache {
                     .as_ref()
                     .map(|l| {
                         Ok(LayerCache {
-                            k: l.k.contiguous()?.index_select(rows, 0)?,
-                            v: l.v.contiguous()?.index_select(rows, 0)?,
-                            len: l.len,
-                            differentiable: l.differentiable,
-                        })
-                    })
-                    .transpose()
-            })
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(KvCache { layers })
-    }
-
-    /// A new cache whose buffers are `f` of the filled part of each layer's.
-    fn map_rows(
-        &self,
-        f: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
-    ) -> candle_core::Result<KvCache> {
-        let layers = self
-            .layers
-            .iter()
-            .map(|layer| {
-                layer
-                    .as_ref()
-                    .map(|l| {
-                        let (k, v) = l.filled()?;
-                        Ok(LayerCache {
-                            k: f(&k)?,
-                            v: f(&v)?,
+                            k: l.k.index_select(rows, 0)?,
+                            v: l.v.index_select(rows, 0)?,
                             len: l.len,
                             differentiable: l.differentiable,
                         })

@@ -144,6 +144,9 @@ struct Row<'t> {
     sample: usize,
     /// Bytes of `text` already reported to a streaming caller.
     emitted: usize,
+    /// Trailing bytes of `text` held back from a streaming caller: they could still become
+    /// the start of a stop string (the longest stop string's length − 1).
+    holdback: usize,
     rng: StdRng,
     completion: Completion,
     constraint: Option<Constraint>,
@@ -271,6 +274,13 @@ impl Sampler<'_> {
                     request: r,
                     sample: idx,
                     emitted: 0,
+                    holdback: request
+                        .params
+                        .stop_strings
+                        .iter()
+                        .map(|s| s.len().saturating_sub(1))
+                        .max()
+                        .unwrap_or(0),
                     rng: StdRng::seed_from_u64(
                         request.params.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ idx as u64,
                     ),
@@ -318,14 +328,7 @@ impl Sampler<'_> {
                     });
                     finished[row_idx] = Some(completion);
                 } else {
-                    // Hold back what could still become the start of a stop string.
-                    let holdback = params
-                        .stop_strings
-                        .iter()
-                        .map(|s| s.len().saturating_sub(1))
-                        .max()
-                        .unwrap_or(0);
-                    let mut safe = row.text.len().saturating_sub(holdback);
+                    let mut safe = row.text.len().saturating_sub(row.holdback);
                     while !row.text.is_char_boundary(safe) {
                         safe -= 1;
                     }

@@ -399,7 +399,7 @@ fn a_cloned_kv_cache_is_independent_of_its_original() {
     for (i, token) in [5u32, 9, 13].into_iter().enumerate() {
         step(&mut original, token, i as u32);
     }
-    let mut copy = original.clone();
+    let mut copy = original.try_clone().unwrap();
     // Interleaved, so a shared buffer would hand one run the other's key at position 3.
     let copy_3 = step(&mut copy, 20, 3);
     let original_3 = step(&mut original, 30, 3);

@@ -27,36 +27,17 @@ use serde_json::{json, Value};
 use crate::error::ApiJson;
 use crate::graders::parse_grader;
 use crate::inference::ChatCall;
-use crate::{list_body, new_id, now, parse_limit, ApiError, AppState, SharedState};
+use crate::{
+    list_body, new_id, now, parse_limit, parse_metadata, parse_order, ApiError, AppState,
+    SharedState,
+};
 
-fn order(query: &HashMap<String, String>, default_desc: bool) -> Result<bool, ApiError> {
-    match query.get("order").map(String::as_str) {
-        None => Ok(default_desc),
-        Some("asc") => Ok(false),
-        Some("desc") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "order must be 'asc' or 'desc', not '{other}'"
-        ))
-        .with_param("order")),
-    }
-}
-
+/// Evals and runs show `{}` for absent metadata, as OpenAI's examples do.
 fn metadata(value: Option<&Value>) -> Result<Value, ApiError> {
-    match value {
-        None | Some(Value::Null) => Ok(json!({})),
-        Some(Value::Object(map))
-            if map.len() <= 16
-                && map
-                    .iter()
-                    .all(|(k, v)| k.len() <= 64 && v.as_str().is_some_and(|s| s.len() <= 512)) =>
-        {
-            Ok(Value::Object(map.clone()))
-        }
-        Some(_) => Err(ApiError::bad_request(
-            "metadata is at most 16 string pairs (keys ≤ 64, values ≤ 512 characters)",
-        )
-        .with_param("metadata")),
-    }
+    Ok(match parse_metadata(value)? {
+        Value::Null => json!({}),
+        map => map,
+    })
 }
 
 /// `POST /v1/evals` (201).
@@ -184,7 +165,7 @@ pub async fn list(
     let page = state.store.list(
         "eval",
         &rft_store::ListQuery {
-            descending: order(&query, false)?,
+            descending: parse_order(query.get("order").map(String::as_str), false)?,
             after: query.get("after").map(String::as_str),
             limit,
             ..Default::default()
@@ -565,7 +546,7 @@ fn execute(
             }
             results.push(json!({
                 "name": grader.name(),
-                "type": grader_type(grader),
+                "type": rft_eval::objects::result_type(grader),
                 "score": graded.reward,
                 "passed": passed,
                 "sample": null,
@@ -655,18 +636,6 @@ fn write_progress(run: &mut Value, ids: &[String], progress: Progress, model: &s
     };
 }
 
-/// The result `type` as OpenAI's examples write it (`string-check-grader`).
-fn grader_type(grader: &Grader) -> &'static str {
-    match grader {
-        Grader::StringCheck(_) => "string-check-grader",
-        Grader::TextSimilarity(_) => "text-similarity-grader",
-        Grader::Python(_) => "python-grader",
-        Grader::ScoreModel(_) => "score-model-grader",
-        Grader::LabelModel(_) => "label-model-grader",
-        Grader::Multi(_) => "multi-grader",
-    }
-}
-
 /// Runs a previous process left unfinished are marked `failed` (their finished output items
 /// stay): a run is cheap to start again, and a clear state beats one stuck `in_progress`.
 pub fn fail_interrupted_runs(store: &rft_store::Store) -> Result<(), rft_store::StoreError> {
@@ -696,7 +665,7 @@ pub async fn list_runs(
         &rft_store::ListQuery {
             parent: Some(&eval_id),
             status,
-            descending: order(&query, false)?,
+            descending: parse_order(query.get("order").map(String::as_str), false)?,
             after: query.get("after").map(String::as_str),
             limit,
         },
@@ -773,7 +742,7 @@ pub async fn list_items(
         &rft_store::ListQuery {
             parent: Some(&run_id),
             status,
-            descending: order(&query, false)?,
+            descending: parse_order(query.get("order").map(String::as_str), false)?,
             after: query.get("after").map(String::as_str),
             limit,
         },

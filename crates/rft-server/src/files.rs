@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use crate::{list_body, new_id, now, parse_limit, ApiError, SharedState};
+use crate::{list_body, new_id, now, parse_limit, parse_order, ApiError, SharedState};
 
 const PURPOSES: [&str; 6] = [
     "assistants",
@@ -166,16 +166,7 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = parse_limit(query.get("limit").map(String::as_str), 10_000, 10_000)?;
-    let descending = match query.get("order").map(String::as_str) {
-        None | Some("desc") => true,
-        Some("asc") => false,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "order must be 'asc' or 'desc', not '{other}'"
-            ))
-            .with_param("order"))
-        }
-    };
+    let descending = parse_order(query.get("order").map(String::as_str), true)?;
     let purpose = query.get("purpose").cloned();
     let page = state.store.list(
         "file",

@@ -48,7 +48,8 @@ pub struct ModelRef {
 }
 
 /// Resolves an API model name: `ft:…` names of succeeded jobs, `…:ckpt-step-N` checkpoint
-/// names, or a base model spec.
+/// names, or a base model spec. Both kinds of `ft:` name end with their job's id
+/// (`ft:<base>:<suffix>:<job id>[:ckpt-step-N]`), so one job is read, not every job.
 pub fn resolve(store: &Store, name: &str) -> Result<Option<ModelRef>, ApiError> {
     if !name.starts_with("ft:") {
         return Ok(Some(ModelRef {
@@ -56,40 +57,33 @@ pub fn resolve(store: &Store, name: &str) -> Result<Option<ModelRef>, ApiError> 
             adapter: None,
         }));
     }
-    for job in store.with_status(
-        "job",
-        &[
-            "succeeded",
-            "running",
-            "paused",
-            "queued",
-            "cancelled",
-            "failed",
-        ],
-    )? {
-        let id = job["id"].as_str().unwrap_or_default();
-        let base = job["model"].as_str().unwrap_or_default().to_owned();
-        let dir = store.job_dir(id);
-        if job["status"] == "succeeded" && job["fine_tuned_model"] == name {
-            return Ok(Some(ModelRef {
-                base,
-                adapter: Some(dir.join("final")),
-            }));
-        }
-        if name.contains(":ckpt-step-") {
-            for ckpt in rft_train::job::read_checkpoints(&dir) {
-                if ckpt["fine_tuned_model_checkpoint"] == name {
-                    if let Some(step) = ckpt["step_number"].as_u64() {
-                        return Ok(Some(ModelRef {
-                            base,
-                            adapter: Some(dir.join(format!("checkpoints/step-{step}"))),
-                        }));
-                    }
-                }
-            }
-        }
+    let model_name = name.rsplit_once(":ckpt-step-").map_or(name, |(m, _)| m);
+    let Some(job_id) = model_name
+        .rsplit(':')
+        .next()
+        .filter(|id| id.starts_with("ftjob-"))
+    else {
+        return Ok(None);
+    };
+    let Some(job) = store.get("job", job_id)? else {
+        return Ok(None);
+    };
+    let base = job["model"].as_str().unwrap_or_default().to_owned();
+    let dir = store.job_dir(job_id);
+    if job["status"] == "succeeded" && job["fine_tuned_model"] == name {
+        return Ok(Some(ModelRef {
+            base,
+            adapter: Some(dir.join("final")),
+        }));
     }
-    Ok(None)
+    let step = rft_train::job::read_checkpoints(&dir)
+        .into_iter()
+        .find(|ckpt| ckpt["fine_tuned_model_checkpoint"] == name)
+        .and_then(|ckpt| ckpt["step_number"].as_u64());
+    Ok(step.map(|step| ModelRef {
+        base,
+        adapter: Some(dir.join(format!("checkpoints/step-{step}"))),
+    }))
 }
 
 /// One chat request for the inference thread.

@@ -34,7 +34,9 @@ use serde_json::{json, Map, Value};
 
 use crate::error::ApiJson;
 use crate::graders::parse_grader;
-use crate::{list_body, new_id, now, parse_limit, ApiError, ServeError, SharedState};
+use crate::{
+    list_body, new_id, now, parse_limit, parse_metadata, ApiError, ServeError, SharedState,
+};
 
 const TERMINAL: [&str; 3] = ["succeeded", "failed", "cancelled"];
 /// The OpenAI hyperparameters echoed as `"auto"` when the request leaves them out.
@@ -396,32 +398,6 @@ fn trained_tokens(dir: &Path) -> u64 {
         .sum()
 }
 
-fn check_metadata(value: Option<&Value>) -> Result<Value, ApiError> {
-    match value {
-        None | Some(Value::Null) => Ok(Value::Null),
-        Some(Value::Object(map)) => {
-            if map.len() > 16 {
-                return Err(ApiError::bad_request("metadata can have at most 16 keys")
-                    .with_param("metadata"));
-            }
-            for (k, v) in map {
-                let ok =
-                    k.chars().count() <= 64 && v.as_str().is_some_and(|s| s.chars().count() <= 512);
-                if !ok {
-                    return Err(ApiError::bad_request(format!(
-                        "metadata['{k}']: keys are strings of at most 64 characters and values strings of at most 512"
-                    ))
-                    .with_param("metadata"));
-                }
-            }
-            Ok(Value::Object(map.clone()))
-        }
-        Some(_) => Err(
-            ApiError::bad_request("metadata must be an object of strings").with_param("metadata"),
-        ),
-    }
-}
-
 fn file_param(state: &SharedState, body: &Value, key: &str) -> Result<Option<String>, ApiError> {
     match body.get(key) {
         None | Some(Value::Null) => Ok(None),
@@ -535,7 +511,7 @@ pub async fn create(
             }
         },
     };
-    let metadata = check_metadata(body.get("metadata"))?;
+    let metadata = parse_metadata(body.get("metadata"))?;
     let id = new_id("ftjob-");
     let mut method_echo = method.clone();
     method_echo["reinforcement"]["hyperparameters"] = Value::Object(hyper.clone());

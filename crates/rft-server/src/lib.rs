@@ -234,6 +234,47 @@ pub fn openapi_document() -> Value {
     })
 }
 
+/// Checks OpenAI's `metadata` (at most 16 string pairs, keys ≤ 64 and values ≤ 512
+/// characters); absent or null is `Value::Null`.
+pub fn parse_metadata(value: Option<&Value>) -> Result<Value, ApiError> {
+    match value {
+        None | Some(Value::Null) => Ok(Value::Null),
+        Some(Value::Object(map)) => {
+            if map.len() > 16 {
+                return Err(ApiError::bad_request("metadata can have at most 16 keys")
+                    .with_param("metadata"));
+            }
+            for (k, v) in map {
+                let ok =
+                    k.chars().count() <= 64 && v.as_str().is_some_and(|s| s.chars().count() <= 512);
+                if !ok {
+                    return Err(ApiError::bad_request(format!(
+                        "metadata['{k}']: keys are strings of at most 64 characters and values strings of at most 512"
+                    ))
+                    .with_param("metadata"));
+                }
+            }
+            Ok(Value::Object(map.clone()))
+        }
+        Some(_) => Err(
+            ApiError::bad_request("metadata must be an object of strings").with_param("metadata"),
+        ),
+    }
+}
+
+/// Parses a list's `order` query value (`asc` / `desc`); `None` gives the list's default.
+pub fn parse_order(raw: Option<&str>, default_descending: bool) -> Result<bool, ApiError> {
+    match raw {
+        None => Ok(default_descending),
+        Some("asc") => Ok(false),
+        Some("desc") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "order must be 'asc' or 'desc', not '{other}'"
+        ))
+        .with_param("order")),
+    }
+}
+
 /// The whole API under `/v1`.
 pub fn router(state: SharedState) -> Router {
     // One limit, the upload's; JSON bodies are held to

@@ -14,18 +14,7 @@ fn model(id: &str, created: i64, owned_by: &str) -> Value {
 fn all_models(state: &SharedState) -> Result<Vec<Value>, ApiError> {
     let mut out = vec![model(&state.config.default_model, now(), "openrft")];
     let mut seen = vec![state.config.default_model.clone()];
-    let jobs = state.store.with_status(
-        "job",
-        &[
-            "validating_files",
-            "queued",
-            "running",
-            "paused",
-            "succeeded",
-            "failed",
-            "cancelled",
-        ],
-    )?;
+    let jobs = state.store.all("job", None, false)?;
     for job in &jobs {
         let created = job["created_at"].as_i64().unwrap_or(0);
         if let Some(base) = job["model"].as_str() {

@@ -295,31 +295,50 @@ impl Store {
         body.map(|b| self.parse(id, &b)).transpose()
     }
 
-    /// Every object of `kind` with one of `statuses`, oldest first.
+    /// Every object of `kind` with one of `statuses`, oldest first. The filter runs in SQLite
+    /// (the `status` column is indexed): the scheduler polls this every second.
     pub fn with_status(&self, kind: &str, statuses: &[&str]) -> Result<Vec<Value>, StoreError> {
-        let all = self.all(kind, None, false)?;
-        Ok(all
-            .into_iter()
-            .filter(|b| b["status"].as_str().is_some_and(|s| statuses.contains(&s)))
-            .collect())
+        let placeholders = vec!["?"; statuses.len()].join(", ");
+        self.query(
+            &format!(
+                "SELECT id, body FROM objects WHERE kind = ? AND status IN ({placeholders})
+                 ORDER BY seq ASC"
+            ),
+            std::iter::once(kind).chain(statuses.iter().copied()),
+        )
     }
 
-    fn all(
+    /// Every object of `kind` (children of `parent` only, when given), in creation order.
+    pub fn all(
         &self,
         kind: &str,
         parent: Option<&str>,
         descending: bool,
     ) -> Result<Vec<Value>, StoreError> {
-        let conn = self.conn();
         let order = if descending { "DESC" } else { "ASC" };
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT id, body FROM objects WHERE kind = ?1 AND (?2 IS NULL OR parent = ?2)
-                 ORDER BY seq {order}"
-            ))
-            .map_err(|e| self.sql(e))?;
+        match parent {
+            Some(parent) => self.query(
+                &format!(
+                    "SELECT id, body FROM objects WHERE kind = ? AND parent = ? ORDER BY seq {order}"
+                ),
+                [kind, parent],
+            ),
+            None => self.query(
+                &format!("SELECT id, body FROM objects WHERE kind = ? ORDER BY seq {order}"),
+                [kind],
+            ),
+        }
+    }
+
+    fn query<'a>(
+        &self,
+        sql: &str,
+        params: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Vec<Value>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(sql).map_err(|e| self.sql(e))?;
         let rows = stmt
-            .query_map(params![kind, parent], |r| {
+            .query_map(rusqlite::params_from_iter(params), |r| {
                 Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
             })
             .map_err(|e| self.sql(e))?;

@@ -32,12 +32,11 @@ pub(crate) struct CheckDeviceArgs {
 /// max(1, |gradient|): f32 on both sides, different reduction orders.
 const TOLERANCE: f32 = 1e-3;
 
+/// The next value of a splitmix64 stream over `state`.
 fn splitmix(state: &mut u64) -> u64 {
+    let value = rft_train::job::mix(*state);
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    value
 }
 
 fn ids(n: usize, vocab: usize, state: &mut u64) -> Vec<u32> {
