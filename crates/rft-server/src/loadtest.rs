@@ -59,6 +59,16 @@ impl PhaseReport {
     }
 }
 
+/// An HTTP client that returns 4xx/5xx answers instead of failing on them, with a generous
+/// timeout (a chat can wait behind a training step).
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(600)))
+        .build()
+        .into()
+}
+
 fn phase(
     clients: usize,
     requests: usize,
@@ -70,11 +80,7 @@ fn phase(
     std::thread::scope(|scope| {
         for _ in 0..clients.max(1) {
             scope.spawn(|| {
-                let agent: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(600)))
-                    .build()
-                    .into();
+                let agent = agent();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= requests {

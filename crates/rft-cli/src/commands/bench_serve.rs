@@ -42,13 +42,6 @@ pub(crate) struct BenchServeArgs {
     pub(crate) no_job: bool,
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
-}
-
 fn request(
     agent: &ureq::Agent,
     method: &str,
@@ -104,7 +97,7 @@ pub(crate) fn serve(args: &BenchServeArgs) -> anyhow::Result<ExitCode> {
     let data = tempfile_dir()?;
     let server = BackgroundServer::start(ServerConfig::new(data.clone()))?;
     let base = server.base.clone();
-    let agent = agent();
+    let agent = loadtest::agent();
     let mut job_id = None;
     if !args.no_job {
         let train = upload(&agent, &base, "train.jsonl", TRAIN)?;
