@@ -19,6 +19,7 @@ pub mod hub;
 pub mod lora;
 pub mod model;
 pub mod ops;
+pub mod parallel;
 pub mod sample;
 pub mod tiny;
 pub mod tokenizer;

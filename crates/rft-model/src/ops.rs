@@ -212,8 +212,14 @@ const LOGPROB_CHUNK_ELEMENTS: usize = 1 << 23;
 /// `log_softmax(hidden @ lm_headᵀ)[target]` for each row: the log-prob of each target token.
 ///
 /// `hidden: (n, d)`, `lm_head: (vocab, d)`, `targets: (n)` u32 → `(n)` f32. Rows are processed in
-/// chunks, so at most [`LOGPROB_CHUNK_ELEMENTS`] logits exist at once, in the forward and in the
-/// backward, instead of the several `(n, vocab)` copies a composite log-softmax keeps alive.
+/// chunks, so at most [`LOGPROB_CHUNK_ELEMENTS`] logits exist at once, instead of the several
+/// `(n, vocab)` copies a composite log-softmax keeps alive.
+///
+/// When `hidden` tracks a gradient, the forward also computes what the backward needs, while the
+/// chunk's logits are at hand: with `p = softmax(hidden_i @ lm_headᵀ)`, the gradient of
+/// `log p(target_i)` with respect to `hidden_i` is `lm_head[target_i] − pᵀ·lm_head`, one `(n, d)`
+/// tensor. The backward is then a row scaling, and the vocabulary-sized matmuls run twice (the
+/// logits, the expected embedding) instead of three times (the logits again in the backward).
 pub fn token_logprobs(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let (vocab, _) = lm_head.dims2()?;
     token_logprobs_chunked(
@@ -237,59 +243,41 @@ fn token_logprobs_chunked(
             targets.dims1()?
         );
     }
+    let with_gradient = hidden.track_op();
+    let acc = accumulation_dtype(hidden.dtype());
     let detached = hidden.detach();
     let mut pieces = Vec::with_capacity(n.div_ceil(rows_per_chunk));
+    let mut expected = Vec::new();
     for start in (0..n).step_by(rows_per_chunk) {
         let len = rows_per_chunk.min(n - start);
         let logits = detached
             .narrow(0, start, len)?
             .matmul(&lm_head.t()?)?
-            .to_dtype(accumulation_dtype(hidden.dtype()))?;
+            .to_dtype(acc)?;
         let log_norm = logits.log_sum_exp(D::Minus1)?;
         let picked = logits
             .gather(&targets.narrow(0, start, len)?.unsqueeze(1)?, 1)?
             .squeeze(1)?;
+        if with_gradient {
+            let probs = logits.broadcast_sub(&log_norm.unsqueeze(1)?)?.exp()?;
+            expected.push(probs.to_dtype(lm_head.dtype())?.matmul(lm_head)?);
+        }
         pieces.push((picked - log_norm)?);
     }
     let value = if pieces.is_empty() {
-        Tensor::zeros(0, accumulation_dtype(hidden.dtype()), hidden.device())?
+        Tensor::zeros(0, acc, hidden.device())?
     } else {
         Tensor::cat(&pieces, 0)?
     };
-    let lm_head = lm_head.clone();
-    let targets = targets.clone();
+    if !with_gradient || n == 0 {
+        return Ok(value);
+    }
+    // d log p(target) / d hidden, per row.
+    let direction = (lm_head.index_select(targets, 0)? - Tensor::cat(&expected, 0)?)?;
     attach_backward("token-logprobs", hidden, value, move |hidden, _, grad| {
-        // d log p(target) / d logits = onehot(target) − softmax(logits)
-        let dtype = hidden.dtype();
-        let mut pieces = Vec::with_capacity(n.div_ceil(rows_per_chunk));
-        for start in (0..n).step_by(rows_per_chunk) {
-            let len = rows_per_chunk.min(n - start);
-            let logits = hidden
-                .narrow(0, start, len)?
-                .matmul(&lm_head.t()?)?
-                .to_dtype(accumulation_dtype(dtype))?;
-            let probs = candle_nn::ops::softmax_last_dim(&logits)?;
-            let g = grad
-                .narrow(0, start, len)?
-                .to_dtype(accumulation_dtype(dtype))?
-                .unsqueeze(1)?;
-            let grad_logits = probs.broadcast_mul(&g.neg()?)?.scatter_add(
-                &targets.narrow(0, start, len)?.unsqueeze(1)?,
-                &g,
-                1,
-            )?;
-            pieces.push(
-                grad_logits
-                    .to_dtype(lm_head.dtype())?
-                    .matmul(&lm_head)?
-                    .to_dtype(dtype)?,
-            );
-        }
-        if pieces.is_empty() {
-            hidden.zeros_like()
-        } else {
-            Tensor::cat(&pieces, 0)
-        }
+        direction
+            .broadcast_mul(&grad.to_dtype(direction.dtype())?.unsqueeze(1)?)?
+            .to_dtype(hidden.dtype())
     })
 }
 

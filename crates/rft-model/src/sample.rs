@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use crate::constrain::Constraint;
 use crate::lora::LoraAdapter;
 use crate::model::{CausalLm, KvCache, Logits};
+use crate::parallel;
 use crate::tokenizer::{DecodeStream, Tokenizer};
 use crate::ModelError;
 
@@ -181,18 +182,87 @@ pub enum SampleEvent<'a> {
 
 impl Sampler<'_> {
     /// Samples every request; returns each request's completions in order.
+    ///
+    /// On a multi-core CPU the samples are split into one shard per core, decoded side by side
+    /// (see [`crate::parallel`]); a request split across two shards is prefilled by both. Each
+    /// sample draws from its own generator, so the split does not change what is drawn.
     pub fn run(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, ModelError> {
-        self.run_streaming(requests, &mut |_| {})
+        self.validate(requests)?;
+        let live = |r: &SampleRequest| r.params.max_tokens > 0;
+        let rows: Vec<(usize, usize)> = requests
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| live(r))
+            .flat_map(|(idx, r)| (0..r.n).map(move |sample| (idx, sample)))
+            .collect();
+        let shards = parallel::shard_count(self.model.device(), rows.len());
+        if shards <= 1 {
+            return self.run_streaming(requests, &mut |_| {});
+        }
+        // Contiguous runs of rows, each cut into sub-requests: (request, first sample, count).
+        let pieces: Vec<Vec<(usize, usize, usize)>> = rows
+            .chunks(rows.len().div_ceil(shards))
+            .map(|chunk| {
+                let mut subs: Vec<(usize, usize, usize)> = Vec::new();
+                for &(request, sample) in chunk {
+                    match subs.last_mut() {
+                        Some(last) if last.0 == request => last.2 += 1,
+                        _ => subs.push((request, sample, 1)),
+                    }
+                }
+                subs
+            })
+            .collect();
+        let sub_requests: Vec<Vec<SampleRequest>> = pieces
+            .iter()
+            .map(|subs| {
+                subs.iter()
+                    .map(|&(request, _, n)| SampleRequest {
+                        n,
+                        ..requests[request].clone()
+                    })
+                    .collect()
+            })
+            .collect();
+        let jobs: Vec<parallel::Job<'_, Result<Vec<Vec<Completion>>, ModelError>>> = pieces
+            .iter()
+            .zip(&sub_requests)
+            .map(|(subs, sub_requests)| {
+                let firsts: Vec<usize> = subs.iter().map(|s| s.1).collect();
+                Box::new(move || self.decode(sub_requests, &firsts, &mut |_| {})) as _
+            })
+            .collect();
+        let mut results: Vec<Vec<Completion>> = requests
+            .iter()
+            .map(|r| {
+                if live(r) {
+                    Vec::with_capacity(r.n)
+                } else {
+                    vec![Completion::default(); r.n]
+                }
+            })
+            .collect();
+        for (subs, shard) in pieces.iter().zip(parallel::run_shards(jobs)?) {
+            for (&(request, _, _), completions) in subs.iter().zip(shard?) {
+                results[request].extend(completions);
+            }
+        }
+        Ok(results)
     }
 
     /// [`Sampler::run`], reporting each sample's text as it is decoded and each sample as it
-    /// finishes (chat streaming). Text needs the tokenizer.
+    /// finishes (chat streaming). Text needs the tokenizer. Runs as one batch on the calling
+    /// thread.
     pub fn run_streaming(
         &self,
         requests: &[SampleRequest],
         on_event: &mut dyn FnMut(SampleEvent<'_>),
     ) -> Result<Vec<Vec<Completion>>, ModelError> {
-        let device = self.model.device();
+        self.validate(requests)?;
+        self.decode(requests, &vec![0; requests.len()], on_event)
+    }
+
+    fn validate(&self, requests: &[SampleRequest]) -> Result<(), ModelError> {
         for (idx, request) in requests.iter().enumerate() {
             if request.prompt.is_empty() {
                 return Err(ModelError::Format(format!(
@@ -211,6 +281,18 @@ impl Sampler<'_> {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Decodes `requests` as one batch; `first_sample[i]` is the index (within its original
+    /// request) of request `i`'s first sample, which seeds the samples' generators.
+    fn decode(
+        &self,
+        requests: &[SampleRequest],
+        first_sample: &[usize],
+        on_event: &mut dyn FnMut(SampleEvent<'_>),
+    ) -> Result<Vec<Vec<Completion>>, ModelError> {
+        let device = self.model.device();
         let live: Vec<usize> = (0..requests.len())
             .filter(|&r| requests[r].n > 0 && requests[r].params.max_tokens > 0)
             .collect();
@@ -272,7 +354,7 @@ impl Sampler<'_> {
                 source.push(prefill_row as u32);
                 rows.push(Row {
                     request: r,
-                    sample: idx,
+                    sample: first_sample[r] + idx,
                     emitted: 0,
                     holdback: request
                         .params
@@ -282,7 +364,8 @@ impl Sampler<'_> {
                         .max()
                         .unwrap_or(0),
                     rng: StdRng::seed_from_u64(
-                        request.params.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ idx as u64,
+                        request.params.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                            ^ (first_sample[r] + idx) as u64,
                     ),
                     completion: Completion::default(),
                     constraint: request.constraint.clone(),

@@ -19,6 +19,7 @@ use candle_core::{DType, Tensor, TensorId, Var};
 use crate::lora::{LoraAdapter, Projection};
 use crate::model::{repeat_batch, AdapterUse, CausalLm, LayerCache};
 use crate::ops;
+use crate::parallel;
 use crate::ModelError;
 
 /// A prompt and the completion whose tokens are scored.
@@ -230,6 +231,11 @@ impl Plan {
 }
 
 impl Group {
+    /// Tokens this group runs through the model: the prompt once, every fed completion token.
+    fn tokens(&self) -> usize {
+        self.prompt.len() + self.k * self.width
+    }
+
     fn passes(&self, model: &CausalLm) -> Result<GroupPasses, ModelError> {
         let device = model.device();
         let p = self.prompt.len();
@@ -381,6 +387,10 @@ fn tensors(vars: &[(Var, Option<Var>)]) -> Vec<States> {
 /// graph plus one hidden state per layer and token, instead of every activation of every layer;
 /// the price is one more forward pass. The gradients equal those of [`completion_logprobs`] +
 /// `backward`.
+///
+/// On a multi-core CPU the prompt groups are split into shards ([`crate::parallel`]) that run
+/// the forward, the log-probs and the walk down the layers side by side; only the caller's loss
+/// (which may couple every token of the batch) runs once, over all of them.
 pub fn checkpointed_backward(
     model: &CausalLm,
     adapter: &LoraAdapter,
@@ -393,40 +403,52 @@ pub fn checkpointed_backward(
         .iter()
         .map(|g| g.passes(model))
         .collect::<Result<Vec<_>, _>>()?;
-    let run_layer = |idx: usize, inputs: &[States], use_: AdapterUse<'_>| {
-        plan.groups
+    let weights: Vec<usize> = plan.groups.iter().map(Group::tokens).collect();
+    let ranges = parallel::balanced_ranges(
+        &weights,
+        parallel::shard_count(model.device(), plan.groups.len()),
+    );
+    let mut target_start = 0;
+    let shards: Vec<Shard<'_>> = ranges
+        .into_iter()
+        .map(|range| {
+            let groups = &plan.groups[range.clone()];
+            let targets = groups.iter().map(|g| g.rows.len()).sum::<usize>();
+            let shard = Shard {
+                groups,
+                passes: &passes[range],
+                targets: &plan.targets[target_start..target_start + targets],
+            };
+            target_start += targets;
+            shard
+        })
+        .collect();
+
+    // Each shard: the forward without a graph, then its log-probs as a function of its top
+    // states.
+    let forwards = parallel::run_shards(
+        shards
             .iter()
-            .zip(&passes)
-            .zip(inputs)
-            .map(|((g, passes), x)| g.layer(model, idx, passes, x, use_))
-            .collect::<Result<Vec<States>, ModelError>>()
+            .map(|shard| {
+                Box::new(move || shard.forward(model, adapter))
+                    as parallel::Job<'_, Result<ShardForward, ModelError>>
+            })
+            .collect(),
+    )?
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+
+    // The caller's loss over every shard's log-probs; its gradient to each shard's top states.
+    let logprobs = if forwards.is_empty() {
+        Tensor::zeros(0, DType::F32, model.device())?
+    } else {
+        Tensor::cat(&forwards.iter().map(|f| &f.logprobs).collect::<Vec<_>>(), 0)?
     };
-
-    // Forward without a graph, keeping every layer's input.
-    let mut layer_inputs: Vec<Vec<States>> = Vec::with_capacity(model.num_layers());
-    let mut current = passes
-        .iter()
-        .map(|p| p.embed(model))
-        .collect::<Result<Vec<_>, _>>()?;
-    for idx in 0..model.num_layers() {
-        let next = run_layer(idx, &current, AdapterUse::Frozen(adapter))?;
-        layer_inputs.push(std::mem::replace(&mut current, next));
-    }
-
-    // The top: final norm, log-probs, the caller's loss; gradients to the last hidden states.
-    let tops = as_vars(&current)?;
-    let states = plan
-        .groups
-        .iter()
-        .zip(tensors(&tops))
-        .map(|(g, x)| g.predicting_states(model, &x))
-        .collect::<Result<Vec<_>, _>>()?;
-    let logprobs = plan.logprobs(model, &states)?;
     let loss = loss_fn(&logprobs, &plan.spans)?;
     let loss_value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     let logprob_values: Vec<f32> = logprobs.to_dtype(DType::F32)?.to_vec1()?;
-    let mut grads = HashMap::new();
-    if plan.groups.is_empty() {
+    let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
+    if forwards.is_empty() {
         return Ok(CheckpointedOutput {
             logprobs: logprob_values,
             spans: plan.spans,
@@ -434,31 +456,32 @@ pub fn checkpointed_backward(
             grads,
         });
     }
-    let mut incoming = grads_of(&tops, &loss.backward()?)?;
+    let top_grads = loss.backward()?;
+    let incoming = forwards
+        .iter()
+        .map(|f| grads_of(&f.tops, &top_grads))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    drop(top_grads);
 
-    // Down the layers: recompute each with a graph and pull the gradient through it.
-    for idx in (0..model.num_layers()).rev() {
-        let vars = as_vars(&layer_inputs[idx])?;
-        let outputs = run_layer(idx, &tensors(&vars), AdapterUse::Trainable(adapter))?;
-        let mut surrogate = Tensor::zeros((), outputs[0].0.dtype(), model.device())?;
-        for ((y_p, y_f), (g_p, g_f)) in outputs.iter().zip(&incoming) {
-            surrogate = (surrogate + (y_p * g_p)?.sum_all()?)?;
-            if let (Some(y_f), Some(g_f)) = (y_f, g_f) {
-                surrogate = (surrogate + (y_f * g_f)?.sum_all()?)?;
-            }
-        }
-        let layer_grads = surrogate.backward()?;
-        for projection in Projection::ALL {
-            if let Some(pair) = adapter.pair(idx, projection) {
-                for var in [&pair.a, &pair.b] {
-                    if let Some(g) = layer_grads.get(var.as_tensor()) {
-                        grads.insert(var.as_tensor().id(), g.clone());
-                    }
-                }
-            }
-        }
-        if idx > 0 {
-            incoming = grads_of(&vars, &layer_grads)?;
+    // Each shard walks down the layers; the adapter's gradient is the sum over shards.
+    let shard_grads = parallel::run_shards(
+        shards
+            .iter()
+            .zip(forwards)
+            .zip(incoming)
+            .map(|((shard, forward), incoming)| {
+                Box::new(move || shard.backward(model, adapter, forward.layer_inputs, incoming))
+                    as parallel::Job<'_, Result<HashMap<TensorId, Tensor>, ModelError>>
+            })
+            .collect(),
+    )?;
+    for shard in shard_grads {
+        for (id, g) in shard? {
+            let sum = match grads.remove(&id) {
+                Some(acc) => (acc + g)?,
+                None => g,
+            };
+            grads.insert(id, sum);
         }
     }
     require_all(adapter, |var| grads.contains_key(&var.as_tensor().id()))?;
@@ -468,4 +491,106 @@ pub fn checkpointed_backward(
         loss: loss_value,
         grads,
     })
+}
+
+/// The prompt groups one thread of [`checkpointed_backward`] handles.
+struct Shard<'p> {
+    groups: &'p [Group],
+    passes: &'p [GroupPasses],
+    /// The completion tokens these groups predict, in order.
+    targets: &'p [u32],
+}
+
+/// What a shard's forward leaves for the backward.
+struct ShardForward {
+    /// Every layer's input, per group.
+    layer_inputs: Vec<Vec<States>>,
+    /// The last layer's outputs as variables, per group.
+    tops: Vec<(Var, Option<Var>)>,
+    /// The log-probs of the shard's targets, in the graph of `tops`.
+    logprobs: Tensor,
+}
+
+impl Shard<'_> {
+    fn run_layer(
+        &self,
+        model: &CausalLm,
+        idx: usize,
+        inputs: &[States],
+        use_: AdapterUse<'_>,
+    ) -> Result<Vec<States>, ModelError> {
+        self.groups
+            .iter()
+            .zip(self.passes)
+            .zip(inputs)
+            .map(|((g, passes), x)| g.layer(model, idx, passes, x, use_))
+            .collect()
+    }
+
+    /// The forward without a graph, keeping every layer's input, and the log-probs on top.
+    fn forward(&self, model: &CausalLm, adapter: &LoraAdapter) -> Result<ShardForward, ModelError> {
+        let mut layer_inputs: Vec<Vec<States>> = Vec::with_capacity(model.num_layers());
+        let mut current = self
+            .passes
+            .iter()
+            .map(|p| p.embed(model))
+            .collect::<Result<Vec<_>, _>>()?;
+        for idx in 0..model.num_layers() {
+            let next = self.run_layer(model, idx, &current, AdapterUse::Frozen(adapter))?;
+            layer_inputs.push(std::mem::replace(&mut current, next));
+        }
+        let tops = as_vars(&current)?;
+        let states = self
+            .groups
+            .iter()
+            .zip(tensors(&tops))
+            .map(|(g, x)| g.predicting_states(model, &x))
+            .collect::<Result<Vec<_>, _>>()?;
+        let n = self.targets.len();
+        let targets = Tensor::from_vec(self.targets.to_vec(), n, model.device())?;
+        let logprobs = ops::token_logprobs(&Tensor::cat(&states, 0)?, model.lm_head(), &targets)?;
+        Ok(ShardForward {
+            layer_inputs,
+            tops,
+            logprobs,
+        })
+    }
+
+    /// Down the layers: recompute each with a graph and pull the gradient through it.
+    fn backward(
+        &self,
+        model: &CausalLm,
+        adapter: &LoraAdapter,
+        layer_inputs: Vec<Vec<States>>,
+        mut incoming: Vec<States>,
+    ) -> Result<HashMap<TensorId, Tensor>, ModelError> {
+        let mut grads = HashMap::new();
+        for (idx, inputs) in layer_inputs.into_iter().enumerate().rev() {
+            let vars = as_vars(&inputs)?;
+            drop(inputs);
+            let outputs =
+                self.run_layer(model, idx, &tensors(&vars), AdapterUse::Trainable(adapter))?;
+            let mut surrogate = Tensor::zeros((), outputs[0].0.dtype(), model.device())?;
+            for ((y_p, y_f), (g_p, g_f)) in outputs.iter().zip(&incoming) {
+                surrogate = (surrogate + (y_p * g_p)?.sum_all()?)?;
+                if let (Some(y_f), Some(g_f)) = (y_f, g_f) {
+                    surrogate = (surrogate + (y_f * g_f)?.sum_all()?)?;
+                }
+            }
+            let layer_grads = surrogate.backward()?;
+            for projection in Projection::ALL {
+                if let Some(pair) = adapter.pair(idx, projection) {
+                    for var in [&pair.a, &pair.b] {
+                        if let Some(g) = layer_grads.get(var.as_tensor()) {
+                            grads.insert(var.as_tensor().id(), g.clone());
+                        }
+                    }
+                }
+            }
+            if idx > 0 {
+                incoming = grads_of(&vars, &layer_grads)?;
+            }
+        }
+        Ok(grads)
+    }
 }

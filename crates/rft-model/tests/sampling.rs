@@ -358,8 +358,18 @@ fn streamed_text_adds_up_to_the_final_text_and_never_leaks_a_stop_string() {
             } => finished[request][sample] += 1,
         })
         .unwrap();
+    // `run` decodes in shards, one per core: the same draws, log-probs equal to f32 rounding.
     let plain = engine.sampler().run(&requests).unwrap();
-    assert_eq!(out, plain, "streaming changes nothing in the result");
+    for (a, b) in out.iter().flatten().zip(plain.iter().flatten()) {
+        assert_eq!(
+            (&a.ids, &a.text, a.finish_reason),
+            (&b.ids, &b.text, b.finish_reason),
+            "streaming changes nothing in the result"
+        );
+        for (p, q) in a.logprobs.iter().zip(&b.logprobs) {
+            assert!((p - q).abs() < 1e-4, "{p} vs {q}");
+        }
+    }
     let mut stopped = 0;
     for (r, group) in out.iter().enumerate() {
         for (s, c) in group.iter().enumerate() {
@@ -420,5 +430,43 @@ fn a_cloned_kv_cache_is_independent_of_its_original() {
         }
         assert_eq!(&all[3], &got[0]);
         assert_eq!(&last, &got[1]);
+    }
+}
+
+#[test]
+fn shards_draw_exactly_what_one_batch_draws() {
+    // Sampling splits the rows over the cores (`rft_model::parallel`); inside a 4-thread pool
+    // it makes 4 shards whatever the machine, cutting requests across shards.
+    let (model, adapter) = tiny();
+    let sampler = Sampler {
+        model: &model,
+        adapter: Some(&adapter),
+        tokenizer: None,
+    };
+    let mut requests: Vec<SampleRequest> = prompts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| request(p, 2 + i, 1.0, 40 + i as u64))
+        .collect();
+    requests[1].params.max_tokens = 0;
+    let one_batch = sampler.run_streaming(&requests, &mut |_| {}).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    let sharded = pool.install(|| {
+        assert_eq!(rft_model::parallel::shard_count(&Device::Cpu, 11), 4);
+        sampler.run(&requests).unwrap()
+    });
+    assert_eq!(sharded.len(), one_batch.len());
+    for (request, (a, b)) in requests.iter().zip(sharded.iter().zip(&one_batch)) {
+        assert_eq!(a.len(), request.n);
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.ids, y.ids);
+            assert_eq!(x.finish_reason, y.finish_reason);
+            for (p, q) in x.logprobs.iter().zip(&y.logprobs) {
+                assert!((p - q).abs() < 1e-4, "{p} vs {q}");
+            }
+        }
     }
 }

@@ -290,11 +290,6 @@ fn checkpointed_backward_equals_plain_backward() {
         .unwrap();
         let plain = weighted_loss(&model, &adapter, &probe);
         let plain_grads = plain.backward().unwrap();
-        let out = checkpointed_backward(&model, &adapter, &sequences(), |lp, _| {
-            (lp * &probe)?.sum_all()
-        })
-        .unwrap();
-        assert!((out.loss - plain.to_scalar::<f64>().unwrap()).abs() < 1e-10);
         let expected: Vec<f32> = completion_logprobs(&model, Some(&adapter), &sequences())
             .unwrap()
             .logprobs
@@ -302,26 +297,42 @@ fn checkpointed_backward_equals_plain_backward() {
             .unwrap()
             .to_vec1()
             .unwrap();
-        assert_eq!(out.logprobs.len(), expected.len());
-        for (name, var) in adapter.named_vars() {
-            let a: Vec<f64> = plain_grads
-                .get(var.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
+        // One shard, and one per prompt group (`rft_model::parallel` splits by the size of
+        // the rayon pool it runs in).
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
                 .unwrap();
-            let b: Vec<f64> = out.grads[&var.as_tensor().id()]
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
+            let out = pool
+                .install(|| {
+                    checkpointed_backward(&model, &adapter, &sequences(), |lp, _| {
+                        (lp * &probe)?.sum_all()
+                    })
+                })
                 .unwrap();
-            let diff = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(0f64, f64::max);
-            assert!(diff < 1e-10, "{arch:?} {name}: {diff:e}");
+            assert!((out.loss - plain.to_scalar::<f64>().unwrap()).abs() < 1e-10);
+            assert_eq!(out.logprobs.len(), expected.len());
+            for (name, var) in adapter.named_vars() {
+                let a: Vec<f64> = plain_grads
+                    .get(var.as_tensor())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let b: Vec<f64> = out.grads[&var.as_tensor().id()]
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let diff = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f64, f64::max);
+                assert!(diff < 1e-10, "{arch:?} {name}, {threads} threads: {diff:e}");
+            }
         }
     }
 }
