@@ -20,6 +20,7 @@ pub mod lora;
 pub mod model;
 pub mod ops;
 pub mod parallel;
+pub mod recorded;
 pub mod sample;
 pub mod tiny;
 pub mod tokenizer;

@@ -589,8 +589,25 @@ impl CausalLm {
         logits: Logits,
         adapter: Option<&LoraAdapter>,
     ) -> Result<Tensor, ModelError> {
+        self.forward_recording(input_ids, positions, key_mask, cache, logits, adapter, None)
+    }
+
+    /// [`CausalLm::forward_with`] that also pushes onto `record` the residual stream entering
+    /// every layer and leaving the last one (`layers + 1` tensors of `(b, t, hidden)`): the
+    /// states the training forward would compute for these tokens.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_recording(
+        &self,
+        input_ids: &Tensor,
+        positions: &Tensor,
+        key_mask: Option<&Tensor>,
+        cache: &mut KvCache,
+        logits: Logits,
+        adapter: Option<&LoraAdapter>,
+        record: Option<&mut Vec<Tensor>>,
+    ) -> Result<Tensor, ModelError> {
         let adapter = adapter.map_or(AdapterUse::None, AdapterUse::Frozen);
-        let xs = self.decoder(input_ids, positions, key_mask, cache, adapter)?;
+        let xs = self.decoder(input_ids, positions, key_mask, cache, adapter, record)?;
         let t = xs.dim(1)?;
         let xs = match logits {
             Logits::All => xs,
@@ -615,6 +632,7 @@ impl CausalLm {
         key_mask: Option<&Tensor>,
         cache: &mut KvCache,
         adapter: AdapterUse<'_>,
+        mut record: Option<&mut Vec<Tensor>>,
     ) -> Result<Tensor, ModelError> {
         let (b, t) = input_ids.dims2()?;
         let seen = cache.seen();
@@ -625,7 +643,13 @@ impl CausalLm {
         let (cos, sin) = self.rotary(positions)?;
         let mask = self.attention_mask(b, t, seen, key_mask)?;
         for (idx, slot) in cache.layers.iter_mut().enumerate() {
+            if let Some(record) = record.as_deref_mut() {
+                record.push(xs.clone());
+            }
             xs = self.layer_forward(idx, &xs, &cos, &sin, mask.as_ref(), Some(slot), adapter)?;
+        }
+        if let Some(record) = record {
+            record.push(xs.clone());
         }
         Ok(xs)
     }

@@ -22,6 +22,7 @@ use crate::constrain::Constraint;
 use crate::lora::LoraAdapter;
 use crate::model::{CausalLm, KvCache, Logits};
 use crate::parallel;
+use crate::recorded::{RecordPart, RecordedStates, Recorder};
 use crate::tokenizer::{DecodeStream, Tokenizer};
 use crate::ModelError;
 
@@ -117,6 +118,9 @@ pub struct Sampler<'a> {
     pub tokenizer: Option<&'a Tokenizer>,
 }
 
+/// One decode batch's completions per request, and its recorded states when asked for.
+type Decoded = (Vec<Vec<Completion>>, Option<RecordPart>);
+
 /// Samples `n` completions of `prompt` (no adapter, no tokenizer).
 pub fn sample(
     model: &CausalLm,
@@ -187,6 +191,25 @@ impl Sampler<'_> {
     /// (see [`crate::parallel`]); a request split across two shards is prefilled by both. Each
     /// sample draws from its own generator, so the split does not change what is drawn.
     pub fn run(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, ModelError> {
+        Ok(self.run_parts(requests, false)?.0)
+    }
+
+    /// [`Sampler::run`] that also keeps the hidden states the decode computed at every layer
+    /// boundary ([`RecordedStates`]), for a training pass over these samples with the same
+    /// weights. `None` when no sample got past its first token.
+    pub fn run_recording(
+        &self,
+        requests: &[SampleRequest],
+    ) -> Result<(Vec<Vec<Completion>>, Option<RecordedStates>), ModelError> {
+        let (results, parts) = self.run_parts(requests, true)?;
+        Ok((results, RecordedStates::merge(parts)?))
+    }
+
+    fn run_parts(
+        &self,
+        requests: &[SampleRequest],
+        record: bool,
+    ) -> Result<(Vec<Vec<Completion>>, Vec<RecordPart>), ModelError> {
         self.validate(requests)?;
         let live = |r: &SampleRequest| r.params.max_tokens > 0;
         let rows: Vec<(usize, usize)> = requests
@@ -197,7 +220,9 @@ impl Sampler<'_> {
             .collect();
         let shards = parallel::shard_count(self.model.device(), rows.len());
         if shards <= 1 {
-            return self.run_streaming(requests, &mut |_| {});
+            let (results, part) =
+                self.decode(requests, &vec![0; requests.len()], &mut |_| {}, record)?;
+            return Ok((results, part.into_iter().collect()));
         }
         // Contiguous runs of rows, each cut into sub-requests: (request, first sample, count).
         let pieces: Vec<Vec<(usize, usize, usize)>> = rows
@@ -224,12 +249,12 @@ impl Sampler<'_> {
                     .collect()
             })
             .collect();
-        let jobs: Vec<parallel::Job<'_, Result<Vec<Vec<Completion>>, ModelError>>> = pieces
+        let jobs: Vec<parallel::Job<'_, Result<Decoded, ModelError>>> = pieces
             .iter()
             .zip(&sub_requests)
             .map(|(subs, sub_requests)| {
                 let firsts: Vec<usize> = subs.iter().map(|s| s.1).collect();
-                Box::new(move || self.decode(sub_requests, &firsts, &mut |_| {})) as _
+                Box::new(move || self.decode(sub_requests, &firsts, &mut |_| {}, record)) as _
             })
             .collect();
         let mut results: Vec<Vec<Completion>> = requests
@@ -242,12 +267,15 @@ impl Sampler<'_> {
                 }
             })
             .collect();
+        let mut parts = Vec::new();
         for (subs, shard) in pieces.iter().zip(parallel::run_shards(jobs)?) {
-            for (&(request, _, _), completions) in subs.iter().zip(shard?) {
+            let (completions, part) = shard?;
+            for (&(request, _, _), completions) in subs.iter().zip(completions) {
                 results[request].extend(completions);
             }
+            parts.extend(part);
         }
-        Ok(results)
+        Ok((results, parts))
     }
 
     /// [`Sampler::run`], reporting each sample's text as it is decoded and each sample as it
@@ -259,7 +287,9 @@ impl Sampler<'_> {
         on_event: &mut dyn FnMut(SampleEvent<'_>),
     ) -> Result<Vec<Vec<Completion>>, ModelError> {
         self.validate(requests)?;
-        self.decode(requests, &vec![0; requests.len()], on_event)
+        Ok(self
+            .decode(requests, &vec![0; requests.len()], on_event, false)?
+            .0)
     }
 
     fn validate(&self, requests: &[SampleRequest]) -> Result<(), ModelError> {
@@ -286,12 +316,14 @@ impl Sampler<'_> {
 
     /// Decodes `requests` as one batch; `first_sample[i]` is the index (within its original
     /// request) of request `i`'s first sample, which seeds the samples' generators.
+    /// With `record`, also returns the states the batch computed.
     fn decode(
         &self,
         requests: &[SampleRequest],
         first_sample: &[usize],
         on_event: &mut dyn FnMut(SampleEvent<'_>),
-    ) -> Result<Vec<Vec<Completion>>, ModelError> {
+        record: bool,
+    ) -> Result<Decoded, ModelError> {
         let device = self.model.device();
         let live: Vec<usize> = (0..requests.len())
             .filter(|&r| requests[r].n > 0 && requests[r].params.max_tokens > 0)
@@ -307,8 +339,10 @@ impl Sampler<'_> {
             })
             .collect();
         if live.is_empty() {
-            return Ok(results);
+            return Ok((results, None));
         }
+        let mut recorder = record.then(Recorder::default);
+        let mut states = Vec::new();
 
         // Prefill every prompt once, left-padded.
         let width = live
@@ -336,14 +370,22 @@ impl Sampler<'_> {
         let padded = live.iter().any(|&r| requests[r].prompt.len() != width);
         let mut key_mask = Tensor::from_vec(mask, (b, width), device)?;
         let mut cache = KvCache::new();
-        let logits = self.model.forward_with(
+        let logits = self.model.forward_recording(
             &Tensor::from_vec(ids, (b, width), device)?,
             &Tensor::from_vec(positions, (b, width), device)?,
             padded.then_some(&key_mask),
             &mut cache,
             Logits::Last,
             self.adapter,
+            recorder.is_some().then_some(&mut states),
         )?;
+        if let Some(recorder) = &mut recorder {
+            let pads: Vec<usize> = live
+                .iter()
+                .map(|&r| width - requests[r].prompt.len())
+                .collect();
+            recorder.prefill(std::mem::take(&mut states), &pads)?;
+        }
 
         // One row per sample: repeat each prompt's cache row `n` times.
         let mut rows: Vec<Row<'_>> = Vec::new();
@@ -442,23 +484,38 @@ impl Sampler<'_> {
             key_mask = Tensor::cat(&[&key_mask, &Tensor::zeros((n, 1), DType::F32, device)?], 1)?;
             logits = self
                 .model
-                .forward_with(
+                .forward_recording(
                     &Tensor::from_vec(ids, (n, 1), device)?,
                     &Tensor::from_vec(positions, (n, 1), device)?,
                     padded.then_some(&key_mask),
                     &mut cache,
                     Logits::Last,
                     self.adapter,
+                    recorder.is_some().then_some(&mut states),
                 )?
                 .squeeze(1)?;
+            if let Some(recorder) = &mut recorder {
+                recorder.step(std::mem::take(&mut states), &active, rows.len())?;
+            }
             for &r in &active {
                 rows[r].position += 1;
             }
         }
+        let mut recorded_rows = Vec::with_capacity(rows.len());
         for (row, completion) in rows.iter().zip(finished) {
-            results[row.request].push(completion.unwrap_or_default());
+            let completion = completion.unwrap_or_default();
+            if recorder.is_some() {
+                let prefill_row = live.iter().position(|&r| r == row.request).unwrap_or(0);
+                recorded_rows.push((
+                    requests[row.request].prompt.clone(),
+                    completion.ids.clone(),
+                    prefill_row,
+                ));
+            }
+            results[row.request].push(completion);
         }
-        Ok(results)
+        let part = recorder.map(|r| r.finish(recorded_rows)).transpose()?;
+        Ok((results, part))
     }
 
     /// Draws one token for `row`; returns whether the row is finished.

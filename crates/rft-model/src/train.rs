@@ -20,6 +20,7 @@ use crate::lora::{LoraAdapter, Projection};
 use crate::model::{repeat_batch, AdapterUse, CausalLm, LayerCache};
 use crate::ops;
 use crate::parallel;
+use crate::recorded::RecordedStates;
 use crate::ModelError;
 
 /// A prompt and the completion whose tokens are scored.
@@ -100,6 +101,8 @@ pub struct CheckpointedOutput {
     pub loss: f64,
     /// The gradient of the loss for every adapter tensor, by `Var` id.
     pub grads: HashMap<TensorId, Tensor>,
+    /// Sequences whose forward came from recorded rollout states instead of being recomputed.
+    pub recorded_sequences: usize,
 }
 
 /// The batch as the training forward runs it: sequences grouped by shared prompt.
@@ -118,6 +121,8 @@ struct Group {
     width: usize,
     /// Rows of `[prompt's last state; fed states]` that predict each completion token.
     rows: Vec<u32>,
+    /// Each member's completion (to find its states in a [`RecordedStates`]).
+    completions: Vec<Vec<u32>>,
 }
 
 /// The two passes of a group (the prompt, then the fed completions attending to it), with
@@ -136,6 +141,9 @@ struct Pass {
 
 /// A group's hidden states: the prompt pass `(1, p, d)` and the fed pass `(k, width, d)`.
 type States = (Tensor, Option<Tensor>);
+
+/// Every layer's input per group, and the last layer's output per group.
+type LayerStates = (Vec<Vec<States>>, Vec<States>);
 
 impl Plan {
     /// Checks the sequences and groups consecutive ones that share a prompt.
@@ -206,6 +214,7 @@ impl Plan {
                 k,
                 width,
                 rows,
+                completions: members.iter().map(|s| s.completion.clone()).collect(),
             });
         }
         Ok(Plan {
@@ -344,6 +353,36 @@ impl GroupPasses {
     }
 }
 
+/// Where `group`'s states lie in `recording`: its prompt's start and, for every member and
+/// fed column, a row of the fed states (the zero filler after a shorter completion). `None`
+/// when a member was not recorded there.
+fn group_positions(
+    group: &Group,
+    recording: &RecordedStates,
+) -> Result<Option<(usize, Vec<u32>)>, ModelError> {
+    let filler = recording.filler()?;
+    let mut prompt_start = None;
+    let mut positions = Vec::with_capacity(group.k * group.width);
+    for completion in &group.completions {
+        if completion.is_empty() {
+            positions.extend(std::iter::repeat_n(filler, group.width));
+            continue;
+        }
+        let Some(found) = recording.find(&group.prompt, completion) else {
+            return Ok(None);
+        };
+        prompt_start.get_or_insert(found.prompt_start);
+        positions.extend((0..group.width).map(|j| {
+            if j + 1 < completion.len() {
+                found.fed[j]
+            } else {
+                filler
+            }
+        }));
+    }
+    Ok(prompt_start.map(|start| (start, positions)))
+}
+
 /// Each state as a fresh variable (the input of a recomputed layer, or the top of the stack).
 fn as_vars(states: &[States]) -> candle_core::Result<Vec<(Var, Option<Var>)>> {
     states
@@ -397,6 +436,22 @@ pub fn checkpointed_backward(
     sequences: &[TokenSequence],
     loss_fn: impl FnOnce(&Tensor, &[Range<usize>]) -> candle_core::Result<Tensor>,
 ) -> Result<CheckpointedOutput, ModelError> {
+    checkpointed_backward_with(model, adapter, sequences, &[], loss_fn)
+}
+
+/// [`checkpointed_backward`] that starts from the states rollouts recorded
+/// ([`crate::sample::Sampler::run_recording`]) instead of running the forward without a graph,
+/// for every shard whose prompt groups were each recorded whole by one of them.
+///
+/// The caller must only pass states sampled with the weights being trained (`model` plus
+/// `adapter` as they are now); sequences are matched by their exact tokens.
+pub fn checkpointed_backward_with(
+    model: &CausalLm,
+    adapter: &LoraAdapter,
+    sequences: &[TokenSequence],
+    recorded: &[RecordedStates],
+    loss_fn: impl FnOnce(&Tensor, &[Range<usize>]) -> candle_core::Result<Tensor>,
+) -> Result<CheckpointedOutput, ModelError> {
     let plan = Plan::new(model, sequences)?;
     let passes = plan
         .groups
@@ -430,7 +485,7 @@ pub fn checkpointed_backward(
         shards
             .iter()
             .map(|shard| {
-                Box::new(move || shard.forward(model, adapter))
+                Box::new(move || shard.forward(model, adapter, recorded))
                     as parallel::Job<'_, Result<ShardForward, ModelError>>
             })
             .collect(),
@@ -454,8 +509,10 @@ pub fn checkpointed_backward(
             spans: plan.spans,
             loss: loss_value,
             grads,
+            recorded_sequences: 0,
         });
     }
+    let recorded_sequences = forwards.iter().map(|f| f.recorded_sequences).sum();
     let top_grads = loss.backward()?;
     let incoming = forwards
         .iter()
@@ -490,6 +547,7 @@ pub fn checkpointed_backward(
         spans: plan.spans,
         loss: loss_value,
         grads,
+        recorded_sequences,
     })
 }
 
@@ -509,6 +567,8 @@ struct ShardForward {
     tops: Vec<(Var, Option<Var>)>,
     /// The log-probs of the shard's targets, in the graph of `tops`.
     logprobs: Tensor,
+    /// Sequences whose states came from a recording.
+    recorded_sequences: usize,
 }
 
 impl Shard<'_> {
@@ -527,18 +587,39 @@ impl Shard<'_> {
             .collect()
     }
 
-    /// The forward without a graph, keeping every layer's input, and the log-probs on top.
-    fn forward(&self, model: &CausalLm, adapter: &LoraAdapter) -> Result<ShardForward, ModelError> {
-        let mut layer_inputs: Vec<Vec<States>> = Vec::with_capacity(model.num_layers());
-        let mut current = self
-            .passes
-            .iter()
-            .map(|p| p.embed(model))
-            .collect::<Result<Vec<_>, _>>()?;
-        for idx in 0..model.num_layers() {
-            let next = self.run_layer(model, idx, &current, AdapterUse::Frozen(adapter))?;
-            layer_inputs.push(std::mem::replace(&mut current, next));
-        }
+    /// The forward without a graph (or the recorded states), keeping every layer's input, and
+    /// the log-probs on top.
+    fn forward(
+        &self,
+        model: &CausalLm,
+        adapter: &LoraAdapter,
+        recorded: &[RecordedStates],
+    ) -> Result<ShardForward, ModelError> {
+        let recorded = if recorded.is_empty() {
+            None
+        } else {
+            self.recorded_inputs(model, recorded)?
+        };
+        let recorded_sequences = match recorded {
+            Some(_) => self.groups.iter().map(|g| g.k).sum(),
+            None => 0,
+        };
+        let (layer_inputs, current) = match recorded {
+            Some(inputs) => inputs,
+            None => {
+                let mut layer_inputs: Vec<Vec<States>> = Vec::with_capacity(model.num_layers());
+                let mut current = self
+                    .passes
+                    .iter()
+                    .map(|p| p.embed(model))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for idx in 0..model.num_layers() {
+                    let next = self.run_layer(model, idx, &current, AdapterUse::Frozen(adapter))?;
+                    layer_inputs.push(std::mem::replace(&mut current, next));
+                }
+                (layer_inputs, current)
+            }
+        };
         let tops = as_vars(&current)?;
         let states = self
             .groups
@@ -553,7 +634,60 @@ impl Shard<'_> {
             layer_inputs,
             tops,
             logprobs,
+            recorded_sequences,
         })
+    }
+
+    /// Every layer's input and the last layer's output, per group, from recorded states; `None`
+    /// when a group of the shard was not recorded whole by one recording.
+    fn recorded_inputs(
+        &self,
+        model: &CausalLm,
+        recordings: &[RecordedStates],
+    ) -> Result<Option<LayerStates>, ModelError> {
+        let boundaries = model.num_layers() + 1;
+        let mut lookups = Vec::with_capacity(self.groups.len());
+        for group in self.groups {
+            let found = recordings
+                .iter()
+                .filter(|r| r.boundaries() == boundaries)
+                .find_map(|r| Some((r, group_positions(group, r).transpose()?)));
+            match found {
+                Some((recording, positions)) => lookups.push((recording, positions?)),
+                None => return Ok(None),
+            }
+        }
+        let hidden = model.config().hidden_size;
+        let mut states = (0..boundaries)
+            .map(|boundary| {
+                self.groups
+                    .iter()
+                    .zip(&lookups)
+                    .map(|(group, (recording, (start, positions)))| {
+                        let prompt = recording
+                            .prompt_states(boundary, *start, group.prompt.len())?
+                            .unsqueeze(0)?;
+                        let fed = if group.width == 0 {
+                            None
+                        } else {
+                            let positions = Tensor::from_slice(
+                                positions,
+                                group.k * group.width,
+                                model.device(),
+                            )?;
+                            Some(recording.fed_states(boundary, &positions)?.reshape((
+                                group.k,
+                                group.width,
+                                hidden,
+                            ))?)
+                        };
+                        Ok((prompt, fed))
+                    })
+                    .collect::<Result<Vec<States>, ModelError>>()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let top = states.pop().unwrap_or_default();
+        Ok(Some((states, top)))
     }
 
     /// Down the layers: recompute each with a graph and pull the gradient through it.

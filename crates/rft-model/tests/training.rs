@@ -336,3 +336,110 @@ fn checkpointed_backward_equals_plain_backward() {
         }
     }
 }
+
+#[test]
+fn recorded_rollout_states_give_the_recomputed_gradient() {
+    use rft_model::sample::{SampleRequest, Sampler, SamplingParams};
+    use rft_model::train::{checkpointed_backward, checkpointed_backward_with};
+    let config = ModelConfig::tiny(Architecture::Qwen3);
+    let model = CausalLm::random(config.clone(), 17, DType::F32, &Device::Cpu).unwrap();
+    let adapter = random_adapter(&config, DType::F32, 3);
+    let merged = model.merged(&adapter).unwrap();
+    let sampler = Sampler {
+        model: &merged,
+        adapter: None,
+        tokenizer: None,
+    };
+    let requests: Vec<SampleRequest> = [vec![1, 5, 9, 33], vec![3], vec![40, 41, 42]]
+        .into_iter()
+        .enumerate()
+        .map(|(i, prompt)| SampleRequest {
+            prompt,
+            n: 3,
+            params: SamplingParams {
+                max_tokens: 9,
+                // A common stop token, so completions end at different lengths.
+                stop_ids: vec![2, 3, 4, 5, 6],
+                seed: 11 + i as u64,
+                ..SamplingParams::default()
+            },
+            constraint: None,
+        })
+        .collect();
+    // Recorded in 4 shards, trained in 3: the states are found by their tokens, not by layout.
+    let pool = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    };
+    let (samples, recorded) = pool(4).install(|| sampler.run_recording(&requests).unwrap());
+    let recorded = [recorded.unwrap()];
+    let mut sequences = Vec::new();
+    for (request, completions) in requests.iter().zip(&samples) {
+        for c in completions {
+            sequences.push(TokenSequence {
+                prompt: request.prompt.clone(),
+                completion: c.ids.clone(),
+            });
+        }
+    }
+    let lengths: Vec<usize> = sequences.iter().map(|s| s.completion.len()).collect();
+    assert!(
+        lengths.iter().any(|&l| l != lengths[0]),
+        "every completion has the same length: the padding is not exercised"
+    );
+    let n_tokens: usize = lengths.iter().sum();
+    let probe = Tensor::from_vec(
+        (0..n_tokens)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0)
+            .collect::<Vec<_>>(),
+        n_tokens,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let loss = |lp: &Tensor, _: &[std::ops::Range<usize>]| (lp * &probe)?.sum_all();
+    let computed = pool(3)
+        .install(|| checkpointed_backward(&model, &adapter, &sequences, loss))
+        .unwrap();
+    let reused = pool(3)
+        .install(|| checkpointed_backward_with(&model, &adapter, &sequences, &recorded, loss))
+        .unwrap();
+    assert_eq!(computed.recorded_sequences, 0);
+    assert_eq!(reused.recorded_sequences, sequences.len());
+    assert!((computed.loss - reused.loss).abs() < 1e-3 * computed.loss.abs().max(1.0));
+    for (a, b) in computed.logprobs.iter().zip(&reused.logprobs) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    for (name, var) in adapter.named_vars() {
+        let a = &computed.grads[&var.as_tensor().id()];
+        let b = &reused.grads[&var.as_tensor().id()];
+        let scale = a
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(
+            diff <= 1e-3 * scale.max(1e-3),
+            "{name}: {diff:e} of {scale:e}"
+        );
+    }
+
+    // A sequence that was not sampled is computed, not looked up.
+    let mut changed = sequences.clone();
+    changed[0].completion[0] = (changed[0].completion[0] + 1) % config.vocab_size as u32;
+    let fallback = pool(1)
+        .install(|| checkpointed_backward_with(&model, &adapter, &changed, &recorded, loss))
+        .unwrap();
+    assert_eq!(fallback.recorded_sequences, 0);
+}

@@ -167,3 +167,32 @@ fn mismatched_datums_are_refused() {
         .unwrap_err();
     assert!(err.to_string().contains("datum 0"), "{err}");
 }
+
+#[test]
+fn rollout_states_are_reused_only_until_the_weights_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut trained = client(&tmp.path().join("a"));
+    let mut recomputed = client(&tmp.path().join("b"));
+    recomputed.max_recorded_bytes = 0;
+    let data = batch(&trained);
+    assert!(trained.recorded_bytes() > 0);
+    assert_eq!(batch(&recomputed), data, "same seed, same samples");
+    assert_eq!(recomputed.recorded_bytes(), 0);
+    let loss = LossFn::ImportanceSampling;
+    let reused = trained.forward_backward(&data, &loss, None).unwrap();
+    let fresh = recomputed.forward_backward(&data, &loss, None).unwrap();
+    assert_eq!(reused.recorded_sequences, data.len());
+    assert_eq!(fresh.recorded_sequences, 0);
+    assert!((reused.loss - fresh.loss).abs() < 1e-4 * fresh.loss.abs().max(1.0));
+    let adam = AdamParams::default();
+    let g_reused = trained.optim_step(&adam).unwrap().grad_norm;
+    let g_fresh = recomputed.optim_step(&adam).unwrap().grad_norm;
+    assert!(
+        (g_reused - g_fresh).abs() < 1e-4 * g_fresh,
+        "{g_reused} vs {g_fresh}"
+    );
+    // The step changed the adapter: the states describe the old weights and are gone.
+    assert_eq!(trained.recorded_bytes(), 0);
+    let again = trained.forward_backward(&data, &loss, None).unwrap();
+    assert_eq!(again.recorded_sequences, 0);
+}
