@@ -240,11 +240,6 @@ impl Plan {
 }
 
 impl Group {
-    /// Tokens this group runs through the model: the prompt once, every fed completion token.
-    fn tokens(&self) -> usize {
-        self.prompt.len() + self.k * self.width
-    }
-
     fn passes(&self, model: &CausalLm) -> Result<GroupPasses, ModelError> {
         let device = model.device();
         let p = self.prompt.len();
@@ -453,29 +448,38 @@ pub fn checkpointed_backward_with(
     loss_fn: impl FnOnce(&Tensor, &[Range<usize>]) -> candle_core::Result<Tensor>,
 ) -> Result<CheckpointedOutput, ModelError> {
     let plan = Plan::new(model, sequences)?;
-    let passes = plan
-        .groups
+    // Shards are contiguous runs of sequences of about equal work; a prompt group cut between
+    // two shards has its prompt run by both (a few percent more work, against a shard that
+    // would otherwise wait for its neighbour).
+    let costs: Vec<usize> = sequences
         .iter()
-        .map(|g| g.passes(model))
-        .collect::<Result<Vec<_>, _>>()?;
-    let weights: Vec<usize> = plan.groups.iter().map(Group::tokens).collect();
+        .enumerate()
+        .map(|(idx, seq)| {
+            let starts_group = idx == 0 || sequences[idx - 1].prompt != seq.prompt;
+            seq.completion.len().saturating_sub(1)
+                + if starts_group { seq.prompt.len() } else { 0 }
+        })
+        .collect();
     let ranges = parallel::balanced_ranges(
-        &weights,
-        parallel::shard_count(model.device(), plan.groups.len()),
+        &costs,
+        parallel::shard_count(model.device(), sequences.len()),
     );
-    let mut target_start = 0;
-    let shards: Vec<Shard<'_>> = ranges
+    let plans = ranges
         .into_iter()
-        .map(|range| {
-            let groups = &plan.groups[range.clone()];
-            let targets = groups.iter().map(|g| g.rows.len()).sum::<usize>();
-            let shard = Shard {
-                groups,
-                passes: &passes[range],
-                targets: &plan.targets[target_start..target_start + targets],
-            };
-            target_start += targets;
-            shard
+        .map(|range| Plan::new(model, &sequences[range]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let passes = plans
+        .iter()
+        .map(|p| p.groups.iter().map(|g| g.passes(model)).collect())
+        .collect::<Result<Vec<Vec<_>>, ModelError>>()?;
+    let shards: Vec<Shard<'_>> = plans
+        .iter()
+        .zip(&passes)
+        .filter(|(p, _)| !p.groups.is_empty())
+        .map(|(p, passes)| Shard {
+            groups: &p.groups,
+            passes,
+            targets: &p.targets,
         })
         .collect();
 

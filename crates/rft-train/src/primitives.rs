@@ -444,26 +444,42 @@ impl TrainingClient {
     }
 
     fn micro_batches<'b>(&self, batch: &'b [Datum]) -> Vec<&'b [Datum]> {
-        let mut out = Vec::new();
+        // Samples of one prompt share its forward pass (`checkpointed_backward`): the prompt
+        // counts once per run of equal prompts, and again where a pass starts inside a run.
+        let cost = |idx: usize, start: usize| {
+            let datum = &batch[idx];
+            let shared = idx > start && batch[idx - 1].prompt == datum.prompt;
+            datum.completion.len() + if shared { 0 } else { datum.prompt.len() }
+        };
+        // Fewest passes within the limit, filled greedily...
+        let mut greedy = Vec::new();
         let mut start = 0;
         let mut tokens = 0;
-        for (idx, datum) in batch.iter().enumerate() {
-            // Samples of one prompt share its forward pass (`completion_logprobs`): the prompt
-            // counts once per run of equal prompts.
-            let shared = idx > start && batch[idx - 1].prompt == datum.prompt;
-            let len = datum.completion.len() + if shared { 0 } else { datum.prompt.len() };
+        for idx in 0..batch.len() {
+            let len = cost(idx, start);
             if idx > start && tokens + len > self.max_tokens_per_pass {
-                out.push(&batch[start..idx]);
+                greedy.push(start..idx);
                 start = idx;
-                tokens = datum.prompt.len() + datum.completion.len();
+                tokens = cost(idx, start);
                 continue;
             }
             tokens += len;
         }
         if start < batch.len() {
-            out.push(&batch[start..]);
+            greedy.push(start..batch.len());
         }
-        out
+        // ...then evened out, so the last pass is not a sliver that cannot use every core.
+        let costs: Vec<usize> = (0..batch.len()).map(|idx| cost(idx, 0)).collect();
+        let even = rft_model::parallel::balanced_ranges(&costs, greedy.len());
+        let fits = |r: &std::ops::Range<usize>| {
+            r.clone().map(|idx| cost(idx, r.start)).sum::<usize>() <= self.max_tokens_per_pass
+        };
+        let ranges = if even.len() == greedy.len() && even.iter().all(fits) {
+            even
+        } else {
+            greedy
+        };
+        ranges.into_iter().map(|r| &batch[r]).collect()
     }
 }
 
