@@ -43,12 +43,17 @@ impl Linear {
     fn forward(&self, xs: &Tensor, lora: Option<&LoraWeights>) -> candle_core::Result<Tensor> {
         let (b, t, d_in) = xs.dims3()?;
         let flat = xs.reshape((b * t, d_in))?;
-        let mut out = ops::frozen_linear(&flat, &self.weight, self.bias.as_ref())?;
-        if let Some(lora) = lora {
-            // Scaled at rank width, where it is cheapest, and added once.
-            let update = (flat.matmul(&lora.a.t()?)? * lora.scale)?.matmul(&lora.b.t()?)?;
-            out = (out + update)?;
-        }
+        let out = match lora {
+            Some(lora) => ops::lora_linear(
+                &flat,
+                &self.weight,
+                self.bias.as_ref(),
+                &lora.a,
+                &lora.b,
+                lora.scale,
+            )?,
+            None => ops::frozen_linear(&flat, &self.weight, self.bias.as_ref())?,
+        };
         out.reshape((b, t, ()))
     }
 }

@@ -456,8 +456,7 @@ pub fn checkpointed_backward_with(
         .enumerate()
         .map(|(idx, seq)| {
             let starts_group = idx == 0 || sequences[idx - 1].prompt != seq.prompt;
-            seq.completion.len().saturating_sub(1)
-                + if starts_group { seq.prompt.len() } else { 0 }
+            seq.completion.len().saturating_sub(1) + if starts_group { seq.prompt.len() } else { 0 }
         })
         .collect();
     let ranges = parallel::balanced_ranges(

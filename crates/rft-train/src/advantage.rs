@@ -33,14 +33,21 @@ pub struct RolloutBatch {
 
 /// Groups → datums. Advantage = reward − group mean, divided by the group's sample std unless
 /// `scale_rewards = "none"` (Dr. GRPO). With `dynamic_sampling`, groups whose rewards are all
-/// equal are dropped. Per-token weights: `grpo`/`gspo` average each sequence then the batch,
+/// equal are dropped. With `overlong_buffer`, DAPO's soft overlong penalty is added to each
+/// reward first ([`Hyperparameters::overlong_penalty`]). Per-token weights: `grpo`/`gspo` average each sequence then the batch,
 /// `dr_grpo` divides by `max_completion_tokens` × sequences, `dapo`/`cispo` by the batch's
 /// token count.
 pub fn build_batch(hyper: &Hyperparameters, groups: &[GradedGroup<'_>]) -> RolloutBatch {
     let mut kept = Vec::new();
     let mut zero = 0usize;
     for group in groups {
-        let rewards = group.rewards;
+        // The grader's reward plus the soft overlong penalty (0 unless `overlong_buffer` is set).
+        let rewards: Vec<f64> = group
+            .rewards
+            .iter()
+            .zip(group.completions)
+            .map(|(r, c)| r + hyper.overlong_penalty(c.ids.len()))
+            .collect();
         let mean = rewards.iter().sum::<f64>() / rewards.len().max(1) as f64;
         let var = rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>()
             / (rewards.len().max(2) - 1) as f64;
@@ -56,7 +63,7 @@ pub fn build_batch(hyper: &Hyperparameters, groups: &[GradedGroup<'_>]) -> Rollo
         } else {
             1.0
         };
-        for (c, r) in group.completions.iter().zip(rewards) {
+        for (c, r) in group.completions.iter().zip(&rewards) {
             if c.ids.is_empty() || (hyper.mask_truncated && c.finish_reason == FinishReason::Length)
             {
                 continue;
@@ -149,6 +156,32 @@ mod tests {
         assert!((f64::from(batch.datums[0].advantages[0]) - expected).abs() < 1e-6);
         assert!((f64::from(batch.datums[1].advantages[0]) + expected).abs() < 1e-6);
         assert_eq!(batch.kl_weights.len(), 6);
+    }
+
+    #[test]
+    fn the_soft_overlong_penalty_grows_through_the_buffer() {
+        let h = hyper(json!({"max_completion_tokens": 10, "overlong_buffer": 4,
+                             "overlong_penalty_factor": 0.5}));
+        let penalties: Vec<f64> = [5, 6, 7, 8, 10].map(|n| h.overlong_penalty(n)).to_vec();
+        assert_eq!(penalties, vec![0.0, 0.0, -0.125, -0.25, -0.5]);
+        assert_eq!(hyper(json!({})).overlong_penalty(256), 0.0);
+        // Equal grader rewards, different lengths: the penalty alone gives the group signal.
+        let (short, long) = (
+            completion(3, FinishReason::Stop),
+            completion(10, FinishReason::Length),
+        );
+        let group = [&short, &long];
+        let batch = build_batch(
+            &h,
+            &[GradedGroup {
+                prompt: &[1],
+                completions: &group,
+                rewards: &[1.0, 1.0],
+            }],
+        );
+        assert_eq!(batch.frac_zero_std_groups, 0.0);
+        assert!(batch.datums[0].advantages[0] > 0.0);
+        assert!(batch.datums[1].advantages[0] < 0.0);
     }
 
     #[test]

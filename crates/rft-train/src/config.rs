@@ -102,6 +102,16 @@ pub struct Hyperparameters {
     pub scale_rewards: String,
     /// Drop groups whose rewards are all equal.
     pub dynamic_sampling: bool,
+    /// With `dynamic_sampling`: extra sampling rounds per step that replace dropped groups
+    /// with fresh training rows until the batch has `batch_size` groups with signal (DAPO's
+    /// dynamic sampling); 0 trains on what is left.
+    pub max_refill_rounds: usize,
+    /// DAPO's soft overlong punishment: completions within this many tokens of
+    /// `max_completion_tokens` get a reward penalty growing linearly to
+    /// `overlong_penalty_factor` at the limit; 0 turns it off.
+    pub overlong_buffer: usize,
+    /// The penalty at `max_completion_tokens` (see `overlong_buffer`).
+    pub overlong_penalty_factor: f64,
     /// Mask truncated completions out of the loss.
     pub mask_truncated: bool,
     /// AdamW weight decay.
@@ -151,6 +161,9 @@ impl Hyperparameters {
             "num_iterations",
             "scale_rewards",
             "dynamic_sampling",
+            "max_refill_rounds",
+            "overlong_buffer",
+            "overlong_penalty_factor",
             "mask_truncated",
             "weight_decay",
             "warmup_steps",
@@ -246,6 +259,9 @@ impl Hyperparameters {
                 &["group", "none"],
             )?,
             dynamic_sampling: boolean("dynamic_sampling", true)?,
+            max_refill_rounds: int("max_refill_rounds", 0, 0, 16)?,
+            overlong_buffer: int("overlong_buffer", 0, 0, 32_768)?,
+            overlong_penalty_factor: number("overlong_penalty_factor", 1.0, 0.0, 100.0)?,
             mask_truncated: boolean("mask_truncated", false)?,
             weight_decay: number("weight_decay", 0.0, 0.0, 1.0)?,
             warmup_steps: int("warmup_steps", 0, 0, 1_000_000)?,
@@ -253,6 +269,17 @@ impl Hyperparameters {
             max_grad_norm: number("max_grad_norm", 1.0, 0.0, 1e6)?,
             loss_type,
         })
+    }
+
+    /// DAPO's soft overlong penalty for a completion of `tokens` tokens (0 or negative).
+    pub fn overlong_penalty(&self, tokens: usize) -> f64 {
+        let limit = self.max_completion_tokens;
+        let buffer = self.overlong_buffer.min(limit);
+        if buffer == 0 || tokens + buffer <= limit {
+            return 0.0;
+        }
+        let into = (tokens.min(limit) + buffer - limit) as f64;
+        -self.overlong_penalty_factor * into / buffer as f64
     }
 
     /// The group size `G`.

@@ -228,6 +228,9 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// One prompt's graded samples.
+type GradedRollout = Vec<(Completion, rft_types::RunGraderResponse)>;
+
 struct Loop<'a> {
     request: &'a JobRequest,
     hyper: Hyperparameters,
@@ -441,6 +444,57 @@ impl Loop<'_> {
             .collect())
     }
 
+    /// DAPO's dynamic sampling: while the step's groups with reward spread are fewer than
+    /// `batch_size` and `max_refill_rounds` allow, samples and grades fresh training rows for
+    /// the missing groups. Rows come from a shuffle of the rows outside the step's batch seeded
+    /// by the step, so a resumed run refills exactly as an uninterrupted one.
+    /// Returns the added rows (indices into the training set) and their graded groups.
+    fn refill(
+        &self,
+        batch: &[&Prepared],
+        graded: &[GradedRollout],
+        step: usize,
+    ) -> Result<(Vec<usize>, Vec<GradedRollout>), TrainError> {
+        let mut rows: Vec<usize> = Vec::new();
+        let mut groups: Vec<GradedRollout> = Vec::new();
+        if !self.hyper.dynamic_sampling || self.hyper.max_refill_rounds == 0 {
+            return Ok((rows, groups));
+        }
+        let has_signal = |group: &GradedRollout| {
+            let rewards: Vec<f64> = group
+                .iter()
+                .map(|(c, g)| g.reward + self.hyper.overlong_penalty(c.ids.len()))
+                .collect();
+            rewards.iter().any(|r| (r - rewards[0]).abs() > 1e-9)
+        };
+        let in_batch = |p: &Prepared| batch.iter().any(|b| std::ptr::eq(*b, p));
+        let candidates: Vec<usize> = epoch_order(self.train.len(), mix(self.seed ^ 0xD1CE), step)
+            .into_iter()
+            .filter(|&i| !in_batch(&self.train[i]))
+            .collect();
+        let mut next = 0;
+        let mut with_signal = graded.iter().filter(|g| has_signal(g)).count();
+        for round in 0..self.hyper.max_refill_rounds {
+            let missing = self.hyper.batch_size.saturating_sub(with_signal);
+            if missing == 0 || next >= candidates.len() {
+                break;
+            }
+            let take = &candidates[next..(next + missing).min(candidates.len())];
+            next += take.len();
+            let seed = mix(self.seed ^ mix(step as u64) ^ mix(0x5EED + round as u64));
+            let prepared: Vec<&Prepared> = take.iter().map(|&i| &self.train[i]).collect();
+            let fresh = self.rollout(&prepared, self.hyper.group_size(), seed)?;
+            for (&row, group) in take.iter().zip(fresh) {
+                if has_signal(&group) {
+                    with_signal += 1;
+                    rows.push(row);
+                    groups.push(group);
+                }
+            }
+        }
+        Ok((rows, groups))
+    }
+
     fn validate(&self, seed: u64) -> Result<Option<(f64, Value)>, TrainError> {
         if self.valid.is_empty() {
             return Ok(None);
@@ -549,19 +603,26 @@ impl Loop<'_> {
             }
             let train_mean = all.iter().map(|g| g.reward).sum::<f64>() / all.len().max(1) as f64;
             train_rewards.push(train_mean);
+            let t_refill = Instant::now();
+            let (refill_rows, refill_graded) = self.refill(&rows, &graded, step)?;
+            let refill_rows: Vec<&Prepared> = refill_rows.iter().map(|&i| &self.train[i]).collect();
+            let sampling_seconds = sampling_seconds + t_refill.elapsed().as_secs_f64();
 
             // Advantages, dynamic sampling, normalisation.
             let t_train = Instant::now();
             let completions: Vec<Vec<&Completion>> = graded
                 .iter()
+                .chain(&refill_graded)
                 .map(|group| group.iter().map(|(c, _)| c).collect())
                 .collect();
             let rewards: Vec<Vec<f64>> = graded
                 .iter()
+                .chain(&refill_graded)
                 .map(|group| group.iter().map(|(_, g)| g.reward).collect())
                 .collect();
             let groups: Vec<GradedGroup<'_>> = rows
                 .iter()
+                .chain(&refill_rows)
                 .zip(&completions)
                 .zip(&rewards)
                 .map(|((p, completions), rewards)| GradedGroup {
@@ -661,6 +722,7 @@ impl Loop<'_> {
                 "completion_tokens_mean": completion_mean,
                 "completion_tokens_count": lengths.iter().sum::<usize>(),
                 "frac_zero_std_groups": zero_std_groups,
+                "refill_groups": refill_rows.len(),
                 "frac_truncated": truncated,
                 "loss": loss,
                 "kl": kl,

@@ -242,3 +242,46 @@ fn a_grader_failing_on_most_samples_fails_the_job() {
     .to_string();
     assert!(err.contains("grader failed on"), "{err}");
 }
+
+#[test]
+fn dynamic_sampling_refills_groups_without_signal() {
+    // Even rows can be rewarded (the model emits `x` now and then); odd rows never can, so
+    // their groups carry no signal and are dropped.
+    let run = |refill_rounds: u64| {
+        let tmp = tempfile::tempdir().unwrap();
+        let request = setup(
+            tmp.path(),
+            0,
+            json!({"max_refill_rounds": refill_rounds, "eval_interval": 100}),
+        );
+        let mut train = String::new();
+        for i in 0..24 {
+            let target = if i % 2 == 0 { "x" } else { "never emitted @@" };
+            train.push_str(
+                &json!({"messages": [{"role": "user", "content": format!("Say x please {i}")}],
+                        "target": target})
+                .to_string(),
+            );
+            train.push('\n');
+        }
+        std::fs::write(tmp.path().join("train.jsonl"), &train).unwrap();
+        let out = tmp.path().join("run");
+        run_job(&request, &out, &JobControl::default(), &mut |_| {}).unwrap();
+        metrics(&out)
+    };
+    let refilled = run(3);
+    let plain = run(0);
+    assert_eq!(refilled.len(), 6);
+    assert!(plain.iter().all(|m| m["refill_groups"] == 0));
+    let added: u64 = refilled
+        .iter()
+        .map(|m| m["refill_groups"].as_u64().unwrap())
+        .sum();
+    assert!(added > 0, "no group was refilled: {refilled:?}");
+    for m in &refilled {
+        // Refilled groups only make up for the ones dropped: at most batch_size with signal.
+        let groups = 4.0 + m["refill_groups"].as_u64().unwrap() as f64;
+        let with_signal = groups * (1.0 - m["frac_zero_std_groups"].as_f64().unwrap());
+        assert!(with_signal <= 4.0 + 1e-9, "{m}");
+    }
+}
