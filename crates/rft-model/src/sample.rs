@@ -158,6 +158,8 @@ struct Row<'t> {
     stream: Option<DecodeStream<'t>>,
     text: String,
     position: u32,
+    /// Reused buffer of the draw's exponentials.
+    scratch: Vec<f32>,
 }
 
 /// What [`Sampler::run_streaming`] reports while it samples.
@@ -414,6 +416,7 @@ impl Sampler<'_> {
                     stream: self.tokenizer.map(|t| t.decode_stream(true)),
                     text: String::new(),
                     position: request.prompt.len() as u32,
+                    scratch: Vec::new(),
                 });
             }
         }
@@ -525,8 +528,18 @@ impl Sampler<'_> {
         params: &SamplingParams,
         logits: &mut [f32],
     ) -> Result<bool, ModelError> {
-        let log_norm = log_sum_exp(logits);
         let vocab = logits.len();
+        let plain = row.constraint.is_none()
+            && params.temperature == 1.0
+            && params.top_k == 0
+            && params.top_p >= 1.0;
+        if plain {
+            // The RL rollout's case: one exp pass serves both the draw and the log-prob's
+            // normaliser (the same weights `draw` would compute, so the same token).
+            let (token, log_norm) = draw_plain(logits, &mut row.scratch, &mut row.rng);
+            return self.accept(row, params, token, logits[token as usize] - log_norm);
+        }
+        let log_norm = log_sum_exp(logits);
         let token = match &mut row.constraint {
             Some(constraint) => {
                 // Masking leaves allowed logits untouched, so the sampled (allowed) token's
@@ -544,9 +557,20 @@ impl Sampler<'_> {
             None => pick(logits, params, &mut row.rng),
         };
         debug_assert!((token as usize) < vocab);
+        self.accept(row, params, token, logits[token as usize] - log_norm)
+    }
+
+    /// Appends the drawn `token` to `row`; returns whether the row is finished.
+    fn accept(
+        &self,
+        row: &mut Row<'_>,
+        params: &SamplingParams,
+        token: u32,
+        logprob: f32,
+    ) -> Result<bool, ModelError> {
         let completion = &mut row.completion;
         completion.ids.push(token);
-        completion.logprobs.push(logits[token as usize] - log_norm);
+        completion.logprobs.push(logprob);
         if params.stop_ids.contains(&token) {
             completion.finish_reason = FinishReason::Stop;
             return Ok(true);
@@ -615,6 +639,30 @@ fn find_stop(text: &str, new_len: usize, stops: &[String]) -> Option<usize> {
 }
 
 /// In f64: an f32 running sum over a 50k–150k vocabulary loses about 1e-4 of the log-prob.
+/// A draw at temperature 1 from the full distribution, and `log Σ exp(logits)`, from one pass
+/// of exponentials kept in `weights`. The token is the one [`draw`] picks for the same
+/// generator state.
+fn draw_plain(logits: &[f32], weights: &mut Vec<f32>, rng: &mut StdRng) -> (u32, f32) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    weights.clear();
+    weights.extend(logits.iter().map(|&l| (l - max).exp()));
+    let total: f32 = weights.iter().sum();
+    let precise: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+    let log_norm = (f64::from(max) + precise.ln()) as f32;
+    let mut u = rng.random::<f32>() * total;
+    let mut last = 0;
+    for (idx, &w) in weights.iter().enumerate() {
+        if w > 0.0 {
+            if u < w {
+                return (idx as u32, log_norm);
+            }
+            u -= w;
+            last = idx;
+        }
+    }
+    (last as u32, log_norm)
+}
+
 fn log_sum_exp(logits: &[f32]) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
@@ -746,6 +794,21 @@ mod tests {
                 .filter(|_| draw(&logits, &params, &mut rng) == 1)
                 .count();
             assert!((2800..3200).contains(&n_ones), "{n_ones}");
+        }
+    }
+
+    #[test]
+    fn the_fused_draw_picks_what_draw_picks() {
+        let logits: Vec<f32> = (0..500)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 9.0)
+            .collect();
+        let params = SamplingParams::default();
+        let (mut a, mut b) = (StdRng::seed_from_u64(5), StdRng::seed_from_u64(5));
+        let mut scratch = Vec::new();
+        for _ in 0..300 {
+            let (token, log_norm) = draw_plain(&logits, &mut scratch, &mut a);
+            assert_eq!(token, draw(&logits, &params, &mut b));
+            assert!((log_norm - log_sum_exp(&logits)).abs() < 1e-5);
         }
     }
 
