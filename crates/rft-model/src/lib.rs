@@ -19,6 +19,7 @@ pub mod hub;
 pub mod lora;
 pub mod model;
 pub mod ops;
+pub mod packed;
 pub mod parallel;
 pub mod recorded;
 pub mod sample;

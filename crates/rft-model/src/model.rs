@@ -11,12 +11,14 @@
 //! `key_mask` hides the padding.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, D};
 
 use crate::config::ModelConfig;
 use crate::lora::{LoraAdapter, Projection};
 use crate::ops;
+use crate::packed::PackedWeight;
 use crate::weights::{self, Weights};
 use crate::ModelError;
 
@@ -28,6 +30,8 @@ pub struct CausalLm {
     layers: Vec<DecoderLayer>,
     norm: Tensor,
     lm_head: Tensor,
+    /// `lm_head` packed for decoding ([`CausalLm::packed_for_sampling`]).
+    lm_head_packed: Option<Arc<PackedWeight>>,
     inv_freq: Tensor,
     device: Device,
 }
@@ -36,6 +40,8 @@ pub struct CausalLm {
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// The same values as `weight`, packed for decoding ([`CausalLm::packed_for_sampling`]).
+    packed: Option<Arc<PackedWeight>>,
 }
 
 impl Linear {
@@ -43,6 +49,14 @@ impl Linear {
     fn forward(&self, xs: &Tensor, lora: Option<&LoraWeights>) -> candle_core::Result<Tensor> {
         let (b, t, d_in) = xs.dims3()?;
         let flat = xs.reshape((b * t, d_in))?;
+        if let (None, Some(packed), false) = (lora, &self.packed, xs.track_op()) {
+            let out = packed.matmul_t(&flat).map_err(candle_core::Error::wrap)?;
+            let out = match &self.bias {
+                Some(bias) => out.broadcast_add(bias)?,
+                None => out,
+            };
+            return out.reshape((b, t, ()));
+        }
         let out = match lora {
             Some(lora) => ops::lora_linear(
                 &flat,
@@ -338,6 +352,7 @@ impl CausalLm {
                     } else {
                         None
                     },
+                    packed: None,
                 })
             };
             let qkv_bias = arch.has_qkv_bias();
@@ -388,6 +403,7 @@ impl CausalLm {
             layers,
             norm,
             lm_head,
+            lm_head_packed: None,
             inv_freq,
             device: device.clone(),
         })
@@ -548,10 +564,30 @@ impl CausalLm {
                         * adapter.scale())?;
                     linear.weight =
                         (linear.weight.to_dtype(delta.dtype())? + delta)?.to_dtype(dtype)?;
+                    linear.packed = None;
                 }
             }
         }
         Ok(merged)
+    }
+
+    /// This model with every projection and the output head also packed for decoding
+    /// ([`crate::packed`]): for a rollout's fixed weights, at the cost of a second copy of
+    /// them. Unchanged where the packed kernel does not apply (not an f32 CPU model, no
+    /// AVX2/FMA). Training and adapters keep using the dense weights.
+    pub fn packed_for_sampling(&self) -> Result<CausalLm, ModelError> {
+        let mut packed = self.clone();
+        if !crate::packed::available() || !self.device.is_cpu() {
+            return Ok(packed);
+        }
+        for layer in &mut packed.layers {
+            for projection in Projection::ALL {
+                let linear = layer.projection_mut(projection);
+                linear.packed = PackedWeight::pack(&linear.weight)?.map(Arc::new);
+            }
+        }
+        packed.lm_head_packed = PackedWeight::pack(&packed.lm_head)?.map(Arc::new);
+        Ok(packed)
     }
 
     /// The model's shape.
@@ -620,7 +656,11 @@ impl CausalLm {
         };
         let xs = self.final_norm(&xs)?;
         let (b, t_out, d) = xs.dims3()?;
-        let out = xs.reshape((b * t_out, d))?.matmul(&self.lm_head.t()?)?;
+        let flat = xs.reshape((b * t_out, d))?;
+        let out = match &self.lm_head_packed {
+            Some(packed) => packed.matmul_t(&flat)?,
+            None => flat.matmul(&self.lm_head.t()?)?,
+        };
         Ok(out.reshape((b, t_out, self.config.vocab_size))?)
     }
 

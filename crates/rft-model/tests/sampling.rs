@@ -470,3 +470,49 @@ fn shards_draw_exactly_what_one_batch_draws() {
         }
     }
 }
+
+#[test]
+fn packed_weights_sample_what_dense_weights_sample() {
+    let (model, adapter) = tiny();
+    let merged = model.merged(&adapter).unwrap();
+    let packed = merged.packed_for_sampling().unwrap();
+    assert_eq!(
+        format!("{packed:?}").contains("PackedWeight("),
+        rft_model::packed::available(),
+        "the decode kernel is used wherever the CPU has AVX2 and FMA"
+    );
+    let requests: Vec<SampleRequest> = prompts()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| request(p, 3, 1.0, 60 + i as u64))
+        .collect();
+    let run = |m: &CausalLm| {
+        Sampler {
+            model: m,
+            adapter: None,
+            tokenizer: None,
+        }
+        .run_streaming(&requests, &mut |_| {})
+        .unwrap()
+    };
+    let (dense, fast) = (run(&merged), run(&packed));
+    for (a, b) in dense.iter().flatten().zip(fast.iter().flatten()) {
+        assert_eq!(a.ids, b.ids);
+        for (x, y) in a.logprobs.iter().zip(&b.logprobs) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+    }
+    // Packing changes nothing for training: the dense weights are still there.
+    let seq = [TokenSequence {
+        prompt: vec![5, 6, 7],
+        completion: vec![8, 9],
+    }];
+    let lp = |m: &CausalLm| -> Vec<f32> {
+        completion_logprobs(m, None, &seq)
+            .unwrap()
+            .logprobs
+            .to_vec1()
+            .unwrap()
+    };
+    assert_eq!(lp(&merged), lp(&packed));
+}

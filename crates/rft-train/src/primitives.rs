@@ -170,8 +170,13 @@ impl TrainingClient {
         // The adapter is fixed for the whole rollout, so it is folded into a copy of the
         // adapted weights once (about 3 GFLOP for rank 16 on SmolLM2-135M): every decode step
         // then runs one matmul per projection instead of one plus the adapter's two small ones
-        // and their adds. Merged and unmerged log-probs agree to f32 rounding.
-        let merged = self.engine.model.merged(&self.adapter)?;
+        // and their adds. Merged and unmerged log-probs agree to f32 rounding. The copy is also
+        // packed for the decode kernel (`rft_model::packed`), once per rollout.
+        let merged = self
+            .engine
+            .model
+            .merged(&self.adapter)?
+            .packed_for_sampling()?;
         let sampler = Sampler {
             model: &merged,
             adapter: None,
