@@ -574,7 +574,8 @@ impl CausalLm {
     /// This model with every projection and the output head also packed for decoding
     /// ([`crate::packed`]): for a rollout's fixed weights, at the cost of a second copy of
     /// them. Unchanged where the packed kernel does not apply (not an f32 CPU model, no
-    /// AVX2/FMA). Training and adapters keep using the dense weights.
+    /// AVX2/FMA). Passes with an adapter or that record a gradient keep using the dense
+    /// weights; the packed ones serve inputs without either (sampling).
     pub fn packed_for_sampling(&self) -> Result<CausalLm, ModelError> {
         let mut packed = self.clone();
         if !crate::packed::available() || !self.device.is_cpu() {

@@ -502,13 +502,13 @@ fn packed_weights_sample_what_dense_weights_sample() {
             assert!((x - y).abs() < 1e-4, "{x} vs {y}");
         }
     }
-    // Packing changes nothing for training: the dense weights are still there.
+    // A pass with a trainable adapter uses the dense weights, packed or not.
     let seq = [TokenSequence {
         prompt: vec![5, 6, 7],
         completion: vec![8, 9],
     }];
     let lp = |m: &CausalLm| -> Vec<f32> {
-        completion_logprobs(m, None, &seq)
+        completion_logprobs(m, Some(&adapter), &seq)
             .unwrap()
             .logprobs
             .to_vec1()
