@@ -646,21 +646,26 @@ fn draw_plain(logits: &[f32], weights: &mut Vec<f32>, rng: &mut StdRng) -> (u32,
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     weights.clear();
     weights.extend(logits.iter().map(|&l| (l - max).exp()));
-    let total: f32 = weights.iter().sum();
     let precise: f64 = weights.iter().map(|&w| f64::from(w)).sum();
     let log_norm = (f64::from(max) + precise.ln()) as f32;
+    (pick_weighted(weights, rng), log_norm)
+}
+
+/// Draws an index with probability proportional to `weights` (non-negative).
+fn pick_weighted(weights: &[f32], rng: &mut StdRng) -> u32 {
+    let total: f32 = weights.iter().sum();
     let mut u = rng.random::<f32>() * total;
     let mut last = 0;
     for (idx, &w) in weights.iter().enumerate() {
         if w > 0.0 {
             if u < w {
-                return (idx as u32, log_norm);
+                return idx as u32;
             }
             u -= w;
             last = idx;
         }
     }
-    (last as u32, log_norm)
+    last as u32
 }
 
 fn log_sum_exp(logits: &[f32]) -> f32 {
@@ -694,19 +699,7 @@ fn draw(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> u32 {
         // The common RL case: the full distribution. One pass, no sort.
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let weights: Vec<f32> = logits.iter().map(|&l| ((l - max) * inv_t).exp()).collect();
-        let total: f32 = weights.iter().sum();
-        let mut u = rng.random::<f32>() * total;
-        let mut last = 0;
-        for (idx, &w) in weights.iter().enumerate() {
-            if w > 0.0 {
-                if u < w {
-                    return idx as u32;
-                }
-                u -= w;
-                last = idx;
-            }
-        }
-        return last as u32;
+        return pick_weighted(&weights, rng);
     }
     let mut candidates: Vec<(u32, f32)> = logits
         .iter()

@@ -41,18 +41,9 @@ pub fn build_batch(hyper: &Hyperparameters, groups: &[GradedGroup<'_>]) -> Rollo
     let mut kept = Vec::new();
     let mut zero = 0usize;
     for group in groups {
-        // The grader's reward plus the soft overlong penalty (0 unless `overlong_buffer` is set).
-        let rewards: Vec<f64> = group
-            .rewards
-            .iter()
-            .zip(group.completions)
-            .map(|(r, c)| r + hyper.overlong_penalty(c.ids.len()))
-            .collect();
-        let mean = rewards.iter().sum::<f64>() / rewards.len().max(1) as f64;
-        let var = rewards.iter().map(|r| (r - mean).powi(2)).sum::<f64>()
-            / (rewards.len().max(2) - 1) as f64;
-        let std = var.sqrt();
-        if std < 1e-9 {
+        let rewards = shaped_rewards(hyper, group);
+        let (mean, std) = mean_std(&rewards);
+        if std < ZERO_STD {
             zero += 1;
             if hyper.dynamic_sampling {
                 continue;
@@ -101,6 +92,34 @@ pub fn build_batch(hyper: &Hyperparameters, groups: &[GradedGroup<'_>]) -> Rollo
         frac_zero_std_groups: zero as f64 / groups.len().max(1) as f64,
         kl_weights,
     }
+}
+
+/// Below this sample std a group's rewards count as all equal: it carries no signal.
+const ZERO_STD: f64 = 1e-9;
+
+/// The rewards advantages are computed from: the grader's plus the soft overlong penalty (0
+/// unless `overlong_buffer` is set).
+fn shaped_rewards(hyper: &Hyperparameters, group: &GradedGroup<'_>) -> Vec<f64> {
+    group
+        .rewards
+        .iter()
+        .zip(group.completions)
+        .map(|(r, c)| r + hyper.overlong_penalty(c.ids.len()))
+        .collect()
+}
+
+/// Mean and sample standard deviation.
+fn mean_std(values: &[f64]) -> (f64, f64) {
+    let mean = values.iter().sum::<f64>() / values.len().max(1) as f64;
+    let var =
+        values.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (values.len().max(2) - 1) as f64;
+    (mean, var.sqrt())
+}
+
+/// Whether `group` carries signal, by the rule [`build_batch`]'s dynamic sampling drops groups
+/// by (the loop's refill asks the same question of fresh groups).
+pub fn has_signal(hyper: &Hyperparameters, group: &GradedGroup<'_>) -> bool {
+    mean_std(&shaped_rewards(hyper, group)).1 >= ZERO_STD
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use rft_model::sample::{Completion, FinishReason, SamplingParams};
 use rft_types::{DatasetRow, Grader, Sample};
 use serde_json::{json, Value};
 
-use crate::advantage::{build_batch, GradedGroup, RolloutBatch};
+use crate::advantage::{build_batch, has_signal, GradedGroup, RolloutBatch};
 use crate::config::{Hyperparameters, JobRequest};
 use crate::primitives::{AdamParams, KlPenalty, TrainingClient};
 use crate::TrainError;
@@ -460,12 +460,17 @@ impl Loop<'_> {
         if !self.hyper.dynamic_sampling || self.hyper.max_refill_rounds == 0 {
             return Ok((rows, groups));
         }
-        let has_signal = |group: &GradedRollout| {
-            let rewards: Vec<f64> = group
-                .iter()
-                .map(|(c, g)| g.reward + self.hyper.overlong_penalty(c.ids.len()))
-                .collect();
-            rewards.iter().any(|r| (r - rewards[0]).abs() > 1e-9)
+        let carries_signal = |group: &GradedRollout| {
+            let completions: Vec<&Completion> = group.iter().map(|(c, _)| c).collect();
+            let rewards: Vec<f64> = group.iter().map(|(_, g)| g.reward).collect();
+            has_signal(
+                &self.hyper,
+                &GradedGroup {
+                    prompt: &[],
+                    completions: &completions,
+                    rewards: &rewards,
+                },
+            )
         };
         let in_batch = |p: &Prepared| batch.iter().any(|b| std::ptr::eq(*b, p));
         let candidates: Vec<usize> = epoch_order(self.train.len(), mix(self.seed ^ 0xD1CE), step)
@@ -473,7 +478,7 @@ impl Loop<'_> {
             .filter(|&i| !in_batch(&self.train[i]))
             .collect();
         let mut next = 0;
-        let mut with_signal = graded.iter().filter(|g| has_signal(g)).count();
+        let mut with_signal = graded.iter().filter(|g| carries_signal(g)).count();
         for round in 0..self.hyper.max_refill_rounds {
             let missing = self.hyper.batch_size.saturating_sub(with_signal);
             if missing == 0 || next >= candidates.len() {
@@ -485,7 +490,7 @@ impl Loop<'_> {
             let prepared: Vec<&Prepared> = take.iter().map(|&i| &self.train[i]).collect();
             let fresh = self.rollout(&prepared, self.hyper.group_size(), seed)?;
             for (&row, group) in take.iter().zip(fresh) {
-                if has_signal(&group) {
+                if carries_signal(&group) {
                     with_signal += 1;
                     rows.push(row);
                     groups.push(group);
