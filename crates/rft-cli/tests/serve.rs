@@ -16,7 +16,7 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(data: &Path, key: &str) -> Serve {
+    fn start(data: &Path, key: &str, model: &Path) -> Serve {
         // A free port, chosen first so the server can be its own judge endpoint (score_model
         // and label_model graders call RFT_JUDGE_BASE_URL).
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -27,6 +27,8 @@ impl Serve {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rft"))
             .args(["serve", "--port", &port.to_string(), "--data"])
             .arg(data)
+            .arg("--model")
+            .arg(model)
             .env("RFT_API_KEYS", key)
             .env("RFT_JUDGE_BASE_URL", format!("http://127.0.0.1:{port}/v1"))
             .env("RFT_JUDGE_API_KEY", key)
@@ -98,7 +100,7 @@ fn the_openai_python_sdk_runs_unchanged() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let model = write_task(tmp.path(), 6);
-    let server = Serve::start(&tmp.path().join("data"), "sdk-key");
+    let server = Serve::start(&tmp.path().join("data"), "sdk-key", &model);
     let output = Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_flow.py"))
         .arg(&server.base)
@@ -173,7 +175,7 @@ fn a_server_killed_mid_job_resumes_it_and_loses_nothing() {
     let model = write_task(tmp.path(), 40);
     let data = tmp.path().join("data");
     let agent = agent();
-    let server = Serve::start(&data, "k");
+    let server = Serve::start(&data, "k", &model);
     let base = server.base.clone();
     let train = upload(&agent, &base, &tmp.path().join("train.jsonl"));
     let valid = upload(&agent, &base, &tmp.path().join("valid.jsonl"));
@@ -202,7 +204,7 @@ fn a_server_killed_mid_job_resumes_it_and_loses_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     };
     drop(server); // SIGKILL
-    let server = Serve::start(&data, "k");
+    let server = Serve::start(&data, "k", &model);
     let base = server.base.clone();
     let start = Instant::now();
     let done = loop {
@@ -248,7 +250,7 @@ fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
     let model = write_task(tmp.path(), 40);
     let data = tmp.path().join("data");
     let agent = agent();
-    let mut server = Serve::start(&data, "k");
+    let mut server = Serve::start(&data, "k", &model);
     let base = server.base.clone();
     let train = upload(&agent, &base, &tmp.path().join("train.jsonl"));
     let job = call(
@@ -283,7 +285,7 @@ fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "rft serve exited with {exit} after SIGTERM");
     drop(server);
-    let server = Serve::start(&data, "k");
+    let server = Serve::start(&data, "k", &model);
     let base = server.base.clone();
     let after = events(&agent, &base, &id);
     let stopped = after.iter().any(|e| {

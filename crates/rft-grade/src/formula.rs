@@ -12,8 +12,23 @@
 //! power   := primary ("^" unary)?          right-associative; -2^2 = -4 as in Python
 //! primary := number | name | name "(" expr ("," expr)* ")" | "(" expr ")"
 //! ```
+//!
+//! Formulas come from API callers, and parsing, evaluating, walking and dropping a tree all
+//! recurse, on threads with small stacks (HTTP handlers, rayon workers). So the tree's height
+//! is bounded by construction: the text is at most [`MAX_FORMULA_BYTES`], parentheses (and
+//! function calls) nest at most [`MAX_FORMULA_DEPTH`] deep, and so do `^` exponents; runs of
+//! unary signs fold into one node, and chains of `+ -` or `* /` are flat nodes rather than
+//! left-deep trees. Every recursive function here therefore stays within a few hundred frames.
 
 use std::fmt;
+
+/// The longest `calculate_output` accepted, in bytes. Real formulas combine a handful of
+/// graders in well under 200 bytes; the limit only keeps hostile input cheap.
+pub const MAX_FORMULA_BYTES: usize = 4096;
+
+/// How deep parentheses (and function calls) may nest, and, separately, how many `^` may be
+/// open at once. Each level costs a few stack frames when parsing and evaluating.
+pub const MAX_FORMULA_DEPTH: usize = 64;
 
 /// A parsed formula.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +41,10 @@ enum Expr {
     Number(f64),
     Variable(String),
     Negate(Box<Expr>),
-    Binary(Op, Box<Expr>, Box<Expr>),
+    /// `first op x op y ...` of one precedence level (`+ -` or `* /`), applied left to right.
+    /// Flat rather than a left-deep tree, so that `1+1+...+1` does not make a deep tree.
+    Chain(Box<Expr>, Vec<(Op, Expr)>),
+    Pow(Box<Expr>, Box<Expr>),
     Call(Function, Vec<Expr>),
 }
 
@@ -36,7 +54,6 @@ enum Op {
     Sub,
     Mul,
     Div,
-    Pow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,16 +79,57 @@ const FUNCTIONS: [(&str, Function); 8] = [
     ("log", Function::Log),
 ];
 
-/// A formula that does not parse: the byte offset and what was expected.
+/// A formula that is refused: it does not parse, or it is over a size limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("formula {formula:?}: {message} at character {position}")]
-pub struct FormulaError {
-    /// The formula text.
-    pub formula: String,
-    /// 1-based character position of the problem.
-    pub position: usize,
-    /// What was wrong.
-    pub message: String,
+pub enum FormulaError {
+    /// The text does not parse: the position and what was expected.
+    #[error("formula {}: {message} at character {position}", Excerpt(formula))]
+    Syntax {
+        /// The formula text.
+        formula: String,
+        /// 1-based character position of the problem.
+        position: usize,
+        /// What was wrong.
+        message: String,
+    },
+    /// The text is longer than [`MAX_FORMULA_BYTES`].
+    #[error("the formula is {bytes} bytes long; the limit is {limit}")]
+    TooLong {
+        /// The formula's length.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Parentheses nest deeper than [`MAX_FORMULA_DEPTH`].
+    #[error("the formula nests parentheses {depth} deep; the limit is {limit}")]
+    TooDeep {
+        /// How deep they nest.
+        depth: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// More than [`MAX_FORMULA_DEPTH`] `^` are open at once (`2^2^2^...`).
+    #[error("the formula nests more than {limit} powers (`^`) at character {position}; the limit is {limit}")]
+    PowersTooDeep {
+        /// 1-based character position of the `^` over the limit.
+        position: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// A formula quoted in an error, cut short when long: errors end up in logs and API answers,
+/// and a 4 KiB formula would drown the message.
+struct Excerpt<'a>(&'a str);
+
+impl fmt::Display for Excerpt<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 80;
+        match self.0.char_indices().nth(SHOWN) {
+            Some((end, _)) => write!(f, "{:?}…", &self.0[..end]),
+            None => write!(f, "{:?}", self.0),
+        }
+    }
 }
 
 /// Why evaluation failed.
@@ -93,13 +151,30 @@ impl fmt::Display for EvalError {
 }
 
 impl Formula {
-    /// Parses a formula.
+    /// Parses a formula. Texts over [`MAX_FORMULA_BYTES`], or nesting parentheses or powers
+    /// over [`MAX_FORMULA_DEPTH`] deep, are refused before anything recurses.
     pub fn parse(text: &str) -> Result<Formula, FormulaError> {
+        if text.len() > MAX_FORMULA_BYTES {
+            return Err(FormulaError::TooLong {
+                bytes: text.len(),
+                limit: MAX_FORMULA_BYTES,
+            });
+        }
         let tokens = tokenize(text)?;
+        // Measured on the tokens, with a loop, so the error can say how deep they really nest;
+        // the parser then never recurses through more than MAX_FORMULA_DEPTH parentheses.
+        let depth = paren_depth(&tokens);
+        if depth > MAX_FORMULA_DEPTH {
+            return Err(FormulaError::TooDeep {
+                depth,
+                limit: MAX_FORMULA_DEPTH,
+            });
+        }
         let mut parser = Parser {
             text,
             tokens: &tokens,
             pos: 0,
+            open_powers: 0,
         };
         let root = parser.expr()?;
         if let Some(token) = parser.peek() {
@@ -110,6 +185,7 @@ impl Formula {
 
     /// Every variable the formula reads, in order of first use.
     pub fn variables(&self) -> Vec<&str> {
+        // Recursive, like `eval`: `parse` bounds the tree's height.
         fn walk<'a>(expr: &'a Expr, out: &mut Vec<&'a str>) {
             match expr {
                 Expr::Number(_) => {}
@@ -119,7 +195,11 @@ impl Formula {
                     }
                 }
                 Expr::Negate(inner) => walk(inner, out),
-                Expr::Binary(_, a, b) => {
+                Expr::Chain(first, rest) => {
+                    walk(first, out);
+                    rest.iter().for_each(|(_, e)| walk(e, out));
+                }
+                Expr::Pow(a, b) => {
                     walk(a, out);
                     walk(b, out);
                 }
@@ -149,33 +229,57 @@ fn eval(expr: &Expr, lookup: &dyn Fn(&str) -> Option<f64>) -> Result<f64, EvalEr
             lookup(name).ok_or_else(|| EvalError::UnknownVariable(name.clone()))?
         }
         Expr::Negate(inner) => -eval(inner, lookup)?,
-        Expr::Binary(op, a, b) => {
-            let (a, b) = (eval(a, lookup)?, eval(b, lookup)?);
-            match op {
-                Op::Add => a + b,
-                Op::Sub => a - b,
-                Op::Mul => a * b,
-                Op::Div => a / b,
-                Op::Pow => a.powf(b),
+        Expr::Chain(first, rest) => {
+            let mut acc = eval(first, lookup)?;
+            for (op, operand) in rest {
+                let value = eval(operand, lookup)?;
+                acc = match op {
+                    Op::Add => acc + value,
+                    Op::Sub => acc - value,
+                    Op::Mul => acc * value,
+                    Op::Div => acc / value,
+                };
             }
+            acc
         }
+        Expr::Pow(base, exponent) => eval(base, lookup)?.powf(eval(exponent, lookup)?),
         Expr::Call(function, args) => {
             let values = args
                 .iter()
                 .map(|a| eval(a, lookup))
                 .collect::<Result<Vec<_>, _>>()?;
+            // The parser gives every non-variadic function exactly one argument; `first`
+            // keeps a mistake there from panicking.
+            let first = values.first().copied().unwrap_or(f64::NAN);
             match function {
                 Function::Min => values.iter().copied().fold(f64::INFINITY, f64::min),
                 Function::Max => values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
-                Function::Abs => values[0].abs(),
-                Function::Floor => values[0].floor(),
-                Function::Ceil => values[0].ceil(),
-                Function::Exp => values[0].exp(),
-                Function::Sqrt => values[0].sqrt(),
-                Function::Log => values[0].ln(),
+                Function::Abs => first.abs(),
+                Function::Floor => first.floor(),
+                Function::Ceil => first.ceil(),
+                Function::Exp => first.exp(),
+                Function::Sqrt => first.sqrt(),
+                Function::Log => first.ln(),
             }
         }
     })
+}
+
+/// How deep parentheses nest (a function call's count as one level). Unbalanced ones are the
+/// parser's to report.
+fn paren_depth(tokens: &[Token]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for token in tokens {
+        match token.kind {
+            TokenKind::Open => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            TokenKind::Close => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -205,6 +309,14 @@ struct Token {
     kind: TokenKind,
     /// Byte offset into the formula.
     start: usize,
+}
+
+fn syntax_error(text: &str, byte: usize, message: String) -> FormulaError {
+    FormulaError::Syntax {
+        formula: text.to_owned(),
+        position: text[..byte].chars().count() + 1,
+        message,
+    }
 }
 
 fn tokenize(text: &str) -> Result<Vec<Token>, FormulaError> {
@@ -246,10 +358,8 @@ fn tokenize(text: &str) -> Result<Vec<Token>, FormulaError> {
                     }
                 }
                 let literal = &text[start..end];
-                let value = literal.parse::<f64>().map_err(|_| FormulaError {
-                    formula: text.to_owned(),
-                    position: text[..start].chars().count() + 1,
-                    message: format!("invalid number {literal:?}"),
+                let value = literal.parse::<f64>().map_err(|_| {
+                    syntax_error(text, start, format!("invalid number {literal:?}"))
                 })?;
                 TokenKind::Number(value)
             }
@@ -266,11 +376,11 @@ fn tokenize(text: &str) -> Result<Vec<Token>, FormulaError> {
                 TokenKind::Name(text[start..end].to_owned())
             }
             other => {
-                return Err(FormulaError {
-                    formula: text.to_owned(),
-                    position: text[..start].chars().count() + 1,
-                    message: format!("unexpected character {other:?}"),
-                })
+                return Err(syntax_error(
+                    text,
+                    start,
+                    format!("unexpected character {other:?}"),
+                ))
             }
         };
         tokens.push(Token { kind, start });
@@ -282,6 +392,8 @@ struct Parser<'a> {
     text: &'a str,
     tokens: &'a [Token],
     pos: usize,
+    /// `^` whose exponent is being parsed: each is a level of recursion (and of the tree).
+    open_powers: usize,
 }
 
 impl Parser<'_> {
@@ -290,11 +402,7 @@ impl Parser<'_> {
     }
 
     fn error_at(&self, byte: usize, message: String) -> FormulaError {
-        FormulaError {
-            formula: self.text.to_owned(),
-            position: self.text[..byte].chars().count() + 1,
-            message,
-        }
+        syntax_error(self.text, byte, message)
     }
 
     fn error_here(&self, expected: &str) -> FormulaError {
@@ -333,41 +441,71 @@ impl Parser<'_> {
         }
     }
 
-    fn expr(&mut self) -> Result<Expr, FormulaError> {
-        let mut left = self.term()?;
-        while let Some(op) = self.eat_op(&['+', '-']) {
-            let right = self.term()?;
-            let op = if op == '+' { Op::Add } else { Op::Sub };
-            left = Expr::Binary(op, Box::new(left), Box::new(right));
+    /// `operand (op operand)*` as one flat [`Expr::Chain`].
+    fn chain(
+        &mut self,
+        ops: &[char],
+        operand: fn(&mut Self) -> Result<Expr, FormulaError>,
+    ) -> Result<Expr, FormulaError> {
+        let first = operand(self)?;
+        let mut rest = Vec::new();
+        while let Some(op) = self.eat_op(ops) {
+            let op = match op {
+                '+' => Op::Add,
+                '-' => Op::Sub,
+                '*' => Op::Mul,
+                _ => Op::Div,
+            };
+            rest.push((op, operand(self)?));
         }
-        Ok(left)
+        Ok(if rest.is_empty() {
+            first
+        } else {
+            Expr::Chain(Box::new(first), rest)
+        })
+    }
+
+    fn expr(&mut self) -> Result<Expr, FormulaError> {
+        self.chain(&['+', '-'], Self::term)
     }
 
     fn term(&mut self) -> Result<Expr, FormulaError> {
-        let mut left = self.unary()?;
-        while let Some(op) = self.eat_op(&['*', '/']) {
-            let right = self.unary()?;
-            let op = if op == '*' { Op::Mul } else { Op::Div };
-            left = Expr::Binary(op, Box::new(left), Box::new(right));
-        }
-        Ok(left)
+        self.chain(&['*', '/'], Self::unary)
     }
 
+    /// A run of signs is read in a loop and folds into at most one negation (negating twice
+    /// is exact in IEEE arithmetic), so `------…x` neither recurses nor nests.
     fn unary(&mut self) -> Result<Expr, FormulaError> {
-        match self.eat_op(&['-', '+']) {
-            Some('-') => Ok(Expr::Negate(Box::new(self.unary()?))),
-            Some(_) => self.unary(),
-            None => self.power(),
+        let mut negative = false;
+        while let Some(sign) = self.eat_op(&['-', '+']) {
+            negative ^= sign == '-';
         }
+        let operand = self.power()?;
+        Ok(if negative {
+            Expr::Negate(Box::new(operand))
+        } else {
+            operand
+        })
     }
 
     fn power(&mut self) -> Result<Expr, FormulaError> {
         let base = self.primary()?;
-        if self.eat_op(&['^']).is_some() {
-            let exponent = self.unary()?;
-            return Ok(Expr::Binary(Op::Pow, Box::new(base), Box::new(exponent)));
+        let Some(caret) = self.peek().map(|t| t.start) else {
+            return Ok(base);
+        };
+        if self.eat_op(&['^']).is_none() {
+            return Ok(base);
         }
-        Ok(base)
+        if self.open_powers >= MAX_FORMULA_DEPTH {
+            return Err(FormulaError::PowersTooDeep {
+                position: self.text[..caret].chars().count() + 1,
+                limit: MAX_FORMULA_DEPTH,
+            });
+        }
+        self.open_powers += 1;
+        let exponent = self.unary();
+        self.open_powers -= 1;
+        Ok(Expr::Pow(Box::new(base), Box::new(exponent?)))
     }
 
     fn primary(&mut self) -> Result<Expr, FormulaError> {
@@ -488,6 +626,15 @@ mod tests {
         assert_eq!(eval_with("log(0)", &[]), Err(EvalError::NotFinite));
     }
 
+    fn syntax(text: &str) -> (usize, String) {
+        match Formula::parse(text) {
+            Err(FormulaError::Syntax {
+                position, message, ..
+            }) => (position, message),
+            other => panic!("{text:?}: expected a syntax error, got {other:?}"),
+        }
+    }
+
     #[test]
     fn parse_errors_name_position() {
         let err = Formula::parse("(a + b").unwrap_err();
@@ -495,22 +642,116 @@ mod tests {
             err.to_string(),
             "formula \"(a + b\": expected ')', found the end at character 7"
         );
-        assert_eq!(Formula::parse("a +* b").unwrap_err().position, 4);
-        assert!(Formula::parse("pow(a, 2)")
-            .unwrap_err()
-            .message
-            .starts_with("unknown function \"pow\""));
-        assert!(Formula::parse("abs(a, b)")
-            .unwrap_err()
-            .message
-            .contains("exactly one argument"));
-        assert!(Formula::parse("a $ b")
-            .unwrap_err()
-            .message
-            .contains("unexpected character"));
+        assert_eq!(syntax("a +* b").0, 4);
+        assert!(syntax("pow(a, 2)").1.starts_with("unknown function \"pow\""));
+        assert!(syntax("abs(a, b)").1.contains("exactly one argument"));
+        assert!(syntax("a $ b").1.contains("unexpected character"));
         assert!(Formula::parse("").is_err());
         assert!(Formula::parse("a b").is_err());
         assert!(Formula::parse("min()").is_err());
+    }
+
+    #[test]
+    fn long_formulas_are_quoted_shortened_in_errors() {
+        let text = format!("{} $", "a + ".repeat(100));
+        let message = Formula::parse(&text).unwrap_err().to_string();
+        assert!(message.len() < 200, "{message}");
+        assert!(message.contains("…"), "{message}");
+    }
+
+    /// Runs `f` on a thread with the default 2 MiB stack of spawned threads (HTTP handlers and
+    /// rayon workers have no more), so unbounded recursion would abort the test process.
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    #[test]
+    fn nesting_is_limited_before_anything_recurses() {
+        // Within the length limit, far over the depth limit.
+        let deep = format!("{}a{}", "(".repeat(2000), ")".repeat(2000));
+        let err = on_small_stack(move || Formula::parse(&deep)).unwrap_err();
+        assert_eq!(
+            err,
+            FormulaError::TooDeep {
+                depth: 2000,
+                limit: MAX_FORMULA_DEPTH
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "the formula nests parentheses 2000 deep; the limit is 64"
+        );
+        let calls = format!("{}a{}", "abs(".repeat(800), ")".repeat(800));
+        assert!(matches!(
+            on_small_stack(move || Formula::parse(&calls)),
+            Err(FormulaError::TooDeep { depth: 800, .. })
+        ));
+        let at_limit = format!("{}a{}", "(".repeat(64), ")".repeat(64));
+        assert_eq!(
+            Formula::parse(&at_limit).unwrap().evaluate(&|_| Some(2.0)),
+            Ok(2.0)
+        );
+    }
+
+    #[test]
+    fn long_formulas_are_refused_by_length() {
+        let long = format!("{}a{}", "(".repeat(3000), ")".repeat(3000));
+        let err = on_small_stack(move || Formula::parse(&long)).unwrap_err();
+        assert_eq!(
+            err,
+            FormulaError::TooLong {
+                bytes: 6001,
+                limit: MAX_FORMULA_BYTES
+            }
+        );
+        let just_over = format!("{}1", "1+".repeat(2048));
+        assert!(matches!(
+            Formula::parse(&just_over),
+            Err(FormulaError::TooLong { bytes: 4097, .. })
+        ));
+        let just_under = format!("{}1", "1+".repeat(2047));
+        assert_eq!(eval_with(&just_under, &[]), Ok(2048.0));
+    }
+
+    #[test]
+    fn power_chains_are_limited() {
+        let chain = format!("2{}", "^-1".repeat(1000));
+        assert!(matches!(
+            on_small_stack(move || Formula::parse(&chain)),
+            Err(FormulaError::PowersTooDeep { limit: 64, .. })
+        ));
+        let ok = format!("1{}", "^1".repeat(64));
+        assert_eq!(eval_with(&ok, &[]), Ok(1.0));
+    }
+
+    #[test]
+    fn sign_runs_and_long_chains_stay_shallow() {
+        // Signs fold into one negation; sums and products are flat: neither recurses per
+        // operator, when parsing, evaluating, listing variables or dropping the tree.
+        let signs = format!("{}x", "-".repeat(4000));
+        let sum = format!("x{}", "+x".repeat(2040));
+        let product = format!("x{}", "*x".repeat(2040));
+        let (signs, sum, product) = on_small_stack(move || {
+            let lookup = |_: &str| Some(1.0);
+            let eval = |text: &str| {
+                let formula = Formula::parse(text).unwrap();
+                assert_eq!(formula.variables(), ["x"]);
+                formula.evaluate(&lookup)
+            };
+            (eval(&signs), eval(&sum), eval(&product))
+        });
+        assert_eq!(signs, Ok(1.0));
+        assert_eq!(sum, Ok(2041.0));
+        assert_eq!(product, Ok(1.0));
+        assert_eq!(eval_with("-+-3", &[]), Ok(3.0));
+        assert_eq!(eval_with("---3", &[]), Ok(-3.0));
+        assert_eq!(eval_with("10 - 4 - 3 + 1", &[]), Ok(4.0));
+        assert_eq!(eval_with("8 / 4 * 2 / 8", &[]), Ok(0.5));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::judge::model::{Failure, ModelGrader};
 use crate::judge::JudgeClient;
 use crate::metrics::{self, WordNet};
 use crate::python::{PythonGrader, PythonOutcome, PythonRuntime};
-use crate::template::{MissingVariable, Scope, Template};
+use crate::template::{RenderBudget, RenderError, Scope, Template};
 
 /// The most Python source a grader may carry (spec §2.7: "source < 256 kB").
 pub const MAX_PYTHON_SOURCE_BYTES: usize = 256 * 1024;
@@ -401,10 +401,9 @@ impl CompiledGrader {
     pub fn grade(&self, sample: &Sample, item: &Value) -> RunGraderResponse {
         let start = Instant::now();
         let sample_value = sample.to_value();
-        let outcome = self.outcome(Scope {
-            item,
-            sample: &sample_value,
-        });
+        // One budget for every template this grade renders (children, judge messages).
+        let budget = RenderBudget::per_grade();
+        let outcome = self.outcome(Scope::new(item, &sample_value).with_budget(&budget));
         let scores = outcome.scores.unwrap_or_else(|| {
             outcome
                 .sub_rewards
@@ -463,7 +462,7 @@ impl CompiledGrader {
                 Ok((input, reference)) => {
                     Outcome::score(string_check(&input, &reference, *operation))
                 }
-                Err(missing) => invalid_variable(missing),
+                Err(err) => self.render_failed(err),
             },
             Body::TextSimilarity {
                 input,
@@ -471,7 +470,7 @@ impl CompiledGrader {
                 metric,
             } => match render_pair(input, reference, scope) {
                 Ok((input, reference)) => Outcome::score(metric.score(&input, &reference)),
-                Err(missing) => invalid_variable(missing),
+                Err(err) => self.render_failed(err),
             },
             Body::Cosine {
                 input,
@@ -479,7 +478,7 @@ impl CompiledGrader {
                 embedder,
             } => match render_pair(input, reference, scope) {
                 Ok((input, reference)) => self.cosine(embedder.as_ref(), &input, &reference),
-                Err(missing) => invalid_variable(missing),
+                Err(err) => self.render_failed(err),
             },
             Body::Multi { children, formula } => multi(children, formula, scope),
             Body::Python(grader) => match grader.grade(scope.sample, scope.item) {
@@ -534,11 +533,27 @@ impl CompiledGrader {
         }
     }
 
+    /// A template that could not be rendered: a missing variable is the user's data
+    /// (`invalid_variable_error`, logged at debug); a render over a size cap is `other_error`,
+    /// logged as a warning that names the cap, since the response has no field to say it.
+    fn render_failed(&self, err: RenderError) -> Outcome {
+        match err {
+            RenderError::Missing(_) => {
+                tracing::debug!("{} grader {}: {err}", self.kind, self.name);
+                Outcome::failed(|e| e.invalid_variable_error = true)
+            }
+            RenderError::TooLarge { .. } => {
+                tracing::warn!("{} grader {}: {err}", self.kind, self.name);
+                Outcome::failed(|e| e.other_error = true)
+            }
+        }
+    }
+
     fn model_outcome(&self, grader: &ModelGrader, scope: Scope<'_>) -> Outcome {
         let judgement = grader.grade(scope);
         let mut outcome = match judgement.result {
             Ok(reward) => Outcome::score(reward),
-            Err(Failure::MissingVariable(missing)) => return invalid_variable(missing),
+            Err(Failure::MissingVariable(err)) => return self.render_failed(err),
             Err(Failure::Refusal) => Outcome::failed(|e| e.model_grader_refusal_error = true),
             Err(Failure::Parse(why)) => {
                 tracing::debug!("{} grader {}: {why}", self.kind, self.name);
@@ -568,13 +583,8 @@ fn render_pair(
     input: &Template,
     reference: &Template,
     scope: Scope<'_>,
-) -> Result<(String, String), MissingVariable> {
+) -> Result<(String, String), RenderError> {
     Ok((input.render(scope)?, reference.render(scope)?))
-}
-
-fn invalid_variable(missing: MissingVariable) -> Outcome {
-    tracing::debug!("{missing}");
-    Outcome::failed(|e| e.invalid_variable_error = true)
 }
 
 /// `ilike` folds case with Unicode's full lowercase mapping, so `Straße`/`STRASSE` still differ

@@ -1,5 +1,7 @@
 //! Graders end to end: spec JSON in, `RunGraderResponse` out, as `graders/run` would answer.
 
+use rft_grade::judge::{JudgeClient, JudgeConfig};
+use rft_grade::template::{MAX_GRADE_RENDER_BYTES, MAX_TEMPLATE_RENDER_BYTES};
 use rft_grade::{compile, compile_with, validate, GradeError, GraderContext};
 use rft_types::{Grader, RunGraderResponse, Sample};
 use serde_json::{json, Value};
@@ -260,4 +262,127 @@ fn response_serialises_with_every_spec_field() {
             "missing metadata.{key}"
         );
     }
+}
+
+/// Runs `f` on a thread with the default 2 MiB stack of spawned threads: HTTP handlers and
+/// rayon workers get no more, so a recursion that a deep formula could drive would abort the
+/// whole test process here.
+fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap()
+}
+
+#[test]
+fn deeply_nested_formulas_are_refused_not_a_crash() {
+    // 3,000 parentheses (6 KB): over the length limit. 2,000 (4 KB): within it, over the depth
+    // limit. Either used to overflow the stack in the recursive parser.
+    for (depth, expected) in [
+        (3000, "calculate_output: the formula is 6004 bytes long; the limit is 4096"),
+        (2000, "calculate_output: the formula nests parentheses 2000 deep; the limit is 64"),
+    ] {
+        let formula = format!("{}name{}", "(".repeat(depth), ")".repeat(depth));
+        let (validated, graded) = on_small_stack(move || {
+            let grader = Grader::from_value(&multi(&formula)).unwrap();
+            let validated = validate(&grader).map_err(|e| e.to_string());
+            let graded = compile(&grader).unwrap().grade(
+                &Sample::from_text(r#"{"name": "Ada", "email": "e"}"#),
+                &json!({"name": "Ada", "email": "e"}),
+            );
+            (validated, graded)
+        });
+        assert_eq!(validated, Err(expected.to_owned()));
+        assert!(graded.metadata.errors.formula_parse_error);
+        assert_eq!(graded.reward, 0.0);
+    }
+    // Long runs of unary minus and long sums stay valid and cheap.
+    let signs = format!("{}name", "-".repeat(4000));
+    let sum = format!("name{}", " + email".repeat(500));
+    let results = on_small_stack(move || {
+        [signs, sum].map(|formula| {
+            let grader = Grader::from_value(&multi(&formula)).unwrap();
+            validate(&grader).unwrap();
+            compile(&grader)
+                .unwrap()
+                .grade(
+                    &Sample::from_text(r#"{"name": "Ada", "email": "e"}"#),
+                    &json!({"name": "Ada", "email": "e"}),
+                )
+                .reward
+        })
+    });
+    assert_eq!(results, [1.0, 501.0]);
+}
+
+#[test]
+fn a_template_over_the_render_cap_is_an_error_flag_not_an_abort() {
+    // 2,048 copies of a 1 MiB field would ask for 2 GiB.
+    let item = json!({"x": "a".repeat(1 << 20)});
+    let result = run(
+        string_check("eq", &"{{ item.x }}".repeat(2048)),
+        "a",
+        item.clone(),
+    );
+    assert_eq!(result.reward, 0.0);
+    assert!(result.metadata.errors.other_error);
+    assert!(!result.metadata.errors.invalid_variable_error);
+    // Up to the cap renders as usual.
+    let copies = MAX_TEMPLATE_RENDER_BYTES >> 20;
+    let result = run(
+        string_check("like", &"{{ item.x }}".repeat(copies)),
+        "",
+        item,
+    );
+    assert!(!result.metadata.errors.any(), "{result:?}");
+    assert_eq!(result.reward, 0.0);
+}
+
+#[test]
+fn the_templates_of_one_grade_share_a_cap() {
+    // Each child renders 3 MiB (under the per-template cap); six of them are 18 MiB.
+    let per_child = 3;
+    let children = MAX_GRADE_RENDER_BYTES / (per_child << 20) + 1;
+    let mut graders = serde_json::Map::new();
+    for i in 0..children {
+        graders.insert(
+            format!("c{i}"),
+            json!({"type": "string_check", "name": format!("c{i}"), "input": "{{sample.output_text}}",
+                   "reference": "{{item.x}}".repeat(per_child), "operation": "ne"}),
+        );
+    }
+    let keys: Vec<String> = graders.keys().cloned().collect();
+    let spec = json!({"type": "multi", "name": "many", "calculate_output": keys.join(" + "),
+                      "graders": graders});
+    let item = json!({"x": "a".repeat(1 << 20)});
+    let result = run(spec, "b", item);
+    assert_eq!(result.reward, 0.0);
+    assert!(result.metadata.errors.other_error, "{result:?}");
+    // The children before the cap was reached graded normally.
+    assert_eq!(result.sub_rewards.get("c0"), Some(&1.0));
+
+    // A model grader's messages spend from the same budget; the judge is never called (it
+    // would fail with model_grader_server_error: nothing listens on port 9).
+    let context = GraderContext {
+        judge: JudgeClient::new(JudgeConfig {
+            base_url: "http://127.0.0.1:9/v1".into(),
+            max_retries: 0,
+            ..JudgeConfig::default()
+        }),
+        ..GraderContext::shared()
+    };
+    let messages: Vec<Value> = (0..children)
+        .map(|_| json!({"role": "user", "content": "{{item.x}}".repeat(per_child)}))
+        .collect();
+    let judge = json!({"type": "score_model", "name": "judge", "model": "m", "input": messages});
+    let grader = compile_with(&Grader::from_value(&judge).unwrap(), &context).unwrap();
+    let result = grader.grade(
+        &Sample::from_text("b"),
+        &json!({"x": "a".repeat(1 << 20)}),
+    );
+    assert!(result.metadata.errors.other_error, "{result:?}");
+    assert!(!result.metadata.errors.model_grader_server_error);
+    assert_eq!(result.reward, 0.0);
 }

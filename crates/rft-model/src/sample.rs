@@ -44,6 +44,34 @@ pub struct SamplingParams {
     pub stop_strings: Vec<String>,
     /// Seed of the per-sample generators.
     pub seed: u64,
+    /// Set from another thread to end this request's samples at the next decode step (a
+    /// client that went away); they finish with [`FinishReason::Length`].
+    pub cancel: Option<Cancel>,
+}
+
+/// A flag that stops a request's decoding when raised (the server raises it when the client
+/// disconnects, so nobody keeps sampling for a reader that is gone).
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// Raises the flag.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the flag was raised.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Two requests' params are equal whatever their flags: a flag says who listens, not how to
+/// sample.
+impl PartialEq for Cancel {
+    fn eq(&self, _other: &Cancel) -> bool {
+        true
+    }
 }
 
 impl Default for SamplingParams {
@@ -56,6 +84,7 @@ impl Default for SamplingParams {
             stop_ids: Vec::new(),
             stop_strings: Vec::new(),
             seed: 0,
+            cancel: None,
         }
     }
 }
@@ -437,7 +466,8 @@ impl Sampler<'_> {
             {
                 let row = &mut rows[row_idx];
                 let params = &requests[row.request].params;
-                let done = self.step(row, params, &mut logits_row)?;
+                let cancelled = params.cancel.as_ref().is_some_and(Cancel::is_cancelled);
+                let done = cancelled || self.step(row, params, &mut logits_row)?;
                 if done {
                     let completion = finish(row)?;
                     if let Some(text) = &completion.text {

@@ -50,6 +50,11 @@ impl ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, message).with_code("invalid_api_key")
     }
 
+    /// 403: the request is refused whoever sends it (a foreign `Host` or `Origin`).
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message).with_code("forbidden")
+    }
+
     /// 429: a bounded queue is full.
     pub fn busy(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).with_code("rate_limit_exceeded")
@@ -70,6 +75,21 @@ impl ApiError {
     pub fn with_code(mut self, code: impl Into<String>) -> ApiError {
         self.code = Some(code.into());
         self
+    }
+
+    /// The message a client may see. Server faults carry paths, database names and library
+    /// internals: they go to the log, and the client gets a reference to find them there;
+    /// other messages lose any absolute path they quote.
+    pub fn public_message(&self) -> String {
+        if self.status.is_server_error() {
+            let reference = crate::new_id("err_");
+            tracing::error!(status = %self.status, reference = %reference, "{}", self.message);
+            format!(
+                "The server had an error while processing your request (reference {reference}; the server log has the details)."
+            )
+        } else {
+            redact_paths(&self.message)
+        }
     }
 
     fn error_type(&self) -> &'static str {
@@ -93,17 +113,57 @@ impl std::fmt::Display for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
-            tracing::error!(status = %self.status, "{}", self.message);
-        }
+        let message = self.public_message();
         let body = json!({"error": {
-            "message": self.message,
+            "message": message,
             "type": self.error_type(),
             "param": self.param,
             "code": self.code,
         }});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
     }
+}
+
+/// What a 429 tells the client to wait, in seconds: the queues drain in about that long.
+pub const RETRY_AFTER_SECONDS: &str = "1";
+
+/// Replaces every absolute file path in a client-facing message by its last component, so no
+/// error tells a client where the server keeps its data, models or home folder. API routes
+/// (`/v1/...`) are not paths and stay.
+pub fn redact_paths(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find('/') {
+        let starts_token = at == 0
+            || rest[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_whitespace() || "'\"`([{=:,".contains(c));
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || "'\"`)]},;".contains(c))
+            .map_or(rest.len(), |e| at + e);
+        let token = &rest[at..end];
+        out.push_str(&rest[..at]);
+        let is_route = token == "/v1" || token.starts_with("/v1/");
+        if starts_token && !is_route && token.len() > 1 {
+            let trimmed = token.trim_end_matches(['.', ':']);
+            let last = trimmed.rsplit('/').find(|s| !s.is_empty()).unwrap_or("");
+            out.push_str(if last.is_empty() { "…" } else { last });
+            out.push_str(&token[trimmed.len()..]);
+        } else {
+            out.push_str(token);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 impl From<rft_store::StoreError> for ApiError {
@@ -143,17 +203,53 @@ where
                 code: Some("request_too_large".into()),
             });
         }
+        // The route's `DefaultBodyLimit` bounds the bytes actually read, chunked bodies included
+        // (a Content-Length check alone lets a chunked body through).
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(value)) => Ok(ApiJson(value)),
             Err(rejection) => Err(match rejection {
                 JsonRejection::MissingJsonContentType(_) => ApiError::bad_request(
                     "The request body must be JSON with `Content-Type: application/json`.",
                 ),
+                other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError {
+                    status: StatusCode::PAYLOAD_TOO_LARGE,
+                    message: format!(
+                        "The JSON body is over the limit of {MAX_JSON_BODY} bytes (upload large data as a file)."
+                    ),
+                    param: None,
+                    code: Some("request_too_large".into()),
+                },
                 other => ApiError::bad_request(format!(
                     "We could not parse the JSON body of your request: {}",
                     other.body_text()
                 )),
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_messages_lose_their_paths_but_keep_routes() {
+        assert_eq!(
+            redact_paths("cannot open /etc/shadow: permission denied"),
+            "cannot open shadow: permission denied"
+        );
+        assert_eq!(
+            redact_paths("database /root/.openrft/serve/openrft.db: locked"),
+            "database openrft.db: locked"
+        );
+        assert_eq!(
+            redact_paths("The model '/root/models/x/' cannot be loaded"),
+            "The model 'x' cannot be loaded"
+        );
+        assert_eq!(
+            redact_paths("see GET /v1/fine_tuning/jobs/{id}/checkpoints and a/b"),
+            "see GET /v1/fine_tuning/jobs/{id}/checkpoints and a/b"
+        );
+        assert_eq!(redact_paths("ratio 1/2 of /"), "ratio 1/2 of /");
     }
 }

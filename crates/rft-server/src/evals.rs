@@ -335,6 +335,11 @@ pub async fn create_run(
                 .with_param("data_source.type"))
             }
         };
+    if kind == "completions"
+        && crate::inference::resolve(&state.store, state.inference.catalog(), &model)?.is_none()
+    {
+        return Err(crate::inference::model_not_found(&model).with_param("data_source.model"));
+    }
     let rows = source_rows(&state, &source["source"])?;
     if kind == "jsonl" && rows.iter().any(|r| r.sample.is_none()) {
         return Err(ApiError::bad_request(
@@ -368,23 +373,116 @@ pub async fn create_run(
         "error": null,
     });
     state.store.insert("eval_run", Some(&eval_id), &run)?;
-    let worker = state.clone();
-    let (run_for_thread, eval_for_thread) = (run.clone(), eval);
-    std::thread::Builder::new()
-        .name("rft-eval-run".into())
-        .spawn(move || {
-            let id = run_for_thread["id"].as_str().unwrap_or_default().to_owned();
-            if let Err(e) = execute(&worker, &eval_for_thread, &run_for_thread, rows) {
-                let _ = worker.store.modify::<()>(&id, |r| {
-                    r["status"] = json!("failed");
-                    r["error"] = json!({"code": e.code.clone().unwrap_or("run_failed".into()),
-                                        "message": e.message});
-                    Ok(())
-                });
-            }
-        })
-        .map_err(|e| ApiError::internal(format!("cannot start the run: {e}")))?;
+    let run_id = run["id"].as_str().unwrap_or_default().to_owned();
+    if let Err(e) = state.eval_runs.submit(RunTask {
+        eval,
+        run: run.clone(),
+        rows,
+    }) {
+        state.store.delete(&run_id)?;
+        return Err(e);
+    }
     Ok((StatusCode::CREATED, Json(run)))
+}
+
+/// A run waiting for a runner.
+struct RunTask {
+    eval: Value,
+    run: Value,
+    rows: Vec<SourceRow>,
+}
+
+/// A fixed set of threads running eval runs from a bounded queue: a burst of runs waits its
+/// turn or gets 429, instead of each run starting a thread of its own.
+#[derive(Debug)]
+pub struct Runners {
+    queue: std::sync::mpsc::SyncSender<RunTask>,
+    waiting: std::sync::Mutex<Option<std::sync::mpsc::Receiver<RunTask>>>,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for RunTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunTask").field("run", &self.run["id"]).finish()
+    }
+}
+
+impl Runners {
+    /// Runners whose queue holds `capacity` runs.
+    pub fn new(capacity: usize) -> Runners {
+        let (queue, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
+        Runners {
+            queue,
+            waiting: std::sync::Mutex::new(Some(rx)),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// Starts `threads` runners. They hold the state weakly, so they end with the server.
+    pub fn start(&self, state: &Arc<AppState>, threads: usize) {
+        let Some(rx) = self
+            .waiting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let rx = Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..threads.max(1) {
+            let (rx, state) = (rx.clone(), Arc::downgrade(state));
+            let spawned = std::thread::Builder::new()
+                .name(format!("rft-eval-run-{i}"))
+                .spawn(move || loop {
+                    let task = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let (Ok(task), Some(state)) = (task, state.upgrade()) else {
+                        return;
+                    };
+                    run_task(&state, task);
+                });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start an eval runner: {e}");
+            }
+        }
+    }
+
+    fn submit(&self, task: RunTask) -> Result<(), ApiError> {
+        use std::sync::mpsc::TrySendError;
+        match self.queue.try_send(task) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(ApiError::busy(format!(
+                "{} eval runs are waiting already; retry after a short wait.",
+                self.capacity
+            ))),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(ApiError::internal("the eval runners are not running"))
+            }
+        }
+    }
+}
+
+/// Runs one eval run; an error or a panic fails the run, and the runner goes on.
+fn run_task(state: &Arc<AppState>, task: RunTask) {
+    let id = task.run["id"].as_str().unwrap_or_default().to_owned();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        execute(state, &task.eval, &task.run, task.rows)
+    }));
+    let error = match outcome {
+        Ok(Ok(())) => return,
+        Ok(Err(e)) => e,
+        Err(panic) => ApiError::internal(format!(
+            "the eval run panicked: {}",
+            crate::panic_message(&*panic)
+        ))
+        .with_code("run_failed"),
+    };
+    let code = error.code.clone().unwrap_or_else(|| "run_failed".into());
+    let message = error.public_message();
+    let _ = state.store.modify::<()>(&id, |r| {
+        r["status"] = json!("failed");
+        r["error"] = json!({"code": code, "message": message});
+        Ok(())
+    });
 }
 
 /// A jsonl row's `sample`: a Sample object (`output_text`, `output_json`, …), a chat
@@ -409,10 +507,7 @@ fn render_messages(template: &[Value], item: &Value) -> Result<Vec<Value>, ApiEr
             let mut message = message.clone();
             if let Some(text) = message["content"].as_str() {
                 let rendered = Template::parse(text)
-                    .render(Scope {
-                        item,
-                        sample: &empty,
-                    })
+                    .render(Scope::new(item, &empty))
                     .map_err(|e| {
                         ApiError::bad_request(e.to_string())
                             .with_param("data_source.input_messages")

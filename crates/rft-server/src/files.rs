@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -25,35 +24,100 @@ const PURPOSES: [&str; 6] = [
     "evals",
 ];
 
-/// `POST /v1/files`.
+/// Largest form field other than `file` (purpose, expires_after[…]).
+const MAX_FIELD_BYTES: usize = 4096;
+/// Most form fields.
+const MAX_FIELDS: usize = 16;
+
+/// Deletes a partly written upload unless it was kept.
+struct PartialUpload(Option<std::path::PathBuf>);
+
+impl Drop for PartialUpload {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// `POST /v1/files`: the file part streams to disk as it arrives (counted against
+/// `max_upload_bytes`), so an upload never sits in memory.
 pub async fn upload(
     State(state): State<SharedState>,
     mut multipart: Multipart,
 ) -> Result<Json<Value>, ApiError> {
-    let mut content: Option<(String, Bytes)> = None;
+    use tokio::io::AsyncWriteExt;
+    let id = new_id("file-");
+    let final_path = state.store.file_path(&id);
+    let part_path = final_path.with_extension("part");
+    let mut partial = PartialUpload(None);
+    let mut content: Option<(String, usize)> = None;
     let mut fields: HashMap<String, String> = HashMap::new();
-    loop {
-        let field = multipart.next_field().await.map_err(|e| {
-            ApiError::bad_request(format!("could not read the multipart body: {e}"))
-        })?;
-        let Some(field) = field else { break };
+    let limit = state.config.max_upload_bytes;
+    let malformed =
+        |e: axum::extract::multipart::MultipartError| -> ApiError {
+            ApiError::bad_request(format!("could not read the multipart body: {}", e.body_text()))
+        };
+    let mut count = 0;
+    while let Some(mut field) = multipart.next_field().await.map_err(malformed)? {
+        count += 1;
+        if count > MAX_FIELDS {
+            return Err(ApiError::bad_request(format!(
+                "the multipart body has more than {MAX_FIELDS} fields"
+            )));
+        }
         let name = field.name().unwrap_or_default().to_owned();
         if name == "file" {
+            if content.is_some() {
+                return Err(ApiError::bad_request("send one `file` part").with_param("file"));
+            }
             let filename = field.file_name().unwrap_or("upload").to_owned();
-            let bytes = field.bytes().await.map_err(|e| {
-                ApiError::bad_request(format!("could not read the uploaded file: {e}"))
-                    .with_param("file")
-            })?;
-            content = Some((filename, bytes));
+            let mut file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&part_path)
+                .await
+                .map_err(|e| ApiError::internal(format!("cannot create the upload: {e}")))?;
+            partial.0 = Some(part_path.clone());
+            let mut written = 0usize;
+            while let Some(chunk) = field.chunk().await.map_err(malformed)? {
+                written += chunk.len();
+                if written > limit {
+                    return Err(ApiError {
+                        status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                        message: format!("The file is over this server's upload limit of {limit} bytes."),
+                        param: Some("file".into()),
+                        code: Some("file_too_large".into()),
+                    });
+                }
+                file.write_all(&chunk)
+                    .await
+                    .map_err(|e| ApiError::internal(format!("cannot write the upload: {e}")))?;
+            }
+            file.sync_all()
+                .await
+                .map_err(|e| ApiError::internal(format!("cannot write the upload: {e}")))?;
+            content = Some((filename, written));
         } else {
-            let text = field.text().await.map_err(|e| {
-                ApiError::bad_request(format!("could not read field '{name}': {e}"))
+            let mut text = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(malformed)? {
+                text.extend_from_slice(&chunk);
+                if text.len() > MAX_FIELD_BYTES {
+                    return Err(ApiError::bad_request(format!(
+                        "field '{name}' is longer than {MAX_FIELD_BYTES} bytes"
+                    ))
+                    .with_param(name));
+                }
+            }
+            let text = String::from_utf8(text).map_err(|_| {
+                ApiError::bad_request(format!("field '{name}' is not UTF-8 text"))
                     .with_param(name.clone())
             })?;
             fields.insert(name, text);
         }
     }
-    let (filename, bytes) = content.ok_or_else(|| {
+    let (filename, size) = content.ok_or_else(|| {
         ApiError::bad_request("Missing the `file` part of the multipart body.").with_param("file")
     })?;
     let purpose = fields.get("purpose").map(String::as_str).ok_or_else(|| {
@@ -96,19 +160,22 @@ pub async fn upload(
             .with_param("expires_after"))
         }
     };
-    let id = new_id("file-");
-    let (status, details) = if purpose == "fine-tune" {
-        match check_fine_tune(&filename, &bytes) {
-            Ok(()) => ("processed", None),
-            Err(message) => ("error", Some(message)),
-        }
+    let checked = if purpose == "fine-tune" {
+        let (name, path) = (filename.clone(), part_path.clone());
+        tokio::task::spawn_blocking(move || check_fine_tune(&name, &path))
+            .await
+            .map_err(|e| ApiError::internal(format!("upload check failed: {e}")))?
     } else {
-        ("processed", None)
+        Ok(())
+    };
+    let (status, details) = match checked {
+        Ok(()) => ("processed", None),
+        Err(message) => ("error", Some(message)),
     };
     let object = json!({
         "id": id,
         "object": "file",
-        "bytes": bytes.len(),
+        "bytes": size,
         "created_at": created_at,
         "filename": filename,
         "purpose": purpose,
@@ -119,31 +186,41 @@ pub async fn upload(
     let store = state.store.clone();
     let stored = object.clone();
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        store.write_blob(&id, &bytes)?;
+        // Renamed into place, and its folder synced, before the object that names it exists.
+        std::fs::rename(&part_path, &final_path)
+            .map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))?;
+        if let Some(dir) = final_path.parent() {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
         store.insert("file", None, &stored)?;
         Ok(())
     })
     .await
     .map_err(|e| ApiError::internal(format!("upload task failed: {e}")))??;
+    partial.0 = None;
     Ok(Json(object))
 }
 
 /// The first problem of an RFT dataset, with its line and field; `Ok` when every line is a
-/// valid row. Rows are parsed as the trainer will parse them.
-fn check_fine_tune(filename: &str, bytes: &[u8]) -> Result<(), String> {
+/// valid row. Rows are parsed as the trainer will parse them, one line at a time.
+fn check_fine_tune(filename: &str, path: &std::path::Path) -> Result<(), String> {
+    use std::io::BufRead;
     if !filename.ends_with(".jsonl") {
         return Err(format!(
             "{filename}: fine-tuning files must be JSONL (one JSON object per line, named *.jsonl)"
         ));
     }
-    let text = std::str::from_utf8(bytes)
-        .map_err(|e| format!("{filename}: the file is not UTF-8 text ({e})"))?;
+    let file = std::fs::File::open(path)
+        .map_err(|_| format!("{filename}: the upload could not be read back"))?;
     let mut rows = 0;
-    for (i, line) in text.lines().enumerate() {
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|_| {
+            format!("{filename}:{}: the file is not UTF-8 text", i + 1)
+        })?;
         if line.trim().is_empty() {
             continue;
         }
-        rft_types::DatasetRow::from_json_line(line)
+        rft_types::DatasetRow::from_json_line(&line)
             .map_err(|e| format!("{filename}:{}: {e}", i + 1))?;
         rows += 1;
     }
@@ -207,9 +284,23 @@ pub async fn content(
 ) -> Result<Response, ApiError> {
     let file = existing(&state, &id)?;
     let path = state.store.file_path(&id);
-    let bytes = tokio::fs::read(&path)
+    let reader = tokio::fs::File::open(&path)
         .await
         .map_err(|e| ApiError::internal(format!("cannot read the content of {id}: {e}")))?;
+    // Streamed in chunks: a 512 MB file is never held in memory.
+    let chunks = futures_util::stream::unfold(reader, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = vec![0u8; 64 * 1024];
+        match file.read(&mut buffer).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buffer.truncate(n);
+                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buffer)), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    let bytes = axum::body::Body::from_stream(chunks);
     let filename = file["filename"].as_str().unwrap_or("content");
     Ok((
         [

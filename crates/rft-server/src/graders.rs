@@ -4,13 +4,100 @@
 //! (`grader.graders.style.evaluation_metric`). A sample that fails to grade is not an HTTP
 //! error: it is a 200 with reward 0 and the error flag set, as OpenAI's graders report it.
 
+use std::sync::{Arc, Mutex};
+
 use axum::extract::State;
 use axum::Json;
+use rft_grade::CompiledGrader;
 use rft_types::{Grader, Sample};
 use serde_json::{json, Value};
 
 use crate::error::ApiJson;
 use crate::{ApiError, SharedState};
+
+/// Compiled graders kept for reuse: compiling a Python grader starts its worker pool, so a
+/// client repeating one grader reuses the pool instead of starting one per request.
+const CACHED_GRADERS: usize = 16;
+
+/// The graders `graders/run` compiled, and the permits bounding how many requests grade at
+/// once (each holds a blocking thread, and may hold Python workers or judge calls).
+#[derive(Debug)]
+pub struct GraderPool {
+    compiled: Mutex<Vec<(String, Arc<CompiledGrader>)>>,
+    permits: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+    /// Requests waiting for a permit; beyond [`GraderPool::max_waiting`] they get 429.
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl GraderPool {
+    /// A pool grading at most `concurrent` requests at once.
+    pub fn new(concurrent: usize) -> GraderPool {
+        GraderPool {
+            compiled: Mutex::new(Vec::new()),
+            permits: Arc::new(tokio::sync::Semaphore::new(concurrent.max(1))),
+            limit: concurrent.max(1),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Requests that may wait for a permit: a short queue absorbs a burst, a flood gets 429.
+    fn max_waiting(&self) -> usize {
+        self.limit * 32
+    }
+
+    /// A permit to grade, waiting in a bounded line for it.
+    async fn permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        use std::sync::atomic::Ordering;
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return Ok(permit);
+        }
+        // Counted out on drop, so a client that leaves while waiting frees its place.
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        let place = Waiting(&self.waiting);
+        if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting() {
+            return Err(ApiError::busy(format!(
+                "{} graders/run requests are grading and {} waiting already; retry after a short wait.",
+                self.limit,
+                self.max_waiting()
+            )));
+        }
+        let permit = self.permits.clone().acquire_owned().await;
+        drop(place);
+        permit.map_err(|_| ApiError::internal("the grader pool is closed"))
+    }
+
+    /// The compiled form of `grader`, from the cache or compiled now (least recently used
+    /// dropped beyond [`CACHED_GRADERS`]).
+    fn compile(&self, grader: &Grader) -> Result<Arc<CompiledGrader>, ApiError> {
+        let key = serde_json::to_string(grader).map_err(|e| ApiError::internal(e.to_string()))?;
+        {
+            let mut cache = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(pos) = cache.iter().position(|(k, _)| *k == key) {
+                let entry = cache.remove(pos);
+                let compiled = entry.1.clone();
+                cache.push(entry);
+                return Ok(compiled);
+            }
+        }
+        let compiled = Arc::new(rft_grade::compile(grader).map_err(|e| {
+            ApiError::bad_request(format!("This grader cannot run here: {e}"))
+                .with_param("grader")
+                .with_code("unsupported_grader")
+        })?);
+        let mut cache = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHED_GRADERS {
+            cache.remove(0);
+        }
+        cache.push((key, compiled.clone()));
+        Ok(compiled)
+    }
+}
 
 /// Parses and checks `body.grader`, as `validate` does.
 pub fn parse_grader(value: Option<&Value>, param: &str) -> Result<Grader, ApiError> {
@@ -41,7 +128,7 @@ pub async fn validate(ApiJson(body): ApiJson<Value>) -> Result<Json<Value>, ApiE
 
 /// `POST /v1/fine_tuning/alpha/graders/run`: grades `model_sample` against `item`.
 pub async fn run(
-    State(_state): State<SharedState>,
+    State(state): State<SharedState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
     let grader = parse_grader(body.get("grader"), "grader")?;
@@ -70,13 +157,12 @@ pub async fn run(
             )
         }
     };
+    let permit = state.graders.permit().await?;
     // Compiling can start Python workers and grading can call a judge: off the async threads.
+    let pool_state = state.clone();
     let result = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
-        let compiled = rft_grade::compile(&grader).map_err(|e| {
-            ApiError::bad_request(format!("This grader cannot run here: {e}"))
-                .with_param("grader")
-                .with_code("unsupported_grader")
-        })?;
+        let _permit = permit;
+        let compiled = pool_state.graders.compile(&grader)?;
         let response = compiled.grade(&Sample::from_text(&sample), &item);
         serde_json::to_value(response).map_err(|e| ApiError::internal(e.to_string()))
     })

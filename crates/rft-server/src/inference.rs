@@ -11,7 +11,6 @@
 //! each sample's end, and the handler forwards them as chunks. With `logprobs` the chunks are
 //! built from the finished sample instead, one per token, so each carries its token's record.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -25,11 +24,12 @@ use candle_core::Device;
 use rft_model::constrain::ResponseFormat;
 use rft_model::engine::Engine;
 use rft_model::lora::LoraAdapter;
-use rft_model::sample::{Completion, Sampler, SamplingParams};
+use rft_model::sample::{Cancel, Completion, Sampler, SamplingParams};
 use rft_store::Store;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use crate::catalog::Catalog;
 use crate::error::ApiJson;
 use crate::{new_id, now, ApiError, SharedState};
 
@@ -48,12 +48,13 @@ pub struct ModelRef {
 }
 
 /// Resolves an API model name: `ft:…` names of succeeded jobs, `…:ckpt-step-N` checkpoint
-/// names, or a base model spec. Both kinds of `ft:` name end with their job's id
-/// (`ft:<base>:<suffix>:<job id>[:ckpt-step-N]`), so one job is read, not every job.
-pub fn resolve(store: &Store, name: &str) -> Result<Option<ModelRef>, ApiError> {
+/// names, or a base model of the catalog (nothing else: names are not paths). Both kinds of
+/// `ft:` name end with their job's id (`ft:<base>:<suffix>:<job id>[:ckpt-step-N]`), so one
+/// job is read, not every job.
+pub fn resolve(store: &Store, catalog: &Catalog, name: &str) -> Result<Option<ModelRef>, ApiError> {
     if !name.starts_with("ft:") {
-        return Ok(Some(ModelRef {
-            base: name.to_owned(),
+        return Ok(catalog.resolve(name).map(|base| ModelRef {
+            base,
             adapter: None,
         }));
     }
@@ -68,7 +69,11 @@ pub fn resolve(store: &Store, name: &str) -> Result<Option<ModelRef>, ApiError> 
     let Some(job) = store.get("job", job_id)? else {
         return Ok(None);
     };
-    let base = job["model"].as_str().unwrap_or_default().to_owned();
+    // The job's base must still be served (a job created before the allow list existed may
+    // name a path).
+    let Some(base) = job["model"].as_str().and_then(|m| catalog.resolve(m)) else {
+        return Ok(None);
+    };
     let dir = store.job_dir(job_id);
     if job["status"] == "succeeded" && job["fine_tuned_model"] == name {
         return Ok(Some(ModelRef {
@@ -97,6 +102,9 @@ struct ChatJob {
     reply: oneshot::Sender<Result<ChatResult, ApiError>>,
     /// For `stream: true`: each sample's text as it is decoded, and its end.
     stream: Option<tokio::sync::mpsc::UnboundedSender<StreamEvent>>,
+    /// Whether the client set `max_tokens`: a prompt that leaves less room than that is an
+    /// error; the default is cut to the room left.
+    max_tokens_given: bool,
 }
 
 /// A streamed piece of one choice.
@@ -123,6 +131,7 @@ struct TokenPiece {
 #[derive(Debug)]
 pub struct Inference {
     queue: SyncSender<ChatJob>,
+    catalog: Arc<Catalog>,
 }
 
 impl std::fmt::Debug for ChatJob {
@@ -161,8 +170,8 @@ impl Inference {
     /// Samples through the same queue and batches as `/v1/chat/completions`, waiting for a
     /// free place in the queue; for background work (eval runs), never on an async thread.
     pub fn complete_blocking(&self, store: &Store, call: ChatCall) -> Result<ChatOutput, ApiError> {
-        let model = resolve(store, &call.model)?
-            .ok_or_else(|| ApiError::not_found("model", &call.model).with_param("model"))?;
+        let model = resolve(store, &self.catalog, &call.model)?
+            .ok_or_else(|| model_not_found(&call.model))?;
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(ChatJob {
@@ -174,6 +183,7 @@ impl Inference {
                 response_format: call.response_format,
                 reply,
                 stream: None,
+                max_tokens_given: true,
             })
             .map_err(|_| ApiError::internal("the inference thread is not running"))?;
         let result = answer
@@ -185,24 +195,64 @@ impl Inference {
         })
     }
 
-    /// Starts the inference thread with a queue of `capacity` requests.
-    pub fn start(_store: Arc<Store>, capacity: usize) -> Inference {
+    /// Starts the inference thread with a queue of `capacity` requests, keeping loaded base
+    /// models within `max_model_bytes` (least recently used evicted first).
+    pub fn start(
+        _store: Arc<Store>,
+        catalog: Arc<Catalog>,
+        capacity: usize,
+        max_model_bytes: u64,
+    ) -> Inference {
         let (queue, rx) = sync_channel(capacity.max(1));
         // The thread ends when the queue's sender (this handle) is dropped.
         let spawned = std::thread::Builder::new()
             .name("rft-inference".into())
-            .spawn(move || Worker::default().run(rx));
+            .spawn(move || {
+                Worker {
+                    engines: Vec::new(),
+                    adapters: Vec::new(),
+                    max_model_bytes,
+                }
+                .run(rx)
+            });
         if let Err(e) = spawned {
             tracing::error!("cannot start the inference thread: {e}; chat completions will fail");
         }
-        Inference { queue }
+        Inference { queue, catalog }
+    }
+
+    /// The base models clients may name.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
     }
 }
 
-#[derive(Default)]
+/// The 404 of a model name that is not served.
+pub fn model_not_found(name: &str) -> ApiError {
+    ApiError::not_found("model", name)
+        .with_param("model")
+        .with_code("model_not_found")
+        .with_message(format!(
+            "The model '{name}' does not exist or you do not have access to it. Base models are the ones GET /v1/models lists; fine-tuned models exist once their job succeeded, and checkpoints are listed by GET /v1/fine_tuning/jobs/{{id}}/checkpoints."
+        ))
+}
+
 struct Worker {
-    engines: HashMap<String, Engine>,
+    /// Loaded base models with their estimated size, least recently used first.
+    engines: Vec<(String, Engine, u64)>,
     adapters: Vec<(PathBuf, LoraAdapter)>,
+    max_model_bytes: u64,
+}
+
+/// The memory a loaded model holds: its weights, dequantised to f32.
+fn engine_bytes(engine: &Engine) -> u64 {
+    let c = engine.model.config();
+    let (h, i, v) = (c.hidden_size as u64, c.intermediate_size as u64, c.vocab_size as u64);
+    let q = (c.num_heads * c.head_dim) as u64;
+    let kv = (c.num_kv_heads * c.head_dim) as u64;
+    let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 2 * h;
+    let embeddings = v * h * if c.tie_word_embeddings { 1 } else { 2 };
+    4 * (layer * c.num_layers as u64 + embeddings)
 }
 
 impl Worker {
@@ -220,20 +270,53 @@ impl Worker {
                 }
             }
             for (model, jobs) in groups {
-                self.serve_group(&model, jobs);
+                // A panic fails this group's requests (their reply channels are dropped, so
+                // each handler answers 500) and the thread goes on serving.
+                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.serve_group(&model, jobs)
+                }));
+                if let Err(panic) = served {
+                    tracing::error!(
+                        "the inference thread recovered from a panic serving {}: {}",
+                        model.base,
+                        crate::panic_message(&*panic)
+                    );
+                    // What the panic interrupted may be half-built: start clean.
+                    self.adapters.clear();
+                }
             }
         }
     }
 
+    fn engine(&self, base: &str) -> Option<&Engine> {
+        self.engines
+            .iter()
+            .find(|(spec, _, _)| spec == base)
+            .map(|(_, e, _)| e)
+    }
+
     fn ensure_loaded(&mut self, model: &ModelRef) -> Result<(), ApiError> {
-        if !self.engines.contains_key(&model.base) {
+        if let Some(pos) = self.engines.iter().position(|(s, _, _)| *s == model.base) {
+            let entry = self.engines.remove(pos);
+            self.engines.push(entry);
+        } else {
             let engine = Engine::load_base(&model.base, &Device::Cpu).map_err(|e| {
-                ApiError::not_found("model", &model.base)
-                    .with_param("model")
-                    .with_code("model_not_found")
-                    .with_message(format!("The model '{}' cannot be loaded: {e}", model.base))
+                // The operator allowed this model, but its files are the server's business:
+                // the details go to the log.
+                tracing::error!("cannot load the model {}: {e}", model.base);
+                ApiError::internal(format!("The model cannot be loaded: {e}"))
             })?;
-            self.engines.insert(model.base.clone(), engine);
+            let bytes = engine_bytes(&engine);
+            // Evict least recently used models until this one fits (one model always loads).
+            while !self.engines.is_empty()
+                && self.engines.iter().map(|(_, _, b)| b).sum::<u64>() + bytes
+                    > self.max_model_bytes
+            {
+                let (spec, _, _) = self.engines.remove(0);
+                self.adapters.clear();
+                tracing::info!("evicted the model {spec} to make room");
+            }
+            self.engines.push((model.base.clone(), engine, bytes));
         }
         if let Some(dir) = &model.adapter {
             if let Some(pos) = self.adapters.iter().position(|(p, _)| p == dir) {
@@ -241,8 +324,7 @@ impl Worker {
                 self.adapters.push(entry);
             } else {
                 let engine = self
-                    .engines
-                    .get(&model.base)
+                    .engine(&model.base)
                     .ok_or_else(|| ApiError::internal("base model vanished"))?;
                 let adapter = LoraAdapter::load_peft(dir, engine.model.config(), &Device::Cpu)
                     .map_err(|e| {
@@ -267,7 +349,7 @@ impl Worker {
             }
             return;
         }
-        let Some(engine) = self.engines.get(&model.base) else {
+        let Some(engine) = self.engine(&model.base) else {
             return;
         };
         let adapter = model
@@ -286,13 +368,14 @@ impl Worker {
                 })
                 .and_then(|prompt| {
                     let len = prompt.len();
+                    let params = fit_context(
+                        engine.model.config().max_position_embeddings,
+                        len,
+                        job.params.clone(),
+                        job.max_tokens_given,
+                    )?;
                     engine
-                        .request(
-                            prompt,
-                            job.n,
-                            job.params.clone(),
-                            job.response_format.as_ref(),
-                        )
+                        .request(prompt, job.n, params, job.response_format.as_ref())
                         .map(|r| (len, r))
                         .map_err(|e| {
                             ApiError::bad_request(format!("invalid response_format: {e}"))
@@ -374,6 +457,27 @@ impl Worker {
     }
 }
 
+/// Holds a request to the model's context: the prompt and `max_tokens` must fit, or the
+/// request is refused; an unset `max_tokens` is cut to the room left.
+fn fit_context(
+    context: usize,
+    prompt_tokens: usize,
+    mut params: SamplingParams,
+    max_tokens_given: bool,
+) -> Result<SamplingParams, ApiError> {
+    let room = context.saturating_sub(prompt_tokens);
+    if room == 0 || (max_tokens_given && params.max_tokens > room) {
+        return Err(ApiError::bad_request(format!(
+            "This model's context is {context} tokens; the messages take {prompt_tokens} and max_tokens asks for {} more. Shorten the messages or lower max_tokens.",
+            params.max_tokens
+        ))
+        .with_param("messages")
+        .with_code("context_length_exceeded"));
+    }
+    params.max_tokens = params.max_tokens.min(room);
+    Ok(params)
+}
+
 /// Splits a completion's text into per-token pieces: each token's share of the final text
 /// (incremental decoding, so multi-byte characters split across tokens come out whole).
 fn token_pieces(engine: &Engine, c: &Completion) -> Vec<TokenPiece> {
@@ -451,6 +555,9 @@ pub async fn chat_completions(
         }
     };
     let n = number(&body, "n", 1.0, (1.0, 128.0))? as usize;
+    let max_tokens_given = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .any(|k| body.get(*k).is_some_and(|v| !v.is_null()));
     let temperature = number(&body, "temperature", 1.0, (0.0, 2.0))?;
     let top_p = number(&body, "top_p", 1.0, (0.0, 1.0))?;
     let max_tokens = match (body.get("max_completion_tokens"), body.get("max_tokens")) {
@@ -492,14 +599,18 @@ pub async fn chat_completions(
         .as_bool()
         .unwrap_or(false);
     let tools = body["tools"].as_array().cloned();
-    let model = resolve(&state.store, name)?.ok_or_else(|| {
-        ApiError::not_found("model", name)
-            .with_param("model")
-            .with_code("model_not_found")
-            .with_message(format!(
-                "The model '{name}' does not exist: fine-tuned models exist once their job succeeded; checkpoints are listed by GET /v1/fine_tuning/jobs/{{id}}/checkpoints"
-            ))
-    })?;
+    let limit = state.config.max_request_tokens;
+    let asked = n.saturating_mul(if max_tokens_given { max_tokens } else { 1 });
+    if asked > limit {
+        return Err(ApiError::bad_request(format!(
+            "n × max_tokens is {n} × {max_tokens} = {asked} tokens; this server samples at most {limit} per request. Lower n or max_tokens."
+        ))
+        .with_param(if max_tokens_given { "max_tokens" } else { "n" }));
+    }
+    let max_tokens = max_tokens.min(limit / n.max(1)).max(1);
+    let model = resolve(&state.store, state.inference.catalog(), name)?
+        .ok_or_else(|| model_not_found(name))?;
+    let cancel = Cancel::default();
     let (reply, answer) = oneshot::channel();
     let mut job = ChatJob {
         model,
@@ -512,12 +623,17 @@ pub async fn chat_completions(
             max_tokens,
             stop_strings: stop,
             seed,
+            cancel: Some(cancel.clone()),
             ..SamplingParams::default()
         },
         response_format,
         reply,
         stream: None,
+        max_tokens_given,
     };
+    // Dropped with this handler's future (the client went away) or with the stream's body:
+    // either way the engine stops decoding for this request at its next step.
+    let on_disconnect = CancelOnDrop(cancel);
     // Streaming without logprobs goes out token by token as the engine decodes; with logprobs
     // the per-token records are built from the finished sample (below).
     let live = stream && !logprobs;
@@ -540,11 +656,15 @@ pub async fn chat_completions(
         }
     }
     if let Some(rx) = events_rx {
-        return Ok(live_stream(name.to_owned(), n, include_usage, rx, answer).into_response());
+        return Ok(
+            live_stream(name.to_owned(), n, include_usage, rx, answer, on_disconnect)
+                .into_response(),
+        );
     }
     let result = answer
         .await
         .map_err(|_| ApiError::internal("the inference thread dropped the request"))??;
+    on_disconnect.disarm();
     let id = new_id("chatcmpl-");
     let created = now();
     let completion_tokens: usize = result.completions.iter().map(|c| c.ids.len()).sum();
@@ -636,6 +756,7 @@ fn live_stream(
     include_usage: bool,
     rx: tokio::sync::mpsc::UnboundedReceiver<StreamEvent>,
     answer: oneshot::Receiver<Result<ChatResult, ApiError>>,
+    on_disconnect: CancelOnDrop,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
     let id = new_id("chatcmpl-");
     let created = now();
@@ -666,6 +787,7 @@ fn live_stream(
         rx,
         Some(answer),
         std::collections::VecDeque::from(roles),
+        on_disconnect,
     );
     let body = futures_util::stream::unfold(state, move |mut state| {
         let chunk = chunk.clone();
@@ -713,7 +835,7 @@ fn live_stream(
                             }
                             Err(e) => state.3.push_back(
                                 Event::default().data(
-                                    json!({"error": {"message": e.message, "type": "server_error",
+                                    json!({"error": {"message": e.public_message(), "type": "server_error",
                                                   "param": e.param, "code": e.code}})
                                     .to_string(),
                                 ),
@@ -721,12 +843,35 @@ fn live_stream(
                         }
                         state.3.push_back(Event::default().data("[DONE]"));
                     }
-                    Phase::Done => return None,
+                    Phase::Done => {
+                        state.4.disarm_ref();
+                        return None;
+                    }
                 }
             }
         }
     });
     Sse::new(body)
+}
+
+/// Raises a request's cancel flag when dropped, unless disarmed first (the answer was
+/// delivered).
+struct CancelOnDrop(Cancel);
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.disarm_ref();
+    }
+
+    fn disarm_ref(&mut self) {
+        self.0 = Cancel::default();
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl ApiError {

@@ -59,6 +59,7 @@ pub struct Scheduler {
 #[derive(Debug)]
 struct Inner {
     store: Arc<Store>,
+    catalog: Arc<crate::catalog::Catalog>,
     wake: (Mutex<bool>, Condvar),
     running: Mutex<Option<(String, Arc<JobControl>)>>,
     stopping: AtomicBool,
@@ -66,7 +67,10 @@ struct Inner {
 
 impl Scheduler {
     /// Requeues jobs a previous process left `running`, and starts the scheduler thread.
-    pub fn start(store: Arc<Store>) -> Result<Scheduler, ServeError> {
+    pub fn start(
+        store: Arc<Store>,
+        catalog: Arc<crate::catalog::Catalog>,
+    ) -> Result<Scheduler, ServeError> {
         for job in store.with_status("job", &["running"])? {
             let id = job["id"].as_str().unwrap_or_default().to_owned();
             store.modify::<()>(&id, |j| {
@@ -83,6 +87,7 @@ impl Scheduler {
         }
         let inner = Arc::new(Inner {
             store,
+            catalog,
             wake: (Mutex::new(false), Condvar::new()),
             running: Mutex::new(None),
             stopping: AtomicBool::new(false),
@@ -106,12 +111,15 @@ impl Scheduler {
     }
 
     /// Asks the running job `id` (if it is the one running) to stop at its next step boundary.
-    fn stop_if_running(&self, id: &str) {
+    /// Returns whether it was (the scheduler then writes the job's event when it stops).
+    fn stop_if_running(&self, id: &str) -> bool {
         let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((running_id, control)) = running.as_ref() {
-            if running_id == id {
+        match running.as_ref() {
+            Some((running_id, control)) if running_id == id => {
                 control.pause.store(true, Ordering::SeqCst);
+                true
             }
+            _ => false,
         }
     }
 
@@ -137,10 +145,14 @@ impl Scheduler {
 impl Inner {
     fn run(&self) {
         while !self.stopping.load(Ordering::SeqCst) {
-            match self.next_step() {
-                Ok(true) => continue,
-                Ok(false) => {}
-                Err(e) => tracing::error!("scheduler: {e}"),
+            // A panic while validating or training fails that job (below) and the scheduler
+            // goes on with the next one.
+            let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.next_step()));
+            match step {
+                Ok(Ok(true)) => continue,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => tracing::error!("scheduler: {e}"),
+                Err(panic) => self.recover_from_panic(&crate::panic_message(&*panic)),
             }
             let (flag, cv) = &self.wake;
             let guard = flag.lock().unwrap_or_else(|e| e.into_inner());
@@ -148,6 +160,32 @@ impl Inner {
                 .wait_timeout_while(guard, Duration::from_secs(1), |woken| !*woken)
                 .unwrap_or_else(|e| e.into_inner());
             *guard = false;
+        }
+    }
+
+    /// Fails the job a panic interrupted (the one running or being validated), so it is not
+    /// picked up again and again.
+    fn recover_from_panic(&self, message: &str) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|(id, _)| id);
+        let current = running.or_else(|| {
+            self.store
+                .with_status("job", &["validating_files", "running"])
+                .ok()
+                .and_then(|jobs| jobs.into_iter().next())
+                .and_then(|j| j["id"].as_str().map(str::to_owned))
+        });
+        tracing::error!("the scheduler recovered from a panic: {message}");
+        if let Some(id) = current {
+            let error = json!({"code": "internal_error", "param": null,
+                "message": "The trainer stopped on an internal error; the server log has the details. Create the job again."});
+            if let Err(e) = self.fail(&id, error) {
+                tracing::error!(job = %id, "cannot record the failure: {e}");
+            }
         }
     }
 
@@ -280,12 +318,21 @@ impl Inner {
         if param.is_null() && matches!(e, TrainError::Model(_)) {
             param = json!("model");
         }
+        // The job object is public: no server path may show in it (the blob paths were
+        // replaced above; the model's and the data folder's go too).
+        let message = crate::error::redact_paths(&message);
         json!({"code": code, "message": message, "param": param})
     }
 
     fn train(&self, job: &Value) -> Result<(), rft_store::StoreError> {
         let id = job["id"].as_str().unwrap_or_default().to_owned();
+        // The control is registered before the job shows `running`: a pause or cancel that
+        // sees `running` always finds it, however early in the job it comes.
+        let control = Arc::new(JobControl::default());
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((id.clone(), control.clone()));
         if !self.set_status_unless_changed(&id, "queued", "running", None)? {
+            *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
             return Ok(());
         }
         let dir = self.store.job_dir(&id);
@@ -301,11 +348,12 @@ impl Inner {
         let _ = append_event(&dir, &id, "info", "Fine-tuning job started");
         let request = match self.job_request(job) {
             Ok(r) => r,
-            Err(e) => return self.fail(&id, self.describe_failure(job, &e)),
+            Err(e) => {
+                *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                return self.fail(&id, self.describe_failure(job, &e));
+            }
         };
-        let control = Arc::new(JobControl::default());
-        *self.running.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((id.clone(), control.clone()));
+        // A pause or cancel between the status change and here already set the control.
         tracing::info!(job = %id, "training");
         let store = self.store.clone();
         let mut resolved = false;
@@ -378,8 +426,14 @@ impl Inner {
                 .as_str()
                 .map(|id| self.file_path(id).display().to_string())
         };
+        let name = job["model"].as_str().unwrap_or_default();
+        let model = self.catalog.resolve(name).ok_or_else(|| {
+            TrainError::Config(format!(
+                "the model '{name}' is not served here (start the server with --model to allow it)"
+            ))
+        })?;
         JobRequest::from_value(json!({
-            "model": job["model"],
+            "model": model,
             "training_file": path("training_file"),
             "validation_file": path("validation_file"),
             "method": job["method"],
@@ -431,6 +485,14 @@ pub async fn create(
         .ok_or_else(|| {
             ApiError::bad_request("Missing required parameter: 'model'.").with_param("model")
         })?;
+    // Base models only, from the allow list: a model name is never a path the client picks.
+    if state.inference.catalog().resolve(model).is_none() {
+        return Err(ApiError::bad_request(format!(
+            "The model '{model}' does not exist or cannot be fine-tuned here. GET /v1/models lists the base models this server serves."
+        ))
+        .with_param("model")
+        .with_code("model_not_found"));
+    }
     let training_file = file_param(&state, &body, "training_file")?.ok_or_else(|| {
         ApiError::bad_request("Missing required parameter: 'training_file'.")
             .with_param("training_file")
@@ -643,7 +705,7 @@ pub async fn cancel(
     UrlPath(id): UrlPath<String>,
     _body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let before = existing(&state, &id)?;
+    existing(&state, &id)?;
     let job = transition(
         &state,
         &id,
@@ -651,10 +713,8 @@ pub async fn cancel(
         &["validating_files", "queued", "running", "paused"],
         "cancelled",
     )?;
-    if before["status"] == "running" {
-        // The trainer stops at its step boundary and the scheduler writes the event.
-        state.scheduler.stop_if_running(&id);
-    } else {
+    // Whatever the status was, the scheduler may be starting this very job: stop it.
+    if !state.scheduler.stop_if_running(&id) {
         let _ = append_event(&state.store.job_dir(&id), &id, "info", "Job cancelled");
     }
     Ok(Json(job))
@@ -667,11 +727,9 @@ pub async fn pause(
     UrlPath(id): UrlPath<String>,
     _body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let before = existing(&state, &id)?;
+    existing(&state, &id)?;
     let job = transition(&state, &id, "pause", &["queued", "running"], "paused")?;
-    if before["status"] == "running" {
-        state.scheduler.stop_if_running(&id);
-    } else {
+    if !state.scheduler.stop_if_running(&id) {
         let _ = append_event(&state.store.job_dir(&id), &id, "info", "Job paused");
     }
     Ok(Json(job))

@@ -6,6 +6,7 @@
 //! time ([`jobs`]); an inference thread batching chat requests over loaded models and adapters
 //! ([`inference`]); SQLite and a data folder for everything durable ([`rft_store`]).
 
+pub mod catalog;
 pub mod error;
 pub mod evals;
 pub mod files;
@@ -42,6 +43,25 @@ pub struct ServerConfig {
     pub inference_queue: usize,
     /// The model `rft serve` lists as its base model.
     pub default_model: String,
+    /// The other base models clients may name (`--model`): a hub name, a path, or
+    /// `NAME=PATH` to serve a path under a name. Nothing else on disk can be named; see
+    /// [`catalog`].
+    pub models: Vec<String>,
+    /// Memory the inference thread may spend on loaded base models before it evicts the least
+    /// recently used one.
+    pub max_loaded_model_bytes: u64,
+    /// Most completion tokens one chat request may ask for (`n × max_tokens`).
+    pub max_request_tokens: usize,
+    /// Requests handled at once; more get 429 with `Retry-After`.
+    pub max_concurrent_requests: usize,
+    /// `graders/run` calls grading at once; more get 429.
+    pub max_concurrent_grades: usize,
+    /// Eval runs waiting for a runner; more get 429.
+    pub eval_run_queue: usize,
+    /// Threads running eval runs.
+    pub eval_runners: usize,
+    /// Host names accepted in `Host` besides loopback ones, when no API keys are set.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl ServerConfig {
@@ -53,8 +73,20 @@ impl ServerConfig {
             max_upload_bytes: 512 * 1024 * 1024,
             inference_queue: 256,
             default_model: rft_model::hub::SMOLLM2_135M_INSTRUCT.name.to_owned(),
+            models: Vec::new(),
+            max_loaded_model_bytes: 8 << 30,
+            max_request_tokens: 65_536,
+            max_concurrent_requests: 512,
+            max_concurrent_grades: 2 * cores(),
+            eval_run_queue: 64,
+            eval_runners: 2,
+            allowed_hosts: Vec::new(),
         }
     }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// What every handler shares.
@@ -68,6 +100,12 @@ pub struct AppState {
     pub scheduler: jobs::Scheduler,
     /// The inference thread.
     pub inference: inference::Inference,
+    /// The eval-run runners.
+    pub eval_runs: evals::Runners,
+    /// Compiled graders of `graders/run`, and the permits bounding how many grade at once.
+    pub graders: graders::GraderPool,
+    /// Permits for requests in flight.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Shared state handle.
@@ -142,7 +180,10 @@ macro_rules! api_routes {
         ];
 
         fn add_routes(mut router: Router<SharedState>) -> Router<SharedState> {
-            $( router = router.route($path, axum::routing::$method($handler)); )*
+            $( router = router.route(
+                $path,
+                body_limit($path, stringify!($method), axum::routing::$method($handler)),
+            ); )*
             router
         }
     };
@@ -180,6 +221,20 @@ api_routes! {
     get "/v1/models/{model}" => models::retrieve, "Retrieve a model";
     post "/v1/chat/completions" => inference::chat_completions, "Create a chat completion (stream: SSE)";
     get "/openapi.json" => openapi, "This document";
+}
+
+/// The upload route counts the bytes it streams to disk itself (`files::upload`, against
+/// `max_upload_bytes`); every other route keeps the router's JSON limit.
+fn body_limit(
+    path: &str,
+    method: &str,
+    route: axum::routing::MethodRouter<SharedState>,
+) -> axum::routing::MethodRouter<SharedState> {
+    if path == "/v1/files" && method == "post" {
+        route.layer(DefaultBodyLimit::disable())
+    } else {
+        route
+    }
 }
 
 /// `GET /openapi.json`: OpenAPI 3.1 over [`ROUTES`].
@@ -277,13 +332,86 @@ pub fn parse_order(raw: Option<&str>, default_descending: bool) -> Result<bool, 
 
 /// The whole API under `/v1`.
 pub fn router(state: SharedState) -> Router {
-    // One limit, the upload's; JSON bodies are held to
-    // `error::MAX_JSON_BODY` by `ApiJson`.
+    // Every body is held to the JSON limit by the bytes actually read; the upload route
+    // streams to disk and counts its own bytes (`files::upload`).
     add_routes(Router::new())
         .fallback(|| async { ApiError::new_not_found_route().into_response() })
-        .layer(DefaultBodyLimit::max(state.config.max_upload_bytes))
+        .layer(DefaultBodyLimit::max(error::MAX_JSON_BODY))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), admit))
+        .layer(axum::middleware::from_fn(catch_panic))
         .with_state(state)
+}
+
+/// A handler that panics answers 500 in the envelope and the server goes on; the panic is
+/// logged with its reference.
+async fn catch_panic(request: Request, next: Next) -> Response {
+    use futures_util::FutureExt;
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => ApiError::internal(format!("a handler panicked: {}", panic_message(&*panic)))
+            .into_response(),
+    }
+}
+
+/// The text of a caught panic.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+/// Admission: a burst beyond `max_concurrent_requests` gets 429 with `Retry-After` instead of
+/// queueing without bound.
+async fn admit(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    match state.in_flight.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let response = next.run(request).await;
+            // A streamed body holds its permit until it ends.
+            let (parts, body) = response.into_parts();
+            let body = axum::body::Body::new(PermitBody {
+                inner: body,
+                _permit: permit,
+            });
+            Response::from_parts(parts, body)
+        }
+        Err(_) => ApiError::busy(format!(
+            "The server is handling {} requests already; retry after a short wait.",
+            state.config.max_concurrent_requests
+        ))
+        .into_response(),
+    }
+}
+
+/// A body that releases its admission permit when dropped.
+struct PermitBody {
+    inner: axum::body::Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for PermitBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 impl ApiError {
@@ -298,9 +426,15 @@ impl ApiError {
     }
 }
 
-/// With API keys configured, every request needs `Authorization: Bearer <key>`.
+/// With API keys configured, every request needs `Authorization: Bearer <key>`. Without
+/// keys the server trusts the machine's own users only, so it also refuses what a web page
+/// could send through a browser: a `Host` that is not a loopback name (DNS rebinding) and a
+/// cross-site `Origin` or `Sec-Fetch-Site` (docs/security.md).
 async fn auth(State(state): State<SharedState>, request: Request, next: Next) -> Response {
     if state.config.api_keys.is_empty() {
+        if let Err(refused) = check_local_request(&state.config, request.headers()) {
+            return refused.into_response();
+        }
         return next.run(request).await;
     }
     let given = request
@@ -310,13 +444,81 @@ async fn auth(State(state): State<SharedState>, request: Request, next: Next) ->
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     match given {
-        Some(key) if state.config.api_keys.iter().any(|k| k == key) => next.run(request).await,
+        Some(key) if key_matches(&state.config.api_keys, key) => next.run(request).await,
         Some(_) => ApiError::unauthorized("Incorrect API key provided.").into_response(),
         None => ApiError::unauthorized(
             "You didn't provide an API key. Send `Authorization: Bearer <key>` (keys are set with RFT_API_KEYS or --api-key).",
         )
         .into_response(),
     }
+}
+
+/// Whether `given` is one of `keys`, in time that depends on neither where the first
+/// difference is nor which key matched (every key is compared in full).
+pub fn key_matches(keys: &[String], given: &str) -> bool {
+    let given = given.as_bytes();
+    let mut matched = 0u8;
+    for key in keys {
+        let key = key.as_bytes();
+        let mut diff = u8::from(key.len() != given.len());
+        for i in 0..key.len().max(given.len()) {
+            diff |= key.get(i).copied().unwrap_or(0) ^ given.get(i).copied().unwrap_or(0xff);
+        }
+        matched |= u8::from(diff == 0);
+    }
+    // black_box keeps the compiler from turning the loops back into an early exit.
+    std::hint::black_box(matched) == 1
+}
+
+/// The `Host` and `Origin` checks of a server without keys.
+fn check_local_request(
+    config: &ServerConfig,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), ApiError> {
+    let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap_or("\u{fffd}"));
+    if let Some(host) = header("host") {
+        if !is_local_host(host, &config.allowed_hosts) {
+            return Err(ApiError::forbidden(format!(
+                "Host '{host}' is refused: without API keys the server answers loopback names only (localhost, 127.0.0.1, [::1]). Set RFT_API_KEYS to serve other names."
+            )));
+        }
+    }
+    if header("sec-fetch-site") == Some("cross-site") {
+        return Err(ApiError::forbidden(
+            "Cross-site requests are refused: without API keys only programs on this machine may call the server.",
+        ));
+    }
+    if let Some(origin) = header("origin") {
+        let host = origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"));
+        if !host.is_some_and(|h| is_local_host(h, &config.allowed_hosts)) {
+            return Err(ApiError::forbidden(format!(
+                "Origin '{origin}' is refused: without API keys only pages served from this machine may call the server."
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `localhost`, `127.x.y.z`, `[::1]` (with or without a port), or a name the operator allowed.
+fn is_local_host(host: &str, allowed: &[String]) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.chars().all(|c| c.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        })
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost"
+        || name.ends_with(".localhost")
+        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
 }
 
 /// Opens the store, recovers interrupted jobs, starts the scheduler and inference threads,
@@ -345,14 +547,29 @@ pub async fn serve_on(
     })?;
     let store = Arc::new(Store::open(&config.data_dir)?);
     evals::fail_interrupted_runs(&store)?;
-    let scheduler = jobs::Scheduler::start(store.clone())?;
-    let inference = inference::Inference::start(store.clone(), config.inference_queue);
+    let catalog = Arc::new(catalog::Catalog::new(&config));
+    let scheduler = jobs::Scheduler::start(store.clone(), catalog.clone())?;
+    let inference = inference::Inference::start(
+        store.clone(),
+        catalog,
+        config.inference_queue,
+        config.max_loaded_model_bytes,
+    );
+    let eval_runs = evals::Runners::new(config.eval_run_queue);
+    let graders = graders::GraderPool::new(config.max_concurrent_grades);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(
+        config.max_concurrent_requests.max(1),
+    ));
     let state = Arc::new(AppState {
         config,
         store,
         scheduler,
         inference,
+        eval_runs,
+        graders,
+        in_flight,
     });
+    state.eval_runs.start(&state, state.config.eval_runners);
     let local = addr;
     if state.config.api_keys.is_empty() {
         tracing::warn!(

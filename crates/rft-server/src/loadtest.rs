@@ -168,3 +168,69 @@ pub fn run(base: &str, key: Option<&str>, plan: &LoadPlan) -> (PhaseReport, Phas
         (graders, chats)
     })
 }
+
+/// Requests an attacker would send, each with the answer the server must give: the server
+/// must give it, and keep serving the normal load beside them.
+fn hostile_request(i: usize) -> (&'static str, Value, u16) {
+    let deep = format!("{}a{}", "(".repeat(3000), ")".repeat(3000));
+    match i % 5 {
+        0 => (
+            "/fine_tuning/alpha/graders/validate",
+            json!({"grader": {"type": "multi", "name": "m", "calculate_output": deep,
+                "graders": {"a": {"type": "string_check", "name": "a", "operation": "eq",
+                                  "input": "x", "reference": "x"}}}}),
+            400,
+        ),
+        1 => (
+            "/fine_tuning/alpha/graders/run",
+            json!({"grader": {"type": "string_check", "name": "big", "operation": "eq",
+                              "input": "{{ item.x }}".repeat(2048), "reference": "a"},
+                   "model_sample": "a", "item": {"x": "x".repeat(1 << 20)}}),
+            200,
+        ),
+        2 => (
+            "/chat/completions",
+            json!({"model": "/etc/shadow", "messages": [{"role": "user", "content": "hi"}]}),
+            404,
+        ),
+        3 => (
+            "/chat/completions",
+            json!({"model": "x", "n": 128, "max_tokens": 1_000_000,
+                   "messages": [{"role": "user", "content": "hi"}]}),
+            400,
+        ),
+        _ => (
+            "/fine_tuning/alpha/graders/validate",
+            json!({"grader": {"type": "python", "name": "p", "image_tag": "/tmp",
+                              "source": "def grade(s, i):\n    return 1\n"}}),
+            400,
+        ),
+    }
+}
+
+/// Sends `requests` hostile requests from `clients` clients; a request counts as ok when it
+/// got exactly the answer it must get (or 429), and as a failure otherwise.
+pub fn hostile(base: &str, key: Option<&str>, clients: usize, requests: usize) -> PhaseReport {
+    let send = |agent: &ureq::Agent, i: usize| -> Result<u16, String> {
+        let (path, body, expected) = hostile_request(i);
+        let mut request = agent
+            .post(format!("{base}{path}"))
+            .header("Content-Type", "application/json");
+        if let Some(key) = key {
+            request = request.header("Authorization", format!("Bearer {key}"));
+        }
+        let mut response = request.send(body.to_string()).map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
+        let enveloped = status < 300 || text.contains("\"error\"");
+        match status {
+            429 => Ok(429),
+            s if s == expected && enveloped => Ok(200),
+            s => Err(format!("{path}: expected HTTP {expected}, got {s}: {text:.200}")),
+        }
+    };
+    phase(clients, requests, &send)
+}

@@ -12,16 +12,18 @@ fn model(id: &str, created: i64, owned_by: &str) -> Value {
 }
 
 fn all_models(state: &SharedState) -> Result<Vec<Value>, ApiError> {
-    let mut out = vec![model(&state.config.default_model, now(), "openrft")];
-    let mut seen = vec![state.config.default_model.clone()];
+    // Base models are the catalog's (the allow list), never whatever a job named.
+    let catalog = state.inference.catalog();
+    let mut out: Vec<Value> = catalog
+        .names()
+        .iter()
+        .map(|name| model(name, now(), "openrft"))
+        .collect();
     let jobs = state.store.all("job", None, false)?;
     for job in &jobs {
         let created = job["created_at"].as_i64().unwrap_or(0);
-        if let Some(base) = job["model"].as_str() {
-            if !seen.iter().any(|s| s == base) {
-                seen.push(base.to_owned());
-                out.push(model(base, created, "openrft"));
-            }
+        if !job["model"].as_str().is_some_and(|m| catalog.resolve(m).is_some()) {
+            continue;
         }
         if job["status"] == "succeeded" {
             if let Some(ft) = job["fine_tuned_model"].as_str() {

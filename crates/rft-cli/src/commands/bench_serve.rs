@@ -40,6 +40,13 @@ pub(crate) struct BenchServeArgs {
     /// Do not train during the load.
     #[arg(long)]
     pub(crate) no_job: bool,
+    /// Hostile requests sent during the load (deep formulas, huge templates, path model
+    /// names, unbounded chats, path image tags), each of which must get its documented error.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) hostile: usize,
+    /// Concurrent hostile clients.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) hostile_clients: usize,
 }
 
 fn request(
@@ -95,7 +102,9 @@ fn print_phase(name: &str, clients: usize, report: &PhaseReport) {
 
 pub(crate) fn serve(args: &BenchServeArgs) -> anyhow::Result<ExitCode> {
     let data = tempfile_dir()?;
-    let server = BackgroundServer::start(ServerConfig::new(data.clone()))?;
+    let mut config = ServerConfig::new(data.clone());
+    config.models = vec![args.model.clone()];
+    let server = BackgroundServer::start(config)?;
     let base = server.base.clone();
     let agent = loadtest::agent();
     let mut job_id = None;
@@ -156,7 +165,14 @@ pub(crate) fn serve(args: &BenchServeArgs) -> anyhow::Result<ExitCode> {
         "load: {} graders/run x {} clients and {} chats x {} clients, at once",
         args.graders, args.grader_clients, args.chats, args.chat_clients
     );
-    let (graders, chats) = loadtest::run(&base, None, &plan);
+    let (hostile, (graders, chats)) = std::thread::scope(|scope| {
+        let hostile = scope.spawn(|| {
+            (args.hostile > 0)
+                .then(|| loadtest::hostile(&base, None, args.hostile_clients, args.hostile))
+        });
+        let normal = loadtest::run(&base, None, &plan);
+        (hostile.join().unwrap_or_default(), normal)
+    });
     let still_training = match &job_id {
         Some(id) => {
             let job = request(
@@ -183,9 +199,17 @@ pub(crate) fn serve(args: &BenchServeArgs) -> anyhow::Result<ExitCode> {
     );
     print_phase("graders/run", args.grader_clients, &graders);
     print_phase("chat/completions", args.chat_clients, &chats);
+    if let Some(hostile) = &hostile {
+        print_phase("hostile", args.hostile_clients, hostile);
+    }
     drop(server);
     let _ = std::fs::remove_dir_all(&data);
-    let failures: Vec<&String> = graders.failures.iter().chain(&chats.failures).collect();
+    let failures: Vec<&String> = graders
+        .failures
+        .iter()
+        .chain(&chats.failures)
+        .chain(hostile.iter().flat_map(|h| &h.failures))
+        .collect();
     if !failures.is_empty() {
         for f in failures.iter().take(5) {
             eprintln!("failed: {f}");
