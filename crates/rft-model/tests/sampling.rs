@@ -516,3 +516,28 @@ fn packed_weights_sample_what_dense_weights_sample() {
     };
     assert_eq!(lp(&merged), lp(&packed));
 }
+
+#[test]
+fn a_cancelled_request_stops_decoding_and_the_others_go_on() {
+    let (model, adapter) = tiny();
+    let sampler = Sampler {
+        model: &model,
+        adapter: Some(&adapter),
+        tokenizer: None,
+    };
+    let mut long = request(vec![5, 6, 7], 2, 1.0, 9);
+    long.params.max_tokens = 64;
+    long.params.stop_ids.clear();
+    let mut gone = long.clone();
+    let cancel = rft_model::sample::Cancel::default();
+    gone.params.cancel = Some(cancel.clone());
+    // The client left before the first decode step: the flag is up when sampling starts.
+    cancel.cancel();
+    let out = sampler.run(&[long, gone]).unwrap();
+    assert!(out[0].iter().all(|c| c.ids.len() == 64), "the other request was cut short");
+    assert!(
+        out[1].iter().all(|c| c.ids.is_empty()),
+        "a cancelled request kept decoding: {:?}",
+        out[1].iter().map(|c| c.ids.len()).collect::<Vec<_>>()
+    );
+}
