@@ -643,7 +643,9 @@ mod tests {
             "formula \"(a + b\": expected ')', found the end at character 7"
         );
         assert_eq!(syntax("a +* b").0, 4);
-        assert!(syntax("pow(a, 2)").1.starts_with("unknown function \"pow\""));
+        assert!(syntax("pow(a, 2)")
+            .1
+            .starts_with("unknown function \"pow\""));
         assert!(syntax("abs(a, b)").1.contains("exactly one argument"));
         assert!(syntax("a $ b").1.contains("unexpected character"));
         assert!(Formula::parse("").is_err());

@@ -125,7 +125,9 @@ impl RenderBudget {
     /// Takes `bytes` from the budget; false (and nothing taken) if fewer remain.
     fn spend(&self, bytes: usize) -> bool {
         self.remaining
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| r.checked_sub(bytes))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                r.checked_sub(bytes)
+            })
             .is_ok()
     }
 }
@@ -460,7 +462,10 @@ mod tests {
                 at: "item.x".into()
             }
         );
-        assert!(err.to_string().contains("MAX_TEMPLATE_RENDER_BYTES"), "{err}");
+        assert!(
+            err.to_string().contains("MAX_TEMPLATE_RENDER_BYTES"),
+            "{err}"
+        );
         // Exactly at the cap is fine.
         assert_eq!(
             render(&"{{item.x}}".repeat(4), item, json!({}))

@@ -281,8 +281,14 @@ fn deeply_nested_formulas_are_refused_not_a_crash() {
     // 3,000 parentheses (6 KB): over the length limit. 2,000 (4 KB): within it, over the depth
     // limit. Either used to overflow the stack in the recursive parser.
     for (depth, expected) in [
-        (3000, "calculate_output: the formula is 6004 bytes long; the limit is 4096"),
-        (2000, "calculate_output: the formula nests parentheses 2000 deep; the limit is 64"),
+        (
+            3000,
+            "calculate_output: the formula is 6004 bytes long; the limit is 4096",
+        ),
+        (
+            2000,
+            "calculate_output: the formula nests parentheses 2000 deep; the limit is 64",
+        ),
     ] {
         let formula = format!("{}name{}", "(".repeat(depth), ")".repeat(depth));
         let (validated, graded) = on_small_stack(move || {
@@ -378,10 +384,7 @@ fn the_templates_of_one_grade_share_a_cap() {
         .collect();
     let judge = json!({"type": "score_model", "name": "judge", "model": "m", "input": messages});
     let grader = compile_with(&Grader::from_value(&judge).unwrap(), &context).unwrap();
-    let result = grader.grade(
-        &Sample::from_text("b"),
-        &json!({"x": "a".repeat(1 << 20)}),
-    );
+    let result = grader.grade(&Sample::from_text("b"), &json!({"x": "a".repeat(1 << 20)}));
     assert!(result.metadata.errors.other_error, "{result:?}");
     assert!(!result.metadata.errors.model_grader_server_error);
     assert_eq!(result.reward, 0.0);

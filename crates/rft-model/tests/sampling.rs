@@ -534,7 +534,10 @@ fn a_cancelled_request_stops_decoding_and_the_others_go_on() {
     // The client left before the first decode step: the flag is up when sampling starts.
     cancel.cancel();
     let out = sampler.run(&[long, gone]).unwrap();
-    assert!(out[0].iter().all(|c| c.ids.len() == 64), "the other request was cut short");
+    assert!(
+        out[0].iter().all(|c| c.ids.len() == 64),
+        "the other request was cut short"
+    );
     assert!(
         out[1].iter().all(|c| c.ids.is_empty()),
         "a cancelled request kept decoding: {:?}",

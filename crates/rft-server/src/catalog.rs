@@ -125,7 +125,10 @@ mod tests {
         let mut config = ServerConfig::new(tmp.path().join("data"));
         config.models = vec!["/srv/m.gguf".into(), "short=/srv/other".into()];
         let catalog = Catalog::with_models_dir(&config, models.clone());
-        assert_eq!(catalog.resolve("/srv/m.gguf").as_deref(), Some("/srv/m.gguf"));
+        assert_eq!(
+            catalog.resolve("/srv/m.gguf").as_deref(),
+            Some("/srv/m.gguf")
+        );
         assert_eq!(catalog.resolve("short").as_deref(), Some("/srv/other"));
         assert_eq!(
             catalog.resolve("tiny"),

@@ -170,7 +170,6 @@ pub async fn list(
             limit,
             ..Default::default()
         },
-        |_| true,
     )?;
     Ok(Json(list_body(page)))
 }
@@ -220,23 +219,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     existing_eval(&state, &id)?;
-    for run in state
-        .store
-        .list(
-            "eval_run",
-            &rft_store::ListQuery {
-                parent: Some(&id),
-                limit: usize::MAX,
-                ..Default::default()
-            },
-            |_| true,
-        )?
-        .data
-    {
-        if let Some(run_id) = run["id"].as_str() {
-            state.store.delete(run_id)?;
-        }
-    }
+    // Runs and their output items go with it, in one transaction.
     state.store.delete(&id)?;
     Ok(Json(
         json!({"object": "eval.deleted", "deleted": true, "eval_id": id}),
@@ -403,7 +386,9 @@ pub struct Runners {
 
 impl std::fmt::Debug for RunTask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunTask").field("run", &self.run["id"]).finish()
+        f.debug_struct("RunTask")
+            .field("run", &self.run["id"])
+            .finish()
     }
 }
 
@@ -545,9 +530,14 @@ fn execute(
     let mut criteria = Vec::new();
     for c in eval["testing_criteria"].as_array().into_iter().flatten() {
         let grader = Grader::from_value(c).map_err(|e| ApiError::internal(e.to_string()))?;
-        let compiled = rft_grade::compile(&grader).map_err(|e| {
-            ApiError::bad_request(format!("a testing criterion cannot run here: {e}"))
-                .with_code("unsupported_grader")
+        // From the server's shared cache: a run reuses the Python workers of a grader that
+        // graders/run (or an earlier run) already started.
+        let compiled = state.graders.compile(&grader).map_err(|e| {
+            ApiError::bad_request(format!(
+                "a testing criterion cannot run here: {}",
+                e.message
+            ))
+            .with_code("unsupported_grader")
         })?;
         let threshold = c["pass_threshold"]
             .as_f64()
@@ -706,7 +696,7 @@ fn execute(
 
 type Progress = ((u64, u64, u64, u64), Vec<(u64, u64)>, (u64, u64, u64));
 
-fn criteria_ids(criteria: &[(String, Grader, rft_grade::CompiledGrader, f64)]) -> Vec<String> {
+fn criteria_ids(criteria: &[(String, Grader, Arc<rft_grade::CompiledGrader>, f64)]) -> Vec<String> {
     criteria.iter().map(|c| c.0.clone()).collect()
 }
 
@@ -763,8 +753,8 @@ pub async fn list_runs(
             descending: parse_order(query.get("order").map(String::as_str), false)?,
             after: query.get("after").map(String::as_str),
             limit,
+            ..Default::default()
         },
-        |_| true,
     )?;
     Ok(Json(list_body(page)))
 }
@@ -840,8 +830,8 @@ pub async fn list_items(
             descending: parse_order(query.get("order").map(String::as_str), false)?,
             after: query.get("after").map(String::as_str),
             limit,
+            ..Default::default()
         },
-        |_| true,
     )?;
     Ok(Json(list_body(page)))
 }

@@ -54,10 +54,12 @@ pub async fn upload(
     let mut content: Option<(String, usize)> = None;
     let mut fields: HashMap<String, String> = HashMap::new();
     let limit = state.config.max_upload_bytes;
-    let malformed =
-        |e: axum::extract::multipart::MultipartError| -> ApiError {
-            ApiError::bad_request(format!("could not read the multipart body: {}", e.body_text()))
-        };
+    let malformed = |e: axum::extract::multipart::MultipartError| -> ApiError {
+        ApiError::bad_request(format!(
+            "could not read the multipart body: {}",
+            e.body_text()
+        ))
+    };
     let mut count = 0;
     while let Some(mut field) = multipart.next_field().await.map_err(malformed)? {
         count += 1;
@@ -86,7 +88,9 @@ pub async fn upload(
                 if written > limit {
                     return Err(ApiError {
                         status: axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-                        message: format!("The file is over this server's upload limit of {limit} bytes."),
+                        message: format!(
+                            "The file is over this server's upload limit of {limit} bytes."
+                        ),
                         param: Some("file".into()),
                         code: Some("file_too_large".into()),
                     });
@@ -214,9 +218,7 @@ fn check_fine_tune(filename: &str, path: &std::path::Path) -> Result<(), String>
         .map_err(|_| format!("{filename}: the upload could not be read back"))?;
     let mut rows = 0;
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|_| {
-            format!("{filename}:{}: the file is not UTF-8 text", i + 1)
-        })?;
+        let line = line.map_err(|_| format!("{filename}:{}: the file is not UTF-8 text", i + 1))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -244,16 +246,22 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let limit = parse_limit(query.get("limit").map(String::as_str), 10_000, 10_000)?;
     let descending = parse_order(query.get("order").map(String::as_str), true)?;
-    let purpose = query.get("purpose").cloned();
+    let body = match query.get("purpose") {
+        Some(purpose) => vec![rft_store::BodyFilter::Equals {
+            field: "purpose",
+            value: purpose,
+        }],
+        None => Vec::new(),
+    };
     let page = state.store.list(
         "file",
         &rft_store::ListQuery {
             descending,
             after: query.get("after").map(String::as_str),
             limit,
+            body,
             ..Default::default()
         },
-        |f| purpose.as_deref().is_none_or(|p| f["purpose"] == p),
     )?;
     Ok(Json(list_body(page)))
 }
@@ -295,7 +303,10 @@ pub async fn content(
             Ok(0) => None,
             Ok(n) => {
                 buffer.truncate(n);
-                Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(buffer)), file))
+                Some((
+                    Ok::<_, std::io::Error>(axum::body::Bytes::from(buffer)),
+                    file,
+                ))
             }
             Err(e) => Some((Err(e), file)),
         }

@@ -74,7 +74,7 @@ impl GraderPool {
 
     /// The compiled form of `grader`, from the cache or compiled now (least recently used
     /// dropped beyond [`CACHED_GRADERS`]).
-    fn compile(&self, grader: &Grader) -> Result<Arc<CompiledGrader>, ApiError> {
+    pub(crate) fn compile(&self, grader: &Grader) -> Result<Arc<CompiledGrader>, ApiError> {
         let key = serde_json::to_string(grader).map_err(|e| ApiError::internal(e.to_string()))?;
         {
             let mut cache = self.compiled.lock().unwrap_or_else(|e| e.into_inner());

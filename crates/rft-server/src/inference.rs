@@ -247,7 +247,11 @@ struct Worker {
 /// The memory a loaded model holds: its weights, dequantised to f32.
 fn engine_bytes(engine: &Engine) -> u64 {
     let c = engine.model.config();
-    let (h, i, v) = (c.hidden_size as u64, c.intermediate_size as u64, c.vocab_size as u64);
+    let (h, i, v) = (
+        c.hidden_size as u64,
+        c.intermediate_size as u64,
+        c.vocab_size as u64,
+    );
     let q = (c.num_heads * c.head_dim) as u64;
     let kv = (c.num_kv_heads * c.head_dim) as u64;
     let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 2 * h;

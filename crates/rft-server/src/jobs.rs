@@ -632,29 +632,29 @@ pub async fn list(
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = parse_limit(query.get("limit").map(String::as_str), 20, 10_000)?;
-    let wanted: Vec<(String, String)> = query
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix("metadata[")
-                .and_then(|k| k.strip_suffix(']'))
-                .map(|k| (k.to_owned(), v.clone()))
-        })
-        .collect();
-    let without_metadata = query.get("metadata").map(String::as_str) == Some("null");
+    let body = if query.get("metadata").map(String::as_str) == Some("null") {
+        vec![rft_store::BodyFilter::Empty { field: "metadata" }]
+    } else {
+        query
+            .iter()
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix("metadata[")?.strip_suffix(']')?;
+                Some(rft_store::BodyFilter::EntryEquals {
+                    field: "metadata",
+                    key,
+                    value: v,
+                })
+            })
+            .collect()
+    };
     let page = state.store.list(
         "job",
         &ListQuery {
             descending: true,
             after: query.get("after").map(String::as_str),
             limit,
+            body,
             ..Default::default()
-        },
-        |job| {
-            let meta = &job["metadata"];
-            if without_metadata {
-                return meta.is_null() || meta.as_object().is_some_and(|m| m.is_empty());
-            }
-            wanted.iter().all(|(k, v)| meta[k].as_str() == Some(v))
         },
     )?;
     Ok(Json(list_body(page)))

@@ -517,7 +517,9 @@ fn is_local_host(host: &str, allowed: &[String]) -> bool {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
     name == "localhost"
         || name.ends_with(".localhost")
-        || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
         || allowed.iter().any(|a| a.eq_ignore_ascii_case(&name))
 }
 
@@ -706,4 +708,88 @@ pub enum ServeError {
     /// A background thread could not start.
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_exactly() {
+        let keys = vec!["alpha".to_owned(), "beta-key".to_owned()];
+        assert!(key_matches(&keys, "alpha"));
+        assert!(key_matches(&keys, "beta-key"));
+        for wrong in ["", "alph", "alphaa", "Alpha", "beta-kex", "beta"] {
+            assert!(!key_matches(&keys, wrong), "{wrong}");
+        }
+        assert!(!key_matches(&[], "alpha"));
+    }
+
+    #[test]
+    fn loopback_hosts_only() {
+        for ok in [
+            "localhost",
+            "localhost:8000",
+            "127.0.0.1:9",
+            "127.1.2.3",
+            "[::1]:80",
+            "a.localhost",
+        ] {
+            assert!(is_local_host(ok, &[]), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:8000",
+            "10.0.0.1",
+            "localhost.evil.example",
+            "[::2]:1",
+        ] {
+            assert!(!is_local_host(bad, &[]), "{bad}");
+        }
+        assert!(is_local_host("box.lan:8000", &["box.lan".to_owned()]));
+    }
+
+    #[test]
+    fn a_panicking_handler_answers_500_and_the_server_goes_on() {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route(
+                "/boom",
+                axum::routing::get(|| async {
+                    let v: Vec<u8> = Vec::new();
+                    // An out-of-bounds index: the kind of bug a hostile input finds.
+                    v[std::hint::black_box(3)].to_string()
+                }),
+            )
+            .route("/ok", axum::routing::get(|| async { "fine" }))
+            .layer(axum::middleware::from_fn(catch_panic));
+        runtime.spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut boom = agent.get(format!("http://{addr}/boom")).call().unwrap();
+        assert_eq!(boom.status().as_u16(), 500);
+        let body = boom.body_mut().read_to_string().unwrap();
+        assert!(
+            body.contains("server_error") && body.contains("reference"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("index out of bounds"),
+            "internals leaked: {body}"
+        );
+        let mut ok = agent.get(format!("http://{addr}/ok")).call().unwrap();
+        assert_eq!(ok.body_mut().read_to_string().unwrap(), "fine");
+    }
 }

@@ -229,7 +229,9 @@ pub fn hostile(base: &str, key: Option<&str>, clients: usize, requests: usize) -
         match status {
             429 => Ok(429),
             s if s == expected && enveloped => Ok(200),
-            s => Err(format!("{path}: expected HTTP {expected}, got {s}: {text:.200}")),
+            s => Err(format!(
+                "{path}: expected HTTP {expected}, got {s}: {text:.200}"
+            )),
         }
     };
     phase(clients, requests, &send)

@@ -22,7 +22,11 @@ fn all_models(state: &SharedState) -> Result<Vec<Value>, ApiError> {
     let jobs = state.store.all("job", None, false)?;
     for job in &jobs {
         let created = job["created_at"].as_i64().unwrap_or(0);
-        if !job["model"].as_str().is_some_and(|m| catalog.resolve(m).is_some()) {
+        if job["model"]
+            .as_str()
+            .and_then(|m| catalog.resolve(m))
+            .is_none()
+        {
             continue;
         }
         if job["status"] == "succeeded" {

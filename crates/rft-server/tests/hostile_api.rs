@@ -190,10 +190,20 @@ fn model_names_are_not_paths() {
         )
     };
     let (_, missing) = chat("/no/such/folder");
-    for hostile in ["/etc/shadow", "/etc/passwd", "/root", "/", "../../etc", "Cargo.toml"] {
+    for hostile in [
+        "/etc/shadow",
+        "/etc/passwd",
+        "/root",
+        "/",
+        "../../etc",
+        "Cargo.toml",
+    ] {
         let (status, body) = chat(hostile);
         assert_eq!(status, 404, "{hostile}: {body}");
-        assert_eq!(body["error"]["code"], "model_not_found", "{hostile}: {body}");
+        assert_eq!(
+            body["error"]["code"], "model_not_found",
+            "{hostile}: {body}"
+        );
         // Whether the path exists must not show: same answer as a path that does not
         // (past the name it echoes).
         let after_name = |v: &Value| {
@@ -284,9 +294,7 @@ fn without_keys_foreign_hosts_and_cross_site_requests_are_refused() {
     let (status, text) = get("Host: evil.example:8000\r\n");
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("\"error\""), "{text}");
-    let (status, text) = get(&format!(
-        "Host: {host}\r\nOrigin: http://evil.example\r\n"
-    ));
+    let (status, text) = get(&format!("Host: {host}\r\nOrigin: http://evil.example\r\n"));
     assert_eq!(status, 403, "{text}");
     let (status, text) = get(&format!("Host: {host}\r\nSec-Fetch-Site: cross-site\r\n"));
     assert_eq!(status, 403, "{text}");
@@ -391,10 +399,7 @@ fn a_burst_past_the_limit_gets_429_with_retry_after() {
         format!("GET /v1/models HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
     );
     assert_eq!(status, 429, "{text}");
-    assert!(
-        text.to_ascii_lowercase().contains("retry-after:"),
-        "{text}"
-    );
+    assert!(text.to_ascii_lowercase().contains("retry-after:"), "{text}");
     assert!(text.contains("rate_limit_exceeded"), "{text}");
     drop(hold);
     std::thread::sleep(Duration::from_millis(300));
@@ -498,7 +503,10 @@ fn cancelling_a_job_as_it_starts_stops_it() {
         let steps = events.iter().filter(|e| e["type"] == "metrics").count();
         // 20 epochs of 4 steps were asked for: a job whose cancel was missed runs all 80
         // (a tiny model trains a few steps before a late cancel lands, and that is fine).
-        assert!(steps < 80, "job {id} ran all its {steps} steps despite its cancel");
+        assert!(
+            steps < 80,
+            "job {id} ran all its {steps} steps despite its cancel"
+        );
         let mut event_ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
         let count = event_ids.len();
         event_ids.sort_unstable();

@@ -11,15 +11,30 @@
 //!
 //! Objects are written once per state change, not per token or step, so one connection behind
 //! a mutex is plenty; WAL lets readers (other processes, backups) proceed during writes.
+//!
+//! The folder holds users' datasets and job outputs: the data folder, `files/` and `jobs/` are
+//! mode 0700, the database (with its `-wal` and `-shm`) and blobs 0600, set on every open so an
+//! existing folder is narrowed too. Opening also removes what a crash can leave in `files/`: a
+//! blob written but never recorded, a temporary file never renamed.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 /// The migrations, in order; `PRAGMA user_version` counts those applied.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_objects.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_objects.sql"),
+    include_str!("../migrations/0002_list_indexes.sql"),
+];
+
+/// The mode of the data folder, `files/` and `jobs/`: the owner's only.
+const DIR_MODE: u32 = 0o700;
+/// The mode of the database files and blobs.
+const FILE_MODE: u32 = 0o600;
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -62,7 +77,8 @@ pub enum StoreError {
     },
 }
 
-/// Which objects a list returns, and in which order.
+/// Which objects a list returns, and in which order. Every condition runs in SQLite, which
+/// reads only the page asked for (plus one row, for `has_more`).
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery<'a> {
     /// Only children of this parent (an eval's runs, a run's output items).
@@ -71,10 +87,42 @@ pub struct ListQuery<'a> {
     pub status: Option<&'a str>,
     /// Newest first.
     pub descending: bool,
-    /// Start after this object id (in the list's order).
+    /// Start after this object (in the list's order), whether or not it matches the other
+    /// conditions. An id that is not an object of this kind (deleted, say) gives an empty page,
+    /// like a cursor past the end.
     pub after: Option<&'a str>,
     /// At most this many.
     pub limit: usize,
+    /// Conditions on the JSON body; all must hold.
+    pub body: Vec<BodyFilter<'a>>,
+}
+
+/// A condition on an object's JSON body, checked by SQLite's JSON functions. `field` is a
+/// top-level key named in code (it becomes a JSON path); keys and values that come from API
+/// callers are bound as SQL parameters and compared as strings, never parsed as paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyFilter<'a> {
+    /// `body[field]` is the string `value` (a file's `purpose`).
+    Equals {
+        /// The top-level key.
+        field: &'static str,
+        /// The string it must hold.
+        value: &'a str,
+    },
+    /// `body[field]` is an object whose entry `key` is the string `value` (`metadata[k]=v`).
+    EntryEquals {
+        /// The top-level key of the object.
+        field: &'static str,
+        /// The entry's key: any string.
+        key: &'a str,
+        /// The string the entry must hold.
+        value: &'a str,
+    },
+    /// `body[field]` is missing, `null` or `{}` (`metadata=null`).
+    Empty {
+        /// The top-level key.
+        field: &'static str,
+    },
 }
 
 /// One page of a list.
@@ -102,15 +150,16 @@ fn now() -> i64 {
 }
 
 impl Store {
-    /// Opens (creating if needed) the data directory `root` and brings its schema up to date.
+    /// Opens (creating if needed) the data directory `root`, brings its schema up to date,
+    /// narrows its permissions and removes the blobs no file object refers to.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         for dir in [root.to_path_buf(), root.join("files"), root.join("jobs")] {
-            std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
-                path: dir.clone(),
-                source,
-            })?;
+            private_dir(&dir)?;
         }
         let db_path = root.join("openrft.db");
+        // Created owner-only before SQLite opens it, so it is never readable by others, even
+        // for a moment; SQLite gives the -wal and -shm files the database's mode.
+        private_file(&db_path, true)?;
         let sql = |source| StoreError::Sqlite {
             path: db_path.clone(),
             source,
@@ -142,11 +191,81 @@ impl Store {
                 .map_err(sql)?;
             tx.commit().map_err(sql)?;
         }
-        Ok(Store {
+        // Files an older version, or a copy, left readable by others.
+        for suffix in ["-wal", "-shm"] {
+            let mut name = db_path.clone().into_os_string();
+            name.push(suffix);
+            private_file(Path::new(&name), false)?;
+        }
+        let store = Store {
             root: root.to_path_buf(),
             db_path,
             conn: Mutex::new(conn),
-        })
+        };
+        store.collect_orphan_blobs()?;
+        Ok(store)
+    }
+
+    /// Removes what a crash leaves in `files/`: a blob written but never recorded (a kill
+    /// between [`Store::write_blob`] and [`Store::insert`], or between deleting a file object
+    /// and its blob) and temporary files never renamed. Runs at open, before the server
+    /// accepts uploads: the store assumes no other process writes to its folder.
+    fn collect_orphan_blobs(&self) -> Result<(), StoreError> {
+        let ids: HashSet<String> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare("SELECT id FROM objects WHERE kind = 'file'")
+                .map_err(|e| self.sql(e))?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, String>(0))
+                .map_err(|e| self.sql(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?
+        };
+        let dir = self.root.join("files");
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| StoreError::Io { path, source }
+        };
+        let (mut orphans, mut temporaries) = (0usize, 0usize);
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let entry = entry.map_err(io(&dir))?;
+            let path = entry.path();
+            let kind = entry.file_type().map_err(io(&path))?;
+            // Folders are not ours to make or remove here.
+            if kind.is_dir() {
+                continue;
+            }
+            let name = entry.file_name();
+            match name.to_str() {
+                // Blobs of older versions were written with the umask's mode. (A link is left
+                // alone: narrowing it would change its target.)
+                Some(id) if ids.contains(id) => {
+                    if kind.is_file() {
+                        private_file(&path, false)?;
+                    }
+                }
+                _ => {
+                    match std::fs::remove_file(&path) {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(StoreError::Io { path, source: e })
+                        }
+                        _ => {}
+                    }
+                    if name.to_string_lossy().contains(".tmp-") {
+                        temporaries += 1;
+                    } else {
+                        orphans += 1;
+                    }
+                }
+            }
+        }
+        if orphans + temporaries > 0 {
+            tracing::info!(
+                "{}: removed {orphans} blob(s) no file refers to and {temporaries} unfinished temporary file(s)",
+                dir.display()
+            );
+        }
+        Ok(())
     }
 
     /// The data directory.
@@ -177,10 +296,11 @@ impl Store {
         }
     }
 
-    /// Writes a file's content durably (temporary name, fsync, rename).
+    /// Writes a file's content durably (temporary name, fsync, rename, fsync of the folder),
+    /// readable by the owner only. Insert its object next: until then, a restart removes it.
     pub fn write_blob(&self, file_id: &str, content: &[u8]) -> Result<(), StoreError> {
         let path = self.file_path(file_id);
-        rft_types::paths::write_atomic(&path, content).map_err(|source| StoreError::Io {
+        rft_types::paths::write_atomic_private(&path, content).map_err(|source| StoreError::Io {
             path: path.clone(),
             source,
         })
@@ -262,15 +382,30 @@ impl Store {
         Ok(Some(Ok(value)))
     }
 
-    /// Deletes an object (and its children). Returns false if it did not exist.
+    /// Deletes an object and all its descendants (an eval's runs and their output items) in
+    /// one transaction: a crash or an error leaves all of them or none. Returns false if the
+    /// object did not exist.
     pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        conn.execute("DELETE FROM objects WHERE parent = ?1", [id])
-            .map_err(|e| self.sql(e))?;
-        let n = conn
-            .execute("DELETE FROM objects WHERE id = ?1", [id])
-            .map_err(|e| self.sql(e))?;
-        Ok(n > 0)
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(|e| self.sql(e))?;
+        let existed = tx
+            .query_row("SELECT 1 FROM objects WHERE id = ?1", [id], |_| Ok(()))
+            .optional()
+            .map_err(|e| self.sql(e))?
+            .is_some();
+        // UNION (not UNION ALL) visits each id once, so even a cycle of parents ends.
+        tx.execute(
+            "WITH RECURSIVE doomed(id) AS (
+                 SELECT ?1
+                 UNION
+                 SELECT o.id FROM objects o JOIN doomed d ON o.parent = d.id
+             )
+             DELETE FROM objects WHERE id IN (SELECT id FROM doomed)",
+            [id],
+        )
+        .map_err(|e| self.sql(e))?;
+        tx.commit().map_err(|e| self.sql(e))?;
+        Ok(existed)
     }
 
     fn parse(&self, id: &str, body: &str) -> Result<Value, StoreError> {
@@ -335,6 +470,79 @@ impl Store {
         sql: &str,
         params: impl IntoIterator<Item = &'a str>,
     ) -> Result<Vec<Value>, StoreError> {
+        let params = params
+            .into_iter()
+            .map(|p| SqlValue::Text(p.to_owned()))
+            .collect();
+        self.query_values(sql, params)
+    }
+
+    /// A page of objects of `kind` in creation order, starting after the cursor: filtering,
+    /// ordering and the limit all run in SQLite, so a page costs the same however many objects
+    /// there are.
+    pub fn list(&self, kind: &str, query: &ListQuery<'_>) -> Result<Page, StoreError> {
+        let text = |s: &str| SqlValue::Text(s.to_owned());
+        let path = |field: &str| SqlValue::Text(format!("$.{field}"));
+        let mut sql = String::from("SELECT id, body FROM objects WHERE kind = ?");
+        let mut params = vec![text(kind)];
+        if let Some(parent) = query.parent {
+            sql.push_str(" AND parent = ?");
+            params.push(text(parent));
+        }
+        if let Some(status) = query.status {
+            sql.push_str(" AND status = ?");
+            params.push(text(status));
+        }
+        if let Some(after) = query.after {
+            // NULL for an unknown cursor, and `seq > NULL` holds for no row: an empty page.
+            sql.push_str(if query.descending {
+                " AND seq < (SELECT seq FROM objects WHERE id = ? AND kind = ?)"
+            } else {
+                " AND seq > (SELECT seq FROM objects WHERE id = ? AND kind = ?)"
+            });
+            params.extend([text(after), text(kind)]);
+        }
+        for filter in &query.body {
+            match *filter {
+                BodyFilter::Equals { field, value } => {
+                    sql.push_str(" AND json_type(body, ?) = 'text' AND json_extract(body, ?) = ?");
+                    params.extend([path(field), path(field), text(value)]);
+                }
+                BodyFilter::EntryEquals { field, key, value } => {
+                    // The key is compared with json_each's `key` column rather than spliced
+                    // into a JSON path, so no key can escape it (`a.b`, `"`, `[0]`).
+                    sql.push_str(
+                        " AND EXISTS (SELECT 1 FROM json_each(objects.body, ?)
+                           WHERE json_each.key = ? AND json_each.type = 'text'
+                             AND json_each.value = ?)",
+                    );
+                    params.extend([path(field), text(key), text(value)]);
+                }
+                BodyFilter::Empty { field } => {
+                    sql.push_str(
+                        " AND (json_type(body, ?) IS NULL OR json_type(body, ?) = 'null'
+                           OR (json_type(body, ?) = 'object' AND json_extract(body, ?) = '{}'))",
+                    );
+                    params.extend([path(field), path(field), path(field), path(field)]);
+                }
+            }
+        }
+        sql.push_str(if query.descending {
+            " ORDER BY seq DESC LIMIT ?"
+        } else {
+            " ORDER BY seq ASC LIMIT ?"
+        });
+        // One more than asked tells whether more follow. SQLite reads a negative LIMIT as
+        // none, so usize::MAX must not wrap.
+        let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        params.push(SqlValue::Integer(fetch));
+        let mut data = self.query_values(&sql, params)?;
+        let has_more = data.len() > query.limit;
+        data.truncate(query.limit);
+        Ok(Page { data, has_more })
+    }
+
+    fn query_values(&self, sql: &str, params: Vec<SqlValue>) -> Result<Vec<Value>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(sql).map_err(|e| self.sql(e))?;
         let rows = stmt
@@ -349,33 +557,61 @@ impl Store {
         }
         Ok(out)
     }
+}
 
-    /// A page of objects of `kind`, filtered by `keep` (metadata, purpose, …), in creation
-    /// order, starting after the cursor.
-    pub fn list(
-        &self,
-        kind: &str,
-        query: &ListQuery<'_>,
-        keep: impl Fn(&Value) -> bool,
-    ) -> Result<Page, StoreError> {
-        let all = self.all(kind, query.parent, query.descending)?;
-        let mut matching = all
-            .into_iter()
-            .filter(|b| query.status.is_none_or(|s| b["status"].as_str() == Some(s)) && keep(b));
-        if let Some(after) = query.after {
-            // Skip up to and including the cursor; an unknown cursor gives an empty page (the
-            // client paginated past a deleted object), like a cursor past the end.
-            for b in matching.by_ref() {
-                if b["id"].as_str() == Some(after) {
-                    break;
-                }
-            }
-        }
-        let mut data: Vec<Value> = matching.by_ref().take(query.limit).collect();
-        let has_more = matching.next().is_some();
-        data.shrink_to_fit();
-        Ok(Page { data, has_more })
+/// Creates `dir` if needed and makes it the owner's only, even if it existed.
+fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        builder.mode(DIR_MODE);
+        builder.create(dir).map_err(io)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE)).map_err(io)?;
     }
+    #[cfg(not(unix))]
+    {
+        let _ = DIR_MODE;
+        builder.create(dir).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Makes `path` the owner's only; creates it empty first when `create` is set, else skips a
+/// missing one.
+fn private_file(path: &Path, create: bool) -> Result<(), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if create {
+        let mut options = std::fs::OpenOptions::new();
+        options.append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(FILE_MODE);
+        }
+        options.open(path).map_err(io)?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::set_permissions(path, std::fs::Permissions::from_mode(FILE_MODE)) {
+            Err(e) if !create && e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other.map_err(io)?,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = FILE_MODE;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -409,7 +645,6 @@ mod tests {
                 limit: 2,
                 ..ListQuery::default()
             },
-            |_| true,
         )?;
         let ids: Vec<&str> = page.data.iter().filter_map(|b| b["id"].as_str()).collect();
         assert_eq!(ids, ["ftjob-2", "ftjob-1"]);

@@ -77,30 +77,26 @@ struct Prepared {
     prompt: Vec<u32>,
 }
 
-/// Appends one event to `dir/events.jsonl` (fsynced) and returns it. Ids count the file's
-/// lines, so ids stay unique and ordered across restarts.
+/// Appends one event to `dir/events.jsonl` (fsynced) and returns it.
+///
+/// Ids number the file's lines (`ftevent-<job>-000042`), counted under an exclusive lock on
+/// the file: the loop and the server (its "paused", "cancelled" messages) may append at the
+/// same moment, and a count kept in memory would go stale as soon as the other one writes,
+/// or after a restart. Counting every line, torn ones included, keeps ids unique and in file
+/// order.
 fn write_event(
     dir: &Path,
     job_id: &str,
-    count: usize,
     level: &str,
     message: String,
     data: Option<Value>,
 ) -> Result<Value, TrainError> {
+    use std::io::Read;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let path = dir.join("events.jsonl");
-    let event = json!({
-        "id": format!("ftevent-{}-{count:06}", job_id.trim_start_matches("ftjob-")),
-        "object": "fine_tuning.job.event",
-        "created_at": now,
-        "level": level,
-        "message": message,
-        "type": if data.is_some() { "metrics" } else { "message" },
-        "data": data.unwrap_or(json!({})),
-    });
     let io = |source| TrainError::Io {
         path: path.clone(),
         source,
@@ -112,33 +108,94 @@ fn write_event(
         .append(true)
         .open(&path)
         .map_err(io)?;
+    // Released when `file` is closed, including on an early return.
+    file.lock().map_err(io)?;
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).map_err(io)?;
+    let mut count = text.iter().filter(|&&b| b == b'\n').count();
     // A crash mid-write can leave a last line without its newline: end it, so this event
-    // starts a line of its own (the torn line is skipped by readers).
-    let len = file.metadata().map_err(io)?.len();
-    if len > 0 {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut last = [0u8];
-        file.seek(SeekFrom::Start(len - 1)).map_err(io)?;
-        file.read_exact(&mut last).map_err(io)?;
-        if last[0] != b'\n' {
-            file.write_all(b"\n").map_err(io)?;
-        }
+    // starts a line of its own (the torn line is skipped by readers, but keeps its number).
+    if text.last().is_some_and(|&b| b != b'\n') {
+        file.write_all(b"\n").map_err(io)?;
+        count += 1;
     }
+    let event = json!({
+        "id": format!("ftevent-{}-{count:06}", job_id.trim_start_matches("ftjob-")),
+        "object": "fine_tuning.job.event",
+        "created_at": now,
+        "level": level,
+        "message": message,
+        "type": if data.is_some() { "metrics" } else { "message" },
+        "data": data.unwrap_or(json!({})),
+    });
     writeln!(file, "{event}").map_err(io)?;
     file.sync_data().map_err(io)?;
     Ok(event)
 }
 
 /// Appends an event to a job folder from outside the loop (the server's "queued", "cancelled",
-/// "failed" messages). Call it only while no [`run_job`] runs on the folder.
+/// "failed" messages). Safe while [`run_job`] runs on the folder: appends are serialised by a
+/// lock on the events file.
 pub fn append_event(
     dir: &Path,
     job_id: &str,
     level: &str,
     message: impl Into<String>,
 ) -> Result<Value, TrainError> {
-    let count = read_jsonl(&dir.join("events.jsonl")).len();
-    write_event(dir, job_id, count, level, message.into(), None)
+    write_event(dir, job_id, level, message.into(), None)
+}
+
+/// The resume state's folder in `checkpoints/`, and the two names `save_latest` swaps it
+/// through.
+const LATEST: &str = "latest";
+const LATEST_NEW: &str = "latest.new";
+const LATEST_OLD: &str = "latest.old";
+/// Written last into a state folder: `{"step": n}`.
+const PROGRESS: &str = "progress.json";
+
+/// The step of a complete state folder (its `progress.json`, written last, and the optimizer
+/// state it follows); `None` for a missing or half-written one.
+fn complete_step(dir: &Path) -> Option<u64> {
+    if !dir.join("optimizer.json").is_file() {
+        return None;
+    }
+    crate::read_json(&dir.join(PROGRESS)).ok()?["step"].as_u64()
+}
+
+/// Puts back `checkpoints/latest` when a kill between `save_latest`'s two renames left only
+/// `latest.old` (the previous state) and `latest.new` (the new one, complete once its
+/// `progress.json` exists): the newest complete one becomes `latest`, with one rename. Without
+/// this, the job would restart from step 0.
+pub(crate) fn recover_latest(checkpoints: &Path) -> Result<(), TrainError> {
+    let latest = checkpoints.join(LATEST);
+    if complete_step(&latest).is_some() {
+        return Ok(());
+    }
+    // On a tie the new one wins (`max_by_key` keeps the last maximum): they hold the same step.
+    let Some((step, found)) = [LATEST_OLD, LATEST_NEW]
+        .iter()
+        .map(|name| checkpoints.join(name))
+        .filter_map(|dir| complete_step(&dir).map(|step| (step, dir)))
+        .max_by_key(|(step, _)| *step)
+    else {
+        return Ok(());
+    };
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TrainError::Io { path, source }
+    };
+    if latest.exists() {
+        // Incomplete (checked above): nothing in it can be resumed from.
+        std::fs::remove_dir_all(&latest).map_err(io(&latest))?;
+    }
+    std::fs::rename(&found, &latest).map_err(io(&found))?;
+    rft_types::paths::sync_dir(checkpoints).map_err(io(checkpoints))?;
+    tracing::warn!(
+        "{}: the last save was interrupted; resuming from {} (step {step})",
+        checkpoints.display(),
+        found.display()
+    );
+    Ok(())
 }
 
 /// A job folder's events, oldest first.
@@ -244,8 +301,6 @@ struct Loop<'a> {
     dir: PathBuf,
     job_id: String,
     fine_tuned_model: String,
-    /// Events in `events.jsonl` so far (they number the event ids); counted once at start.
-    events_written: std::cell::Cell<usize>,
 }
 
 /// Runs (or resumes) a job in `dir`, calling `on_event` with every event it writes.
@@ -324,7 +379,9 @@ pub fn run_job(
         "ft:{base_name}:{}:{job_id}",
         request.suffix.as_deref().unwrap_or("openrft")
     );
-    // Resume from the latest state if there is one.
+    // Resume from the latest state if there is one (after putting back the one a crash in
+    // `save_latest` may have left under another name).
+    recover_latest(&dir.join("checkpoints"))?;
     let latest = dir.join("checkpoints/latest");
     let resumed = latest.join("optimizer.json").is_file();
     if resumed {
@@ -343,7 +400,6 @@ pub fn run_job(
         dir: dir.to_owned(),
         job_id,
         fine_tuned_model,
-        events_written: std::cell::Cell::new(read_jsonl(&dir.join("events.jsonl")).len()),
     };
     state.write_job_file()?;
     state.run(control, resumed, on_event)
@@ -386,9 +442,7 @@ impl Loop<'_> {
         data: Option<Value>,
         on_event: &mut dyn FnMut(&Value),
     ) -> Result<(), TrainError> {
-        let count = self.events_written.get();
-        let event = write_event(&self.dir, &self.job_id, count, level, message, data)?;
-        self.events_written.set(count + 1);
+        let event = write_event(&self.dir, &self.job_id, level, message, data)?;
         on_event(&event);
         Ok(())
     }
@@ -782,26 +836,29 @@ impl Loop<'_> {
         }
     }
 
+    /// Writes the state after `step` to `checkpoints/latest`. The new state is written beside
+    /// the old one (`latest.new`, `progress.json` last), then swapped in with two renames; a
+    /// kill between them leaves no `latest`, which [`recover_latest`] repairs on resume.
     fn save_latest(&self, step: usize) -> Result<(), TrainError> {
-        // Write the new state beside the old one, then swap: a kill at any moment leaves one
-        // complete `latest`.
-        let latest = self.dir.join("checkpoints/latest");
-        let staging = self.dir.join("checkpoints/latest.new");
+        let checkpoints = self.dir.join("checkpoints");
+        let latest = checkpoints.join(LATEST);
+        let staging = checkpoints.join(LATEST_NEW);
+        let old = checkpoints.join(LATEST_OLD);
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| TrainError::Io { path, source }
+        };
         let _ = std::fs::remove_dir_all(&staging);
         self.client.save_state(&staging)?;
-        crate::write_json_atomic(&staging.join("progress.json"), &json!({"step": step}))?;
-        let old = self.dir.join("checkpoints/latest.old");
+        // Last: its presence marks the folder complete (every file before it was fsynced).
+        crate::write_json_atomic(&staging.join(PROGRESS), &json!({"step": step}))?;
         let _ = std::fs::remove_dir_all(&old);
         if latest.exists() {
-            std::fs::rename(&latest, &old).map_err(|source| TrainError::Io {
-                path: latest.clone(),
-                source,
-            })?;
+            std::fs::rename(&latest, &old).map_err(io(&latest))?;
         }
-        std::fs::rename(&staging, &latest).map_err(|source| TrainError::Io {
-            path: latest.clone(),
-            source,
-        })?;
+        std::fs::rename(&staging, &latest).map_err(io(&latest))?;
+        // The renames live in the folder: make them durable before the step counts as saved.
+        rft_types::paths::sync_dir(&checkpoints).map_err(io(&checkpoints))?;
         let _ = std::fs::remove_dir_all(&old);
         Ok(())
     }
@@ -924,5 +981,83 @@ fn merge_valid(train: &mut Value, valid: &Value) {
         for (t, v) in train.iter_mut().zip(valid) {
             t["valid_reward_mean"] = v["train_reward_mean"].clone();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(dir: &Path, step: Option<u64>) {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("optimizer.json"), "{}").unwrap();
+        if let Some(step) = step {
+            std::fs::write(dir.join(PROGRESS), json!({"step": step}).to_string()).unwrap();
+        }
+    }
+
+    fn latest_step(checkpoints: &Path) -> Option<u64> {
+        complete_step(&checkpoints.join(LATEST))
+    }
+
+    #[test]
+    fn a_save_cut_between_its_renames_is_recovered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ck = tmp.path();
+        // Killed between the renames: old and a complete new, no latest.
+        state(&ck.join(LATEST_OLD), Some(4));
+        state(&ck.join(LATEST_NEW), Some(5));
+        recover_latest(ck).unwrap();
+        assert_eq!(latest_step(ck), Some(5));
+        assert!(!ck.join(LATEST_NEW).exists());
+        // A complete latest is never replaced.
+        state(&ck.join(LATEST_NEW), Some(9));
+        recover_latest(ck).unwrap();
+        assert_eq!(latest_step(ck), Some(5));
+    }
+
+    #[test]
+    fn a_half_written_new_state_falls_back_to_the_old_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ck = tmp.path();
+        state(&ck.join(LATEST_OLD), Some(4));
+        state(&ck.join(LATEST_NEW), None);
+        recover_latest(ck).unwrap();
+        assert_eq!(latest_step(ck), Some(4));
+        // Nothing complete anywhere: nothing to resume, no error.
+        let empty = tmp.path().join("empty");
+        state(&empty.join(LATEST_NEW), None);
+        recover_latest(&empty).unwrap();
+        assert_eq!(latest_step(&empty), None);
+    }
+
+    #[test]
+    fn concurrent_writers_get_unique_event_ids() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_owned();
+        // A torn last line, as a kill mid-write leaves it, keeps its number.
+        std::fs::write(dir.join("events.jsonl"), "{\"id\": \"torn").unwrap();
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        append_event(&dir, "ftjob-x", "info", format!("{w}-{i}")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().unwrap();
+        }
+        let events = read_events(&dir);
+        assert_eq!(events.len(), 100);
+        let mut ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();
+        let in_file_order = ids.clone();
+        ids.sort_unstable();
+        assert_eq!(ids, in_file_order, "ids follow the file's order");
+        ids.dedup();
+        assert_eq!(ids.len(), 100, "duplicate event ids");
+        assert_eq!(ids[0], "ftevent-x-000001");
     }
 }

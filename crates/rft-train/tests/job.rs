@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use rft_model::Architecture;
 use rft_train::config::JobRequest;
-use rft_train::job::{run_job, JobControl, JobOutcome};
+use rft_train::job::{append_event, run_job, JobControl, JobOutcome};
 use serde_json::{json, Value};
 
 /// A toy task: the reward is 1 when the completion contains `x`. A random tiny model emits it
@@ -169,6 +169,100 @@ fn a_killed_run_resumes_from_its_last_complete_state() {
     let a = std::fs::read(straight.join("final/adapter_model.safetensors")).unwrap();
     let b = std::fs::read(killed.join("final/adapter_model.safetensors")).unwrap();
     assert_eq!(a, b);
+}
+
+/// Copies a folder of plain files (a saved training state).
+fn copy_flat(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_kill_between_the_checkpoint_renames_resumes_from_the_saved_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let request = setup(tmp.path(), 20, json!({}));
+    let straight = tmp.path().join("straight");
+    run_job(&request, &straight, &JobControl::default(), &mut |_| {}).unwrap();
+
+    let killed = tmp.path().join("killed");
+    let pause_at = |step: u64| {
+        let control = JobControl::default();
+        run_job(&request, &killed, &control, &mut |event| {
+            if event["data"]["step"] == step {
+                control.pause.store(true, Ordering::SeqCst);
+            }
+        })
+        .unwrap()
+    };
+    let checkpoints = killed.join("checkpoints");
+    let after_2 = tmp.path().join("after-2");
+    // The state after step 2, copied aside.
+    assert_eq!(pause_at(2).steps, 2);
+    copy_flat(&checkpoints.join("latest"), &after_2);
+    // Only `latest.old` left (a kill between the renames of a first save after a resume):
+    // the run goes on from step 2, not from 0.
+    std::fs::rename(checkpoints.join("latest"), checkpoints.join("latest.old")).unwrap();
+    assert_eq!(pause_at(3).steps, 3);
+    // What a kill between save_latest's two renames leaves after step 3's save: the previous
+    // state as latest.old, the complete new one as latest.new, no latest.
+    std::fs::rename(checkpoints.join("latest"), checkpoints.join("latest.new")).unwrap();
+    copy_flat(&after_2, &checkpoints.join("latest.old"));
+
+    let summary = run_job(&request, &killed, &JobControl::default(), &mut |_| {}).unwrap();
+    assert_eq!(summary.outcome, JobOutcome::Succeeded);
+    let resumed: Vec<String> = events(&killed)
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .filter(|m| m.starts_with("Resumed"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        resumed,
+        [
+            "Resumed from the checkpoint of step 2",
+            "Resumed from the checkpoint of step 3"
+        ]
+    );
+    // Each step ran once: nothing was redone from step 0.
+    let steps: Vec<u64> = metrics(&killed)
+        .iter()
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5]);
+    let a = std::fs::read(straight.join("final/adapter_model.safetensors")).unwrap();
+    let b = std::fs::read(killed.join("final/adapter_model.safetensors")).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn events_written_by_the_server_during_a_run_keep_ids_unique() {
+    let tmp = tempfile::tempdir().unwrap();
+    let request = setup(tmp.path(), 8, json!({}));
+    let out = tmp.path().join("run");
+    let mut appended = 0;
+    // The server appends its own events ("Job paused", "Job cancelled") to the same file,
+    // for the same job, while the loop runs.
+    run_job(&request, &out, &JobControl::default(), &mut |_| {
+        if appended < 5 {
+            appended += 1;
+            let job: Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("job.json")).unwrap())
+                    .unwrap();
+            let id = job["id"].as_str().unwrap();
+            append_event(&out, id, "info", format!("from the server {appended}")).unwrap();
+        }
+    })
+    .unwrap();
+    let all = events(&out);
+    assert!(appended > 0);
+    let mut ids: Vec<&str> = all.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let count = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "duplicate event ids: {all:#?}");
 }
 
 #[test]

@@ -24,11 +24,35 @@ pub fn temp_path(target: &Path) -> PathBuf {
     target.with_file_name(name)
 }
 
-/// Fsyncs `temp` and renames it to `target`: readers see the old file or the whole new one,
-/// never a half-written one, even if the process is killed.
+/// Fsyncs `temp`, renames it to `target` and fsyncs the folder: readers see the old file or
+/// the whole new one, never a half-written one, even if the process is killed; and once this
+/// returns, the new name survives a power loss too (a rename lives in the folder, not the file).
 pub fn persist(temp: &Path, target: &Path) -> std::io::Result<()> {
     std::fs::File::open(temp)?.sync_all()?;
-    std::fs::rename(temp, target)
+    std::fs::rename(temp, target)?;
+    sync_parent(target)
+}
+
+/// Fsyncs the folder that holds `path`, so that a rename or a new name in it is durable.
+pub fn sync_parent(path: &Path) -> std::io::Result<()> {
+    let parent = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    sync_dir(parent)
+}
+
+/// Fsyncs a folder (its list of names). A no-op where folders cannot be opened as files.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 /// Writes `bytes` to `target` atomically ([`temp_path`], then [`persist`]).
@@ -36,4 +60,56 @@ pub fn write_atomic(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let temp = temp_path(target);
     std::fs::write(&temp, bytes)?;
     persist(&temp, target)
+}
+
+/// [`write_atomic`] for a file only its owner may read or write (mode 0600 on Unix), from the
+/// moment its temporary file is created: uploaded datasets are the users' data.
+pub fn write_atomic_private(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let temp = temp_path(target);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        let mut file = options.open(&temp)?;
+        // `mode` applies only to a file this call creates; a stale temporary file of an
+        // earlier process with the same id keeps its mode unless it is set here.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(bytes)?;
+    }
+    #[cfg(not(unix))]
+    {
+        options.open(&temp)?.write_all(bytes)?;
+    }
+    persist(&temp, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_and_private_files_are_owner_only() -> std::io::Result<()> {
+        let dir = std::env::temp_dir().join(format!("rft-paths-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let target = dir.join("a.txt");
+        write_atomic(&target, b"one")?;
+        write_atomic(&target, b"two")?;
+        assert_eq!(std::fs::read(&target)?, b"two");
+        let private = dir.join("b.txt");
+        // A stale temporary file with a wide mode is narrowed, not reused as is.
+        std::fs::write(temp_path(&private), b"stale")?;
+        write_atomic_private(&private, b"secret")?;
+        assert_eq!(std::fs::read(&private)?, b"secret");
+        assert!(!temp_path(&private).exists());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&private)?.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+        }
+        std::fs::remove_dir_all(&dir)
+    }
 }

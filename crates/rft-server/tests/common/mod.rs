@@ -13,8 +13,8 @@ pub(crate) struct Server {
     pub(crate) base: String,
     pub(crate) key: Option<String>,
     pub(crate) agent: ureq::Agent,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    pub(crate) stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -22,7 +22,11 @@ impl Server {
         Server::start_with(data, keys, |_| {})
     }
 
-    pub(crate) fn start_with(data: &Path, keys: &[&str], adjust: impl FnOnce(&mut ServerConfig)) -> Server {
+    pub(crate) fn start_with(
+        data: &Path,
+        keys: &[&str],
+        adjust: impl FnOnce(&mut ServerConfig),
+    ) -> Server {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let base = format!("http://{}/v1", listener.local_addr().unwrap());
@@ -148,4 +152,3 @@ impl Drop for Server {
         }
     }
 }
-
