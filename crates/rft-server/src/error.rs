@@ -172,6 +172,20 @@ impl From<rft_store::StoreError> for ApiError {
     }
 }
 
+/// Parses a request body into its type; a mismatch is a 400 whose `param` is the JSON path of
+/// the fault (`data_source.source.content[2].item`) and whose message says what was expected.
+pub fn parse_body<T: DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        if path.is_empty() || path == "." {
+            ApiError::bad_request(format!("Invalid request body: {message}"))
+        } else {
+            ApiError::bad_request(format!("Invalid value at '{path}': {message}")).with_param(path)
+        }
+    })
+}
+
 /// Largest JSON body (files go through `/v1/files`, limited separately).
 pub const MAX_JSON_BODY: usize = 32 * 1024 * 1024;
 

@@ -21,22 +21,29 @@ use axum::Json;
 use rft_grade::template::{Scope, Template};
 use rft_model::constrain::ResponseFormat;
 use rft_model::sample::SamplingParams;
+use rft_types::api::common::{Deleted, DeletedId, List, Metadata};
+use rft_types::api::eval::{
+    CreateEval, CreateRun, CriterionOutcome, CriterionResult, DataSourceConfig,
+    DataSourceConfigRequest, Eval, EvalRun, InputMessages, ItemStatus, ModelUsage, OutputItem,
+    OutputMessage, OutputSample, ResultCounts, RunDataSource, RunError, RunSamplingParams,
+    RunSource, RunStatus, SampleUsage, SourceRow, TestingCriterion, UpdateEval,
+};
 use rft_types::{Grader, Sample};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use crate::error::ApiJson;
+use crate::error::{parse_body, ApiJson};
 use crate::graders::parse_grader;
 use crate::inference::ChatCall;
-use crate::{
-    list_body, new_id, now, parse_limit, parse_metadata, parse_order, ApiError, AppState,
-    SharedState,
-};
+use crate::{new_id, now, parse_limit, parse_metadata, parse_order, ApiError, AppState, SharedState};
 
 /// Evals and runs show `{}` for absent metadata, as OpenAI's examples do.
-fn metadata(value: Option<&Value>) -> Result<Value, ApiError> {
+fn metadata(value: Option<&Value>) -> Result<Metadata, ApiError> {
     Ok(match parse_metadata(value)? {
-        Value::Null => json!({}),
-        map => map,
+        Value::Object(map) => map
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned())))
+            .collect(),
+        _ => Metadata::new(),
     })
 }
 
@@ -44,83 +51,76 @@ fn metadata(value: Option<&Value>) -> Result<Value, ApiError> {
 pub async fn create(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let config = &body["data_source_config"];
-    let schema = match config["type"].as_str() {
-        Some("custom") => {
-            let item_schema = match &config["item_schema"] {
-                v @ Value::Object(_) => v.clone(),
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "data_source_config.item_schema must be a JSON Schema object",
-                    )
-                    .with_param("data_source_config.item_schema"))
-                }
-            };
-            let with_sample = config["include_sample_schema"].as_bool().unwrap_or(false);
-            let mut properties = json!({"item": item_schema});
+) -> Result<(StatusCode, Json<Eval>), ApiError> {
+    let request: CreateEval = parse_body(body)?;
+    let schema = match request.data_source_config {
+        DataSourceConfigRequest::Custom {
+            item_schema,
+            include_sample_schema,
+        } => {
+            // The row schema: the item's, and the sample's when rows carry one. A JSON Schema
+            // document is the client's own shape, built here as JSON.
+            let mut properties = Map::new();
+            properties.insert("item".into(), Value::Object(item_schema));
             let mut required = vec!["item"];
-            if with_sample {
-                properties["sample"] = sample_schema();
+            if include_sample_schema {
+                properties.insert("sample".into(), sample_schema());
                 required.push("sample");
             }
             json!({"type": "object", "properties": properties, "required": required})
         }
-        Some(kind @ ("logs" | "stored_completions")) => {
-            return Err(ApiError::bad_request(format!(
-                "data_source_config.type '{kind}' reads OpenAI's stored logs, which a local server does not have; use 'custom'"
-            ))
+        DataSourceConfigRequest::Logs { .. } | DataSourceConfigRequest::StoredCompletions { .. } => {
+            return Err(ApiError::bad_request(
+                "data_source_config.type reads OpenAI's stored logs, which a local server does not have; use 'custom'",
+            )
             .with_param("data_source_config.type"))
         }
-        _ => {
-            return Err(ApiError::bad_request(
-                "data_source_config must be {type: 'custom', item_schema: {...}}",
-            )
-            .with_param("data_source_config"))
-        }
     };
-    let criteria = match &body["testing_criteria"] {
-        Value::Array(list) if !list.is_empty() => list,
-        _ => {
-            return Err(ApiError::bad_request(
-                "testing_criteria must be a non-empty array of graders",
-            )
-            .with_param("testing_criteria"))
-        }
-    };
+    if request.testing_criteria.is_empty() {
+        return Err(ApiError::bad_request(
+            "testing_criteria must be a non-empty array of graders",
+        )
+        .with_param("testing_criteria"));
+    }
     let mut testing_criteria = Vec::new();
-    for (i, criterion) in criteria.iter().enumerate() {
+    for (i, mut criterion) in request.testing_criteria.into_iter().enumerate() {
         let param = format!("testing_criteria[{i}]");
-        let grader = parse_grader(Some(criterion), &param)?;
-        let threshold = match criterion.get("pass_threshold") {
+        let threshold = criterion.remove("pass_threshold");
+        let grader = parse_grader(Some(&Value::Object(criterion.clone())), &param)?;
+        let pass_threshold = match threshold {
             None | Some(Value::Null) => rft_eval::objects::pass_threshold(&grader),
             Some(v) => v.as_f64().ok_or_else(|| {
                 ApiError::bad_request("pass_threshold must be a number")
                     .with_param(format!("{param}.pass_threshold"))
             })?,
         };
-        let mut out = criterion.clone();
-        out["id"] = json!(format!(
-            "{}-{}",
-            grader.name(),
-            new_id("").get(..12).unwrap_or_default()
-        ));
-        out["pass_threshold"] = json!(threshold);
-        testing_criteria.push(out);
+        testing_criteria.push(TestingCriterion {
+            grader: criterion,
+            id: format!(
+                "{}-{}",
+                grader.name(),
+                new_id("").get(..12).unwrap_or_default()
+            ),
+            pass_threshold,
+        });
     }
-    let eval = json!({
-        "id": new_id("eval_"),
-        "object": "eval",
-        "name": body["name"].as_str().unwrap_or_default(),
-        "created_at": now(),
-        "metadata": metadata(body.get("metadata"))?,
-        "data_source_config": {"type": "custom", "schema": schema},
-        "testing_criteria": testing_criteria,
-    });
-    state.store.insert("eval", None, &eval)?;
+    let eval = Eval {
+        id: new_id("eval_"),
+        object: "eval".into(),
+        name: request.name.unwrap_or_default(),
+        created_at: now(),
+        metadata: metadata(request.metadata.as_ref())?,
+        data_source_config: DataSourceConfig {
+            kind: "custom".into(),
+            schema,
+        },
+        testing_criteria,
+    };
+    state.store.insert_object("eval", None, &eval)?;
     Ok((StatusCode::CREATED, Json(eval)))
 }
 
+/// The JSON Schema of a row's `sample`.
 fn sample_schema() -> Value {
     json!({"type": "object", "properties": {
         "model": {"type": "string"},
@@ -131,19 +131,19 @@ fn sample_schema() -> Value {
     }, "required": ["output_text"]})
 }
 
-fn existing_eval(state: &AppState, id: &str) -> Result<Value, ApiError> {
+fn existing_eval(state: &AppState, id: &str) -> Result<Eval, ApiError> {
     state
         .store
-        .get("eval", id)?
+        .get_object("eval", id)?
         .ok_or_else(|| ApiError::not_found("eval", id).with_param("eval_id"))
 }
 
-fn existing_run(state: &AppState, eval_id: &str, run_id: &str) -> Result<Value, ApiError> {
+fn existing_run(state: &AppState, eval_id: &str, run_id: &str) -> Result<EvalRun, ApiError> {
     existing_eval(state, eval_id)?;
     state
         .store
-        .get("eval_run", run_id)?
-        .filter(|r| r["eval_id"] == eval_id)
+        .get_object::<EvalRun>("eval_run", run_id)?
+        .filter(|r| r.eval_id == eval_id)
         .ok_or_else(|| ApiError::not_found("eval run", run_id).with_param("run_id"))
 }
 
@@ -151,7 +151,7 @@ fn existing_run(state: &AppState, eval_id: &str, run_id: &str) -> Result<Value, 
 pub async fn list(
     State(state): State<SharedState>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<Eval>>, ApiError> {
     let limit = parse_limit(query.get("limit").map(String::as_str), 20, 100)?;
     match query.get("order_by").map(String::as_str) {
         None | Some("created_at") | Some("updated_at") => {}
@@ -162,7 +162,7 @@ pub async fn list(
             .with_param("order_by"))
         }
     }
-    let page = state.store.list(
+    let (data, has_more) = state.store.list_objects(
         "eval",
         &rft_store::ListQuery {
             descending: parse_order(query.get("order").map(String::as_str), false)?,
@@ -171,14 +171,14 @@ pub async fn list(
             ..Default::default()
         },
     )?;
-    Ok(Json(list_body(page)))
+    Ok(Json(List::with_cursor(data, has_more, |e: &Eval| &e.id)))
 }
 
 /// `GET /v1/evals/{eval_id}`.
 pub async fn retrieve(
     State(state): State<SharedState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Eval>, ApiError> {
     existing_eval(&state, &id).map(Json)
 }
 
@@ -187,23 +187,20 @@ pub async fn update(
     State(state): State<SharedState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Eval>, ApiError> {
     existing_eval(&state, &id)?;
-    let name = match body.get("name") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => return Err(ApiError::bad_request("name must be a string").with_param("name")),
-    };
-    let meta = match body.get("metadata") {
-        None => None,
-        some => Some(metadata(some)?),
-    };
-    let updated = state.store.modify::<()>(&id, |eval| {
-        if let Some(name) = &name {
-            eval["name"] = json!(name);
+    let request: UpdateEval = parse_body(body)?;
+    let meta = request
+        .metadata
+        .as_ref()
+        .map(|m| metadata(Some(m)))
+        .transpose()?;
+    let updated = state.store.modify_object::<Eval, ()>(&id, |eval| {
+        if let Some(name) = &request.name {
+            eval.name.clone_from(name);
         }
-        if let Some(meta) = &meta {
-            eval["metadata"] = meta.clone();
+        if let Some(meta) = meta {
+            eval.metadata = meta;
         }
         Ok(())
     })?;
@@ -217,54 +214,30 @@ pub async fn update(
 pub async fn delete(
     State(state): State<SharedState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     existing_eval(&state, &id)?;
     // Runs and their output items go with it, in one transaction.
     state.store.delete(&id)?;
-    Ok(Json(
-        json!({"object": "eval.deleted", "deleted": true, "eval_id": id}),
-    ))
+    Ok(Json(Deleted {
+        id: DeletedId::Eval(id),
+        object: "eval.deleted".into(),
+        deleted: true,
+    }))
 }
 
-/// One row of a run's data source.
-struct SourceRow {
-    item: Value,
-    sample: Option<Value>,
-}
-
-fn source_rows(state: &AppState, source: &Value) -> Result<Vec<SourceRow>, ApiError> {
-    let to_row = |value: &Value, at: String| -> Result<SourceRow, ApiError> {
-        let item = match value.get("item") {
-            Some(v @ Value::Object(_)) => v.clone(),
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "{at}: each row must be an object with an `item` object (and optionally a `sample`)"
-                ))
-                .with_param("data_source.source"))
-            }
-        };
-        Ok(SourceRow {
-            item,
-            sample: value.get("sample").filter(|s| !s.is_null()).cloned(),
-        })
-    };
-    match source["type"].as_str() {
-        Some("file_content") => match &source["content"] {
-            Value::Array(rows) => rows
-                .iter()
-                .enumerate()
-                .map(|(i, r)| to_row(r, format!("data_source.source.content[{i}]")))
-                .collect(),
-            _ => Err(ApiError::bad_request("data_source.source.content must be an array")
-                .with_param("data_source.source.content")),
-        },
-        Some("file_id") => {
-            let id = source["id"].as_str().unwrap_or_default();
-            if state.store.get("file", id)?.is_none() {
+fn source_rows(state: &AppState, source: RunSource) -> Result<Vec<SourceRow>, ApiError> {
+    match source {
+        RunSource::FileContent { content } => Ok(content),
+        RunSource::FileId { id } => {
+            if state
+                .store
+                .get_object::<rft_types::api::file::FileObject>("file", &id)?
+                .is_none()
+            {
                 return Err(ApiError::bad_request(format!("no file with id '{id}'"))
                     .with_param("data_source.source.id"));
             }
-            let text = std::fs::read_to_string(state.store.file_path(id)).map_err(|e| {
+            let text = std::fs::read_to_string(state.store.file_path(&id)).map_err(|e| {
                 ApiError::bad_request(format!("file {id} is not readable text: {e}"))
                     .with_param("data_source.source.id")
             })?;
@@ -272,97 +245,82 @@ fn source_rows(state: &AppState, source: &Value) -> Result<Vec<SourceRow>, ApiEr
                 .enumerate()
                 .filter(|(_, l)| !l.trim().is_empty())
                 .map(|(i, line)| {
-                    let value: Value = serde_json::from_str(line).map_err(|e| {
-                        ApiError::bad_request(format!("file {id} line {}: {e}", i + 1))
-                            .with_param("data_source.source.id")
-                    })?;
-                    to_row(&value, format!("file {id} line {}", i + 1))
+                    serde_json::from_str::<SourceRow>(line).map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "file {id} line {}: each row must be an object with an `item` object (and optionally a `sample`): {e}",
+                            i + 1
+                        ))
+                        .with_param("data_source.source.id")
+                    })
                 })
                 .collect()
         }
-        _ => Err(ApiError::bad_request(
-            "data_source.source must be {type: 'file_content', content: [...]} or {type: 'file_id', id}",
-        )
-        .with_param("data_source.source")),
     }
 }
 
-/// `POST /v1/evals/{eval_id}/runs` (201): queued, then run on a thread of its own.
+/// `POST /v1/evals/{eval_id}/runs` (201): queued, then run by one of the runners.
 pub async fn create_run(
     State(state): State<SharedState>,
     Path(eval_id): Path<String>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<EvalRun>), ApiError> {
     let eval = existing_eval(&state, &eval_id)?;
-    let source = &body["data_source"];
-    let kind = source["type"].as_str().unwrap_or_default();
-    let model =
-        match kind {
-            "jsonl" => String::new(),
-            "completions" => source["model"]
-                .as_str()
-                .filter(|m| !m.is_empty())
-                .ok_or_else(|| {
-                    ApiError::bad_request("a completions data source needs `model`")
-                        .with_param("data_source.model")
-                })?
-                .to_owned(),
-            "responses" => return Err(ApiError::bad_request(
+    // The run echoes the data source exactly as the client sent it.
+    let echo = body.get("data_source").cloned().unwrap_or(Value::Null);
+    let request: CreateRun = parse_body(body)?;
+    let (model, source) = match request.data_source {
+        RunDataSource::Jsonl { source } => (String::new(), source),
+        RunDataSource::Completions { model, source, .. } => {
+            if model.is_empty() {
+                return Err(ApiError::bad_request("a completions data source needs `model`")
+                    .with_param("data_source.model"));
+            }
+            if crate::inference::resolve(&state.store, state.inference.catalog(), &model)?
+                .is_none()
+            {
+                return Err(
+                    crate::inference::model_not_found(&model).with_param("data_source.model")
+                );
+            }
+            (model, source)
+        }
+        RunDataSource::Responses { .. } => {
+            return Err(ApiError::bad_request(
                 "data_source.type 'responses' (the Responses API) is not served; use 'completions'",
             )
-            .with_param("data_source.type")),
-            _ => {
-                return Err(ApiError::bad_request(
-                    "data_source.type must be 'jsonl' or 'completions'",
-                )
-                .with_param("data_source.type"))
-            }
-        };
-    if kind == "completions"
-        && crate::inference::resolve(&state.store, state.inference.catalog(), &model)?.is_none()
-    {
-        return Err(crate::inference::model_not_found(&model).with_param("data_source.model"));
-    }
-    let rows = source_rows(&state, &source["source"])?;
-    if kind == "jsonl" && rows.iter().any(|r| r.sample.is_none()) {
+            .with_param("data_source.type"))
+        }
+    };
+    let rows = source_rows(&state, source)?;
+    if model.is_empty() && rows.iter().any(|r| r.sample.as_ref().is_none_or(Value::is_null)) {
         return Err(ApiError::bad_request(
             "a jsonl data source is graded as it is: every row needs a `sample` (use 'completions' to sample a model)",
         )
         .with_param("data_source.source"));
     }
-    if kind == "completions" {
-        let template = &source["input_messages"];
-        if template["type"] != "template" || !template["template"].is_array() {
-            return Err(ApiError::bad_request(
-                "input_messages must be {type: 'template', template: [messages]}",
-            )
-            .with_param("data_source.input_messages"));
-        }
-    }
-    let run = json!({
-        "id": new_id("evalrun_"),
-        "object": "eval.run",
-        "eval_id": eval_id,
-        "status": "queued",
-        "model": model,
-        "name": body["name"].as_str().unwrap_or_default(),
-        "created_at": now(),
-        "report_url": null,
-        "result_counts": {"total": 0, "errored": 0, "failed": 0, "passed": 0},
-        "per_model_usage": null,
-        "per_testing_criteria_results": null,
-        "data_source": source,
-        "metadata": metadata(body.get("metadata"))?,
-        "error": null,
-    });
-    state.store.insert("eval_run", Some(&eval_id), &run)?;
-    let run_id = run["id"].as_str().unwrap_or_default().to_owned();
+    let run = EvalRun {
+        id: new_id("evalrun_"),
+        object: "eval.run".into(),
+        eval_id: eval_id.clone(),
+        status: RunStatus::Queued,
+        model,
+        name: request.name.unwrap_or_default(),
+        created_at: now(),
+        report_url: None,
+        result_counts: ResultCounts::default(),
+        per_model_usage: None,
+        per_testing_criteria_results: None,
+        data_source: echo,
+        metadata: metadata(request.metadata.as_ref())?,
+        error: None,
+    };
+    state.store.insert_object("eval_run", Some(&eval_id), &run)?;
     if let Err(e) = state.eval_runs.submit(RunTask {
         eval,
         run: run.clone(),
         rows,
     }) {
-        state.store.delete(&run_id)?;
+        state.store.delete(&run.id)?;
         return Err(e);
     }
     Ok((StatusCode::CREATED, Json(run)))
@@ -370,8 +328,8 @@ pub async fn create_run(
 
 /// A run waiting for a runner.
 struct RunTask {
-    eval: Value,
-    run: Value,
+    eval: Eval,
+    run: EvalRun,
     rows: Vec<SourceRow>,
 }
 
@@ -387,7 +345,7 @@ pub struct Runners {
 impl std::fmt::Debug for RunTask {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunTask")
-            .field("run", &self.run["id"])
+            .field("run", &self.run.id)
             .finish()
     }
 }
@@ -448,7 +406,7 @@ impl Runners {
 
 /// Runs one eval run; an error or a panic fails the run, and the runner goes on.
 fn run_task(state: &Arc<AppState>, task: RunTask) {
-    let id = task.run["id"].as_str().unwrap_or_default().to_owned();
+    let id = task.run.id.clone();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         execute(state, &task.eval, &task.run, task.rows)
     }));
@@ -463,44 +421,49 @@ fn run_task(state: &Arc<AppState>, task: RunTask) {
     };
     let code = error.code.clone().unwrap_or_else(|| "run_failed".into());
     let message = error.public_message();
-    let _ = state.store.modify::<()>(&id, |r| {
-        r["status"] = json!("failed");
-        r["error"] = json!({"code": code, "message": message});
+    let _ = state.store.modify_object::<EvalRun, ()>(&id, |r| {
+        r.status = RunStatus::Failed;
+        r.error = Some(RunError { code, message });
         Ok(())
     });
 }
 
 /// A jsonl row's `sample`: a Sample object (`output_text`, `output_json`, …), a chat
-/// completion-like object (`choices[0].message.content`), or a bare string.
+/// completion-like object (`choices[0].message.content`), or a bare string. The sample is the
+/// client's own JSON, read as it comes.
 fn given_sample(given: &Value) -> Sample {
     if let Some(text) = given.as_str() {
         return Sample::from_text(text);
     }
     if given.get("output_text").is_none() {
-        if let Some(text) = given["choices"][0]["message"]["content"].as_str() {
+        let content = given
+            .pointer("/choices/0/message/content")
+            .and_then(Value::as_str);
+        if let Some(text) = content {
             return Sample::from_text(text);
         }
     }
     serde_json::from_value(given.clone()).unwrap_or_else(|_| Sample::from_text(""))
 }
 
+/// Renders the `content` templates of the client's messages over a row's item.
 fn render_messages(template: &[Value], item: &Value) -> Result<Vec<Value>, ApiError> {
-    let empty = json!({});
+    let empty = Value::Object(Map::new());
     template
         .iter()
         .map(|message| {
             let mut message = message.clone();
-            if let Some(text) = message["content"].as_str() {
-                let rendered = Template::parse(text)
-                    .render(Scope::new(item, &empty))
-                    .map_err(|e| {
-                        ApiError::bad_request(e.to_string())
-                            .with_param("data_source.input_messages")
-                    })?;
-                message["content"] = json!(rendered);
-            }
-            if message["type"] == "message" {
-                if let Some(map) = message.as_object_mut() {
+            if let Some(map) = message.as_object_mut() {
+                if let Some(Value::String(text)) = map.get("content") {
+                    let rendered = Template::parse(text)
+                        .render(Scope::new(item, &empty))
+                        .map_err(|e| {
+                            ApiError::bad_request(e.to_string())
+                                .with_param("data_source.input_messages")
+                        })?;
+                    map.insert("content".into(), Value::String(rendered));
+                }
+                if map.get("type").and_then(Value::as_str) == Some("message") {
                     map.remove("type");
                 }
             }
@@ -509,88 +472,148 @@ fn render_messages(template: &[Value], item: &Value) -> Result<Vec<Value>, ApiEr
         .collect()
 }
 
+/// A criterion ready to grade.
+struct Criterion {
+    id: String,
+    grader: Grader,
+    compiled: Arc<rft_grade::CompiledGrader>,
+    threshold: f64,
+}
+
+/// What a run has counted so far.
+#[derive(Default)]
+struct Tally {
+    counts: ResultCounts,
+    per_criterion: Vec<(u64, u64)>,
+    calls: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+impl Tally {
+    fn write(&self, run: &mut EvalRun, criteria: &[Criterion]) {
+        run.result_counts = self.counts;
+        run.per_testing_criteria_results = Some(
+            criteria
+                .iter()
+                .zip(&self.per_criterion)
+                .map(|(c, &(passed, failed))| CriterionResult {
+                    testing_criteria: c.id.clone(),
+                    passed,
+                    failed,
+                })
+                .collect(),
+        );
+        run.per_model_usage = Some(if self.calls > 0 {
+            vec![ModelUsage {
+                model_name: run.model.clone(),
+                invocation_count: self.calls,
+                prompt_tokens: self.prompt_tokens,
+                completion_tokens: self.completion_tokens,
+                total_tokens: self.prompt_tokens + self.completion_tokens,
+                cached_tokens: 0,
+            }]
+        } else {
+            Vec::new()
+        });
+    }
+}
+
 fn execute(
     state: &Arc<AppState>,
-    eval: &Value,
-    run: &Value,
+    eval: &Eval,
+    run: &EvalRun,
     rows: Vec<SourceRow>,
 ) -> Result<(), ApiError> {
-    let run_id = run["id"].as_str().unwrap_or_default().to_owned();
-    let eval_id = eval["id"].as_str().unwrap_or_default().to_owned();
-    let moved = state.store.modify(&run_id, |r| {
-        if r["status"] != "queued" {
+    let moved = state.store.modify_object::<EvalRun, ()>(&run.id, |r| {
+        if r.status != RunStatus::Queued {
             return Err(());
         }
-        r["status"] = json!("in_progress");
+        r.status = RunStatus::InProgress;
         Ok(())
     })?;
     if !matches!(moved, Some(Ok(_))) {
         return Ok(());
     }
     let mut criteria = Vec::new();
-    for c in eval["testing_criteria"].as_array().into_iter().flatten() {
-        let grader = Grader::from_value(c).map_err(|e| ApiError::internal(e.to_string()))?;
+    for c in &eval.testing_criteria {
+        let grader = Grader::from_value(&Value::Object(c.grader.clone()))
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         // From the server's shared cache: a run reuses the Python workers of a grader that
         // graders/run (or an earlier run) already started.
         let compiled = state.graders.compile(&grader).map_err(|e| {
-            ApiError::bad_request(format!(
-                "a testing criterion cannot run here: {}",
-                e.message
-            ))
-            .with_code("unsupported_grader")
+            ApiError::bad_request(format!("a testing criterion cannot run here: {}", e.message))
+                .with_code("unsupported_grader")
         })?;
-        let threshold = c["pass_threshold"]
-            .as_f64()
-            .unwrap_or_else(|| rft_eval::objects::pass_threshold(&grader));
-        let id = c["id"].as_str().unwrap_or_default().to_owned();
-        criteria.push((id, grader, compiled, threshold));
+        criteria.push(Criterion {
+            id: c.id.clone(),
+            grader,
+            compiled,
+            threshold: c.pass_threshold,
+        });
     }
-    let source = &run["data_source"];
-    let params = &source["sampling_params"];
-    let model = run["model"].as_str().unwrap_or_default().to_owned();
-    let template: Vec<Value> = source["input_messages"]["template"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let response_format =
-        match &params["response_format"] {
-            Value::Null => None,
-            v => Some(ResponseFormat::from_value(v).map_err(|e| {
+    let request: Option<CreateRun> = serde_json::from_value(
+        json!({"data_source": run.data_source}),
+    )
+    .ok();
+    let (template, params) = match request.map(|r| r.data_source) {
+        Some(RunDataSource::Completions {
+            input_messages: InputMessages::Template { template },
+            sampling_params,
+            ..
+        }) => (template, sampling_params),
+        _ => (Vec::new(), RunSamplingParams::default()),
+    };
+    let response_format = params
+        .response_format
+        .as_ref()
+        .filter(|v| !v.is_null())
+        .map(|v| {
+            ResponseFormat::from_value(v).map_err(|e| {
                 ApiError::bad_request(format!("sampling_params.response_format: {e}"))
-            })?),
-        };
-    let temperature = params["temperature"].as_f64().unwrap_or(1.0);
-    let top_p = params["top_p"].as_f64().unwrap_or(1.0);
-    let max_tokens = params["max_completion_tokens"]
-        .as_u64()
+            })
+        })
+        .transpose()?;
+    let temperature = params.temperature.unwrap_or(1.0);
+    let top_p = params.top_p.unwrap_or(1.0);
+    let max_tokens = params
+        .max_completion_tokens
         .unwrap_or(crate::inference::DEFAULT_MAX_TOKENS as u64);
-    let seed = params["seed"].as_u64().unwrap_or(42);
-    let mut counts = (0u64, 0u64, 0u64, 0u64); // total, errored, failed, passed
-    let mut per_criterion: Vec<(u64, u64)> = vec![(0, 0); criteria.len()];
-    let mut usage = (0u64, 0u64, 0u64); // calls, prompt, completion
+    let seed = params.seed.unwrap_or(42);
+    let mut tally = Tally {
+        per_criterion: vec![(0, 0); criteria.len()],
+        ..Tally::default()
+    };
     for (index, row) in rows.iter().enumerate() {
         let status = state
             .store
-            .get("eval_run", &run_id)?
-            .and_then(|r| r["status"].as_str().map(str::to_owned));
-        if status.as_deref() != Some("in_progress") {
+            .get_object::<EvalRun>("eval_run", &run.id)?
+            .map(|r| r.status);
+        if status != Some(RunStatus::InProgress) {
             return Ok(()); // canceled (or deleted) meanwhile
         }
-        let (sample, input, finish, row_usage) = match &row.sample {
-            Some(given) => (given_sample(given), Vec::new(), "stop".to_owned(), (0, 0)),
+        let item = Value::Object(row.item.clone());
+        let row_seed = seed ^ index as u64;
+        let (sample, input, finish, usage) = match row.sample.as_ref().filter(|s| !s.is_null()) {
+            Some(given) => (
+                given_sample(given),
+                Vec::new(),
+                "stop".to_owned(),
+                SampleUsage::default(),
+            ),
             None => {
-                let messages = render_messages(&template, &row.item)?;
+                let messages = render_messages(&template, &item)?;
                 let out = state.inference.complete_blocking(
                     &state.store,
                     ChatCall {
-                        model: model.clone(),
+                        model: run.model.clone(),
                         messages: messages.clone(),
                         n: 1,
                         params: SamplingParams {
                             temperature,
                             top_p,
                             max_tokens: max_tokens as usize,
-                            seed: seed ^ index as u64,
+                            seed: row_seed,
                             ..SamplingParams::default()
                         },
                         response_format: response_format.clone(),
@@ -602,134 +625,112 @@ fn execute(
                     .and_then(|c| c.text.clone())
                     .unwrap_or_default();
                 let tokens = completion.as_ref().map_or(0, |c| c.ids.len() as u64);
-                usage.0 += 1;
-                usage.1 += out.prompt_tokens as u64;
-                usage.2 += tokens;
-                (
-                    Sample::from_text(&text),
-                    messages,
-                    completion
-                        .map(|c| c.finish_reason.as_str().to_owned())
-                        .unwrap_or_else(|| "stop".into()),
-                    (out.prompt_tokens as u64, tokens),
-                )
+                tally.calls += 1;
+                tally.prompt_tokens += out.prompt_tokens as u64;
+                tally.completion_tokens += tokens;
+                let finish = completion
+                    .map(|c| c.finish_reason.as_str().to_owned())
+                    .unwrap_or_else(|| "stop".into());
+                let usage = SampleUsage {
+                    total_tokens: out.prompt_tokens as u64 + tokens,
+                    completion_tokens: tokens,
+                    prompt_tokens: out.prompt_tokens as u64,
+                    cached_tokens: 0,
+                };
+                (Sample::from_text(&text), messages, finish, usage)
             }
         };
         let mut results = Vec::new();
         let mut all_pass = true;
         let mut errored = false;
-        for (i, (id, grader, compiled, threshold)) in criteria.iter().enumerate() {
-            let graded = compiled.grade(&sample, &row.item);
+        for (i, c) in criteria.iter().enumerate() {
+            let graded = c.compiled.grade(&sample, &item);
             let error = rft_eval::run::has_error(&graded);
-            let passed = !error && graded.reward >= *threshold;
+            let passed = !error && graded.reward >= c.threshold;
             errored |= error;
             all_pass &= passed;
             if passed {
-                per_criterion[i].0 += 1;
+                tally.per_criterion[i].0 += 1;
             } else {
-                per_criterion[i].1 += 1;
+                tally.per_criterion[i].1 += 1;
             }
-            results.push(json!({
-                "name": grader.name(),
-                "type": rft_eval::objects::result_type(grader),
-                "score": graded.reward,
-                "passed": passed,
-                "sample": null,
-                "testing_criteria": id,
-                "metadata": graded.metadata,
-                "sub_rewards": graded.sub_rewards,
-            }));
+            results.push(CriterionOutcome {
+                name: c.grader.name().to_owned(),
+                kind: rft_eval::objects::result_type(&c.grader).to_owned(),
+                score: graded.reward,
+                passed,
+                sample: None,
+                testing_criteria: c.id.clone(),
+                metadata: graded.metadata,
+                sub_rewards: graded.sub_rewards,
+            });
         }
-        counts.0 += 1;
+        tally.counts.total += 1;
         if errored {
-            counts.1 += 1;
+            tally.counts.errored += 1;
         } else if all_pass {
-            counts.3 += 1;
+            tally.counts.passed += 1;
         } else {
-            counts.2 += 1;
+            tally.counts.failed += 1;
         }
-        let item = json!({
-            "id": new_id("outputitem_"),
-            "object": "eval.run.output_item",
-            "run_id": run_id,
-            "eval_id": eval_id,
-            "created_at": now(),
-            "status": if all_pass && !errored { "pass" } else { "fail" },
-            "datasource_item_id": index,
-            "datasource_item": row.item,
-            "results": results,
-            "sample": {
-                "input": input,
-                "output": [{"role": "assistant", "content": sample.output_text}],
-                "finish_reason": finish,
-                "model": model,
-                "usage": {"total_tokens": row_usage.0 + row_usage.1, "completion_tokens": row_usage.1,
-                          "prompt_tokens": row_usage.0, "cached_tokens": 0},
-                "error": null,
-                "temperature": temperature,
-                "max_completion_tokens": max_tokens,
-                "top_p": top_p,
-                "seed": seed ^ index as u64,
+        let output = OutputItem {
+            id: new_id("outputitem_"),
+            object: "eval.run.output_item".into(),
+            run_id: run.id.clone(),
+            eval_id: eval.id.clone(),
+            created_at: now(),
+            status: if all_pass && !errored {
+                ItemStatus::Pass
+            } else {
+                ItemStatus::Fail
             },
-        });
-        state.store.insert("output_item", Some(&run_id), &item)?;
-        let snapshot = (counts, per_criterion.clone(), usage);
-        state.store.modify::<()>(&run_id, |r| {
-            write_progress(r, &criteria_ids(&criteria), snapshot, &model);
+            datasource_item_id: index,
+            datasource_item: item,
+            results,
+            sample: OutputSample {
+                input,
+                output: vec![OutputMessage {
+                    role: "assistant".into(),
+                    content: sample.output_text.clone(),
+                }],
+                finish_reason: finish,
+                model: run.model.clone(),
+                usage,
+                error: None,
+                temperature,
+                max_completion_tokens: max_tokens,
+                top_p,
+                seed: row_seed,
+            },
+        };
+        state
+            .store
+            .insert_object("output_item", Some(&run.id), &output)?;
+        state.store.modify_object::<EvalRun, ()>(&run.id, |r| {
+            tally.write(r, &criteria);
             Ok(())
         })?;
     }
-    state.store.modify::<()>(&run_id, |r| {
-        if r["status"] == "in_progress" {
-            r["status"] = json!("completed");
+    state.store.modify_object::<EvalRun, ()>(&run.id, |r| {
+        if r.status == RunStatus::InProgress {
+            r.status = RunStatus::Completed;
         }
-        write_progress(
-            r,
-            &criteria_ids(&criteria),
-            (counts, per_criterion, usage),
-            &model,
-        );
+        tally.write(r, &criteria);
         Ok(())
     })?;
     Ok(())
 }
 
-type Progress = ((u64, u64, u64, u64), Vec<(u64, u64)>, (u64, u64, u64));
-
-fn criteria_ids(criteria: &[(String, Grader, Arc<rft_grade::CompiledGrader>, f64)]) -> Vec<String> {
-    criteria.iter().map(|c| c.0.clone()).collect()
-}
-
-fn write_progress(run: &mut Value, ids: &[String], progress: Progress, model: &str) {
-    let (counts, per_criterion, usage) = progress;
-    run["result_counts"] = json!({"total": counts.0, "errored": counts.1, "failed": counts.2,
-                                  "passed": counts.3});
-    run["per_testing_criteria_results"] = json!(ids
-        .iter()
-        .zip(per_criterion)
-        .map(
-            |(id, (passed, failed))| json!({"testing_criteria": id, "passed": passed,
-                                             "failed": failed})
-        )
-        .collect::<Vec<_>>());
-    run["per_model_usage"] = if usage.0 > 0 {
-        json!([{"model_name": model, "invocation_count": usage.0, "prompt_tokens": usage.1,
-                "completion_tokens": usage.2, "total_tokens": usage.1 + usage.2,
-                "cached_tokens": 0}])
-    } else {
-        json!([])
-    };
-}
-
 /// Runs a previous process left unfinished are marked `failed` (their finished output items
 /// stay): a run is cheap to start again, and a clear state beats one stuck `in_progress`.
 pub fn fail_interrupted_runs(store: &rft_store::Store) -> Result<(), rft_store::StoreError> {
-    for run in store.with_status("eval_run", &["queued", "in_progress"])? {
-        let id = run["id"].as_str().unwrap_or_default();
-        store.modify::<()>(id, |r| {
-            r["status"] = json!("failed");
-            r["error"] = json!({"code": "server_restarted",
-                "message": "The server stopped before this run finished; its finished output items are kept. Start a new run."});
+    for run in store.with_status_objects::<EvalRun>("eval_run", &["queued", "in_progress"])? {
+        store.modify_object::<EvalRun, ()>(&run.id, |r| {
+            r.status = RunStatus::Failed;
+            r.error = Some(RunError {
+                code: "server_restarted".into(),
+                message: "The server stopped before this run finished; its finished output items are kept. Start a new run.".into(),
+            });
             Ok(())
         })?;
     }
@@ -741,11 +742,11 @@ pub async fn list_runs(
     State(state): State<SharedState>,
     Path(eval_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<EvalRun>>, ApiError> {
     existing_eval(&state, &eval_id)?;
     let limit = parse_limit(query.get("limit").map(String::as_str), 20, 100)?;
     let status = query.get("status").map(String::as_str);
-    let page = state.store.list(
+    let (data, has_more) = state.store.list_objects(
         "eval_run",
         &rft_store::ListQuery {
             parent: Some(&eval_id),
@@ -756,14 +757,14 @@ pub async fn list_runs(
             ..Default::default()
         },
     )?;
-    Ok(Json(list_body(page)))
+    Ok(Json(List::with_cursor(data, has_more, |r: &EvalRun| &r.id)))
 }
 
 /// `GET /v1/evals/{eval_id}/runs/{run_id}`.
 pub async fn retrieve_run(
     State(state): State<SharedState>,
     Path((eval_id, run_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EvalRun>, ApiError> {
     existing_run(&state, &eval_id, &run_id).map(Json)
 }
 
@@ -772,20 +773,23 @@ pub async fn cancel_run(
     State(state): State<SharedState>,
     Path((eval_id, run_id)): Path<(String, String)>,
     _body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EvalRun>, ApiError> {
     existing_run(&state, &eval_id, &run_id)?;
-    let changed = state.store.modify(&run_id, |r| {
-        let status = r["status"].as_str().unwrap_or_default().to_owned();
-        if status != "queued" && status != "in_progress" {
-            return Err(status);
+    let changed = state.store.modify_object::<EvalRun, RunStatus>(&run_id, |r| {
+        if !matches!(r.status, RunStatus::Queued | RunStatus::InProgress) {
+            return Err(r.status);
         }
-        r["status"] = json!("canceled");
+        r.status = RunStatus::Canceled;
         Ok(())
     })?;
     match changed {
         Some(Ok(run)) => Ok(Json(run)),
         Some(Err(status)) => Err(ApiError::bad_request(format!(
-            "Cannot cancel run {run_id}: its status is '{status}'"
+            "Cannot cancel run {run_id}: its status is '{}'",
+            serde_json::to_value(status)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
         ))
         .with_code("invalid_run_status")),
         None => Err(ApiError::not_found("eval run", &run_id)),
@@ -796,12 +800,14 @@ pub async fn cancel_run(
 pub async fn delete_run(
     State(state): State<SharedState>,
     Path((eval_id, run_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     existing_run(&state, &eval_id, &run_id)?;
     state.store.delete(&run_id)?;
-    Ok(Json(
-        json!({"object": "eval.run.deleted", "deleted": true, "run_id": run_id}),
-    ))
+    Ok(Json(Deleted {
+        id: DeletedId::Run(run_id),
+        object: "eval.run.deleted".into(),
+        deleted: true,
+    }))
 }
 
 /// `GET /v1/evals/{eval_id}/runs/{run_id}/output_items`.
@@ -809,7 +815,7 @@ pub async fn list_items(
     State(state): State<SharedState>,
     Path((eval_id, run_id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<OutputItem>>, ApiError> {
     existing_run(&state, &eval_id, &run_id)?;
     let limit = parse_limit(query.get("limit").map(String::as_str), 20, 100)?;
     let status = match query.get("status").map(String::as_str) {
@@ -822,7 +828,7 @@ pub async fn list_items(
             .with_param("status"))
         }
     };
-    let page = state.store.list(
+    let (data, has_more) = state.store.list_objects(
         "output_item",
         &rft_store::ListQuery {
             parent: Some(&run_id),
@@ -833,19 +839,21 @@ pub async fn list_items(
             ..Default::default()
         },
     )?;
-    Ok(Json(list_body(page)))
+    Ok(Json(List::with_cursor(data, has_more, |i: &OutputItem| {
+        &i.id
+    })))
 }
 
 /// `GET /v1/evals/{eval_id}/runs/{run_id}/output_items/{output_item_id}`.
 pub async fn retrieve_item(
     State(state): State<SharedState>,
     Path((eval_id, run_id, item_id)): Path<(String, String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OutputItem>, ApiError> {
     existing_run(&state, &eval_id, &run_id)?;
     state
         .store
-        .get("output_item", &item_id)?
-        .filter(|i| i["run_id"] == run_id.as_str())
+        .get_object::<OutputItem>("output_item", &item_id)?
+        .filter(|i| i.run_id == run_id)
         .map(Json)
         .ok_or_else(|| ApiError::not_found("output item", &item_id))
 }

@@ -11,18 +11,10 @@ use axum::extract::{Multipart, Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::{json, Value};
+use rft_types::api::common::{Deleted, DeletedId, List};
+use rft_types::api::file::{FileObject, FilePurpose, FileStatus};
 
-use crate::{list_body, new_id, now, parse_limit, parse_order, ApiError, SharedState};
-
-const PURPOSES: [&str; 6] = [
-    "assistants",
-    "batch",
-    "fine-tune",
-    "vision",
-    "user_data",
-    "evals",
-];
+use crate::{new_id, now, parse_limit, parse_order, ApiError, SharedState};
 
 /// Largest form field other than `file` (purpose, expires_after[…]).
 const MAX_FIELD_BYTES: usize = 4096;
@@ -45,7 +37,7 @@ impl Drop for PartialUpload {
 pub async fn upload(
     State(state): State<SharedState>,
     mut multipart: Multipart,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FileObject>, ApiError> {
     use tokio::io::AsyncWriteExt;
     let id = new_id("file-");
     let final_path = state.store.file_path(&id);
@@ -127,13 +119,13 @@ pub async fn upload(
     let purpose = fields.get("purpose").map(String::as_str).ok_or_else(|| {
         ApiError::bad_request("Missing required parameter: 'purpose'.").with_param("purpose")
     })?;
-    if !PURPOSES.contains(&purpose) {
-        return Err(ApiError::bad_request(format!(
+    let purpose = FilePurpose::parse(purpose).ok_or_else(|| {
+        ApiError::bad_request(format!(
             "Invalid value for 'purpose': '{purpose}'. Expected one of: {}.",
-            PURPOSES.join(", ")
+            FilePurpose::ALL.map(|(name, _)| name).join(", ")
         ))
-        .with_param("purpose"));
-    }
+        .with_param("purpose")
+    })?;
     let created_at = now();
     let expires_at = match (
         fields.get("expires_after[anchor]"),
@@ -164,7 +156,7 @@ pub async fn upload(
             .with_param("expires_after"))
         }
     };
-    let checked = if purpose == "fine-tune" {
+    let checked = if purpose == FilePurpose::FineTune {
         let (name, path) = (filename.clone(), part_path.clone());
         tokio::task::spawn_blocking(move || check_fine_tune(&name, &path))
             .await
@@ -172,21 +164,21 @@ pub async fn upload(
     } else {
         Ok(())
     };
-    let (status, details) = match checked {
-        Ok(()) => ("processed", None),
-        Err(message) => ("error", Some(message)),
+    let (status, status_details) = match checked {
+        Ok(()) => (FileStatus::Processed, None),
+        Err(message) => (FileStatus::Error, Some(message)),
     };
-    let object = json!({
-        "id": id,
-        "object": "file",
-        "bytes": size,
-        "created_at": created_at,
-        "filename": filename,
-        "purpose": purpose,
-        "status": status,
-        "expires_at": expires_at,
-        "status_details": details,
-    });
+    let object = FileObject {
+        id: id.clone(),
+        object: "file".into(),
+        bytes: size as u64,
+        created_at,
+        filename,
+        purpose,
+        status,
+        expires_at,
+        status_details,
+    };
     let store = state.store.clone();
     let stored = object.clone();
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
@@ -196,7 +188,7 @@ pub async fn upload(
         if let Some(dir) = final_path.parent() {
             let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
-        store.insert("file", None, &stored)?;
+        store.insert_object("file", None, &stored)?;
         Ok(())
     })
     .await
@@ -232,10 +224,10 @@ fn check_fine_tune(filename: &str, path: &std::path::Path) -> Result<(), String>
     Ok(())
 }
 
-fn existing(state: &SharedState, id: &str) -> Result<Value, ApiError> {
+fn existing(state: &SharedState, id: &str) -> Result<FileObject, ApiError> {
     state
         .store
-        .get("file", id)?
+        .get_object("file", id)?
         .ok_or_else(|| ApiError::not_found("file", id).with_param("file_id"))
 }
 
@@ -243,7 +235,7 @@ fn existing(state: &SharedState, id: &str) -> Result<Value, ApiError> {
 pub async fn list(
     State(state): State<SharedState>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<FileObject>>, ApiError> {
     let limit = parse_limit(query.get("limit").map(String::as_str), 10_000, 10_000)?;
     let descending = parse_order(query.get("order").map(String::as_str), true)?;
     let body = match query.get("purpose") {
@@ -253,7 +245,7 @@ pub async fn list(
         }],
         None => Vec::new(),
     };
-    let page = state.store.list(
+    let (data, has_more) = state.store.list_objects(
         "file",
         &rft_store::ListQuery {
             descending,
@@ -263,14 +255,16 @@ pub async fn list(
             ..Default::default()
         },
     )?;
-    Ok(Json(list_body(page)))
+    Ok(Json(List::with_cursor(data, has_more, |f: &FileObject| {
+        &f.id
+    })))
 }
 
 /// `GET /v1/files/{file_id}`.
 pub async fn retrieve(
     State(state): State<SharedState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FileObject>, ApiError> {
     existing(&state, &id).map(Json)
 }
 
@@ -278,11 +272,15 @@ pub async fn retrieve(
 pub async fn delete(
     State(state): State<SharedState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deleted>, ApiError> {
     existing(&state, &id)?;
     state.store.delete(&id)?;
     state.store.remove_blob(&id)?;
-    Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
+    Ok(Json(Deleted {
+        id: DeletedId::Id(id),
+        object: "file".into(),
+        deleted: true,
+    }))
 }
 
 /// `GET /v1/files/{file_id}/content`.
@@ -312,7 +310,7 @@ pub async fn content(
         }
     });
     let bytes = axum::body::Body::from_stream(chunks);
-    let filename = file["filename"].as_str().unwrap_or("content");
+    let filename = &file.filename;
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),

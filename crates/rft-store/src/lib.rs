@@ -477,6 +477,139 @@ impl Store {
         self.query_values(sql, params)
     }
 
+    /// [`Store::insert`] of a typed object (serialized through serde).
+    pub fn insert_object<T: serde::Serialize>(
+        &self,
+        kind: &str,
+        parent: Option<&str>,
+        object: &T,
+    ) -> Result<(), StoreError> {
+        let body = self.to_body(object)?;
+        self.insert(kind, parent, &body)
+    }
+
+    /// [`Store::get`] of a typed object.
+    pub fn get_object<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        id: &str,
+    ) -> Result<Option<T>, StoreError> {
+        self.get(kind, id)?
+            .map(|body| self.parse_body(id, body))
+            .transpose()
+    }
+
+    /// [`Store::modify`] of a typed object: read, change and write in one transaction.
+    pub fn modify_object<T, E>(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut T) -> Result<(), E>,
+    ) -> Result<Option<Result<T, E>>, StoreError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        let mut failure = None;
+        let mut typed_error = None;
+        let changed = self.modify(id, |body| {
+            let mut object: T = match serde_json::from_value(body.take()) {
+                Ok(object) => object,
+                Err(e) => {
+                    typed_error = Some(e.to_string());
+                    return Err(None);
+                }
+            };
+            let outcome = change(&mut object);
+            match serde_json::to_value(&object) {
+                Ok(value) => *body = value,
+                Err(e) => {
+                    typed_error = Some(e.to_string());
+                    return Err(None);
+                }
+            }
+            outcome.map_err(|e| {
+                failure = Some(e);
+                Some(())
+            })
+        })?;
+        if let Some(message) = typed_error {
+            return Err(StoreError::Corrupt {
+                path: self.db_path.clone(),
+                id: id.to_owned(),
+                message,
+            });
+        }
+        Ok(match changed {
+            None => None,
+            Some(Ok(value)) => Some(Ok(self.parse_body(id, value)?)),
+            Some(Err(_)) => failure.map(Err),
+        })
+    }
+
+    /// [`Store::with_status`] of typed objects.
+    pub fn with_status_objects<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        statuses: &[&str],
+    ) -> Result<Vec<T>, StoreError> {
+        self.with_status(kind, statuses)?
+            .into_iter()
+            .map(|body| self.parse_body("?", body))
+            .collect()
+    }
+
+    /// [`Store::all`] of typed objects.
+    pub fn all_objects<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        parent: Option<&str>,
+        descending: bool,
+    ) -> Result<Vec<T>, StoreError> {
+        self.all(kind, parent, descending)?
+            .into_iter()
+            .map(|body| self.parse_body("?", body))
+            .collect()
+    }
+
+    /// [`Store::list`] of typed objects: the page and whether more follow.
+    pub fn list_objects<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &str,
+        query: &ListQuery<'_>,
+    ) -> Result<(Vec<T>, bool), StoreError> {
+        let page = self.list(kind, query)?;
+        let data = page
+            .data
+            .into_iter()
+            .map(|body| self.parse_body("?", body))
+            .collect::<Result<Vec<T>, StoreError>>()?;
+        Ok((data, page.has_more))
+    }
+
+    fn to_body<T: serde::Serialize>(&self, object: &T) -> Result<Value, StoreError> {
+        serde_json::to_value(object).map_err(|e| StoreError::Corrupt {
+            path: self.db_path.clone(),
+            id: "(new object)".into(),
+            message: e.to_string(),
+        })
+    }
+
+    fn parse_body<T: serde::de::DeserializeOwned>(
+        &self,
+        id: &str,
+        body: Value,
+    ) -> Result<T, StoreError> {
+        let id = body
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or(id)
+            .to_owned();
+        serde_json::from_value(body).map_err(|e| StoreError::Corrupt {
+            path: self.db_path.clone(),
+            id,
+            message: e.to_string(),
+        })
+    }
+
     /// A page of objects of `kind` in creation order, starting after the cursor: filtering,
     /// ordering and the limit all run in SQLite, so a page costs the same however many objects
     /// there are.

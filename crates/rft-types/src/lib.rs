@@ -19,6 +19,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod api;
 mod dataset;
 mod grader;
 pub mod paths;

@@ -1,0 +1,192 @@
+//! Chat completions (`POST /v1/chat/completions`): the answer objects, plain and streamed.
+
+use serde::{Deserialize, Serialize};
+
+/// Token counts of one chat request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatUsage {
+    /// Prompt tokens.
+    pub prompt_tokens: usize,
+    /// Sampled tokens, over every choice.
+    pub completion_tokens: usize,
+    /// Their sum.
+    pub total_tokens: usize,
+}
+
+impl ChatUsage {
+    /// Usage of a prompt and its completions.
+    pub fn new(prompt_tokens: usize, completion_tokens: usize) -> ChatUsage {
+        ChatUsage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+/// A `chat.completion`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletion {
+    /// `chatcmpl-…`.
+    pub id: String,
+    /// Always `"chat.completion"`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// The model name as the request gave it.
+    pub model: String,
+    /// One per sample (`n`).
+    pub choices: Vec<Choice>,
+    /// Token counts.
+    pub usage: ChatUsage,
+    /// Always `"openrft"`.
+    pub system_fingerprint: String,
+    /// Always `"default"`.
+    pub service_tier: String,
+}
+
+/// One sample of a [`ChatCompletion`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Choice {
+    /// Its position.
+    pub index: usize,
+    /// The assistant's message.
+    pub message: AssistantMessage,
+    /// Per-token log-probs, with `logprobs: true`.
+    pub logprobs: Option<ChoiceLogprobs>,
+    /// `stop` or `length`.
+    pub finish_reason: String,
+}
+
+/// The assistant message of a choice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AssistantMessage {
+    /// Always `"assistant"`.
+    pub role: String,
+    /// The sampled text.
+    pub content: String,
+    /// Always null.
+    pub refusal: Option<String>,
+    /// Always empty.
+    pub annotations: Vec<serde_json::Value>,
+}
+
+impl AssistantMessage {
+    /// The assistant saying `content`.
+    pub fn new(content: String) -> AssistantMessage {
+        AssistantMessage {
+            role: "assistant".into(),
+            content,
+            refusal: None,
+            annotations: Vec::new(),
+        }
+    }
+}
+
+/// `choices[].logprobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChoiceLogprobs {
+    /// One record per sampled token.
+    pub content: Vec<TokenLogprob>,
+    /// Always null.
+    pub refusal: Option<Vec<TokenLogprob>>,
+}
+
+/// One token's log-prob record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's share of the text.
+    pub token: String,
+    /// Its log-probability under the model.
+    pub logprob: f32,
+    /// The token's bytes.
+    pub bytes: Vec<u8>,
+    /// Always empty: alternatives are not recorded.
+    pub top_logprobs: Vec<serde_json::Value>,
+}
+
+/// A `chat.completion.chunk` of a streamed answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatChunk {
+    /// The same `chatcmpl-…` for every chunk of one answer.
+    pub id: String,
+    /// Always `"chat.completion.chunk"`.
+    pub object: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// The model name as the request gave it.
+    pub model: String,
+    /// Always `"openrft"`.
+    pub system_fingerprint: String,
+    /// The pieces this chunk carries (none in the usage chunk).
+    pub choices: Vec<ChunkChoice>,
+    /// Only in the last chunk, with `stream_options.include_usage`.
+    pub usage: Option<ChatUsage>,
+}
+
+/// One choice's piece of a [`ChatChunk`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    /// The choice it belongs to.
+    pub index: usize,
+    /// What to append.
+    pub delta: Delta,
+    /// The token's record, with `logprobs: true`.
+    pub logprobs: Option<ChoiceLogprobs>,
+    /// Set in the choice's last chunk.
+    pub finish_reason: Option<String>,
+}
+
+/// What a chunk appends to a choice: the role chunk has `role`, `content: ""` and
+/// `refusal: null`; content chunks `content`; the finish chunk nothing.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Delta {
+    /// `"assistant"`, in the first chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// New text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// `null`, in the first chunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Option<String>>,
+}
+
+impl ChunkChoice {
+    /// The first chunk of a choice.
+    pub fn role(index: usize) -> ChunkChoice {
+        ChunkChoice {
+            index,
+            delta: Delta {
+                role: Some("assistant".into()),
+                content: Some(String::new()),
+                refusal: Some(None),
+            },
+            logprobs: None,
+            finish_reason: None,
+        }
+    }
+
+    /// New text of a choice.
+    pub fn text(index: usize, text: String, logprobs: Option<ChoiceLogprobs>) -> ChunkChoice {
+        ChunkChoice {
+            index,
+            delta: Delta {
+                content: Some(text),
+                ..Delta::default()
+            },
+            logprobs,
+            finish_reason: None,
+        }
+    }
+
+    /// The last chunk of a choice.
+    pub fn finish(index: usize, reason: &str) -> ChunkChoice {
+        ChunkChoice {
+            index,
+            delta: Delta::default(),
+            logprobs: None,
+            finish_reason: Some(reason.to_owned()),
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! The API's objects as Rust types: what the server stores and answers, what the trainer
+//! writes. Serializing one gives the JSON of OpenAI's spec, field for field.
+
+pub mod chat;
+pub mod common;
+pub mod eval;
+pub mod file;
