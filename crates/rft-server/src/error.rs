@@ -6,7 +6,6 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 /// An API error: status code and the envelope's fields.
 #[derive(Debug, Clone)]
@@ -111,16 +110,43 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// OpenAI's error envelope.
+#[derive(Debug, serde::Serialize)]
+struct Envelope<'a> {
+    error: EnvelopeBody<'a>,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct EnvelopeBody<'a> {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+impl ApiError {
+    fn envelope(&self) -> Envelope<'_> {
+        Envelope {
+            error: EnvelopeBody {
+                message: self.public_message(),
+                kind: self.error_type(),
+                param: self.param.as_deref(),
+                code: self.code.as_deref(),
+            },
+        }
+    }
+
+    /// The error as the `data: {"error": …}` event a stream ends with once it has begun.
+    pub fn sse_event(&self) -> axum::response::sse::Event {
+        axum::response::sse::Event::default()
+            .data(serde_json::to_string(&self.envelope()).unwrap_or_default())
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let message = self.public_message();
-        let body = json!({"error": {
-            "message": message,
-            "type": self.error_type(),
-            "param": self.param,
-            "code": self.code,
-        }});
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (self.status, axum::Json(self.envelope())).into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
@@ -176,9 +202,25 @@ impl From<rft_store::StoreError> for ApiError {
 /// the fault (`data_source.source.content[2].item`) and whose message says what was expected.
 pub fn parse_body<T: DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body).map_err(|e| {
-        let path = e.path().to_string();
+        let mut path = e.path().to_string();
+        if path == "." {
+            path.clear();
+        }
         let message = e.into_inner().to_string();
-        if path.is_empty() || path == "." {
+        // serde reports a missing field at its parent: name the field itself, as OpenAI does.
+        let missing = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next());
+        if let Some(field) = missing {
+            let param = if path.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{path}.{field}")
+            };
+            return ApiError::bad_request(format!("Missing required parameter: '{param}'."))
+                .with_param(param);
+        }
+        if path.is_empty() {
             ApiError::bad_request(format!("Invalid request body: {message}"))
         } else {
             ApiError::bad_request(format!("Invalid value at '{path}': {message}")).with_param(path)

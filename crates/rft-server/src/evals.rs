@@ -552,11 +552,8 @@ fn execute(
             threshold: c.pass_threshold,
         });
     }
-    let request: Option<CreateRun> = serde_json::from_value(
-        json!({"data_source": run.data_source}),
-    )
-    .ok();
-    let (template, params) = match request.map(|r| r.data_source) {
+    let source = serde_json::from_value::<RunDataSource>(run.data_source.clone()).ok();
+    let (template, params) = match source {
         Some(RunDataSource::Completions {
             input_messages: InputMessages::Template { template },
             sampling_params,

@@ -9,10 +9,11 @@ use std::sync::{Arc, Mutex};
 use axum::extract::State;
 use axum::Json;
 use rft_grade::CompiledGrader;
-use rft_types::{Grader, Sample};
-use serde_json::{json, Value};
+use rft_types::api::grader::{RunGraderRequest, ValidateGraderRequest, ValidateGraderResponse};
+use rft_types::{Grader, RunGraderResponse, Sample};
+use serde_json::Value;
 
-use crate::error::ApiJson;
+use crate::error::{parse_body, ApiJson};
 use crate::{ApiError, SharedState};
 
 /// Compiled graders kept for reuse: compiling a Python grader starts its worker pool, so a
@@ -121,50 +122,32 @@ pub fn parse_grader(value: Option<&Value>, param: &str) -> Result<Grader, ApiErr
 }
 
 /// `POST /v1/fine_tuning/alpha/graders/validate`: `{"grader": <the grader>}` or a 400.
-pub async fn validate(ApiJson(body): ApiJson<Value>) -> Result<Json<Value>, ApiError> {
-    parse_grader(body.get("grader"), "grader")?;
-    Ok(Json(json!({"grader": body["grader"]})))
+pub async fn validate(
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<ValidateGraderResponse>, ApiError> {
+    let request: ValidateGraderRequest = parse_body(body)?;
+    parse_grader(Some(&request.grader), "grader")?;
+    Ok(Json(ValidateGraderResponse {
+        grader: request.grader,
+    }))
 }
 
 /// `POST /v1/fine_tuning/alpha/graders/run`: grades `model_sample` against `item`.
 pub async fn run(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
-    let grader = parse_grader(body.get("grader"), "grader")?;
-    let sample = match body.get("model_sample") {
-        Some(Value::String(s)) => s.clone(),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "Invalid type for 'model_sample': expected a string.",
-            )
-            .with_param("model_sample"))
-        }
-        None => {
-            return Err(
-                ApiError::bad_request("Missing required parameter: 'model_sample'.")
-                    .with_param("model_sample"),
-            )
-        }
-    };
-    let item = match body.get("item") {
-        None | Some(Value::Null) => json!({}),
-        Some(v @ Value::Object(_)) => v.clone(),
-        Some(_) => {
-            return Err(
-                ApiError::bad_request("Invalid type for 'item': expected an object.")
-                    .with_param("item"),
-            )
-        }
-    };
+) -> Result<Json<RunGraderResponse>, ApiError> {
+    let request: RunGraderRequest = parse_body(body)?;
+    let grader = parse_grader(Some(&request.grader), "grader")?;
+    let sample = request.model_sample;
+    let item = Value::Object(request.item.unwrap_or_default());
     let permit = state.graders.permit().await?;
     // Compiling can start Python workers and grading can call a judge: off the async threads.
     let pool_state = state.clone();
-    let result = tokio::task::spawn_blocking(move || -> Result<Value, ApiError> {
+    let result = tokio::task::spawn_blocking(move || -> Result<RunGraderResponse, ApiError> {
         let _permit = permit;
         let compiled = pool_state.graders.compile(&grader)?;
-        let response = compiled.grade(&Sample::from_text(&sample), &item);
-        serde_json::to_value(response).map_err(|e| ApiError::internal(e.to_string()))
+        Ok(compiled.grade(&Sample::from_text(&sample), &item))
     })
     .await
     .map_err(|e| ApiError::internal(format!("grading task failed: {e}")))??;

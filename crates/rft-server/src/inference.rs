@@ -26,11 +26,15 @@ use rft_model::engine::Engine;
 use rft_model::lora::LoraAdapter;
 use rft_model::sample::{Cancel, Completion, Sampler, SamplingParams};
 use rft_store::Store;
-use serde_json::{json, Value};
+use rft_types::api::chat::{
+    AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, ChatUsage, Choice, ChoiceLogprobs,
+    ChunkChoice, Stop, TokenLogprob,
+};
+use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::catalog::Catalog;
-use crate::error::ApiJson;
+use crate::error::{parse_body, ApiJson};
 use crate::{new_id, now, ApiError, SharedState};
 
 /// Most adapters kept loaded; the least recently used one is dropped beyond this.
@@ -524,17 +528,16 @@ fn token_pieces(engine: &Engine, c: &Completion) -> Vec<TokenPiece> {
     out
 }
 
-fn number(body: &Value, key: &str, default: f64, range: (f64, f64)) -> Result<f64, ApiError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(default),
-        Some(v) => match v.as_f64() {
-            Some(x) if x >= range.0 && x <= range.1 => Ok(x),
-            _ => Err(ApiError::bad_request(format!(
-                "{key} must be a number from {} to {}",
-                range.0, range.1
-            ))
-            .with_param(key)),
-        },
+/// `value` within `range`, or a 400 naming `key`.
+fn in_range(key: &str, value: Option<f64>, default: f64, range: (f64, f64)) -> Result<f64, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(x) if x >= range.0 && x <= range.1 => Ok(x),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "{key} must be a number from {} to {}",
+            range.0, range.1
+        ))
+        .with_param(key)),
     }
 }
 
@@ -543,66 +546,62 @@ pub async fn chat_completions(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let name = body["model"]
-        .as_str()
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request("Missing required parameter: 'model'.").with_param("model")
-        })?;
-    let messages = match body.get("messages") {
-        Some(Value::Array(m)) if !m.is_empty() => m.clone(),
-        _ => {
-            return Err(ApiError::bad_request(
-                "messages must be a non-empty array of {role, content} objects",
-            )
-            .with_param("messages"))
-        }
+    let request: ChatRequest = parse_body(body)?;
+    let name = request.model.as_str();
+    if name.is_empty() {
+        return Err(ApiError::bad_request("Missing required parameter: 'model'.").with_param("model"));
+    }
+    if request.messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages must be a non-empty array of {role, content} objects",
+        )
+        .with_param("messages"));
+    }
+    let messages = request.messages.clone();
+    let n = in_range("n", request.n.map(f64::from), 1.0, (1.0, 128.0))? as usize;
+    let (max_tokens_key, given) = match (request.max_completion_tokens, request.max_tokens) {
+        (Some(v), _) => ("max_completion_tokens", Some(v)),
+        (None, Some(v)) => ("max_tokens", Some(v)),
+        (None, None) => ("max_tokens", None),
     };
-    let n = number(&body, "n", 1.0, (1.0, 128.0))? as usize;
-    let max_tokens_given = ["max_completion_tokens", "max_tokens"]
-        .iter()
-        .any(|k| body.get(*k).is_some_and(|v| !v.is_null()));
-    let temperature = number(&body, "temperature", 1.0, (0.0, 2.0))?;
-    let top_p = number(&body, "top_p", 1.0, (0.0, 1.0))?;
-    let max_tokens = match (body.get("max_completion_tokens"), body.get("max_tokens")) {
-        (Some(v), _) if !v.is_null() => number(&body, "max_completion_tokens", 0.0, (1.0, 1e6))?,
-        (_, Some(v)) if !v.is_null() => number(&body, "max_tokens", 0.0, (1.0, 1e6))?,
-        _ => DEFAULT_MAX_TOKENS as f64,
-    } as usize;
-    let stop: Vec<String> = match body.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) if a.len() <= 4 && a.iter().all(Value::is_string) => a
-            .iter()
-            .filter_map(|s| s.as_str().map(str::to_owned))
-            .collect(),
-        _ => {
+    let max_tokens_given = given.is_some();
+    let max_tokens = in_range(
+        max_tokens_key,
+        given.map(|v| v as f64),
+        DEFAULT_MAX_TOKENS as f64,
+        (1.0, 1e6),
+    )? as usize;
+    let temperature = in_range("temperature", request.temperature, 1.0, (0.0, 2.0))?;
+    let top_p = in_range("top_p", request.top_p, 1.0, (0.0, 1.0))?;
+    let stop: Vec<String> = match request.stop {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s],
+        Some(Stop::Many(list)) if list.len() <= 4 => list,
+        Some(Stop::Many(_)) => {
             return Err(ApiError::bad_request(
                 "stop must be a string or an array of up to 4 strings",
             )
             .with_param("stop"))
         }
     };
-    let seed = match body.get("seed") {
-        None | Some(Value::Null) => u64::from_str_radix(&new_id("")[..16], 16).unwrap_or(0),
-        Some(v) => v
-            .as_i64()
-            .map(|s| s as u64)
-            .ok_or_else(|| ApiError::bad_request("seed must be an integer").with_param("seed"))?,
+    let seed = match request.seed {
+        None => u64::from_str_radix(&new_id("")[..16], 16).unwrap_or(0),
+        Some(s) => s as u64,
     };
-    let response_format = match body.get("response_format") {
-        None | Some(Value::Null) => None,
+    let response_format = match request.response_format.as_ref().filter(|v| !v.is_null()) {
+        None => None,
         Some(v) => Some(ResponseFormat::from_value(v).map_err(|e| {
             ApiError::bad_request(format!("Invalid response_format: {e}"))
                 .with_param("response_format")
         })?),
     };
-    let logprobs = body["logprobs"].as_bool().unwrap_or(false);
-    let stream = body["stream"].as_bool().unwrap_or(false);
-    let include_usage = body["stream_options"]["include_usage"]
-        .as_bool()
+    let logprobs = request.logprobs.unwrap_or(false);
+    let stream = request.stream.unwrap_or(false);
+    let include_usage = request
+        .stream_options
+        .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let tools = body["tools"].as_array().cloned();
+    let tools = request.tools;
     let limit = state.config.max_request_tokens;
     let asked = n.saturating_mul(if max_tokens_given { max_tokens } else { 1 });
     if asked > limit {
@@ -672,82 +671,97 @@ pub async fn chat_completions(
     let id = new_id("chatcmpl-");
     let created = now();
     let completion_tokens: usize = result.completions.iter().map(|c| c.ids.len()).sum();
-    let usage = json!({
-        "prompt_tokens": result.prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": result.prompt_tokens + completion_tokens,
-    });
-    let logprobs_of = |pieces: &[TokenPiece], c: &Completion| -> Value {
-        json!({"content": pieces.iter().zip(&c.logprobs).map(|(p, lp)| json!({
-            "token": p.text, "logprob": lp, "bytes": p.bytes, "top_logprobs": [],
-        })).collect::<Vec<_>>(), "refusal": null})
+    let usage = ChatUsage::new(result.prompt_tokens, completion_tokens);
+    let record = |piece: &TokenPiece, logprob: f32| TokenLogprob {
+        token: piece.text.clone(),
+        logprob,
+        bytes: piece.bytes.clone(),
+        top_logprobs: Vec::new(),
     };
     if !stream {
-        let choices: Vec<Value> = result
+        let choices = result
             .completions
             .iter()
             .zip(&result.pieces)
             .enumerate()
-            .map(|(index, (c, pieces))| {
-                json!({
-                    "index": index,
-                    "message": {"role": "assistant", "content": c.text.clone().unwrap_or_default(),
-                                "refusal": null, "annotations": []},
-                    "logprobs": if logprobs { logprobs_of(pieces, c) } else { Value::Null },
-                    "finish_reason": c.finish_reason.as_str(),
-                })
+            .map(|(index, (c, pieces))| Choice {
+                index,
+                message: AssistantMessage::new(c.text.clone().unwrap_or_default()),
+                logprobs: logprobs.then(|| ChoiceLogprobs {
+                    content: pieces
+                        .iter()
+                        .zip(&c.logprobs)
+                        .map(|(p, &lp)| record(p, lp))
+                        .collect(),
+                    refusal: None,
+                }),
+                finish_reason: c.finish_reason.as_str().to_owned(),
             })
             .collect();
-        return Ok(Json(json!({
-            "id": id, "object": "chat.completion", "created": created, "model": name,
-            "choices": choices, "usage": usage, "system_fingerprint": "openrft",
-            "service_tier": "default",
-        }))
+        return Ok(Json(ChatCompletion {
+            id,
+            object: "chat.completion".into(),
+            created,
+            model: name.to_owned(),
+            choices,
+            usage,
+            system_fingerprint: "openrft".into(),
+            service_tier: "default".into(),
+        })
         .into_response());
     }
-    let chunk = |choices: Value, usage: Value| -> Event {
-        Event::default().data(
-            json!({"id": id, "object": "chat.completion.chunk", "created": created,
-                   "model": name, "system_fingerprint": "openrft", "choices": choices,
-                   "usage": usage})
-            .to_string(),
-        )
-    };
+    let chunks = ChunkMaker::new(id, created, name.to_owned());
     let mut events = Vec::new();
     for (index, (c, pieces)) in result.completions.iter().zip(&result.pieces).enumerate() {
-        events.push(chunk(
-            json!([{"index": index, "delta": {"role": "assistant", "content": "", "refusal": null},
-                    "logprobs": null, "finish_reason": null}]),
-            Value::Null,
-        ));
-        for (piece, lp) in pieces.iter().zip(&c.logprobs) {
+        events.push(chunks.event(vec![ChunkChoice::role(index)], None));
+        for (piece, &lp) in pieces.iter().zip(&c.logprobs) {
             if piece.text.is_empty() && !logprobs {
                 continue;
             }
-            let lp = if logprobs {
-                json!({"content": [{"token": piece.text, "logprob": lp, "bytes": piece.bytes,
-                                    "top_logprobs": []}], "refusal": null})
-            } else {
-                Value::Null
-            };
-            events.push(chunk(
-                json!([{"index": index, "delta": {"content": piece.text},
-                        "logprobs": lp, "finish_reason": null}]),
-                Value::Null,
-            ));
+            let lp = logprobs.then(|| ChoiceLogprobs {
+                content: vec![record(piece, lp)],
+                refusal: None,
+            });
+            events.push(chunks.event(vec![ChunkChoice::text(index, piece.text.clone(), lp)], None));
         }
-        events.push(chunk(
-            json!([{"index": index, "delta": {}, "logprobs": null,
-                    "finish_reason": c.finish_reason.as_str()}]),
-            Value::Null,
+        events.push(chunks.event(
+            vec![ChunkChoice::finish(index, c.finish_reason.as_str())],
+            None,
         ));
     }
     if include_usage {
-        events.push(chunk(json!([]), usage));
+        events.push(chunks.event(Vec::new(), Some(usage)));
     }
     events.push(Event::default().data("[DONE]"));
     let stream = futures_util::stream::iter(events.into_iter().map(Ok::<_, Infallible>));
     Ok(Sse::new(stream).into_response())
+}
+
+/// Builds the SSE events of one streamed answer (same id, time and model in every chunk).
+#[derive(Clone)]
+struct ChunkMaker {
+    id: String,
+    created: i64,
+    model: String,
+}
+
+impl ChunkMaker {
+    fn new(id: String, created: i64, model: String) -> ChunkMaker {
+        ChunkMaker { id, created, model }
+    }
+
+    fn event(&self, choices: Vec<ChunkChoice>, usage: Option<ChatUsage>) -> Event {
+        let chunk = ChatChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: "openrft".into(),
+            choices,
+            usage,
+        };
+        Event::default().data(serde_json::to_string(&chunk).unwrap_or_default())
+    }
 }
 
 /// The SSE answer of a streamed chat: a role chunk per choice, then each piece of text as the
@@ -762,24 +776,9 @@ fn live_stream(
     answer: oneshot::Receiver<Result<ChatResult, ApiError>>,
     on_disconnect: CancelOnDrop,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
-    let id = new_id("chatcmpl-");
-    let created = now();
-    let chunk = move |choices: Value, usage: Value| -> Event {
-        Event::default().data(
-            json!({"id": id, "object": "chat.completion.chunk", "created": created,
-                   "model": model, "system_fingerprint": "openrft", "choices": choices,
-                   "usage": usage})
-            .to_string(),
-        )
-    };
+    let chunks = ChunkMaker::new(new_id("chatcmpl-"), now(), model);
     let roles: Vec<Event> = (0..n)
-        .map(|index| {
-            chunk(
-                json!([{"index": index, "delta": {"role": "assistant", "content": "", "refusal": null},
-                        "logprobs": null, "finish_reason": null}]),
-                Value::Null,
-            )
-        })
+        .map(|index| chunks.event(vec![ChunkChoice::role(index)], None))
         .collect();
     enum Phase {
         Events,
@@ -794,7 +793,7 @@ fn live_stream(
         on_disconnect,
     );
     let body = futures_util::stream::unfold(state, move |mut state| {
-        let chunk = chunk.clone();
+        let chunks = chunks.clone();
         async move {
             loop {
                 if let Some(event) = state.3.pop_front() {
@@ -802,16 +801,12 @@ fn live_stream(
                 }
                 match state.0 {
                     Phase::Events => match state.1.recv().await {
-                        Some(StreamEvent::Text { choice, text }) => state.3.push_back(chunk(
-                            json!([{"index": choice, "delta": {"content": text},
-                                    "logprobs": null, "finish_reason": null}]),
-                            Value::Null,
-                        )),
-                        Some(StreamEvent::Finished { choice, reason }) => state.3.push_back(chunk(
-                            json!([{"index": choice, "delta": {}, "logprobs": null,
-                                        "finish_reason": reason}]),
-                            Value::Null,
-                        )),
+                        Some(StreamEvent::Text { choice, text }) => state
+                            .3
+                            .push_back(chunks.event(vec![ChunkChoice::text(choice, text, None)], None)),
+                        Some(StreamEvent::Finished { choice, reason }) => state
+                            .3
+                            .push_back(chunks.event(vec![ChunkChoice::finish(choice, reason)], None)),
                         None => state.0 = Phase::Tail,
                     },
                     Phase::Tail => {
@@ -829,21 +824,13 @@ fn live_stream(
                                 if include_usage {
                                     let completion: usize =
                                         result.completions.iter().map(|c| c.ids.len()).sum();
-                                    state.3.push_back(chunk(
-                                        json!([]),
-                                        json!({"prompt_tokens": result.prompt_tokens,
-                                               "completion_tokens": completion,
-                                               "total_tokens": result.prompt_tokens + completion}),
+                                    state.3.push_back(chunks.event(
+                                        Vec::new(),
+                                        Some(ChatUsage::new(result.prompt_tokens, completion)),
                                     ));
                                 }
                             }
-                            Err(e) => state.3.push_back(
-                                Event::default().data(
-                                    json!({"error": {"message": e.public_message(), "type": "server_error",
-                                                  "param": e.param, "code": e.code}})
-                                    .to_string(),
-                                ),
-                            ),
+                            Err(e) => state.3.push_back(e.sse_event()),
                         }
                         state.3.push_back(Event::default().data("[DONE]"));
                     }

@@ -190,3 +190,67 @@ impl ChunkChoice {
         }
     }
 }
+
+/// `POST /v1/chat/completions`: the fields OpenRFT reads (others, such as `user`, are
+/// accepted and ignored, as OpenAI's optional settings are). Ranges are checked by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatRequest {
+    /// The model name.
+    pub model: String,
+    /// The conversation: the client's messages, rendered by the model's chat template.
+    pub messages: Vec<serde_json::Value>,
+    /// Samples (1–128).
+    #[serde(default)]
+    pub n: Option<u32>,
+    /// Sampling temperature (0–2).
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Nucleus mass (0–1).
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// Completion token limit.
+    #[serde(default)]
+    pub max_completion_tokens: Option<u64>,
+    /// The older name of `max_completion_tokens`.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    /// Strings that end a sample.
+    #[serde(default)]
+    pub stop: Option<Stop>,
+    /// Seed of the samples' generators.
+    #[serde(default)]
+    pub seed: Option<i64>,
+    /// Structured outputs (parsed by the engine).
+    #[serde(default)]
+    pub response_format: Option<serde_json::Value>,
+    /// Per-token log-probs.
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    /// Answer as server-sent events.
+    #[serde(default)]
+    pub stream: Option<bool>,
+    /// `{include_usage}`.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Tool definitions, passed to the chat template.
+    #[serde(default)]
+    pub tools: Option<Vec<serde_json::Value>>,
+}
+
+/// `stop`: one string or a list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Stop {
+    /// One stop string.
+    One(String),
+    /// Up to four.
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    /// Send a last chunk with the usage.
+    #[serde(default)]
+    pub include_usage: Option<bool>,
+}

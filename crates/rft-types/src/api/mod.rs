@@ -5,3 +5,4 @@ pub mod chat;
 pub mod common;
 pub mod eval;
 pub mod file;
+pub mod grader;
