@@ -35,7 +35,7 @@ use serde_json::{json, Map, Value};
 use crate::error::ApiJson;
 use crate::graders::parse_grader;
 use crate::{
-    list_body, new_id, now, parse_limit, parse_metadata, ApiError, ServeError, SharedState,
+    new_id, now, parse_limit, parse_metadata, ApiError, ServeError, SharedState,
 };
 
 const TERMINAL: [&str; 3] = ["succeeded", "failed", "cancelled"];
@@ -443,6 +443,13 @@ impl Inner {
     }
 }
 
+/// A page of job or checkpoint objects.
+fn value_list(page: rft_store::Page) -> rft_types::api::common::List<Value> {
+    rft_types::api::common::List::with_cursor(page.data, page.has_more, |v: &Value| {
+        v.get("id").and_then(Value::as_str).unwrap_or_default()
+    })
+}
+
 /// Completion tokens sampled for training, summed over the metrics events.
 fn trained_tokens(dir: &Path) -> u64 {
     read_events(dir)
@@ -630,7 +637,7 @@ fn existing(state: &SharedState, id: &str) -> Result<Value, ApiError> {
 pub async fn list(
     State(state): State<SharedState>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<rft_types::api::common::List<Value>>, ApiError> {
     let limit = parse_limit(query.get("limit").map(String::as_str), 20, 10_000)?;
     let body = if query.get("metadata").map(String::as_str) == Some("null") {
         vec![rft_store::BodyFilter::Empty { field: "metadata" }]
@@ -657,7 +664,7 @@ pub async fn list(
             ..Default::default()
         },
     )?;
-    Ok(Json(list_body(page)))
+    Ok(Json(value_list(page)))
 }
 
 /// `GET /v1/fine_tuning/jobs/{id}`.
@@ -784,7 +791,7 @@ pub async fn checkpoints(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<rft_types::api::common::List<Value>>, ApiError> {
     existing(&state, &id)?;
     let limit = parse_limit(query.get("limit").map(String::as_str), 10, 10_000)?;
     let all: Vec<Value> = read_checkpoints(&state.store.job_dir(&id))
@@ -797,5 +804,5 @@ pub async fn checkpoints(
         })
         .collect();
     let page = page_newest_first(all, query.get("after").map(String::as_str), limit);
-    Ok(Json(list_body(page)))
+    Ok(Json(value_list(page)))
 }

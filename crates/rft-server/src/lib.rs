@@ -8,6 +8,7 @@
 
 pub mod catalog;
 pub mod error;
+pub mod openapi;
 pub mod evals;
 pub mod files;
 pub mod graders;
@@ -26,7 +27,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use rft_store::Store;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 pub use error::ApiError;
 
@@ -142,20 +143,6 @@ pub fn new_id(prefix: &str) -> String {
     format!("{prefix}{a:016x}{:08x}", b >> 32)
 }
 
-/// A cursor list: `{object: "list", data, has_more, first_id, last_id}`.
-pub fn list_body(page: rft_store::Page) -> Value {
-    let first = page
-        .data
-        .first()
-        .and_then(|v| v["id"].as_str().map(str::to_owned));
-    let last = page
-        .data
-        .last()
-        .and_then(|v| v["id"].as_str().map(str::to_owned));
-    json!({"object": "list", "data": page.data, "has_more": page.has_more,
-           "first_id": first, "last_id": last})
-}
-
 /// Parses a `limit` query value within `1..=max`.
 pub fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
     match raw {
@@ -238,55 +225,13 @@ fn body_limit(
 }
 
 /// `GET /openapi.json`: OpenAPI 3.1 over [`ROUTES`].
-async fn openapi() -> axum::Json<Value> {
+async fn openapi() -> axum::Json<openapi::Document> {
     axum::Json(openapi_document())
 }
 
 /// The OpenAPI document of every route.
-pub fn openapi_document() -> Value {
-    let mut paths = serde_json::Map::new();
-    for (method, path, handler, summary) in ROUTES {
-        let parameters: Vec<Value> = path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
-            .map(|name| {
-                json!({"name": name, "in": "path", "required": true,
-                               "schema": {"type": "string"}})
-            })
-            .collect();
-        let operation_id = handler.replace(" :: ", "_").replace("::", "_");
-        let mut operation = json!({
-            "operationId": operation_id,
-            "summary": summary,
-            "parameters": parameters,
-            "responses": {
-                "200": {"description": "The object, a list page, or an SSE stream (chat with stream: true)"},
-                "default": {"description": "An error: {\"error\": {message, type, param, code}}"},
-            },
-        });
-        if *method == "post"
-            && !path.contains("/cancel")
-            && !path.contains("/pause")
-            && !path.contains("/resume")
-        {
-            let content = if *path == "/v1/files" {
-                json!({"multipart/form-data": {"schema": {"type": "object"}}})
-            } else {
-                json!({"application/json": {"schema": {"type": "object"}}})
-            };
-            operation["requestBody"] = json!({"required": true, "content": content});
-        }
-        let entry = paths.entry((*path).to_owned()).or_insert_with(|| json!({}));
-        entry[*method] = operation;
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {"title": "OpenRFT", "version": env!("CARGO_PKG_VERSION"),
-                 "description": "OpenAI's fine-tuning, graders, evals, files, models and chat API, self-hosted (docs/api.md)"},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-        "security": [{"bearer": []}],
-        "paths": paths,
-    })
+pub fn openapi_document() -> openapi::Document {
+    openapi::Document::of(ROUTES)
 }
 
 /// Checks OpenAI's `metadata` (at most 16 string pairs, keys ≤ 64 and values ≤ 512
