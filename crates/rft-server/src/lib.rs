@@ -14,6 +14,7 @@ pub mod files;
 pub mod graders;
 pub mod inference;
 pub mod jobs;
+#[cfg(feature = "loadtest")]
 pub mod loadtest;
 pub mod models;
 
