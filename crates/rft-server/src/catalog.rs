@@ -14,7 +14,7 @@ use crate::ServerConfig;
 
 /// The base models a server serves.
 #[derive(Debug, Clone)]
-pub struct Catalog {
+pub(crate) struct Catalog {
     /// `(name clients use, spec the engine loads)`, in the order they were given.
     entries: Vec<(String, String)>,
     models_dir: PathBuf,
@@ -22,12 +22,12 @@ pub struct Catalog {
 
 impl Catalog {
     /// The default model, `config.models`, and the models folder.
-    pub fn new(config: &ServerConfig) -> Catalog {
+    pub(crate) fn new(config: &ServerConfig) -> Catalog {
         Catalog::with_models_dir(config, rft_model::hub::models_dir())
     }
 
     /// [`Catalog::new`] over another models folder (tests).
-    pub fn with_models_dir(config: &ServerConfig, models_dir: PathBuf) -> Catalog {
+    pub(crate) fn with_models_dir(config: &ServerConfig, models_dir: PathBuf) -> Catalog {
         let mut entries: Vec<(String, String)> = Vec::new();
         let given = std::iter::once(config.default_model.as_str())
             .chain(config.models.iter().map(String::as_str));
@@ -55,7 +55,7 @@ impl Catalog {
     }
 
     /// The spec the engine loads for `name`, or `None` when clients may not name it.
-    pub fn resolve(&self, name: &str) -> Option<String> {
+    pub(crate) fn resolve(&self, name: &str) -> Option<String> {
         if let Some((_, spec)) = self.entries.iter().find(|(n, _)| n == name) {
             return Some(spec.clone());
         }
@@ -73,7 +73,7 @@ impl Catalog {
     }
 
     /// The names `/v1/models` lists: the allow list, then the models folder's models.
-    pub fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.entries.iter().map(|(n, _)| n.clone()).collect();
         let mut found: Vec<String> = std::fs::read_dir(&self.models_dir)
             .into_iter()

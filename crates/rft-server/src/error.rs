@@ -9,15 +9,15 @@ use serde::de::DeserializeOwned;
 
 /// An API error: status code and the envelope's fields.
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// HTTP status.
-    pub status: StatusCode,
+    pub(crate) status: StatusCode,
     /// What was wrong and how to fix it.
-    pub message: String,
+    pub(crate) message: String,
     /// The request field at fault, if one is.
-    pub param: Option<String>,
+    pub(crate) param: Option<String>,
     /// A stable machine-readable code.
-    pub code: Option<String>,
+    pub(crate) code: Option<String>,
 }
 
 impl ApiError {
@@ -31,12 +31,12 @@ impl ApiError {
     }
 
     /// 400: the request is wrong.
-    pub fn bad_request(message: impl Into<String>) -> ApiError {
+    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
     /// 404: no such object.
-    pub fn not_found(what: &str, id: &str) -> ApiError {
+    pub(crate) fn not_found(what: &str, id: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("No {what} found with id '{id}'."),
@@ -45,33 +45,33 @@ impl ApiError {
     }
 
     /// 401: missing or wrong API key.
-    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+    pub(crate) fn unauthorized(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, message).with_code("invalid_api_key")
     }
 
     /// 403: the request is refused whoever sends it (a foreign `Host` or `Origin`).
-    pub fn forbidden(message: impl Into<String>) -> ApiError {
+    pub(crate) fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, message).with_code("forbidden")
     }
 
     /// 429: a bounded queue is full.
-    pub fn busy(message: impl Into<String>) -> ApiError {
+    pub(crate) fn busy(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).with_code("rate_limit_exceeded")
     }
 
     /// 500: our fault.
-    pub fn internal(message: impl Into<String>) -> ApiError {
+    pub(crate) fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
     }
 
     /// With the offending request field.
-    pub fn with_param(mut self, param: impl Into<String>) -> ApiError {
+    pub(crate) fn with_param(mut self, param: impl Into<String>) -> ApiError {
         self.param = Some(param.into());
         self
     }
 
     /// With a machine-readable code.
-    pub fn with_code(mut self, code: impl Into<String>) -> ApiError {
+    pub(crate) fn with_code(mut self, code: impl Into<String>) -> ApiError {
         self.code = Some(code.into());
         self
     }
@@ -79,7 +79,7 @@ impl ApiError {
     /// The message a client may see. Server faults carry paths, database names and library
     /// internals: they go to the log, and the client gets a reference to find them there;
     /// other messages lose any absolute path they quote.
-    pub fn public_message(&self) -> String {
+    pub(crate) fn public_message(&self) -> String {
         if self.status.is_server_error() {
             let reference = crate::new_id("err_");
             tracing::error!(status = %self.status, reference = %reference, "{}", self.message);
@@ -138,7 +138,7 @@ impl ApiError {
     }
 
     /// The error as the `data: {"error": …}` event a stream ends with once it has begun.
-    pub fn sse_event(&self) -> axum::response::sse::Event {
+    pub(crate) fn sse_event(&self) -> axum::response::sse::Event {
         axum::response::sse::Event::default()
             .data(serde_json::to_string(&self.envelope()).unwrap_or_default())
     }
@@ -158,12 +158,12 @@ impl IntoResponse for ApiError {
 }
 
 /// What a 429 tells the client to wait, in seconds: the queues drain in about that long.
-pub const RETRY_AFTER_SECONDS: &str = "1";
+pub(crate) const RETRY_AFTER_SECONDS: &str = "1";
 
 /// Replaces every absolute file path in a client-facing message by its last component, so no
 /// error tells a client where the server keeps its data, models or home folder. API routes
 /// (`/v1/...`) are not paths and stay.
-pub fn redact_paths(message: &str) -> String {
+pub(crate) fn redact_paths(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
     while let Some(at) = rest.find('/') {
@@ -200,7 +200,7 @@ impl From<rft_store::StoreError> for ApiError {
 
 /// Parses a request body into its type; a mismatch is a 400 whose `param` is the JSON path of
 /// the fault (`data_source.source.content[2].item`) and whose message says what was expected.
-pub fn parse_body<T: DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
+pub(crate) fn parse_body<T: DeserializeOwned>(body: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(body).map_err(|e| {
         let mut path = e.path().to_string();
         if path == "." {
@@ -229,11 +229,11 @@ pub fn parse_body<T: DeserializeOwned>(body: serde_json::Value) -> Result<T, Api
 }
 
 /// Largest JSON body (files go through `/v1/files`, limited separately).
-pub const MAX_JSON_BODY: usize = 32 * 1024 * 1024;
+pub(crate) const MAX_JSON_BODY: usize = 32 * 1024 * 1024;
 
 /// `axum::Json`, with malformed bodies reported in the error envelope.
 #[derive(Debug)]
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where

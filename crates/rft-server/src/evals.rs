@@ -48,7 +48,7 @@ fn metadata(value: Option<&Value>) -> Result<Metadata, ApiError> {
 }
 
 /// `POST /v1/evals` (201).
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Eval>), ApiError> {
@@ -148,7 +148,7 @@ fn existing_run(state: &AppState, eval_id: &str, run_id: &str) -> Result<EvalRun
 }
 
 /// `GET /v1/evals`.
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<SharedState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<List<Eval>>, ApiError> {
@@ -175,7 +175,7 @@ pub async fn list(
 }
 
 /// `GET /v1/evals/{eval_id}`.
-pub async fn retrieve(
+pub(crate) async fn retrieve(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> Result<Json<Eval>, ApiError> {
@@ -183,7 +183,7 @@ pub async fn retrieve(
 }
 
 /// `POST /v1/evals/{eval_id}`: updates `name` and `metadata`.
-pub async fn update(
+pub(crate) async fn update(
     State(state): State<SharedState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Value>,
@@ -211,7 +211,7 @@ pub async fn update(
 }
 
 /// `DELETE /v1/evals/{eval_id}`: the eval, its runs and their output items.
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
@@ -259,7 +259,7 @@ fn source_rows(state: &AppState, source: RunSource) -> Result<Vec<SourceRow>, Ap
 }
 
 /// `POST /v1/evals/{eval_id}/runs` (201): queued, then run by one of the runners.
-pub async fn create_run(
+pub(crate) async fn create_run(
     State(state): State<SharedState>,
     Path(eval_id): Path<String>,
     ApiJson(body): ApiJson<Value>,
@@ -336,7 +336,7 @@ struct RunTask {
 /// A fixed set of threads running eval runs from a bounded queue: a burst of runs waits its
 /// turn or gets 429, instead of each run starting a thread of its own.
 #[derive(Debug)]
-pub struct Runners {
+pub(crate) struct Runners {
     queue: std::sync::mpsc::SyncSender<RunTask>,
     waiting: std::sync::Mutex<Option<std::sync::mpsc::Receiver<RunTask>>>,
     capacity: usize,
@@ -352,7 +352,7 @@ impl std::fmt::Debug for RunTask {
 
 impl Runners {
     /// Runners whose queue holds `capacity` runs.
-    pub fn new(capacity: usize) -> Runners {
+    pub(crate) fn new(capacity: usize) -> Runners {
         let (queue, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
         Runners {
             queue,
@@ -362,7 +362,7 @@ impl Runners {
     }
 
     /// Starts `threads` runners. They hold the state weakly, so they end with the server.
-    pub fn start(&self, state: &Arc<AppState>, threads: usize) {
+    pub(crate) fn start(&self, state: &Arc<AppState>, threads: usize) {
         let Some(rx) = self
             .waiting
             .lock()
@@ -720,7 +720,7 @@ fn execute(
 
 /// Runs a previous process left unfinished are marked `failed` (their finished output items
 /// stay): a run is cheap to start again, and a clear state beats one stuck `in_progress`.
-pub fn fail_interrupted_runs(store: &rft_store::Store) -> Result<(), rft_store::StoreError> {
+pub(crate) fn fail_interrupted_runs(store: &rft_store::Store) -> Result<(), rft_store::StoreError> {
     for run in store.with_status_objects::<EvalRun>("eval_run", &["queued", "in_progress"])? {
         store.modify_object::<EvalRun, ()>(&run.id, |r| {
             r.status = RunStatus::Failed;
@@ -735,7 +735,7 @@ pub fn fail_interrupted_runs(store: &rft_store::Store) -> Result<(), rft_store::
 }
 
 /// `GET /v1/evals/{eval_id}/runs`.
-pub async fn list_runs(
+pub(crate) async fn list_runs(
     State(state): State<SharedState>,
     Path(eval_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
@@ -758,7 +758,7 @@ pub async fn list_runs(
 }
 
 /// `GET /v1/evals/{eval_id}/runs/{run_id}`.
-pub async fn retrieve_run(
+pub(crate) async fn retrieve_run(
     State(state): State<SharedState>,
     Path((eval_id, run_id)): Path<(String, String)>,
 ) -> Result<Json<EvalRun>, ApiError> {
@@ -766,7 +766,7 @@ pub async fn retrieve_run(
 }
 
 /// `POST /v1/evals/{eval_id}/runs/{run_id}`: cancels the run (spec: no `/cancel` suffix).
-pub async fn cancel_run(
+pub(crate) async fn cancel_run(
     State(state): State<SharedState>,
     Path((eval_id, run_id)): Path<(String, String)>,
     _body: Bytes,
@@ -794,7 +794,7 @@ pub async fn cancel_run(
 }
 
 /// `DELETE /v1/evals/{eval_id}/runs/{run_id}`.
-pub async fn delete_run(
+pub(crate) async fn delete_run(
     State(state): State<SharedState>,
     Path((eval_id, run_id)): Path<(String, String)>,
 ) -> Result<Json<Deleted>, ApiError> {
@@ -808,7 +808,7 @@ pub async fn delete_run(
 }
 
 /// `GET /v1/evals/{eval_id}/runs/{run_id}/output_items`.
-pub async fn list_items(
+pub(crate) async fn list_items(
     State(state): State<SharedState>,
     Path((eval_id, run_id)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
@@ -842,7 +842,7 @@ pub async fn list_items(
 }
 
 /// `GET /v1/evals/{eval_id}/runs/{run_id}/output_items/{output_item_id}`.
-pub async fn retrieve_item(
+pub(crate) async fn retrieve_item(
     State(state): State<SharedState>,
     Path((eval_id, run_id, item_id)): Path<(String, String, String)>,
 ) -> Result<Json<OutputItem>, ApiError> {

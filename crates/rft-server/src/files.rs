@@ -34,7 +34,7 @@ impl Drop for PartialUpload {
 
 /// `POST /v1/files`: the file part streams to disk as it arrives (counted against
 /// `max_upload_bytes`), so an upload never sits in memory.
-pub async fn upload(
+pub(crate) async fn upload(
     State(state): State<SharedState>,
     mut multipart: Multipart,
 ) -> Result<Json<FileObject>, ApiError> {
@@ -232,7 +232,7 @@ fn existing(state: &SharedState, id: &str) -> Result<FileObject, ApiError> {
 }
 
 /// `GET /v1/files`.
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<SharedState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<List<FileObject>>, ApiError> {
@@ -261,7 +261,7 @@ pub async fn list(
 }
 
 /// `GET /v1/files/{file_id}`.
-pub async fn retrieve(
+pub(crate) async fn retrieve(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> Result<Json<FileObject>, ApiError> {
@@ -269,7 +269,7 @@ pub async fn retrieve(
 }
 
 /// `DELETE /v1/files/{file_id}`.
-pub async fn delete(
+pub(crate) async fn delete(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> Result<Json<Deleted>, ApiError> {
@@ -284,7 +284,7 @@ pub async fn delete(
 }
 
 /// `GET /v1/files/{file_id}/content`.
-pub async fn content(
+pub(crate) async fn content(
     State(state): State<SharedState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {

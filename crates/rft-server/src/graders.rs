@@ -23,7 +23,7 @@ const CACHED_GRADERS: usize = 16;
 /// The graders `graders/run` compiled, and the permits bounding how many requests grade at
 /// once (each holds a blocking thread, and may hold Python workers or judge calls).
 #[derive(Debug)]
-pub struct GraderPool {
+pub(crate) struct GraderPool {
     compiled: Mutex<Vec<(String, Arc<CompiledGrader>)>>,
     permits: Arc<tokio::sync::Semaphore>,
     limit: usize,
@@ -33,7 +33,7 @@ pub struct GraderPool {
 
 impl GraderPool {
     /// A pool grading at most `concurrent` requests at once.
-    pub fn new(concurrent: usize) -> GraderPool {
+    pub(crate) fn new(concurrent: usize) -> GraderPool {
         GraderPool {
             compiled: Mutex::new(Vec::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(concurrent.max(1))),
@@ -101,7 +101,7 @@ impl GraderPool {
 }
 
 /// Parses and checks `body.grader`, as `validate` does.
-pub fn parse_grader(value: Option<&Value>, param: &str) -> Result<Grader, ApiError> {
+pub(crate) fn parse_grader(value: Option<&Value>, param: &str) -> Result<Grader, ApiError> {
     let value = value.ok_or_else(|| {
         ApiError::bad_request(format!("Missing required parameter: '{param}'.")).with_param(param)
     })?;
@@ -122,7 +122,7 @@ pub fn parse_grader(value: Option<&Value>, param: &str) -> Result<Grader, ApiErr
 }
 
 /// `POST /v1/fine_tuning/alpha/graders/validate`: `{"grader": <the grader>}` or a 400.
-pub async fn validate(
+pub(crate) async fn validate(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<ValidateGraderResponse>, ApiError> {
     let request: ValidateGraderRequest = parse_body(body)?;
@@ -133,7 +133,7 @@ pub async fn validate(
 }
 
 /// `POST /v1/fine_tuning/alpha/graders/run`: grades `model_sample` against `item`.
-pub async fn run(
+pub(crate) async fn run(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<RunGraderResponse>, ApiError> {

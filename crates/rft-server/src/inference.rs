@@ -40,22 +40,22 @@ use crate::{new_id, now, ApiError, SharedState};
 /// Most adapters kept loaded; the least recently used one is dropped beyond this.
 const MAX_LOADED_ADAPTERS: usize = 16;
 /// Completion tokens when the request sets no limit.
-pub const DEFAULT_MAX_TOKENS: usize = 512;
+pub(crate) const DEFAULT_MAX_TOKENS: usize = 512;
 
 /// What a model name resolves to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ModelRef {
+pub(crate) struct ModelRef {
     /// The base model spec (name or path).
-    pub base: String,
+    pub(crate) base: String,
     /// A PEFT adapter folder over it.
-    pub adapter: Option<PathBuf>,
+    pub(crate) adapter: Option<PathBuf>,
 }
 
 /// Resolves an API model name: `ft:…` names of succeeded jobs, `…:ckpt-step-N` checkpoint
 /// names, or a base model of the catalog (nothing else: names are not paths). Both kinds of
 /// `ft:` name end with their job's id (`ft:<base>:<suffix>:<job id>[:ckpt-step-N]`), so one
 /// job is read, not every job.
-pub fn resolve(store: &Store, catalog: &Catalog, name: &str) -> Result<Option<ModelRef>, ApiError> {
+pub(crate) fn resolve(store: &Store, catalog: &Catalog, name: &str) -> Result<Option<ModelRef>, ApiError> {
     if !name.starts_with("ft:") {
         return Ok(catalog.resolve(name).map(|base| ModelRef {
             base,
@@ -133,7 +133,7 @@ struct TokenPiece {
 
 /// The inference thread's handle.
 #[derive(Debug)]
-pub struct Inference {
+pub(crate) struct Inference {
     queue: SyncSender<ChatJob>,
     catalog: Arc<Catalog>,
 }
@@ -148,32 +148,32 @@ impl std::fmt::Debug for ChatJob {
 
 /// A chat completion asked for by server code (eval runs), outside HTTP.
 #[derive(Debug, Clone)]
-pub struct ChatCall {
+pub(crate) struct ChatCall {
     /// The API model name.
-    pub model: String,
+    pub(crate) model: String,
     /// The chat messages.
-    pub messages: Vec<Value>,
+    pub(crate) messages: Vec<Value>,
     /// Samples.
-    pub n: usize,
+    pub(crate) n: usize,
     /// How to sample.
-    pub params: SamplingParams,
+    pub(crate) params: SamplingParams,
     /// Structured output.
-    pub response_format: Option<ResponseFormat>,
+    pub(crate) response_format: Option<ResponseFormat>,
 }
 
 /// What a [`ChatCall`] returns.
 #[derive(Debug, Clone)]
-pub struct ChatOutput {
+pub(crate) struct ChatOutput {
     /// Prompt tokens.
-    pub prompt_tokens: usize,
+    pub(crate) prompt_tokens: usize,
     /// The samples.
-    pub completions: Vec<Completion>,
+    pub(crate) completions: Vec<Completion>,
 }
 
 impl Inference {
     /// Samples through the same queue and batches as `/v1/chat/completions`, waiting for a
     /// free place in the queue; for background work (eval runs), never on an async thread.
-    pub fn complete_blocking(&self, store: &Store, call: ChatCall) -> Result<ChatOutput, ApiError> {
+    pub(crate) fn complete_blocking(&self, store: &Store, call: ChatCall) -> Result<ChatOutput, ApiError> {
         let model = resolve(store, &self.catalog, &call.model)?
             .ok_or_else(|| model_not_found(&call.model))?;
         let (reply, answer) = oneshot::channel();
@@ -201,7 +201,7 @@ impl Inference {
 
     /// Starts the inference thread with a queue of `capacity` requests, keeping loaded base
     /// models within `max_model_bytes` (least recently used evicted first).
-    pub fn start(
+    pub(crate) fn start(
         _store: Arc<Store>,
         catalog: Arc<Catalog>,
         capacity: usize,
@@ -226,13 +226,13 @@ impl Inference {
     }
 
     /// The base models clients may name.
-    pub fn catalog(&self) -> &Catalog {
+    pub(crate) fn catalog(&self) -> &Catalog {
         &self.catalog
     }
 }
 
 /// The 404 of a model name that is not served.
-pub fn model_not_found(name: &str) -> ApiError {
+pub(crate) fn model_not_found(name: &str) -> ApiError {
     ApiError::not_found("model", name)
         .with_param("model")
         .with_code("model_not_found")
@@ -542,7 +542,7 @@ fn in_range(key: &str, value: Option<f64>, default: f64, range: (f64, f64)) -> R
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(
+pub(crate) async fn chat_completions(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
@@ -867,7 +867,7 @@ impl Drop for CancelOnDrop {
 
 impl ApiError {
     /// Replaces the message.
-    pub fn with_message(mut self, message: impl Into<String>) -> ApiError {
+    pub(crate) fn with_message(mut self, message: impl Into<String>) -> ApiError {
         self.message = message.into();
         self
     }

@@ -51,7 +51,7 @@ const AUTO_HYPERPARAMETERS: [&str; 6] = [
 
 /// Runs queued jobs one at a time on a thread of its own, so the API stays responsive.
 #[derive(Debug)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     inner: Arc<Inner>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -67,7 +67,7 @@ struct Inner {
 
 impl Scheduler {
     /// Requeues jobs a previous process left `running`, and starts the scheduler thread.
-    pub fn start(
+    pub(crate) fn start(
         store: Arc<Store>,
         catalog: Arc<crate::catalog::Catalog>,
     ) -> Result<Scheduler, ServeError> {
@@ -104,7 +104,7 @@ impl Scheduler {
     }
 
     /// Looks for work now rather than at the next poll.
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         let (flag, cv) = &self.inner.wake;
         *flag.lock().unwrap_or_else(|e| e.into_inner()) = true;
         cv.notify_all();
@@ -124,7 +124,7 @@ impl Scheduler {
     }
 
     /// Pauses the running job (checkpointed; requeued for the next start) and joins the thread.
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         if let Some((_, control)) = self
             .inner
@@ -482,7 +482,7 @@ fn file_param(state: &SharedState, body: &Value, key: &str) -> Result<Option<Str
 }
 
 /// `POST /v1/fine_tuning/jobs`.
-pub async fn create(
+pub(crate) async fn create(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
@@ -634,7 +634,7 @@ fn existing(state: &SharedState, id: &str) -> Result<Value, ApiError> {
 
 /// `GET /v1/fine_tuning/jobs`: newest first; `metadata[k]=v` filters, `metadata=null` keeps jobs
 /// without metadata.
-pub async fn list(
+pub(crate) async fn list(
     State(state): State<SharedState>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<rft_types::api::common::List<Value>>, ApiError> {
@@ -668,7 +668,7 @@ pub async fn list(
 }
 
 /// `GET /v1/fine_tuning/jobs/{id}`.
-pub async fn retrieve(
+pub(crate) async fn retrieve(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -707,7 +707,7 @@ fn transition(
 }
 
 /// `POST /v1/fine_tuning/jobs/{id}/cancel`.
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
     _body: Bytes,
@@ -729,7 +729,7 @@ pub async fn cancel(
 
 /// `POST /v1/fine_tuning/jobs/{id}/pause`: the trainer writes a checkpoint at its next step
 /// boundary and stops; the job shows `paused` at once.
-pub async fn pause(
+pub(crate) async fn pause(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
     _body: Bytes,
@@ -744,7 +744,7 @@ pub async fn pause(
 
 /// `POST /v1/fine_tuning/jobs/{id}/resume`: back to `queued`; the trainer continues from the
 /// pause checkpoint with the same data order, optimizer and RNG state.
-pub async fn resume(
+pub(crate) async fn resume(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
     _body: Bytes,
@@ -772,7 +772,7 @@ fn page_newest_first(mut all: Vec<Value>, after: Option<&str>, limit: usize) -> 
 }
 
 /// `GET /v1/fine_tuning/jobs/{id}/events`: newest first.
-pub async fn events(
+pub(crate) async fn events(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
     Query(query): Query<HashMap<String, String>>,
@@ -787,7 +787,7 @@ pub async fn events(
 }
 
 /// `GET /v1/fine_tuning/jobs/{id}/checkpoints`: the kept checkpoints, newest first.
-pub async fn checkpoints(
+pub(crate) async fn checkpoints(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
     Query(query): Query<HashMap<String, String>>,

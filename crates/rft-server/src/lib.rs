@@ -6,17 +6,17 @@
 //! time ([`jobs`]); an inference thread batching chat requests over loaded models and adapters
 //! ([`inference`]); SQLite and a data folder for everything durable ([`rft_store`]).
 
-pub mod catalog;
-pub mod error;
-pub mod openapi;
-pub mod evals;
-pub mod files;
-pub mod graders;
-pub mod inference;
-pub mod jobs;
+mod catalog;
+mod error;
+mod openapi;
+mod evals;
+mod files;
+mod graders;
+mod inference;
+mod jobs;
 #[cfg(feature = "loadtest")]
 pub mod loadtest;
-pub mod models;
+mod models;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ use axum::Router;
 use rft_store::Store;
 use serde_json::Value;
 
-pub use error::ApiError;
+use error::ApiError;
 
 /// How the server runs.
 #[derive(Debug, Clone)]
@@ -93,28 +93,28 @@ fn cores() -> usize {
 
 /// What every handler shares.
 #[derive(Debug)]
-pub struct AppState {
+pub(crate) struct AppState {
     /// The configuration.
-    pub config: ServerConfig,
+    pub(crate) config: ServerConfig,
     /// The database and data folder.
-    pub store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
     /// The training scheduler.
-    pub scheduler: jobs::Scheduler,
+    pub(crate) scheduler: jobs::Scheduler,
     /// The inference thread.
-    pub inference: inference::Inference,
+    pub(crate) inference: inference::Inference,
     /// The eval-run runners.
-    pub eval_runs: evals::Runners,
+    pub(crate) eval_runs: evals::Runners,
     /// Compiled graders of `graders/run`, and the permits bounding how many grade at once.
-    pub graders: graders::GraderPool,
+    pub(crate) graders: graders::GraderPool,
     /// Permits for requests in flight.
-    pub in_flight: Arc<tokio::sync::Semaphore>,
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// Shared state handle.
-pub type SharedState = Arc<AppState>;
+pub(crate) type SharedState = Arc<AppState>;
 
 /// Unix seconds now.
-pub fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -123,7 +123,7 @@ pub fn now() -> i64 {
 
 /// A fresh id: `prefix` + 24 hex digits, unpredictable (std's randomly keyed SipHash over the
 /// clock and a counter) so ids cannot be guessed or collide across restarts.
-pub fn new_id(prefix: &str) -> String {
+pub(crate) fn new_id(prefix: &str) -> String {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -145,7 +145,7 @@ pub fn new_id(prefix: &str) -> String {
 }
 
 /// Parses a `limit` query value within `1..=max`.
-pub fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+pub(crate) fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
     match raw {
         None => Ok(default),
         Some(text) => match text.parse::<usize>() {
@@ -231,13 +231,13 @@ async fn openapi() -> axum::Json<openapi::Document> {
 }
 
 /// The OpenAPI document of every route.
-pub fn openapi_document() -> openapi::Document {
+pub(crate) fn openapi_document() -> openapi::Document {
     openapi::Document::of(ROUTES)
 }
 
 /// Checks OpenAI's `metadata` (at most 16 string pairs, keys ≤ 64 and values ≤ 512
 /// characters); absent or null is `Value::Null`.
-pub fn parse_metadata(value: Option<&Value>) -> Result<Value, ApiError> {
+pub(crate) fn parse_metadata(value: Option<&Value>) -> Result<Value, ApiError> {
     match value {
         None | Some(Value::Null) => Ok(Value::Null),
         Some(Value::Object(map)) => {
@@ -264,7 +264,7 @@ pub fn parse_metadata(value: Option<&Value>) -> Result<Value, ApiError> {
 }
 
 /// Parses a list's `order` query value (`asc` / `desc`); `None` gives the list's default.
-pub fn parse_order(raw: Option<&str>, default_descending: bool) -> Result<bool, ApiError> {
+pub(crate) fn parse_order(raw: Option<&str>, default_descending: bool) -> Result<bool, ApiError> {
     match raw {
         None => Ok(default_descending),
         Some("asc") => Ok(false),
@@ -277,7 +277,7 @@ pub fn parse_order(raw: Option<&str>, default_descending: bool) -> Result<bool, 
 }
 
 /// The whole API under `/v1`.
-pub fn router(state: SharedState) -> Router {
+pub(crate) fn router(state: SharedState) -> Router {
     // Every body is held to the JSON limit by the bytes actually read; the upload route
     // streams to disk and counts its own bytes (`files::upload`).
     add_routes(Router::new())
@@ -304,7 +304,7 @@ async fn catch_panic(request: Request, next: Next) -> Response {
 }
 
 /// The text of a caught panic.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -401,7 +401,7 @@ async fn auth(State(state): State<SharedState>, request: Request, next: Next) ->
 
 /// Whether `given` is one of `keys`, in time that depends on neither where the first
 /// difference is nor which key matched (every key is compared in full).
-pub fn key_matches(keys: &[String], given: &str) -> bool {
+pub(crate) fn key_matches(keys: &[String], given: &str) -> bool {
     let given = given.as_bytes();
     let mut matched = 0u8;
     for key in keys {

@@ -53,12 +53,12 @@ fn all_models(state: &SharedState) -> Result<Vec<Value>, ApiError> {
 }
 
 /// `GET /v1/models`.
-pub async fn list(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn list(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"object": "list", "data": all_models(&state)?})))
 }
 
 /// `GET /v1/models/{model}`.
-pub async fn retrieve(
+pub(crate) async fn retrieve(
     State(state): State<SharedState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {

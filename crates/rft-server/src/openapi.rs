@@ -6,113 +6,113 @@ use serde::Serialize;
 
 /// The document.
 #[derive(Debug, Clone, Serialize)]
-pub struct Document {
+pub(crate) struct Document {
     /// `3.1.0`.
-    pub openapi: &'static str,
+    pub(crate) openapi: &'static str,
     /// Title, version, description.
-    pub info: Info,
+    pub(crate) info: Info,
     /// The bearer scheme.
-    pub components: Components,
+    pub(crate) components: Components,
     /// Every route needs the bearer key (when the server has keys).
-    pub security: Vec<IndexMap<&'static str, Vec<String>>>,
+    pub(crate) security: Vec<IndexMap<&'static str, Vec<String>>>,
     /// Path → method → operation.
-    pub paths: IndexMap<&'static str, IndexMap<&'static str, Operation>>,
+    pub(crate) paths: IndexMap<&'static str, IndexMap<&'static str, Operation>>,
 }
 
 /// `info`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Info {
+pub(crate) struct Info {
     /// `OpenRFT`.
-    pub title: &'static str,
+    pub(crate) title: &'static str,
     /// The crate's version.
-    pub version: &'static str,
+    pub(crate) version: &'static str,
     /// One line on what it serves.
-    pub description: &'static str,
+    pub(crate) description: &'static str,
 }
 
 /// `components`.
 #[derive(Debug, Clone, Serialize)]
-pub struct Components {
+pub(crate) struct Components {
     /// `{bearer: {type: http, scheme: bearer}}`.
     #[serde(rename = "securitySchemes")]
-    pub security_schemes: IndexMap<&'static str, SecurityScheme>,
+    pub(crate) security_schemes: IndexMap<&'static str, SecurityScheme>,
 }
 
 /// An HTTP auth scheme.
 #[derive(Debug, Clone, Serialize)]
-pub struct SecurityScheme {
+pub(crate) struct SecurityScheme {
     /// `http`.
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
     /// `bearer`.
-    pub scheme: &'static str,
+    pub(crate) scheme: &'static str,
 }
 
 /// One method of one path.
 #[derive(Debug, Clone, Serialize)]
-pub struct Operation {
+pub(crate) struct Operation {
     /// The handler's path, `files_upload`.
     #[serde(rename = "operationId")]
-    pub operation_id: String,
+    pub(crate) operation_id: String,
     /// What it does.
-    pub summary: &'static str,
+    pub(crate) summary: &'static str,
     /// The `{…}` segments of the path.
-    pub parameters: Vec<Parameter>,
+    pub(crate) parameters: Vec<Parameter>,
     /// A JSON or multipart body, for the routes that take one.
     #[serde(rename = "requestBody", skip_serializing_if = "Option::is_none")]
-    pub request_body: Option<RequestBody>,
+    pub(crate) request_body: Option<RequestBody>,
     /// `200` and `default`.
-    pub responses: IndexMap<&'static str, Described>,
+    pub(crate) responses: IndexMap<&'static str, Described>,
 }
 
 /// A path parameter.
 #[derive(Debug, Clone, Serialize)]
-pub struct Parameter {
+pub(crate) struct Parameter {
     /// Its name.
-    pub name: String,
+    pub(crate) name: String,
     /// `path`.
     #[serde(rename = "in")]
-    pub location: &'static str,
+    pub(crate) location: &'static str,
     /// Always true.
-    pub required: bool,
+    pub(crate) required: bool,
     /// `{type: string}`.
-    pub schema: Schema,
+    pub(crate) schema: Schema,
 }
 
 /// A request body.
 #[derive(Debug, Clone, Serialize)]
-pub struct RequestBody {
+pub(crate) struct RequestBody {
     /// Always true.
-    pub required: bool,
+    pub(crate) required: bool,
     /// Media type → schema.
-    pub content: IndexMap<&'static str, MediaType>,
+    pub(crate) content: IndexMap<&'static str, MediaType>,
 }
 
 /// A media type's schema.
 #[derive(Debug, Clone, Serialize)]
-pub struct MediaType {
+pub(crate) struct MediaType {
     /// `{type: object}` (the shapes are OpenAI's; docs/api.md lists them).
-    pub schema: Schema,
+    pub(crate) schema: Schema,
 }
 
 /// A (minimal) schema.
 #[derive(Debug, Clone, Serialize)]
-pub struct Schema {
+pub(crate) struct Schema {
     /// `string` or `object`.
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    pub(crate) kind: &'static str,
 }
 
 /// A response's description.
 #[derive(Debug, Clone, Serialize)]
-pub struct Described {
+pub(crate) struct Described {
     /// What comes back.
-    pub description: &'static str,
+    pub(crate) description: &'static str,
 }
 
 impl Document {
     /// The document of `routes` (`(method, path, handler, summary)`).
-    pub fn of(routes: &[(&'static str, &'static str, &'static str, &'static str)]) -> Document {
+    pub(crate) fn of(routes: &[(&'static str, &'static str, &'static str, &'static str)]) -> Document {
         let mut paths: IndexMap<&'static str, IndexMap<&'static str, Operation>> = IndexMap::new();
         for &(method, path, handler, summary) in routes {
             let parameters = path
