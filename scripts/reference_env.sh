@@ -11,10 +11,15 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -r "$root/scripts/reference-requirements.txt"
 wn_src="${RFT_WORDNET_DIR:-/usr/share/wordnet}"
+# Without root, scripts/test.sh unpacks WordNet into OpenRFT's cache instead.
+wn_cache="${RFT_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/openrft}/wordnet-3.0"
+if [ ! -f "$wn_src/data.noun" ] && [ -f "$wn_cache/data.noun" ]; then
+  wn_src=$wn_cache
+fi
 wn_dst="$root/nltk_data/corpora/wordnet"
 if [ ! -f "$wn_dst/lexnames" ]; then
   if [ ! -f "$wn_src/data.noun" ]; then
-    echo "WordNet not found in $wn_src: apt-get install wordnet-base wordnet-sense-index" >&2
+    echo "WordNet not found in $wn_src: scripts/test.sh --setup-only installs it" >&2
     exit 1
   fi
   mkdir -p "$wn_dst"

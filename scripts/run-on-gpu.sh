@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# (Copied from the project's shared CUDA recipe, shared/cuda/run-on-gpu.sh, so it travels with the repository.)
-# Run a binary built with ../shared/cuda/env.sh on the GPU machine: finds the CUDA 13 libraries that the
-# machine's PyTorch installed (site-packages/nvidia/cu13/lib) and the driver's libcuda.so.1, then runs it.
+# Run a binary built with `--features cuda` against CUDA 13 on a GPU machine that has no CUDA toolkit of its
+# own: finds the CUDA 13 libraries that the machine's PyTorch installed (site-packages/nvidia/cu13/lib) and the
+# driver's libcuda.so.1, then runs it.
 # usage (on the GPU machine): bash run-on-gpu.sh ./path/to/binary [args...]
 set -uo pipefail
 bin=$1; shift

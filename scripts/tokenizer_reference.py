@@ -1,4 +1,4 @@
-"""Reference token ids and chat-template renderings for `rft_model::tokenizer` (issue 4).
+"""Reference token ids and chat-template renderings for `rft_model::tokenizer`.
 
     python3 scripts/tokenizer_reference.py [--gguf SMOLLM2.gguf] [--retrain]
 

@@ -1,6 +1,7 @@
 //! The `rft` binary: parses the command line and dispatches to `commands::*`.
 //!
 //! Data goes to stdout, logs and errors to stderr; errors print with their causes (`{:#}`).
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::process::ExitCode;

@@ -89,7 +89,7 @@ fn the_openai_python_sdk_runs_unchanged() {
     if !python.exists() {
         assert!(
             std::env::var_os("RFT_REQUIRE_SDK").is_none(),
-            "RFT_REQUIRE_SDK is set but {} does not exist (.ci/run creates it)",
+            "RFT_REQUIRE_SDK is set but {} does not exist (scripts/test.sh creates it)",
             python.display()
         );
         eprintln!(

@@ -163,8 +163,8 @@ fn the_quickstart_files_are_a_valid_job() {
         rft_train::config::JobRequest::from_value(serde_json::from_str(&text).unwrap()).unwrap();
     let grader = &request.reinforcement().unwrap().grader;
     rft_grade::validate(&rft_types::Grader::from_value(grader).unwrap()).unwrap();
-    let rows = rft_train::job::read_dataset(&root.join("train.jsonl")).unwrap();
-    let valid = rft_train::job::read_dataset(&root.join("valid.jsonl")).unwrap();
+    let rows = rft_train::dataset::read_dataset(&root.join("train.jsonl")).unwrap();
+    let valid = rft_train::dataset::read_dataset(&root.join("valid.jsonl")).unwrap();
     assert!(rows.len() >= 48 && !valid.is_empty());
     // Validation rows are never trained on.
     for v in &valid {

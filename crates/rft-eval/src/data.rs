@@ -131,9 +131,10 @@ pub fn read_data(path: &Path) -> Result<EvalData, EvalError> {
 }
 
 fn read_rft(path: &Path) -> Result<EvalData, EvalError> {
-    // The trainer's reader: the same rows train and evaluate, with the same line-numbered errors.
-    let rows = rft_train::job::read_dataset(path).map_err(|e| match e {
-        rft_train::TrainError::Dataset {
+    // The trainer's reader (it lives with `DatasetRow` in rft-types): the same rows train and
+    // evaluate, with the same line-numbered errors.
+    let rows = rft_types::read_dataset(path).map_err(|e| match e {
+        rft_types::DatasetError::Line {
             path,
             line,
             message,
@@ -142,8 +143,7 @@ fn read_rft(path: &Path) -> Result<EvalData, EvalError> {
             line,
             message,
         },
-        rft_train::TrainError::Io { path, source } => EvalError::Io { path, source },
-        other => EvalError::Config(other.to_string()),
+        rft_types::DatasetError::Io { path, source } => EvalError::Io { path, source },
     })?;
     let rows = rows
         .into_iter()

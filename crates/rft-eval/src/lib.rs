@@ -19,6 +19,7 @@
 //! let check = check_signal(&rewards, (0.0, 1.0));
 //! assert_eq!(check.verdict, Verdict::Blocker);
 //! ```
+#![forbid(unsafe_code)]
 
 pub mod data;
 mod error;

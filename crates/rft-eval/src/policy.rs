@@ -137,7 +137,15 @@ pub enum Policy {
     Remote(RemoteModel),
 }
 
-pub(crate) use rft_train::job::mix;
+/// A cheap, well-mixed 64-bit hash (splitmix64) for deriving per-row seeds: the trainer's
+/// `rft_train::seed::mix`, repeated here (five lines) so evals do not depend on the trainer.
+/// It must not change: eval runs are reproducible from their seed.
+pub(crate) fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
 
 impl Policy {
     /// Loads a local model spec (name, GGUF, folder, hub id or adapter folder) on the CPU.
@@ -278,4 +286,14 @@ fn generate_remote(
         }
     }
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mix_is_splitmix64() {
+        // splitmix64's first outputs for states 0 and 42: the values the trainer's copy gives.
+        assert_eq!(super::mix(0), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(super::mix(42), 0xBDD7_3226_2FEB_6E95);
+    }
 }

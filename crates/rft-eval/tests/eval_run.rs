@@ -286,6 +286,22 @@ fn html_report_renders_in_headless_chromium_with_plots_and_verdicts() {
     assert_eq!(json["checks"].as_array().unwrap().len(), 8);
     assert_eq!(json["checks"][2]["id"], "data_balance");
     assert_eq!(json["checks"][2]["verdict"], "warning");
+    // Self-contained: nothing to fetch (an SVG's `xmlns` names a namespace, it loads nothing).
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    for outside in [
+        "src=",
+        "<script",
+        "<link",
+        "url(",
+        "@import",
+        "href=\"http",
+        "href='http",
+    ] {
+        assert!(
+            !html.contains(outside),
+            "report.html loads from outside: {outside}"
+        );
+    }
 
     let Some(bin) = chromium() else {
         assert!(

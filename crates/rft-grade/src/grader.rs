@@ -248,7 +248,7 @@ fn judge_for(path: &str, context: &GraderContext) -> Result<Arc<JudgeClient>, Gr
 }
 
 /// Checks a grader beyond its JSON shape: template references, the formula and its variables,
-/// Python source size. This is what `graders/validate` and `rft grader validate` run; it does not
+/// Python source size and image tag. This is what `graders/validate` and `rft grader validate` run; it does not
 /// require that this build can execute the grader.
 pub fn validate(grader: &Grader) -> Result<(), GradeError> {
     validate_at(grader, "")
@@ -280,7 +280,14 @@ fn validate_at(grader: &Grader, path: &str) -> Result<(), GradeError> {
                 limit: MAX_PYTHON_SOURCE_BYTES,
             })
         }
-        Grader::Python(_) => Ok(()),
+        Grader::Python(g) => match g.image_tag.as_deref().map(crate::python::check_image_tag) {
+            // A tag is joined into the interpreter's path: only the known ones are accepted.
+            Some(Err(err)) => Err(GradeError::Spec(SpecError {
+                path: format!("{path}image_tag"),
+                message: err.to_string(),
+            })),
+            _ => Ok(()),
+        },
         Grader::ScoreModel(g) => validate_messages(&g.input, path),
         Grader::LabelModel(g) => validate_messages(&g.input, path),
         Grader::Multi(g) => {

@@ -346,3 +346,498 @@ fn missing_environment_names_the_fix() {
     assert!(err.contains("rft setup python"), "{err}");
     let _ = std::io::stdout().flush();
 }
+
+// ---------------------------------------------------------------------------------------------
+// The hostile suite: each attack below succeeded before the seccomp allow list, the PID / user
+// namespaces, the worker budget and the image_tag check.
+
+/// A grader whose `grade` returns 1.0 when every check in `body` (a sequence of statements
+/// ending in `return <bool expression>`) holds.
+fn checking_grader(body: &str, runtime: Arc<PythonRuntime>) -> CompiledGrader {
+    let source = format!(
+        "import os, sys\ndef grade(sample, item):\n{}",
+        body.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    );
+    let grader =
+        Grader::from_value(&json!({"type": "python", "name": "check", "source": source})).unwrap();
+    compile_with(
+        &grader,
+        &GraderContext {
+            python: runtime,
+            ..GraderContext::shared()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn pathname_unix_sockets_on_the_host_are_unreachable() {
+    use std::io::Read;
+    use std::os::unix::net::{UnixDatagram, UnixListener};
+    let dir = tempfile::tempdir().unwrap();
+    let stream_path = dir.path().join("host.sock");
+    let listener = UnixListener::bind(&stream_path).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let grader = python_grader(
+        &format!(
+            "import socket\ns = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\ns.connect({:?})\ns.sendall(b'pwned')\nreturn 1.0",
+            stream_path
+        ),
+        10,
+    );
+    assert_contained(&grader, "PermissionError");
+    match listener.accept() {
+        Ok((mut peer, _)) => {
+            let mut got = Vec::new();
+            let _ = peer.read_to_end(&mut got);
+            panic!("the grader reached a host socket and sent {got:?}");
+        }
+        Err(err) => assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock),
+    }
+
+    // Datagrams, with a fresh socket or through a socketpair re-addressed by `sendto`.
+    let dgram_path = dir.path().join("host.dgram");
+    let receiver = UnixDatagram::bind(&dgram_path).unwrap();
+    receiver.set_nonblocking(true).unwrap();
+    for attack in [
+        format!(
+            "import socket\nsocket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'pwned', {:?})\nreturn 1.0",
+            dgram_path
+        ),
+        format!(
+            "import socket\na, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\na.sendto(b'pwned', {:?})\nreturn 1.0",
+            dgram_path
+        ),
+    ] {
+        assert_contained(&python_grader(&attack, 10), "PermissionError");
+    }
+    let mut buf = [0u8; 16];
+    assert!(
+        receiver.recv(&mut buf).is_err(),
+        "the grader sent a datagram to a host socket"
+    );
+}
+
+#[test]
+fn abstract_unix_sockets_on_the_host_are_unreachable() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixListener};
+    let name = format!("rft-hostile-{}", std::process::id());
+    let listener =
+        UnixListener::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).unwrap()).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let grader = python_grader(
+        &format!(
+            "import socket\ns = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\ns.connect('\\0{name}')\nreturn 1.0"
+        ),
+        10,
+    );
+    assert_contained(&grader, "PermissionError");
+    assert!(
+        listener.accept().is_err(),
+        "the grader reached an abstract socket"
+    );
+}
+
+#[test]
+fn no_sockets_of_any_domain() {
+    for (domain, kind) in [
+        ("AF_VSOCK", "SOCK_STREAM"),
+        ("AF_INET", "SOCK_STREAM"),
+        ("AF_INET6", "SOCK_DGRAM"),
+        ("AF_NETLINK", "SOCK_RAW"),
+        ("AF_PACKET", "SOCK_RAW"),
+    ] {
+        let grader = python_grader(
+            &format!("import socket\nsocket.socket(socket.{domain}, socket.{kind})\nreturn 1.0"),
+            10,
+        );
+        assert_contained(&grader, "PermissionError");
+    }
+}
+
+#[test]
+fn io_uring_memfd_and_other_kernel_objects_are_refused() {
+    // io_uring_setup, io_uring_enter and io_uring_register (425-427), memfd_secret (447).
+    let syscall = |nr: u32| {
+        format!(
+            "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nbuf = ctypes.create_string_buffer(256)\nif libc.syscall({nr}, 8, buf, 0, 0, 0) >= 0:\n    return 1.0\nerr = ctypes.get_errno()\nraise OSError(err, os.strerror(err))"
+        )
+    };
+    for nr in [425, 426, 427, 447] {
+        assert_contained(&python_grader(&syscall(nr), 10), "PermissionError");
+    }
+    assert_contained(
+        &python_grader("os.memfd_create('x')\nreturn 1.0", 10),
+        "PermissionError",
+    );
+}
+
+/// The test process's own limit of `resource`, as `(soft, hard)`.
+fn own_limit(resource: libc::__rlimit_resource_t) -> (u64, u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the kernel to fill.
+    assert_eq!(unsafe { libc::getrlimit(resource, &mut limit) }, 0);
+    (limit.rlim_cur, limit.rlim_max)
+}
+
+#[test]
+fn other_processes_limits_priority_and_affinity_cannot_be_changed() {
+    let pid = std::process::id();
+    let before = own_limit(libc::RLIMIT_MSGQUEUE);
+    let attacks = [
+        format!("import resource\nresource.prlimit({pid}, resource.RLIMIT_MSGQUEUE, (4096, 4096))\nreturn 1.0"),
+        format!("os.setpriority(os.PRIO_PROCESS, {pid}, 19)\nreturn 1.0"),
+        "os.setpriority(os.PRIO_USER, 0, 19)\nreturn 1.0".to_owned(),
+        format!("os.sched_setaffinity({pid}, {{0}})\nreturn 1.0"),
+        format!("os.sched_setscheduler({pid}, os.SCHED_BATCH, os.sched_param(0))\nreturn 1.0"),
+    ];
+    for attack in &attacks {
+        assert_contained(&python_grader(attack, 10), "PermissionError");
+    }
+    assert_eq!(
+        own_limit(libc::RLIMIT_MSGQUEUE),
+        before,
+        "a grader changed this process's rlimit"
+    );
+    // SAFETY: plain getters without pointers.
+    let nice = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    };
+    assert_ne!(nice, 19, "a grader reniced this process");
+    // The worker may still adjust itself.
+    let own = checking_grader(
+        "import resource\nresource.prlimit(0, resource.RLIMIT_NOFILE, (128, 128))\nresource.prlimit(os.getpid(), resource.RLIMIT_CORE, (0, 0))\nos.setpriority(os.PRIO_PROCESS, 0, 5)\nos.sched_setaffinity(0, os.sched_getaffinity(0))\nreturn float(resource.getrlimit(resource.RLIMIT_NOFILE) == (128, 128))",
+        runtime(10),
+    );
+    let result = own.grade(&Sample::from_text("x"), &json!({}));
+    assert_eq!(result.reward, 1.0, "{:?}", result.metadata.errors);
+}
+
+#[test]
+fn signal_redirection_with_fcntl_is_refused() {
+    let pid = std::process::id();
+    for (cmd, arg) in [
+        ("8", pid.to_string()),
+        ("10", "9".to_owned()),
+        ("1024", "1".to_owned()),
+    ] {
+        let grader = python_grader(
+            &format!("import fcntl\nr, w = os.pipe()\nfcntl.fcntl(r, {cmd}, {arg})\nreturn 1.0"),
+            10,
+        );
+        assert_contained(&grader, "PermissionError");
+    }
+}
+
+#[test]
+fn the_worker_is_alone_in_its_own_pid_namespace() {
+    let pid = std::process::id();
+    let grader = checking_grader(
+        &format!("assert os.getpid() == 1, os.getpid()\nassert os.getppid() == 0, os.getppid()\ntry:\n    os.kill({pid}, 0)\nexcept (PermissionError, ProcessLookupError):\n    pass\nelse:\n    raise AssertionError('the host pid is reachable')\nreturn 1.0"),
+        runtime(10),
+    );
+    let result = grader.grade(&Sample::from_text("x"), &json!({}));
+    assert_eq!(result.reward, 1.0, "{:?}", result.metadata.errors);
+}
+
+/// Whether this host lets this process create a user namespace (in a child, since a threaded
+/// process cannot).
+fn user_namespaces_available() -> bool {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("/bin/true");
+    // SAFETY: the closure makes one syscall.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWUSER) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    command.status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn the_worker_runs_as_an_unprivileged_uid_where_user_namespaces_exist() {
+    if !user_namespaces_available() {
+        eprintln!("skipped: this host refuses user namespaces");
+        return;
+    }
+    let grader = checking_grader(
+        "assert (os.getuid(), os.geteuid(), os.getgid()) == (1000, 1000, 1000), (os.getuid(), os.getgid())\ntry:\n    os.setgroups([0])\nexcept PermissionError:\n    pass\nelse:\n    raise AssertionError('setgroups worked')\nreturn 1.0",
+        runtime(10),
+    );
+    let result = grader.grade(&Sample::from_text("x"), &json!({}));
+    assert_eq!(result.reward, 1.0, "{:?}", result.metadata.errors);
+}
+
+#[test]
+fn ordinary_graders_still_work() {
+    // Threads (clone3 answers ENOSYS and libc falls back to clone), socketpairs, signals to
+    // itself, timers, its own folder, and the image's packages where this interpreter has them.
+    let grader = checking_grader(
+        r#"import concurrent.futures, signal, socket, tempfile, threading, time, json, re, math
+with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    assert sum(pool.map(lambda x: x * x, range(100))) == 328350
+t = threading.Thread(target=time.sleep, args=(0.01,))
+t.start(); t.join()
+a, b = socket.socketpair()
+a.sendall(b'ok'); assert b.recv(2) == b'ok'
+got = []
+signal.signal(signal.SIGUSR1, lambda *_: got.append(1))
+os.kill(os.getpid(), signal.SIGUSR1)
+signal.raise_signal(signal.SIGUSR1)
+assert got == [1, 1], got
+signal.setitimer(signal.ITIMER_REAL, 0)
+with tempfile.TemporaryDirectory() as d:
+    open(os.path.join(d, 'x'), 'w').write('y')
+import importlib.util
+# Installed packages must import (a sandbox refusal surfaces as an ImportError); missing ones
+# are skipped: RFT_PYTHON may be a bare interpreter.
+have = lambda name: importlib.util.find_spec(name) is not None
+if have('numpy'):
+    import numpy
+    assert float(numpy.linalg.inv(numpy.eye(3) * 2)[0][0]) == 0.5
+if have('scipy'):
+    import scipy.optimize
+    assert abs(scipy.optimize.brentq(lambda x: x * x - 2, 0, 2) - 2 ** 0.5) < 1e-9
+if have('sympy'):
+    import sympy
+    assert sympy.simplify('x + x') == 2 * sympy.Symbol('x')
+if have('rapidfuzz'):
+    from rapidfuzz import fuzz
+    assert fuzz.ratio('abc', 'abc') == 100
+return 1.0"#,
+        runtime(20),
+    );
+    let result = grader.grade(&Sample::from_text("x"), &json!({}));
+    assert_eq!(result.reward, 1.0, "{:?}", result.metadata.errors);
+}
+
+#[test]
+fn a_timed_out_worker_is_gone_not_just_its_supervisor() {
+    let marker = format!("rfthang{}", std::process::id() % 100_000);
+    let grader = python_grader(
+        &format!(
+            "import ctypes\nctypes.CDLL(None).prctl(15, b'{marker}', 0, 0, 0)\nwhile True:\n    pass"
+        ),
+        2,
+    );
+    assert_contained(&grader, "TimeoutError");
+    let alive = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+            std::fs::read_to_string(entry.path().join("comm"))
+                .is_ok_and(|comm| comm.trim() == marker)
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while alive() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(), "the timed-out interpreter is still running");
+}
+
+#[test]
+fn crashes_name_their_signal() {
+    assert_contained(
+        &python_grader("import ctypes\nctypes.string_at(0)", 10),
+        "killed by signal 11",
+    );
+}
+
+fn budget_runtime(max_total: usize, timeout_secs: u64) -> Arc<PythonRuntime> {
+    let mut config = PythonConfig::from_env();
+    config.interpreter = Some(
+        std::env::var_os("RFT_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("python3")),
+    );
+    config.timeout = Duration::from_secs(timeout_secs);
+    config.workers = 2;
+    config.max_total_workers = max_total;
+    config.sandbox = SandboxMode::Required;
+    PythonRuntime::new(config)
+}
+
+#[test]
+fn many_graders_share_one_budget_of_worker_processes() {
+    let runtime = budget_runtime(2, 20);
+    let graders: Vec<CompiledGrader> = (0..5)
+        .map(|_| checking_grader("import time\ntime.sleep(0.2)\nreturn 1.0", runtime.clone()))
+        .collect();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let most = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(runtime.live_workers());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            most
+        });
+        let graders_done: Vec<_> = graders
+            .iter()
+            .flat_map(|grader| (0..2).map(move |_| grader))
+            .map(|grader| scope.spawn(move || grader.grade(&Sample::from_text("x"), &json!({}))))
+            .collect();
+        for handle in graders_done {
+            let result = handle.join().unwrap();
+            assert_eq!(result.reward, 1.0, "{:?}", result.metadata.errors);
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        watcher.join().unwrap()
+    });
+    assert!(most <= 2, "{most} workers were alive at once");
+    assert!(runtime.live_workers() <= 2);
+    drop(graders);
+    assert_eq!(runtime.live_workers(), 0, "dropped graders left workers");
+}
+
+#[test]
+fn idle_workers_of_other_graders_make_room() {
+    let runtime = budget_runtime(1, 20);
+    let first = checking_grader("return 1.0", runtime.clone());
+    let second = checking_grader("return 1.0", runtime.clone());
+    assert_eq!(first.grade(&Sample::from_text("x"), &json!({})).reward, 1.0);
+    let started = std::time::Instant::now();
+    let result = second.grade(&Sample::from_text("x"), &json!({}));
+    assert_eq!(result.reward, 1.0, "{:?}", result.metadata.errors);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(first.grade(&Sample::from_text("x"), &json!({})).reward, 1.0);
+    assert_eq!(runtime.live_workers(), 1);
+}
+
+#[test]
+fn a_spent_budget_is_a_server_error_after_the_timeout() {
+    let runtime = budget_runtime(1, 2);
+    let busy = checking_grader("import time\ntime.sleep(1.6)\nreturn 1.0", runtime.clone());
+    let waiting = checking_grader("return 1.0", runtime.clone());
+    std::thread::scope(|scope| {
+        let hog = scope.spawn(|| {
+            // Back to back: its worker is idle only for the instant between two grades.
+            (0..3)
+                .map(|_| busy.grade(&Sample::from_text("x"), &json!({})).reward)
+                .collect::<Vec<_>>()
+        });
+        // Wait until the hog's worker holds the only slot.
+        while runtime.live_workers() == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let result = waiting.grade(&Sample::from_text("x"), &json!({}));
+        let elapsed = started.elapsed();
+        let errors = &result.metadata.errors;
+        if result.reward == 1.0 {
+            // Only possible if it caught the hog's worker idle between two grades, which is
+            // after the first one ended: it waited all the same.
+            assert!(elapsed >= Duration::from_millis(900), "{elapsed:?}");
+        } else {
+            assert!(errors.python_grader_server_error, "{errors:?}");
+            assert_eq!(
+                errors.python_grader_server_error_type.as_deref(),
+                Some("worker_limit"),
+                "{errors:?}"
+            );
+            // It waited for the grade timeout (2 s), no less and not much more.
+            assert!(elapsed >= Duration::from_millis(1900), "{elapsed:?}");
+            assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+        }
+        assert_eq!(hog.join().unwrap(), vec![1.0; 3]);
+    });
+    assert!(runtime.live_workers() <= 1);
+}
+
+#[test]
+fn image_tags_are_known_names_not_paths() {
+    let home = tempfile::tempdir().unwrap();
+    let marker = home.path().join("ran");
+    // An "environment" whose interpreter proves it ran by leaving a marker.
+    let plant = |dir: &std::path::Path| {
+        let bin = dir.join("venv/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let python = bin.join("python");
+        std::fs::write(
+            &python,
+            format!("#!/bin/sh\ntouch {}\nexit 1\n", marker.display()),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let outside = tempfile::tempdir().unwrap();
+    plant(outside.path());
+    plant(&home.path().join("evil"));
+    std::fs::create_dir_all(home.path().join("python")).unwrap();
+    let absolute = outside.path().display().to_string();
+    for tag in [
+        absolute.as_str(),
+        "../evil",
+        "2025-05-08/../../evil",
+        "/tmp/x",
+        "",
+    ] {
+        let grader = Grader::from_value(&json!({"type": "python", "name": "p", "image_tag": tag,
+            "source": "def grade(s, i):\n    return 1.0\n"}))
+        .unwrap();
+        let err = rft_grade::validate(&grader).unwrap_err().to_string();
+        assert!(err.contains("image_tag"), "{tag}: {err}");
+        assert!(err.contains("2025-05-08"), "{tag}: {err}");
+        let mut config = PythonConfig::from_env();
+        config.interpreter = None;
+        config.home = home.path().to_owned();
+        let err = compile_with(
+            &grader,
+            &GraderContext {
+                python: PythonRuntime::new(config),
+                ..GraderContext::shared()
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("image_tag"), "{tag}: {err}");
+        assert!(
+            !marker.exists(),
+            "image_tag {tag:?} ran an interpreter outside the home"
+        );
+    }
+    let known = Grader::from_value(
+        &json!({"type": "python", "name": "p", "image_tag": "2025-05-08",
+        "source": "def grade(s, i):\n    return 1.0\n"}),
+    )
+    .unwrap();
+    rft_grade::validate(&known).unwrap();
+}
+
+#[test]
+fn attributes_of_host_files_cannot_be_changed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("owned-by-the-server");
+    std::fs::write(&file, "x").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let before = std::fs::metadata(&file).unwrap();
+    for attack in [
+        format!("os.chmod({file:?}, 0o666)\nreturn 1.0"),
+        format!("os.utime({file:?}, (0, 0))\nreturn 1.0"),
+        format!("os.chown({file:?}, 1234, 1234)\nreturn 1.0"),
+        format!("fd = os.open({file:?}, os.O_RDONLY)\nos.fchmod(fd, 0o666)\nreturn 1.0"),
+    ] {
+        assert_contained(&python_grader(&attack, 10), "Error");
+    }
+    let after = std::fs::metadata(&file).unwrap();
+    assert_eq!(
+        after.permissions().mode() & 0o7777,
+        0o600,
+        "a grader chmodded a host file"
+    );
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+}

@@ -38,7 +38,7 @@ fn cuda(ordinal: usize) -> Result<Device, ModelError> {
 #[cfg(not(feature = "cuda"))]
 fn cuda(_ordinal: usize) -> Result<Device, ModelError> {
     Err(ModelError::Format(
-        "this build has no CUDA support: rebuild with `cargo build --release --features cuda` (see shared/cuda/README.md for a machine without the CUDA toolkit)".into(),
+        "this build has no CUDA support: rebuild with `cargo build --release -p rft-cli --features cuda`, which needs the CUDA toolkit (OpenRFT's README.md, section CUDA)".into(),
     ))
 }
 

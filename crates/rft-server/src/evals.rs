@@ -34,7 +34,9 @@ use serde_json::{json, Map, Value};
 use crate::error::{parse_body, ApiJson};
 use crate::graders::parse_grader;
 use crate::inference::ChatCall;
-use crate::{new_id, now, parse_limit, parse_metadata, parse_order, ApiError, AppState, SharedState};
+use crate::{
+    new_id, now, parse_limit, parse_metadata, parse_order, ApiError, AppState, SharedState,
+};
 
 /// Evals and runs show `{}` for absent metadata, as OpenAI's examples do.
 fn metadata(value: Option<&Value>) -> Result<Metadata, ApiError> {
@@ -77,10 +79,10 @@ pub(crate) async fn create(
         }
     };
     if request.testing_criteria.is_empty() {
-        return Err(ApiError::bad_request(
-            "testing_criteria must be a non-empty array of graders",
-        )
-        .with_param("testing_criteria"));
+        return Err(
+            ApiError::bad_request("testing_criteria must be a non-empty array of graders")
+                .with_param("testing_criteria"),
+        );
     }
     let mut testing_criteria = Vec::new();
     for (i, mut criterion) in request.testing_criteria.into_iter().enumerate() {
@@ -272,11 +274,12 @@ pub(crate) async fn create_run(
         RunDataSource::Jsonl { source } => (String::new(), source),
         RunDataSource::Completions { model, source, .. } => {
             if model.is_empty() {
-                return Err(ApiError::bad_request("a completions data source needs `model`")
-                    .with_param("data_source.model"));
+                return Err(
+                    ApiError::bad_request("a completions data source needs `model`")
+                        .with_param("data_source.model"),
+                );
             }
-            if crate::inference::resolve(&state.store, state.inference.catalog(), &model)?
-                .is_none()
+            if crate::inference::resolve(&state.store, state.inference.catalog(), &model)?.is_none()
             {
                 return Err(
                     crate::inference::model_not_found(&model).with_param("data_source.model")
@@ -292,7 +295,11 @@ pub(crate) async fn create_run(
         }
     };
     let rows = source_rows(&state, source)?;
-    if model.is_empty() && rows.iter().any(|r| r.sample.as_ref().is_none_or(Value::is_null)) {
+    if model.is_empty()
+        && rows
+            .iter()
+            .any(|r| r.sample.as_ref().is_none_or(Value::is_null))
+    {
         return Err(ApiError::bad_request(
             "a jsonl data source is graded as it is: every row needs a `sample` (use 'completions' to sample a model)",
         )
@@ -314,7 +321,9 @@ pub(crate) async fn create_run(
         metadata: metadata(request.metadata.as_ref())?,
         error: None,
     };
-    state.store.insert_object("eval_run", Some(&eval_id), &run)?;
+    state
+        .store
+        .insert_object("eval_run", Some(&eval_id), &run)?;
     if let Err(e) = state.eval_runs.submit(RunTask {
         eval,
         run: run.clone(),
@@ -542,8 +551,11 @@ fn execute(
         // From the server's shared cache: a run reuses the Python workers of a grader that
         // graders/run (or an earlier run) already started.
         let compiled = state.graders.compile(&grader).map_err(|e| {
-            ApiError::bad_request(format!("a testing criterion cannot run here: {}", e.message))
-                .with_code("unsupported_grader")
+            ApiError::bad_request(format!(
+                "a testing criterion cannot run here: {}",
+                e.message
+            ))
+            .with_code("unsupported_grader")
         })?;
         criteria.push(Criterion {
             id: c.id.clone(),
@@ -566,9 +578,8 @@ fn execute(
         .as_ref()
         .filter(|v| !v.is_null())
         .map(|v| {
-            ResponseFormat::from_value(v).map_err(|e| {
-                ApiError::bad_request(format!("sampling_params.response_format: {e}"))
-            })
+            ResponseFormat::from_value(v)
+                .map_err(|e| ApiError::bad_request(format!("sampling_params.response_format: {e}")))
         })
         .transpose()?;
     let temperature = params.temperature.unwrap_or(1.0);
@@ -772,13 +783,15 @@ pub(crate) async fn cancel_run(
     _body: Bytes,
 ) -> Result<Json<EvalRun>, ApiError> {
     existing_run(&state, &eval_id, &run_id)?;
-    let changed = state.store.modify_object::<EvalRun, RunStatus>(&run_id, |r| {
-        if !matches!(r.status, RunStatus::Queued | RunStatus::InProgress) {
-            return Err(r.status);
-        }
-        r.status = RunStatus::Canceled;
-        Ok(())
-    })?;
+    let changed = state
+        .store
+        .modify_object::<EvalRun, RunStatus>(&run_id, |r| {
+            if !matches!(r.status, RunStatus::Queued | RunStatus::InProgress) {
+                return Err(r.status);
+            }
+            r.status = RunStatus::Canceled;
+            Ok(())
+        })?;
     match changed {
         Some(Ok(run)) => Ok(Json(run)),
         Some(Err(status)) => Err(ApiError::bad_request(format!(

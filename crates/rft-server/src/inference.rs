@@ -30,6 +30,7 @@ use rft_types::api::chat::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, ChatUsage, Choice, ChoiceLogprobs,
     ChunkChoice, Stop, TokenLogprob,
 };
+use rft_types::api::job::{FineTuningJob, JobStatus};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -55,7 +56,11 @@ pub(crate) struct ModelRef {
 /// names, or a base model of the catalog (nothing else: names are not paths). Both kinds of
 /// `ft:` name end with their job's id (`ft:<base>:<suffix>:<job id>[:ckpt-step-N]`), so one
 /// job is read, not every job.
-pub(crate) fn resolve(store: &Store, catalog: &Catalog, name: &str) -> Result<Option<ModelRef>, ApiError> {
+pub(crate) fn resolve(
+    store: &Store,
+    catalog: &Catalog,
+    name: &str,
+) -> Result<Option<ModelRef>, ApiError> {
     if !name.starts_with("ft:") {
         return Ok(catalog.resolve(name).map(|base| ModelRef {
             base,
@@ -70,25 +75,25 @@ pub(crate) fn resolve(store: &Store, catalog: &Catalog, name: &str) -> Result<Op
     else {
         return Ok(None);
     };
-    let Some(job) = store.get("job", job_id)? else {
+    let Some(job) = store.get_object::<FineTuningJob>("job", job_id)? else {
         return Ok(None);
     };
     // The job's base must still be served (a job created before the allow list existed may
     // name a path).
-    let Some(base) = job["model"].as_str().and_then(|m| catalog.resolve(m)) else {
+    let Some(base) = catalog.resolve(&job.model) else {
         return Ok(None);
     };
     let dir = store.job_dir(job_id);
-    if job["status"] == "succeeded" && job["fine_tuned_model"] == name {
+    if job.status == JobStatus::Succeeded && job.fine_tuned_model.as_deref() == Some(name) {
         return Ok(Some(ModelRef {
             base,
             adapter: Some(dir.join("final")),
         }));
     }
-    let step = rft_train::job::read_checkpoints(&dir)
+    let step = rft_train::checkpoints::read_checkpoints(&dir)
         .into_iter()
-        .find(|ckpt| ckpt["fine_tuned_model_checkpoint"] == name)
-        .and_then(|ckpt| ckpt["step_number"].as_u64());
+        .find(|ckpt| ckpt.fine_tuned_model_checkpoint == name)
+        .map(|ckpt| ckpt.step_number);
     Ok(step.map(|step| ModelRef {
         base,
         adapter: Some(dir.join(format!("checkpoints/step-{step}"))),
@@ -173,7 +178,11 @@ pub(crate) struct ChatOutput {
 impl Inference {
     /// Samples through the same queue and batches as `/v1/chat/completions`, waiting for a
     /// free place in the queue; for background work (eval runs), never on an async thread.
-    pub(crate) fn complete_blocking(&self, store: &Store, call: ChatCall) -> Result<ChatOutput, ApiError> {
+    pub(crate) fn complete_blocking(
+        &self,
+        store: &Store,
+        call: ChatCall,
+    ) -> Result<ChatOutput, ApiError> {
         let model = resolve(store, &self.catalog, &call.model)?
             .ok_or_else(|| model_not_found(&call.model))?;
         let (reply, answer) = oneshot::channel();
@@ -529,7 +538,12 @@ fn token_pieces(engine: &Engine, c: &Completion) -> Vec<TokenPiece> {
 }
 
 /// `value` within `range`, or a 400 naming `key`.
-fn in_range(key: &str, value: Option<f64>, default: f64, range: (f64, f64)) -> Result<f64, ApiError> {
+fn in_range(
+    key: &str,
+    value: Option<f64>,
+    default: f64,
+    range: (f64, f64),
+) -> Result<f64, ApiError> {
     match value {
         None => Ok(default),
         Some(x) if x >= range.0 && x <= range.1 => Ok(x),
@@ -549,7 +563,9 @@ pub(crate) async fn chat_completions(
     let request: ChatRequest = parse_body(body)?;
     let name = request.model.as_str();
     if name.is_empty() {
-        return Err(ApiError::bad_request("Missing required parameter: 'model'.").with_param("model"));
+        return Err(
+            ApiError::bad_request("Missing required parameter: 'model'.").with_param("model"),
+        );
     }
     if request.messages.is_empty() {
         return Err(ApiError::bad_request(
@@ -801,12 +817,12 @@ fn live_stream(
                 }
                 match state.0 {
                     Phase::Events => match state.1.recv().await {
-                        Some(StreamEvent::Text { choice, text }) => state
-                            .3
-                            .push_back(chunks.event(vec![ChunkChoice::text(choice, text, None)], None)),
-                        Some(StreamEvent::Finished { choice, reason }) => state
-                            .3
-                            .push_back(chunks.event(vec![ChunkChoice::finish(choice, reason)], None)),
+                        Some(StreamEvent::Text { choice, text }) => state.3.push_back(
+                            chunks.event(vec![ChunkChoice::text(choice, text, None)], None),
+                        ),
+                        Some(StreamEvent::Finished { choice, reason }) => state.3.push_back(
+                            chunks.event(vec![ChunkChoice::finish(choice, reason)], None),
+                        ),
                         None => state.0 = Phase::Tail,
                     },
                     Phase::Tail => {

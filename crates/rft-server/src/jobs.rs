@@ -25,29 +25,24 @@ use axum::body::Bytes;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::Json;
 use rft_store::{ListQuery, Store};
-use rft_train::config::{Hyperparameters, JobRequest};
-use rft_train::job::{
-    append_event, read_checkpoints, read_events, run_job, JobControl, JobOutcome,
-};
+use rft_train::checkpoints::read_checkpoints;
+use rft_train::config::{Hyperparameters, JobRequest, Method, Reinforcement};
+use rft_train::events::{append_event, read_events};
+use rft_train::job::{run_job, JobControl, JobOutcome};
 use rft_train::TrainError;
-use serde_json::{json, Map, Value};
-
-use crate::error::ApiJson;
-use crate::graders::parse_grader;
-use crate::{
-    new_id, now, parse_limit, parse_metadata, ApiError, ServeError, SharedState,
+use rft_types::api::checkpoint::Checkpoint;
+use rft_types::api::common::List;
+use rft_types::api::event::{EventLevel, JobEvent};
+use rft_types::api::file::{FileObject, FilePurpose};
+use rft_types::api::hyperparameters::Hyperparameters as HyperparametersRequest;
+use rft_types::api::job::{
+    CreateJob, FineTuningJob, JobError, JobMethod, JobStatus, ReinforcementMethod,
 };
+use serde_json::Value;
 
-const TERMINAL: [&str; 3] = ["succeeded", "failed", "cancelled"];
-/// The OpenAI hyperparameters echoed as `"auto"` when the request leaves them out.
-const AUTO_HYPERPARAMETERS: [&str; 6] = [
-    "batch_size",
-    "learning_rate_multiplier",
-    "n_epochs",
-    "compute_multiplier",
-    "eval_interval",
-    "eval_samples",
-];
+use crate::error::{parse_body, ApiJson};
+use crate::graders::parse_grader;
+use crate::{new_id, now, parse_limit, parse_metadata, ApiError, ServeError, SharedState};
 
 /// Runs queued jobs one at a time on a thread of its own, so the API stays responsive.
 #[derive(Debug)]
@@ -71,16 +66,16 @@ impl Scheduler {
         store: Arc<Store>,
         catalog: Arc<crate::catalog::Catalog>,
     ) -> Result<Scheduler, ServeError> {
-        for job in store.with_status("job", &["running"])? {
-            let id = job["id"].as_str().unwrap_or_default().to_owned();
-            store.modify::<()>(&id, |j| {
-                j["status"] = json!("queued");
+        for job in store.with_status_objects::<FineTuningJob>("job", &["running"])? {
+            let id = job.id;
+            store.modify_object::<FineTuningJob, ()>(&id, |j| {
+                j.status = JobStatus::Queued;
                 Ok(())
             })?;
             let _ = append_event(
                 &store.job_dir(&id),
                 &id,
-                "info",
+                EventLevel::Info,
                 "The server restarted while the job was running; it resumes from its latest checkpoint",
             );
             tracing::info!(job = %id, "requeued after a restart");
@@ -174,15 +169,18 @@ impl Inner {
             .map(|(id, _)| id);
         let current = running.or_else(|| {
             self.store
-                .with_status("job", &["validating_files", "running"])
+                .with_status_objects::<FineTuningJob>("job", &["validating_files", "running"])
                 .ok()
                 .and_then(|jobs| jobs.into_iter().next())
-                .and_then(|j| j["id"].as_str().map(str::to_owned))
+                .map(|j| j.id)
         });
         tracing::error!("the scheduler recovered from a panic: {message}");
         if let Some(id) = current {
-            let error = json!({"code": "internal_error", "param": null,
-                "message": "The trainer stopped on an internal error; the server log has the details. Create the job again."});
+            let error = JobError {
+                code: "internal_error".into(),
+                message: "The trainer stopped on an internal error; the server log has the details. Create the job again.".into(),
+                param: None,
+            };
             if let Err(e) = self.fail(&id, error) {
                 tracing::error!(job = %id, "cannot record the failure: {e}");
             }
@@ -193,7 +191,7 @@ impl Inner {
     fn next_step(&self) -> Result<bool, rft_store::StoreError> {
         if let Some(job) = self
             .store
-            .with_status("job", &["validating_files"])?
+            .with_status_objects::<FineTuningJob>("job", &["validating_files"])?
             .into_iter()
             .next()
         {
@@ -202,7 +200,7 @@ impl Inner {
         }
         if let Some(job) = self
             .store
-            .with_status("job", &["queued"])?
+            .with_status_objects::<FineTuningJob>("job", &["queued"])?
             .into_iter()
             .next()
         {
@@ -217,16 +215,25 @@ impl Inner {
     }
 
     /// Reads both files as the trainer will; a problem fails the job with its line number.
-    fn validate(&self, job: &Value) -> Result<(), rft_store::StoreError> {
-        let id = job["id"].as_str().unwrap_or_default();
+    fn validate(&self, job: &FineTuningJob) -> Result<(), rft_store::StoreError> {
+        let id = job.id.as_str();
         let dir = self.store.job_dir(id);
         let mut failure = None;
-        for param in ["training_file", "validation_file"] {
-            let Some(file_id) = job[param].as_str() else {
+        let files = [
+            ("training_file", Some(&job.training_file)),
+            ("validation_file", job.validation_file.as_ref()),
+        ];
+        for (param, file_id) in files {
+            let Some(file_id) = file_id else {
                 continue;
             };
-            let _ = append_event(&dir, id, "info", format!("Validating {param} {file_id}"));
-            if let Err(e) = rft_train::job::read_dataset(&self.file_path(file_id)) {
+            let _ = append_event(
+                &dir,
+                id,
+                EventLevel::Info,
+                format!("Validating {param} {file_id}"),
+            );
+            if let Err(e) = rft_train::dataset::read_dataset(&self.file_path(file_id)) {
                 failure = Some(self.describe_failure(job, &e));
                 break;
             }
@@ -236,10 +243,10 @@ impl Inner {
                 let _ = append_event(
                     &dir,
                     id,
-                    "info",
+                    EventLevel::Info,
                     "Files validated, moving job to queued state",
                 );
-                self.set_status_unless_changed(id, "validating_files", "queued", None)?;
+                self.set_status_unless_changed(id, JobStatus::ValidatingFiles, JobStatus::Queued)?;
             }
             Some(error) => self.fail(id, error)?,
         }
@@ -250,37 +257,32 @@ impl Inner {
     fn set_status_unless_changed(
         &self,
         id: &str,
-        from: &str,
-        to: &str,
-        extra: Option<&dyn Fn(&mut Value)>,
+        from: JobStatus,
+        to: JobStatus,
     ) -> Result<bool, rft_store::StoreError> {
-        let changed = self.store.modify(id, |j| {
-            if j["status"] != from {
+        let changed = self.store.modify_object::<FineTuningJob, ()>(id, |j| {
+            if j.status != from {
                 return Err(());
             }
-            j["status"] = json!(to);
-            if let Some(extra) = extra {
-                extra(j);
-            }
+            j.status = to;
             Ok(())
         })?;
         Ok(matches!(changed, Some(Ok(_))))
     }
 
-    fn fail(&self, id: &str, error: Value) -> Result<(), rft_store::StoreError> {
-        let message = error["message"].as_str().unwrap_or_default().to_owned();
+    fn fail(&self, id: &str, error: JobError) -> Result<(), rft_store::StoreError> {
         let _ = append_event(
             &self.store.job_dir(id),
             id,
-            "error",
-            format!("Job failed: {message}"),
+            EventLevel::Error,
+            format!("Job failed: {}", error.message),
         );
-        tracing::warn!(job = %id, "failed: {message}");
-        self.store.modify::<()>(id, |j| {
-            if !TERMINAL.contains(&j["status"].as_str().unwrap_or_default()) {
-                j["status"] = json!("failed");
-                j["error"] = error.clone();
-                j["finished_at"] = json!(now());
+        tracing::warn!(job = %id, "failed: {}", error.message);
+        self.store.modify_object::<FineTuningJob, ()>(id, |j| {
+            if !j.status.is_final() {
+                j.status = JobStatus::Failed;
+                j.error = Some(error);
+                j.finished_at = Some(now());
             }
             Ok(())
         })?;
@@ -289,20 +291,24 @@ impl Inner {
 
     /// The job's `error` object for a trainer error: the code says which part was wrong, the
     /// message names the uploaded file (not our blob path) and the line.
-    fn describe_failure(&self, job: &Value, e: &TrainError) -> Value {
+    fn describe_failure(&self, job: &FineTuningJob, e: &TrainError) -> JobError {
         let mut message = e.to_string();
-        let mut param = Value::Null;
-        for key in ["training_file", "validation_file"] {
-            if let Some(file_id) = job[key].as_str() {
+        let mut param = None;
+        let files = [
+            ("training_file", Some(&job.training_file)),
+            ("validation_file", job.validation_file.as_ref()),
+        ];
+        for (key, file_id) in files {
+            if let Some(file_id) = file_id {
                 let blob = self.file_path(file_id).display().to_string();
                 if message.contains(&blob) {
-                    param = json!(key);
+                    param = Some(key.to_owned());
                     let name = self
                         .store
-                        .get("file", file_id)
+                        .get_object::<FileObject>("file", file_id)
                         .ok()
                         .flatten()
-                        .and_then(|f| f["filename"].as_str().map(str::to_owned))
+                        .map(|f| f.filename)
                         .unwrap_or_default();
                     message = message.replace(&blob, &format!("{key} {file_id} ({name})"));
                 }
@@ -315,23 +321,26 @@ impl Inner {
             TrainError::Model(_) => "model_error",
             _ => "training_error",
         };
-        if param.is_null() && matches!(e, TrainError::Model(_)) {
-            param = json!("model");
+        if param.is_none() && matches!(e, TrainError::Model(_)) {
+            param = Some("model".into());
         }
         // The job object is public: no server path may show in it (the blob paths were
         // replaced above; the model's and the data folder's go too).
-        let message = crate::error::redact_paths(&message);
-        json!({"code": code, "message": message, "param": param})
+        JobError {
+            code: code.into(),
+            message: crate::error::redact_paths(&message),
+            param,
+        }
     }
 
-    fn train(&self, job: &Value) -> Result<(), rft_store::StoreError> {
-        let id = job["id"].as_str().unwrap_or_default().to_owned();
+    fn train(&self, job: &FineTuningJob) -> Result<(), rft_store::StoreError> {
+        let id = job.id.clone();
         // The control is registered before the job shows `running`: a pause or cancel that
         // sees `running` always finds it, however early in the job it comes.
         let control = Arc::new(JobControl::default());
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((id.clone(), control.clone()));
-        if !self.set_status_unless_changed(&id, "queued", "running", None)? {
+        if !self.set_status_unless_changed(&id, JobStatus::Queued, JobStatus::Running)? {
             *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
             return Ok(());
         }
@@ -340,12 +349,15 @@ impl Inner {
         if fresh {
             // The trainer takes its job id from job.json, so its events and model names use ours.
             let _ = std::fs::create_dir_all(&dir);
+            let record = TrainerJobId { id: id.clone() };
             let _ = rft_types::paths::write_atomic(
                 &dir.join("job.json"),
-                json!({"id": id}).to_string().as_bytes(),
+                serde_json::to_string(&record)
+                    .unwrap_or_default()
+                    .as_bytes(),
             );
         }
-        let _ = append_event(&dir, &id, "info", "Fine-tuning job started");
+        let _ = append_event(&dir, &id, EventLevel::Info, "Fine-tuning job started");
         let request = match self.job_request(job) {
             Ok(r) => r,
             Err(e) => {
@@ -362,10 +374,10 @@ impl Inner {
             if !resolved {
                 resolved = true;
                 if let Ok(text) = std::fs::read_to_string(dir.join("job.json")) {
-                    if let Ok(trainer) = serde_json::from_str::<Value>(&text) {
-                        let _ = store.modify::<()>(&id, |j| {
-                            j["hyperparameters"] = trainer["hyperparameters"].clone();
-                            j["fine_tuned_model"] = Value::Null;
+                    if let Ok(trainer) = serde_json::from_str::<TrainerJob>(&text) {
+                        let _ = store.modify_object::<FineTuningJob, ()>(&id, |j| {
+                            j.hyperparameters = trainer.hyperparameters;
+                            j.fine_tuned_model = None;
                             Ok(())
                         });
                     }
@@ -377,12 +389,12 @@ impl Inner {
             Ok(summary) if summary.outcome == JobOutcome::Succeeded => {
                 let trained_tokens = trained_tokens(&dir);
                 let model = summary.fine_tuned_model.clone();
-                self.store.modify::<()>(&id, |j| {
-                    if !TERMINAL.contains(&j["status"].as_str().unwrap_or_default()) {
-                        j["status"] = json!("succeeded");
-                        j["fine_tuned_model"] = json!(model);
-                        j["finished_at"] = json!(now());
-                        j["trained_tokens"] = json!(trained_tokens);
+                self.store.modify_object::<FineTuningJob, ()>(&id, |j| {
+                    if !j.status.is_final() {
+                        j.status = JobStatus::Succeeded;
+                        j.fine_tuned_model = Some(model.clone());
+                        j.finished_at = Some(now());
+                        j.trained_tokens = Some(trained_tokens);
                     }
                     Ok(())
                 })?;
@@ -391,25 +403,25 @@ impl Inner {
             Ok(summary) => {
                 let status = self
                     .store
-                    .get("job", &id)?
-                    .and_then(|j| j["status"].as_str().map(str::to_owned))
-                    .unwrap_or_default();
-                if status == "cancelled" {
-                    let _ = append_event(&dir, &id, "info", "Job cancelled");
-                } else if self.stopping.load(Ordering::SeqCst) && status == "running" {
+                    .get_object::<FineTuningJob>("job", &id)?
+                    .map(|j| j.status);
+                if status == Some(JobStatus::Cancelled) {
+                    let _ = append_event(&dir, &id, EventLevel::Info, "Job cancelled");
+                } else if self.stopping.load(Ordering::SeqCst) && status == Some(JobStatus::Running)
+                {
                     let _ = append_event(
                         &dir,
                         &id,
-                        "info",
+                        EventLevel::Info,
                         format!(
                             "The server stopped; the job was checkpointed after step {} and resumes when the server starts again",
                             summary.steps
                         ),
                     );
-                    self.set_status_unless_changed(&id, "running", "queued", None)?;
-                } else if status == "running" {
+                    self.set_status_unless_changed(&id, JobStatus::Running, JobStatus::Queued)?;
+                } else if status == Some(JobStatus::Running) {
                     // Paused by a control we no longer know of: record it as paused.
-                    self.set_status_unless_changed(&id, "running", "paused", None)?;
+                    self.set_status_unless_changed(&id, JobStatus::Running, JobStatus::Paused)?;
                 }
             }
             Err(e) => {
@@ -420,215 +432,238 @@ impl Inner {
         Ok(())
     }
 
-    fn job_request(&self, job: &Value) -> Result<JobRequest, TrainError> {
-        let path = |key: &str| {
-            job[key]
-                .as_str()
-                .map(|id| self.file_path(id).display().to_string())
-        };
-        let name = job["model"].as_str().unwrap_or_default();
-        let model = self.catalog.resolve(name).ok_or_else(|| {
+    /// The trainer's job: file ids become the blobs' paths, the model name the spec the
+    /// catalog serves it from.
+    fn job_request(&self, job: &FineTuningJob) -> Result<JobRequest, TrainError> {
+        let path = |id: &str| self.file_path(id).display().to_string();
+        let model = self.catalog.resolve(&job.model).ok_or_else(|| {
             TrainError::Config(format!(
-                "the model '{name}' is not served here (start the server with --model to allow it)"
+                "the model '{}' is not served here (start the server with --model to allow it)",
+                job.model
             ))
         })?;
-        JobRequest::from_value(json!({
-            "model": model,
-            "training_file": path("training_file"),
-            "validation_file": path("validation_file"),
-            "method": job["method"],
-            "suffix": job["user_provided_suffix"],
-            "seed": job["seed"],
-        }))
+        let reinforcement = &job.method.reinforcement;
+        Ok(JobRequest {
+            model,
+            training_file: path(&job.training_file),
+            validation_file: job.validation_file.as_deref().map(path),
+            method: Method {
+                kind: job.method.kind.clone(),
+                reinforcement: Some(Reinforcement {
+                    grader: reinforcement.grader.clone(),
+                    hyperparameters: reinforcement.hyperparameters.clone(),
+                    response_format: reinforcement.response_format.clone(),
+                }),
+            },
+            hyperparameters: None,
+            suffix: job.user_provided_suffix.clone(),
+            seed: Some(job.seed),
+            metadata: None,
+            integrations: None,
+        })
     }
 }
 
-/// A page of job or checkpoint objects.
-fn value_list(page: rft_store::Page) -> rft_types::api::common::List<Value> {
-    rft_types::api::common::List::with_cursor(page.data, page.has_more, |v: &Value| {
-        v.get("id").and_then(Value::as_str).unwrap_or_default()
-    })
+/// What the server writes into a fresh job folder's `job.json`: the trainer takes its job id
+/// from it, so its events and model names use the server's.
+#[derive(serde::Serialize)]
+struct TrainerJobId {
+    id: String,
+}
+
+/// What the server reads back from the trainer's `job.json`: the resolved hyperparameters.
+#[derive(serde::Deserialize)]
+struct TrainerJob {
+    hyperparameters: HyperparametersRequest,
 }
 
 /// Completion tokens sampled for training, summed over the metrics events.
 fn trained_tokens(dir: &Path) -> u64 {
     read_events(dir)
         .iter()
-        .filter(|e| e["type"] == "metrics")
-        .filter_map(|e| e["data"]["completion_tokens_count"].as_u64())
+        .filter_map(|e| e.metrics()?.train.as_ref())
+        .map(|t| t.completion_tokens_count as u64)
         .sum()
 }
 
-fn file_param(state: &SharedState, body: &Value, key: &str) -> Result<Option<String>, ApiError> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(id)) => {
-            let file = state.store.get("file", id)?.ok_or_else(|| {
-                ApiError::bad_request(format!("invalid {key}: no file with id '{id}'"))
-                    .with_param(key)
-                    .with_code("invalid_file_id")
-            })?;
-            if file["purpose"] != "fine-tune" {
-                return Err(ApiError::bad_request(format!(
-                    "invalid {key}: file {id} has purpose '{}'; upload it with purpose 'fine-tune'",
-                    file["purpose"].as_str().unwrap_or_default()
-                ))
-                .with_param(key));
-            }
-            Ok(Some(id.clone()))
-        }
-        Some(_) => Err(ApiError::bad_request(format!("{key} must be a file id")).with_param(key)),
+fn file_param(state: &SharedState, id: &str, key: &str) -> Result<String, ApiError> {
+    let file = state
+        .store
+        .get_object::<FileObject>("file", id)?
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("invalid {key}: no file with id '{id}'"))
+                .with_param(key)
+                .with_code("invalid_file_id")
+        })?;
+    if file.purpose != FilePurpose::FineTune {
+        return Err(ApiError::bad_request(format!(
+            "invalid {key}: file {id} has purpose '{}'; upload it with purpose 'fine-tune'",
+            file.purpose.as_str()
+        ))
+        .with_param(key));
     }
+    Ok(file.id)
 }
 
 /// `POST /v1/fine_tuning/jobs`.
 pub(crate) async fn create(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<Value>,
-) -> Result<Json<Value>, ApiError> {
-    let model = body["model"]
-        .as_str()
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| {
-            ApiError::bad_request("Missing required parameter: 'model'.").with_param("model")
-        })?;
+) -> Result<Json<FineTuningJob>, ApiError> {
+    let request: CreateJob = parse_body(body)?;
+    let model = request.model;
+    if model.is_empty() {
+        return Err(
+            ApiError::bad_request("Missing required parameter: 'model'.").with_param("model"),
+        );
+    }
     // Base models only, from the allow list: a model name is never a path the client picks.
-    if state.inference.catalog().resolve(model).is_none() {
+    if state.inference.catalog().resolve(&model).is_none() {
         return Err(ApiError::bad_request(format!(
             "The model '{model}' does not exist or cannot be fine-tuned here. GET /v1/models lists the base models this server serves."
         ))
         .with_param("model")
         .with_code("model_not_found"));
     }
-    let training_file = file_param(&state, &body, "training_file")?.ok_or_else(|| {
-        ApiError::bad_request("Missing required parameter: 'training_file'.")
-            .with_param("training_file")
+    let training_file = file_param(&state, &request.training_file, "training_file")?;
+    let validation_file = request
+        .validation_file
+        .as_deref()
+        .map(|id| file_param(&state, id, "validation_file"))
+        .transpose()?;
+    let method = request.method.ok_or_else(|| {
+        ApiError::bad_request(
+            "Missing method: OpenRFT runs reinforcement fine-tuning; send method = {type: 'reinforcement', reinforcement: {grader, hyperparameters}}",
+        )
+        .with_param("method")
     })?;
-    let validation_file = file_param(&state, &body, "validation_file")?;
-    let method = body.get("method").cloned().unwrap_or(Value::Null);
-    match method["type"].as_str() {
-        Some("reinforcement") => {}
-        Some(kind @ ("supervised" | "dpo")) => {
+    match method.kind.as_str() {
+        "reinforcement" => {}
+        kind @ ("supervised" | "dpo") => {
             return Err(ApiError::bad_request(format!(
                 "method.type '{kind}' is not supported yet: OpenRFT runs reinforcement fine-tuning (method.type 'reinforcement')"
             ))
             .with_param("method.type"))
         }
-        Some(other) => {
+        other => {
             return Err(ApiError::bad_request(format!(
                 "Invalid method.type '{other}': expected 'reinforcement'"
             ))
             .with_param("method.type"))
         }
-        None => {
-            return Err(ApiError::bad_request(
-                "Missing method: OpenRFT runs reinforcement fine-tuning; send method = {type: 'reinforcement', reinforcement: {grader, hyperparameters}}",
-            )
-            .with_param("method"))
-        }
     }
-    let reinforcement = &method["reinforcement"];
-    parse_grader(reinforcement.get("grader"), "method.reinforcement.grader")?;
-    let mut hyper = match &reinforcement["hyperparameters"] {
-        Value::Null => Map::new(),
-        Value::Object(map) => map.clone(),
-        _ => {
-            return Err(ApiError::bad_request("hyperparameters must be an object")
-                .with_param("method.reinforcement.hyperparameters"))
-        }
-    };
-    Hyperparameters::resolve(&Value::Object(hyper.clone()), 1).map_err(|e| {
+    let reinforcement = method.reinforcement.ok_or_else(|| {
+        ApiError::bad_request("Missing required parameter: 'method.reinforcement'.")
+            .with_param("method.reinforcement")
+    })?;
+    parse_grader(reinforcement.grader.as_ref(), "method.reinforcement.grader")?;
+    let hyper =
+        HyperparametersRequest::from_value(&reinforcement.hyperparameters).map_err(|e| {
+            let param = if e.path.is_empty() {
+                "method.reinforcement.hyperparameters".to_owned()
+            } else {
+                format!("method.reinforcement.hyperparameters.{}", e.path)
+            };
+            ApiError::bad_request(format!("Invalid hyperparameters: {e}")).with_param(param)
+        })?;
+    // Ranges are the trainer's: checked now, so a bad value is a 400 and not a failed job.
+    Hyperparameters::from_request(&hyper, 1).map_err(|e| {
         ApiError::bad_request(format!("Invalid hyperparameters: {e}"))
             .with_param("method.reinforcement.hyperparameters")
     })?;
-    for key in AUTO_HYPERPARAMETERS {
-        hyper.entry(key).or_insert(json!("auto"));
-    }
-    hyper.entry("reasoning_effort").or_insert(json!("default"));
-    let response_format = reinforcement
-        .get("response_format")
-        .cloned()
-        .unwrap_or(Value::Null);
-    if !response_format.is_null() {
-        rft_model::constrain::ResponseFormat::from_value(&response_format).map_err(|e| {
+    let response_format = reinforcement.response_format.filter(|v| !v.is_null());
+    if let Some(format) = &response_format {
+        rft_model::constrain::ResponseFormat::from_value(format).map_err(|e| {
             ApiError::bad_request(format!("Invalid response_format: {e}"))
                 .with_param("method.reinforcement.response_format")
         })?;
     }
-    let suffix = match &body["suffix"] {
-        Value::Null => None,
-        Value::String(s) if (1..=64).contains(&s.chars().count()) => Some(s.clone()),
-        _ => {
+    let suffix = match request.suffix {
+        None => None,
+        Some(s) if (1..=64).contains(&s.chars().count()) => Some(s),
+        Some(_) => {
             return Err(
                 ApiError::bad_request("suffix must be a string of 1 to 64 characters")
                     .with_param("suffix"),
             )
         }
     };
-    let seed = match &body["seed"] {
-        Value::Null => {
+    let seed = match request.seed {
+        None => {
             let id = new_id("");
             u64::from_str_radix(&id[..8], 16).unwrap_or(42) % 2_147_483_648
         }
-        v => match v.as_u64() {
-            Some(s) if s <= 2_147_483_647 => s,
-            _ => {
-                return Err(
-                    ApiError::bad_request("seed must be an integer from 0 to 2147483647")
-                        .with_param("seed"),
-                )
-            }
-        },
+        Some(s) if s <= 2_147_483_647 => s,
+        Some(_) => {
+            return Err(
+                ApiError::bad_request("seed must be an integer from 0 to 2147483647")
+                    .with_param("seed"),
+            )
+        }
     };
-    let metadata = parse_metadata(body.get("metadata"))?;
+    let metadata = match parse_metadata(request.metadata.as_ref())? {
+        Value::Object(map) => Some(
+            map.into_iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned())))
+                .collect(),
+        ),
+        _ => None,
+    };
+    let echo = hyper.with_unset_as_auto();
     let id = new_id("ftjob-");
-    let mut method_echo = method.clone();
-    method_echo["reinforcement"]["hyperparameters"] = Value::Object(hyper.clone());
-    method_echo["reinforcement"]["response_format"] = response_format;
-    let job = json!({
-        "id": id,
-        "object": "fine_tuning.job",
-        "created_at": now(),
-        "status": "validating_files",
-        "model": model,
-        "training_file": training_file,
-        "validation_file": validation_file,
-        "method": method_echo,
-        "hyperparameters": {
-            "batch_size": hyper["batch_size"],
-            "learning_rate_multiplier": hyper["learning_rate_multiplier"],
-            "n_epochs": hyper["n_epochs"],
+    let job = FineTuningJob {
+        id: id.clone(),
+        object: "fine_tuning.job".into(),
+        created_at: now(),
+        status: JobStatus::ValidatingFiles,
+        model,
+        training_file,
+        validation_file,
+        method: JobMethod {
+            kind: "reinforcement".into(),
+            reinforcement: ReinforcementMethod {
+                grader: reinforcement.grader.unwrap_or(Value::Null),
+                hyperparameters: echo.clone(),
+                response_format,
+            },
         },
-        "seed": seed,
-        "suffix": suffix,
-        "user_provided_suffix": suffix,
-        "fine_tuned_model": null,
-        "finished_at": null,
-        "error": null,
-        "organization_id": "org-openrft",
-        "result_files": [],
-        "trained_tokens": null,
-        "estimated_finish": null,
-        "integrations": body.get("integrations").cloned().unwrap_or(Value::Null),
-        "metadata": metadata,
-        "shared_with_openai": false,
-        "eval_id": null,
-    });
-    state.store.insert("job", None, &job)?;
+        // OpenAI's deprecated top-level three, until the trainer resolves them.
+        hyperparameters: HyperparametersRequest {
+            batch_size: echo.batch_size,
+            learning_rate_multiplier: echo.learning_rate_multiplier,
+            n_epochs: echo.n_epochs,
+            ..HyperparametersRequest::default()
+        },
+        seed,
+        suffix: suffix.clone(),
+        user_provided_suffix: suffix,
+        fine_tuned_model: None,
+        finished_at: None,
+        error: None,
+        organization_id: "org-openrft".into(),
+        result_files: Vec::new(),
+        trained_tokens: None,
+        estimated_finish: None,
+        integrations: request.integrations,
+        metadata,
+        shared_with_openai: false,
+        eval_id: None,
+    };
+    state.store.insert_object("job", None, &job)?;
     let _ = append_event(
         &state.store.job_dir(&id),
         &id,
-        "info",
+        EventLevel::Info,
         format!("Created fine-tuning job: {id}"),
     );
     state.scheduler.wake();
     Ok(Json(job))
 }
 
-fn existing(state: &SharedState, id: &str) -> Result<Value, ApiError> {
+fn existing(state: &SharedState, id: &str) -> Result<FineTuningJob, ApiError> {
     state
         .store
-        .get("job", id)?
+        .get_object("job", id)?
         .ok_or_else(|| ApiError::not_found("fine-tuning job", id).with_param("fine_tuning_job_id"))
 }
 
@@ -637,7 +672,7 @@ fn existing(state: &SharedState, id: &str) -> Result<Value, ApiError> {
 pub(crate) async fn list(
     State(state): State<SharedState>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<rft_types::api::common::List<Value>>, ApiError> {
+) -> Result<Json<List<FineTuningJob>>, ApiError> {
     let limit = parse_limit(query.get("limit").map(String::as_str), 20, 10_000)?;
     let body = if query.get("metadata").map(String::as_str) == Some("null") {
         vec![rft_store::BodyFilter::Empty { field: "metadata" }]
@@ -654,7 +689,7 @@ pub(crate) async fn list(
             })
             .collect()
     };
-    let page = state.store.list(
+    let (data, has_more) = state.store.list_objects(
         "job",
         &ListQuery {
             descending: true,
@@ -664,14 +699,18 @@ pub(crate) async fn list(
             ..Default::default()
         },
     )?;
-    Ok(Json(value_list(page)))
+    Ok(Json(List::with_cursor(
+        data,
+        has_more,
+        |j: &FineTuningJob| &j.id,
+    )))
 }
 
 /// `GET /v1/fine_tuning/jobs/{id}`.
 pub(crate) async fn retrieve(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FineTuningJob>, ApiError> {
     existing(&state, &id).map(Json)
 }
 
@@ -681,25 +720,31 @@ fn transition(
     state: &SharedState,
     id: &str,
     action: &str,
-    allowed: &[&str],
-    to: &str,
-) -> Result<Value, ApiError> {
-    let changed = state.store.modify(id, |job| {
-        let status = job["status"].as_str().unwrap_or_default().to_owned();
-        if !allowed.contains(&status.as_str()) {
-            return Err(status);
-        }
-        job["status"] = json!(to);
-        if to == "cancelled" {
-            job["finished_at"] = json!(now());
-        }
-        Ok(())
-    })?;
+    allowed: &[JobStatus],
+    to: JobStatus,
+) -> Result<FineTuningJob, ApiError> {
+    let changed = state
+        .store
+        .modify_object::<FineTuningJob, JobStatus>(id, |job| {
+            if !allowed.contains(&job.status) {
+                return Err(job.status);
+            }
+            job.status = to;
+            if to == JobStatus::Cancelled {
+                job.finished_at = Some(now());
+            }
+            Ok(())
+        })?;
     match changed {
         None => Err(ApiError::not_found("fine-tuning job", id).with_param("fine_tuning_job_id")),
         Some(Err(status)) => Err(ApiError::bad_request(format!(
-            "Cannot {action} job {id}: its status is '{status}'; {action} applies to jobs that are {}.",
-            allowed.join(" or ")
+            "Cannot {action} job {id}: its status is '{}'; {action} applies to jobs that are {}.",
+            status.as_str(),
+            allowed
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(" or ")
         ))
         .with_code("invalid_job_status")),
         Some(Ok(job)) => Ok(job),
@@ -711,18 +756,28 @@ pub(crate) async fn cancel(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
     _body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FineTuningJob>, ApiError> {
     existing(&state, &id)?;
     let job = transition(
         &state,
         &id,
         "cancel",
-        &["validating_files", "queued", "running", "paused"],
-        "cancelled",
+        &[
+            JobStatus::ValidatingFiles,
+            JobStatus::Queued,
+            JobStatus::Running,
+            JobStatus::Paused,
+        ],
+        JobStatus::Cancelled,
     )?;
     // Whatever the status was, the scheduler may be starting this very job: stop it.
     if !state.scheduler.stop_if_running(&id) {
-        let _ = append_event(&state.store.job_dir(&id), &id, "info", "Job cancelled");
+        let _ = append_event(
+            &state.store.job_dir(&id),
+            &id,
+            EventLevel::Info,
+            "Job cancelled",
+        );
     }
     Ok(Json(job))
 }
@@ -733,11 +788,22 @@ pub(crate) async fn pause(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
     _body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<FineTuningJob>, ApiError> {
     existing(&state, &id)?;
-    let job = transition(&state, &id, "pause", &["queued", "running"], "paused")?;
+    let job = transition(
+        &state,
+        &id,
+        "pause",
+        &[JobStatus::Queued, JobStatus::Running],
+        JobStatus::Paused,
+    )?;
     if !state.scheduler.stop_if_running(&id) {
-        let _ = append_event(&state.store.job_dir(&id), &id, "info", "Job paused");
+        let _ = append_event(
+            &state.store.job_dir(&id),
+            &id,
+            EventLevel::Info,
+            "Job paused",
+        );
     }
     Ok(Json(job))
 }
@@ -748,27 +814,38 @@ pub(crate) async fn resume(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
     _body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let job = transition(&state, &id, "resume", &["paused"], "queued")?;
+) -> Result<Json<FineTuningJob>, ApiError> {
+    let job = transition(
+        &state,
+        &id,
+        "resume",
+        &[JobStatus::Paused],
+        JobStatus::Queued,
+    )?;
     state.scheduler.wake();
     Ok(Json(job))
 }
 
-/// Newest first, starting after the `after` id.
-fn page_newest_first(mut all: Vec<Value>, after: Option<&str>, limit: usize) -> rft_store::Page {
+/// Newest first, starting after the `after` id: `(page, has_more)`.
+fn page_newest_first<T>(
+    mut all: Vec<T>,
+    id: impl Fn(&T) -> &str,
+    after: Option<&str>,
+    limit: usize,
+) -> (Vec<T>, bool) {
     all.reverse();
     let start = match after {
         Some(cursor) => all
             .iter()
-            .position(|e| e["id"].as_str() == Some(cursor))
+            .position(|e| id(e) == cursor)
             .map_or(all.len(), |i| i + 1),
         None => 0,
     };
     let rest = all.len().saturating_sub(start);
-    rft_store::Page {
-        data: all.into_iter().skip(start).take(limit).collect(),
-        has_more: rest > limit,
-    }
+    (
+        all.into_iter().skip(start).take(limit).collect(),
+        rest > limit,
+    )
 }
 
 /// `GET /v1/fine_tuning/jobs/{id}/events`: newest first.
@@ -776,14 +853,17 @@ pub(crate) async fn events(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<List<JobEvent>>, ApiError> {
     existing(&state, &id)?;
     let limit = parse_limit(query.get("limit").map(String::as_str), 20, 10_000)?;
     let all = read_events(&state.store.job_dir(&id));
-    let page = page_newest_first(all, query.get("after").map(String::as_str), limit);
-    Ok(Json(
-        json!({"object": "list", "data": page.data, "has_more": page.has_more}),
-    ))
+    let (data, has_more) = page_newest_first(
+        all,
+        |e: &JobEvent| &e.id,
+        query.get("after").map(String::as_str),
+        limit,
+    );
+    Ok(Json(List::plain(data, has_more)))
 }
 
 /// `GET /v1/fine_tuning/jobs/{id}/checkpoints`: the kept checkpoints, newest first.
@@ -791,18 +871,18 @@ pub(crate) async fn checkpoints(
     State(state): State<SharedState>,
     UrlPath(id): UrlPath<String>,
     Query(query): Query<HashMap<String, String>>,
-) -> Result<Json<rft_types::api::common::List<Value>>, ApiError> {
+) -> Result<Json<List<Checkpoint>>, ApiError> {
     existing(&state, &id)?;
     let limit = parse_limit(query.get("limit").map(String::as_str), 10, 10_000)?;
-    let all: Vec<Value> = read_checkpoints(&state.store.job_dir(&id))
-        .into_iter()
-        .map(|mut c| {
-            if let Some(map) = c.as_object_mut() {
-                map.remove("path");
-            }
-            c
-        })
-        .collect();
-    let page = page_newest_first(all, query.get("after").map(String::as_str), limit);
-    Ok(Json(value_list(page)))
+    // The typed checkpoint has no `path`: the trainer's adapter folder is never served.
+    let all = read_checkpoints(&state.store.job_dir(&id));
+    let (data, has_more) = page_newest_first(
+        all,
+        |c: &Checkpoint| &c.id,
+        query.get("after").map(String::as_str),
+        limit,
+    );
+    Ok(Json(List::with_cursor(data, has_more, |c: &Checkpoint| {
+        &c.id
+    })))
 }

@@ -5,10 +5,10 @@
 //! One process: the axum API on tokio; a job scheduler thread running training jobs one at a
 //! time ([`jobs`]); an inference thread batching chat requests over loaded models and adapters
 //! ([`inference`]); SQLite and a data folder for everything durable ([`rft_store`]).
+#![forbid(unsafe_code)]
 
 mod catalog;
 mod error;
-mod openapi;
 mod evals;
 mod files;
 mod graders;
@@ -17,6 +17,7 @@ mod jobs;
 #[cfg(feature = "loadtest")]
 pub mod loadtest;
 mod models;
+mod openapi;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -145,7 +146,11 @@ pub(crate) fn new_id(prefix: &str) -> String {
 }
 
 /// Parses a `limit` query value within `1..=max`.
-pub(crate) fn parse_limit(raw: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+pub(crate) fn parse_limit(
+    raw: Option<&str>,
+    default: usize,
+    max: usize,
+) -> Result<usize, ApiError> {
     match raw {
         None => Ok(default),
         Some(text) => match text.parse::<usize>() {

@@ -3,68 +3,68 @@
 
 use axum::extract::{Path, State};
 use axum::Json;
-use serde_json::{json, Value};
+use rft_types::api::common::Model;
+use rft_types::api::job::{FineTuningJob, JobStatus};
+use serde::Serialize;
 
 use crate::{now, ApiError, SharedState};
 
-fn model(id: &str, created: i64, owned_by: &str) -> Value {
-    json!({"id": id, "object": "model", "created": created, "owned_by": owned_by})
+/// `GET /v1/models`' answer: OpenAI's model list has no paging fields.
+#[derive(Debug, Serialize)]
+pub(crate) struct ModelList {
+    object: &'static str,
+    data: Vec<Model>,
 }
 
-fn all_models(state: &SharedState) -> Result<Vec<Value>, ApiError> {
+fn all_models(state: &SharedState) -> Result<Vec<Model>, ApiError> {
     // Base models are the catalog's (the allow list), never whatever a job named.
     let catalog = state.inference.catalog();
-    let mut out: Vec<Value> = catalog
+    let mut out: Vec<Model> = catalog
         .names()
         .iter()
-        .map(|name| model(name, now(), "openrft"))
+        .map(|name| Model::new(name.as_str(), now(), "openrft"))
         .collect();
-    let jobs = state.store.all("job", None, false)?;
+    let jobs: Vec<FineTuningJob> = state.store.all_objects("job", None, false)?;
     for job in &jobs {
-        let created = job["created_at"].as_i64().unwrap_or(0);
-        if job["model"]
-            .as_str()
-            .and_then(|m| catalog.resolve(m))
-            .is_none()
-        {
+        if catalog.resolve(&job.model).is_none() {
             continue;
         }
-        if job["status"] == "succeeded" {
-            if let Some(ft) = job["fine_tuned_model"].as_str() {
-                out.push(model(
-                    ft,
-                    job["finished_at"].as_i64().unwrap_or(created),
+        if job.status == JobStatus::Succeeded {
+            if let Some(ft) = &job.fine_tuned_model {
+                out.push(Model::new(
+                    ft.as_str(),
+                    job.finished_at.unwrap_or(job.created_at),
                     "user",
                 ));
             }
         }
-        let id = job["id"].as_str().unwrap_or_default();
-        for ckpt in rft_train::job::read_checkpoints(&state.store.job_dir(id)) {
-            if let Some(name) = ckpt["fine_tuned_model_checkpoint"].as_str() {
-                out.push(model(
-                    name,
-                    ckpt["created_at"].as_i64().unwrap_or(created),
-                    "user",
-                ));
-            }
+        for ckpt in rft_train::checkpoints::read_checkpoints(&state.store.job_dir(&job.id)) {
+            out.push(Model::new(
+                ckpt.fine_tuned_model_checkpoint,
+                ckpt.created_at,
+                "user",
+            ));
         }
     }
     Ok(out)
 }
 
 /// `GET /v1/models`.
-pub(crate) async fn list(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"object": "list", "data": all_models(&state)?})))
+pub(crate) async fn list(State(state): State<SharedState>) -> Result<Json<ModelList>, ApiError> {
+    Ok(Json(ModelList {
+        object: "list",
+        data: all_models(&state)?,
+    }))
 }
 
 /// `GET /v1/models/{model}`.
 pub(crate) async fn retrieve(
     State(state): State<SharedState>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Model>, ApiError> {
     all_models(&state)?
         .into_iter()
-        .find(|m| m["id"] == name.as_str())
+        .find(|m| m.id == name)
         .map(Json)
         .ok_or_else(|| {
             ApiError::not_found("model", &name)

@@ -112,7 +112,9 @@ pub(crate) struct Described {
 
 impl Document {
     /// The document of `routes` (`(method, path, handler, summary)`).
-    pub(crate) fn of(routes: &[(&'static str, &'static str, &'static str, &'static str)]) -> Document {
+    pub(crate) fn of(
+        routes: &[(&'static str, &'static str, &'static str, &'static str)],
+    ) -> Document {
         let mut paths: IndexMap<&'static str, IndexMap<&'static str, Operation>> = IndexMap::new();
         for &(method, path, handler, summary) in routes {
             let parameters = path
@@ -147,12 +149,19 @@ impl Document {
                 }
             });
             let responses = IndexMap::from([
-                ("200", Described {
-                    description: "The object, a list page, or an SSE stream (chat with stream: true)",
-                }),
-                ("default", Described {
-                    description: "An error: {\"error\": {message, type, param, code}}",
-                }),
+                (
+                    "200",
+                    Described {
+                        description:
+                            "The object, a list page, or an SSE stream (chat with stream: true)",
+                    },
+                ),
+                (
+                    "default",
+                    Described {
+                        description: "An error: {\"error\": {message, type, param, code}}",
+                    },
+                ),
             ]);
             let operation = Operation {
                 operation_id: handler.replace(" :: ", "_").replace("::", "_"),

@@ -16,6 +16,7 @@
 //! mode 0700, the database (with its `-wal` and `-shm`) and blobs 0600, set on every open so an
 //! existing folder is narrowed too. Opening also removes what a crash can leave in `files/`: a
 //! blob written but never recorded, a temporary file never renamed.
+#![forbid(unsafe_code)]
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,7 @@
 //! the RFT loop and for anyone composing the primitives themselves (`rft bench grpo` does).
 
 use rft_model::sample::{Completion, FinishReason};
+use rft_types::api::hyperparameters::{LossType, ScaleRewards};
 
 use crate::config::Hyperparameters;
 use crate::primitives::Datum;
@@ -49,10 +50,9 @@ pub fn build_batch(hyper: &Hyperparameters, groups: &[GradedGroup<'_>]) -> Rollo
                 continue;
             }
         }
-        let scale = if hyper.scale_rewards == "group" {
-            1.0 / (std + 1e-4)
-        } else {
-            1.0
+        let scale = match hyper.scale_rewards {
+            ScaleRewards::Group => 1.0 / (std + 1e-4),
+            ScaleRewards::Unscaled => 1.0,
         };
         for (c, r) in group.completions.iter().zip(&rewards) {
             if c.ids.is_empty() || (hyper.mask_truncated && c.finish_reason == FinishReason::Length)
@@ -68,16 +68,17 @@ pub fn build_batch(hyper: &Hyperparameters, groups: &[GradedGroup<'_>]) -> Rollo
     let mut kl_weights = Vec::new();
     for (prompt, c, advantage) in kept {
         let len = c.ids.len() as f64;
-        let norm = match hyper.loss_type.as_str() {
-            "grpo" | "gspo" => 1.0 / (len * n_seq),
-            "dr_grpo" => 1.0 / (hyper.max_completion_tokens as f64 * n_seq),
-            _ => 1.0 / total_tokens.max(1) as f64,
+        let norm = match hyper.loss_type {
+            LossType::Grpo | LossType::Gspo => 1.0 / (len * n_seq),
+            LossType::DrGrpo => 1.0 / (hyper.max_completion_tokens as f64 * n_seq),
+            LossType::Dapo | LossType::Cispo => 1.0 / total_tokens.max(1) as f64,
         };
-        let per_token = if hyper.loss_type == "gspo" {
+        let per_token = match hyper.loss_type {
             // GSPO reads one advantage per sequence; its ratio is already a mean.
-            (advantage / n_seq) as f32
-        } else {
-            (advantage * norm) as f32
+            LossType::Gspo => (advantage / n_seq) as f32,
+            LossType::Grpo | LossType::DrGrpo | LossType::Dapo | LossType::Cispo => {
+                (advantage * norm) as f32
+            }
         };
         kl_weights.extend(std::iter::repeat_n(norm as f32, c.ids.len()));
         datums.push(Datum {

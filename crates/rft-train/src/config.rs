@@ -3,6 +3,10 @@
 //! hyperparameters resolved (`"auto"` → a recorded number). `docs/training.md` documents every
 //! mapping.
 
+use rft_types::api::hyperparameters::{
+    Auto, Hyperparameters as HyperparametersRequest, LossType, LrSchedule, ReasoningEffort,
+    ScaleRewards,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -55,15 +59,16 @@ pub struct Method {
 pub struct Reinforcement {
     /// The grader (spec §2.1), as JSON.
     pub grader: Value,
-    /// Hyperparameters (`"auto"` or a value each) and OpenRFT's extensions.
+    /// Hyperparameters (`"auto"` or a value each) and OpenRFT's extensions, as given.
     #[serde(default)]
-    pub hyperparameters: Value,
+    pub hyperparameters: HyperparametersRequest,
     /// Structured outputs for the policy.
     #[serde(default)]
     pub response_format: Option<Value>,
 }
 
-/// Every hyperparameter with its value resolved.
+/// Every hyperparameter with its value resolved: what the loop runs with and `job.json`
+/// records.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hyperparameters {
     /// Prompts per optimizer step.
@@ -79,13 +84,13 @@ pub struct Hyperparameters {
     /// Samples per validation row.
     pub eval_samples: usize,
     /// Recorded; the supported models have no thinking mode.
-    pub reasoning_effort: String,
+    pub reasoning_effort: ReasoningEffort,
     /// LoRA rank.
     pub lora_rank: usize,
     /// LoRA alpha.
     pub lora_alpha: f64,
-    /// `grpo`, `dr_grpo`, `dapo`, `gspo` or `cispo`.
-    pub loss_type: String,
+    /// The policy loss.
+    pub loss_type: LossType,
     /// KL coefficient (k3 estimator against the base model); 0 skips the reference pass.
     pub beta: f64,
     /// Lower clip ε.
@@ -98,8 +103,8 @@ pub struct Hyperparameters {
     pub max_completion_tokens: usize,
     /// Optimizer passes over each rollout batch.
     pub num_iterations: usize,
-    /// `group` (divide by the group's std) or `none` (Dr.GRPO).
-    pub scale_rewards: String,
+    /// Divide advantages by the group's std (`group`) or not (`none`, Dr. GRPO).
+    pub scale_rewards: ScaleRewards,
     /// Drop groups whose rewards are all equal.
     pub dynamic_sampling: bool,
     /// With `dynamic_sampling`: extra sampling rounds per step that replace dropped groups
@@ -118,8 +123,8 @@ pub struct Hyperparameters {
     pub weight_decay: f64,
     /// Steps of linear warm-up.
     pub warmup_steps: usize,
-    /// `constant` or `cosine`.
-    pub lr_schedule: String,
+    /// The schedule after warm-up.
+    pub lr_schedule: LrSchedule,
     /// Global gradient-norm clip.
     pub max_grad_norm: f64,
 }
@@ -128,145 +133,112 @@ pub struct Hyperparameters {
 /// full fine-tuning's; 2e-5 × 10 is the common Tinker/ART choice for small models).
 pub const BASE_LEARNING_RATE: f64 = 2e-4;
 
+/// The error for a value outside its range; the key comes from the field's name.
+fn out_of_range(key: &str, expected: String, got: impl std::fmt::Display) -> TrainError {
+    TrainError::Config(format!(
+        "method.reinforcement.hyperparameters.{key}: expected \"auto\" or {expected}, got {got}"
+    ))
+}
+
+/// A number in `[min, max]`, or `default` when unset or `"auto"`.
+fn number(
+    key: &str,
+    given: Option<Auto<f64>>,
+    default: f64,
+    min: f64,
+    max: f64,
+) -> Result<f64, TrainError> {
+    match given.and_then(Auto::value) {
+        None => Ok(default),
+        Some(x) if (min..=max).contains(&x) => Ok(x),
+        Some(x) => Err(out_of_range(key, format!("a number in [{min}, {max}]"), x)),
+    }
+}
+
+/// An integer in `[min, max]`, or `default` when unset or `"auto"`.
+fn int(
+    key: &str,
+    given: Option<Auto<usize>>,
+    default: usize,
+    min: usize,
+    max: usize,
+) -> Result<usize, TrainError> {
+    match given.and_then(Auto::value) {
+        None => Ok(default),
+        Some(x) if (min..=max).contains(&x) => Ok(x),
+        Some(x) => Err(out_of_range(
+            key,
+            format!("an integer in [{min}, {max}]"),
+            x,
+        )),
+    }
+}
+
+/// A value with no range (enums, booleans), or `default` when unset or `"auto"`.
+fn choice<T>(given: Option<Auto<T>>, default: T) -> T {
+    given.and_then(Auto::value).unwrap_or(default)
+}
+
+/// `check!(request.field, default, min, max)`: the range check of one field, named by it (so
+/// the message's key cannot drift from the field).
+macro_rules! check {
+    ($check:ident, $request:ident . $field:ident, $($arg:expr),+) => {
+        $check(stringify!($field), $request.$field, $($arg),+)?
+    };
+}
+
 impl Hyperparameters {
-    /// Resolves `method.reinforcement.hyperparameters` for a training set of `train_rows`
-    /// rows. Unknown keys are an error naming the key.
+    /// Resolves `method.reinforcement.hyperparameters` given as JSON, for a training set of
+    /// `train_rows` rows. Unknown keys and values out of range are errors naming the key.
     pub fn resolve(value: &Value, train_rows: usize) -> Result<Hyperparameters, TrainError> {
-        let empty = serde_json::Map::new();
-        let map = match value {
-            Value::Null => &empty,
-            Value::Object(map) => map,
-            _ => {
-                return Err(TrainError::Config(
-                    "method.reinforcement.hyperparameters must be an object".into(),
-                ))
-            }
-        };
-        const KNOWN: &[&str] = &[
-            "batch_size",
-            "learning_rate_multiplier",
-            "n_epochs",
-            "compute_multiplier",
-            "eval_interval",
-            "eval_samples",
-            "reasoning_effort",
-            "lora_rank",
-            "lora_alpha",
-            "loss_type",
-            "beta",
-            "epsilon",
-            "epsilon_high",
-            "temperature",
-            "max_completion_tokens",
-            "num_iterations",
-            "scale_rewards",
-            "dynamic_sampling",
-            "max_refill_rounds",
-            "overlong_buffer",
-            "overlong_penalty_factor",
-            "mask_truncated",
-            "weight_decay",
-            "warmup_steps",
-            "lr_schedule",
-            "max_grad_norm",
-        ];
-        if let Some(key) = map.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-            return Err(TrainError::Config(format!(
-                "method.reinforcement.hyperparameters.{key}: unknown hyperparameter; known: {}",
-                KNOWN.join(", ")
-            )));
-        }
-        let field = |key: &str| map.get(key).filter(|v| !v.is_null() && *v != "auto");
-        let number = |key: &str, default: f64, min: f64, max: f64| -> Result<f64, TrainError> {
-            match field(key) {
-                None => Ok(default),
-                Some(v) => match v.as_f64() {
-                    Some(x) if x >= min && x <= max => Ok(x),
-                    _ => Err(TrainError::Config(format!(
-                        "method.reinforcement.hyperparameters.{key}: expected \"auto\" or a number in [{min}, {max}], got {v}"
-                    ))),
-                },
-            }
-        };
-        let int = |key: &str,
-                   default: usize,
-                   min: usize,
-                   max: usize|
-         -> Result<usize, TrainError> {
-            match field(key) {
-                None => Ok(default),
-                Some(v) => match v.as_u64() {
-                    Some(x) if x as usize >= min && x as usize <= max => Ok(x as usize),
-                    _ => Err(TrainError::Config(format!(
-                        "method.reinforcement.hyperparameters.{key}: expected \"auto\" or an integer in [{min}, {max}], got {v}"
-                    ))),
-                },
-            }
-        };
-        let text = |key: &str, default: &str, allowed: &[&str]| -> Result<String, TrainError> {
-            match field(key) {
-                None => Ok(default.to_owned()),
-                Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(s.clone()),
-                Some(v) => Err(TrainError::Config(format!(
-                    "method.reinforcement.hyperparameters.{key}: expected one of {}, got {v}",
-                    allowed.join(", ")
-                ))),
-            }
-        };
-        let boolean = |key: &str, default: bool| -> Result<bool, TrainError> {
-            match field(key) {
-                None => Ok(default),
-                Some(Value::Bool(b)) => Ok(*b),
-                Some(v) => Err(TrainError::Config(format!(
-                    "method.reinforcement.hyperparameters.{key}: expected true or false, got {v}"
-                ))),
-            }
-        };
+        let request = HyperparametersRequest::from_value(value)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        Hyperparameters::from_request(&request, train_rows)
+    }
+
+    /// Resolves parsed hyperparameters: `"auto"` and unset keys take OpenRFT's values
+    /// (`docs/training.md`), set ones are range-checked.
+    pub fn from_request(
+        request: &HyperparametersRequest,
+        train_rows: usize,
+    ) -> Result<Hyperparameters, TrainError> {
+        let r = request;
         // auto batch size: 8 prompts, fewer for tiny datasets (at least one full step per epoch).
-        let batch_size = int("batch_size", 8.min(train_rows.max(1)), 1, 256)?;
-        let loss_type = text(
-            "loss_type",
-            "dapo",
-            &["grpo", "dr_grpo", "dapo", "gspo", "cispo"],
-        )?;
+        let batch_size = check!(int, r.batch_size, 8.min(train_rows.max(1)), 1, 256);
+        let loss_type = choice(r.loss_type, LossType::Dapo);
+        // Dr. GRPO's point is not scaling by the std: its default follows the loss.
+        let scale_default = match loss_type {
+            LossType::DrGrpo => ScaleRewards::Unscaled,
+            LossType::Grpo | LossType::Dapo | LossType::Gspo | LossType::Cispo => {
+                ScaleRewards::Group
+            }
+        };
         Ok(Hyperparameters {
             batch_size,
-            learning_rate_multiplier: number("learning_rate_multiplier", 1.0, 1e-6, 1e3)?,
-            n_epochs: int("n_epochs", 1, 1, 50)?,
-            compute_multiplier: number("compute_multiplier", 1.0, 0.00001, 10.0)?,
-            eval_interval: int("eval_interval", 5, 1, 1_000_000)?,
-            eval_samples: int("eval_samples", 4, 1, 64)?,
-            reasoning_effort: text(
-                "reasoning_effort",
-                "default",
-                &["default", "low", "medium", "high"],
-            )?,
-            lora_rank: int("lora_rank", 16, 1, 1024)?,
-            lora_alpha: number("lora_alpha", 32.0, 1e-6, 1e6)?,
-            beta: number("beta", 0.0, 0.0, 100.0)?,
-            epsilon: number("epsilon", 0.2, 0.0, 10.0)?,
-            epsilon_high: number("epsilon_high", 0.28, 0.0, 10.0)?,
-            temperature: number("temperature", 1.0, 0.0, 2.0)?,
-            max_completion_tokens: int("max_completion_tokens", 256, 1, 32_768)?,
-            num_iterations: int("num_iterations", 1, 1, 16)?,
-            scale_rewards: text(
-                "scale_rewards",
-                if loss_type == "dr_grpo" {
-                    "none"
-                } else {
-                    "group"
-                },
-                &["group", "none"],
-            )?,
-            dynamic_sampling: boolean("dynamic_sampling", true)?,
-            max_refill_rounds: int("max_refill_rounds", 0, 0, 16)?,
-            overlong_buffer: int("overlong_buffer", 0, 0, 32_768)?,
-            overlong_penalty_factor: number("overlong_penalty_factor", 1.0, 0.0, 100.0)?,
-            mask_truncated: boolean("mask_truncated", false)?,
-            weight_decay: number("weight_decay", 0.0, 0.0, 1.0)?,
-            warmup_steps: int("warmup_steps", 0, 0, 1_000_000)?,
-            lr_schedule: text("lr_schedule", "constant", &["constant", "cosine"])?,
-            max_grad_norm: number("max_grad_norm", 1.0, 0.0, 1e6)?,
+            learning_rate_multiplier: check!(number, r.learning_rate_multiplier, 1.0, 1e-6, 1e3),
+            n_epochs: check!(int, r.n_epochs, 1, 1, 50),
+            compute_multiplier: check!(number, r.compute_multiplier, 1.0, 0.00001, 10.0),
+            eval_interval: check!(int, r.eval_interval, 5, 1, 1_000_000),
+            eval_samples: check!(int, r.eval_samples, 4, 1, 64),
+            reasoning_effort: choice(r.reasoning_effort, ReasoningEffort::Default),
+            lora_rank: check!(int, r.lora_rank, 16, 1, 1024),
+            lora_alpha: check!(number, r.lora_alpha, 32.0, 1e-6, 1e6),
+            beta: check!(number, r.beta, 0.0, 0.0, 100.0),
+            epsilon: check!(number, r.epsilon, 0.2, 0.0, 10.0),
+            epsilon_high: check!(number, r.epsilon_high, 0.28, 0.0, 10.0),
+            temperature: check!(number, r.temperature, 1.0, 0.0, 2.0),
+            max_completion_tokens: check!(int, r.max_completion_tokens, 256, 1, 32_768),
+            num_iterations: check!(int, r.num_iterations, 1, 1, 16),
+            scale_rewards: choice(r.scale_rewards, scale_default),
+            dynamic_sampling: choice(r.dynamic_sampling, true),
+            max_refill_rounds: check!(int, r.max_refill_rounds, 0, 0, 16),
+            overlong_buffer: check!(int, r.overlong_buffer, 0, 0, 32_768),
+            overlong_penalty_factor: check!(number, r.overlong_penalty_factor, 1.0, 0.0, 100.0),
+            mask_truncated: choice(r.mask_truncated, false),
+            weight_decay: check!(number, r.weight_decay, 0.0, 0.0, 1.0),
+            warmup_steps: check!(int, r.warmup_steps, 0, 0, 1_000_000),
+            lr_schedule: choice(r.lr_schedule, LrSchedule::Constant),
+            max_grad_norm: check!(number, r.max_grad_norm, 1.0, 0.0, 1e6),
             loss_type,
         })
     }
@@ -298,55 +270,70 @@ impl Hyperparameters {
         if step <= self.warmup_steps && self.warmup_steps > 0 {
             return base * step as f64 / self.warmup_steps as f64;
         }
-        match self.lr_schedule.as_str() {
-            "cosine" => {
+        match self.lr_schedule {
+            LrSchedule::Cosine => {
                 let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
                 let progress = (step.saturating_sub(self.warmup_steps)) as f64 / span;
                 base * 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos())
             }
-            _ => base,
+            LrSchedule::Constant => base,
         }
     }
 
     /// The loss the loop hands to `forward_backward`.
     pub fn loss_fn(&self) -> LossFn {
-        match self.loss_type.as_str() {
-            "gspo" => LossFn::Gspo {
+        match self.loss_type {
+            LossType::Gspo => LossFn::Gspo {
                 epsilon_low: self.epsilon,
                 epsilon_high: self.epsilon_high,
             },
-            "cispo" => LossFn::Cispo {
+            LossType::Cispo => LossFn::Cispo {
                 epsilon_low: self.epsilon,
                 epsilon_high: self.epsilon_high,
             },
-            // grpo and dr_grpo clip symmetrically; dapo clips higher.
-            "dapo" => LossFn::Ppo {
+            // DAPO clips higher; GRPO and Dr. GRPO clip symmetrically.
+            LossType::Dapo => LossFn::Ppo {
                 epsilon_low: self.epsilon,
                 epsilon_high: self.epsilon_high,
             },
-            _ => LossFn::Ppo {
+            LossType::Grpo | LossType::DrGrpo => LossFn::Ppo {
                 epsilon_low: self.epsilon,
                 epsilon_high: self.epsilon,
             },
         }
     }
-
-    /// The JSON recorded in the job (every value resolved).
-    pub fn to_value(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
-    }
 }
 
 impl JobRequest {
-    /// Parses a job body; errors name the field.
+    /// Parses a job body; errors name the field by its JSON path.
     pub fn from_value(value: Value) -> Result<JobRequest, TrainError> {
-        let request: JobRequest = serde_json::from_value(value)
-            .map_err(|e| TrainError::Config(format!("invalid job: {e}")))?;
+        // Another method's job is refused for what it is, before its settings (which follow
+        // that method's rules, not these) can fail to parse as reinforcement ones.
+        #[derive(Deserialize)]
+        struct MethodType {
+            method: MethodKind,
+        }
+        #[derive(Deserialize)]
+        struct MethodKind {
+            #[serde(rename = "type")]
+            kind: String,
+        }
+        if let Ok(MethodType { method }) = MethodType::deserialize(&value) {
+            if method.kind != "reinforcement" {
+                return Err(unsupported_method(&method.kind));
+            }
+        }
+        let request: JobRequest = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner();
+            TrainError::Config(if path == "." {
+                format!("invalid job: {message}")
+            } else {
+                format!("invalid job: {path}: {message}")
+            })
+        })?;
         if request.method.kind != "reinforcement" {
-            return Err(TrainError::Config(format!(
-                "method.type {:?} is not supported; OpenRFT runs \"reinforcement\" jobs",
-                request.method.kind
-            )));
+            return Err(unsupported_method(&request.method.kind));
         }
         if request.method.reinforcement.is_none() {
             return Err(TrainError::Config(
@@ -372,6 +359,12 @@ impl JobRequest {
     }
 }
 
+fn unsupported_method(kind: &str) -> TrainError {
+    TrainError::Config(format!(
+        "method.type {kind:?} is not supported; OpenRFT runs \"reinforcement\" jobs"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,7 +379,7 @@ mod tests {
         assert_eq!(h.batch_size, 8);
         assert_eq!(h.n_epochs, 2);
         assert_eq!(h.group_size(), 8);
-        assert_eq!(h.loss_type, "dapo");
+        assert_eq!(h.loss_type, LossType::Dapo);
         let err = Hyperparameters::resolve(&serde_json::json!({"batchsize": 4}), 10).unwrap_err();
         assert!(err.to_string().contains("batchsize"), "{err}");
         let err = Hyperparameters::resolve(&serde_json::json!({"n_epochs": 0}), 10).unwrap_err();
@@ -396,6 +389,35 @@ mod tests {
     #[test]
     fn dr_grpo_does_not_scale_by_the_std() {
         let h = Hyperparameters::resolve(&serde_json::json!({"loss_type": "dr_grpo"}), 10).unwrap();
-        assert_eq!(h.scale_rewards, "none");
+        assert_eq!(h.scale_rewards, ScaleRewards::Unscaled);
+    }
+
+    #[test]
+    fn job_errors_name_the_path() {
+        let job = |hyper: Value| {
+            serde_json::json!({"model": "m", "training_file": "t.jsonl", "method": {
+                "type": "reinforcement",
+                "reinforcement": {"grader": {}, "hyperparameters": hyper}}})
+        };
+        let err = JobRequest::from_value(job(serde_json::json!({"n_epochs": "x"}))).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid job: method.reinforcement.hyperparameters.n_epochs: "),
+            "{err}"
+        );
+        let err = JobRequest::from_value(job(serde_json::json!({"n_epoch": 2}))).unwrap_err();
+        assert!(err.to_string().contains("`n_epoch`"), "{err}");
+        let mut supervised = job(serde_json::json!({"n_epoch": 2}));
+        supervised["method"]["type"] = "supervised".into();
+        let err = JobRequest::from_value(supervised).unwrap_err();
+        assert!(
+            err.to_string().contains("\"supervised\" is not supported"),
+            "{err}"
+        );
+        let request = JobRequest::from_value(job(Value::Null)).unwrap();
+        assert_eq!(
+            request.reinforcement().unwrap().hyperparameters,
+            Default::default()
+        );
     }
 }

@@ -1,16 +1,24 @@
-//! OpenRFT's trainer: the four training primitives ([`primitives`]) and the RFT loop built on
-//! them ([`job`]), with OpenAI's job semantics (hyperparameters, metrics events, checkpoints,
-//! pause and resume).
+//! OpenRFT's trainer: the four training primitives ([`primitives`]), one RL step on them
+//! ([`step`]) and the RFT loop that repeats it ([`job`]), with OpenAI's job semantics
+//! (hyperparameters, metrics events, checkpoints, pause and resume).
 //!
-//! The loop is a client of the primitives: it samples groups, grades them with `rft-grade`,
-//! turns rewards into advantages, and calls `forward_backward` and `optim_step`. See
-//! `docs/training.md` for the algorithms and the mapping of OpenAI's hyperparameters.
+//! The step is a client of the primitives: it samples groups, grades them with `rft-grade`,
+//! turns rewards into advantages ([`advantage`]), and calls `forward_backward` and
+//! `optim_step`. Around it: the job's data ([`dataset`], [`seed`]), its event log
+//! ([`events`]) and its checkpoints ([`checkpoints`]). See `docs/training.md` for the
+//! algorithms and the mapping of OpenAI's hyperparameters.
+#![forbid(unsafe_code)]
 
 pub mod advantage;
+pub mod checkpoints;
 pub mod config;
+pub mod dataset;
+pub mod events;
 pub mod job;
 pub mod loss;
 pub mod primitives;
+pub mod seed;
+pub mod step;
 
 use std::path::{Path, PathBuf};
 
@@ -63,8 +71,28 @@ pub enum TrainError {
     Grading(String),
 }
 
+impl From<rft_types::DatasetError> for TrainError {
+    fn from(e: rft_types::DatasetError) -> TrainError {
+        match e {
+            rft_types::DatasetError::Io { path, source } => TrainError::Io { path, source },
+            rft_types::DatasetError::Line {
+                path,
+                line,
+                message,
+            } => TrainError::Dataset {
+                path,
+                line,
+                message,
+            },
+        }
+    }
+}
+
 /// Writes JSON atomically (`rft_types::paths::write_atomic`).
-pub(crate) fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Result<(), TrainError> {
+pub(crate) fn write_json_atomic<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+) -> Result<(), TrainError> {
     let text = serde_json::to_vec_pretty(value).map_err(|e| TrainError::Invalid(e.to_string()))?;
     rft_types::paths::write_atomic(path, &text).map_err(|source| TrainError::Io {
         path: path.to_owned(),
@@ -72,7 +100,8 @@ pub(crate) fn write_json_atomic(path: &Path, value: &serde_json::Value) -> Resul
     })
 }
 
-pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, TrainError> {
+/// Reads a JSON file into `T`; a file that does not parse as one is [`TrainError::Corrupt`].
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
     let text = std::fs::read_to_string(path).map_err(|source| TrainError::Io {
         path: path.to_owned(),
         source,
@@ -81,4 +110,22 @@ pub(crate) fn read_json(path: &Path) -> Result<serde_json::Value, TrainError> {
         path: path.to_owned(),
         message: e.to_string(),
     })
+}
+
+/// Unix seconds now (0 on a clock before 1970: a timestamp is not worth failing a job for).
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The JSON lines of a file that parse as `T`; a line cut short by a crash mid-write is
+/// skipped, and a missing file has none.
+pub(crate) fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Vec<T> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
 }

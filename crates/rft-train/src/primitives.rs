@@ -104,6 +104,15 @@ pub struct OptimStepOutput {
     pub step: u64,
 }
 
+/// `{"step": n}`: `optimizer.json` of a saved state (optimizer steps taken), and the loop's
+/// `progress.json` beside it (job steps finished).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct StepFile {
+    /// The count.
+    #[serde(default)]
+    pub(crate) step: u64,
+}
+
 /// Default of [`TrainingClient::max_recorded_bytes`]: 1 GiB (a 64 × 64-token rollout of
 /// SmolLM2-135M takes about 300 MB).
 pub const DEFAULT_MAX_RECORDED_BYTES: usize = 1 << 30;
@@ -408,10 +417,7 @@ impl TrainingClient {
             path: target.clone(),
             source,
         })?;
-        crate::write_json_atomic(
-            &dir.join("optimizer.json"),
-            &serde_json::json!({"step": self.step}),
-        )?;
+        crate::write_json_atomic(&dir.join("optimizer.json"), &StepFile { step: self.step })?;
         Ok(())
     }
 
@@ -434,8 +440,8 @@ impl TrainingClient {
                 self.moments.insert(var.as_tensor().id(), (m, v));
             }
         }
-        let meta: serde_json::Value = crate::read_json(&dir.join("optimizer.json"))?;
-        self.step = meta["step"].as_u64().unwrap_or(0);
+        let meta: StepFile = crate::read_json(&dir.join("optimizer.json"))?;
+        self.step = meta.step;
         self.grads.clear();
         Ok(())
     }

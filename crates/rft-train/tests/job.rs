@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 
 use rft_model::Architecture;
 use rft_train::config::JobRequest;
-use rft_train::job::{append_event, run_job, JobControl, JobOutcome};
+use rft_train::events::append_event;
+use rft_train::job::{run_job, JobControl, JobOutcome};
+use rft_types::api::event::{EventLevel, JobEvent};
 use serde_json::{json, Value};
 
 /// A toy task: the reward is 1 when the completion contains `x`. A random tiny model emits it
@@ -68,6 +70,11 @@ fn metrics(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Whether `event` is the metrics event of `step`.
+fn at_step(event: &JobEvent, step: usize) -> bool {
+    event.metrics().is_some_and(|m| m.step == step)
+}
+
 #[test]
 fn reward_rises_on_a_toy_task() {
     let tmp = tempfile::tempdir().unwrap();
@@ -120,7 +127,7 @@ fn pause_and_resume_equals_an_uninterrupted_run() {
     let paused = tmp.path().join("paused");
     let control = JobControl::default();
     let summary = run_job(&request, &paused, &control, &mut |event| {
-        if event["data"]["step"] == 2 {
+        if at_step(event, 2) {
             control.pause.store(true, Ordering::SeqCst);
         }
     })
@@ -156,7 +163,7 @@ fn a_killed_run_resumes_from_its_last_complete_state() {
     let killed = tmp.path().join("killed");
     let control = JobControl::default();
     run_job(&request, &killed, &control, &mut |event| {
-        if event["data"]["step"] == 3 {
+        if at_step(event, 3) {
             control.pause.store(true, Ordering::SeqCst);
         }
     })
@@ -188,10 +195,10 @@ fn a_kill_between_the_checkpoint_renames_resumes_from_the_saved_step() {
     run_job(&request, &straight, &JobControl::default(), &mut |_| {}).unwrap();
 
     let killed = tmp.path().join("killed");
-    let pause_at = |step: u64| {
+    let pause_at = |step: usize| {
         let control = JobControl::default();
         run_job(&request, &killed, &control, &mut |event| {
-            if event["data"]["step"] == step {
+            if at_step(event, step) {
                 control.pause.store(true, Ordering::SeqCst);
             }
         })
@@ -252,7 +259,13 @@ fn events_written_by_the_server_during_a_run_keep_ids_unique() {
                 serde_json::from_str(&std::fs::read_to_string(out.join("job.json")).unwrap())
                     .unwrap();
             let id = job["id"].as_str().unwrap();
-            append_event(&out, id, "info", format!("from the server {appended}")).unwrap();
+            append_event(
+                &out,
+                id,
+                EventLevel::Info,
+                format!("from the server {appended}"),
+            )
+            .unwrap();
         }
     })
     .unwrap();

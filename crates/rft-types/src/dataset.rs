@@ -1,4 +1,12 @@
-//! RFT dataset rows (spec §6.2): `messages`, optional `tools`, and every other key as the `item`.
+//! RFT dataset rows (spec §6.2): `messages`, optional `tools`, and every other key as the `item`;
+//! and [`read_dataset`], the one reader of an RFT dataset file.
+//!
+//! The file reader lives here, beside the row it parses, rather than in the trainer: the trainer,
+//! the evals (`rft eval` must read exactly the rows a job trains on, with the same line-numbered
+//! errors) and the server's file check all need it, and none of them should depend on another
+//! for it. It is plain file reading and JSON, within this crate's no-grading, no-tensor rule.
+
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -39,6 +47,70 @@ pub struct RowError {
     pub field: String,
     /// What was wrong.
     pub message: String,
+}
+
+/// Why an RFT dataset file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A line is not a valid row (or the file has none).
+    #[error("{path}:{line}: {message}")]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number; 0 for the file as a whole.
+        line: usize,
+        /// What was wrong, with the field when there is one.
+        message: String,
+    },
+}
+
+/// Reads an RFT dataset: one row per non-blank line, each ending with a user message (the
+/// model writes the reply). Errors carry the file and line.
+pub fn read_dataset(path: &Path) -> Result<Vec<DatasetRow>, DatasetError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DatasetError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let line_error = |idx: usize, message: String| DatasetError::Line {
+        path: path.to_owned(),
+        line: idx + 1,
+        message,
+    };
+    let mut rows = Vec::new();
+    for (idx, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        // A row error's message already starts with its field.
+        let row = DatasetRow::from_json_line(line).map_err(|e| line_error(idx, e.message))?;
+        // Rows always have a message (`from_value` refuses an empty list).
+        if let Some(last) = row.messages.last().filter(|m| m.role != "user") {
+            return Err(line_error(
+                idx,
+                format!(
+                    "the last message is from {:?}; RFT prompts end with a user message (the model writes the reply)",
+                    last.role
+                ),
+            ));
+        }
+        rows.push(row);
+    }
+    if rows.is_empty() {
+        return Err(DatasetError::Line {
+            path: path.to_owned(),
+            line: 0,
+            message: "the file has no rows".into(),
+        });
+    }
+    Ok(rows)
 }
 
 impl DatasetRow {
@@ -148,6 +220,33 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "messages[1].role");
+    }
+
+    #[test]
+    fn files_are_read_with_line_numbers() {
+        let dir = std::env::temp_dir().join(format!("rft-types-dataset-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("train.jsonl");
+        let user = r#"{"messages": [{"role": "user", "content": "q"}], "answer": 1}"#;
+        std::fs::write(&path, format!("{user}\n\n{user}\n")).unwrap();
+        assert_eq!(read_dataset(&path).unwrap().len(), 2);
+        std::fs::write(&path, format!("{user}\n{{\"answer\": 4}}\n")).unwrap();
+        let err = read_dataset(&path).unwrap_err().to_string();
+        assert!(err.ends_with("train.jsonl:2: messages: missing field `messages`: every row needs the prompt as a list of chat messages"), "{err}");
+        let reply = r#"{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}"#;
+        std::fs::write(&path, reply).unwrap();
+        let err = read_dataset(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("train.jsonl:1: the last message is from \"assistant\""),
+            "{err}"
+        );
+        std::fs::write(&path, "\n").unwrap();
+        let err = read_dataset(&path).unwrap_err().to_string();
+        assert!(
+            err.ends_with("train.jsonl:0: the file has no rows"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

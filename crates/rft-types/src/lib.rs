@@ -1,7 +1,7 @@
 //! The wire types of OpenAI's reinforcement fine-tuning API, as OpenRFT speaks them.
 //!
-//! This crate owns the JSON shapes of the spec (`../shared/spec/openai-rft-api.md`) and nothing
-//! else: it depends on serde alone, never on grading, tensors, HTTP or storage. Field names match
+//! This crate owns the JSON shapes of OpenAI's reinforcement fine-tuning API (graders, datasets,
+//! and the API's objects in [`api`]) and nothing else: it depends on serde alone, never on grading, tensors, HTTP or storage. Field names match
 //! the spec byte for byte; deriving `Serialize` here is a compatibility promise.
 //!
 //! The main types: [`Grader`] (every grader spec, parsed with JSON-path errors), [`RunGraderResponse`]
@@ -18,6 +18,7 @@
 //! # Ok::<(), rft_types::SpecError>(())
 //! ```
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub mod api;
 mod dataset;
@@ -26,7 +27,7 @@ pub mod paths;
 mod response;
 mod sample;
 
-pub use dataset::{ChatMessage, DatasetRow, RowError, DATASET_ROLES};
+pub use dataset::{read_dataset, ChatMessage, DatasetError, DatasetRow, RowError, DATASET_ROLES};
 pub use grader::{
     ContentItem, EvalMessage, EvaluationMetric, Grader, InputAudio, LabelModelGrader,
     MessageContent, MessageRole, MultiGrader, PythonGrader, ScoreModelGrader,

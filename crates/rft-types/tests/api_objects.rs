@@ -66,8 +66,8 @@ fn stream_chunks_have_openais_delta_shapes() {
                "logprobs": null, "finish_reason": null})
     );
     assert_eq!(role["usage"], json!(null));
-    let text = serde_json::to_value(chunk(vec![ChunkChoice::text(1, "hi".into(), None)], None))
-        .unwrap();
+    let text =
+        serde_json::to_value(chunk(vec![ChunkChoice::text(1, "hi".into(), None)], None)).unwrap();
     assert_eq!(text["choices"][0]["delta"], json!({"content": "hi"}));
     let end = serde_json::to_value(chunk(vec![ChunkChoice::finish(1, "stop")], None)).unwrap();
     assert_eq!(

@@ -2,28 +2,31 @@
 //! grading and training, and with `--reference` the same step in the same run by TRL's
 //! `GRPOTrainer` (PyTorch CPU, PEFT LoRA) on the same GGUF weights (`scripts/grpo_reference.py`).
 //!
-//! The step is the trainer's: the primitives `sample` → grade (`rft-grade`) → `build_batch`
-//! (group advantages, DAPO weights) → `forward_backward` → `optim_step`, as `rft train` composes
-//! them. Both sides draw `group` completions of exactly `tokens` tokens for each of the first
-//! `prompts` rows of the quickstart task (end-of-sequence is ignored, so the work does not depend
-//! on what the policy happens to say), grade them with the quickstart grader, and take one
-//! optimiser step of LoRA rank 16 on all seven projections.
+//! The step is the trainer's own: `rft_train::step::run_step` (sample → grade → group
+//! advantages and DAPO weights → `forward_backward` → `optim_step`), the function `rft train`
+//! runs every step, timed by the phases it reports. Both sides draw `group` completions of
+//! exactly `tokens` tokens for each of the first `prompts` rows of the quickstart task
+//! (end-of-sequence is ignored, so the work does not depend on what the policy happens to say),
+//! grade them with the quickstart grader, and take one optimiser step of LoRA rank 16 on all
+//! seven projections.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::Device;
 use clap::Args;
-use rft_grade::{compile, GradeRequest};
+use rft_grade::compile;
 use rft_model::engine::Engine;
 use rft_model::hub::{resolve_model, ModelLocation};
 use rft_model::lora::{LoraAdapter, LoraConfig};
-use rft_model::sample::{SampleRequest, SamplingParams};
-use rft_train::advantage::{build_batch, GradedGroup};
 use rft_train::config::Hyperparameters;
-use rft_train::primitives::{AdamParams, TrainingClient};
-use rft_types::{DatasetRow, Grader, Sample};
+use rft_train::dataset::{prepare_rows, PreparedRow};
+use rft_train::primitives::TrainingClient;
+use rft_train::step::{run_step, StepContext, StepInput};
+use rft_types::api::hyperparameters::{Auto, Hyperparameters as HyperparametersRequest};
+use rft_types::{DatasetRow, Grader};
 use serde_json::{json, Value};
 
 use super::bench_decode::{load_average, reference_python, run_reference};
@@ -125,9 +128,14 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
     // DAPO (the default loss) with the bench's rank; the LR is OpenRFT's default for LoRA.
     // Dynamic sampling is off so every group is trained, as TRL does (it never drops groups):
     // the same work on both sides whatever the rewards.
-    let hyper = Hyperparameters::resolve(
-        &json!({"lora_rank": args.rank, "lora_alpha": 2 * args.rank,
-                "max_completion_tokens": args.tokens, "dynamic_sampling": false}),
+    let hyper = Hyperparameters::from_request(
+        &HyperparametersRequest {
+            lora_rank: Some(Auto::Value(args.rank)),
+            lora_alpha: Some(Auto::Value(2.0 * args.rank as f64)),
+            max_completion_tokens: Some(Auto::Value(args.tokens)),
+            dynamic_sampling: Some(Auto::Value(false)),
+            ..HyperparametersRequest::default()
+        },
         args.prompts,
     )?;
 
@@ -155,17 +163,8 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
         ..LoraConfig::default()
     };
     let adapter = LoraAdapter::new(engine.model.config(), lora, 7, &Device::Cpu)?;
-    let prompts: Vec<Vec<u32>> = rows
-        .iter()
-        .map(|row| {
-            let messages: Vec<Value> = row
-                .messages
-                .iter()
-                .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
-                .collect();
-            engine.chat_prompt(&messages, row.tools.as_deref())
-        })
-        .collect::<Result<_, _>>()?;
+    let prepared = prepare_rows(&engine, rows, Path::new("examples/quickstart/train.jsonl"))?;
+    let prompts: Vec<&[u32]> = prepared.iter().map(|p| p.prompt.as_slice()).collect();
     let mut client = TrainingClient::new(engine, adapter);
     let threads = rayon::current_num_threads();
     eprintln!(
@@ -173,8 +172,8 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
         path.display(),
         start.elapsed().as_secs_f64(),
         args.prompts,
-        prompts.iter().map(Vec::len).min().unwrap_or(0),
-        prompts.iter().map(Vec::len).max().unwrap_or(0),
+        prompts.iter().map(|p| p.len()).min().unwrap_or(0),
+        prompts.iter().map(|p| p.len()).max().unwrap_or(0),
         args.group,
         args.tokens,
         hyper.lora_rank,
@@ -183,84 +182,45 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
 
     let load_before = load_average();
     let mut ours = Vec::new();
+    let batch: Vec<&PreparedRow> = prepared.iter().collect();
+    let ctx = StepContext {
+        hyper: &hyper,
+        grader: &grader,
+        response_format: None,
+        // Every completion runs to `tokens`, as TRL's min_new_tokens.
+        ignore_eos: true,
+    };
     for step in 0..args.steps {
         let t_step = Instant::now();
-        let requests: Vec<SampleRequest> = prompts
-            .iter()
-            .enumerate()
-            .map(|(i, prompt)| SampleRequest {
-                prompt: prompt.clone(),
-                n: args.group,
-                params: SamplingParams {
-                    temperature: 1.0,
-                    max_tokens: args.tokens,
-                    // No stop ids: every completion runs to `tokens`, as TRL's min_new_tokens.
-                    stop_ids: Vec::new(),
-                    seed: (step * 1000 + i) as u64,
-                    ..SamplingParams::default()
-                },
-                constraint: None,
-            })
-            .collect();
-        let t = Instant::now();
-        let completions = client.sample(&requests)?;
-        let sampling = t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let grade_requests: Vec<GradeRequest> = rows
-            .iter()
-            .zip(&completions)
-            .flat_map(|(row, group)| {
-                group.iter().map(|c| GradeRequest {
-                    sample: Sample::from_text(c.text.as_deref().unwrap_or_default()),
-                    item: row.item_value(),
-                })
-            })
-            .collect();
-        let grades = grader.grade_all(&grade_requests);
-        let grading = t.elapsed().as_secs_f64();
-
-        let t = Instant::now();
-        let refs: Vec<Vec<_>> = completions.iter().map(|g| g.iter().collect()).collect();
-        let rewards: Vec<Vec<f64>> = grades
-            .chunks(args.group)
-            .map(|g| g.iter().map(|r| r.reward).collect())
-            .collect();
-        let groups: Vec<GradedGroup<'_>> = prompts
-            .iter()
-            .zip(&refs)
-            .zip(&rewards)
-            .map(|((prompt, completions), rewards)| GradedGroup {
-                prompt,
-                completions,
-                rewards,
-            })
-            .collect();
-        let batch = build_batch(&hyper, &groups);
-        let out = client.forward_backward(&batch.datums, &hyper.loss_fn(), None)?;
-        let optim = client.optim_step(&AdamParams {
-            learning_rate: hyper.learning_rate(),
-            grad_clip_norm: hyper.max_grad_norm,
-            ..AdamParams::default()
-        })?;
-        let training = t.elapsed().as_secs_f64();
+        let report = run_step(
+            &mut client,
+            &ctx,
+            &StepInput {
+                step: step + 1,
+                rows: &batch,
+                group_size: args.group,
+                seed: step as u64,
+                refill_candidates: &[],
+                learning_rate: hyper.learning_rate(),
+            },
+        )?;
         let time = StepTime {
-            sampling,
-            grading,
-            training,
+            sampling: report.seconds.sampling,
+            grading: report.seconds.grading,
+            training: report.seconds.training,
             total: t_step.elapsed().as_secs_f64(),
         };
-        let reward_mean = grades.iter().map(|g| g.reward).sum::<f64>() / grades.len().max(1) as f64;
         eprintln!(
-            "rft step {}: sampling {:.2} s, grading {:.4} s, training {:.2} s ({} of {} sequences trained, loss {:.4}, grad norm {:.4}, reward mean {reward_mean:.3})",
+            "rft step {}: sampling {:.2} s, grading {:.4} s, training {:.2} s ({} of {} sequences trained, loss {:.4}, grad norm {:.4}, reward mean {:.3})",
             step + 1,
             time.sampling,
             time.grading,
             time.training,
-            batch.datums.len(),
+            report.trained_sequences,
             args.prompts * args.group,
-            out.loss,
-            optim.grad_norm,
+            report.loss,
+            report.grad_norm,
+            report.train_reward_mean,
         );
         ours.push(time);
     }
@@ -269,9 +229,9 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
         Some(python) => {
             let request = json!({
                 "gguf": path,
-                "prompts": rows.iter().map(|r| json!({
-                    "messages": r.messages,
-                    "answer": r.item_value()["answer"],
+                "prompts": prepared.iter().map(|p| json!({
+                    "messages": p.row.messages,
+                    "answer": p.row.item_value()["answer"],
                 })).collect::<Vec<_>>(),
                 "group_size": args.group,
                 "completion_tokens": args.tokens,
@@ -348,7 +308,7 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
             trl.sampling / ours_steady.sampling,
             trl.training / ours_steady.training
         );
-        let ours_tokens: Vec<usize> = prompts.iter().map(Vec::len).collect();
+        let ours_tokens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
         println!(
             "prompt tokens: openrft {:?}, trl {}",
             ours_tokens, reference["prompt_tokens"]

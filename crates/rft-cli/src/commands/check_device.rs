@@ -34,7 +34,7 @@ const TOLERANCE: f32 = 1e-3;
 
 /// The next value of a splitmix64 stream over `state`.
 fn splitmix(state: &mut u64) -> u64 {
-    let value = rft_train::job::mix(*state);
+    let value = rft_train::seed::mix(*state);
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     value
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::Context;
 use rft_train::config::JobRequest;
 use rft_train::job::{run_job, JobControl, JobOutcome, JobSummary};
+use rft_types::api::hyperparameters::Auto;
 use serde_json::Value;
 
 use crate::cli::{ExportArgs, QuickstartArgs, TrainArgs};
@@ -85,9 +86,7 @@ fn run(request: &JobRequest, dir: &Path) -> anyhow::Result<JobSummary> {
         }
     });
     let summary = run_job(request, dir, &control, &mut |event| {
-        if let Some(message) = event["message"].as_str() {
-            eprintln!("{message}");
-        }
+        eprintln!("{}", event.message);
     })
     .with_context(|| format!("the job in {} failed", dir.display()))?;
     Ok(summary)
@@ -219,10 +218,13 @@ fn show_before_after(request: &JobRequest, adapter_dir: &Path, rows: usize) -> a
     let Some(valid) = &request.validation_file else {
         return Ok(());
     };
-    let dataset = rft_train::job::read_dataset(Path::new(valid))?;
-    let max_tokens = reinforcement.hyperparameters["max_completion_tokens"]
-        .as_u64()
-        .unwrap_or(64) as usize;
+    let dataset = rft_train::dataset::read_dataset(Path::new(valid))?;
+    // Short answers unless the job set a length: this is a glimpse, not an evaluation.
+    let max_tokens = reinforcement
+        .hyperparameters
+        .max_completion_tokens
+        .and_then(Auto::value)
+        .unwrap_or(64);
     println!("\nbefore → after (greedy), first {rows} validation rows:");
     for row in dataset.iter().take(rows) {
         let messages: Vec<Value> = row

@@ -826,7 +826,7 @@ mod tests {
     use super::*;
 
     fn wordnet() -> &'static WordNet {
-        WordNet::shared().expect("WordNet 3.0 is installed (apt-get install wordnet-base)")
+        WordNet::shared().expect("WordNet 3.0 is installed (scripts/test.sh installs it)")
     }
 
     fn names(word: &str) -> Vec<&'static str> {

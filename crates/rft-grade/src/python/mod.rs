@@ -7,9 +7,22 @@
 //! leaks into another's. A worker that crashes, times out or breaks the protocol is killed and
 //! replaced on the next grade, and the grade that hit it reports the error.
 //!
+//! **A cap on worker processes across graders.** Every grader compiled by one [`PythonRuntime`]
+//! draws its workers from a shared budget of [`PythonConfig::max_total_workers`] processes
+//! (default twice the cores, `RFT_PYTHON_MAX_WORKERS`), so that many graders compiled at once
+//! (the HTTP server compiles one per `graders/run` request) cannot fork hundreds of
+//! interpreters. A grade that needs a new worker while the budget is spent first kills an *idle*
+//! worker of another grader (it is respawned when that grader needs it again), and otherwise
+//! waits for one to become idle or exit, at most the grade timeout; then it reports a
+//! `worker_limit` server error. A worker holds its slot from spawn to death. The one-off probe
+//! that checks each image tag's interpreter at compile time is not counted (one at a time, and
+//! killed at once).
+//!
 //! Interpreters: `image_tag` selects an environment built by `rft setup python` under
-//! `$RFT_HOME/python/<tag>`; `RFT_PYTHON` (an operator setting) names one interpreter for every
-//! tag instead, which the tests use.
+//! `$RFT_HOME/python/<tag>`, and only the tags of [`IMAGES`] are accepted (a tag is joined into a
+//! path, so anything else, such as `/tmp/x` or `../x`, could name an interpreter outside the
+//! home); `RFT_PYTHON` (an operator setting) names one interpreter for every tag instead, which
+//! the tests use.
 
 mod sandbox;
 mod setup;
@@ -19,11 +32,11 @@ pub use setup::{setup, SetupError, SetupOutcome, IMAGES};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -48,6 +61,9 @@ pub struct PythonConfig {
     pub interpreter: Option<PathBuf>,
     /// Worker processes per grader; default: the number of cores.
     pub workers: usize,
+    /// Worker processes alive at once across every grader of a runtime
+    /// (`RFT_PYTHON_MAX_WORKERS`); default: twice the number of cores. See the module docs.
+    pub max_total_workers: usize,
     /// Wall-clock limit of one `grade` call; default 120 s (spec §2.7).
     pub timeout: Duration,
     /// Address-space limit of a worker; default 2 GiB (spec §2.7).
@@ -70,15 +86,19 @@ pub enum SandboxMode {
 
 impl PythonConfig {
     /// Defaults plus the environment: `RFT_HOME`, `RFT_PYTHON`, `RFT_PYTHON_WORKERS`,
-    /// `RFT_PYTHON_TIMEOUT_SECS`, `RFT_PYTHON_SANDBOX=off`.
+    /// `RFT_PYTHON_MAX_WORKERS`, `RFT_PYTHON_TIMEOUT_SECS`, `RFT_PYTHON_SANDBOX=off`.
     pub fn from_env() -> PythonConfig {
         let env_number = |key: &str| std::env::var(key).ok().and_then(|v| v.parse::<u64>().ok());
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         PythonConfig {
             home: rft_home(),
             interpreter: std::env::var_os("RFT_PYTHON").map(PathBuf::from),
             workers: env_number("RFT_PYTHON_WORKERS")
                 .map(|n| n.max(1) as usize)
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+                .unwrap_or(cores),
+            max_total_workers: env_number("RFT_PYTHON_MAX_WORKERS")
+                .map(|n| n.clamp(1, 1 << 16) as usize)
+                .unwrap_or(2 * cores),
             timeout: Duration::from_secs(env_number("RFT_PYTHON_TIMEOUT_SECS").unwrap_or(120)),
             memory_bytes: 2 << 30,
             output_limit: 64 * 1024,
@@ -89,10 +109,58 @@ impl PythonConfig {
         }
     }
 
-    /// The virtual environment `rft setup python` builds for `tag`.
+    /// The folder `rft setup python` builds the environment of `tag` in. Only meaningful for a
+    /// tag of [`IMAGES`]; interpreters are resolved through [`check_image_tag`] and a check that
+    /// the folder stays inside the home.
     pub fn environment_dir(&self, tag: &str) -> PathBuf {
         self.home.join("python").join(tag)
     }
+
+    /// [`PythonConfig::environment_dir`] for a known tag whose folder (links resolved, where it
+    /// exists) lies inside the home: defence in depth behind `rft_grade::validate`.
+    fn checked_environment_dir(&self, tag: &str) -> Result<PathBuf, PythonSetupError> {
+        check_image_tag(tag)?;
+        let mut components = Path::new(tag).components();
+        let single_name = matches!(
+            (components.next(), components.next()),
+            (Some(Component::Normal(_)), None)
+        );
+        let base = self.home.join("python");
+        let dir = base.join(tag);
+        let outside = || PythonSetupError::OutsideHome {
+            tag: tag.to_owned(),
+            path: dir.clone(),
+        };
+        if !single_name || !dir.starts_with(&base) {
+            return Err(outside());
+        }
+        if let (Ok(home), Ok(real)) = (
+            std::fs::canonicalize(&self.home),
+            std::fs::canonicalize(&dir),
+        ) {
+            if !real.starts_with(&home) {
+                return Err(outside());
+            }
+        }
+        Ok(dir)
+    }
+}
+
+/// Accepts only the image tags OpenRFT knows ([`IMAGES`]); the error names the field and lists
+/// them.
+pub fn check_image_tag(tag: &str) -> Result<(), PythonSetupError> {
+    if IMAGES.iter().any(|(known, _)| *known == tag) {
+        return Ok(());
+    }
+    // The tag is echoed back; a hostile one may be huge.
+    let mut shown: String = tag.chars().take(100).collect();
+    if shown.len() < tag.len() {
+        shown.push_str("...");
+    }
+    Err(PythonSetupError::UnknownImageTag {
+        tag: shown,
+        known: IMAGES.map(|(t, _)| t).join(", "),
+    })
 }
 
 /// OpenRFT's data folder (`$RFT_HOME`, default `~/.cache/openrft`).
@@ -118,6 +186,22 @@ pub enum PythonSetupError {
         path: PathBuf,
         /// What went wrong.
         message: String,
+    },
+    /// `image_tag` is not one of [`IMAGES`].
+    #[error("unknown image_tag {tag:?}; accepted image_tag values: {known}")]
+    UnknownImageTag {
+        /// The requested tag (shortened when long).
+        tag: String,
+        /// The accepted tags.
+        known: String,
+    },
+    /// The environment folder of a tag resolves outside `$RFT_HOME`.
+    #[error("image_tag {tag:?}: the environment folder {path} resolves outside the RFT home; refusing to run its interpreter")]
+    OutsideHome {
+        /// The image tag.
+        tag: String,
+        /// The folder.
+        path: PathBuf,
     },
     /// The kernel sandbox is unavailable and the operator has not opted out.
     #[error("refusing to run Python graders: the sandbox cannot be applied on this host ({0}); fix the host, or set RFT_PYTHON_SANDBOX=off to run graders unsandboxed at your own risk")]
@@ -146,6 +230,7 @@ pub enum PythonOutcome {
 pub struct PythonRuntime {
     config: PythonConfig,
     interpreters: Mutex<HashMap<String, Arc<Interpreter>>>,
+    budget: Arc<Budget>,
 }
 
 #[derive(Debug)]
@@ -157,9 +242,16 @@ struct Interpreter {
 impl PythonRuntime {
     /// A runtime with this configuration; nothing is started until a grader needs it.
     pub fn new(config: PythonConfig) -> Arc<PythonRuntime> {
+        let budget = Arc::new(Budget {
+            max: config.max_total_workers.max(1),
+            live: Mutex::new(0),
+            freed: Condvar::new(),
+            pools: Mutex::new(Vec::new()),
+        });
         Arc::new(PythonRuntime {
             config,
             interpreters: Mutex::new(HashMap::new()),
+            budget,
         })
     }
 
@@ -176,6 +268,12 @@ impl PythonRuntime {
         &self.config
     }
 
+    /// Worker processes alive now across every grader of this runtime (at most
+    /// [`PythonConfig::max_total_workers`]).
+    pub fn live_workers(&self) -> usize {
+        *lock(&self.budget.live)
+    }
+
     /// Compiles a grader: resolves its interpreter and sandbox. The source itself is compiled
     /// by each worker when it starts.
     pub fn compile(
@@ -184,28 +282,41 @@ impl PythonRuntime {
         image_tag: Option<&str>,
     ) -> Result<PythonGrader, PythonSetupError> {
         let interpreter = self.interpreter(image_tag.unwrap_or(DEFAULT_IMAGE_TAG))?;
-        Ok(PythonGrader {
-            config: self.config.clone(),
-            interpreter,
-            source: Arc::from(source),
+        let shared = Arc::new(PoolShared {
             pool: Mutex::new(Pool {
                 idle: Vec::new(),
                 live: 0,
             }),
             available: Condvar::new(),
+        });
+        {
+            let mut pools = lock(&self.budget.pools);
+            pools.retain(|pool| pool.strong_count() > 0);
+            pools.push(Arc::downgrade(&shared));
+        }
+        Ok(PythonGrader {
+            config: self.config.clone(),
+            interpreter,
+            source: Arc::from(source),
+            shared,
+            budget: self.budget.clone(),
             load_error: OnceLock::new(),
         })
     }
 
     fn interpreter(&self, tag: &str) -> Result<Arc<Interpreter>, PythonSetupError> {
-        let mut interpreters = self.interpreters.lock().unwrap_or_else(|e| e.into_inner());
+        check_image_tag(tag)?;
+        let mut interpreters = lock(&self.interpreters);
         if let Some(found) = interpreters.get(tag) {
             return Ok(found.clone());
         }
         let path = match &self.config.interpreter {
             Some(path) => path.clone(),
             None => {
-                let path = self.config.environment_dir(tag).join("venv/bin/python");
+                let path = self
+                    .config
+                    .checked_environment_dir(tag)?
+                    .join("venv/bin/python");
                 if !path.exists() {
                     return Err(PythonSetupError::MissingEnvironment {
                         tag: tag.to_owned(),
@@ -303,15 +414,16 @@ fn inspect_interpreter(path: &Path) -> Result<(PathBuf, Vec<PathBuf>), PythonSet
 /// time with a clear message instead of on every sample.
 fn probe(interpreter: &Interpreter, config: &PythonConfig) -> Result<(), PythonSetupError> {
     let probe_source: Arc<str> = Arc::from("def grade(sample, item):\n    return 1.0\n");
-    let mut worker = Worker::spawn(interpreter, config, &probe_source).map_err(|e| match e {
-        WorkerError::Spawn(message) if interpreter.sandbox.is_some() => {
-            PythonSetupError::SandboxUnavailable(message)
-        }
-        other => PythonSetupError::Interpreter {
-            path: interpreter.executable.clone(),
-            message: other.to_string(),
-        },
-    })?;
+    let mut worker =
+        Worker::spawn(interpreter, config, &probe_source, None).map_err(|e| match e {
+            WorkerError::Spawn(message) if interpreter.sandbox.is_some() => {
+                PythonSetupError::SandboxUnavailable(message)
+            }
+            other => PythonSetupError::Interpreter {
+                path: interpreter.executable.clone(),
+                message: other.to_string(),
+            },
+        })?;
     worker.kill();
     Ok(())
 }
@@ -322,11 +434,19 @@ pub struct PythonGrader {
     config: PythonConfig,
     interpreter: Arc<Interpreter>,
     source: Arc<str>,
-    pool: Mutex<Pool>,
-    available: Condvar,
+    shared: Arc<PoolShared>,
+    budget: Arc<Budget>,
     /// Set when the source failed to load once: loading is deterministic, so later grades
     /// report the same error without starting a process.
     load_error: OnceLock<String>,
+}
+
+/// A grader's workers; the runtime's budget keeps a weak reference to reap idle ones.
+#[derive(Debug)]
+struct PoolShared {
+    pool: Mutex<Pool>,
+    /// Signalled when a worker of this grader becomes idle or goes away.
+    available: Condvar,
 }
 
 #[derive(Debug)]
@@ -334,6 +454,95 @@ struct Pool {
     idle: Vec<Worker>,
     /// Workers in existence: idle ones plus those grading right now.
     live: usize,
+}
+
+/// Locks a mutex, going on after a panic elsewhere: every state it guards stays consistent
+/// between statements.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The runtime-wide budget of worker processes.
+///
+/// Lock order: `pools`, then one grader's pool; `live` is taken last and alone (a [`Slot`] may
+/// be dropped while a pool is locked).
+#[derive(Debug)]
+struct Budget {
+    max: usize,
+    live: Mutex<usize>,
+    /// Signalled whenever a slot is given back.
+    freed: Condvar,
+    /// Every grader compiled by the runtime (dead ones are pruned as they are met).
+    pools: Mutex<Vec<Weak<PoolShared>>>,
+}
+
+/// One worker process's place in the budget, given back when dropped.
+#[derive(Debug)]
+struct Slot {
+    budget: Arc<Budget>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        *lock(&self.budget.live) -= 1;
+        self.budget.freed.notify_all();
+    }
+}
+
+impl Budget {
+    fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        let mut live = lock(&self.live);
+        if *live >= self.max {
+            return None;
+        }
+        *live += 1;
+        Some(Slot {
+            budget: self.clone(),
+        })
+    }
+
+    /// Kills one idle worker of a grader other than `own`; returns whether there was one.
+    fn reap_idle(&self, own: &Arc<PoolShared>) -> bool {
+        let victim = {
+            let mut pools = lock(&self.pools);
+            pools.retain(|pool| pool.strong_count() > 0);
+            pools
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|shared| !Arc::ptr_eq(shared, own))
+                .find_map(|shared| {
+                    let mut pool = lock(&shared.pool);
+                    let worker = pool.idle.pop()?;
+                    pool.live -= 1;
+                    shared.available.notify_one();
+                    Some(worker)
+                })
+        };
+        match victim {
+            Some(mut worker) => {
+                worker.kill();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Waits until a slot may be free, `deadline` at the latest. Wakes at least every 50 ms,
+    /// so a worker that became idle meanwhile (and can be reaped or reused) is noticed.
+    fn wait(&self, deadline: Instant) {
+        let live = lock(&self.live);
+        if *live < self.max {
+            return;
+        }
+        let wait = deadline
+            .saturating_duration_since(Instant::now())
+            .min(Duration::from_millis(50));
+        drop(
+            self.freed
+                .wait_timeout(live, wait)
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+    }
 }
 
 impl PythonGrader {
@@ -345,7 +554,10 @@ impl PythonGrader {
         let mut worker = match self.take_worker() {
             Ok(worker) => worker,
             Err(err) => {
-                self.release(None);
+                // A busy budget never counted a worker for this grade.
+                if !matches!(err, WorkerError::Busy(_)) {
+                    self.release(None);
+                }
                 if let WorkerError::Load(details) = &err {
                     let _ = self.load_error.set(details.clone());
                 }
@@ -368,36 +580,69 @@ impl PythonGrader {
         }
     }
 
+    /// An idle worker of this grader, or a new one once this grader is under its own limit
+    /// and the runtime's budget has (or, by reaping another grader's idle worker, makes) room.
+    /// Waiting for the budget is bounded by the grade timeout.
     fn take_worker(&self) -> Result<Worker, WorkerError> {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let deadline = Instant::now() + self.config.timeout;
+        let mut pool = lock(&self.shared.pool);
         loop {
-            if let Some(worker) = pool.idle.pop() {
-                return Ok(worker);
+            while let Some(mut worker) = pool.idle.pop() {
+                if worker.is_alive() {
+                    return Ok(worker);
+                }
+                // It died while idle (e.g. the thread that spawned it exited, and the parent-
+                // death signal followed): not this grade's fault, so start another.
+                pool.live -= 1;
+                drop(pool);
+                worker.kill();
+                pool = lock(&self.shared.pool);
             }
             if pool.live < self.config.workers {
-                pool.live += 1;
+                if let Some(slot) = self.budget.try_take() {
+                    pool.live += 1;
+                    drop(pool);
+                    return Worker::spawn(
+                        &self.interpreter,
+                        &self.config,
+                        &self.source,
+                        Some(slot),
+                    );
+                }
                 drop(pool);
-                return Worker::spawn(&self.interpreter, &self.config, &self.source);
+                if !self.budget.reap_idle(&self.shared) {
+                    if Instant::now() >= deadline {
+                        return Err(WorkerError::Busy(self.budget.max));
+                    }
+                    self.budget.wait(deadline);
+                }
+                pool = lock(&self.shared.pool);
+                continue;
             }
-            pool = self.available.wait(pool).unwrap_or_else(|e| e.into_inner());
+            // Every worker this grader may have is grading: one comes back within a timeout.
+            pool = self
+                .shared
+                .available
+                .wait(pool)
+                .unwrap_or_else(|e| e.into_inner());
         }
     }
 
     /// Returns a healthy worker to the pool, or records that one is gone.
     fn release(&self, worker: Option<Worker>) {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = lock(&self.shared.pool);
         match worker {
             Some(worker) => pool.idle.push(worker),
             None => pool.live -= 1,
         }
-        self.available.notify_one();
+        self.shared.available.notify_one();
     }
 }
 
 impl Drop for PythonGrader {
     fn drop(&mut self) {
-        let pool = self.pool.get_mut().unwrap_or_else(|e| e.into_inner());
-        for mut worker in pool.idle.drain(..) {
+        let idle: Vec<Worker> = lock(&self.shared.pool).idle.drain(..).collect();
+        for mut worker in idle {
             worker.kill();
         }
     }
@@ -431,6 +676,8 @@ enum WorkerError {
     Timeout,
     /// The process died or closed its pipe.
     Died(String),
+    /// The runtime's budget of worker processes (this many) stayed spent for a whole timeout.
+    Busy(usize),
 }
 
 impl std::fmt::Display for WorkerError {
@@ -440,6 +687,7 @@ impl std::fmt::Display for WorkerError {
             WorkerError::Load(m) => write!(f, "the grader source failed to load: {m}"),
             WorkerError::Timeout => f.write_str("the worker did not answer in time"),
             WorkerError::Died(m) => write!(f, "the worker died: {m}"),
+            WorkerError::Busy(max) => write!(f, "all {max} Python worker processes are busy"),
         }
     }
 }
@@ -460,17 +708,30 @@ impl WorkerError {
                 "the grader's process died while grading ({how}); it may have exceeded the {} MiB memory limit, crashed the interpreter or exited",
                 config.memory_bytes >> 20
             )),
+            WorkerError::Busy(max) => PythonOutcome::Server {
+                kind: "worker_limit".to_owned(),
+                details: format!(
+                    "all {max} Python worker processes of this server (RFT_PYTHON_MAX_WORKERS) stayed busy for {} s",
+                    config.timeout.as_secs_f64()
+                ),
+            },
         }
     }
 }
 
 #[derive(Debug)]
 struct Worker {
+    /// The sandbox's supervisor when sandboxed (it exits as the interpreter did, with 128 + the
+    /// signal when one killed it), the interpreter itself otherwise.
     child: Child,
     stdin: ChildStdin,
     replies: Receiver<Option<String>>,
     /// The worker's private folder, removed with the worker.
     workdir: PathBuf,
+    sandboxed: bool,
+    /// The worker's place in the runtime's budget (none for the compile-time probe); dropped,
+    /// and so given back, with the worker, after the process is gone.
+    _slot: Option<Slot>,
 }
 
 impl Worker {
@@ -478,6 +739,7 @@ impl Worker {
         interpreter: &Interpreter,
         config: &PythonConfig,
         source: &Arc<str>,
+        slot: Option<Slot>,
     ) -> Result<Worker, WorkerError> {
         let workdir = private_dir().map_err(|e| WorkerError::Spawn(e.to_string()))?;
         let mut command = Command::new(&interpreter.executable);
@@ -541,6 +803,8 @@ impl Worker {
             stdin,
             replies,
             workdir,
+            sandboxed: interpreter.sandbox.is_some(),
+            _slot: slot,
         };
         let setup = json!({"source": &**source, "output_limit": config.output_limit}).to_string();
         let reply = match worker.request(&setup, config.timeout) {
@@ -601,6 +865,11 @@ impl Worker {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return match (status.code(), status.signal()) {
                     (_, Some(signal)) => format!("killed by signal {signal}"),
+                    // The sandbox's supervisor reports the interpreter's death by a signal as
+                    // 128 + the signal, as shells do.
+                    (Some(code @ 129..=192), _) if self.sandboxed => {
+                        format!("killed by signal {}", code - 128)
+                    }
                     (Some(code), _) => format!("exit code {code}"),
                     _ => fallback.to_owned(),
                 };
@@ -610,9 +879,16 @@ impl Worker {
         fallback.to_owned()
     }
 
+    fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     fn kill(&mut self) {
-        // The worker leads its own process group; kill the whole group.
+        // The worker leads its own process group, which the sandboxed interpreter shares with
+        // its supervisor; kill the whole group (the interpreter also dies with its supervisor).
         let pid = self.child.id() as libc::pid_t;
+        // SAFETY: a plain syscall; the group is this worker's, which nothing else can reuse
+        // while `child` is not reaped.
         unsafe { libc::kill(-pid, libc::SIGKILL) };
         let _ = self.child.kill();
         let _ = self.child.wait();
