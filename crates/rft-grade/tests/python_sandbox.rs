@@ -490,10 +490,11 @@ fn own_limit(resource: libc::__rlimit_resource_t) -> (u64, u64) {
 fn other_processes_limits_priority_and_affinity_cannot_be_changed() {
     let pid = std::process::id();
     let before = own_limit(libc::RLIMIT_MSGQUEUE);
+    // (`setpriority(PRIO_USER, 0, _)`, which would renice every process of this uid, is in the
+    // filter's own unit tests: here a regression would renice the whole host.)
     let attacks = [
         format!("import resource\nresource.prlimit({pid}, resource.RLIMIT_MSGQUEUE, (4096, 4096))\nreturn 1.0"),
         format!("os.setpriority(os.PRIO_PROCESS, {pid}, 19)\nreturn 1.0"),
-        "os.setpriority(os.PRIO_USER, 0, 19)\nreturn 1.0".to_owned(),
         format!("os.sched_setaffinity({pid}, {{0}})\nreturn 1.0"),
         format!("os.sched_setscheduler({pid}, os.SCHED_BATCH, os.sched_param(0))\nreturn 1.0"),
     ];
@@ -632,12 +633,7 @@ fn a_timed_out_worker_is_gone_not_just_its_supervisor() {
         2,
     );
     assert_contained(&grader, "TimeoutError");
-    let alive = || {
-        std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
-            std::fs::read_to_string(entry.path().join("comm"))
-                .is_ok_and(|comm| comm.trim() == marker)
-        })
-    };
+    let alive = || !pids_named(&marker).is_empty();
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while alive() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -840,4 +836,72 @@ fn attributes_of_host_files_cannot_be_changed() {
         "a grader chmodded a host file"
     );
     assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+}
+
+/// The host pids of processes whose name (`comm`) is `name`.
+fn pids_named(name: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim() == name).then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn killing_the_supervisor_kills_the_grader() {
+    // The worker pool only knows the sandbox's supervisor (the process `spawn` forked); the
+    // interpreter is its child in a PID namespace and must not outlive it.
+    let marker = format!("rftsup{}", std::process::id() % 100_000);
+    let grader = python_grader(
+        &format!(
+            "import ctypes, time\nctypes.CDLL(None).prctl(15, b'{marker}', 0, 0, 0)\ntime.sleep(60)"
+        ),
+        60,
+    );
+    std::thread::scope(|scope| {
+        let attacked = scope.spawn(|| grade(&grader, "attack"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let interpreter = loop {
+            if let Some(&pid) = pids_named(&marker).first() {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the grader never started"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let status = std::fs::read_to_string(format!("/proc/{interpreter}/status")).unwrap();
+        let supervisor: libc::pid_t = status
+            .lines()
+            .find_map(|line| line.strip_prefix("PPid:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_ne!(supervisor as u32, std::process::id());
+        // SAFETY: a plain syscall on a child process of this test.
+        assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
+        let result = attacked.join().unwrap();
+        let errors = &result.metadata.errors;
+        assert!(errors.python_grader_runtime_error, "{errors:?}");
+        let details = errors
+            .python_grader_runtime_error_details
+            .clone()
+            .unwrap_or_default();
+        assert!(details.contains("process died"), "{details}");
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !pids_named(&marker).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        pids_named(&marker).is_empty(),
+        "the interpreter outlived its supervisor"
+    );
+    assert_eq!(grade(&grader, "fine").reward, 1.0);
 }
