@@ -175,7 +175,8 @@ const ALLOWED: &[(&str, &[&str], &[&str])] = &[
     ),
     (
         "rft-eval",
-        &["rft-grade", "rft-model", "rft-train", "rft-types"],
+        // Not rft-train: evals read datasets through rft-types and sample through the engine.
+        &["rft-grade", "rft-model", "rft-types"],
         &[
             "candle-core",
             "plotters",

@@ -331,12 +331,35 @@ async fn admit(State(state): State<SharedState>, request: Request, next: Next) -
             });
             Response::from_parts(parts, body)
         }
-        Err(_) => ApiError::busy(format!(
-            "The server is handling {} requests already; retry after a short wait.",
-            state.config.max_concurrent_requests
-        ))
-        .into_response(),
+        Err(_) => {
+            // The body is read and dropped before answering (bounded in bytes and time):
+            // a client still sending it would otherwise see a reset connection instead of
+            // the 429 that tells it to retry.
+            discard_body(request.into_body()).await;
+            ApiError::busy(format!(
+                "The server is handling {} requests already; retry after a short wait.",
+                state.config.max_concurrent_requests
+            ))
+            .into_response()
+        }
     }
+}
+
+/// Reads and drops a request body, at most the JSON limit and for at most five seconds; a
+/// chunk at a time, so a flood of rejected requests holds no memory.
+async fn discard_body(body: axum::body::Body) {
+    use futures_util::StreamExt;
+    let mut stream = body.into_data_stream();
+    let drain = async {
+        let mut seen = 0usize;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > error::MAX_JSON_BODY {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
 }
 
 /// A body that releases its admission permit when dropped.

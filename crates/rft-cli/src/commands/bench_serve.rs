@@ -47,6 +47,9 @@ pub(crate) struct BenchServeArgs {
     /// Concurrent hostile clients.
     #[arg(long, default_value_t = 8)]
     pub(crate) hostile_clients: usize,
+    /// The server's limit of requests in flight (lower it to see bursts answered with 429).
+    #[arg(long, default_value_t = 512)]
+    pub(crate) max_concurrent_requests: usize,
 }
 
 fn request(
@@ -104,6 +107,7 @@ pub(crate) fn serve(args: &BenchServeArgs) -> anyhow::Result<ExitCode> {
     let data = tempfile_dir()?;
     let mut config = ServerConfig::new(data.clone());
     config.models = vec![args.model.clone()];
+    config.max_concurrent_requests = args.max_concurrent_requests;
     let server = BackgroundServer::start(config)?;
     let base = server.base.clone();
     let agent = loadtest::agent();
