@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use rft_types::api::chat::ChatRequest;
+use rft_types::api::grader::RunGraderRequest;
+use serde_json::{json, Map, Value};
 
 /// What to send.
 #[derive(Debug, Clone)]
@@ -110,12 +112,18 @@ fn phase(
     report
 }
 
-fn post(agent: &ureq::Agent, url: &str, key: Option<&str>, body: &Value) -> Result<u16, String> {
+fn post(
+    agent: &ureq::Agent,
+    url: &str,
+    key: Option<&str>,
+    body: &impl serde::Serialize,
+) -> Result<u16, String> {
     let mut request = agent.post(url).header("Content-Type", "application/json");
     if let Some(key) = key {
         request = request.header("Authorization", format!("Bearer {key}"));
     }
-    let mut response = request.send(body.to_string()).map_err(|e| e.to_string())?;
+    let body = serde_json::to_string(body).map_err(|e| e.to_string())?;
+    let mut response = request.send(body).map_err(|e| e.to_string())?;
     let status = response.status().as_u16();
     let text = response
         .body_mut()
@@ -147,8 +155,14 @@ pub fn run(base: &str, key: Option<&str>, plan: &LoadPlan) -> (PhaseReport, Phas
             agent,
             &graders_url,
             key,
-            &json!({"grader": grader, "model_sample": format!("the answer is {}", i % 97),
-                    "item": {"answer": format!("answer {}", i % 89)}}),
+            &RunGraderRequest {
+                grader: grader.clone(),
+                model_sample: format!("the answer is {}", i % 97),
+                item: Some(Map::from_iter([(
+                    "answer".to_owned(),
+                    Value::String(format!("answer {}", i % 89)),
+                )])),
+            },
         )
     };
     let chat = |agent: &ureq::Agent, i: usize| {
@@ -156,9 +170,16 @@ pub fn run(base: &str, key: Option<&str>, plan: &LoadPlan) -> (PhaseReport, Phas
             agent,
             &chat_url,
             key,
-            &json!({"model": plan.chat_model, "seed": i,
-                    "max_completion_tokens": plan.chat_max_tokens,
-                    "messages": [{"role": "user", "content": format!("Count to {}.", i % 10 + 2)}]}),
+            &ChatRequest {
+                model: plan.chat_model.clone(),
+                seed: Some(i as i64),
+                max_completion_tokens: Some(plan.chat_max_tokens as u64),
+                messages: vec![ChatRequest::user_message(format!(
+                    "Count to {}.",
+                    i % 10 + 2
+                ))],
+                ..ChatRequest::default()
+            },
         )
     };
     std::thread::scope(|scope| {
@@ -167,6 +188,10 @@ pub fn run(base: &str, key: Option<&str>, plan: &LoadPlan) -> (PhaseReport, Phas
         let graders = graders.join().unwrap_or_default();
         (graders, chats)
     })
+}
+
+fn typed(request: &impl serde::Serialize) -> Value {
+    serde_json::to_value(request).unwrap_or(Value::Null)
 }
 
 /// Requests an attacker would send, each with the answer the server must give: the server
@@ -190,13 +215,22 @@ fn hostile_request(i: usize) -> (&'static str, Value, u16) {
         ),
         2 => (
             "/chat/completions",
-            json!({"model": "/etc/shadow", "messages": [{"role": "user", "content": "hi"}]}),
+            typed(&ChatRequest {
+                model: "/etc/shadow".into(),
+                messages: vec![ChatRequest::user_message("hi")],
+                ..ChatRequest::default()
+            }),
             404,
         ),
         3 => (
             "/chat/completions",
-            json!({"model": "x", "n": 128, "max_tokens": 1_000_000,
-                   "messages": [{"role": "user", "content": "hi"}]}),
+            typed(&ChatRequest {
+                model: "x".into(),
+                n: Some(128),
+                max_tokens: Some(1_000_000),
+                messages: vec![ChatRequest::user_message("hi")],
+                ..ChatRequest::default()
+            }),
             400,
         ),
         _ => (

@@ -272,7 +272,9 @@ fn pause_resume_and_cancel_follow_the_status_machine() {
         &model,
         train["id"].as_str().unwrap(),
         valid["id"].as_str().unwrap(),
-        json!({"batch_size": 2, "n_epochs": 1, "compute_multiplier": 0.25, "eval_interval": 50,
+        // Many epochs: the job must still be running when the test cancels it after the
+        // resume (a tiny model runs a 20-step epoch faster than the status is polled).
+        json!({"batch_size": 2, "n_epochs": 50, "compute_multiplier": 0.25, "eval_interval": 5000,
                "eval_samples": 1, "lora_rank": 2, "max_completion_tokens": 3}),
     );
     let (_, job) = server.post("/fine_tuning/jobs", &body);

@@ -450,7 +450,7 @@ fn cancelling_a_job_as_it_starts_stops_it() {
     let tmp = tempfile::tempdir().unwrap();
     tiny_model(tmp.path());
     let server = Server::start(&tmp.path().join("data"), &[]);
-    let rows: String = (0..8)
+    let rows: String = (0..40)
         .map(|i| {
             json!({"messages": [{"role": "user", "content": format!("Say x {i}")}], "target": "x"})
                 .to_string()
@@ -468,7 +468,7 @@ fn cancelling_a_job_as_it_starts_stops_it() {
                     "method": {"type": "reinforcement", "reinforcement": {
                         "grader": {"type": "string_check", "name": "a", "operation": "like",
                                    "input": "{{ sample.output_text }}", "reference": "x"},
-                        "hyperparameters": {"n_epochs": 20, "batch_size": 2,
+                        "hyperparameters": {"n_epochs": 50, "batch_size": 2,
                                             "max_completion_tokens": 4}}}}),
         );
         assert_eq!(status, 200, "{job}");
@@ -501,10 +501,10 @@ fn cancelling_a_job_as_it_starts_stops_it() {
         let (_, events) = server.get(&format!("/fine_tuning/jobs/{id}/events?limit=1000"));
         let events = events["data"].as_array().unwrap();
         let steps = events.iter().filter(|e| e["type"] == "metrics").count();
-        // 20 epochs of 4 steps were asked for: a job whose cancel was missed runs all 80
-        // (a tiny model trains a few steps before a late cancel lands, and that is fine).
+        // 50 epochs of 20 steps were asked for: a job whose cancel was missed runs all 1,000
+        // (a tiny model trains some steps before a late cancel lands, and that is fine).
         assert!(
-            steps < 80,
+            steps < 1000,
             "job {id} ran all its {steps} steps despite its cancel"
         );
         let mut event_ids: Vec<&str> = events.iter().filter_map(|e| e["id"].as_str()).collect();

@@ -193,47 +193,47 @@ impl ChunkChoice {
 
 /// `POST /v1/chat/completions`: the fields OpenRFT reads (others, such as `user`, are
 /// accepted and ignored, as OpenAI's optional settings are). Ranges are checked by the server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatRequest {
     /// The model name.
     pub model: String,
     /// The conversation: the client's messages, rendered by the model's chat template.
     pub messages: Vec<serde_json::Value>,
     /// Samples (1–128).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<u32>,
     /// Sampling temperature (0–2).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,
     /// Nucleus mass (0–1).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_p: Option<f64>,
     /// Completion token limit.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_completion_tokens: Option<u64>,
     /// The older name of `max_completion_tokens`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<u64>,
     /// Strings that end a sample.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<Stop>,
     /// Seed of the samples' generators.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<i64>,
     /// Structured outputs (parsed by the engine).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_format: Option<serde_json::Value>,
     /// Per-token log-probs.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logprobs: Option<bool>,
     /// Answer as server-sent events.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<bool>,
     /// `{include_usage}`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
     /// Tool definitions, passed to the chat template.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<serde_json::Value>>,
 }
 
@@ -253,4 +253,14 @@ pub struct StreamOptions {
     /// Send a last chunk with the usage.
     #[serde(default)]
     pub include_usage: Option<bool>,
+}
+
+impl ChatRequest {
+    /// A user message, as the `messages` array holds it.
+    pub fn user_message(content: impl Into<String>) -> serde_json::Value {
+        let mut message = serde_json::Map::new();
+        message.insert("role".into(), "user".into());
+        message.insert("content".into(), serde_json::Value::String(content.into()));
+        serde_json::Value::Object(message)
+    }
 }
