@@ -119,7 +119,7 @@ fn mean_std(values: &[f64]) -> (f64, f64) {
 
 /// Whether `group` carries signal, by the rule [`build_batch`]'s dynamic sampling drops groups
 /// by (the loop's refill asks the same question of fresh groups).
-pub fn has_signal(hyper: &Hyperparameters, group: &GradedGroup<'_>) -> bool {
+pub(crate) fn has_signal(hyper: &Hyperparameters, group: &GradedGroup<'_>) -> bool {
     mean_std(&shaped_rewards(hyper, group)).1 >= ZERO_STD
 }
 

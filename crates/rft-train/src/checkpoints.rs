@@ -20,7 +20,7 @@ const PROGRESS: &str = "progress.json";
 /// The list of kept checkpoints in a job folder.
 const CHECKPOINTS: &str = "checkpoints.jsonl";
 /// Validation checkpoints kept (OpenAI keeps the 3 best by validation reward).
-pub const KEPT_CHECKPOINTS: usize = 3;
+pub(crate) const KEPT_CHECKPOINTS: usize = 3;
 
 fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError {
     let path = path.to_owned();
@@ -42,7 +42,7 @@ fn complete_step(dir: &Path) -> Option<usize> {
 /// `latest.old` (the previous state) and `latest.new` (the new one, complete once its
 /// `progress.json` exists): the newest complete one becomes `latest`, with one rename. Without
 /// this, the job would restart from step 0.
-pub fn recover_latest(checkpoints: &Path) -> Result<(), TrainError> {
+pub(crate) fn recover_latest(checkpoints: &Path) -> Result<(), TrainError> {
     let latest = checkpoints.join(LATEST);
     if complete_step(&latest).is_some() {
         return Ok(());
@@ -126,13 +126,13 @@ struct CheckpointLine<'a> {
 }
 
 /// The adapter folder of the checkpoint of `step`.
-pub fn checkpoint_dir(job_dir: &Path, step: usize) -> PathBuf {
+pub(crate) fn checkpoint_dir(job_dir: &Path, step: usize) -> PathBuf {
     job_dir.join(format!("checkpoints/step-{step}"))
 }
 
 /// What a validation checkpoint records.
 #[derive(Debug, Clone)]
-pub struct NewCheckpoint<'a> {
+pub(crate) struct NewCheckpoint<'a> {
     /// The job's id (`ftjob-…`).
     pub job_id: &'a str,
     /// The job's fine-tuned model name; the checkpoint's adds `:ckpt-step-N`.
@@ -148,7 +148,7 @@ pub struct NewCheckpoint<'a> {
 /// Saves the adapter of a validation step as a checkpoint and keeps the
 /// [`KEPT_CHECKPOINTS`] best by validation reward (ties: the later step): the others' folders
 /// are deleted and `checkpoints.jsonl` is rewritten atomically to list the kept ones.
-pub fn save_checkpoint(
+pub(crate) fn save_checkpoint(
     client: &TrainingClient,
     job_dir: &Path,
     new: &NewCheckpoint<'_>,

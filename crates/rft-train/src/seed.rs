@@ -10,7 +10,7 @@ pub fn mix(mut x: u64) -> u64 {
 }
 
 /// The row order of one epoch of `n` rows: a Fisher–Yates shuffle seeded by `(seed, epoch)`.
-pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+pub(crate) fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut state = mix(seed ^ mix(epoch as u64 + 1));
     for i in (1..n).rev() {

@@ -18,7 +18,7 @@ use crate::TrainError;
 
 /// If more than this fraction of a step's samples fail to grade, the step fails (OpenAI fails
 /// jobs whose grader errors on most samples; the exact threshold is ours).
-pub const MAX_GRADER_ERROR_FRACTION: f64 = 0.5;
+pub(crate) const MAX_GRADER_ERROR_FRACTION: f64 = 0.5;
 
 /// One prompt's samples, each with its grade.
 pub type GradedRollout = Vec<(Completion, RunGraderResponse)>;
@@ -370,7 +370,7 @@ fn refill<'a>(
 
 /// Mean reward per grader: one entry per child of a multi grader (by its key), else one for
 /// the grader itself.
-pub fn grader_means(all: &[&RunGraderResponse]) -> Vec<GraderMean> {
+pub(crate) fn grader_means(all: &[&RunGraderResponse]) -> Vec<GraderMean> {
     let Some(first) = all.first() else {
         return Vec::new();
     };
