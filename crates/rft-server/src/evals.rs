@@ -40,13 +40,7 @@ use crate::{
 
 /// Evals and runs show `{}` for absent metadata, as OpenAI's examples do.
 fn metadata(value: Option<&Value>) -> Result<Metadata, ApiError> {
-    Ok(match parse_metadata(value)? {
-        Value::Object(map) => map
-            .into_iter()
-            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned())))
-            .collect(),
-        _ => Metadata::new(),
-    })
+    Ok(parse_metadata(value)?.unwrap_or_default())
 }
 
 /// `POST /v1/evals` (201).
@@ -270,9 +264,14 @@ pub(crate) async fn create_run(
     // The run echoes the data source exactly as the client sent it.
     let echo = body.get("data_source").cloned().unwrap_or(Value::Null);
     let request: CreateRun = parse_body(body)?;
-    let (model, source) = match request.data_source {
-        RunDataSource::Jsonl { source } => (String::new(), source),
-        RunDataSource::Completions { model, source, .. } => {
+    let (model, source, sampling) = match request.data_source {
+        RunDataSource::Jsonl { source } => (String::new(), source, Sampling::default()),
+        RunDataSource::Completions {
+            model,
+            source,
+            input_messages: InputMessages::Template { template },
+            sampling_params,
+        } => {
             if model.is_empty() {
                 return Err(
                     ApiError::bad_request("a completions data source needs `model`")
@@ -285,7 +284,14 @@ pub(crate) async fn create_run(
                     crate::inference::model_not_found(&model).with_param("data_source.model")
                 );
             }
-            (model, source)
+            (
+                model,
+                source,
+                Sampling {
+                    template,
+                    params: sampling_params,
+                },
+            )
         }
         RunDataSource::Responses { .. } => {
             return Err(ApiError::bad_request(
@@ -328,6 +334,7 @@ pub(crate) async fn create_run(
         eval,
         run: run.clone(),
         rows,
+        sampling,
     }) {
         state.store.delete(&run.id)?;
         return Err(e);
@@ -340,6 +347,15 @@ struct RunTask {
     eval: Eval,
     run: EvalRun,
     rows: Vec<SourceRow>,
+    sampling: Sampling,
+}
+
+/// How a completions source samples: the messages to render per row and the sampling
+/// parameters (nothing for `jsonl`, whose rows carry their samples).
+#[derive(Default)]
+struct Sampling {
+    template: Vec<Value>,
+    params: RunSamplingParams,
 }
 
 /// A fixed set of threads running eval runs from a bounded queue: a burst of runs waits its
@@ -417,7 +433,7 @@ impl Runners {
 fn run_task(state: &Arc<AppState>, task: RunTask) {
     let id = task.run.id.clone();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        execute(state, &task.eval, &task.run, task.rows)
+        execute(state, &task.eval, &task.run, task.rows, task.sampling)
     }));
     let error = match outcome {
         Ok(Ok(())) => return,
@@ -533,6 +549,7 @@ fn execute(
     eval: &Eval,
     run: &EvalRun,
     rows: Vec<SourceRow>,
+    sampling: Sampling,
 ) -> Result<(), ApiError> {
     let moved = state.store.modify_object::<EvalRun, ()>(&run.id, |r| {
         if r.status != RunStatus::Queued {
@@ -564,15 +581,7 @@ fn execute(
             threshold: c.pass_threshold,
         });
     }
-    let source = serde_json::from_value::<RunDataSource>(run.data_source.clone()).ok();
-    let (template, params) = match source {
-        Some(RunDataSource::Completions {
-            input_messages: InputMessages::Template { template },
-            sampling_params,
-            ..
-        }) => (template, sampling_params),
-        _ => (Vec::new(), RunSamplingParams::default()),
-    };
+    let Sampling { template, params } = sampling;
     let response_format = params
         .response_format
         .as_ref()

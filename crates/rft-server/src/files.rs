@@ -185,9 +185,8 @@ pub(crate) async fn upload(
         // Renamed into place, and its folder synced, before the object that names it exists.
         std::fs::rename(&part_path, &final_path)
             .map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))?;
-        if let Some(dir) = final_path.parent() {
-            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
-        }
+        rft_types::paths::sync_parent(&final_path)
+            .map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))?;
         store.insert_object("file", None, &stored)?;
         Ok(())
     })

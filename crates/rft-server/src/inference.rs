@@ -573,7 +573,7 @@ pub(crate) async fn chat_completions(
         )
         .with_param("messages"));
     }
-    let messages = request.messages.clone();
+    let messages = request.messages;
     let n = in_range("n", request.n.map(f64::from), 1.0, (1.0, 128.0))? as usize;
     let (max_tokens_key, given) = match (request.max_completion_tokens, request.max_tokens) {
         (Some(v), _) => ("max_completion_tokens", Some(v)),

@@ -601,14 +601,7 @@ pub(crate) async fn create(
             )
         }
     };
-    let metadata = match parse_metadata(request.metadata.as_ref())? {
-        Value::Object(map) => Some(
-            map.into_iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned())))
-                .collect(),
-        ),
-        _ => None,
-    };
+    let metadata = parse_metadata(request.metadata.as_ref())?;
     let echo = hyper.with_unset_as_auto();
     let id = new_id("ftjob-");
     let job = FineTuningJob {

@@ -242,25 +242,28 @@ pub(crate) fn openapi_document() -> openapi::Document {
 
 /// Checks OpenAI's `metadata` (at most 16 string pairs, keys ≤ 64 and values ≤ 512
 /// characters); absent or null is `Value::Null`.
-pub(crate) fn parse_metadata(value: Option<&Value>) -> Result<Value, ApiError> {
+pub(crate) fn parse_metadata(
+    value: Option<&Value>,
+) -> Result<Option<rft_types::api::common::Metadata>, ApiError> {
     match value {
-        None | Some(Value::Null) => Ok(Value::Null),
+        None | Some(Value::Null) => Ok(None),
         Some(Value::Object(map)) => {
             if map.len() > 16 {
                 return Err(ApiError::bad_request("metadata can have at most 16 keys")
                     .with_param("metadata"));
             }
-            for (k, v) in map {
-                let ok =
-                    k.chars().count() <= 64 && v.as_str().is_some_and(|s| s.chars().count() <= 512);
-                if !ok {
-                    return Err(ApiError::bad_request(format!(
+            map.iter()
+                .map(|(k, v)| match v.as_str() {
+                    Some(s) if k.chars().count() <= 64 && s.chars().count() <= 512 => {
+                        Ok((k.clone(), s.to_owned()))
+                    }
+                    _ => Err(ApiError::bad_request(format!(
                         "metadata['{k}']: keys are strings of at most 64 characters and values strings of at most 512"
                     ))
-                    .with_param("metadata"));
-                }
-            }
-            Ok(Value::Object(map.clone()))
+                    .with_param("metadata")),
+                })
+                .collect::<Result<_, _>>()
+                .map(Some)
         }
         Some(_) => Err(
             ApiError::bad_request("metadata must be an object of strings").with_param("metadata"),

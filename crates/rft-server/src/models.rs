@@ -25,8 +25,13 @@ fn all_models(state: &SharedState) -> Result<Vec<Model>, ApiError> {
         .map(|name| Model::new(name.as_str(), now(), "openrft"))
         .collect();
     let jobs: Vec<FineTuningJob> = state.store.all_objects("job", None, false)?;
+    // Many jobs share a base: ask the catalog (which may look at the disk) once per name.
+    let mut served = std::collections::HashMap::new();
     for job in &jobs {
-        if catalog.resolve(&job.model).is_none() {
+        let is_served = *served
+            .entry(job.model.as_str())
+            .or_insert_with(|| catalog.resolve(&job.model).is_some());
+        if !is_served {
             continue;
         }
         if job.status == JobStatus::Succeeded {
