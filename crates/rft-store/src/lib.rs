@@ -511,6 +511,8 @@ impl Store {
     {
         let mut failure = None;
         let mut typed_error = None;
+        // The changed object itself is returned: no second parse of what was just written.
+        let mut changed_object = None;
         let changed = self.modify(id, |body| {
             let mut object: T = match serde_json::from_value(body.take()) {
                 Ok(object) => object,
@@ -521,7 +523,10 @@ impl Store {
             };
             let outcome = change(&mut object);
             match serde_json::to_value(&object) {
-                Ok(value) => *body = value,
+                Ok(value) => {
+                    *body = value;
+                    changed_object = Some(object);
+                }
                 Err(e) => {
                     typed_error = Some(e.to_string());
                     return Err(None);
@@ -541,7 +546,7 @@ impl Store {
         }
         Ok(match changed {
             None => None,
-            Some(Ok(value)) => Some(Ok(self.parse_body(id, value)?)),
+            Some(Ok(_)) => changed_object.map(Ok),
             Some(Err(_)) => failure.map(Err),
         })
     }

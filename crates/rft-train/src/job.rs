@@ -281,7 +281,7 @@ impl Loop<'_> {
         )?;
         let all: Vec<&rft_types::RunGraderResponse> =
             graded.groups.iter().flatten().map(|(_, g)| g).collect();
-        let mean = all.iter().map(|g| g.reward).sum::<f64>() / all.len().max(1) as f64;
+        let mean = crate::step::mean(all.iter().map(|g| g.reward), all.len());
         Ok(Some((mean, grader_means(&all))))
     }
 

@@ -310,7 +310,7 @@ pub fn run_step(
 }
 
 /// The mean of `n` values (0 for none).
-fn mean(values: impl Iterator<Item = f64>, n: usize) -> f64 {
+pub(crate) fn mean(values: impl Iterator<Item = f64>, n: usize) -> f64 {
     values.sum::<f64>() / n.max(1) as f64
 }
 
