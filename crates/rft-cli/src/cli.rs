@@ -46,6 +46,11 @@ pub(crate) enum Command {
     Train(TrainArgs),
     /// Pull the default model, measure it on a built-in task, train it, measure again.
     Quickstart(QuickstartArgs),
+    /// The worked examples, one per RFT use case: list them, or run one end to end.
+    Example {
+        #[command(subcommand)]
+        command: crate::commands::example::ExampleCommand,
+    },
     /// Write a model (an adapter merged into its base) as a Hugging Face folder.
     Export(ExportArgs),
     /// Serve OpenAI's fine-tuning, graders, files, models and chat API on this machine.

@@ -258,6 +258,12 @@ pub struct RunInfo<'a> {
     pub report_url: Option<String>,
 }
 
+/// The assistant message of an output item's `sample.output`, in the same shape the server's
+/// eval runs write.
+fn output_message(sample: &rft_types::Sample) -> Value {
+    json!(rft_types::api::eval::OutputMessage::of(sample))
+}
+
 /// Builds the eval, the run and its output items.
 pub fn build_objects(
     data: &EvalData,
@@ -355,9 +361,7 @@ pub fn build_objects(
                 results: result.into_iter().collect(),
                 sample: OutputSample {
                     input: input.clone(),
-                    output: vec![
-                        json!({"role": "assistant", "content": sample.sample.output_text}),
-                    ],
+                    output: vec![output_message(&sample.sample)],
                     finish_reason: sample.finish_reason.clone(),
                     model: model.clone(),
                     usage: SampleUsage {

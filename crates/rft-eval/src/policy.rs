@@ -10,6 +10,7 @@ use rft_grade::judge::{JudgeClient, JudgeConfig};
 use rft_model::constrain::ResponseFormat;
 use rft_model::engine::Engine;
 use rft_model::sample::SamplingParams;
+use rft_model::tool_calls::parse_offered;
 use serde_json::{json, Value};
 
 use crate::data::EvalRow;
@@ -49,8 +50,11 @@ impl Default for SamplingOptions {
 /// One generated answer.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Generated {
-    /// The answer's text.
+    /// The answer's text (outside its tool calls, when it called tools).
     pub text: String,
+    /// The tools it called, in chat-completions `tool_calls` shape: what graders see as
+    /// `sample.output_tools`.
+    pub tool_calls: Vec<Value>,
     /// `stop`, `length`, ...
     pub finish_reason: String,
     /// Prompt tokens (counted once per sample, as the API bills them).
@@ -115,6 +119,7 @@ impl RemoteModel {
                     .or(completion.refusal)
                     .unwrap_or_default(),
                 finish_reason: completion.finish_reason.unwrap_or_else(|| "stop".into()),
+                tool_calls: completion.tool_calls,
                 prompt_tokens: completion.usage.prompt_tokens,
                 completion_tokens: completion.usage.completion_tokens,
                 error: None,
@@ -227,18 +232,31 @@ fn generate_local(
         requests.push(engine.request(prompt, options.samples.max(1), params, format.as_ref())?);
     }
     let completions = engine.sampler().run(&requests)?;
+    // Rows that offer tools get their answers' tool calls parsed out, as chat completions
+    // would return them.
+    let tool_format = engine.tool_call_format();
     Ok(completions
         .into_iter()
         .zip(prompt_lens)
-        .map(|(group, prompt_tokens)| {
+        .zip(rows)
+        .map(|((group, prompt_tokens), row)| {
             group
                 .into_iter()
-                .map(|c| Generated {
-                    text: c.text.clone().unwrap_or_default(),
-                    finish_reason: c.finish_reason.as_str().to_owned(),
-                    prompt_tokens,
-                    completion_tokens: c.ids.len() as u64,
-                    error: None,
+                .map(|c| {
+                    let text = c.text.as_deref().unwrap_or_default();
+                    let parsed = parse_offered(text, row.tools.as_deref(), tool_format);
+                    let called = !parsed.tool_calls.is_empty();
+                    Generated {
+                        tool_calls: parsed.tool_calls_json(),
+                        text: parsed.content,
+                        finish_reason: match c.finish_reason.as_str() {
+                            "stop" if called => "tool_calls".to_owned(),
+                            other => other.to_owned(),
+                        },
+                        prompt_tokens,
+                        completion_tokens: c.ids.len() as u64,
+                        error: None,
+                    }
                 })
                 .collect()
         })

@@ -162,7 +162,7 @@ fn grade_rows(
             // A given eval-run sample keeps its own fields (output_json, tools, choices).
             let sample = match (&row.sample, g.finish_reason.as_str()) {
                 (Some(given), "given") => given.clone(),
-                _ => Sample::from_text(&g.text),
+                _ => Sample::from_message(&g.text, g.tool_calls.clone()),
             };
             if g.error.is_none() {
                 requests.push(GradeRequest {

@@ -18,6 +18,7 @@ use crate::hub::{resolve_model, ModelLocation};
 use crate::lora::LoraAdapter;
 use crate::sample::{SampleRequest, Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
+use crate::tool_calls::ToolCallFormat;
 use crate::{CausalLm, ModelError};
 
 /// A loaded model with everything needed to sample from chat messages.
@@ -123,7 +124,8 @@ impl Engine {
     }
 
     /// Renders chat messages (and tools) with the model's chat template and tokenizes them,
-    /// ready for the assistant's turn.
+    /// ready for the assistant's turn; tools reach templates that ignore them through a system
+    /// prompt ([`crate::tokenizer::ChatTemplate::render_prompt`]).
     pub fn chat_prompt(
         &self,
         messages: &[Value],
@@ -132,8 +134,15 @@ impl Engine {
         let text = self
             .tokenizer
             .chat_template()?
-            .render(messages, tools, true)?;
+            .render_prompt(messages, tools)?;
         Ok(self.tokenizer.encode(&text, false)?)
+    }
+
+    /// The syntax this model's prompts ask it to call tools in (see [`crate::tool_calls`]).
+    pub fn tool_call_format(&self) -> ToolCallFormat {
+        self.tokenizer
+            .chat_template()
+            .map_or(ToolCallFormat::Hermes, |t| t.tool_call_format())
     }
 
     /// A sampler over this engine's model, adapter and tokenizer.

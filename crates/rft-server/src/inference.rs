@@ -10,6 +10,10 @@
 //! reports each sample's new text (holding back what could still become a stop string) and
 //! each sample's end, and the handler forwards them as chunks. With `logprobs` the chunks are
 //! built from the finished sample instead, one per token, so each carries its token's record.
+//!
+//! With `tools`, each answer's tool calls are parsed out in the chat template's syntax
+//! (`rft_model::tool_calls`) into `message.tool_calls` with `finish_reason: "tool_calls"`;
+//! streamed, such answers are sent when complete, the calls in OpenAI's delta shape.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
@@ -25,6 +29,7 @@ use rft_model::constrain::ResponseFormat;
 use rft_model::engine::Engine;
 use rft_model::lora::LoraAdapter;
 use rft_model::sample::{Cancel, Completion, Sampler, SamplingParams};
+use rft_model::tool_calls::{parse_tool_calls, ParsedOutput};
 use rft_store::Store;
 use rft_types::api::chat::{
     AssistantMessage, ChatChunk, ChatCompletion, ChatRequest, ChatUsage, Choice, ChoiceLogprobs,
@@ -114,6 +119,9 @@ struct ChatJob {
     /// Whether the client set `max_tokens`: a prompt that leaves less room than that is an
     /// error; the default is cut to the room left.
     max_tokens_given: bool,
+    /// Whether to parse tool calls out of the answers (tools offered, `tool_choice` not
+    /// `"none"`).
+    parse_tools: bool,
 }
 
 /// A streamed piece of one choice.
@@ -129,6 +137,8 @@ struct ChatResult {
     completions: Vec<Completion>,
     /// Each completion's tokens as text pieces (for streaming and logprobs).
     pieces: Vec<Vec<TokenPiece>>,
+    /// Each completion split into content and tool calls, when the job parses tool calls.
+    parsed: Vec<Option<ParsedOutput>>,
 }
 
 struct TokenPiece {
@@ -164,6 +174,8 @@ pub(crate) struct ChatCall {
     pub(crate) params: SamplingParams,
     /// Structured output.
     pub(crate) response_format: Option<ResponseFormat>,
+    /// Function tools offered (already checked); their calls are parsed out of the answers.
+    pub(crate) tools: Option<Vec<Value>>,
 }
 
 /// What a [`ChatCall`] returns.
@@ -173,6 +185,8 @@ pub(crate) struct ChatOutput {
     pub(crate) prompt_tokens: usize,
     /// The samples.
     pub(crate) completions: Vec<Completion>,
+    /// Each sample split into content and tool calls, when tools were offered.
+    pub(crate) parsed: Vec<Option<ParsedOutput>>,
 }
 
 impl Inference {
@@ -190,7 +204,8 @@ impl Inference {
             .send(ChatJob {
                 model,
                 messages: call.messages,
-                tools: None,
+                parse_tools: call.tools.is_some(),
+                tools: call.tools,
                 n: call.n,
                 params: call.params,
                 response_format: call.response_format,
@@ -205,6 +220,7 @@ impl Inference {
         Ok(ChatOutput {
             prompt_tokens: result.prompt_tokens,
             completions: result.completions,
+            parsed: result.parsed,
         })
     }
 
@@ -450,6 +466,7 @@ impl Worker {
         };
         let outcome = sampler.run_streaming(&requests, &mut forward);
         drop(streams);
+        let tool_format = engine.tool_call_format();
         match outcome {
             Ok(groups) => {
                 for ((job, prompt_tokens), completions) in accepted.into_iter().zip(groups) {
@@ -457,10 +474,19 @@ impl Worker {
                         .iter()
                         .map(|c| token_pieces(engine, c))
                         .collect();
+                    let parsed = completions
+                        .iter()
+                        .map(|c| {
+                            job.parse_tools.then(|| {
+                                parse_tool_calls(c.text.as_deref().unwrap_or_default(), tool_format)
+                            })
+                        })
+                        .collect();
                     let _ = job.reply.send(Ok(ChatResult {
                         prompt_tokens,
                         completions,
                         pieces,
+                        parsed,
                     }));
                 }
             }
@@ -555,6 +581,78 @@ fn in_range(
     }
 }
 
+/// Each answer's tool calls: `None` for answers without any (or when the request offered no
+/// tools); only the first call of each with `parallel_tool_calls: false`.
+fn answer_calls(parsed: &[Option<ParsedOutput>], single_call: bool) -> Vec<Option<ParsedOutput>> {
+    parsed
+        .iter()
+        .map(|p| {
+            let mut p = p.clone().filter(|p| !p.tool_calls.is_empty())?;
+            if single_call {
+                p.tool_calls.truncate(1);
+            }
+            Some(p)
+        })
+        .collect()
+}
+
+/// Checks `tools` with the one checker every entry point shares
+/// (`rft_types::tools::check_tools`: at most 128 function tools with OpenAI's name rule). An
+/// empty list is no tools.
+pub(crate) fn check_tools(tools: Option<Vec<Value>>) -> Result<Option<Vec<Value>>, ApiError> {
+    let Some(tools) = tools.filter(|t| !t.is_empty()) else {
+        return Ok(None);
+    };
+    rft_types::tools::check_tools(&tools)
+        .map_err(|e| ApiError::bad_request(e.to_string()).with_param(e.field))?;
+    Ok(Some(tools))
+}
+
+/// What the client asked of tool calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ToolChoice {
+    /// Never call tools: answers are text, even if they look like a call.
+    None,
+    /// `auto`, `required` or a named function: the model's calls are parsed; the model is
+    /// prompted with the tools but not forced to call one.
+    Parse,
+}
+
+/// Checks `tool_choice`: `"none"`, `"auto"`, `"required"` or `{"type": "function",
+/// "function": {"name"}}` naming an offered tool; anything but `"none"` needs `tools`.
+fn check_tool_choice(
+    choice: Option<&Value>,
+    tools: Option<&[Value]>,
+) -> Result<ToolChoice, ApiError> {
+    let bad =
+        |message: &str| Err(ApiError::bad_request(message.to_owned()).with_param("tool_choice"));
+    let choice = match choice {
+        None | Some(Value::Null) => return Ok(ToolChoice::Parse),
+        Some(choice) => choice,
+    };
+    if choice.as_str() == Some("none") {
+        return Ok(ToolChoice::None);
+    }
+    let Some(tools) = tools else {
+        return bad("tool_choice is only allowed when tools are given");
+    };
+    match choice {
+        Value::String(s) if s == "auto" || s == "required" => Ok(ToolChoice::Parse),
+        Value::Object(_) if choice.get("type").and_then(Value::as_str) == Some("function") => {
+            let name = choice.pointer("/function/name").and_then(Value::as_str);
+            let offered = tools
+                .iter()
+                .any(|t| t.pointer("/function/name").and_then(Value::as_str) == name);
+            if name.is_some() && offered {
+                Ok(ToolChoice::Parse)
+            } else {
+                bad("tool_choice.function.name must name one of the tools")
+            }
+        }
+        _ => bad("tool_choice must be \"none\", \"auto\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": ...}}"),
+    }
+}
+
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(
     State(state): State<SharedState>,
@@ -617,7 +715,11 @@ pub(crate) async fn chat_completions(
         .stream_options
         .and_then(|o| o.include_usage)
         .unwrap_or(false);
-    let tools = request.tools;
+    let tools = check_tools(request.tools)?;
+    let tool_choice = check_tool_choice(request.tool_choice.as_ref(), tools.as_deref())?;
+    // One call per answer when the client asks for it: the first call is kept.
+    let single_call = request.parallel_tool_calls == Some(false);
+    let parse_tools = tools.is_some() && tool_choice != ToolChoice::None;
     let limit = state.config.max_request_tokens;
     let asked = n.saturating_mul(if max_tokens_given { max_tokens } else { 1 });
     if asked > limit {
@@ -649,13 +751,15 @@ pub(crate) async fn chat_completions(
         reply,
         stream: None,
         max_tokens_given,
+        parse_tools,
     };
     // Dropped with this handler's future (the client went away) or with the stream's body:
     // either way the engine stops decoding for this request at its next step.
     let on_disconnect = CancelOnDrop(cancel);
     // Streaming without logprobs goes out token by token as the engine decodes; with logprobs
-    // the per-token records are built from the finished sample (below).
-    let live = stream && !logprobs;
+    // the per-token records are built from the finished sample (below), and so are answers that
+    // may call tools: whether a piece of text is part of a call is known once the sample ends.
+    let live = stream && !logprobs && !parse_tools;
     let events_rx = if live {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         job.stream = Some(tx);
@@ -684,6 +788,12 @@ pub(crate) async fn chat_completions(
         .await
         .map_err(|_| ApiError::internal("the inference thread dropped the request"))??;
     on_disconnect.disarm();
+    let calls = answer_calls(&result.parsed, single_call);
+    let finish_reason =
+        |index: usize, c: &Completion| match (calls.get(index), c.finish_reason.as_str()) {
+            (Some(Some(_)), "stop") => "tool_calls".to_owned(),
+            (_, reason) => reason.to_owned(),
+        };
     let id = new_id("chatcmpl-");
     let created = now();
     let completion_tokens: usize = result.completions.iter().map(|c| c.ids.len()).sum();
@@ -702,7 +812,13 @@ pub(crate) async fn chat_completions(
             .enumerate()
             .map(|(index, (c, pieces))| Choice {
                 index,
-                message: AssistantMessage::new(c.text.clone().unwrap_or_default()),
+                message: match calls.get(index) {
+                    Some(Some(parsed)) => AssistantMessage::with_tool_calls(
+                        parsed.content.clone(),
+                        parsed.tool_calls_json(),
+                    ),
+                    _ => AssistantMessage::new(c.text.clone().unwrap_or_default()),
+                },
                 logprobs: logprobs.then(|| ChoiceLogprobs {
                     content: pieces
                         .iter()
@@ -711,7 +827,7 @@ pub(crate) async fn chat_completions(
                         .collect(),
                     refusal: None,
                 }),
-                finish_reason: c.finish_reason.as_str().to_owned(),
+                finish_reason: finish_reason(index, c),
             })
             .collect();
         return Ok(Json(ChatCompletion {
@@ -730,6 +846,35 @@ pub(crate) async fn chat_completions(
     let mut events = Vec::new();
     for (index, (c, pieces)) in result.completions.iter().zip(&result.pieces).enumerate() {
         events.push(chunks.event(vec![ChunkChoice::role(index)], None));
+        if let Some(Some(parsed)) = calls.get(index) {
+            // The text beside the calls, then each call in OpenAI's delta shape: its id, type
+            // and name with empty arguments, then the arguments.
+            if !parsed.content.is_empty() {
+                events.push(chunks.event(
+                    vec![ChunkChoice::text(index, parsed.content.clone(), None)],
+                    None,
+                ));
+            }
+            for (call_index, call) in parsed.tool_calls.iter().enumerate() {
+                let head = serde_json::json!({
+                    "index": call_index, "id": call.id, "type": "function",
+                    "function": {"name": call.name, "arguments": ""},
+                });
+                let arguments = serde_json::json!({
+                    "index": call_index, "function": {"arguments": call.arguments},
+                });
+                for delta in [head, arguments] {
+                    events.push(
+                        chunks.event(vec![ChunkChoice::tool_calls(index, vec![delta])], None),
+                    );
+                }
+            }
+            events.push(chunks.event(
+                vec![ChunkChoice::finish(index, &finish_reason(index, c))],
+                None,
+            ));
+            continue;
+        }
         for (piece, &lp) in pieces.iter().zip(&c.logprobs) {
             if piece.text.is_empty() && !logprobs {
                 continue;
@@ -886,5 +1031,31 @@ impl ApiError {
     pub(crate) fn with_message(mut self, message: impl Into<String>) -> ApiError {
         self.message = message.into();
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rft_model::tool_calls::{parse_tool_calls, ToolCallFormat};
+
+    #[test]
+    fn parallel_tool_calls_false_keeps_the_first_call() {
+        let two = parse_tool_calls(
+            "<tool_call>{\"name\": \"a\"}</tool_call><tool_call>{\"name\": \"b\"}</tool_call>",
+            ToolCallFormat::Hermes,
+        );
+        let text = parse_tool_calls("hello", ToolCallFormat::Hermes);
+        let parsed = [Some(two), Some(text), None];
+        let all = answer_calls(&parsed, false);
+        assert_eq!(all[0].as_ref().map(|p| p.tool_calls.len()), Some(2));
+        assert!(all[1].is_none() && all[2].is_none());
+        let first = answer_calls(&parsed, true);
+        let kept = first[0]
+            .as_ref()
+            .map(|p| p.tool_calls.clone())
+            .unwrap_or_default();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].name, "a");
     }
 }

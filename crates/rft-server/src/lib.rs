@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod catalog;
+mod dashboard;
 mod error;
 mod evals;
 mod files;
@@ -18,6 +19,7 @@ mod jobs;
 pub mod loadtest;
 mod models;
 mod openapi;
+mod tinker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -109,6 +111,8 @@ pub(crate) struct AppState {
     pub(crate) graders: graders::GraderPool,
     /// Permits for requests in flight.
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// The Tinker-compatible training API (`/api/v1`).
+    pub(crate) tinker: tinker::Tinker,
 }
 
 /// Shared state handle.
@@ -289,6 +293,8 @@ pub(crate) fn router(state: SharedState) -> Router {
     // Every body is held to the JSON limit by the bytes actually read; the upload route
     // streams to disk and counts its own bytes (`files::upload`).
     add_routes(Router::new())
+        .merge(dashboard::routes())
+        .nest("/api/v1", tinker::routes())
         .fallback(|| async { ApiError::new_not_found_route().into_response() })
         .layer(DefaultBodyLimit::max(error::MAX_JSON_BODY))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
@@ -414,11 +420,23 @@ async fn auth(State(state): State<SharedState>, request: Request, next: Next) ->
         }
         return next.run(request).await;
     }
+    // The dashboard's shell holds no data and a browser cannot add a key to a page load; its
+    // script calls the API with the key the user gives it.
+    if dashboard::is_static_asset(request.method(), request.uri().path()) {
+        return next.run(request).await;
+    }
+    // Tinker's SDK sends its key as `X-API-Key` (docs/tinker.md); the same keys are accepted.
     let given = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| {
+            request
+                .headers()
+                .get("x-api-key")
+                .and_then(|v| v.to_str().ok())
+        })
         .map(str::trim);
     match given {
         Some(key) if key_matches(&state.config.api_keys, key) => next.run(request).await,
@@ -528,6 +546,7 @@ pub async fn serve_on(
     evals::fail_interrupted_runs(&store)?;
     let catalog = Arc::new(catalog::Catalog::new(&config));
     let scheduler = jobs::Scheduler::start(store.clone(), catalog.clone())?;
+    let tinker = tinker::Tinker::start(&config.data_dir, catalog.clone());
     let inference = inference::Inference::start(
         store.clone(),
         catalog,
@@ -547,6 +566,7 @@ pub async fn serve_on(
         eval_runs,
         graders,
         in_flight,
+        tinker,
     });
     state.eval_runs.start(&state, state.config.eval_runners);
     let local = addr;

@@ -266,8 +266,13 @@ impl Loop<'_> {
         }
     }
 
-    /// Samples and grades the validation set: the mean reward and each grader's.
-    fn validate(&self, seed: u64) -> Result<Option<(f64, Vec<GraderMean>)>, TrainError> {
+    /// Samples and grades the validation set after `step`: the mean reward and each grader's.
+    /// Its answers are kept as the latest (and, the first time, the first) validation samples.
+    fn validate(
+        &self,
+        seed: u64,
+        step: usize,
+    ) -> Result<Option<(f64, Vec<GraderMean>)>, TrainError> {
         if self.valid.is_empty() {
             return Ok(None);
         }
@@ -279,6 +284,9 @@ impl Loop<'_> {
             self.hyper.eval_samples,
             mix(seed ^ 0xE7A1),
         )?;
+        if let Err(e) = crate::samples::write_validation(&self.dir, step, &rows, &graded.groups) {
+            tracing::warn!("cannot record the validation samples: {e}");
+        }
         let all: Vec<&rft_types::RunGraderResponse> =
             graded.groups.iter().flatten().map(|(_, g)| g).collect();
         let mean = crate::step::mean(all.iter().map(|g| g.reward), all.len());
@@ -307,7 +315,7 @@ impl Loop<'_> {
                     self.valid.len(),
                     self.hyper.group_size()
                 ))?;
-                if let Some((mean, graders)) = self.validate(mix(self.seed))? {
+                if let Some((mean, graders)) = self.validate(mix(self.seed), 0)? {
                     baseline = Some(mean);
                     events.metrics(
                         format!("Step 0/{total}, full validation mean reward={mean:.4}"),
@@ -375,11 +383,16 @@ impl Loop<'_> {
                 },
             )?;
             train_rewards.push(report.train_reward_mean);
+            // Diagnostics for the dashboard: a full disk here is logged, not fatal.
+            if let Err(e) = crate::samples::write_step(&self.dir, step, rows.len(), &report.groups)
+            {
+                tracing::warn!("cannot record the samples of step {step}: {e}");
+            }
 
             let validate_now = step % self.hyper.eval_interval == 0 || step == total;
             let t_eval = Instant::now();
             let valid = if validate_now {
-                self.validate(mix(self.seed ^ step as u64))?
+                self.validate(mix(self.seed ^ step as u64), step)?
             } else {
                 None
             };

@@ -17,6 +17,7 @@ pub mod events;
 pub mod job;
 pub mod loss;
 pub mod primitives;
+pub mod samples;
 pub mod seed;
 pub mod step;
 

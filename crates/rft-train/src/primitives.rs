@@ -218,14 +218,74 @@ impl TrainingClient {
 
     /// Log-probs of the base model without the adapter (the reference policy), no graph.
     pub fn reference_logprobs(&self, batch: &[Datum]) -> Result<Vec<Vec<f32>>, TrainError> {
+        self.score(None, batch)
+    }
+
+    /// Log-probs of every completion token under the current policy (the adapter), no
+    /// gradient kept.
+    pub fn policy_logprobs(&self, batch: &[Datum]) -> Result<Vec<Vec<f32>>, TrainError> {
+        self.score(Some(&self.adapter), batch)
+    }
+
+    fn score(
+        &self,
+        adapter: Option<&LoraAdapter>,
+        batch: &[Datum],
+    ) -> Result<Vec<Vec<f32>>, TrainError> {
         let mut out = Vec::with_capacity(batch.len());
         for chunk in self.micro_batches(batch) {
-            let sequences = to_sequences(chunk);
-            let lp = completion_logprobs(&self.engine.model, None, &sequences)?;
-            let values: Vec<f32> = lp.logprobs.to_dtype(DType::F32)?.to_vec1()?;
-            out.extend(lp.spans.iter().map(|s| values[s.clone()].to_vec()));
+            out.extend(sequence_logprobs(
+                &self.engine.model,
+                adapter,
+                &to_sequences(chunk),
+            )?);
         }
         Ok(out)
+    }
+
+    /// `forward_backward` without the backward: the same loss and log-probs under the current
+    /// policy, no gradient accumulated (Tinker's `forward`).
+    pub fn forward(
+        &self,
+        batch: &[Datum],
+        loss_fn: &LossFn,
+    ) -> Result<ForwardBackwardOutput, TrainError> {
+        check_lengths(batch)?;
+        let logprobs = self.policy_logprobs(batch)?;
+        let mut output = ForwardBackwardOutput::default();
+        let (mut clip_sum, mut ratio_sum, mut terms) = (0.0, 0.0, 0usize);
+        let device = self.engine.model.device().clone();
+        let flat = |f: &dyn Fn(usize) -> Vec<f32>| -> Vec<f32> {
+            (0..batch.len()).flat_map(f).collect::<Vec<f32>>()
+        };
+        let lp = flat(&|i| logprobs[i].clone());
+        let old = flat(&|i| batch[i].sampling_logprobs.clone());
+        let advantages = flat(&|i| batch[i].advantages.clone());
+        let n = lp.len();
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut start = 0;
+        for datum in batch {
+            spans.push(start..start + datum.completion.len());
+            start += datum.completion.len();
+        }
+        if n > 0 {
+            let lp = Tensor::from_vec(lp, n, &device)?;
+            let old = Tensor::from_vec(old, n, &device)?;
+            let advantages = Tensor::from_vec(advantages, n, &device)?;
+            let out = loss::compute(loss_fn, &lp, &old, &advantages, &spans)?;
+            output.loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            clip_sum = out.clip_fraction * n as f64;
+            ratio_sum = out.ratio_mean * n as f64;
+            terms = n;
+        }
+        output.logprobs = logprobs;
+        output.clip_fraction = clip_sum / terms.max(1) as f64;
+        output.ratio_mean = if terms == 0 {
+            1.0
+        } else {
+            ratio_sum / terms as f64
+        };
+        Ok(output)
     }
 
     /// Computes the loss and its gradient, adding the gradient to what earlier calls
@@ -237,16 +297,7 @@ impl TrainingClient {
         loss_fn: &LossFn,
         kl: Option<KlPenalty<'_>>,
     ) -> Result<ForwardBackwardOutput, TrainError> {
-        for (idx, datum) in batch.iter().enumerate() {
-            let n = datum.completion.len();
-            if datum.sampling_logprobs.len() != n || datum.advantages.len() != n {
-                return Err(TrainError::Invalid(format!(
-                    "datum {idx}: {n} completion tokens but {} sampling log-probs and {} advantages",
-                    datum.sampling_logprobs.len(),
-                    datum.advantages.len()
-                )));
-            }
-        }
+        check_lengths(batch)?;
         let mut output = ForwardBackwardOutput::default();
         let (mut clip_sum, mut ratio_sum, mut kl_sum, mut terms, mut tokens) =
             (0.0, 0.0, 0.0, 0usize, 0usize);
@@ -446,6 +497,19 @@ impl TrainingClient {
         Ok(())
     }
 
+    /// Restores the adapter [`TrainingClient::save_state`] or
+    /// [`TrainingClient::save_weights_for_sampler`] wrote, without its optimizer state: the
+    /// AdamW moments and the step count start over (Tinker's `load_state`).
+    pub fn load_weights(&mut self, dir: &Path) -> Result<(), TrainError> {
+        let device = self.engine.model.device().clone();
+        self.adapter = LoraAdapter::load_peft(dir, self.engine.model.config(), &device)?;
+        self.adapter_changed();
+        self.moments.clear();
+        self.grads.clear();
+        self.step = 0;
+        Ok(())
+    }
+
     /// Recorded rollout states describe the old weights: drop them.
     fn adapter_changed(&mut self) {
         self.version += 1;
@@ -492,6 +556,42 @@ impl TrainingClient {
         };
         ranges.into_iter().map(|r| &batch[r]).collect()
     }
+}
+
+/// Log-probs of every completion token of `sequences` under `model` (plus `adapter`), one
+/// vector per sequence, no graph kept (a sampler's prompt log-probs, a forward-only pass).
+pub fn sequence_logprobs(
+    model: &rft_model::CausalLm,
+    adapter: Option<&LoraAdapter>,
+    sequences: &[TokenSequence],
+) -> Result<Vec<Vec<f32>>, TrainError> {
+    let lp = completion_logprobs(model, adapter, sequences)?;
+    let values: Vec<f32> = lp.logprobs.detach().to_dtype(DType::F32)?.to_vec1()?;
+    Ok(lp
+        .spans
+        .iter()
+        .map(|s| values[s.clone()].to_vec())
+        .collect())
+}
+
+/// Every datum has one sampling log-prob and one advantage per completion token.
+fn check_lengths(batch: &[Datum]) -> Result<(), TrainError> {
+    for (idx, datum) in batch.iter().enumerate() {
+        let n = datum.completion.len();
+        if datum.sampling_logprobs.len() != n || datum.advantages.len() != n {
+            return Err(TrainError::Invalid(format!(
+                "datum {idx}: {n} completion tokens but {} sampling log-probs and {} advantages",
+                datum.sampling_logprobs.len(),
+                datum.advantages.len()
+            )));
+        }
+        if datum.prompt.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "datum {idx}: the prompt needs at least one token"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn to_sequences(batch: &[Datum]) -> Vec<TokenSequence> {

@@ -7,7 +7,8 @@ use std::time::Instant;
 use rft_grade::{CompiledGrader, GradeRequest};
 use rft_model::constrain::ResponseFormat;
 use rft_model::sample::{Completion, FinishReason, SamplingParams};
-use rft_types::{GraderErrors, GraderMetadata, RunGraderResponse, Sample};
+use rft_model::tool_calls::sample_of;
+use rft_types::{GraderErrors, GraderMetadata, RunGraderResponse};
 
 use crate::advantage::{build_batch, has_signal, GradedGroup, RolloutBatch};
 use crate::config::Hyperparameters;
@@ -114,6 +115,9 @@ pub struct StepReport {
     pub entropy: f64,
     /// Seconds per phase.
     pub seconds: StepSeconds,
+    /// The batch's first groups as text with their grades, bounded
+    /// ([`crate::samples::step_groups`]): what the job folder keeps of the step's samples.
+    pub groups: Vec<crate::samples::SampleGroup>,
 }
 
 /// A graded rollout and what it cost.
@@ -157,12 +161,20 @@ pub fn rollout(
     let sampling = t_sample.elapsed().as_secs_f64();
 
     let t_grade = Instant::now();
+    // Rows that offer tools get their samples' tool calls parsed into `sample.output_tools`
+    // (and `output_text` is what the model wrote outside them); the trained tokens are the
+    // whole completion either way.
+    let tool_format = engine.tool_call_format();
     let grade_requests: Vec<GradeRequest> = rows
         .iter()
         .zip(&completions)
         .flat_map(|(p, group)| {
-            group.iter().map(|c| GradeRequest {
-                sample: Sample::from_text(c.text.as_deref().unwrap_or_default()),
+            group.iter().map(move |c| GradeRequest {
+                sample: sample_of(
+                    c.text.as_deref().unwrap_or_default(),
+                    p.row.tools.as_deref(),
+                    tool_format,
+                ),
                 item: p.row.item_value(),
             })
         })
@@ -306,6 +318,7 @@ pub fn run_step(
         frac_truncated: truncated as f64 / samples.len().max(1) as f64,
         entropy: mean(nll, sampled_tokens),
         seconds,
+        groups: crate::samples::step_groups(input.rows, &graded),
     })
 }
 

@@ -149,6 +149,9 @@ impl DatasetRow {
             Some(Value::Array(tools)) => Some(tools),
             Some(_) => return Err(row_error("tools", "expected an array of tool definitions")),
         };
+        if let Some(tools) = &tools {
+            crate::tools::check_tools(tools).map_err(|e| row_error(&e.field, &e.message))?;
+        }
         Ok(DatasetRow {
             messages,
             tools,
@@ -204,6 +207,16 @@ mod tests {
         assert_eq!(row.item_value(), json!({"answer": 4, "meta": {"a": [1]}}));
         assert_eq!(row.tools, Some(vec![]));
         assert_eq!(row.messages[0].role, "user");
+    }
+
+    #[test]
+    fn malformed_tools_are_refused_with_their_field() {
+        let err = DatasetRow::from_json_line(
+            r#"{"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "bad name"}}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.field, "tools[0].function.name");
+        assert!(err.message.starts_with("tools[0].function.name: must be 1 to 64"), "{err}");
     }
 
     #[test]

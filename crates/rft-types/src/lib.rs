@@ -26,6 +26,7 @@ mod grader;
 pub mod paths;
 mod response;
 mod sample;
+pub mod tools;
 
 pub use dataset::{read_dataset, ChatMessage, DatasetError, DatasetRow, RowError, DATASET_ROLES};
 pub use grader::{

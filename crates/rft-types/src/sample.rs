@@ -33,6 +33,18 @@ impl Sample {
         }
     }
 
+    /// The sample of a chat answer that may call tools: `content` is the assistant's text
+    /// outside its tool calls (chat completions' `message.content`, empty when the model only
+    /// called tools) and `tool_calls` the calls in `message.tool_calls` shape
+    /// (`[{id, type: "function", function: {name, arguments}}]`). `output_json` follows the
+    /// content, as in [`Sample::from_text`].
+    pub fn from_message(content: &str, tool_calls: Vec<Value>) -> Sample {
+        Sample {
+            output_tools: tool_calls,
+            ..Sample::from_text(content)
+        }
+    }
+
     /// The sample as a JSON object, the root of the `sample` template namespace.
     pub fn to_value(&self) -> Value {
         let mut map = Map::new();
@@ -74,5 +86,21 @@ mod tests {
         assert_eq!(Sample::from_text("42").output_json, Some(json!(42)));
         assert_eq!(Sample::from_text("hello").output_json, None);
         assert_eq!(Sample::from_text("{broken").output_json, None);
+    }
+
+    #[test]
+    fn messages_with_tool_calls_fill_output_tools() {
+        let call = json!({"id": "call_1", "type": "function",
+            "function": {"name": "f", "arguments": "{\"a\":1}"}});
+        let sample = Sample::from_message("", vec![call.clone()]);
+        assert_eq!(sample.output_text, "");
+        assert_eq!(sample.output_json, None);
+        let value = sample.to_value();
+        assert_eq!(value["output_tools"][0], call);
+        assert_eq!(value["output_tools"][0]["function"]["name"], "f");
+        assert_eq!(
+            Sample::from_message("[1]", Vec::new()),
+            Sample::from_text("[1]")
+        );
     }
 }

@@ -15,6 +15,7 @@ pub(crate) mod bench_serve;
 pub(crate) mod bench_train;
 pub(crate) mod check_device;
 pub(crate) mod eval;
+pub(crate) mod example;
 mod generate;
 mod grade;
 mod grader;
@@ -34,6 +35,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate::run(&args),
         Command::Train(args) => train::train(&args),
         Command::Quickstart(args) => train::quickstart(&args),
+        Command::Example { command } => example::run(&command),
         Command::Export(args) => train::export(&args),
         Command::Models {
             command: ModelsCommand::List,

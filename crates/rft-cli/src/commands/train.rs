@@ -69,7 +69,7 @@ fn read_job(path: &Path) -> anyhow::Result<JobRequest> {
 }
 
 /// Runs a job in `dir`, printing its events; Ctrl-C pauses it at the next step boundary.
-fn run(request: &JobRequest, dir: &Path) -> anyhow::Result<JobSummary> {
+pub(crate) fn run(request: &JobRequest, dir: &Path) -> anyhow::Result<JobSummary> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let request_path = dir.join("request.json");
     if !request_path.exists() {
@@ -85,14 +85,79 @@ fn run(request: &JobRequest, dir: &Path) -> anyhow::Result<JobSummary> {
             std::process::exit(130);
         }
     });
-    let summary = run_job(request, dir, &control, &mut |event| {
-        eprintln!("{}", event.message);
-    })
-    .with_context(|| format!("the job in {} failed", dir.display()))?;
+    let progress = Progress::new();
+    let result = run_job(request, dir, &control, &mut |event| progress.event(event));
+    progress.finish();
+    let summary = result.with_context(|| format!("the job in {} failed", dir.display()))?;
     Ok(summary)
 }
 
-fn print_summary(summary: &JobSummary, dir: &Path) {
+/// A run's progress on stderr: each event as a line, and below them, in a terminal only, a bar
+/// with the step, the latest mean rewards and the time left. Piped, `ProgressDrawTarget::stderr`
+/// draws nothing, so logs and CI output get the event lines alone, with no control characters.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    /// Whether the bar has a position yet: the first one (a resumed job starts past 0) resets
+    /// the time estimate, which would otherwise count the skipped steps as done in no time.
+    started: std::cell::Cell<bool>,
+    /// The latest validation reward (validation runs every `eval_interval` steps only).
+    valid: std::cell::Cell<Option<f64>>,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        let bar = indicatif::ProgressBar::with_draw_target(
+            Some(0),
+            indicatif::ProgressDrawTarget::stderr(),
+        );
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "step {pos}/{len} [{bar:30}] {msg} ({eta} left)",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_message("starting");
+        Progress {
+            bar,
+            started: std::cell::Cell::new(false),
+            valid: std::cell::Cell::new(None),
+        }
+    }
+
+    fn event(&self, event: &rft_types::api::event::JobEvent) {
+        // Printed around the bar, so the line is not drawn over it.
+        self.bar.suspend(|| eprintln!("{}", event.message));
+        let Some(metrics) = event.metrics() else {
+            return;
+        };
+        self.bar.set_length(metrics.total_steps as u64);
+        self.bar.set_position(metrics.step as u64);
+        if !self.started.replace(true) {
+            self.bar.reset_eta();
+        }
+        let mut message = String::new();
+        if let Some(train) = metrics.scores.train_reward_mean {
+            message.push_str(&format!("reward {train:.3}"));
+        }
+        if let Some(valid) = metrics.full_valid_mean_reward {
+            self.valid.set(Some(valid));
+        }
+        if let Some(valid) = self.valid.get() {
+            if !message.is_empty() {
+                message.push_str(", ");
+            }
+            message.push_str(&format!("validation {valid:.3}"));
+        }
+        self.bar.set_message(message);
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+pub(crate) fn print_summary(summary: &JobSummary, dir: &Path) {
     match summary.outcome {
         JobOutcome::Paused => println!(
             "paused after step {}/{}; continue with: rft train --resume {}",

@@ -199,6 +199,9 @@ pub struct Completion {
     pub refusal: Option<String>,
     /// `choices[0].finish_reason`.
     pub finish_reason: Option<String>,
+    /// `choices[0].message.tool_calls`, as given (empty when absent): what an eval's
+    /// `sample.output_tools` holds.
+    pub tool_calls: Vec<Value>,
     /// `usage`, zeros where absent.
     pub usage: TokenUsage,
 }
@@ -495,6 +498,11 @@ fn parse_completion(text: &str, endpoint: &str) -> Result<Completion, CallError>
         content,
         refusal: text_field(message, "refusal"),
         finish_reason: text_field(choice, "finish_reason"),
+        tool_calls: message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
         usage: TokenUsage {
             prompt_tokens,
             completion_tokens,

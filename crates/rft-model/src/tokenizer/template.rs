@@ -20,12 +20,21 @@ const NAME: &str = "chat_template";
 /// transformers' old default: ChatML, which SmolLM2 and Qwen2 also use.
 const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
+/// The name of the tool [`ChatTemplate::renders_tools`] offers the template.
+const PROBE_TOOL: &str = "openrft_probe_tool_5f1c";
+
+/// The fallback tools prompt, before the tools (Qwen2.5's wording).
+const FALLBACK_TOOLS_HEAD: &str = "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>";
+/// The fallback tools prompt, after the tools.
+const FALLBACK_TOOLS_TAIL: &str = "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>";
+
 /// A compiled chat template with the tokenizer's special tokens.
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
     bos_token: String,
     eos_token: String,
+    renders_tools: std::sync::OnceLock<bool>,
 }
 
 impl std::fmt::Debug for ChatTemplate {
@@ -91,6 +100,7 @@ impl ChatTemplate {
             source: source.to_owned(),
             bos_token: bos_token.unwrap_or_default().to_owned(),
             eos_token: eos_token.unwrap_or_default().to_owned(),
+            renders_tools: std::sync::OnceLock::new(),
         })
     }
 
@@ -125,6 +135,94 @@ impl ChatTemplate {
         )
     }
 
+    /// Renders a prompt for sampling (the assistant's turn opened), the way OpenRFT feeds
+    /// conversations with tools to a model:
+    /// - assistant `tool_calls` whose `arguments` are a JSON string (OpenAI's shape) are given
+    ///   to the template as objects, which is what Hugging Face templates expect;
+    /// - an empty `tools` list is no tools;
+    /// - when the template ignores `tools` (SmolLM2's, ChatML), the tools are listed in a system
+    ///   message in the Hermes format ([`ChatTemplate::fallback_tools_prompt`]), assistant tool
+    ///   calls are written as `<tool_call>` blocks and tool results as `<tool_response>` blocks,
+    ///   so the model sees what a tool-aware template would have shown it and its calls parse
+    ///   with [`crate::tool_calls::ToolCallFormat::Hermes`].
+    pub fn render_prompt(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&[serde_json::Value]>,
+    ) -> Result<String, TokenizerError> {
+        self.render_prompt_with(messages, tools, &serde_json::Map::new())
+    }
+
+    /// [`ChatTemplate::render_prompt`] with extra template variables.
+    pub fn render_prompt_with(
+        &self,
+        messages: &[serde_json::Value],
+        tools: Option<&[serde_json::Value]>,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, TokenizerError> {
+        let tools = tools.filter(|t| !t.is_empty());
+        let has_tool_turns = messages.iter().any(|m| {
+            m.get("tool_calls").is_some()
+                || m.get("role").and_then(serde_json::Value::as_str) == Some("tool")
+        });
+        if tools.is_none() && !has_tool_turns {
+            return self.render_with(messages, None, true, extra);
+        }
+        if self.renders_tools() {
+            let messages = crate::tool_calls::arguments_as_objects(messages);
+            return self.render_with(&messages, tools, true, extra);
+        }
+        let messages = fallback_messages(messages, tools);
+        self.render_with(&messages, None, true, extra)
+    }
+
+    /// Whether the template shows the model its `tools` (checked once, by rendering a probe
+    /// tool and looking for its name).
+    pub fn renders_tools(&self) -> bool {
+        *self.renders_tools.get_or_init(|| {
+            let probe = serde_json::json!({
+                "type": "function",
+                "function": {
+                    "name": PROBE_TOOL,
+                    "description": "probe",
+                    "parameters": {"type": "object", "properties": {}},
+                },
+            });
+            let messages = [serde_json::json!({"role": "user", "content": "hello"})];
+            self.render(&messages, Some(&[probe]), true)
+                .is_ok_and(|out| out.contains(PROBE_TOOL))
+        })
+    }
+
+    /// The syntax models prompted by this template call tools in: the template's own family
+    /// when it shows tools, else Hermes (what the fallback prompt asks for).
+    pub fn tool_call_format(&self) -> crate::tool_calls::ToolCallFormat {
+        if self.renders_tools() {
+            crate::tool_calls::ToolCallFormat::detect(&self.source)
+        } else {
+            crate::tool_calls::ToolCallFormat::Hermes
+        }
+    }
+
+    /// The system text listing `tools` for templates that ignore them: the Hermes format
+    /// Qwen2.5's template writes, each tool as one line of JSON.
+    pub fn fallback_tools_prompt(tools: &[serde_json::Value]) -> String {
+        let options = DumpOptions {
+            indent: None,
+            item_sep: ", ".to_owned(),
+            key_sep: ": ".to_owned(),
+            ensure_ascii: false,
+            sort_keys: false,
+        };
+        let mut out = String::from(FALLBACK_TOOLS_HEAD);
+        for tool in tools {
+            out.push('\n');
+            dump(tool, &options, 0, &mut out);
+        }
+        out.push_str(FALLBACK_TOOLS_TAIL);
+        out
+    }
+
     /// [`ChatTemplate::render`] with extra template variables (transformers'
     /// `**kwargs`, e.g. `enable_thinking`, `date_string`).
     pub fn render_with(
@@ -150,6 +248,78 @@ impl ChatTemplate {
         template
             .render(Value::from(Serde(&context)))
             .map_err(|e| template_err(&e))
+    }
+}
+
+/// The conversation a template that ignores tools gets: the tools prompt joined to the first
+/// system message (or as a new one at the start), assistant tool calls as `<tool_call>` blocks
+/// after the message's text, and tool results as `<tool_response>` blocks in `tool` messages.
+fn fallback_messages(
+    messages: &[serde_json::Value],
+    tools: Option<&[serde_json::Value]>,
+) -> Vec<serde_json::Value> {
+    use serde_json::{json, Value};
+    let mut out: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
+            let text = content_text(m.get("content"));
+            if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+                let mut content = text;
+                for call in calls {
+                    let function = call.get("function").unwrap_or(call);
+                    let name = function.get("name").cloned().unwrap_or(Value::Null);
+                    let arguments = match function.get("arguments") {
+                        Some(Value::String(s)) => serde_json::from_str(s)
+                            .ok()
+                            .filter(Value::is_object)
+                            .unwrap_or_else(|| Value::String(s.clone())),
+                        Some(other) => other.clone(),
+                        None => json!({}),
+                    };
+                    let call = json!({"name": name, "arguments": arguments});
+                    if !content.is_empty() {
+                        content.push('\n');
+                    }
+                    content.push_str("<tool_call>\n");
+                    content.push_str(&call.to_string());
+                    content.push_str("\n</tool_call>");
+                }
+                json!({"role": role, "content": content})
+            } else if role == "tool" {
+                json!({"role": "tool", "content": format!("<tool_response>\n{text}\n</tool_response>")})
+            } else {
+                m.clone()
+            }
+        })
+        .collect();
+    if let Some(tools) = tools {
+        let prompt = ChatTemplate::fallback_tools_prompt(tools);
+        match out.first_mut() {
+            Some(first) if first.get("role").and_then(Value::as_str) == Some("system") => {
+                let text = content_text(first.get("content"));
+                first["content"] = Value::String(if text.is_empty() {
+                    prompt
+                } else {
+                    format!("{text}\n\n{prompt}")
+                });
+            }
+            _ => out.insert(0, json!({"role": "system", "content": prompt})),
+        }
+    }
+    out
+}
+
+/// A message's content as text: a string as it is, text parts joined, anything else empty.
+fn content_text(content: Option<&serde_json::Value>) -> String {
+    match content {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(serde_json::Value::as_str))
+            .collect::<Vec<_>>()
+            .join(""),
+        _ => String::new(),
     }
 }
 

@@ -54,7 +54,7 @@ pub struct Choice {
     pub message: AssistantMessage,
     /// Per-token log-probs, with `logprobs: true`.
     pub logprobs: Option<ChoiceLogprobs>,
-    /// `stop` or `length`.
+    /// `stop`, `length` or `tool_calls`.
     pub finish_reason: String,
 }
 
@@ -63,12 +63,16 @@ pub struct Choice {
 pub struct AssistantMessage {
     /// Always `"assistant"`.
     pub role: String,
-    /// The sampled text.
-    pub content: String,
+    /// The sampled text (outside any tool calls); null when the model only called tools.
+    pub content: Option<String>,
     /// Always null.
     pub refusal: Option<String>,
     /// Always empty.
     pub annotations: Vec<serde_json::Value>,
+    /// The tools the model called (`[{id, type: "function", function: {name, arguments}}]`),
+    /// present only when it called any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
 }
 
 impl AssistantMessage {
@@ -76,9 +80,23 @@ impl AssistantMessage {
     pub fn new(content: String) -> AssistantMessage {
         AssistantMessage {
             role: "assistant".into(),
-            content,
+            content: Some(content),
             refusal: None,
             annotations: Vec::new(),
+            tool_calls: None,
+        }
+    }
+
+    /// The assistant calling tools, with the text it wrote beside the calls (`content` is null
+    /// when that text is empty, as OpenAI answers).
+    pub fn with_tool_calls(
+        content: String,
+        tool_calls: Vec<serde_json::Value>,
+    ) -> AssistantMessage {
+        AssistantMessage {
+            content: (!content.is_empty()).then_some(content),
+            tool_calls: Some(tool_calls),
+            ..AssistantMessage::new(String::new())
         }
     }
 }
@@ -150,6 +168,11 @@ pub struct Delta {
     /// `null`, in the first chunk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusal: Option<Option<String>>,
+    /// Pieces of tool calls, in OpenAI's delta shape: the first piece of a call has its
+    /// `index`, `id`, `type` and `function.name` (with empty `arguments`), later pieces the
+    /// same `index` and more `function.arguments`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
 }
 
 impl ChunkChoice {
@@ -161,6 +184,7 @@ impl ChunkChoice {
                 role: Some("assistant".into()),
                 content: Some(String::new()),
                 refusal: Some(None),
+                tool_calls: None,
             },
             logprobs: None,
             finish_reason: None,
@@ -176,6 +200,19 @@ impl ChunkChoice {
                 ..Delta::default()
             },
             logprobs,
+            finish_reason: None,
+        }
+    }
+
+    /// Tool-call pieces of a choice (see [`Delta::tool_calls`]).
+    pub fn tool_calls(index: usize, tool_calls: Vec<serde_json::Value>) -> ChunkChoice {
+        ChunkChoice {
+            index,
+            delta: Delta {
+                tool_calls: Some(tool_calls),
+                ..Delta::default()
+            },
+            logprobs: None,
             finish_reason: None,
         }
     }
@@ -235,6 +272,12 @@ pub struct ChatRequest {
     /// Tool definitions, passed to the chat template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tools: Option<Vec<serde_json::Value>>,
+    /// `"none"`, `"auto"`, `"required"` or `{"type": "function", "function": {"name"}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    /// Whether one answer may call several tools (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
 }
 
 /// `stop`: one string or a list.

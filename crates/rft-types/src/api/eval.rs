@@ -237,8 +237,28 @@ pub struct OutputSample {
 pub struct OutputMessage {
     /// Always `"assistant"`.
     pub role: String,
-    /// The text.
-    pub content: String,
+    /// The text outside any tool calls; null when the answer only called tools (as chat
+    /// completions answer).
+    pub content: Option<String>,
+    /// The answer's tool calls in chat-completions shape, when tools were offered and called.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<Value>,
+}
+
+impl OutputMessage {
+    /// The assistant message of a graded sample.
+    pub fn of(sample: &crate::Sample) -> OutputMessage {
+        let content = if sample.output_text.is_empty() && !sample.output_tools.is_empty() {
+            None
+        } else {
+            Some(sample.output_text.clone())
+        };
+        OutputMessage {
+            role: "assistant".into(),
+            content,
+            tool_calls: sample.output_tools.clone(),
+        }
+    }
 }
 
 /// Token counts of one sampled row.
@@ -409,4 +429,8 @@ pub struct RunSamplingParams {
     /// Structured outputs.
     #[serde(default)]
     pub response_format: Option<Value>,
+    /// Function tools offered with every prompt (at most 128); the answers' calls reach
+    /// graders as `sample.output_tools`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Value>>,
 }

@@ -1,0 +1,927 @@
+//! The dashboard at `/`, driven in headless Chromium through a real server running a tiny job:
+//! the job appears, its reward curve gains points as steps finish, a sample group shows its
+//! rewards and hostile dataset text renders as text, pause and resume work from the page's
+//! buttons, and a 1,000-step job's events render with every update under 100 ms. Also, without
+//! a browser: the shell's security headers, and that the data routes keep the API's auth.
+//!
+//! Chromium is driven over the DevTools protocol (a WebSocket on a loopback port, spoken by the
+//! small client below): `Runtime.evaluate` clicks buttons and reads the DOM. Without Chromium
+//! the browser tests say they skipped, unless `RFT_REQUIRE_CHROMIUM` is set (CI sets it).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rft_model::Architecture;
+use rft_types::api::event::JobEvent;
+use rft_types::api::job::FineTuningJob;
+use serde_json::{json, Value};
+
+mod common;
+use common::Server;
+
+// -------------------------------------------------------------------------------------------
+// A minimal DevTools-protocol client.
+
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"].into_iter().find(|bin| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// The browser, or `None` (the test then skips) when Chromium is missing and not required.
+fn browser_or_skip(home: &Path) -> Option<Browser> {
+    let Some(bin) = chromium() else {
+        assert!(
+            std::env::var_os("RFT_REQUIRE_CHROMIUM").is_none(),
+            "RFT_REQUIRE_CHROMIUM is set but chromium is not installed"
+        );
+        eprintln!("skipping the dashboard in Chromium: `chromium` is not installed");
+        return None;
+    };
+    Some(Browser::launch(bin, home))
+}
+
+struct Browser {
+    child: Child,
+    socket: TcpStream,
+    next_id: u64,
+}
+
+impl Browser {
+    fn launch(bin: &str, home: &Path) -> Browser {
+        let profile = home.join("chromium-profile");
+        std::fs::create_dir_all(&profile).unwrap();
+        let child = Command::new(bin)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-extensions",
+                "--remote-debugging-port=0",
+                "--window-size=1400,1000",
+                &format!("--user-data-dir={}", profile.display()),
+                "about:blank",
+            ])
+            .env("HOME", home)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Chromium writes its port (and the browser's socket path) once it listens.
+        let port_file = profile.join("DevToolsActivePort");
+        let start = Instant::now();
+        let port: u16 = loop {
+            if let Some(port) = std::fs::read_to_string(&port_file)
+                .ok()
+                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
+            {
+                break port;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "chromium did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let targets: Value = serde_json::from_str(
+            &agent
+                .get(format!("http://127.0.0.1:{port}/json/list"))
+                .call()
+                .unwrap()
+                .body_mut()
+                .read_to_string()
+                .unwrap(),
+        )
+        .unwrap();
+        let page = targets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["type"] == "page")
+            .expect("a page target");
+        let url = page["webSocketDebuggerUrl"].as_str().unwrap();
+        let path = &url[url.find("/devtools/").unwrap()..];
+        let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            socket,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: b3BlbnJmdC1kYXNoYm9hcmQ=\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .unwrap();
+        let mut reader = BufReader::new(socket.try_clone().unwrap());
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(
+            status.contains(" 101 "),
+            "websocket upgrade refused: {status}"
+        );
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+        }
+        socket
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        Browser {
+            child,
+            socket,
+            next_id: 0,
+        }
+    }
+
+    fn send_frame(&mut self, payload: &[u8]) {
+        let mut frame = vec![0x81u8];
+        let mask = [0x5a, 0x17, 0xc3, 0x08];
+        match payload.len() {
+            n if n < 126 => frame.push(0x80 | n as u8),
+            n if n < 65_536 => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.socket.write_all(&frame).unwrap();
+    }
+
+    fn read_message(&mut self) -> Vec<u8> {
+        let mut message = Vec::new();
+        loop {
+            let mut head = [0u8; 2];
+            self.socket.read_exact(&mut head).unwrap();
+            let fin = head[0] & 0x80 != 0;
+            let opcode = head[0] & 0x0f;
+            let len = match head[1] & 0x7f {
+                126 => {
+                    let mut b = [0u8; 2];
+                    self.socket.read_exact(&mut b).unwrap();
+                    u16::from_be_bytes(b) as usize
+                }
+                127 => {
+                    let mut b = [0u8; 8];
+                    self.socket.read_exact(&mut b).unwrap();
+                    u64::from_be_bytes(b) as usize
+                }
+                n => n as usize,
+            };
+            let mut payload = vec![0u8; len];
+            self.socket.read_exact(&mut payload).unwrap();
+            match opcode {
+                0x8 => panic!("chromium closed the DevTools connection"),
+                0x9 | 0xA => continue,
+                _ => message.extend_from_slice(&payload),
+            }
+            if fin {
+                return message;
+            }
+        }
+    }
+
+    /// Calls a DevTools method and returns its `result`.
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let request = json!({"id": id, "method": method, "params": params}).to_string();
+        self.send_frame(request.as_bytes());
+        loop {
+            let reply: Value = serde_json::from_slice(&self.read_message()).unwrap();
+            if reply["id"] == id {
+                assert!(reply.get("error").is_none(), "{method}: {reply}");
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expression` in the page (awaiting a promise) and returns its value.
+    fn eval(&mut self, expression: &str) -> Value {
+        let result = self.call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+        );
+        assert!(
+            result.get("exceptionDetails").is_none(),
+            "{expression}: {}",
+            result["exceptionDetails"]
+        );
+        result["result"]["value"].clone()
+    }
+
+    fn goto(&mut self, url: &str) {
+        self.call("Page.navigate", json!({"url": url}));
+        self.wait_until(
+            "document.readyState === 'complete' && !!window.rftDashboard",
+            30,
+        );
+    }
+
+    /// Waits until `condition` (a JS expression) is true in the page.
+    fn wait_until(&mut self, condition: &str, seconds: u64) {
+        let start = Instant::now();
+        loop {
+            let met = self.call(
+                "Runtime.evaluate",
+                json!({"expression": format!("!!({condition})"), "returnByValue": true}),
+            );
+            if met["result"]["value"] == Value::Bool(true) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(seconds),
+                "still not true after {seconds} s: {condition}; the page: {}",
+                self.eval(
+                    "JSON.stringify({notice: (document.getElementById('notice') || {}).textContent, \
+                     main: (document.getElementById('main') || {textContent: ''}).textContent.slice(0, 400), \
+                     uncaught: window.rftDashboard && window.rftDashboard.uncaught})"
+                )
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn number(&mut self, expression: &str) -> f64 {
+        self.eval(expression).as_f64().unwrap_or(f64::NAN)
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// -------------------------------------------------------------------------------------------
+// Data.
+
+/// Rows whose prompts try to become markup: the page must show them as text.
+fn hostile_dataset(rows: usize) -> String {
+    (0..rows)
+        .map(|i| {
+            json!({"messages": [{"role": "user", "content": format!(
+                "<script>window.__pwned = 'script'</script><img src=x onerror=\"window.__pwned = 'img'\"> Say x {i}"
+            )}], "target": "x"})
+            .to_string()
+                + "\n"
+        })
+        .collect()
+}
+
+fn grader() -> Value {
+    json!({"type": "multi", "name": "combined",
+           "graders": {
+               "has_x": {"type": "string_check", "name": "has_x", "operation": "like",
+                         "input": "{{sample.output_text}}", "reference": "{{item.target}}"},
+               "exact": {"type": "string_check", "name": "exact", "operation": "eq",
+                         "input": "{{sample.output_text}}", "reference": "{{item.target}}"}},
+           "calculate_output": "0.5 * has_x + 0.5 * exact"})
+}
+
+fn root(server: &Server) -> String {
+    server.base.trim_end_matches("/v1").to_owned()
+}
+
+fn raw_get(url: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<(String, String)>) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut request = agent.get(url);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let mut response = request.call().unwrap();
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap(),
+        headers,
+    )
+}
+
+/// A POST outside `/v1`, with the server's key.
+fn post_root(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let mut request = server
+        .agent
+        .post(format!("{}{path}", root(server)))
+        .header("Content-Type", "application/json");
+    if let Some(a) = server.auth() {
+        request = request.header("Authorization", a);
+    }
+    let mut response = request.send(body.to_string()).unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+// -------------------------------------------------------------------------------------------
+// Tests.
+
+#[test]
+fn the_shell_is_public_and_strict_and_the_data_keeps_the_apis_auth() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), &["sekret"]);
+    let root = root(&server);
+
+    // The shell and its assets need no key (a browser cannot send one with a page load) and
+    // carry a policy that allows no inline script and nothing from elsewhere.
+    let (status, html, headers) = raw_get(&format!("{root}/"), &[]);
+    assert_eq!(status, 200, "{html}");
+    assert!(
+        html.contains("/dashboard/app.js") && !html.contains("http"),
+        "{html}"
+    );
+    let csp = header(&headers, "content-security-policy").unwrap();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{csp}");
+    }
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(header(&headers, "x-content-type-options"), Some("nosniff"));
+    let (status, js, headers) = raw_get(&format!("{root}/dashboard/app.js"), &[]);
+    assert_eq!(status, 200);
+    assert!(header(&headers, "content-type")
+        .unwrap()
+        .contains("javascript"));
+    assert!(
+        !js.contains("innerHTML"),
+        "the script renders data as text only"
+    );
+    // The SVG namespace is a name, not a load.
+    let js = js.replace("'http://www.w3.org/2000/svg'", "");
+    assert!(
+        !js.contains("http://") && !js.contains("https://"),
+        "nothing from elsewhere"
+    );
+    let (status, _, _) = raw_get(&format!("{root}/dashboard/app.css"), &[]);
+    assert_eq!(status, 200);
+
+    // Data is behind the key, as the API is.
+    for path in [
+        "/dashboard/api/jobs/ftjob-x/samples",
+        "/dashboard/api/jobs/ftjob-x/validation",
+        "/v1/fine_tuning/jobs",
+    ] {
+        let (status, body, _) = raw_get(&format!("{root}{path}"), &[]);
+        assert_eq!(status, 401, "{path}: {body}");
+        let (status, body, _) = raw_get(
+            &format!("{root}{path}"),
+            &[("Authorization", "Bearer wrong")],
+        );
+        assert_eq!(status, 401, "{path}: {body}");
+    }
+    let (status, body, _) = raw_get(
+        &format!("{root}/dashboard/api/jobs/ftjob-x/samples"),
+        &[("Authorization", "Bearer sekret")],
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, body, _) = raw_get(
+        &format!("{root}/dashboard/api/jobs/..%2F..%2Fetc/samples/1"),
+        &[("Authorization", "Bearer sekret")],
+    );
+    assert_eq!(
+        status, 404,
+        "an id that names no job never becomes a path: {body}"
+    );
+
+    // The readiness report's limits.
+    let (_, file) = server.upload(
+        "given.jsonl",
+        "{\"item\": {\"a\": \"x\"}, \"sample\": {\"output_text\": \"x\"}}\n",
+        "evals",
+    );
+    let grader = json!({"type": "string_check", "name": "g", "operation": "eq",
+                        "input": "{{sample.output_text}}", "reference": "{{item.a}}"});
+    for (key, value) in [
+        ("samples", 9),
+        ("limit", 201),
+        ("max_tokens", 1025),
+        ("samples", 0),
+    ] {
+        let mut body = json!({"file_id": file["id"], "grader": grader});
+        body[key] = json!(value);
+        let (status, reply) = post_root(&server, "/dashboard/api/readiness", &body);
+        assert_eq!(status, 400, "{key}={value}: {reply}");
+        assert_eq!(reply["error"]["param"], key, "{reply}");
+    }
+    let (status, reply) = post_root(
+        &server,
+        "/dashboard/api/readiness",
+        &json!({"file_id": file["id"], "grader": grader, "samples": 2}),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["checks"].as_array().unwrap().len(), 8, "{reply}");
+    assert_eq!(reply["dataset"], "given.jsonl", "no server path: {reply}");
+    drop(server);
+
+    // Without keys, the shell is under the API's host checks.
+    let open = Server::start(&tmp.path().join("open"), &[]);
+    let open_root = open.base.trim_end_matches("/v1").to_owned();
+    let (status, _, _) = raw_get(&format!("{open_root}/"), &[]);
+    assert_eq!(status, 200);
+    let (status, body, _) = raw_get(&format!("{open_root}/"), &[("Host", "evil.example")]);
+    assert_eq!(status, 403, "{body}");
+    let (status, body, _) = raw_get(
+        &format!("{open_root}/dashboard/app.js"),
+        &[("Sec-Fetch-Site", "cross-site")],
+    );
+    assert_eq!(status, 403, "{body}");
+}
+
+#[test]
+fn a_job_is_watched_sampled_paused_and_resumed_from_the_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    rft_model::tiny::write_tiny_model(&model, Architecture::Qwen2, 5).unwrap();
+    let server = Server::start(&tmp.path().join("data"), &["sekret"]);
+    let Some(mut browser) = browser_or_skip(tmp.path()) else {
+        return;
+    };
+    let (_, train) = server.upload("train.jsonl", &hostile_dataset(8), "fine-tune");
+    let (_, valid) = server.upload("valid.jsonl", &hostile_dataset(2), "fine-tune");
+    // Many short steps: the page must see the job running, pause it, and resume it.
+    let body = json!({
+        "model": model.to_str().unwrap(),
+        "training_file": train["id"],
+        "validation_file": valid["id"],
+        "seed": 3,
+        "method": {"type": "reinforcement", "reinforcement": {
+            "grader": grader(),
+            "hyperparameters": {"batch_size": 2, "n_epochs": 20, "compute_multiplier": 0.5,
+                                "eval_interval": 5, "eval_samples": 1, "lora_rank": 4,
+                                "max_completion_tokens": 4},
+        }}
+    });
+    let (status, job) = server.post("/fine_tuning/jobs", &body);
+    assert_eq!(status, 200, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    let root = root(&server);
+
+    // The page asks for the key; with it, the job appears in the list.
+    browser.goto(&format!("{root}/#/jobs"));
+    browser.wait_until(
+        "document.getElementById('notice').textContent.includes('API key')",
+        30,
+    );
+    browser.eval(
+        "document.getElementById('api-key').value = 'sekret'; \
+         document.getElementById('key-form').requestSubmit(); true",
+    );
+    browser.wait_until(
+        &format!("document.querySelector('tr.job-row[data-id=\"{id}\"]')"),
+        30,
+    );
+    browser.eval(&format!(
+        "document.querySelector('tr.job-row[data-id=\"{id}\"] a').click(); true"
+    ));
+
+    // Its reward curve gains points as steps finish.
+    let points = "Number(document.getElementById('chart-reward').dataset.points)";
+    browser.wait_until(&format!("{points} >= 2"), 300);
+    let early = browser.number(points);
+    browser.wait_until(&format!("{points} > {early}"), 300);
+
+    // A sample group shows its completions with each one's reward and grader scores, and the
+    // hostile prompt is text.
+    browser.wait_until("document.querySelector('.sample-group td.reward')", 60);
+    let group = browser.eval(
+        "(() => { const g = document.querySelector('.sample-group'); return {
+            rewards: [...g.querySelectorAll('td.reward')].map(td => td.textContent),
+            heads: [...g.querySelectorAll('th')].map(th => th.textContent),
+            prompt: g.querySelector('.prompt-text').textContent,
+            images: document.querySelectorAll('#main img').length,
+            scripts: document.querySelectorAll('#main script').length,
+            pwned: window.__pwned || null }; })()",
+    );
+    let rewards = group["rewards"].as_array().unwrap();
+    assert!(!rewards.is_empty(), "{group}");
+    for reward in rewards {
+        let value: f64 = reward.as_str().unwrap().parse().unwrap();
+        assert!((0.0..=1.0).contains(&value), "{group}");
+    }
+    let heads = group["heads"].to_string();
+    assert!(
+        heads.contains("has_x") && heads.contains("exact"),
+        "{group}"
+    );
+    assert!(
+        group["prompt"]
+            .as_str()
+            .unwrap()
+            .contains("<script>window.__pwned"),
+        "{group}"
+    );
+    assert!(group["prompt"]
+        .as_str()
+        .unwrap()
+        .contains("<img src=x onerror="));
+    assert_eq!(group["images"], 0, "{group}");
+    assert_eq!(group["scripts"], 0, "{group}");
+    assert_eq!(group["pwned"], Value::Null, "{group}");
+    // Sorting by reward orders the rows.
+    browser.eval("document.querySelector('.sample-group th[data-sort=\"reward\"]').click(); true");
+    let sorted = browser.eval(
+        "[...document.querySelector('.sample-group').querySelectorAll('td.reward')].map(td => Number(td.textContent))",
+    );
+    let sorted: Vec<f64> = sorted
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(sorted.windows(2).all(|w| w[0] >= w[1]), "{sorted:?}");
+
+    // Pause from the page: the job pauses, and the curve stops growing.
+    browser.wait_until("!document.getElementById('pause').disabled", 30);
+    browser.eval("document.getElementById('pause').click(); true");
+    browser.wait_until(
+        "document.getElementById('job-status').textContent === 'paused'",
+        60,
+    );
+    let paused = server.wait_for(&id, &["paused"], Duration::from_secs(5));
+    assert_eq!(paused["status"], "paused");
+    // The trainer stops at its step boundary; once its "Paused after step" event is in, no
+    // more points come.
+    let start = Instant::now();
+    loop {
+        let (_, events) = server.get(&format!("/fine_tuning/jobs/{id}/events?limit=5"));
+        if events["data"].as_array().unwrap().iter().any(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("Paused after step")
+        }) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the trainer did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let at_pause = browser.number(points);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(browser.number(points), at_pause, "points came while paused");
+    assert!(browser.eval("document.getElementById('pause').disabled") == Value::Bool(true));
+
+    // Resume from the page: the job runs again and the curve grows again.
+    browser.eval("document.getElementById('resume').click(); true");
+    browser.wait_until(&format!("{points} > {at_pause}"), 300);
+    let status = browser.eval("document.getElementById('job-status').textContent");
+    assert!(
+        ["queued", "running", "succeeded"].contains(&status.as_str().unwrap()),
+        "{status}"
+    );
+
+    // Cancel from the page ends it.
+    browser.wait_until("!document.getElementById('cancel').disabled", 30);
+    browser.eval("document.getElementById('cancel').click(); true");
+    browser.wait_until(
+        "['cancelled', 'succeeded'].includes(document.getElementById('job-status').textContent)",
+        60,
+    );
+    // Checkpoints show with their validation reward.
+    browser.wait_until(
+        "document.querySelector('tr.checkpoint-row td.valid-reward')",
+        30,
+    );
+
+    // Updates stayed fast, and polls after the first fetched only new events.
+    let fetches = browser.eval("window.rftDashboard.fetches");
+    let fetches: Vec<u64> = fetches
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    let written = std::fs::read_to_string(tmp.path().join(format!("data/jobs/{id}/events.jsonl")))
+        .unwrap()
+        .lines()
+        .count() as u64;
+    assert!(
+        fetches.iter().sum::<u64>() <= written,
+        "an event was fetched twice: {fetches:?} for {written} events"
+    );
+    let slowest = browser.number("Math.max(...window.rftDashboard.updates.map(u => u.ms))");
+    assert!(slowest < 100.0, "an update took {slowest} ms");
+    assert_eq!(browser.eval("window.rftDashboard.uncaught"), json!([]));
+    eprintln!(
+        "points when first seen {early}, at pause {at_pause}; slowest update {slowest:.1} ms; events fetched per poll {fetches:?}"
+    );
+}
+
+/// The events of a 1,000-step job, written as the trainer writes them, for a job the store
+/// holds as paused (so the page keeps polling it).
+fn thousand_step_job(data: &Path) -> String {
+    paused_job_with_steps(data, 1000)
+}
+
+/// A paused job in the store of `data` whose events are `steps` metrics events.
+fn paused_job_with_steps(data: &Path, steps: usize) -> String {
+    let id = "ftjob-0123456789abcdef01234567".to_owned();
+    let store = rft_store::Store::open(data).unwrap();
+    let job: FineTuningJob = serde_json::from_value(json!({
+        "id": id, "object": "fine_tuning.job", "created_at": 1_700_000_000, "status": "paused",
+        "model": "tiny", "training_file": "file-x", "validation_file": null,
+        "method": {"type": "reinforcement", "reinforcement": {
+            "grader": grader(), "hyperparameters": {}, "response_format": null}},
+        "hyperparameters": {}, "seed": 1, "suffix": null, "user_provided_suffix": null,
+        "fine_tuned_model": null, "finished_at": null, "error": null,
+        "organization_id": "org-openrft", "result_files": [], "trained_tokens": null,
+        "estimated_finish": null, "integrations": null, "metadata": null,
+        "shared_with_openai": false, "eval_id": null
+    }))
+    .unwrap();
+    store.insert_object("job", None, &job).unwrap();
+    let dir = store.job_dir(&id);
+    append_metrics(&dir, &id, 1..=steps, steps);
+    id
+}
+
+/// Appends metrics events for `steps` to a job's `events.jsonl`, shaped by the trainer's
+/// `JobEvent` (parsed and written back through it).
+fn append_metrics(dir: &Path, id: &str, steps: std::ops::RangeInclusive<usize>, total: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("events.jsonl");
+    let mut count = std::fs::read_to_string(&path).map_or(0, |t| t.lines().count());
+    let mut text = String::new();
+    for step in steps {
+        count += 1;
+        let reward = (step as f64 / total as f64).min(1.0);
+        let valid = (step % 10 == 0).then_some(reward * 0.9);
+        let event: JobEvent = serde_json::from_value(json!({
+            "id": format!("ftevent-{}-{count:06}", id.trim_start_matches("ftjob-")),
+            "object": "fine_tuning.job.event", "created_at": 1_700_000_000 + step as i64,
+            "level": "info", "message": format!("Step {step}/{total}"), "type": "metrics",
+            "data": {
+                "step": step, "total_steps": total,
+                "scores": {"train_reward_mean": reward, "valid_reward_mean": valid,
+                           "graders": [{"name": "has_x", "type": "sub_grader", "train_reward_mean": reward},
+                                       {"name": "exact", "type": "sub_grader", "train_reward_mean": reward / 2.0}]},
+                "full_valid_mean_reward": valid,
+                "errors": {"graders": []},
+                "timing": {"step": {"sampling": 0.5, "training": 0.3, "eval": 0.0, "full_iteration": 0.9}},
+                "usage": {"samples": {}},
+                "train_mean_reward": reward, "completion_tokens_mean": 12.0,
+                "completion_tokens_count": 96, "frac_zero_std_groups": 0.1, "refill_groups": 0,
+                "frac_truncated": 0.0, "loss": 0.01, "kl": 0.002, "entropy": 1.5,
+                "clip_fraction": 0.05, "grad_norm": 0.4, "learning_rate": 1e-4
+            }
+        }))
+        .unwrap();
+        text.push_str(&serde_json::to_string(&event).unwrap());
+        text.push('\n');
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+#[test]
+fn a_thousand_step_job_renders_with_every_update_under_100_ms() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let id = thousand_step_job(&data);
+    let server = Server::start(&data, &[]);
+    let Some(mut browser) = browser_or_skip(tmp.path()) else {
+        return;
+    };
+    let root = root(&server);
+    browser.goto(&format!("{root}/#/jobs/{id}"));
+    let points = "Number(document.getElementById('chart-reward').dataset.points)";
+    browser.wait_until(&format!("{points} === 1000"), 60);
+
+    // Steps keep arriving: each poll fetches the new events only, and draws them fast.
+    for batch in 0..5 {
+        let first = 1001 + batch * 4;
+        append_metrics(&server_job_dir(&data, &id), &id, first..=first + 3, 1020);
+        browser.wait_until(&format!("{points} === {}", first + 3), 30);
+    }
+    let updates = browser.eval("window.rftDashboard.updates");
+    let updates = updates.as_array().unwrap();
+    assert!(updates.len() >= 6, "{updates:?}");
+    let slowest = updates
+        .iter()
+        .map(|u| u["ms"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(slowest < 100.0, "an update took {slowest} ms: {updates:?}");
+    let first_load = updates
+        .iter()
+        .find(|u| u["events"].as_u64().unwrap() >= 1000)
+        .expect("the first update drew the 1,000 steps");
+    assert!(first_load["ms"].as_f64().unwrap() < 100.0, "{first_load}");
+    let fetches = browser.eval("window.rftDashboard.fetches");
+    let fetches: Vec<u64> = fetches
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(fetches[0] >= 1000, "{fetches:?}");
+    assert!(
+        fetches.iter().skip(1).all(|&n| n <= 4),
+        "a poll refetched old events: {fetches:?}"
+    );
+    let written = std::fs::read_to_string(server_job_dir(&data, &id).join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .count() as u64;
+    assert_eq!(fetches.iter().sum::<u64>(), written, "{fetches:?}");
+    eprintln!(
+        "1,000-step job: first update {first_load}, slowest {slowest:.1} ms over {} updates; events fetched per poll {fetches:?}",
+        updates.len()
+    );
+    assert_eq!(browser.eval("window.rftDashboard.uncaught"), json!([]));
+    let summary = browser.eval("document.getElementById('job-step').textContent");
+    assert_eq!(
+        summary, "1020 / 1020",
+        "the summary follows the latest step"
+    );
+}
+
+fn server_job_dir(data: &Path, id: &str) -> std::path::PathBuf {
+    data.join("jobs").join(id)
+}
+
+#[test]
+fn evals_readiness_files_and_graders_pages_render_what_the_api_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    let Some(mut browser) = browser_or_skip(tmp.path()) else {
+        return;
+    };
+    let root = root(&server);
+    // Eval rows graded as given: 3 pass, 1 fails; one answer tries to be markup.
+    let rows: Vec<Value> = ["4", "4", "4", "<img src=x onerror=\"window.__pwned = 1\">"]
+        .iter()
+        .map(|answer| json!({"item": {"answer": "4"}, "sample": {"output_text": answer}}))
+        .collect();
+    let exact = json!({"type": "string_check", "name": "exact", "operation": "eq",
+                       "input": "{{sample.output_text}}", "reference": "{{item.answer}}"});
+    let (status, eval) = server.post(
+        "/evals",
+        &json!({"name": "arith", "data_source_config": {"type": "custom",
+                "item_schema": {"type": "object"}, "include_sample_schema": true},
+                "testing_criteria": [exact]}),
+    );
+    assert!(status == 200 || status == 201, "{eval}");
+    let eval_id = eval["id"].as_str().unwrap().to_owned();
+    let (status, run) = server.post(
+        &format!("/evals/{eval_id}/runs"),
+        &json!({"name": "given", "data_source": {"type": "jsonl",
+                "source": {"type": "file_content", "content": rows}}}),
+    );
+    assert!(status == 200 || status == 201, "{run}");
+    let run_id = run["id"].as_str().unwrap().to_owned();
+    let file_text: String = rows.iter().map(|r| format!("{r}\n")).collect();
+    let (_, file) = server.upload("given.jsonl", &file_text, "evals");
+
+    // Evals: the run's pass rate, and its items filtered by pass/fail.
+    browser.goto(&format!("{root}/#/evals"));
+    browser.wait_until(
+        &format!("document.querySelector('a[href=\"#/evals/{eval_id}\"]')"),
+        30,
+    );
+    browser.goto(&format!("{root}/#/evals/{eval_id}"));
+    browser.wait_until("document.querySelector('td.pass-rate') && document.querySelector('td.pass-rate').textContent === '75.0%'", 60);
+    browser.goto(&format!("{root}/#/evals/{eval_id}/runs/{run_id}"));
+    browser.wait_until("document.querySelectorAll('tr.item-row').length === 4", 30);
+    browser.eval("const s = document.getElementById('item-filter'); s.value = 'fail'; s.dispatchEvent(new Event('change')); true");
+    browser.wait_until(
+        "document.querySelectorAll('tr.item-row').length === 1 && document.querySelector('tr.item-fail')",
+        30,
+    );
+    let failed = browser.eval("document.querySelector('tr.item-fail pre.completion').textContent");
+    assert!(failed.as_str().unwrap().contains("<img src=x"), "{failed}");
+    assert_eq!(
+        browser.eval("document.querySelectorAll('#main img').length"),
+        0
+    );
+
+    // The readiness report for the file and a grader.
+    browser.goto(&format!("{root}/#/readiness"));
+    browser.wait_until(
+        &format!(
+            "[...document.getElementById('readiness-file').options].some(o => o.value === '{}')",
+            file["id"].as_str().unwrap()
+        ),
+        30,
+    );
+    browser.eval(&format!(
+        "document.getElementById('readiness-file').value = '{}'; \
+         document.getElementById('readiness-samples').value = '1'; \
+         document.getElementById('readiness-run').click(); true",
+        file["id"].as_str().unwrap()
+    ));
+    browser.wait_until("document.getElementById('readiness-verdict')", 60);
+    let checks = browser.number("document.querySelectorAll('tr.check-row').length");
+    assert_eq!(checks, 8.0);
+    let verdict = browser.eval("document.getElementById('readiness-verdict').textContent");
+    assert!(
+        ["good", "warning", "blocker"].contains(&verdict.as_str().unwrap()),
+        "{verdict}"
+    );
+
+    // Files: the upload is listed.
+    browser.goto(&format!("{root}/#/files"));
+    browser.wait_until(
+        "document.getElementById('files-body').textContent.includes('given.jsonl')",
+        30,
+    );
+
+    // Graders: validate, then grade pasted samples.
+    browser.goto(&format!("{root}/#/graders"));
+    browser.wait_until("document.getElementById('grader-validate')", 30);
+    browser.eval("document.getElementById('grader-validate').click(); true");
+    browser.wait_until("document.getElementById('grader-valid')", 30);
+    browser.eval("document.getElementById('grader-run').click(); true");
+    browser.wait_until("document.querySelectorAll('tr.grade-row').length === 2", 30);
+    let rewards = browser
+        .eval("[...document.querySelectorAll('tr.grade-row td.reward')].map(td => td.textContent)");
+    assert_eq!(
+        rewards,
+        json!(["1", "0"]),
+        "'4' is exact, 'The answer is 4.' is not"
+    );
+    browser.eval(
+        "document.getElementById('grader-json').value = '{\"type\": \"string_check\"}'; \
+         document.getElementById('grader-validate').click(); true",
+    );
+    browser.wait_until("document.getElementById('grader-invalid')", 30);
+    assert_eq!(browser.eval("window.__pwned || null"), Value::Null);
+    assert_eq!(browser.eval("window.rftDashboard.uncaught"), json!([]));
+}
+
+#[test]
+fn events_since_a_cursor_are_the_new_ones_in_pages_of_at_most_ten_thousand() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let id = paused_job_with_steps(&data, 10_005);
+    let server = Server::start(&data, &["sekret"]);
+    let url = |since: &str| format!("{}/dashboard/api/jobs/{id}/events{since}", root(&server));
+    let key = [("Authorization", "Bearer sekret")];
+    let (status, body, _) = raw_get(&url(""), &key);
+    assert_eq!(status, 200);
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let events = page["data"].as_array().unwrap();
+    assert_eq!(events.len(), 10_000);
+    assert_eq!(page["has_more"], true);
+    assert_eq!(events[0]["data"]["step"], 1, "oldest first");
+    let last = events[9_999]["id"].as_str().unwrap();
+    let (_, body, _) = raw_get(&url(&format!("?since={last}")), &key);
+    let page: Value = serde_json::from_str(&body).unwrap();
+    let steps: Vec<u64> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [10_001, 10_002, 10_003, 10_004, 10_005]);
+    assert_eq!(page["has_more"], false);
+    let newest = page["data"][4]["id"].as_str().unwrap();
+    let (_, body, _) = raw_get(&url(&format!("?since={newest}")), &key);
+    let page: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["data"], json!([]));
+    let (status, body, _) = raw_get(&url("?since=ftevent-nope"), &key);
+    assert_eq!(status, 400, "{body}");
+    let (status, _, _) = raw_get(&url(""), &[]);
+    assert_eq!(status, 401);
+}

@@ -1,0 +1,170 @@
+#!/usr/bin/env python3
+"""Writes the medical_coding example: train.jsonl, valid.jsonl, grader.json and job.json.
+
+The task ("pull facts into a clean format", the ICD-10 case): a short
+clinical note and a list of six candidate codes with their descriptions; the
+model replies with the one code that fits, e.g. "Q42.1".
+
+The codes are INVENTED for this example: they look like ICD-10 codes (a
+letter, two digits, a dot, a digit; a shared three-character category for
+related conditions) but they are not ICD-10 codes and must not be used for
+any real coding. The hierarchy is the point: the grader gives partial credit
+for the right category with the wrong subcode.
+
+Written for this project (Apache-2.0). Standard library only, fixed seed: the
+same bytes on every run.
+"""
+
+import json
+import os
+import random
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SEED = 16004
+N_TRAIN = 48
+N_VALID = 24
+SYSTEM = ("Assign the one code from the list that fits the note. Reply with "
+          "the code only.")
+
+# category: (what the category covers, [(subcode digit, description, note phrases)])
+TABLE = {
+    "Q41": ("wrist fracture", [
+        ("1", "Wrist fracture, left", ["fracture of the left wrist", "broke her left wrist"]),
+        ("2", "Wrist fracture, right", ["fracture of the right wrist", "broke his right wrist"]),
+        ("9", "Wrist fracture, side not stated", ["a wrist fracture, side not recorded"]),
+    ]),
+    "Q57": ("ankle sprain", [
+        ("1", "Ankle sprain, left", ["sprained left ankle", "twisted the left ankle"]),
+        ("2", "Ankle sprain, right", ["sprained right ankle", "twisted the right ankle"]),
+        ("9", "Ankle sprain, side not stated", ["an ankle sprain, side not recorded"]),
+    ]),
+    "V12": ("asthma", [
+        ("0", "Asthma, mild", ["mild asthma", "occasional wheeze, mild asthma"]),
+        ("3", "Asthma, severe", ["severe asthma attack", "severe asthma needing steroids"]),
+        ("8", "Asthma, with infection", ["asthma flare with a chest infection"]),
+    ]),
+    "V30": ("migraine", [
+        ("0", "Migraine without aura", ["migraine without aura", "headache, migraine, no aura"]),
+        ("1", "Migraine with aura", ["migraine with visual aura", "migraine preceded by aura"]),
+        ("5", "Migraine, chronic", ["chronic migraine, 16 days a month"]),
+    ]),
+    "K84": ("type 2 diabetes", [
+        ("0", "Type 2 diabetes, no complication", ["type 2 diabetes, well controlled"]),
+        ("2", "Type 2 diabetes, with kidney disease", ["type 2 diabetes with kidney damage"]),
+        ("6", "Type 2 diabetes, with foot ulcer", ["type 2 diabetes and a foot ulcer"]),
+    ]),
+    "H65": ("ear infection", [
+        ("1", "Ear infection, left", ["left ear infection", "infection of the left ear"]),
+        ("2", "Ear infection, right", ["right ear infection", "infection of the right ear"]),
+        ("3", "Ear infection, both ears", ["infection in both ears"]),
+    ]),
+}
+AGES = ["A 34-year-old", "A 71-year-old", "A 12-year-old", "A 58-year-old", "A 23-year-old"]
+SEEN = ["seen in clinic", "seen in the emergency room", "reviewed by phone"]
+EXAMPLE_USER = ("Note: A 40-year-old seen in clinic with a blistering sunburn.\nCodes:\n"
+                "R20.1 Sunburn, mild\nR20.2 Sunburn, blistering\nQ57.1 Ankle sprain, left")
+EXAMPLE_REPLY = "R20.2"
+
+
+def all_codes():
+    return [(cat, f"{cat}.{d}", desc, phrases)
+            for cat, (_, subs) in TABLE.items() for d, desc, phrases in subs]
+
+
+def make_row(rng, target):
+    cat, code, desc, phrases = target
+    codes = all_codes()
+    siblings = [c for c in codes if c[0] == cat and c[1] != code]
+    others = [c for c in codes if c[0] != cat]
+    # The right code, its two siblings (the hard distractors) and three others.
+    shown = [target] + siblings + rng.sample(others, 3)
+    rng.shuffle(shown)
+    note = f"{rng.choice(AGES)} {rng.choice(SEEN)} with {rng.choice(phrases)}."
+    user = "Note: " + note + "\nCodes:\n" + "\n".join(f"{c[1]} {c[2]}" for c in shown)
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": EXAMPLE_USER},
+            {"role": "assistant", "content": EXAMPLE_REPLY},
+            {"role": "user", "content": user},
+        ],
+        "code": code,
+        "category": cat,
+    }
+
+
+def rows(rng, n, seen):
+    out = []
+    codes = all_codes()
+    i = 0
+    while len(out) < n:
+        # Every code in turn: no label dominates the set.
+        row = make_row(rng, codes[i % len(codes)])
+        i += 1
+        key = row["messages"][-1]["content"]
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(row)
+    rng.shuffle(out)
+    return out
+
+
+def main():
+    rng = random.Random(SEED)
+    seen = set()
+    valid = rows(rng, N_VALID, seen)
+    train = rows(rng, N_TRAIN, seen)
+    write(train, valid)
+
+
+def write(train, valid):
+    for name, data in (("train.jsonl", train), ("valid.jsonl", valid)):
+        with open(os.path.join(HERE, name), "w") as f:
+            for row in data:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+    grader = {
+        "type": "multi",
+        "name": "medical_coding",
+        "graders": {
+            "exact": {"type": "string_check", "name": "exact",
+                      "input": "{{ sample.output_text }}", "reference": "{{ item.code }}",
+                      "operation": "eq"},
+            "category": {"type": "string_check", "name": "category",
+                         "input": "{{ sample.output_text }}",
+                         "reference": "{{ item.category }}", "operation": "like"},
+            "concise": {"type": "text_similarity", "name": "concise",
+                        "input": "{{ sample.output_text }}", "reference": "{{ item.code }}",
+                        "evaluation_metric": "fuzzy_match"},
+        },
+        "calculate_output": "0.6 * exact + 0.4 * category * concise",
+    }
+    with open(os.path.join(HERE, "grader.json"), "w") as f:
+        json.dump(grader, f, indent=2)
+        f.write("\n")
+    write_job(grader, "medical_coding", 16)
+
+
+def write_job(grader, suffix, max_tokens=48):
+    job = {
+        "model": "smollm2-135m-instruct",
+        "training_file": "train.jsonl",
+        "validation_file": "valid.jsonl",
+        "suffix": suffix,
+        "seed": 7,
+        "method": {"type": "reinforcement", "reinforcement": {
+            "grader": grader,
+            "hyperparameters": {
+                "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
+                "eval_interval": 100, "eval_samples": 4,
+                "learning_rate_multiplier": 5, "lora_rank": 16,
+                "max_completion_tokens": max_tokens,
+            }}},
+    }
+    with open(os.path.join(HERE, "job.json"), "w") as f:
+        json.dump(job, f, indent=2)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

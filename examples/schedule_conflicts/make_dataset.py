@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Writes the schedule_conflicts example: train.jsonl, valid.jsonl, grader.json and job.json.
+
+The task ("turn instructions into working code", the schedule manager case):
+a day's calendar of five meetings, each with an id; exactly two of them
+clash: either they overlap in time, or one is a duplicate of the other (same
+title, same time). The meetings are listed in the order they were entered,
+not by time. The model replies with the two ids, "M2, M4". grader.py gives
+0.5 for each clashing id named and takes 0.35 for every other id (naming all
+five meetings scores 0), and halves it when the reply holds anything but ids.
+
+Written for this project (Apache-2.0). Standard library only, fixed seed: the
+same bytes on every run.
+"""
+
+import json
+import os
+import random
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SEED = 16003
+N_TRAIN = 48
+N_VALID = 24
+N_MEETINGS = 5
+SYSTEM = ("Find the two meetings that clash: they overlap in time, or one "
+          "duplicates the other. Reply with their two ids only.")
+TITLES = ["Standup", "Design review", "Budget sync", "1:1 with Kim", "Hiring panel",
+          "Sprint planning", "Vendor call", "Retro", "Lunch and learn", "Roadmap",
+          "Security review", "Demo prep"]
+EXAMPLE_USER = ("M1 Retro 09:00-09:30\nM2 Vendor call 10:00-11:00\n"
+                "M3 Demo prep 13:00-13:30\nM4 Standup 15:00-15:30\nM5 Roadmap 10:30-11:30")
+EXAMPLE_REPLY = "M2, M5"
+
+
+def fmt(minutes):
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+PAIRS = [(p, q) for p in range(N_MEETINGS) for q in range(p + 1, N_MEETINGS)]
+
+
+def make_row(rng, pair):
+    # Five disjoint slots across the day, then one clash is made.
+    starts = sorted(rng.sample(range(8 * 2, 17 * 2), N_MEETINGS))
+    titles = rng.sample(TITLES, N_MEETINGS)
+    meetings = [[titles[i], starts[i] * 30, starts[i] * 30 + 30] for i in range(N_MEETINGS)]
+    a, b = sorted(rng.sample(range(N_MEETINGS), 2))
+    kind = "duplicate" if rng.random() < 0.5 else "overlap"
+    if kind == "duplicate":
+        meetings[b] = list(meetings[a])
+    else:
+        # b starts inside a: a lasts an hour, b starts 30 minutes in.
+        meetings[a][2] = meetings[a][1] + 60
+        meetings[b][1] = meetings[a][1] + 30
+        meetings[b][2] = meetings[b][1] + rng.choice([30, 60])
+    clashing = {(i, j) for i in range(N_MEETINGS) for j in range(i + 1, N_MEETINGS)
+                if meetings[i][1] < meetings[j][2] and meetings[j][1] < meetings[i][2]}
+    if clashing != {(a, b)}:
+        return None  # the change made a second clash: draw again
+    # Listed in the order they were entered, not by time: the clashing pair can be anywhere.
+    # Every pair of list positions in turn, so no pair of ids is a better guess than another.
+    rest = [i for i in range(N_MEETINGS) if i not in (a, b)]
+    rng.shuffle(rest)
+    first, second = (a, b) if rng.random() < 0.5 else (b, a)
+    order = []
+    for position in range(N_MEETINGS):
+        order.append(first if position == pair[0] else second if position == pair[1]
+                     else rest.pop())
+    ids = {i: f"M{k + 1}" for k, i in enumerate(order)}
+    lines = [f"{ids[i]} {meetings[i][0]} {fmt(meetings[i][1])}-{fmt(meetings[i][2])}"
+             for i in order]
+    clash = sorted([ids[a], ids[b]])
+    return {
+        "messages": [
+            {"role": "system", "content": SYSTEM},
+            {"role": "user", "content": EXAMPLE_USER},
+            {"role": "assistant", "content": EXAMPLE_REPLY},
+            {"role": "user", "content": "\n".join(lines)},
+        ],
+        "clash": clash,
+        "answer": ", ".join(clash),
+        "kind": kind,
+    }
+
+
+def rows(rng, n, seen):
+    out = []
+    while len(out) < n:
+        row = make_row(rng, PAIRS[len(out) % len(PAIRS)])
+        if row is None:
+            continue
+        key = row["messages"][-1]["content"]
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(row)
+    rng.shuffle(out)
+    return out
+
+
+def main():
+    rng = random.Random(SEED)
+    seen = set()
+    valid = rows(rng, N_VALID, seen)
+    train = rows(rng, N_TRAIN, seen)
+    write_common(train, valid, "schedule_conflicts")
+
+
+def write_common(train, valid, suffix):
+    for name, data in (("train.jsonl", train), ("valid.jsonl", valid)):
+        with open(os.path.join(HERE, name), "w") as f:
+            for row in data:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+    with open(os.path.join(HERE, "grader.py")) as f:
+        source = f.read()
+    grader = {"type": "python", "name": suffix, "source": source}
+    with open(os.path.join(HERE, "grader.json"), "w") as f:
+        json.dump(grader, f, indent=2)
+        f.write("\n")
+    write_job(grader, suffix)
+
+
+def write_job(grader, suffix, max_tokens=16):
+    job = {
+        "model": "smollm2-135m-instruct",
+        "training_file": "train.jsonl",
+        "validation_file": "valid.jsonl",
+        "suffix": suffix,
+        "seed": 7,
+        "method": {"type": "reinforcement", "reinforcement": {
+            "grader": grader,
+            "hyperparameters": {
+                "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
+                "eval_interval": 100, "eval_samples": 4,
+                "learning_rate_multiplier": 5, "lora_rank": 16,
+                "max_completion_tokens": max_tokens,
+            }}},
+    }
+    with open(os.path.join(HERE, "job.json"), "w") as f:
+        json.dump(job, f, indent=2)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
