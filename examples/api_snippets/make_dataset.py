@@ -117,7 +117,7 @@ def write_common(train, valid, suffix):
     write_job(grader, suffix)
 
 
-def write_job(grader, suffix, max_tokens=48):
+def write_job(grader, suffix, max_tokens=32):
     job = {
         "model": "smollm2-135m-instruct",
         "training_file": "train.jsonl",

@@ -481,7 +481,7 @@ fn a_job_is_watched_sampled_paused_and_resumed_from_the_page() {
         "seed": 3,
         "method": {"type": "reinforcement", "reinforcement": {
             "grader": grader(),
-            "hyperparameters": {"batch_size": 2, "n_epochs": 20, "compute_multiplier": 0.5,
+            "hyperparameters": {"batch_size": 2, "n_epochs": 50, "compute_multiplier": 0.5,
                                 "eval_interval": 5, "eval_samples": 1, "lora_rank": 4,
                                 "max_completion_tokens": 4},
         }}
@@ -620,6 +620,23 @@ fn a_job_is_watched_sampled_paused_and_resumed_from_the_page() {
         "document.querySelector('tr.checkpoint-row td.valid-reward')",
         30,
     );
+    // The validation rows' answers, first pass against the latest, with their rewards.
+    browser.wait_until(
+        "document.querySelectorAll('tr.validation-row').length === 2",
+        30,
+    );
+    let row = browser.eval(
+        "(() => { const r = document.querySelector('tr.validation-row'); return {
+            prompt: r.querySelector('.prompt-text').textContent,
+            rewards: [...r.querySelectorAll('td.num')].map(td => td.textContent),
+            diff: !!r.querySelector('pre.diff') }; })()",
+    );
+    assert!(
+        row["prompt"].as_str().unwrap().contains("<script>"),
+        "{row}"
+    );
+    assert_eq!(row["rewards"].as_array().unwrap().len(), 2, "{row}");
+    assert_eq!(row["diff"], true, "{row}");
 
     // Updates stayed fast, and polls after the first fetched only new events.
     let fetches = browser.eval("window.rftDashboard.fetches");
@@ -860,11 +877,40 @@ fn evals_readiness_files_and_graders_pages_render_what_the_api_says() {
         "{verdict}"
     );
 
-    // Files: the upload is listed.
+    // Files: the upload is listed, and a file uploads from the page.
     browser.goto(&format!("{root}/#/files"));
     browser.wait_until(
         "document.getElementById('files-body').textContent.includes('given.jsonl')",
         30,
+    );
+    let picked = tmp.path().join("picked.jsonl");
+    std::fs::write(
+        &picked,
+        "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}], \"answer\": \"x\"}\n",
+    )
+    .unwrap();
+    let document = browser.call("DOM.getDocument", json!({}));
+    let input = browser.call(
+        "DOM.querySelector",
+        json!({"nodeId": document["root"]["nodeId"], "selector": "#upload-file"}),
+    );
+    browser.call(
+        "DOM.setFileInputFiles",
+        json!({"nodeId": input["nodeId"], "files": [picked.to_str().unwrap()]}),
+    );
+    browser.eval("document.querySelector('#main form button[type=submit]').click(); true");
+    browser.wait_until(
+        "document.getElementById('files-body').textContent.includes('picked.jsonl')",
+        30,
+    );
+    let (_, files) = server.get("/files?purpose=fine-tune");
+    assert!(
+        files["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["filename"] == "picked.jsonl" && f["status"] == "processed"),
+        "{files}"
     );
 
     // Graders: validate, then grade pasted samples.
