@@ -8,10 +8,18 @@ stderr; the result is a JSON object with the versions and, per step, the seconds
 (`transformers.generate`), grading (the reward function), and in the rest of the step (log-prob
 forward, loss, backward, optimiser: "training").
 
+The request's `micro_batch` sets TRL's `per_device_train_batch_size`; the accumulation steps
+make up the rest of the batch (`prompts × group / micro_batch`), and TRL then generates the
+whole batch in one `generate` call (its default `steps_per_generation` is the accumulation
+count), so only the training half changes with it. `rft bench grpo --reference` runs one
+process per micro-batch size and reports the fastest.
+
 The phases are read from TRL's own profiling hooks (`trl.extras.profiling.ProfilingContext`),
 which time `transformers.generate` and `_calculate_rewards` around exactly those calls; the step
 total comes from a TrainerCallback (`on_step_begin` → `on_step_end`). Completions are forced to
-the full length (`min_new_tokens`), as on the Rust side, so both engines do the same work.
+the full length (`min_new_tokens`), as on the Rust side, so both engines do the same work,
+unless the request says `natural_length` (then both sides stop at end-of-sequence and the
+token counts are reported per step).
 Environment: scripts/bench_env.sh builds .venv-bench (scripts/grpo-requirements.txt).
 """
 
@@ -89,9 +97,11 @@ def main(request_path, result_path):
     )
 
     grading_seconds = [0.0]
+    sampled_tokens = [0]
 
-    def reward(completions, answer, **_):
+    def reward(completions, answer, completion_ids=None, **_):
         begin = time.perf_counter()
+        sampled_tokens[0] += sum(len(ids) for ids in completion_ids or [])
         out = []
         for completion, reference in zip(completions, answer):
             text = completion[0]["content"] if isinstance(completion, list) else completion
@@ -104,16 +114,22 @@ def main(request_path, result_path):
     rows = [{"prompt": p["messages"], "answer": p["answer"]} for p in req["prompts"]]
     # Enough rows for every step to take a fresh batch of the same prompts.
     dataset = datasets.Dataset.from_list(rows * steps)
+    batch = len(rows) * group
+    micro_batch = req.get("micro_batch") or batch
+    if batch % micro_batch:
+        raise SystemExit(f"micro_batch {micro_batch} does not divide the batch of {batch}")
+    natural = bool(req.get("natural_length"))
+    generation_kwargs = {} if natural else {"min_new_tokens": req["completion_tokens"]}
     config = GRPOConfig(
         output_dir=os.path.join(os.path.dirname(result_path), "trl-out"),
         use_cpu=True,
         bf16=False,
         fp16=False,
-        per_device_train_batch_size=len(rows) * group,
-        gradient_accumulation_steps=1,
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=batch // micro_batch,
         num_generations=group,
         max_completion_length=req["completion_tokens"],
-        generation_kwargs={"min_new_tokens": req["completion_tokens"]},
+        generation_kwargs=generation_kwargs,
         temperature=1.0,
         top_p=1.0,
         top_k=0,
@@ -150,6 +166,7 @@ def main(request_path, result_path):
         def on_step_begin(self, args, state, control, **kwargs):
             phases.clear()
             grading_seconds[0] = 0.0
+            sampled_tokens[0] = 0
             self.begin = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -164,6 +181,7 @@ def main(request_path, result_path):
                     "grading": grading,
                     "training": total - sampling - grading,
                     "total": total,
+                    "completion_tokens": sampled_tokens[0],
                 }
             )
             log(f"TRL step {state.global_step}: {per_step[-1]}")
@@ -191,6 +209,8 @@ def main(request_path, result_path):
             "torch": torch.__version__,
         },
         "threads": torch.get_num_threads(),
+        "micro_batch": micro_batch,
+        "gradient_accumulation_steps": batch // micro_batch,
         "prompt_tokens": prompt_tokens,
         "steps": per_step,
     }

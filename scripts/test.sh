@@ -17,6 +17,8 @@
 # - Chromium (root only): a test renders the readiness report headless. Without root and without
 #   Chromium that test says it skipped.
 # - .venv-sdk: the OpenAI Python SDK that the `rft serve` compatibility test drives.
+# - .venv-tinker: the Tinker Python SDK and its cookbook (with torch), which the Tinker
+#   compatibility tests drive (crates/rft-cli/tests/tinker.rs).
 # - `rft setup python`: the Python grader environment (OpenAI's packages) under $RFT_HOME.
 # - The default models (`rft models pull`), which the parity tests on real weights read.
 #   RFT_SLOW_TESTS=0 skips them and those tests.
@@ -170,6 +172,19 @@ if ! cmp -s scripts/sdk-requirements.txt .venv-sdk/requirements.done 2>/dev/null
 fi
 export RFT_REQUIRE_SDK=1
 
+step "Tinker Python SDK and cookbook (.venv-tinker)"
+# The cookbook goes in without its dependencies: it pins tml-renderers>=0.4.1, which only its
+# Inkling models import; scripts/tinker-requirements.txt lists what its RL loop does import.
+if ! cat scripts/tinker-requirements.txt scripts/tinker-cookbook-requirements.txt \
+  | cmp -s - .venv-tinker/requirements.done 2>/dev/null; then
+  [ -x .venv-tinker/bin/python ] || python3 -m venv .venv-tinker
+  .venv-tinker/bin/python -m pip install -q --disable-pip-version-check -r scripts/tinker-requirements.txt
+  .venv-tinker/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+    -r scripts/tinker-cookbook-requirements.txt
+  cat scripts/tinker-requirements.txt scripts/tinker-cookbook-requirements.txt \
+    >.venv-tinker/requirements.done
+fi
+
 rft() { cargo run --quiet --locked -p rft-cli --bin rft -- "$@"; }
 
 step "Python grader environment (rft setup python)"
@@ -180,6 +195,8 @@ if [ "${RFT_SLOW_TESTS:-1}" = 1 ]; then
   step "default models (rft models pull)"
   rft models pull smollm2-135m-instruct
   rft models pull all-minilm-l6-v2
+  # The Tinker SDK tests run on the default model.
+  export RFT_REQUIRE_TINKER_SDK=1
 else
   # Some tests read "set at all", others "set to 1": anything but 1 means off.
   unset RFT_SLOW_TESTS

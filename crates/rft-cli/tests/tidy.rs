@@ -207,6 +207,8 @@ const ALLOWED: &[(&str, &[&str], &[&str])] = &[
             "futures-util",
             "http-body",
             "indexmap",
+            "prost",
+            "ruzstd",
             "serde",
             "serde_json",
             "serde_path_to_error",

@@ -232,13 +232,17 @@ impl TrainingClient {
         adapter: Option<&LoraAdapter>,
         batch: &[Datum],
     ) -> Result<Vec<Vec<f32>>, TrainError> {
+        // The adapter is folded into a copy of the weights: an unmerged adapter's variables
+        // would make the forward record a whole autograd graph (every layer's activations for
+        // every token of the pass), which nothing here differentiates.
+        let merged = match adapter {
+            Some(adapter) => Some(self.engine.model.merged(adapter)?),
+            None => None,
+        };
+        let model = merged.as_ref().unwrap_or(&self.engine.model);
         let mut out = Vec::with_capacity(batch.len());
         for chunk in self.micro_batches(batch) {
-            out.extend(sequence_logprobs(
-                &self.engine.model,
-                adapter,
-                &to_sequences(chunk),
-            )?);
+            out.extend(sequence_logprobs(model, None, &to_sequences(chunk))?);
         }
         Ok(out)
     }
@@ -558,14 +562,20 @@ impl TrainingClient {
     }
 }
 
-/// Log-probs of every completion token of `sequences` under `model` (plus `adapter`), one
-/// vector per sequence, no graph kept (a sampler's prompt log-probs, a forward-only pass).
+/// Log-probs of every completion token of `sequences` under `model` (plus `adapter`, folded
+/// into a copy of the weights so that no autograd graph is recorded), one vector per sequence
+/// (a sampler's prompt log-probs, a forward-only pass).
 pub fn sequence_logprobs(
     model: &rft_model::CausalLm,
     adapter: Option<&LoraAdapter>,
     sequences: &[TokenSequence],
 ) -> Result<Vec<Vec<f32>>, TrainError> {
-    let lp = completion_logprobs(model, adapter, sequences)?;
+    let merged = match adapter {
+        Some(adapter) => Some(model.merged(adapter)?),
+        None => None,
+    };
+    let model = merged.as_ref().unwrap_or(model);
+    let lp = completion_logprobs(model, None, sequences)?;
     let values: Vec<f32> = lp.logprobs.detach().to_dtype(DType::F32)?.to_vec1()?;
     Ok(lp
         .spans

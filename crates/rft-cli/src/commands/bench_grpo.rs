@@ -8,7 +8,14 @@
 //! exactly `tokens` tokens for each of the first `prompts` rows of the quickstart task
 //! (end-of-sequence is ignored, so the work does not depend on what the policy happens to say),
 //! grade them with the quickstart grader, and take one optimiser step of LoRA rank 16 on all
-//! seven projections.
+//! seven projections (`--natural-length`: both sides stop at end-of-sequence instead, and the
+//! tokens each side sampled are printed per step).
+//!
+//! TRL is tuned before it is compared: `--micro-batches 4,8,16,64` runs one TRL process per
+//! micro-batch size (the rest of the batch as gradient accumulation, generation of the whole
+//! batch in one call, `torch.set_num_threads` at the core count), prints each configuration,
+//! and compares OpenRFT with the fastest one, per phase and per step, with the spread of the
+//! timed steps on both sides.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -64,15 +71,23 @@ pub(crate) struct BenchGrpoArgs {
     /// The Python of the reference environment (default: .venv-bench at the repository root).
     #[arg(long, env = "RFT_BENCH_PYTHON")]
     pub(crate) python: Option<std::path::PathBuf>,
+    /// TRL micro-batch sizes to try (`per_device_train_batch_size`, with gradient accumulation
+    /// making up the batch); each must divide prompts × group. The fastest is compared.
+    #[arg(long, value_delimiter = ',', default_value = "4,8,16,64")]
+    pub(crate) micro_batches: Vec<usize>,
+    /// Let completions stop at end-of-sequence on both sides instead of forcing `--tokens`.
+    #[arg(long)]
+    pub(crate) natural_length: bool,
 }
 
-/// Seconds per phase of one step.
+/// Seconds per phase of one step, and the tokens it sampled.
 #[derive(Debug, Clone, Copy, Default)]
 struct StepTime {
     sampling: f64,
     grading: f64,
     training: f64,
     total: f64,
+    completion_tokens: usize,
 }
 
 impl StepTime {
@@ -83,21 +98,88 @@ impl StepTime {
             grading: get("grading"),
             training: get("training"),
             total: get("total"),
+            completion_tokens: v["completion_tokens"].as_u64().unwrap_or(0) as usize,
         }
     }
 }
 
-/// The mean of the steps after the first (or the only step).
-fn steady(steps: &[StepTime]) -> StepTime {
-    let kept = if steps.len() > 1 { &steps[1..] } else { steps };
-    let n = kept.len().max(1) as f64;
-    let sum = |f: fn(&StepTime) -> f64| kept.iter().map(f).sum::<f64>() / n;
-    StepTime {
-        sampling: sum(|s| s.sampling),
-        grading: sum(|s| s.grading),
-        training: sum(|s| s.training),
-        total: sum(|s| s.total),
+/// One phase over the timed steps: the median and the range.
+#[derive(Debug, Clone, Copy)]
+struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// Over the steps after the first (it pays one-off costs: allocator growth, PyTorch's
+    /// first-call setup), or the only step.
+    fn of(steps: &[StepTime], phase: fn(&StepTime) -> f64) -> Spread {
+        let kept = if steps.len() > 1 { &steps[1..] } else { steps };
+        let mut values: Vec<f64> = kept.iter().map(phase).collect();
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => values[n / 2],
+            _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        };
+        Spread {
+            median,
+            min: values.first().copied().unwrap_or(f64::NAN),
+            max: values.last().copied().unwrap_or(f64::NAN),
+        }
     }
+
+    /// `median [min–max]`.
+    fn show(&self, decimals: usize) -> String {
+        format!(
+            "{:.d$} [{:.d$}-{:.d$}]",
+            self.median,
+            self.min,
+            self.max,
+            d = decimals
+        )
+    }
+
+    /// `reference / self` as a ratio of medians, with the range from the extremes
+    /// (slowest reference step over our fastest, and the other way round).
+    fn speedup(&self, reference: &Spread) -> String {
+        format!(
+            "{:.2}x [{:.2}-{:.2}]",
+            reference.median / self.median,
+            reference.min / self.max,
+            reference.max / self.min
+        )
+    }
+}
+
+/// The phases of a side's timed steps.
+struct Phases {
+    sampling: Spread,
+    grading: Spread,
+    training: Spread,
+    total: Spread,
+}
+
+impl Phases {
+    fn of(steps: &[StepTime]) -> Phases {
+        Phases {
+            sampling: Spread::of(steps, |s| s.sampling),
+            grading: Spread::of(steps, |s| s.grading),
+            training: Spread::of(steps, |s| s.training),
+            total: Spread::of(steps, |s| s.total),
+        }
+    }
+}
+
+/// One TRL configuration's result.
+struct ReferenceRun {
+    micro_batch: usize,
+    accumulation: usize,
+    steps: Vec<StepTime>,
+    versions: Value,
+    prompt_tokens: Value,
 }
 
 pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
@@ -108,6 +190,21 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
     );
     anyhow::ensure!(args.tokens >= 1, "--tokens must be at least 1");
     anyhow::ensure!(args.steps >= 1, "--steps must be at least 1");
+    let completions = args.prompts * args.group;
+    if args.reference {
+        anyhow::ensure!(
+            !args.micro_batches.is_empty(),
+            "--micro-batches needs at least one size"
+        );
+        for &m in &args.micro_batches {
+            anyhow::ensure!(
+                m >= 1 && completions.is_multiple_of(m),
+                "--micro-batches {m}: must divide the batch of {completions} completions ({} prompts x {} samples)",
+                args.prompts,
+                args.group
+            );
+        }
+    }
     let rows: Vec<DatasetRow> = QUICKSTART_TRAIN
         .lines()
         .take(args.prompts)
@@ -187,8 +284,9 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
         hyper: &hyper,
         grader: &grader,
         response_format: None,
-        // Every completion runs to `tokens`, as TRL's min_new_tokens.
-        ignore_eos: true,
+        // Every completion runs to `tokens`, as TRL's min_new_tokens, unless both sides are
+        // asked to stop at end-of-sequence.
+        ignore_eos: !args.natural_length,
     };
     for step in 0..args.steps {
         let t_step = Instant::now();
@@ -209,6 +307,7 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
             grading: report.seconds.grading,
             training: report.seconds.training,
             total: t_step.elapsed().as_secs_f64(),
+            completion_tokens: report.completion_tokens_count,
         };
         eprintln!(
             "rft step {}: sampling {:.2} s, grading {:.4} s, training {:.2} s ({} of {} sequences trained, loss {:.4}, grad norm {:.4}, reward mean {:.3})",
@@ -225,8 +324,9 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
         ours.push(time);
     }
 
-    let reference = match &python {
-        Some(python) => {
+    let mut references = Vec::new();
+    if let Some(python) = &python {
+        for &micro_batch in &args.micro_batches {
             let request = json!({
                 "gguf": path,
                 "prompts": prepared.iter().map(|p| json!({
@@ -235,6 +335,8 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
                 })).collect::<Vec<_>>(),
                 "group_size": args.group,
                 "completion_tokens": args.tokens,
+                "natural_length": args.natural_length,
+                "micro_batch": micro_batch,
                 "steps": args.steps,
                 "threads": threads,
                 "lora_rank": hyper.lora_rank,
@@ -246,21 +348,41 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
                 "epsilon_high": hyper.epsilon_high,
                 "seed": 7,
             });
-            Some(run_reference(
-                python,
-                "grpo_reference.py",
-                REFERENCE_SCRIPT,
-                &request,
-            )?)
+            eprintln!(
+                "TRL with micro-batch {micro_batch} x {} accumulation steps",
+                completions / micro_batch
+            );
+            let result = run_reference(python, "grpo_reference.py", REFERENCE_SCRIPT, &request)?;
+            let steps: Vec<StepTime> = result["steps"]
+                .as_array()
+                .map(|s| s.iter().map(StepTime::from_value).collect())
+                .unwrap_or_default();
+            anyhow::ensure!(
+                steps.len() == args.steps,
+                "TRL (micro-batch {micro_batch}) reported {} steps instead of {}",
+                steps.len(),
+                args.steps
+            );
+            references.push(ReferenceRun {
+                micro_batch,
+                accumulation: completions / micro_batch,
+                steps,
+                versions: result["versions"].clone(),
+                prompt_tokens: result["prompt_tokens"].clone(),
+            });
         }
-        None => None,
-    };
+    }
 
     println!(
-        "GRPO step: {} prompts x {} samples x {} tokens, LoRA r{}, {} threads, mean of steps {}",
+        "GRPO step: {} prompts x {} samples x {} tokens ({}), LoRA r{}, {} threads; median [min-max] of steps {}",
         args.prompts,
         args.group,
         args.tokens,
+        if args.natural_length {
+            "stopping at end-of-sequence"
+        } else {
+            "forced to full length"
+        },
         hyper.lora_rank,
         threads,
         if args.steps > 1 {
@@ -270,58 +392,80 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
         }
     );
     println!(
-        "{:<28} {:>11} {:>11} {:>11} {:>11}",
+        "{:<36} {:>22} {:>22} {:>22} {:>22}",
         "engine", "sampling s", "grading s", "training s", "step s"
     );
-    let row = |name: &str, t: &StepTime| {
+    let row = |name: &str, p: &Phases| {
         println!(
-            "{name:<28} {:>11.2} {:>11.4} {:>11.2} {:>11.2}",
-            t.sampling, t.grading, t.training, t.total
+            "{name:<36} {:>22} {:>22} {:>22} {:>22}",
+            p.sampling.show(2),
+            p.grading.show(4),
+            p.training.show(2),
+            p.total.show(2)
         );
     };
-    let ours_steady = steady(&ours);
-    row("openrft", &ours_steady);
-    if let Some(reference) = &reference {
-        let steps: Vec<StepTime> = reference["steps"]
-            .as_array()
-            .map(|s| s.iter().map(StepTime::from_value).collect())
-            .unwrap_or_default();
-        anyhow::ensure!(
-            steps.len() == args.steps,
-            "TRL reported {} steps instead of {}",
-            steps.len(),
-            args.steps
-        );
-        let trl = steady(&steps);
-        let versions = &reference["versions"];
-        row(
-            &format!(
-                "trl {} / torch {}",
-                versions["trl"].as_str().unwrap_or("?"),
-                versions["torch"].as_str().unwrap_or("?")
-            ),
-            &trl,
+    let ours_phases = Phases::of(&ours);
+    row("openrft", &ours_phases);
+    let fastest = references
+        .iter()
+        .map(|r| (r, Phases::of(&r.steps)))
+        .inspect(|(r, p)| {
+            row(
+                &format!(
+                    "trl {} mb {} x {}",
+                    r.versions["trl"].as_str().unwrap_or("?"),
+                    r.micro_batch,
+                    r.accumulation
+                ),
+                p,
+            )
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .min_by(|a, b| a.1.total.median.total_cmp(&b.1.total.median));
+    if let Some((best, trl)) = fastest {
+        let versions = &best.versions;
+        println!(
+            "fastest TRL configuration: per_device_train_batch_size {}, gradient_accumulation_steps {}, generation of all {completions} completions in one call, {threads} torch threads (TRL {} / transformers {} / peft {} / torch {})",
+            best.micro_batch,
+            best.accumulation,
+            versions["trl"].as_str().unwrap_or("?"),
+            versions["transformers"].as_str().unwrap_or("?"),
+            versions["peft"].as_str().unwrap_or("?"),
+            versions["torch"].as_str().unwrap_or("?"),
         );
         println!(
-            "openrft speed-up: {:.2}x per step (sampling {:.2}x, training {:.2}x)",
-            trl.total / ours_steady.total,
-            trl.sampling / ours_steady.sampling,
-            trl.training / ours_steady.training
+            "openrft speed-up against it (median [range]): step {}, sampling {}, training {}",
+            ours_phases.total.speedup(&trl.total),
+            ours_phases.sampling.speedup(&trl.sampling),
+            ours_phases.training.speedup(&trl.training),
         );
         let ours_tokens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
         println!(
             "prompt tokens: openrft {:?}, trl {}",
-            ours_tokens, reference["prompt_tokens"]
+            ours_tokens, best.prompt_tokens
         );
+        for (i, t) in best.steps.iter().enumerate() {
+            println!(
+                "trl step {}: sampling {:.2} s, grading {:.4} s, training {:.2} s, step {:.2} s, {} completion tokens",
+                i + 1,
+                t.sampling,
+                t.grading,
+                t.training,
+                t.total,
+                t.completion_tokens
+            );
+        }
     }
     for (i, t) in ours.iter().enumerate() {
         println!(
-            "openrft step {}: sampling {:.2} s, grading {:.4} s, training {:.2} s, step {:.2} s",
+            "openrft step {}: sampling {:.2} s, grading {:.4} s, training {:.2} s, step {:.2} s, {} completion tokens",
             i + 1,
             t.sampling,
             t.grading,
             t.training,
-            t.total
+            t.total,
+            t.completion_tokens
         );
     }
     println!(
@@ -329,4 +473,43 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
         load_average()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(total: f64) -> StepTime {
+        StepTime {
+            total,
+            sampling: total / 2.0,
+            ..StepTime::default()
+        }
+    }
+
+    #[test]
+    fn the_spread_leaves_out_the_first_step_and_takes_the_median() {
+        let steps = [step(100.0), step(40.0), step(44.0), step(42.0)];
+        let spread = Spread::of(&steps, |s| s.total);
+        assert_eq!((spread.median, spread.min, spread.max), (42.0, 40.0, 44.0));
+        let even = Spread::of(&steps[..3], |s| s.total);
+        assert_eq!(even.median, 42.0);
+        let only = Spread::of(&steps[..1], |s| s.total);
+        assert_eq!(only.median, 100.0);
+    }
+
+    #[test]
+    fn the_speed_up_range_pairs_the_extremes() {
+        let ours = Spread {
+            median: 10.0,
+            min: 9.0,
+            max: 11.0,
+        };
+        let trl = Spread {
+            median: 60.0,
+            min: 55.0,
+            max: 66.0,
+        };
+        assert_eq!(ours.speedup(&trl), "6.00x [5.00-7.33]");
+    }
 }

@@ -1,6 +1,6 @@
 """The cookbook's minimal RL loop (`tinker_cookbook.recipes.rl_loop.main`) against `rft serve`.
 
-Usage: tinker_rl_loop.py BASE_URL API_KEY MODEL TRAIN.jsonl GRADER.json LOG_DIR STEPS
+Usage: tinker_rl_loop.py BASE_URL API_KEY MODEL TRAIN.jsonl GRADER.json LOG_DIR STEPS [BATCH GROUP]
 
 The loop runs unchanged; what the recipe hard-codes that cannot run offline is swapped, and
 only that:
@@ -27,6 +27,7 @@ from tinker_cookbook.recipes import rl_loop
 
 base_url, api_key, model, train_path, grader_path, log_dir, steps = sys.argv[1:8]
 steps = int(steps)
+batch_size, group_size = (int(v) for v in (sys.argv[8:10] or ["8", "8"]))
 # How a user points the SDK at OpenRFT (docs/tinker.md).
 os.environ["TINKER_API_KEY"] = api_key
 os.environ["TINKER_BASE_URL"] = base_url
@@ -73,8 +74,8 @@ config = rl_loop.Config(
     base_url=base_url,
     log_path=log_dir,
     model_name=model,
-    batch_size=8,
-    group_size=8,
+    batch_size=batch_size,
+    group_size=group_size,
     learning_rate=2e-3,
     lora_rank=16,
     save_every=0,

@@ -170,7 +170,9 @@ pub(crate) fn start_model(
 fn run_model(shared: &Shared, model_id: &str, meta: &ModelMeta, jobs: &Receiver<Job>) {
     let mut client: Option<TrainingClient> = None;
     let mut held: BTreeMap<i64, Job> = BTreeMap::new();
-    let mut next_seq: Option<i64> = None;
+    // The SDK numbers a training client's requests from 1; its chunked `forward_backward`
+    // sends the first chunk last, so later ones wait for it.
+    let mut next_seq: Option<i64> = Some(1);
     loop {
         // The next job: one without a seq_id, the expected seq_id, or, after a gap that
         // lasted too long, the smallest one held.
@@ -196,7 +198,9 @@ fn run_model(shared: &Shared, model_id: &str, meta: &ModelMeta, jobs: &Receiver<
         };
         let Some(job) = job else { continue };
         if let Some(seq) = job.seq {
-            next_seq = Some(seq + 1);
+            // Never backwards: a second client of the same model numbering from 1 again runs
+            // in arrival order rather than overtaking what is held.
+            next_seq = Some(next_seq.map_or(seq + 1, |n| n.max(seq + 1)));
         }
         let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             apply(shared, model_id, meta, &mut client, job.op)
