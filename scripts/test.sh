@@ -17,8 +17,8 @@
 # - Chromium (root only): a test renders the readiness report headless. Without root and without
 #   Chromium that test says it skipped.
 # - .venv-sdk: the OpenAI Python SDK that the `rft serve` compatibility test drives.
-# - .venv-tinker: the Tinker Python SDK and its cookbook (with torch), which the Tinker
-#   compatibility tests drive (crates/rft-cli/tests/tinker.rs).
+# - .venv-tinker: the Tinker Python SDK, which the Tinker compatibility test drives
+#   (crates/rft-cli/tests/tinker.rs); its cookbook's RL loop is opt-in (scripts/tinker_env.sh).
 # - `rft setup python`: the Python grader environment (OpenAI's packages) under $RFT_HOME.
 # - The default models (`rft models pull`), which the parity tests on real weights read.
 #   RFT_SLOW_TESTS=0 skips them and those tests.
@@ -172,18 +172,9 @@ if ! cmp -s scripts/sdk-requirements.txt .venv-sdk/requirements.done 2>/dev/null
 fi
 export RFT_REQUIRE_SDK=1
 
-step "Tinker Python SDK and cookbook (.venv-tinker)"
-# The cookbook goes in without its dependencies: it pins tml-renderers>=0.4.1, which only its
-# Inkling models import; scripts/tinker-requirements.txt lists what its RL loop does import.
-if ! cat scripts/tinker-requirements.txt scripts/tinker-cookbook-requirements.txt \
-  | cmp -s - .venv-tinker/requirements.done 2>/dev/null; then
-  [ -x .venv-tinker/bin/python ] || python3 -m venv .venv-tinker
-  .venv-tinker/bin/python -m pip install -q --disable-pip-version-check -r scripts/tinker-requirements.txt
-  .venv-tinker/bin/python -m pip install -q --disable-pip-version-check --no-deps \
-    -r scripts/tinker-cookbook-requirements.txt
-  cat scripts/tinker-requirements.txt scripts/tinker-cookbook-requirements.txt \
-    >.venv-tinker/requirements.done
-fi
+step "Tinker Python SDK (.venv-tinker)"
+# The SDK only; the cookbook's RL loop (torch, several GB) is opt-in: scripts/tinker_env.sh.
+bash scripts/tinker_env.sh
 
 rft() { cargo run --quiet --locked -p rft-cli --bin rft -- "$@"; }
 

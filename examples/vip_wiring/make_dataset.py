@@ -118,7 +118,7 @@ def write_job(grader, suffix, max_tokens=48):
             "grader": grader,
             "hyperparameters": {
                 "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
-                "eval_interval": 100, "eval_samples": 4,
+                "eval_interval": 12, "eval_samples": 4,
                 "learning_rate_multiplier": 5, "lora_rank": 16,
                 "max_completion_tokens": max_tokens, "temperature": 0.8,
             }}},

@@ -216,6 +216,14 @@ fn every_example_has_its_files_a_valid_dataset_grader_and_job() {
             "{name}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // A Python grader's readable source is the one in grader.json.
+        if let Ok(source) = std::fs::read_to_string(dir.join("grader.py")) {
+            assert_eq!(
+                read_json(&dir.join("grader.json"))["source"],
+                source.as_str(),
+                "{name}: grader.py differs from grader.json's source (run make_dataset.py)"
+            );
+        }
         let job = read_json(&dir.join("job.json"));
         assert_eq!(job["training_file"], "train.jsonl", "{name}");
         assert_eq!(job["validation_file"], "valid.jsonl", "{name}");

@@ -370,3 +370,42 @@ fn hostile_bodies_and_paths_are_refused() {
         assert_eq!(failed["category"], "user", "{failed}");
     }
 }
+
+#[test]
+fn a_models_requests_run_in_seq_id_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path());
+    let model = Api::model(dir.path());
+    let session = api.session();
+    let (_, created) = api.create_model(&session, 0, &model);
+    let model_id = api.json_result(created["request_id"].as_str().unwrap())["model_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Sent 3, 2, 1: run 1, 2, 3. Both saves use one name, so the one that runs first wins
+    // and the other is refused.
+    let save = |seq: u64| {
+        let (status, body) = api.post(
+            "/save_weights",
+            json!({"model_id": model_id, "seq_id": seq, "path": "same"}),
+        );
+        assert_eq!(status, 200, "{body}");
+        body["request_id"].as_str().unwrap().to_owned()
+    };
+    let third = save(3);
+    let second = save(2);
+    let (status, first) = api.post(
+        "/optim_step",
+        json!({"model_id": model_id, "seq_id": 1, "adam_params": {}}),
+    );
+    assert_eq!(status, 200, "{first}");
+    let first = api.json_result(first["request_id"].as_str().unwrap());
+    assert!(first["metrics"].is_object(), "{first}");
+    let second = api.json_result(&second);
+    assert!(
+        second["path"].as_str().unwrap().ends_with("/weights/same"),
+        "{second}"
+    );
+    let third = api.json_result(&third);
+    assert_eq!(third["category"], "user", "{third}");
+}

@@ -613,3 +613,115 @@ fn to_sequences(batch: &[Datum]) -> Vec<TokenSequence> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! `forward` (no gradient), `load_weights` (no optimizer state) and `sequence_logprobs`
+    //! against what `forward_backward` computes.
+
+    use super::*;
+    use candle_core::Device;
+    use rft_model::lora::LoraConfig;
+    use rft_model::Architecture;
+
+    fn client(dir: &Path) -> TrainingClient {
+        rft_model::tiny::write_tiny_model(dir, Architecture::Llama, 2).unwrap();
+        let engine = Engine::load(dir.to_str().unwrap(), &Device::Cpu).unwrap();
+        let lora = LoraConfig {
+            rank: 2,
+            ..LoraConfig::default()
+        };
+        let adapter = LoraAdapter::new(engine.model.config(), lora, 5, &Device::Cpu).unwrap();
+        TrainingClient::new(engine, adapter)
+    }
+
+    fn batch() -> Vec<Datum> {
+        vec![
+            Datum {
+                prompt: vec![1, 2],
+                completion: vec![3, 4, 5],
+                sampling_logprobs: vec![-1.0, -2.0, -1.5],
+                advantages: vec![0.5, 0.5, 0.5],
+            },
+            Datum {
+                prompt: vec![1],
+                completion: vec![6, 7],
+                sampling_logprobs: vec![-0.5, -3.0],
+                advantages: vec![-1.0, -1.0],
+            },
+        ]
+    }
+
+    #[test]
+    fn forward_matches_forward_backward_and_keeps_no_gradient() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut client = client(dir.path());
+        // Move B off zero so the adapter matters.
+        let loss = LossFn::CrossEntropy;
+        client.forward_backward(&batch(), &loss, None).unwrap();
+        client
+            .optim_step(&AdamParams {
+                learning_rate: 0.05,
+                ..AdamParams::default()
+            })
+            .unwrap();
+        for loss in [
+            LossFn::CrossEntropy,
+            LossFn::Ppo {
+                epsilon_low: 0.2,
+                epsilon_high: 0.2,
+            },
+            LossFn::Dro { beta: 0.3 },
+        ] {
+            let forward = client.forward(&batch(), &loss).unwrap();
+            assert!(client.grads.is_empty(), "forward accumulated a gradient");
+            let full = client.forward_backward(&batch(), &loss, None).unwrap();
+            assert!((forward.loss - full.loss).abs() < 1e-4, "{loss:?}");
+            for (a, b) in forward
+                .logprobs
+                .iter()
+                .flatten()
+                .zip(full.logprobs.iter().flatten())
+            {
+                assert!((a - b).abs() < 1e-4);
+            }
+            client.grads.clear();
+        }
+        let scored = sequence_logprobs(
+            &client.engine.model,
+            Some(&client.adapter),
+            &to_sequences(&batch()),
+        )
+        .unwrap();
+        let policy = client.policy_logprobs(&batch()).unwrap();
+        assert_eq!(scored, policy);
+    }
+
+    #[test]
+    fn load_weights_restores_the_adapter_and_resets_the_optimizer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut client = client(&dir.path().join("model"));
+        let loss = LossFn::CrossEntropy;
+        client.forward_backward(&batch(), &loss, None).unwrap();
+        client.optim_step(&AdamParams::default()).unwrap();
+        let saved = dir.path().join("state");
+        std::fs::create_dir_all(&saved).unwrap();
+        client.save_state(&saved).unwrap();
+        let at_save = client.forward(&batch(), &loss).unwrap().loss;
+        client.forward_backward(&batch(), &loss, None).unwrap();
+        client
+            .optim_step(&AdamParams {
+                learning_rate: 0.1,
+                ..AdamParams::default()
+            })
+            .unwrap();
+        assert!((client.forward(&batch(), &loss).unwrap().loss - at_save).abs() > 1e-3);
+        client.load_weights(&saved).unwrap();
+        assert!((client.forward(&batch(), &loss).unwrap().loss - at_save).abs() < 1e-5);
+        assert_eq!(client.step(), 0);
+        assert!(client.moments.is_empty());
+        client.load_state(&saved).unwrap();
+        assert_eq!(client.step(), 1);
+        assert!(!client.moments.is_empty());
+    }
+}
