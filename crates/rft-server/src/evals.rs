@@ -664,9 +664,7 @@ fn execute(
                     cached_tokens: 0,
                 };
                 let sample = match parsed {
-                    Some(parsed) => {
-                        Sample::from_message(&parsed.content, parsed.tool_calls_json())
-                    }
+                    Some(parsed) => Sample::from_message(&parsed.content, parsed.tool_calls_json()),
                     None => Sample::from_text(&text),
                 };
                 (sample, messages, finish, usage)

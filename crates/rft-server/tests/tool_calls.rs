@@ -250,7 +250,10 @@ fn eval_runs_offer_tools_and_grade_the_calls() {
         "data_source.sampling_params.tools[0].function.name"
     );
 
-    let (status, run) = server.post(&format!("/evals/{eval_id}/runs"), &run_body(json!([weather()])));
+    let (status, run) = server.post(
+        &format!("/evals/{eval_id}/runs"),
+        &run_body(json!([weather()])),
+    );
     assert_eq!(status, 201, "{run}");
     let run_id = run["id"].as_str().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
@@ -267,6 +270,9 @@ fn eval_runs_offer_tools_and_grade_the_calls() {
     let (_, items) = server.get(&format!("/evals/{eval_id}/runs/{run_id}/output_items"));
     for item in items["data"].as_array().unwrap() {
         let output = &item["sample"]["output"][0];
-        assert_eq!(output["tool_calls"][0]["function"]["name"], "get_weather", "{item}");
+        assert_eq!(
+            output["tool_calls"][0]["function"]["name"], "get_weather",
+            "{item}"
+        );
     }
 }

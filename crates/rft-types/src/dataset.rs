@@ -216,7 +216,11 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.field, "tools[0].function.name");
-        assert!(err.message.starts_with("tools[0].function.name: must be 1 to 64"), "{err}");
+        assert!(
+            err.message
+                .starts_with("tools[0].function.name: must be 1 to 64"),
+            "{err}"
+        );
     }
 
     #[test]

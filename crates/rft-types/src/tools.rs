@@ -97,7 +97,10 @@ mod tests {
 
     #[test]
     fn function_tools_with_valid_names_pass() {
-        assert_eq!(check_tools(&[tool("get_weather"), tool("convert-currency")]), Ok(()));
+        assert_eq!(
+            check_tools(&[tool("get_weather"), tool("convert-currency")]),
+            Ok(())
+        );
         assert_eq!(check_tools(&[]), Ok(()));
     }
 
@@ -116,7 +119,10 @@ mod tests {
         let cases = [
             (json!("get_weather"), "tools[0]"),
             (json!({"type": "code_interpreter"}), "tools[0].type"),
-            (json!({"type": "function", "function": {}}), "tools[0].function.name"),
+            (
+                json!({"type": "function", "function": {}}),
+                "tools[0].function.name",
+            ),
             (tool(&"x".repeat(65)), "tools[0].function.name"),
             (tool("rm -rf /"), "tools[0].function.name"),
             (tool("ünïcode"), "tools[0].function.name"),
@@ -126,7 +132,11 @@ mod tests {
             ),
         ];
         for (bad, field) in cases {
-            assert_eq!(check_tools(&[bad.clone()]).unwrap_err().field, field, "{bad}");
+            assert_eq!(
+                check_tools(&[bad.clone()]).unwrap_err().field,
+                field,
+                "{bad}"
+            );
         }
         let twice = check_tools(&[tool("f"), tool("f")]).unwrap_err();
         assert_eq!(twice.field, "tools[1].function.name");
