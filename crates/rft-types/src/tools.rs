@@ -133,7 +133,7 @@ mod tests {
         ];
         for (bad, field) in cases {
             assert_eq!(
-                check_tools(&[bad.clone()]).unwrap_err().field,
+                check_tools(std::slice::from_ref(&bad)).unwrap_err().field,
                 field,
                 "{bad}"
             );
