@@ -370,7 +370,7 @@ impl Loop<'_> {
                 response_format: self.response_format.as_ref(),
                 ignore_eos: false,
             };
-            let report = run_step(
+            let mut report = run_step(
                 &mut self.client,
                 &ctx,
                 &StepInput {
@@ -384,8 +384,12 @@ impl Loop<'_> {
             )?;
             train_rewards.push(report.train_reward_mean);
             // Diagnostics for the dashboard: a full disk here is logged, not fatal.
-            if let Err(e) = crate::samples::write_step(&self.dir, step, rows.len(), &report.groups)
-            {
+            if let Err(e) = crate::samples::write_step(
+                &self.dir,
+                step,
+                rows.len(),
+                std::mem::take(&mut report.groups),
+            ) {
                 tracing::warn!("cannot record the samples of step {step}: {e}");
             }
 

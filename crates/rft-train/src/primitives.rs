@@ -256,8 +256,10 @@ impl TrainingClient {
     ) -> Result<ForwardBackwardOutput, TrainError> {
         check_lengths(batch)?;
         let logprobs = self.policy_logprobs(batch)?;
-        let mut output = ForwardBackwardOutput::default();
-        let (mut clip_sum, mut ratio_sum, mut terms) = (0.0, 0.0, 0usize);
+        let mut output = ForwardBackwardOutput {
+            ratio_mean: 1.0,
+            ..ForwardBackwardOutput::default()
+        };
         let device = self.engine.model.device().clone();
         let flat = |f: &dyn Fn(usize) -> Vec<f32>| -> Vec<f32> {
             (0..batch.len()).flat_map(f).collect::<Vec<f32>>()
@@ -278,17 +280,10 @@ impl TrainingClient {
             let advantages = Tensor::from_vec(advantages, n, &device)?;
             let out = loss::compute(loss_fn, &lp, &old, &advantages, &spans)?;
             output.loss = out.loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-            clip_sum = out.clip_fraction * n as f64;
-            ratio_sum = out.ratio_mean * n as f64;
-            terms = n;
+            output.clip_fraction = out.clip_fraction;
+            output.ratio_mean = out.ratio_mean;
         }
         output.logprobs = logprobs;
-        output.clip_fraction = clip_sum / terms.max(1) as f64;
-        output.ratio_mean = if terms == 0 {
-            1.0
-        } else {
-            ratio_sum / terms as f64
-        };
         Ok(output)
     }
 

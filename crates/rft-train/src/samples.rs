@@ -205,14 +205,14 @@ pub fn write_step(
     dir: &Path,
     step: usize,
     total_groups: usize,
-    groups: &[SampleGroup],
+    groups: Vec<SampleGroup>,
 ) -> Result<(), TrainError> {
     let folder = dir.join(SAMPLES);
     std::fs::create_dir_all(&folder).map_err(io(&folder))?;
     let record = StepSamples {
         step,
         total_groups,
-        groups: groups.to_vec(),
+        groups,
     };
     crate::write_json_atomic(&step_path(dir, step), &record)?;
     for old in list_steps(dir) {
@@ -278,6 +278,22 @@ pub fn write_validation(
         crate::write_json_atomic(&first, &record)?;
     }
     crate::write_json_atomic(&folder.join("valid-latest.json"), &record)
+}
+
+/// The steps of the first and the latest recorded validation passes, without reading their
+/// answers (the dashboard's sample index asks for them on every poll).
+pub fn validation_steps(dir: &Path) -> (Option<usize>, Option<usize>) {
+    #[derive(Deserialize)]
+    struct Step {
+        step: usize,
+    }
+    let folder = dir.join(SAMPLES);
+    let step = |name: &str| {
+        crate::read_json::<Step>(&folder.join(name))
+            .ok()
+            .map(|s| s.step)
+    };
+    (step("valid-first.json"), step("valid-latest.json"))
 }
 
 /// The first and the latest validation answers, when recorded.
@@ -380,7 +396,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let total = KEEP_RECENT_STEPS + 2 * KEEP_EVERY + 3;
         for step in 1..=total {
-            write_step(tmp.path(), step, 0, &[]).unwrap();
+            write_step(tmp.path(), step, 0, Vec::new()).unwrap();
         }
         let steps = list_steps(tmp.path());
         let recent = (total - KEEP_RECENT_STEPS + 1)..=total;

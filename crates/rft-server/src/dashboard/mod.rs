@@ -195,11 +195,11 @@ async fn sample_steps(
     Path(job_id): Path<String>,
 ) -> Result<Json<SampleIndex>, ApiError> {
     let dir = job_dir(&state, &job_id)?;
-    let (first, latest) = samples::read_validation(&dir);
+    let (validation_first, validation_latest) = samples::validation_steps(&dir);
     Ok(Json(SampleIndex {
         steps: samples::list_steps(&dir),
-        validation_first: first.map(|v| v.step),
-        validation_latest: latest.map(|v| v.step),
+        validation_first,
+        validation_latest,
     }))
 }
 

@@ -289,12 +289,8 @@ fn apply(
             if read_meta(&dir).is_some_and(|m| m.base_model != meta.base_model) {
                 return Outcome::user("the checkpoint was trained from another base model");
             }
+            // `load_weights` refused optimizer state from sampler weights before queueing this.
             let loaded = if optimizer {
-                if path.kind != super::paths::Kind::Weights {
-                    return Outcome::user(
-                        "sampler weights hold no optimizer state: load them without it",
-                    );
-                }
                 client.load_state(&dir)
             } else {
                 client.load_weights(&dir)
@@ -369,9 +365,7 @@ pub(crate) fn export_tokenizer(engine: &Engine, dir: &Path) {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let temp = rft_types::paths::temp_path(path);
-    std::fs::write(&temp, bytes).map_err(|e| e.to_string())?;
-    rft_types::paths::persist(&temp, path).map_err(|e| e.to_string())
+    rft_types::paths::write_atomic(path, bytes).map_err(|e| e.to_string())
 }
 
 fn forward_backward(
