@@ -37,6 +37,9 @@ impl Api {
             .post(format!("{}/api/v1{path}", self.root))
             .header("X-API-Key", KEY)
             .header("Content-Type", "application/json")
+            // A fresh connection per call: under a parallel test load a reused keep-alive
+            // connection was occasionally closed under the client ("Peer disconnected").
+            .header("Connection", "close")
             .send(body.to_string())
             .unwrap();
         let status = response.status().as_u16();
