@@ -137,10 +137,14 @@ def main():
     with open(os.path.join(HERE, "grader.json"), "w") as f:
         json.dump(grader, f, indent=2)
         f.write("\n")
-    write_job(grader, "content_moderation", 8)
+    # Twelve prompts a step, two of each label on average, three passes over the 48 rows: with
+    # four prompts a step the 135M model collapsed onto one label within 12 steps (all eight
+    # samples of every group alike, so no group carried a gradient any more); a step that
+    # sees every label moves the labels apart instead of towards the step's majority.
+    write_job(grader, "content_moderation", 8, epochs=3, batch=12)
 
 
-def write_job(grader, suffix, max_tokens=48):
+def write_job(grader, suffix, max_tokens=48, epochs=1, batch=4):
     job = {
         "model": "smollm2-135m-instruct",
         "training_file": "train.jsonl",
@@ -150,8 +154,8 @@ def write_job(grader, suffix, max_tokens=48):
         "method": {"type": "reinforcement", "reinforcement": {
             "grader": grader,
             "hyperparameters": {
-                "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
-                "eval_interval": 12, "eval_samples": 4,
+                "batch_size": batch, "n_epochs": epochs, "compute_multiplier": 1,
+                "eval_interval": 48 // batch * epochs, "eval_samples": 4,
                 "learning_rate_multiplier": 5, "lora_rank": 16,
                 "max_completion_tokens": max_tokens,
             }}},

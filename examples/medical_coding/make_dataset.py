@@ -110,18 +110,26 @@ def rows(rng, n, seen):
     return out
 
 
-CATEGORY = '''"""The category half of the medical_coding grade: 1 when the reply is one
-well-formed code (a letter, two digits, a dot, a digit) in the expected
-three-character category, else 0. A reply listing several codes gets
-nothing here, so naming every code of a category does not pay."""
+CODE = '''"""The code half of the medical_coding grade: the reply must start with a
+well-formed code (a letter, two digits, a dot, a digit), and that code is the
+answer. 1 when it is the expected code, 0.4 when it is a sibling in the
+expected three-character category (the right condition, the wrong side or
+severity), else 0. Only the first code counts, so listing or repeating codes
+does not pay, and a reply that starts with anything else (a sentence, the
+note echoed back) gets nothing here.
+"""
 import re
 
 
 def grade(sample, item):
     text = (sample.get("output_text") or "").strip()
-    if not re.fullmatch(r"[A-Z][0-9]{2}\\.[0-9]", text):
+    match = re.match(r"[A-Z][0-9]{2}\\.[0-9]", text)
+    if not match:
         return 0.0
-    return 1.0 if text[:3] == item["category"] else 0.0
+    code = match.group(0)
+    if code == item["code"]:
+        return 1.0
+    return 0.4 if code[:3] == item["category"] else 0.0
 '''
 
 
@@ -145,17 +153,14 @@ def write(train, valid):
             "exact": {"type": "string_check", "name": "exact",
                       "input": "{{ sample.output_text }}", "reference": "{{ item.code }}",
                       "operation": "eq"},
-            "category": {"type": "python", "name": "category", "source": CATEGORY},
-            "concise": {"type": "text_similarity", "name": "concise",
-                        "input": "{{ sample.output_text }}", "reference": "{{ item.code }}",
-                        "evaluation_metric": "fuzzy_match"},
+            "code": {"type": "python", "name": "code", "source": CODE},
         },
-        "calculate_output": "0.6 * exact + 0.3 * category + 0.1 * concise",
+        "calculate_output": "0.75 * code + 0.25 * exact",
     }
     with open(os.path.join(HERE, "grader.json"), "w") as f:
         json.dump(grader, f, indent=2)
         f.write("\n")
-    write_job(grader, "medical_coding", 16)
+    write_job(grader, "medical_coding", 12)
 
 
 def write_job(grader, suffix, max_tokens=48):

@@ -3,11 +3,14 @@
 
 The task ("turn instructions into working code", the schedule manager case):
 a day's calendar of five meetings, each with an id; exactly two of them
-clash: either they overlap in time, or one is a duplicate of the other (same
-title, same time). The meetings are listed in the order they were entered,
-not by time. The model replies with the two ids, "M2, M4". grader.py gives
-0.5 for each clashing id named and takes 0.35 for every other id (naming all
-five meetings scores 0), and halves it when the reply holds anything but ids.
+clash: either they are booked at the same start time (a double booking), or
+one is a duplicate of the other (same title, same time). The meetings are
+listed in the order they were entered, not by time. The model replies with
+the two ids, "M2, M4". grader.py gives 0.5 for each clashing id named and
+takes 0.5 for every other id (so one right and one wrong id score 0, and no
+constant pair pays more than its one chance in ten of being the pair), halves
+it when the reply names one id only (so a one-id guess does not pay either),
+and halves it again when the reply holds anything but ids.
 
 Written for this project (Apache-2.0). Standard library only, fixed seed: the
 same bytes on every run.
@@ -22,14 +25,19 @@ SEED = 16003
 N_TRAIN = 48
 N_VALID = 24
 N_MEETINGS = 5
-SYSTEM = ("Find the two meetings that clash: they overlap in time, or one "
+SYSTEM = ("Find the two meetings that clash: they start at the same time, or one "
           "duplicates the other. Reply with their two ids only.")
 TITLES = ["Standup", "Design review", "Budget sync", "1:1 with Kim", "Hiring panel",
           "Sprint planning", "Vendor call", "Retro", "Lunch and learn", "Roadmap",
           "Security review", "Demo prep"]
-EXAMPLE_USER = ("M1 Retro 09:00-09:30\nM2 Vendor call 10:00-11:00\n"
-                "M3 Demo prep 13:00-13:30\nM4 Standup 15:00-15:30\nM5 Roadmap 10:30-11:30")
-EXAMPLE_REPLY = "M2, M5"
+# Two worked examples, a double booking and a duplicate; each row shows one whose answer is not
+# the row's, so copying the worked example's ids never pays.
+WORKED = [
+    ("M1 Retro 09:00-09:30\nM2 Vendor call 10:00-11:00\n"
+     "M3 Demo prep 13:00-13:30\nM4 Standup 15:00-15:30\nM5 Roadmap 10:00-10:30", "M2, M5"),
+    ("M1 Standup 09:00-09:30\nM2 Retro 11:00-11:30\n"
+     "M3 Vendor call 14:00-14:30\nM4 Standup 09:00-09:30\nM5 Roadmap 15:00-15:30", "M1, M4"),
+]
 
 
 def fmt(minutes):
@@ -45,13 +53,12 @@ def make_row(rng, pair):
     titles = rng.sample(TITLES, N_MEETINGS)
     meetings = [[titles[i], starts[i] * 30, starts[i] * 30 + 30] for i in range(N_MEETINGS)]
     a, b = sorted(rng.sample(range(N_MEETINGS), 2))
-    kind = "duplicate" if rng.random() < 0.5 else "overlap"
+    kind = "duplicate" if rng.random() < 0.5 else "double_booked"
     if kind == "duplicate":
         meetings[b] = list(meetings[a])
     else:
-        # b starts inside a: a lasts an hour, b starts 30 minutes in.
-        meetings[a][2] = meetings[a][1] + 60
-        meetings[b][1] = meetings[a][1] + 30
+        # A different meeting booked at the same start time (its length may differ).
+        meetings[b][1] = meetings[a][1]
         meetings[b][2] = meetings[b][1] + rng.choice([30, 60])
     clashing = {(i, j) for i in range(N_MEETINGS) for j in range(i + 1, N_MEETINGS)
                 if meetings[i][1] < meetings[j][2] and meetings[j][1] < meetings[i][2]}
@@ -70,11 +77,13 @@ def make_row(rng, pair):
     lines = [f"{ids[i]} {meetings[i][0]} {fmt(meetings[i][1])}-{fmt(meetings[i][2])}"
              for i in order]
     clash = sorted([ids[a], ids[b]])
+    worked_user, worked_reply = rng.choice(
+        [w for w in WORKED if w[1] != ", ".join(clash)])
     return {
         "messages": [
             {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": EXAMPLE_USER},
-            {"role": "assistant", "content": EXAMPLE_REPLY},
+            {"role": "user", "content": worked_user},
+            {"role": "assistant", "content": worked_reply},
             {"role": "user", "content": "\n".join(lines)},
         ],
         "clash": clash,
@@ -120,7 +129,9 @@ def write_common(train, valid, suffix):
     write_job(grader, suffix)
 
 
-def write_job(grader, suffix, max_tokens=16):
+def write_job(grader, suffix, max_tokens=16, epochs=3):
+    # Three passes over the 48 rows: in one pass (12 steps) the 135M model learns the format
+    # and settles on a constant pair; finding the clash takes more steps, if it comes at all.
     job = {
         "model": "smollm2-135m-instruct",
         "training_file": "train.jsonl",
@@ -130,8 +141,8 @@ def write_job(grader, suffix, max_tokens=16):
         "method": {"type": "reinforcement", "reinforcement": {
             "grader": grader,
             "hyperparameters": {
-                "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
-                "eval_interval": 12, "eval_samples": 4,
+                "batch_size": 4, "n_epochs": epochs, "compute_multiplier": 1,
+                "eval_interval": 12 * epochs, "eval_samples": 4,
                 "learning_rate_multiplier": 5, "lora_rank": 16,
                 "max_completion_tokens": max_tokens,
             }}},

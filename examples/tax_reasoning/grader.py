@@ -1,23 +1,29 @@
-"""Grades a tax_reasoning reply: one amount, scored by how close it is.
+"""Grades a tax_reasoning reply: the standard deduction the rules give.
 
 The first number in the reply (commas between digit groups allowed) is the
-answer. closeness = max(0, 1 - 4 * |answer - expected| / expected): 1 when
-exact, 0.8 when 5% off, 0 from 25% off. The reward is 0.85 * closeness, plus
-0.15 when the reply is the number alone (the format a program reads).
+answer. It earns 1 when it is the right amount, 0.3 when it is the amount for
+the right filing status but the wrong age band, 0.1 when it is the amount for
+the right age band but the wrong status, and 0 otherwise (the age, a number
+from the worked example, an invented amount). The reward is 0.85 times that,
+plus 0.15 when the reply is the number alone (the format a program reads) and
+earned something.
 """
 import re
 
 
 def grade(sample, item):
     text = (sample.get("output_text") or "").strip()
-    match = re.search(r"-?\d[\d,]*(?:\.\d+)?", text)
+    match = re.search(r"\d[\d,]*", text)
     if not match:
         return 0.0
-    try:
-        value = float(match.group(0).replace(",", ""))
-    except ValueError:
+    value = int(match.group(0).replace(",", ""))
+    if value == item["answer"]:
+        rule = 1.0
+    elif value in item["same_status"]:
+        rule = 0.3
+    elif value in item["same_band"]:
+        rule = 0.1
+    else:
         return 0.0
-    expected = float(item["answer"])
-    closeness = max(0.0, 1.0 - 4.0 * abs(value - expected) / abs(expected))
     alone = 1.0 if match.group(0) == text else 0.0
-    return 0.85 * closeness + 0.15 * alone * (closeness > 0)
+    return 0.85 * rule + 0.15 * alone

@@ -2,12 +2,22 @@
 """Writes the tax_reasoning example: train.jsonl, valid.jsonl, grader.json and job.json.
 
 The task ("apply complex rules correctly", the tax analysis case): a made-up
-tax rule and a taxpayer's figures; the model replies with one number, the
-amount asked for. Three kinds of question: taxable income (income minus the
-deduction), tax at a flat rate on a taxable income, and tax due after a
-credit. grader.py gives partial credit by closeness, so an answer off by 5%
-still earns most of the reward and a number copied from the prompt earns
-little.
+deduction table keyed by two facts (filing status and an age band), and a
+taxpayer described in words ("Dev is 71 and files as head of household");
+the model replies with the one amount the rules give. Doing it right takes
+both facts: the status picks three rows, the age (a number to compare with
+65) picks one of them. The amounts are drawn afresh for every row, so no
+amount is worth memorising and the worked example's amount never fits.
+
+grader.py gives partial credit by rule: the right amount 1, the amount for
+the right status but the wrong age band 0.3, for the right age band but the
+wrong status 0.1, anything else 0; plus a little for the amount alone.
+
+The 135M default model cannot do the multi-digit arithmetic an earlier
+version of this example asked for (income minus a deduction, a percentage
+of an amount): trained on it, it learned the format and never the sums.
+Applying a rule table is the part of tax reasoning the seed's graders can
+check exactly and a small model can learn.
 
 The rules are invented for this example, not any country's tax law. Written
 for this project (Apache-2.0). Standard library only, fixed seed: the same
@@ -22,51 +32,73 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SEED = 16006
 N_TRAIN = 48
 N_VALID = 24
-SYSTEM = "Apply the rule. Reply with the amount only, as a whole number."
+SYSTEM = "Apply the rules. Reply with the amount only, as a whole number."
 NAMES = ["Ana", "Ben", "Carla", "Dev", "Elif", "Finn", "Greta", "Hao", "Ines", "Jonas"]
-EXAMPLE_USER = ("Rule: taxable income is income minus a deduction of 10000.\n"
-                "Omar earned 45000. What is his taxable income?")
-EXAMPLE_REPLY = "35000"
+STATUSES = ["single", "married filing jointly", "head of household"]
+BANDS = ["under 65", "65 or older"]
 
 
-def make_row(rng, kind):
-    name = rng.choice(NAMES)
-    if kind == "taxable":
-        deduction = rng.choice([8000, 12000, 15000])
-        income = rng.randrange(30000, 90001, 1000)
-        rule = f"taxable income is income minus a deduction of {deduction}."
-        question = f"{name} earned {income}. What is the taxable income?"
-        answer = income - deduction
-    elif kind == "flat":
-        rate = rng.choice([10, 20, 25, 50])
-        taxable = rng.randrange(20000, 80001, 2000)
-        rule = f"tax is {rate}% of taxable income."
-        question = f"{name} has a taxable income of {taxable}. How much tax is due?"
-        answer = taxable * rate // 100
-    else:
-        tax = rng.randrange(3000, 20001, 500)
-        credit = rng.choice([500, 1000, 1500, 2000])
-        rule = "the tax due is the tax minus any credit."
-        question = f"{name}'s tax is {tax} and {name} has a credit of {credit}. What tax is due?"
-        answer = tax - credit
+def table_text(amounts):
+    lines = ["Rule: the standard deduction depends on filing status and age."]
+    for status in STATUSES:
+        for band in BANDS:
+            lines.append(f"{status}, {band}: {amounts[(status, band)]}")
+    return "\n".join(lines)
+
+
+def draw_amounts(rng):
+    values = rng.sample(range(8000, 40001, 50), len(STATUSES) * len(BANDS))
+    keys = [(status, band) for status in STATUSES for band in BANDS]
+    return dict(zip(keys, values))
+
+
+def person(rng, status, band):
+    age = rng.randrange(22, 65) if band == "under 65" else rng.randrange(65, 91)
+    return rng.choice(NAMES), age, status
+
+
+def question(name, age, status):
+    return (f"{name} is {age} and files as {status}. "
+            f"What is {name}'s standard deduction?")
+
+
+def example_turn(rng, avoid):
+    amounts = draw_amounts(rng)
+    while set(amounts.values()) & avoid:
+        amounts = draw_amounts(rng)
+    name, age, status = "Omar", 45, "single"
+    return (table_text(amounts) + "\n" + question(name, age, status),
+            str(amounts[("single", "under 65")]))
+
+
+def make_row(rng, status, band):
+    amounts = draw_amounts(rng)
+    name, age, _ = person(rng, status, band)
+    example_user, example_reply = example_turn(rng, set(amounts.values()))
+    same_status = [amounts[(status, b)] for b in BANDS if b != band]
+    same_band = [amounts[(s, band)] for s in STATUSES if s != status]
     return {
         "messages": [
             {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": EXAMPLE_USER},
-            {"role": "assistant", "content": EXAMPLE_REPLY},
-            {"role": "user", "content": f"Rule: {rule}\n{question}"},
+            {"role": "user", "content": example_user},
+            {"role": "assistant", "content": example_reply},
+            {"role": "user", "content": table_text(amounts) + "\n" + question(name, age, status)},
         ],
-        "answer": answer,
-        "kind": kind,
+        "answer": amounts[(status, band)],
+        "same_status": same_status,
+        "same_band": same_band,
+        "status": status,
+        "band": band,
     }
 
 
 def rows(rng, n, seen):
     out = []
-    kinds = ["taxable", "flat", "credit"]
+    cases = [(status, band) for status in STATUSES for band in BANDS]
     i = 0
     while len(out) < n:
-        row = make_row(rng, kinds[i % len(kinds)])
+        # Every status and band in turn: no row of the table is the best guess.
+        row = make_row(rng, *cases[i % len(cases)])
         i += 1
         key = row["messages"][-1]["content"]
         if key in seen:
@@ -99,7 +131,9 @@ def write_common(train, valid, suffix):
     write_job(grader, suffix)
 
 
-def write_job(grader, suffix, max_tokens=16):
+def write_job(grader, suffix, max_tokens=12, epochs=3):
+    # Three passes over the 48 rows: in one pass (12 steps) the 135M model learns to answer
+    # with an amount from the table, and it takes more steps to learn which one.
     job = {
         "model": "smollm2-135m-instruct",
         "training_file": "train.jsonl",
@@ -109,8 +143,8 @@ def write_job(grader, suffix, max_tokens=16):
         "method": {"type": "reinforcement", "reinforcement": {
             "grader": grader,
             "hyperparameters": {
-                "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
-                "eval_interval": 12, "eval_samples": 4,
+                "batch_size": 4, "n_epochs": epochs, "compute_multiplier": 1,
+                "eval_interval": 12 * epochs, "eval_samples": 4,
                 "learning_rate_multiplier": 5, "lora_rank": 16,
                 "max_completion_tokens": max_tokens,
             }}},

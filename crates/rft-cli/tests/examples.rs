@@ -308,6 +308,36 @@ fn no_constant_answer_scores_well() {
 }
 
 #[test]
+fn one_item_of_a_list_answer_does_not_pay() {
+    // A one-id guess: the model that names the most common meeting id to every calendar
+    // (what the 135M model settled on under an earlier schedule_conflicts grader).
+    let name = "schedule_conflicts";
+    let valid = read_rows(&example_dir(name).join("valid.jsonl"));
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for row in &valid {
+        for id in row["clash"].as_array().unwrap() {
+            *counts.entry(id.as_str().unwrap().to_owned()).or_default() += 1;
+        }
+    }
+    let (common, _) = counts.iter().max_by_key(|(_, n)| **n).unwrap();
+    let pairs: Vec<(String, &Value)> = valid.iter().map(|r| (common.clone(), r)).collect();
+    let rewards = grade(name, &offline_grader(name), &pairs);
+    assert!(
+        mean(&rewards) < 0.15,
+        "{name}: always {common:?} averages {}",
+        mean(&rewards)
+    );
+    // Nor does a constant pair of ids: one right and one wrong id earn nothing.
+    let pairs: Vec<(String, &Value)> = valid.iter().map(|r| ("M1, M2".to_owned(), r)).collect();
+    let rewards = grade(name, &offline_grader(name), &pairs);
+    assert!(
+        mean(&rewards) < 0.2,
+        "{name}: always \"M1, M2\" averages {}",
+        mean(&rewards)
+    );
+}
+
+#[test]
 fn run_unknown_example_names_the_examples() {
     let out = rft(&["example", "run", "no_such_example"]);
     assert!(!out.status.success());

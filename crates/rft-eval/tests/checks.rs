@@ -8,7 +8,8 @@ use common::*;
 use rft_eval::data::read_data;
 use rft_eval::report::*;
 use rft_eval::run::{run_eval, EvalConfig};
-use rft_grade::{compile, compile_with};
+use rft_grade::python::{PythonConfig, PythonRuntime};
+use rft_grade::{compile, compile_with, GraderContext};
 use rft_types::{Grader, Sample};
 use serde_json::{json, Value};
 
@@ -130,6 +131,73 @@ fn a_constant_majority_label_is_a_lucky_guess() {
         1,
     );
     assert_eq!(check.verdict, Verdict::Good, "{}", check.reason);
+}
+
+#[test]
+fn one_item_of_a_list_answer_is_a_lucky_guess_when_items_earn_credit() {
+    // The answer is a pair of ids and the grader pays half for each id named: always naming
+    // "M1", which is in most pairs, earns a good share of the reward without reading anything.
+    let items: Vec<Value> = (0..20)
+        .map(|i| {
+            let other = 2 + i % 4;
+            json!({"answer": format!("M1, M{other}")})
+        })
+        .collect();
+    let grader = Grader::from_value(&json!({
+        "type": "python",
+        "name": "per_id",
+        "source": "def grade(sample, item):\n    given = {p.strip() for p in sample['output_text'].split(',') if p.strip()}\n    wanted = {p.strip() for p in item['answer'].split(',')}\n    return 0.5 * len(given & wanted) if given <= wanted else 0.0\n"
+    }))
+    .unwrap();
+    let mut python_config = PythonConfig::from_env();
+    python_config.interpreter = Some(
+        std::env::var_os("RFT_PYTHON")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::path::PathBuf::from("python3")),
+    );
+    python_config.workers = 1;
+    let grader = compile_with(
+        &grader,
+        &GraderContext {
+            python: PythonRuntime::new(python_config),
+            ..GraderContext::shared()
+        },
+    )
+    .unwrap();
+    let check = check_lucky_guesses(
+        &grader,
+        &probe_rows(&items),
+        0.3,
+        (0.0, 1.0),
+        Some("answer"),
+        1,
+    );
+    assert_eq!(check.verdict, Verdict::Warning, "{}", check.reason);
+    assert!(check.reason.contains("\"M1\""), "{}", check.reason);
+    assert!(
+        check.reason.contains("item of a `answer` list"),
+        "{}",
+        check.reason
+    );
+    // Single-valued answers have no parts to guess.
+    let labels: Vec<Value> = (0..20)
+        .map(|i| json!({"answer": format!("label {}", i % 5)}))
+        .collect();
+    let check = check_lucky_guesses(
+        &grader,
+        &probe_rows(&labels),
+        0.9,
+        (0.0, 1.0),
+        Some("answer"),
+        1,
+    );
+    let names: Vec<&str> = check.details["strategies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains(&"constant_part"), "{names:?}");
 }
 
 #[test]

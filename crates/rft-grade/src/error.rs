@@ -58,20 +58,21 @@ pub enum GradeError {
         limit: usize,
     },
     /// Python graders cannot run here (no environment, no sandbox).
-    #[error("{path}: {source}")]
+    // Not a `source` field: the message already says it all, and error chains would repeat it.
+    #[error("{path}: {error}")]
     Python {
         /// JSON path of the python grader (`grader` for the root).
         path: String,
         /// Why.
-        source: crate::python::PythonSetupError,
+        error: crate::python::PythonSetupError,
     },
     /// Model graders cannot call their judge with this configuration.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Judge {
         /// JSON path of the model grader (`grader` for the root).
         path: String,
         /// What is wrong with the judge configuration.
-        source: crate::judge::JudgeSetupError,
+        error: crate::judge::JudgeSetupError,
     },
     /// A `cosine` grader was compiled without an embedder.
     #[error("{path}: the cosine metric needs a sentence-embedding model and none is configured: set RFT_EMBEDDINGS_BASE_URL to an OpenAI-compatible API root (e.g. https://api.openai.com/v1), or grade with the `rft` command, which uses the local all-MiniLM-L6-v2 model (library users: set GraderContext::embedder)")]

@@ -178,9 +178,9 @@ fn compile_at(
             let compiled = context
                 .python
                 .compile(&g.source, g.image_tag.as_deref())
-                .map_err(|source| GradeError::Python {
+                .map_err(|error| GradeError::Python {
                     path: display_path(path),
-                    source,
+                    error,
                 })?;
             Body::Python(compiled)
         }
@@ -240,9 +240,9 @@ fn embedder_for(path: &str, context: &GraderContext) -> Result<Arc<dyn Embedder>
 }
 
 fn judge_for(path: &str, context: &GraderContext) -> Result<Arc<JudgeClient>, GradeError> {
-    context.judge.check().map_err(|source| GradeError::Judge {
+    context.judge.check().map_err(|error| GradeError::Judge {
         path: display_path(path),
-        source,
+        error,
     })?;
     Ok(context.judge.clone())
 }

@@ -37,8 +37,8 @@ pub(crate) struct RunArgs {
     /// The model to fine-tune instead of the job's (any model `rft train` takes).
     #[arg(long)]
     pub(crate) model: Option<String>,
-    /// Training steps (default: one pass over the training rows); trims the training rows to
-    /// steps × batch size.
+    /// Training steps (default: the job's, its passes over the training rows); trims the
+    /// training rows to steps × batch size and runs one pass over them.
     #[arg(long)]
     pub(crate) steps: Option<usize>,
     /// The job's seed (LoRA init, sampling, validation samples) instead of the job's.
@@ -58,6 +58,9 @@ pub(crate) struct Example {
     /// Which of the three RFT task families it belongs to.
     pub(crate) family: &'static str,
     pub(crate) summary: &'static str,
+    /// The item field that holds the right answer as text, for the readiness report's
+    /// constant-answer probes and judge alignment (none where the answer is structured).
+    pub(crate) reference: Option<&'static str>,
     pub(crate) train: &'static str,
     pub(crate) valid: &'static str,
     pub(crate) grader: &'static str,
@@ -65,11 +68,12 @@ pub(crate) struct Example {
 }
 
 macro_rules! example {
-    ($name:literal, $family:expr, $summary:literal) => {
+    ($name:literal, $family:expr, $summary:literal, $reference:expr) => {
         Example {
             name: $name,
             family: $family,
             summary: $summary,
+            reference: $reference,
             train: include_str!(concat!("../../../../examples/", $name, "/train.jsonl")),
             valid: include_str!(concat!("../../../../examples/", $name, "/valid.jsonl")),
             grader: include_str!(concat!("../../../../examples/", $name, "/grader.json")),
@@ -88,42 +92,50 @@ pub(crate) const EXAMPLES: &[Example] = &[
     example!(
         "vip_wiring",
         CODE,
-        "wire a verification IP's ports to testbench signals: Python connect() calls, executed"
+        "wire a verification IP's ports to testbench signals: Python connect() calls, executed",
+        None
     ),
     example!(
         "api_snippets",
         CODE,
-        "one call on a documented client API, keyword arguments only: checked on its AST"
+        "one call on a documented client API, keyword arguments only: checked on its AST",
+        None
     ),
     example!(
         "schedule_conflicts",
         CODE,
-        "the two meetings of a calendar that overlap or duplicate each other: their ids"
+        "the two meetings of a calendar booked at the same time or duplicated: their ids",
+        Some("answer")
     ),
     example!(
         "medical_coding",
         FACTS,
-        "the one code (invented, ICD-10 style) that fits a clinical note, from a list of six"
+        "the one code (invented, ICD-10 style) that fits a clinical note, from a list of six",
+        Some("code")
     ),
     example!(
         "legal_excerpts",
         FACTS,
-        "the sentence of a lease that supports a claim, quoted word for word"
+        "the sentence of a lease that supports a claim, quoted word for word",
+        Some("answer")
     ),
     example!(
         "tax_reasoning",
         RULES,
-        "one amount from a made-up tax rule: partial credit by closeness"
+        "the deduction a made-up table gives for a filing status and an age: one amount",
+        Some("answer")
     ),
     example!(
         "content_moderation",
         RULES,
-        "one family:label of a two-level moderation policy, six balanced labels"
+        "one family:label of a two-level moderation policy, six balanced labels",
+        Some("label")
     ),
     example!(
         "legal_review",
         RULES,
-        "a one-line summary of how a clause changed, graded by overlap and an LLM judge"
+        "a one-line summary of how a clause changed, graded by overlap and an LLM judge",
+        Some("answer")
     ),
 ];
 
@@ -218,6 +230,11 @@ pub(crate) fn prepare(
     );
     let hyper = &job["method"]["reinforcement"]["hyperparameters"];
     let batch = hyper["batch_size"].as_u64().unwrap_or(8).max(1) as usize;
+    // `--steps` counts steps, so it runs one pass over that many batches.
+    let epochs = match steps {
+        Some(_) => 1,
+        None => hyper["n_epochs"].as_u64().unwrap_or(1).max(1) as usize,
+    };
     let rows: Vec<&str> = example
         .train
         .lines()
@@ -258,7 +275,8 @@ pub(crate) fn prepare(
         job["seed"] = Value::from(seed);
     }
     // Validation runs before the first step and after the last: the before and after.
-    let total = keep.div_ceil(batch).max(1);
+    let total = keep.div_ceil(batch).max(1) * epochs;
+    job["method"]["reinforcement"]["hyperparameters"]["n_epochs"] = Value::from(epochs);
     job["method"]["reinforcement"]["hyperparameters"]["eval_interval"] = Value::from(total);
     let request = JobRequest::from_value(job.clone())
         .with_context(|| format!("examples/{}/job.json is not a valid job", example.name))?;
@@ -323,7 +341,7 @@ fn run_example(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let verdict = if args.no_doctor {
         None
     } else {
-        Some(doctor(&dir, &request, hyper)?)
+        Some(doctor(example, &dir, &request, hyper)?)
     };
     let run_dir = dir.join("run");
     // An example run always starts fresh.
@@ -371,7 +389,12 @@ fn run_example(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The readiness report on the validation set, sampled as the job samples; returns its verdict.
-fn doctor(dir: &Path, request: &JobRequest, hyper: &Value) -> anyhow::Result<String> {
+fn doctor(
+    example: &Example,
+    dir: &Path,
+    request: &JobRequest,
+    hyper: &Value,
+) -> anyhow::Result<String> {
     let report = dir.join("doctor");
     let _ = std::fs::remove_dir_all(&report);
     let data = dir.join("data");
@@ -391,7 +414,7 @@ fn doctor(dir: &Path, request: &JobRequest, hyper: &Value) -> anyhow::Result<Str
         response_format: None,
         report: Some(report.clone()),
         output: None,
-        reference_field: None,
+        reference_field: example.reference.map(str::to_owned),
         judge_repeats: 3,
         pass_threshold: None,
     };

@@ -220,6 +220,37 @@ fn reference_values(rows: &[ProbeRow], field: &str) -> Vec<(String, usize)> {
     values
 }
 
+/// The most common part of the reference values that are lists ("M2, M5", "a; b", one per
+/// line), when at least one value has two parts and the part recurs: the one-item guess that a
+/// grader giving credit per item may pay for (naming one meeting of the pair every time).
+fn most_common_part(rows: &[ProbeRow], field: &str) -> Option<String> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut any_list = false;
+    for row in rows {
+        let Some(text) = row.item.get(field).and_then(value_text) else {
+            continue;
+        };
+        let parts: std::collections::BTreeSet<&str> = text
+            .split([',', ';', '\n'])
+            .flat_map(|p| p.split(" and "))
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .collect();
+        any_list |= parts.len() >= 2;
+        for part in parts {
+            *counts.entry(part.to_owned()).or_default() += 1;
+        }
+    }
+    if !any_list {
+        return None;
+    }
+    counts
+        .into_iter()
+        .filter(|(_, n)| *n >= 2)
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(part, _)| part)
+}
+
 /// 4. Lucky guesses: what trivial strategies score on the same rows, next to the model.
 pub fn check_lucky_guesses(
     grader: &CompiledGrader,
@@ -249,6 +280,13 @@ pub fn check_lucky_guesses(
                 "constant",
                 format!("always {top:?} (the most common `{field}`)"),
                 vec![top.clone(); rows.len()],
+            ));
+        }
+        if let Some(part) = most_common_part(rows, field) {
+            strategies.push((
+                "constant_part",
+                format!("always {part:?} (the most common item of a `{field}` list)"),
+                vec![part; rows.len()],
             ));
         }
         let values: Vec<String> = values.into_iter().map(|(v, _)| v).collect();
