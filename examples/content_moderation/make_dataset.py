@@ -58,8 +58,11 @@ TEMPLATES = {
 PLACES = ["library", "gym", "Lisbon", "market", "Oslo", "station"]
 THINGS = ["guitar", "phone", "laptop", "chess", "garden", "camera"]
 NAMES = ["Sam", "Alex", "Robin", "Kim", "Jo", "Lee"]
-# The worked example at the start of each prompt: one per label, never the row's own label, so
-# copying the example's label is always wrong.
+# The worked examples at the start of each prompt: one per label, in a shuffled order, so the
+# base model sees every label used once. With a single worked example (never the row's label)
+# the 135M model's first well-formed answers were mostly one label, and training collapsed onto
+# it within a few steps; with all six in view its early answers spread over the labels, so a
+# group's samples differ in label and the right one can be rewarded.
 WORKED = {
     "allow:ok": "Great photo, thanks for sharing!",
     "allow:criticism": "The new menu design is confusing and ugly.",
@@ -71,16 +74,17 @@ WORKED = {
 
 
 def make_row(rng, label):
-    shown = rng.choice([other for other in WORKED if other != label])
+    shown = list(WORKED)
+    rng.shuffle(shown)
     text = rng.choice(TEMPLATES[label]).format(
         place=rng.choice(PLACES), thing=rng.choice(THINGS), name=rng.choice(NAMES))
+    messages = [{"role": "system", "content": SYSTEM}]
+    for worked in shown:
+        messages.append({"role": "user", "content": f"Message: {WORKED[worked]}"})
+        messages.append({"role": "assistant", "content": worked})
+    messages.append({"role": "user", "content": f"Message: {text}"})
     return {
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": f"Message: {WORKED[shown]}"},
-            {"role": "assistant", "content": shown},
-            {"role": "user", "content": f"Message: {text}"},
-        ],
+        "messages": messages,
         "label": label,
         "family": label.split(":")[0],
     }
@@ -89,10 +93,10 @@ def make_row(rng, label):
 def rows(rng, n, seen):
     out = []
     labels = list(TEMPLATES)
-    i = 0
     while len(out) < n:
-        row = make_row(rng, labels[i % len(labels)])
-        i += 1
+        # Every label in turn, drawn again until its message is new: each label is the answer
+        # of the same number of rows (4 of the 24 validation rows).
+        row = make_row(rng, labels[len(out) % len(labels)])
         key = row["messages"][-1]["content"]
         if key in seen:
             continue
@@ -103,12 +107,17 @@ def rows(rng, n, seen):
 
 
 FAMILY = '''"""The family half of the content_moderation grade: 1 when the reply is one
-family:label word whose family (before the colon) is the expected one."""
+of the policy's six labels and its family (before the colon) is the expected
+one. A made-up label in the right family ("spam:insult") earns nothing: the
+answer is read by a program that knows six labels."""
+
+LABELS = {"allow:ok", "allow:criticism", "spam:promo", "spam:scam",
+          "abuse:insult", "abuse:threat"}
 
 
 def grade(sample, item):
     text = (sample.get("output_text") or "").strip()
-    if " " in text or ":" not in text:
+    if text not in LABELS:
         return 0.0
     return 1.0 if text.split(":")[0] == item["family"] else 0.0
 '''
@@ -137,11 +146,11 @@ def main():
     with open(os.path.join(HERE, "grader.json"), "w") as f:
         json.dump(grader, f, indent=2)
         f.write("\n")
-    # Twelve prompts a step, two of each label on average, three passes over the 48 rows: with
+    # Twelve prompts a step, two of each label on average, four passes over the 48 rows: with
     # four prompts a step the 135M model collapsed onto one label within 12 steps (all eight
     # samples of every group alike, so no group carried a gradient any more); a step that
     # sees every label moves the labels apart instead of towards the step's majority.
-    write_job(grader, "content_moderation", 8, epochs=3, batch=12)
+    write_job(grader, "content_moderation", 8, epochs=4, batch=12)
 
 
 def write_job(grader, suffix, max_tokens=48, epochs=1, batch=4):
@@ -156,7 +165,7 @@ def write_job(grader, suffix, max_tokens=48, epochs=1, batch=4):
             "hyperparameters": {
                 "batch_size": batch, "n_epochs": epochs, "compute_multiplier": 1,
                 "eval_interval": 48 // batch * epochs, "eval_samples": 4,
-                "learning_rate_multiplier": 5, "lora_rank": 16,
+                "learning_rate_multiplier": 2, "lora_rank": 16,
                 "max_completion_tokens": max_tokens,
             }}},
     }

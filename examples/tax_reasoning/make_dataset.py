@@ -3,11 +3,12 @@
 
 The task ("apply complex rules correctly", the tax analysis case): a made-up
 deduction table keyed by two facts (filing status and an age band), and a
-taxpayer described in words ("Dev is 71 and files as head of household");
-the model replies with the one amount the rules give. Doing it right takes
-both facts: the status picks three rows, the age (a number to compare with
-65) picks one of them. The amounts are drawn afresh for every row, so no
-amount is worth memorising and the worked example's amount never fits.
+taxpayer described in words ("Dev is 71, so 65 or older, and files as head
+of household"); the model replies with the one amount the rules give. Doing
+it right takes both facts: the status picks two rows of the six, the age
+band one of them. The amounts and the order of the table's rows are drawn
+afresh for every row, so no amount or position is worth memorising and the
+worked example's amount never fits.
 
 grader.py gives partial credit by rule: the right amount 1, the amount for
 the right status but the wrong age band 0.3, for the right age band but the
@@ -38,12 +39,19 @@ STATUSES = ["single", "married filing jointly", "head of household"]
 BANDS = ["under 65", "65 or older"]
 
 
-def table_text(amounts):
+def table_text(amounts, order):
     lines = ["Rule: the standard deduction depends on filing status and age."]
-    for status in STATUSES:
-        for band in BANDS:
-            lines.append(f"{status}, {band}: {amounts[(status, band)]}")
+    for status, band in order:
+        lines.append(f"{status}, {band}: {amounts[(status, band)]}")
     return "\n".join(lines)
+
+
+def shuffled_cases(rng):
+    # A fresh row order for every table: with the rows always in one order the 135M model
+    # settled on copying the first amount (right for one case in six, partly right for more).
+    cases = [(status, band) for status in STATUSES for band in BANDS]
+    rng.shuffle(cases)
+    return cases
 
 
 def draw_amounts(rng):
@@ -58,7 +66,8 @@ def person(rng, status, band):
 
 
 def question(name, age, status):
-    return (f"{name} is {age} and files as {status}. "
+    band = "65 or older" if age >= 65 else "under 65"
+    return (f"{name} is {age}, so {band}, and files as {status}. "
             f"What is {name}'s standard deduction?")
 
 
@@ -67,7 +76,7 @@ def example_turn(rng, avoid):
     while set(amounts.values()) & avoid:
         amounts = draw_amounts(rng)
     name, age, status = "Omar", 45, "single"
-    return (table_text(amounts) + "\n" + question(name, age, status),
+    return (table_text(amounts, shuffled_cases(rng)) + "\n" + question(name, age, status),
             str(amounts[("single", "under 65")]))
 
 
@@ -82,7 +91,8 @@ def make_row(rng, status, band):
             {"role": "system", "content": SYSTEM},
             {"role": "user", "content": example_user},
             {"role": "assistant", "content": example_reply},
-            {"role": "user", "content": table_text(amounts) + "\n" + question(name, age, status)},
+            {"role": "user",
+             "content": table_text(amounts, shuffled_cases(rng)) + "\n" + question(name, age, status)},
         ],
         "answer": amounts[(status, band)],
         "same_status": same_status,
@@ -145,7 +155,7 @@ def write_job(grader, suffix, max_tokens=12, epochs=3):
             "hyperparameters": {
                 "batch_size": 4, "n_epochs": epochs, "compute_multiplier": 1,
                 "eval_interval": 12 * epochs, "eval_samples": 4,
-                "learning_rate_multiplier": 5, "lora_rank": 16,
+                "learning_rate_multiplier": 2, "lora_rank": 16,
                 "max_completion_tokens": max_tokens,
             }}},
     }
