@@ -1,12 +1,11 @@
-"""Grades a tax_reasoning reply: the standard deduction the rules give.
+"""Grades a tax_reasoning reply: the standard deduction the rule gives.
 
 The first number in the reply (commas between digit groups allowed) is the
-answer. It earns 1 when it is the right amount, 0.3 when it is the amount for
-the right filing status but the wrong age band, 0.1 when it is the amount for
-the right age band but the wrong status, and 0 otherwise (the age, a number
-from the worked example, an invented amount). The reward is 0.85 times that,
-plus 0.15 when the reply is the number alone (the format a program reads) and
-earned something.
+answer. It earns 1 when it is the right amount, 0.1 when it is another
+amount of the table (the table was read, the status was not), and 0
+otherwise (a number from the worked example, an invented amount). The
+reward is 0.85 times that, plus 0.15 when the reply is the number alone (the
+format a program reads) and earned something.
 """
 import re
 
@@ -19,9 +18,7 @@ def grade(sample, item):
     value = int(match.group(0).replace(",", ""))
     if value == item["answer"]:
         rule = 1.0
-    elif value in item["same_status"]:
-        rule = 0.3
-    elif value in item["same_band"]:
+    elif value in item["other_amounts"]:
         rule = 0.1
     else:
         return 0.0

@@ -2,23 +2,24 @@
 """Writes the tax_reasoning example: train.jsonl, valid.jsonl, grader.json and job.json.
 
 The task ("apply complex rules correctly", the tax analysis case): a made-up
-deduction table keyed by two facts (filing status and an age band), and a
-taxpayer described in words ("Dev is 71, so 65 or older, and files as head
-of household"); the model replies with the one amount the rules give. Doing
-it right takes both facts: the status picks two rows of the six, the age
-band one of them. The amounts and the order of the table's rows are drawn
-afresh for every row, so no amount or position is worth memorising and the
-worked example's amount never fits.
+standard-deduction table by filing status (five statuses, two of them
+"married filing ..."), and a taxpayer's status; the model replies with the
+one amount the rule gives. The amounts and the order of the table's rows are
+drawn afresh for every row, so no amount or position is worth memorising and
+the worked example's amount never fits.
 
-grader.py gives partial credit by rule: the right amount 1, the amount for
-the right status but the wrong age band 0.3, for the right age band but the
-wrong status 0.1, anything else 0; plus a little for the amount alone.
+grader.py gives 1 for the right amount, 0.1 for another amount of the table
+(the model read the table, not the status), 0 for anything else; plus a
+little for the amount alone.
 
-The 135M default model cannot do the multi-digit arithmetic an earlier
-version of this example asked for (income minus a deduction, a percentage
-of an amount): trained on it, it learned the format and never the sums.
-Applying a rule table is the part of tax reasoning the seed's graders can
-check exactly and a small model can learn.
+Two earlier versions did not train on the 135M default model. The first
+asked for arithmetic (income minus a deduction, a percentage, tax minus a
+credit): it learned to answer with a bare number, never the sums. The second
+keyed the table by two facts (status and an age band, six rows): with the
+rows in a fixed order it settled on copying the first amount; with the rows
+shuffled its validation reward did not move (0.264 to 0.290 in 12 steps,
+0.264 to 0.321 in 36), while its training reward rose on rows it had seen.
+Matching one fact against a table is what this model learns here.
 
 The rules are invented for this example, not any country's tax law. Written
 for this project (Apache-2.0). Standard library only, fixed seed: the same
@@ -35,81 +36,64 @@ N_TRAIN = 48
 N_VALID = 24
 SYSTEM = "Apply the rules. Reply with the amount only, as a whole number."
 NAMES = ["Ana", "Ben", "Carla", "Dev", "Elif", "Finn", "Greta", "Hao", "Ines", "Jonas"]
-STATUSES = ["single", "married filing jointly", "head of household"]
-BANDS = ["under 65", "65 or older"]
+STATUSES = ["single", "married filing jointly", "married filing separately",
+            "head of household", "qualifying surviving spouse"]
 
 
 def table_text(amounts, order):
-    lines = ["Rule: the standard deduction depends on filing status and age."]
-    for status, band in order:
-        lines.append(f"{status}, {band}: {amounts[(status, band)]}")
+    lines = ["Rule: the standard deduction depends on the filing status."]
+    for status in order:
+        lines.append(f"{status}: {amounts[status]}")
     return "\n".join(lines)
 
 
-def shuffled_cases(rng):
+def shuffled_statuses(rng):
     # A fresh row order for every table: with the rows always in one order the 135M model
-    # settled on copying the first amount (right for one case in six, partly right for more).
-    cases = [(status, band) for status in STATUSES for band in BANDS]
-    rng.shuffle(cases)
-    return cases
+    # settled on copying the first amount.
+    order = list(STATUSES)
+    rng.shuffle(order)
+    return order
 
 
 def draw_amounts(rng):
-    values = rng.sample(range(8000, 40001, 50), len(STATUSES) * len(BANDS))
-    keys = [(status, band) for status in STATUSES for band in BANDS]
-    return dict(zip(keys, values))
+    return dict(zip(STATUSES, rng.sample(range(8000, 40001, 50), len(STATUSES))))
 
 
-def person(rng, status, band):
-    age = rng.randrange(22, 65) if band == "under 65" else rng.randrange(65, 91)
-    return rng.choice(NAMES), age, status
-
-
-def question(name, age, status):
-    band = "65 or older" if age >= 65 else "under 65"
-    return (f"{name} is {age}, so {band}, and files as {status}. "
-            f"What is {name}'s standard deduction?")
+def question(name, status):
+    return f"{name} files as {status}. What is {name}'s standard deduction?"
 
 
 def example_turn(rng, avoid):
     amounts = draw_amounts(rng)
     while set(amounts.values()) & avoid:
         amounts = draw_amounts(rng)
-    name, age, status = "Omar", 45, "single"
-    return (table_text(amounts, shuffled_cases(rng)) + "\n" + question(name, age, status),
-            str(amounts[("single", "under 65")]))
+    return (table_text(amounts, shuffled_statuses(rng)) + "\n" + question("Omar", "single"),
+            str(amounts["single"]))
 
 
-def make_row(rng, status, band):
+def make_row(rng, status):
     amounts = draw_amounts(rng)
-    name, age, _ = person(rng, status, band)
+    name = rng.choice(NAMES)
     example_user, example_reply = example_turn(rng, set(amounts.values()))
-    same_status = [amounts[(status, b)] for b in BANDS if b != band]
-    same_band = [amounts[(s, band)] for s in STATUSES if s != status]
     return {
         "messages": [
             {"role": "system", "content": SYSTEM},
             {"role": "user", "content": example_user},
             {"role": "assistant", "content": example_reply},
             {"role": "user",
-             "content": table_text(amounts, shuffled_cases(rng)) + "\n" + question(name, age, status)},
+             "content": table_text(amounts, shuffled_statuses(rng)) + "\n" + question(name, status)},
         ],
-        "answer": amounts[(status, band)],
-        "same_status": same_status,
-        "same_band": same_band,
+        "answer": amounts[status],
+        "other_amounts": [amounts[s] for s in STATUSES if s != status],
         "status": status,
-        "band": band,
     }
 
 
 def rows(rng, n, seen):
     out = []
-    cases = [(status, band) for status in STATUSES for band in BANDS]
-    i = 0
     while len(out) < n:
-        # Every status and band in turn: no row of the table is the best guess.
-        row = make_row(rng, *cases[i % len(cases)])
-        i += 1
+        # Every status in turn: no row of the table is the best guess.
+        row = make_row(rng, STATUSES[len(out) % len(STATUSES)])
         key = row["messages"][-1]["content"]
         if key in seen:
             continue
@@ -141,9 +125,7 @@ def write_common(train, valid, suffix):
     write_job(grader, suffix)
 
 
-def write_job(grader, suffix, max_tokens=12, epochs=3):
-    # Three passes over the 48 rows: in one pass (12 steps) the 135M model learns to answer
-    # with an amount from the table, and it takes more steps to learn which one.
+def write_job(grader, suffix, max_tokens=12, epochs=1):
     job = {
         "model": "smollm2-135m-instruct",
         "training_file": "train.jsonl",
@@ -155,7 +137,7 @@ def write_job(grader, suffix, max_tokens=12, epochs=3):
             "hyperparameters": {
                 "batch_size": 4, "n_epochs": epochs, "compute_multiplier": 1,
                 "eval_interval": 12 * epochs, "eval_samples": 4,
-                "learning_rate_multiplier": 2, "lora_rank": 16,
+                "learning_rate_multiplier": 5, "lora_rank": 16,
                 "max_completion_tokens": max_tokens,
             }}},
     }

@@ -122,7 +122,7 @@ pub(crate) const EXAMPLES: &[Example] = &[
     example!(
         "tax_reasoning",
         RULES,
-        "the deduction a made-up table gives for a filing status and an age: one amount",
+        "the deduction a made-up table gives for a filing status: one amount",
         Some("answer")
     ),
     example!(
