@@ -78,9 +78,18 @@ pub fn setup(
     let venv = dir.join("venv");
     let marker = dir.join("requirements.done");
     let interpreter = venv.join("bin/python");
+    let wordnet = venv.join("nltk_data/corpora/wordnet");
     if interpreter.exists()
         && std::fs::read_to_string(&marker).ok().as_deref() == Some(*requirements)
     {
+        // An environment built before the host had WordNet gets it now: otherwise installing
+        // wordnet-base afterwards would never reach the graders.
+        if !wordnet.join("data.noun").exists() {
+            install_wordnet(&wordnet).map_err(|e| SetupError::Step {
+                step: "copying WordNet".into(),
+                message: e.to_string(),
+            })?;
+        }
         return Ok(SetupOutcome::AlreadyBuilt(interpreter));
     }
     let step = |step: &str| {
@@ -114,7 +123,7 @@ pub fn setup(
             .arg(&requirements_path),
         "`pip install` of the grader packages",
     )?;
-    install_wordnet(&venv.join("nltk_data/corpora/wordnet")).map_err(step("copying WordNet"))?;
+    install_wordnet(&wordnet).map_err(step("copying WordNet"))?;
     std::fs::write(&marker, requirements).map_err(step("recording the finished environment"))?;
     Ok(SetupOutcome::Built(interpreter))
 }
@@ -148,6 +157,10 @@ fn install_wordnet(target: &Path) -> io::Result<()> {
     let source = std::env::var_os("RFT_WORDNET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/share/wordnet"));
+    install_wordnet_from(&source, target)
+}
+
+fn install_wordnet_from(source: &Path, target: &Path) -> io::Result<()> {
     if !source.join("data.noun").exists() {
         tracing::warn!(
             "WordNet not found in {}; nltk's wordnet corpus will be missing in Python graders (apt-get install wordnet-base)",
@@ -182,4 +195,39 @@ fn install_wordnet(target: &Path) -> io::Result<()> {
         })
         .collect();
     std::fs::write(target.join("lexnames"), lexnames)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wordnet_is_copied_with_its_lexnames_and_skipped_without_a_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("wordnet");
+        std::fs::create_dir_all(&source).unwrap();
+        for pos in ["noun", "verb", "adj", "adv"] {
+            for name in [
+                format!("data.{pos}"),
+                format!("index.{pos}"),
+                format!("{pos}.exc"),
+            ] {
+                std::fs::write(source.join(&name), name.as_bytes()).unwrap();
+            }
+        }
+        let target = dir.path().join("venv/nltk_data/corpora/wordnet");
+        install_wordnet_from(&source, &target).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(target.join("data.noun")).unwrap(),
+            "data.noun"
+        );
+        let lexnames = std::fs::read_to_string(target.join("lexnames")).unwrap();
+        assert_eq!(lexnames.lines().count(), 45);
+        assert!(lexnames.starts_with("00\tadj.all\t3\n"), "{lexnames}");
+        // No WordNet on the host: nothing is created, and that is not an error.
+        let empty = dir.path().join("none");
+        let target = dir.path().join("other/wordnet");
+        install_wordnet_from(&empty, &target).unwrap();
+        assert!(!target.exists());
+    }
 }
