@@ -164,7 +164,7 @@ def write_job(grader, suffix, max_tokens=48, epochs=1, batch=4):
             "grader": grader,
             "hyperparameters": {
                 "batch_size": batch, "n_epochs": epochs, "compute_multiplier": 1,
-                "eval_interval": 48 // batch * epochs, "eval_samples": 4,
+                "eval_interval": N_TRAIN // batch * epochs, "eval_samples": 4,
                 "learning_rate_multiplier": 2, "lora_rank": 16,
                 "max_completion_tokens": max_tokens,
             }}},

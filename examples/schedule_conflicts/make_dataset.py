@@ -142,7 +142,7 @@ def write_job(grader, suffix, max_tokens=16, epochs=3):
             "grader": grader,
             "hyperparameters": {
                 "batch_size": 4, "n_epochs": epochs, "compute_multiplier": 1,
-                "eval_interval": 12 * epochs, "eval_samples": 4,
+                "eval_interval": N_TRAIN // 4 * epochs, "eval_samples": 4,
                 "learning_rate_multiplier": 2, "lora_rank": 16,
                 "max_completion_tokens": max_tokens,
             }}},

@@ -125,7 +125,7 @@ def write_common(train, valid, suffix):
     write_job(grader, suffix)
 
 
-def write_job(grader, suffix, max_tokens=12, epochs=1):
+def write_job(grader, suffix, max_tokens=12):
     job = {
         "model": "smollm2-135m-instruct",
         "training_file": "train.jsonl",
@@ -135,8 +135,8 @@ def write_job(grader, suffix, max_tokens=12, epochs=1):
         "method": {"type": "reinforcement", "reinforcement": {
             "grader": grader,
             "hyperparameters": {
-                "batch_size": 4, "n_epochs": epochs, "compute_multiplier": 1,
-                "eval_interval": 12 * epochs, "eval_samples": 4,
+                "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
+                "eval_interval": N_TRAIN // 4, "eval_samples": 4,
                 "learning_rate_multiplier": 5, "lora_rank": 16,
                 "max_completion_tokens": max_tokens,
             }}},

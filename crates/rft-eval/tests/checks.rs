@@ -8,8 +8,7 @@ use common::*;
 use rft_eval::data::read_data;
 use rft_eval::report::*;
 use rft_eval::run::{run_eval, EvalConfig};
-use rft_grade::python::{PythonConfig, PythonRuntime};
-use rft_grade::{compile, compile_with, GraderContext};
+use rft_grade::{compile, compile_with};
 use rft_types::{Grader, Sample};
 use serde_json::{json, Value};
 
@@ -149,21 +148,7 @@ fn one_item_of_a_list_answer_is_a_lucky_guess_when_items_earn_credit() {
         "source": "def grade(sample, item):\n    given = {p.strip() for p in sample['output_text'].split(',') if p.strip()}\n    wanted = {p.strip() for p in item['answer'].split(',')}\n    return 0.5 * len(given & wanted) if given <= wanted else 0.0\n"
     }))
     .unwrap();
-    let mut python_config = PythonConfig::from_env();
-    python_config.interpreter = Some(
-        std::env::var_os("RFT_PYTHON")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| std::path::PathBuf::from("python3")),
-    );
-    python_config.workers = 1;
-    let grader = compile_with(
-        &grader,
-        &GraderContext {
-            python: PythonRuntime::new(python_config),
-            ..GraderContext::shared()
-        },
-    )
-    .unwrap();
+    let grader = compile_with(&grader, &python_context()).unwrap();
     let check = check_lucky_guesses(
         &grader,
         &probe_rows(&items),

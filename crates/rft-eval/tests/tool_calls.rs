@@ -7,15 +7,13 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
 
 use common::write_lines;
 use rft_eval::data::read_data;
 use rft_eval::objects::{build_objects, RunInfo};
 use rft_eval::policy::{Policy, RemoteModel, SamplingOptions};
 use rft_eval::run::{run_eval, EvalConfig};
-use rft_grade::python::{PythonConfig, PythonRuntime};
-use rft_grade::{compile, compile_with, GraderContext};
+use rft_grade::{compile, compile_with};
 use rft_model::config::Architecture;
 use rft_types::Grader;
 use serde_json::{json, Value};
@@ -93,21 +91,7 @@ fn local_tool_calls_are_graded_and_reported() {
     let source = "import json\ndef grade(sample, item):\n    call = sample['output_tools'][0]['function']\n    args = json.loads(call['arguments'])\n    return 1.0 if call['name'] == 'get_weather' and args['city'] == item['city'] and sample['output_text'] == '' else 0.0\n";
     let python =
         Grader::from_value(&json!({"type": "python", "name": "py", "source": source})).unwrap();
-    let mut python_config = PythonConfig::from_env();
-    python_config.interpreter = Some(
-        std::env::var_os("RFT_PYTHON")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("python3")),
-    );
-    python_config.workers = 1;
-    let python = compile_with(
-        &python,
-        &GraderContext {
-            python: PythonRuntime::new(python_config),
-            ..GraderContext::shared()
-        },
-    )
-    .unwrap();
+    let python = compile_with(&python, &common::python_context()).unwrap();
     for (row, want) in [(0, 1.0), (1, 0.0)] {
         let graded = python.grade(
             &results[row].samples[0].sample,

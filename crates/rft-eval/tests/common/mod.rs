@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use rft_grade::python::{PythonConfig, PythonRuntime};
 use rft_grade::{GraderContext, JudgeClient, JudgeConfig};
 use serde_json::{json, Value};
 
@@ -180,4 +181,19 @@ pub fn exact_grader(field: &str) -> rft_types::Grader {
         "reference": format!("{{{{ item.{field} }}}}"), "operation": "eq"
     }))
     .unwrap()
+}
+
+/// A grader context whose Python graders run on `$RFT_PYTHON` (or `python3`) with one worker.
+pub fn python_context() -> GraderContext {
+    let mut config = PythonConfig::from_env();
+    config.interpreter = Some(
+        std::env::var_os("RFT_PYTHON")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("python3")),
+    );
+    config.workers = 1;
+    GraderContext {
+        python: PythonRuntime::new(config),
+        ..GraderContext::shared()
+    }
 }

@@ -79,19 +79,6 @@ pub fn setup(
     let marker = dir.join("requirements.done");
     let interpreter = venv.join("bin/python");
     let wordnet = venv.join("nltk_data/corpora/wordnet");
-    if interpreter.exists()
-        && std::fs::read_to_string(&marker).ok().as_deref() == Some(*requirements)
-    {
-        // An environment built before the host had WordNet gets it now: otherwise installing
-        // wordnet-base afterwards would never reach the graders.
-        if !wordnet.join("data.noun").exists() {
-            install_wordnet(&wordnet).map_err(|e| SetupError::Step {
-                step: "copying WordNet".into(),
-                message: e.to_string(),
-            })?;
-        }
-        return Ok(SetupOutcome::AlreadyBuilt(interpreter));
-    }
     let step = |step: &str| {
         let step = step.to_owned();
         move |e: io::Error| SetupError::Step {
@@ -99,6 +86,16 @@ pub fn setup(
             message: e.to_string(),
         }
     };
+    if interpreter.exists()
+        && std::fs::read_to_string(&marker).ok().as_deref() == Some(*requirements)
+    {
+        // An environment built before the host had WordNet gets it now: otherwise installing
+        // wordnet-base afterwards would never reach the graders.
+        if !wordnet.join("data.noun").exists() {
+            install_wordnet(&wordnet).map_err(step("copying WordNet"))?;
+        }
+        return Ok(SetupOutcome::AlreadyBuilt(interpreter));
+    }
     // A half-built environment from an interrupted run is rebuilt from scratch.
     if venv.exists() {
         std::fs::remove_dir_all(&venv).map_err(step("removing the unfinished environment"))?;
