@@ -188,6 +188,9 @@ pub(crate) enum BenchCommand {
     /// `rft serve` under load: graders/run and chat completions from many clients while a job
     /// trains; throughput and p50/p99 latency.
     Serve(crate::commands::bench_serve::BenchServeArgs),
+    /// The matmul shapes of a GRPO step, one thread, through candle and through the packed
+    /// kernels this CPU runs.
+    Matmul(crate::commands::bench_matmul::BenchMatmulArgs),
 }
 
 #[derive(Debug, Args)]

@@ -17,12 +17,14 @@
 //! Only the *input* gets a gradient. Weights passed here are frozen by construction (the trainable
 //! parameters are LoRA matrices, which use ordinary candle ops, see `lora.rs`).
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{
     backend::BackendStorage, bail, CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Layout,
     Result, Shape, Storage, Tensor, D,
 };
+
+use crate::packed::PackedWeight;
 
 type BackwardFn = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
 
@@ -201,16 +203,78 @@ fn accumulation_dtype(dtype: DType) -> DType {
     }
 }
 
+/// A frozen `(out, in)` weight with the two products training needs, `x @ Wᵀ` (forward) and
+/// `g @ W` (the input's gradient), each through a packed copy of the weight where one was made
+/// ([`crate::packed`]: on AVX-512 CPUs twice the vector width of candle's kernels on stable
+/// Rust), else through candle. Cloning shares the weights.
+#[derive(Debug, Clone)]
+pub struct FrozenWeight {
+    dense: Tensor,
+    /// `dense` packed for `x @ Wᵀ`.
+    packed: Option<Arc<PackedWeight>>,
+    /// `denseᵀ` packed, for `g @ W = g @ (Wᵀ)ᵀ`.
+    packed_t: Option<Arc<PackedWeight>>,
+}
+
+impl FrozenWeight {
+    /// Candle's matmul for both products.
+    pub fn dense(weight: &Tensor) -> FrozenWeight {
+        FrozenWeight {
+            dense: weight.clone(),
+            packed: None,
+            packed_t: None,
+        }
+    }
+
+    /// Uses the packed copies given (each must hold `weight`'s values, `packed_t` transposed).
+    pub(crate) fn with_packed(
+        weight: &Tensor,
+        packed: Option<&Arc<PackedWeight>>,
+        packed_t: Option<&Arc<PackedWeight>>,
+    ) -> FrozenWeight {
+        FrozenWeight {
+            dense: weight.clone(),
+            packed: packed.cloned(),
+            packed_t: packed_t.cloned(),
+        }
+    }
+
+    /// The weight itself.
+    pub fn tensor(&self) -> &Tensor {
+        &self.dense
+    }
+
+    /// `x @ Wᵀ` for `x: (n, in)`; no gradient.
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        match &self.packed {
+            Some(packed) if x.dtype() == DType::F32 && x.device().is_cpu() => {
+                packed.matmul_t(x).map_err(candle_core::Error::wrap)
+            }
+            _ => x.matmul(&self.dense.t()?),
+        }
+    }
+
+    /// `g @ W` for `g: (n, out)`; no gradient.
+    pub fn matmul(&self, g: &Tensor) -> Result<Tensor> {
+        match &self.packed_t {
+            Some(packed) if g.dtype() == DType::F32 && g.device().is_cpu() => {
+                packed.matmul_t(g).map_err(candle_core::Error::wrap)
+            }
+            _ => g.matmul(&self.dense),
+        }
+    }
+}
+
 /// `x @ weightᵀ + bias` for `x: (n, in)`, `weight: (out, in)`, `bias: (out)`; gradient to `x` only.
-pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    let value = x.detach().matmul(&weight.t()?)?;
+pub fn frozen_linear(x: &Tensor, weight: &FrozenWeight, bias: Option<&Tensor>) -> Result<Tensor> {
+    let value = weight.matmul_t(&x.detach())?;
     let value = match bias {
         Some(bias) => value.broadcast_add(bias)?,
         None => value,
     };
     let weight = weight.clone();
     attach_backward("frozen-linear", x, value, move |_, _, grad| {
-        grad.matmul(&weight)
+        weight.matmul(grad)
     })
 }
 
@@ -222,14 +286,14 @@ pub fn frozen_linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Resu
 /// terms without an intermediate graph sum, and keeps no full-width update tensor alive.
 pub fn lora_linear(
     x: &Tensor,
-    weight: &Tensor,
+    weight: &FrozenWeight,
     bias: Option<&Tensor>,
     a: &Tensor,
     b: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
     let detached = x.detach();
-    let base = detached.matmul(&weight.t()?)?;
+    let base = weight.matmul_t(&detached)?;
     let base = match bias {
         Some(bias) => base.broadcast_add(bias)?,
         None => base,
@@ -249,7 +313,7 @@ pub fn lora_linear(
             backward: Box::new(move |x, a, b, grad| {
                 // With h = s·(x aᵀ): dh = s·(g b), dx = g·W + dh·a, da = dhᵀ·x, db = gᵀ·h.
                 let grad_hidden = (grad.matmul(b)? * scale)?;
-                let dx = (grad.matmul(&weight)? + grad_hidden.matmul(a)?)?;
+                let dx = (weight.matmul(grad)? + grad_hidden.matmul(a)?)?;
                 let da = grad_hidden.t()?.matmul(x)?;
                 let db = grad.t()?.matmul(&hidden)?;
                 Ok((dx, da, db))
@@ -332,8 +396,8 @@ const LOGPROB_CHUNK_ELEMENTS: usize = 1 << 23;
 /// `log p(target_i)` with respect to `hidden_i` is `lm_head[target_i] − pᵀ·lm_head`, one `(n, d)`
 /// tensor. The backward is then a row scaling, and the vocabulary-sized matmuls run twice (the
 /// logits, the expected embedding) instead of three times (the logits again in the backward).
-pub fn token_logprobs(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> Result<Tensor> {
-    let (vocab, _) = lm_head.dims2()?;
+pub fn token_logprobs(hidden: &Tensor, lm_head: &FrozenWeight, targets: &Tensor) -> Result<Tensor> {
+    let (vocab, _) = lm_head.tensor().dims2()?;
     token_logprobs_chunked(
         hidden,
         lm_head,
@@ -344,7 +408,7 @@ pub fn token_logprobs(hidden: &Tensor, lm_head: &Tensor, targets: &Tensor) -> Re
 
 fn token_logprobs_chunked(
     hidden: &Tensor,
-    lm_head: &Tensor,
+    lm_head: &FrozenWeight,
     targets: &Tensor,
     rows_per_chunk: usize,
 ) -> Result<Tensor> {
@@ -362,9 +426,8 @@ fn token_logprobs_chunked(
     let mut expected = Vec::new();
     for start in (0..n).step_by(rows_per_chunk) {
         let len = rows_per_chunk.min(n - start);
-        let logits = detached
-            .narrow(0, start, len)?
-            .matmul(&lm_head.t()?)?
+        let logits = lm_head
+            .matmul_t(&detached.narrow(0, start, len)?)?
             .to_dtype(acc)?;
         let log_norm = logits.log_sum_exp(D::Minus1)?;
         let picked = logits
@@ -372,7 +435,7 @@ fn token_logprobs_chunked(
             .squeeze(1)?;
         if with_gradient {
             let probs = logits.broadcast_sub(&log_norm.unsqueeze(1)?)?.exp()?;
-            expected.push(probs.to_dtype(lm_head.dtype())?.matmul(lm_head)?);
+            expected.push(lm_head.matmul(&probs.to_dtype(lm_head.tensor().dtype())?)?);
         }
         pieces.push((picked - log_norm)?);
     }
@@ -385,7 +448,7 @@ fn token_logprobs_chunked(
         return Ok(value);
     }
     // d log p(target) / d hidden, per row.
-    let direction = (lm_head.index_select(targets, 0)? - Tensor::cat(&expected, 0)?)?;
+    let direction = (lm_head.tensor().index_select(targets, 0)? - Tensor::cat(&expected, 0)?)?;
     attach_backward("token-logprobs", hidden, value, move |hidden, _, grad| {
         direction
             .broadcast_mul(&grad.to_dtype(direction.dtype())?.unsqueeze(1)?)?
@@ -453,6 +516,7 @@ mod tests {
     fn frozen_linear_gradient() {
         let w = random(&[5, 4], 1);
         let b = random(&[5], 2);
+        let w = FrozenWeight::dense(&w);
         check_gradient(|x| frozen_linear(x, &w, Some(&b)), &random(&[3, 4], 3), 4);
     }
 
@@ -461,9 +525,10 @@ mod tests {
         let (w, bias) = (random(&[5, 4], 1), random(&[5], 2));
         let (x, a, b) = (random(&[3, 4], 3), random(&[2, 4], 5), random(&[5, 2], 6));
         let s = 1.7;
-        check_gradient(|x| lora_linear(x, &w, Some(&bias), &a, &b, s), &x, 7);
-        check_gradient(|a| lora_linear(&x, &w, Some(&bias), a, &b, s), &a, 8);
-        check_gradient(|b| lora_linear(&x, &w, Some(&bias), &a, b, s), &b, 9);
+        let frozen = FrozenWeight::dense(&w);
+        check_gradient(|x| lora_linear(x, &frozen, Some(&bias), &a, &b, s), &x, 7);
+        check_gradient(|a| lora_linear(&x, &frozen, Some(&bias), a, &b, s), &a, 8);
+        check_gradient(|b| lora_linear(&x, &frozen, Some(&bias), &a, b, s), &b, 9);
         // The value is the composite's.
         let composite = (x
             .matmul(&w.t().unwrap())
@@ -475,7 +540,7 @@ mod tests {
                 .matmul(&b.t().unwrap())
                 .unwrap())
         .unwrap();
-        let fused = lora_linear(&x, &w, Some(&bias), &a, &b, s).unwrap();
+        let fused = lora_linear(&x, &frozen, Some(&bias), &a, &b, s).unwrap();
         let diff = (composite - fused)
             .unwrap()
             .abs()
@@ -491,7 +556,7 @@ mod tests {
     fn frozen_linear_gives_the_weight_no_gradient() {
         let w = Var::from_tensor(&random(&[5, 4], 1)).unwrap();
         let x = Var::from_tensor(&random(&[3, 4], 3)).unwrap();
-        let loss = frozen_linear(x.as_tensor(), w.as_tensor(), None)
+        let loss = frozen_linear(x.as_tensor(), &FrozenWeight::dense(w.as_tensor()), None)
             .unwrap()
             .sum_all()
             .unwrap();
@@ -531,7 +596,8 @@ mod tests {
 
     #[test]
     fn token_logprobs_gradient_and_value() {
-        let head = random(&[11, 4], 16);
+        let head_values = random(&[11, 4], 16);
+        let head = FrozenWeight::dense(&head_values);
         let targets = Tensor::from_vec(vec![3u32, 0, 10, 7, 7], 5, &Device::Cpu).unwrap();
         let hidden = random(&[5, 4], 17);
         check_gradient(|h| token_logprobs(h, &head, &targets), &hidden, 18);
@@ -542,7 +608,7 @@ mod tests {
         );
         // Against the composite log_softmax + gather.
         let value = token_logprobs(&hidden, &head, &targets).unwrap();
-        let logits = hidden.matmul(&head.t().unwrap()).unwrap();
+        let logits = hidden.matmul(&head_values.t().unwrap()).unwrap();
         let expected = candle_nn::ops::log_softmax(&logits, D::Minus1)
             .unwrap()
             .gather(&targets.unsqueeze(1).unwrap(), 1)
@@ -558,6 +624,69 @@ mod tests {
             .to_scalar::<f64>()
             .unwrap();
         assert!(diff < 1e-12, "{diff}");
+    }
+
+    /// The packed products give the dense ones' values and gradients, to f32 rounding.
+    #[test]
+    fn packed_frozen_weights_match_dense_ones() {
+        let f32_random = |shape: &[usize], seed: u64| random(shape, seed).to_dtype(DType::F32);
+        let w = f32_random(&[40, 70], 21).unwrap();
+        let Some(packed) = PackedWeight::pack(&w).unwrap() else {
+            return;
+        };
+        let packed_t = PackedWeight::pack(&w.t().unwrap()).unwrap().unwrap();
+        let fast =
+            FrozenWeight::with_packed(&w, Some(&Arc::new(packed)), Some(&Arc::new(packed_t)));
+        let slow = FrozenWeight::dense(&w);
+        let (a, b) = (
+            f32_random(&[3, 70], 22).unwrap(),
+            f32_random(&[40, 3], 23).unwrap(),
+        );
+        let head = f32_random(&[50, 70], 24).unwrap();
+        let targets =
+            Tensor::from_vec(vec![1u32, 49, 7, 7, 0, 33, 2, 11, 40], 9, &Device::Cpu).unwrap();
+        let run = |frozen: &FrozenWeight, head: &FrozenWeight| {
+            let x = Var::from_tensor(&f32_random(&[9, 70], 25).unwrap()).unwrap();
+            let hidden = lora_linear(x.as_tensor(), frozen, None, &a, &b, 0.5).unwrap();
+            let hidden = frozen_linear(
+                &hidden,
+                &FrozenWeight::dense(&w.t().unwrap().contiguous().unwrap()),
+                None,
+            )
+            .unwrap();
+            let logprobs = token_logprobs(&hidden, head, &targets).unwrap();
+            let grads = logprobs.sum_all().unwrap().backward().unwrap();
+            let dx = grads.get(x.as_tensor()).unwrap().clone();
+            (logprobs, dx)
+        };
+        let head_packed = FrozenWeight::with_packed(
+            &head,
+            Some(&Arc::new(PackedWeight::pack(&head).unwrap().unwrap())),
+            Some(&Arc::new(
+                PackedWeight::pack(&head.t().unwrap()).unwrap().unwrap(),
+            )),
+        );
+        let (value_fast, grad_fast) = run(&fast, &head_packed);
+        let (value_slow, grad_slow) = run(&slow, &FrozenWeight::dense(&head));
+        let worst = |a: &Tensor, b: &Tensor| {
+            (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let scale = grad_slow
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(worst(&value_fast, &value_slow) < 1e-3);
+        assert!(worst(&grad_fast, &grad_slow) < 1e-4 * scale.max(1.0));
     }
 
     #[test]

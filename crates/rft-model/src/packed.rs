@@ -1,11 +1,20 @@
-//! A matmul for decoding, with each weight packed once instead of at every call.
+//! A CPU matmul against a weight packed once, for the frozen weights of sampling and training.
 //!
-//! Why not candle's matmul: for `x @ Wᵀ` with a few dozen rows of `x` (one decode step of a
-//! rollout shard), `gemm` 0.19 repacks the whole weight into its micro-kernel's panel layout on
-//! every call, gathering it element by element; `perf` put that packing at 38% of a 32-row decode
-//! step, as much as the arithmetic. The weights of a rollout do not change, so they are packed
-//! once here (`PANEL` output columns at a time, contiguous along the input dimension) and an
-//! AVX2/FMA micro-kernel of `ROWS × PANEL` accumulators streams each panel once per call.
+//! Why not candle's matmul: for `x @ Wᵀ` `gemm` 0.19 repacks the whole weight into its
+//! micro-kernel's panel layout on every call, gathering it element by element (`perf` put that
+//! packing at 38% of a 32-row decode step, as much as the arithmetic), and on stable Rust its
+//! kernels are AVX2 only: its AVX-512 kernels sit behind its `nightly` feature, so on an AVX-512
+//! machine it runs at half the vector width the hardware has. The weights here never change
+//! while they are used (a rollout's merged weights; the frozen base weights of LoRA training),
+//! so they are packed once (`nr` output columns per panel, contiguous along the input
+//! dimension) and a register-blocked micro-kernel streams each panel: 12 rows × 32 columns of
+//! accumulators in 16-lane AVX-512 registers where the CPU has AVX-512F, else 6 × 16 in 8-lane
+//! AVX2/FMA registers.
+//!
+//! The driver blocks as BLIS does, for the large row counts of a training pass: a block of rows
+//! of `x` is repacked (`mr` rows interleaved, so each step of the micro-kernel reads one
+//! contiguous run) in slices of [`KC`] along the input dimension, small enough that a panel's
+//! slice stays in L1 while every row tile of the block passes over it.
 //!
 //! Used only where it applies (CPU, f32, a CPU with AVX2 and FMA); everything else keeps the
 //! dense weight and candle's matmul.
@@ -14,62 +23,162 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::ModelError;
 
-/// Output columns per packed panel: two 8-lane AVX registers.
-const PANEL: usize = 16;
-/// Rows of `x` per micro-kernel call (6 × 2 accumulators + 2 weight registers + 1 broadcast).
-const ROWS: usize = 6;
+/// Inputs up to this wide are not sliced: a tile's accumulators then see the whole sum and the
+/// output is written once. Wider inputs (the output head's backward, 49,152) go in slices of
+/// [`KC`], accumulating into the output.
+const WHOLE_K_MAX: usize = 4096;
+/// Input features per slice of a wide input: a 32-column panel slice is 32 KiB, within L1.
+const KC: usize = 256;
+/// Most row tiles per block of `x`.
+const TILES_PER_BLOCK: usize = 16;
+/// Bytes of repacked `x` per block, to stay in L2 while every panel passes over it.
+const BLOCK_BYTES: usize = 1 << 20;
 
-/// A `(n, k)` weight packed for `x @ Wᵀ`: panel `p` holds columns `p·16 .. p·16 + 16` of `Wᵀ`,
-/// `k` rows of 16 contiguous floats; the last panel is zero-padded.
+/// Width of the slices of the input dimension the weight is packed and multiplied in.
+fn slice_width(k: usize) -> usize {
+    if k <= WHOLE_K_MAX {
+        k.max(1)
+    } else {
+        KC
+    }
+}
+
+/// The micro-kernel a weight is packed for: its panel width must match the one computing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernel {
+    /// 6 rows × 16 columns, 8-lane FMA.
+    Avx2,
+    /// 12 rows × 32 columns, 16-lane FMA.
+    Avx512,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs, or `None` without AVX2 and FMA.
+    ///
+    /// `RFT_PACKED_KERNEL=avx2` keeps the AVX2 kernel on an AVX-512 machine, so a benchmark can
+    /// measure both in one run.
+    pub fn detect() -> Option<Kernel> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected;
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            let forced_avx2 = std::env::var("RFT_PACKED_KERNEL").is_ok_and(|v| v == "avx2");
+            if avx2 && !forced_avx2 && is_x86_feature_detected!("avx512f") {
+                Some(Kernel::Avx512)
+            } else if avx2 {
+                Some(Kernel::Avx2)
+            } else {
+                None
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            None
+        }
+    }
+
+    /// Whether this CPU can run the kernel.
+    fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected;
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            match self {
+                Kernel::Avx2 => avx2,
+                Kernel::Avx512 => avx2 && is_x86_feature_detected!("avx512f"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// Output columns per panel.
+    fn nr(self) -> usize {
+        match self {
+            Kernel::Avx2 => 16,
+            Kernel::Avx512 => 32,
+        }
+    }
+
+    /// Rows of `x` per micro-kernel call.
+    fn mr(self) -> usize {
+        match self {
+            Kernel::Avx2 => 6,
+            Kernel::Avx512 => 12,
+        }
+    }
+}
+
+/// A `(n, k)` weight packed for `x @ Wᵀ`, slice by slice of the input dimension (one slice
+/// when `k ≤ WHOLE_K_MAX`): within a slice `[k0, k0 + kc)`, panel `p` holds columns
+/// `p·nr .. p·nr + nr` of `Wᵀ` as `kc` rows of `nr` contiguous floats, and the panels follow
+/// each other, so the kernel reads the weight front to back; the last panel is zero-padded.
 #[derive(Clone)]
 pub struct PackedWeight {
     data: Vec<f32>,
     n: usize,
     k: usize,
+    kernel: Kernel,
 }
 
 /// Whether this machine can run the packed kernel.
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Kernel::detect().is_some()
 }
 
 impl std::fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedWeight({} x {})", self.n, self.k)
+        write!(
+            f,
+            "PackedWeight({} x {}, {:?})",
+            self.n, self.k, self.kernel
+        )
     }
 }
 
 impl PackedWeight {
-    /// Packs `weight: (n, k)`; `None` when the kernel does not apply (not an f32 CPU tensor, or
-    /// no AVX2/FMA).
+    /// Packs `weight: (n, k)` for the fastest kernel here; `None` when no kernel applies (not
+    /// an f32 CPU tensor, or no AVX2/FMA).
     pub fn pack(weight: &Tensor) -> Result<Option<PackedWeight>, ModelError> {
-        if !available() || !weight.device().is_cpu() || weight.dtype() != DType::F32 {
+        match Kernel::detect() {
+            Some(kernel) => PackedWeight::pack_for(weight, kernel),
+            None => Ok(None),
+        }
+    }
+
+    /// Packs `weight: (n, k)` for `kernel`; `None` when it does not apply.
+    pub fn pack_for(weight: &Tensor, kernel: Kernel) -> Result<Option<PackedWeight>, ModelError> {
+        if !kernel.supported() || !weight.device().is_cpu() || weight.dtype() != DType::F32 {
             return Ok(None);
         }
         let (n, k) = weight.dims2()?;
-        let dense: Vec<f32> = weight.flatten_all()?.to_vec1()?;
-        let panels = n.div_ceil(PANEL);
-        let mut data = vec![0f32; panels * k * PANEL];
+        let dense: Vec<f32> = weight.contiguous()?.flatten_all()?.to_vec1()?;
+        let nr = kernel.nr();
+        let panels = n.div_ceil(nr);
+        let slice = slice_width(k);
+        let mut data = vec![0f32; panels * k * nr];
         for (row, values) in dense.chunks_exact(k.max(1)).enumerate().take(n) {
-            let (panel, lane) = (row / PANEL, row % PANEL);
-            let base = panel * k * PANEL + lane;
-            for (kk, &v) in values.iter().enumerate() {
-                data[base + kk * PANEL] = v;
+            let (panel, lane) = (row / nr, row % nr);
+            for (k0, chunk) in (0..k).step_by(slice).zip(values.chunks(slice)) {
+                let base = k0 * panels * nr + panel * chunk.len() * nr + lane;
+                for (kk, &v) in chunk.iter().enumerate() {
+                    data[base + kk * nr] = v;
+                }
             }
         }
-        Ok(Some(PackedWeight { data, n, k }))
+        Ok(Some(PackedWeight { data, n, k, kernel }))
     }
 
     /// Output columns.
     pub fn out_features(&self) -> usize {
         self.n
+    }
+
+    /// The kernel the weight is packed for.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// `x @ Wᵀ` for `x: (m, k)` f32 on the CPU → `(m, n)`.
@@ -81,89 +190,235 @@ impl PackedWeight {
                 self.k
             )));
         }
-        let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        if x.dtype() != DType::F32 || !x.device().is_cpu() {
+            return Err(ModelError::Format(format!(
+                "packed matmul: input is {:?} on {:?}, the kernel takes f32 on the CPU",
+                x.dtype(),
+                x.device()
+            )));
+        }
+        let x: Vec<f32> = x.contiguous()?.flatten_all()?.to_vec1()?;
         let mut out = vec![0f32; m * self.n];
         self.compute(&x, m, &mut out);
         Ok(Tensor::from_vec(out, (m, self.n), &Device::Cpu)?)
     }
 
+    /// `out = x @ Wᵀ`, `x` row-major `(m, k)`, `out` row-major `(m, n)`.
     fn compute(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // SAFETY: `available()` held when the weight was packed (checked in `pack`), and
-            // the slices have the lengths the kernel reads and writes: `x` is m·k, `out` m·n,
-            // each panel k·PANEL.
-            unsafe { self.compute_avx2(x, m, out) }
+        let (n, k) = (self.n, self.k);
+        if m == 0 || n == 0 {
+            return;
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = (x, m, out);
-            unreachable!("PackedWeight is only built on x86_64");
+        if k == 0 {
+            out.fill(0.0);
+            return;
+        }
+        let (mr, nr) = (self.kernel.mr(), self.kernel.nr());
+        let panels = n.div_ceil(nr);
+        let slice = slice_width(k);
+        let block_rows = mr * (BLOCK_BYTES / (4 * slice * mr)).clamp(1, TILES_PER_BLOCK);
+        let block_rows = block_rows.min(m.next_multiple_of(mr));
+        let mut packed_x = vec![0f32; block_rows * slice];
+        for row0 in (0..m).step_by(block_rows) {
+            let rows_in_block = block_rows.min(m - row0);
+            let tiles = rows_in_block.div_ceil(mr);
+            for k0 in (0..k).step_by(slice) {
+                let kc = slice.min(k - k0);
+                // Tile t holds its rows interleaved: element (r, kk) at t·kc·mr + kk·mr + r;
+                // rows past the end of x stay zero.
+                for tile in 0..tiles {
+                    let dst = &mut packed_x[tile * kc * mr..(tile + 1) * kc * mr];
+                    for r in 0..mr {
+                        let row = row0 + tile * mr + r;
+                        if row < row0 + rows_in_block {
+                            let src = &x[row * k + k0..row * k + k0 + kc];
+                            for (kk, &v) in src.iter().enumerate() {
+                                dst[kk * mr + r] = v;
+                            }
+                        } else {
+                            for kk in 0..kc {
+                                dst[kk * mr + r] = 0.0;
+                            }
+                        }
+                    }
+                }
+                for panel in 0..panels {
+                    let weights = &self.data[k0 * panels * nr + panel * kc * nr..][..kc * nr];
+                    let col = panel * nr;
+                    let cols = nr.min(n - col);
+                    for tile in 0..tiles {
+                        let row = row0 + tile * mr;
+                        let rows = mr.min(row0 + rows_in_block - row);
+                        let xs = &packed_x[tile * kc * mr..(tile + 1) * kc * mr];
+                        let c = &mut out[row * n + col..(row + rows - 1) * n + col + cols];
+                        self.micro(xs, weights, kc, c, n, rows, cols, k0 > 0);
+                    }
+                }
+            }
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn compute_avx2(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        let (n, k) = (self.n, self.k);
-        for panel in 0..n.div_ceil(PANEL) {
-            let weights = &self.data[panel * k * PANEL..(panel + 1) * k * PANEL];
-            let col = panel * PANEL;
-            let cols = PANEL.min(n - col);
-            let mut row = 0;
-            while row < m {
-                let rows = ROWS.min(m - row);
-                let xs = &x[row * k..(row + rows) * k];
-                // SAFETY: this function runs only with AVX2 and FMA (see `compute`); `xs` holds
-                // `rows` rows of `k` and `weights` one panel of `k × PANEL`.
-                let tile = unsafe {
-                    match rows {
-                        6 => tile::<6>(xs, weights, k),
-                        5 => tile::<5>(xs, weights, k),
-                        4 => tile::<4>(xs, weights, k),
-                        3 => tile::<3>(xs, weights, k),
-                        2 => tile::<2>(xs, weights, k),
-                        _ => tile::<1>(xs, weights, k),
-                    }
-                };
-                for r in 0..rows {
-                    let at = (row + r) * n + col;
-                    out[at..at + cols].copy_from_slice(&tile[r * PANEL..r * PANEL + cols]);
+    /// One tile: `c[r][j] (+)= Σ_kk xs[kk·mr + r] · weights[kk·nr + j]` for `r < rows`,
+    /// `j < cols`, row stride `ldc`.
+    #[allow(clippy::too_many_arguments)]
+    fn micro(
+        &self,
+        xs: &[f32],
+        weights: &[f32],
+        kc: usize,
+        c: &mut [f32],
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        assert!(
+            xs.len() >= kc * self.kernel.mr()
+                && weights.len() >= kc * self.kernel.nr()
+                && rows >= 1
+                && rows <= self.kernel.mr()
+                && cols <= self.kernel.nr()
+                && c.len() >= (rows - 1) * ldc + cols
+        );
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the weight was packed only after `kernel.supported()` held (`pack_for`), so
+        // the CPU has the kernel's features; the assertion above bounds every read and write.
+        unsafe {
+            match self.kernel {
+                Kernel::Avx512 => avx512::micro(xs, weights, kc, c, ldc, rows, cols, accumulate),
+                Kernel::Avx2 => avx2::micro(xs, weights, kc, c, ldc, rows, cols, accumulate),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (xs, weights, kc, c, ldc, rows, cols, accumulate);
+            unreachable!("PackedWeight is only built on x86_64");
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    const MR: usize = 12;
+    const NR: usize = 32;
+
+    /// See `PackedWeight::micro`. Safety: AVX-512F present; `xs` holds `kc · 12` floats,
+    /// `weights` `kc · 32`, `c` `(rows − 1) · ldc + cols`, `rows ≤ 12`, `cols ≤ 32`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn micro(
+        xs: &[f32],
+        weights: &[f32],
+        kc: usize,
+        c: &mut [f32],
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller's bounds; every pointer stays inside the three slices.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            let x = xs.as_ptr();
+            let w = weights.as_ptr();
+            for kk in 0..kc {
+                let w0 = _mm512_loadu_ps(w.add(kk * NR));
+                let w1 = _mm512_loadu_ps(w.add(kk * NR + 16));
+                let xk = x.add(kk * MR);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let xb = _mm512_set1_ps(*xk.add(r));
+                    acc[0] = _mm512_fmadd_ps(xb, w0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(xb, w1, acc[1]);
                 }
-                row += rows;
+            }
+            let mask0: __mmask16 = if cols >= 16 {
+                0xffff
+            } else {
+                (1u16 << cols) - 1
+            };
+            let mask1: __mmask16 = if cols >= 32 {
+                0xffff
+            } else if cols > 16 {
+                (1u16 << (cols - 16)) - 1
+            } else {
+                0
+            };
+            let out = c.as_mut_ptr();
+            for (r, acc) in acc.iter().enumerate().take(rows) {
+                let at = out.add(r * ldc);
+                let (mut v0, mut v1) = (acc[0], acc[1]);
+                if accumulate {
+                    v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(mask0, at));
+                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(mask1, at.add(16)));
+                }
+                _mm512_mask_storeu_ps(at, mask0, v0);
+                _mm512_mask_storeu_ps(at.add(16), mask1, v1);
             }
         }
     }
 }
 
-/// `R` rows of `x` (row-major, `k` wide) times one packed panel: `R × 16` results, row-major.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile<const R: usize>(xs: &[f32], weights: &[f32], k: usize) -> [f32; ROWS * PANEL] {
+mod avx2 {
     use std::arch::x86_64::*;
-    debug_assert!(xs.len() >= R * k && weights.len() >= k * PANEL);
-    // SAFETY: the caller guarantees AVX2/FMA and that `xs` holds R rows of k floats and
-    // `weights` k rows of PANEL floats; every pointer below stays inside them, and `out` holds
-    // ROWS ≥ R rows of PANEL floats.
-    unsafe {
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let w = weights.as_ptr();
-        let x = xs.as_ptr();
-        for kk in 0..k {
-            let w0 = _mm256_loadu_ps(w.add(kk * PANEL));
-            let w1 = _mm256_loadu_ps(w.add(kk * PANEL + 8));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let xb = _mm256_broadcast_ss(&*x.add(r * k + kk));
-                acc[0] = _mm256_fmadd_ps(xb, w0, acc[0]);
-                acc[1] = _mm256_fmadd_ps(xb, w1, acc[1]);
+
+    const MR: usize = 6;
+    const NR: usize = 16;
+
+    /// See `PackedWeight::micro`. Safety: AVX2 and FMA present; `xs` holds `kc · 6` floats,
+    /// `weights` `kc · 16`, `c` `(rows − 1) · ldc + cols`, `rows ≤ 6`, `cols ≤ 16`.
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn micro(
+        xs: &[f32],
+        weights: &[f32],
+        kc: usize,
+        c: &mut [f32],
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: the caller's bounds; every pointer stays inside the three slices, and the
+        // full-width loads and stores below happen only when `cols == 16`.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+            let x = xs.as_ptr();
+            let w = weights.as_ptr();
+            for kk in 0..kc {
+                let w0 = _mm256_loadu_ps(w.add(kk * NR));
+                let w1 = _mm256_loadu_ps(w.add(kk * NR + 8));
+                let xk = x.add(kk * MR);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let xb = _mm256_broadcast_ss(&*xk.add(r));
+                    acc[0] = _mm256_fmadd_ps(xb, w0, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(xb, w1, acc[1]);
+                }
+            }
+            let out = c.as_mut_ptr();
+            for (r, acc) in acc.iter().enumerate().take(rows) {
+                let at = out.add(r * ldc);
+                if cols == NR {
+                    let (mut v0, mut v1) = (acc[0], acc[1]);
+                    if accumulate {
+                        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(at));
+                        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(at.add(8)));
+                    }
+                    _mm256_storeu_ps(at, v0);
+                    _mm256_storeu_ps(at.add(8), v1);
+                } else {
+                    let mut tile = [0f32; NR];
+                    _mm256_storeu_ps(tile.as_mut_ptr(), acc[0]);
+                    _mm256_storeu_ps(tile.as_mut_ptr().add(8), acc[1]);
+                    for (j, v) in tile.iter().enumerate().take(cols) {
+                        let dst = at.add(j);
+                        *dst = if accumulate { *dst + v } else { *v };
+                    }
+                }
             }
         }
-        let mut out = [0f32; ROWS * PANEL];
-        for (r, acc) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * PANEL), acc[0]);
-            _mm256_storeu_ps(out.as_mut_ptr().add(r * PANEL + 8), acc[1]);
-        }
-        out
     }
 }
 
@@ -171,35 +426,95 @@ unsafe fn tile<const R: usize>(xs: &[f32], weights: &[f32], k: usize) -> [f32; R
 mod tests {
     use super::*;
 
+    fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Vec<f32> {
+        x.matmul(&w.t().unwrap())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    }
+
     #[test]
-    fn packed_matmul_equals_candle() {
-        if !available() {
+    fn packed_matmul_equals_candle_for_every_kernel() {
+        // Shapes cover row and column tails of both tile sizes, inputs sliced (k > WHOLE_K_MAX)
+        // with a short last slice, and more than one block of rows (m > 16 · 12).
+        let shapes = [
+            (1, 5, 3),
+            (7, 33, 40),
+            (13, 64, 16),
+            (32, 96, 50),
+            (25, 300, 33),
+            (200, 520, 70),
+            (30, 4200, 40),
+            (2, 9000, 33),
+        ];
+        for kernel in [Kernel::Avx2, Kernel::Avx512] {
+            if !kernel.supported() {
+                continue;
+            }
+            for (m, k, n) in shapes {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+                let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+                let expected = dense_matmul_t(&x, &w);
+                let packed = PackedWeight::pack_for(&w, kernel).unwrap().unwrap();
+                assert_eq!(packed.kernel(), kernel);
+                let got: Vec<f32> = packed
+                    .matmul_t(&x)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let worst = expected
+                    .iter()
+                    .zip(&got)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                // Sums of up to 9,000 products of unit normals: rounding grows with √k.
+                assert!(worst < 5e-3, "{kernel:?} {m}x{k}x{n}: {worst}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_transposed_weight_packs_as_its_values() {
+        let Some(kernel) = Kernel::detect() else {
             return;
+        };
+        let x = Tensor::randn(0f32, 1.0, (9, 20), &Device::Cpu).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (20, 35), &Device::Cpu).unwrap();
+        // x @ w == x @ (wᵀ)ᵀ: packing the non-contiguous wᵀ must read it in logical order.
+        let expected: Vec<f32> = x
+            .matmul(&w)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let packed = PackedWeight::pack_for(&w.t().unwrap(), kernel)
+            .unwrap()
+            .unwrap();
+        let got: Vec<f32> = packed
+            .matmul_t(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (a, b) in expected.iter().zip(&got) {
+            assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
-        for (m, k, n) in [(1, 5, 3), (7, 33, 40), (13, 64, 16), (32, 96, 50)] {
-            let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
-            let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
-            let expected: Vec<f32> = x
-                .matmul(&w.t().unwrap())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let packed = PackedWeight::pack(&w).unwrap().unwrap();
-            let got: Vec<f32> = packed
-                .matmul_t(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let worst = expected
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(worst < 1e-4, "{m}x{k}x{n}: {worst}");
-        }
+    }
+
+    #[test]
+    fn wrong_input_width_is_an_error() {
+        let Some(kernel) = Kernel::detect() else {
+            return;
+        };
+        let w = Tensor::zeros((4, 8), DType::F32, &Device::Cpu).unwrap();
+        let packed = PackedWeight::pack_for(&w, kernel).unwrap().unwrap();
+        let x = Tensor::zeros((2, 7), DType::F32, &Device::Cpu).unwrap();
+        assert!(packed.matmul_t(&x).is_err());
     }
 }

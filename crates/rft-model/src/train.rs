@@ -233,7 +233,7 @@ impl Plan {
         let targets = Tensor::from_vec(self.targets.clone(), n, model.device())?;
         Ok(ops::token_logprobs(
             &Tensor::cat(states, 0)?,
-            model.lm_head(),
+            &model.lm_head_frozen(),
             &targets,
         )?)
     }
@@ -632,7 +632,8 @@ impl Shard<'_> {
             .collect::<Result<Vec<_>, _>>()?;
         let n = self.targets.len();
         let targets = Tensor::from_vec(self.targets.to_vec(), n, model.device())?;
-        let logprobs = ops::token_logprobs(&Tensor::cat(&states, 0)?, model.lm_head(), &targets)?;
+        let logprobs =
+            ops::token_logprobs(&Tensor::cat(&states, 0)?, &model.lm_head_frozen(), &targets)?;
         Ok(ShardForward {
             layer_inputs,
             tops,

@@ -502,7 +502,7 @@ fn packed_weights_sample_what_dense_weights_sample() {
             assert!((x - y).abs() < 1e-4, "{x} vs {y}");
         }
     }
-    // A pass with a trainable adapter uses the dense weights, packed or not.
+    // A pass with a trainable adapter may use the packed weights too: the same values.
     let seq = [TokenSequence {
         prompt: vec![5, 6, 7],
         completion: vec![8, 9],
@@ -514,7 +514,9 @@ fn packed_weights_sample_what_dense_weights_sample() {
             .to_vec1()
             .unwrap()
     };
-    assert_eq!(lp(&merged), lp(&packed));
+    for (x, y) in lp(&merged).iter().zip(&lp(&packed)) {
+        assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+    }
 }
 
 #[test]

@@ -443,3 +443,45 @@ fn recorded_rollout_states_give_the_recomputed_gradient() {
         .unwrap();
     assert_eq!(fallback.recorded_sequences, 0);
 }
+
+/// The training pass on weights packed for it (`packed_for_training`: the AVX-512 kernel where
+/// the CPU has it) gives the dense weights' log-probs and gradients, to f32 rounding.
+#[test]
+fn packed_training_weights_give_the_dense_gradient() {
+    use rft_model::train::checkpointed_backward;
+    let config = ModelConfig::tiny(Architecture::Qwen2);
+    let model = CausalLm::random(config.clone(), 17, DType::F32, &Device::Cpu).unwrap();
+    let packed = model.packed_for_training().unwrap();
+    let uses_kernel =
+        rft_model::packed::Kernel::detect() == Some(rft_model::packed::Kernel::Avx512);
+    assert_eq!(format!("{packed:?}").contains("PackedWeight("), uses_kernel);
+    let adapter = random_adapter(&config, DType::F32, 8);
+    let n_tokens: usize = sequences().iter().map(|s| s.completion.len()).sum();
+    let probe = Tensor::from_vec(
+        (0..n_tokens)
+            .map(|i| ((i * 7 % 11) as f32 - 5.0) / 4.0)
+            .collect::<Vec<_>>(),
+        n_tokens,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let run = |m: &CausalLm| {
+        checkpointed_backward(m, &adapter, &sequences(), |lp, _| (lp * &probe)?.sum_all()).unwrap()
+    };
+    let (dense, fast) = (run(&model), run(&packed));
+    for (x, y) in dense.logprobs.iter().zip(&fast.logprobs) {
+        assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+    }
+    for (name, var) in adapter.named_vars() {
+        let id = var.as_tensor().id();
+        let a: Vec<f32> = dense.grads[&id].flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = fast.grads[&id].flatten_all().unwrap().to_vec1().unwrap();
+        let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(diff < 1e-4 * scale, "{name}: {diff:e} of {scale:e}");
+    }
+}

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use candle_core::{DType, Tensor, TensorId};
 use rft_model::engine::Engine;
@@ -16,6 +16,7 @@ use rft_model::lora::LoraAdapter;
 use rft_model::recorded::RecordedStates;
 use rft_model::sample::{Completion, SampleRequest, Sampler};
 use rft_model::train::{checkpointed_backward_with, completion_logprobs, TokenSequence};
+use rft_model::CausalLm;
 use serde::{Deserialize, Serialize};
 
 use crate::loss::{self, LossFn};
@@ -136,6 +137,10 @@ pub struct TrainingClient {
     /// Most bytes of rollout states `sample` keeps for the next `forward_backward` (0 turns it
     /// off). Kept states spare that pass its forward; a rollout larger than this is not kept.
     pub max_recorded_bytes: usize,
+    /// The base model with its frozen weights packed for the training pass
+    /// (`CausalLm::packed_for_training`), made at the first `forward_backward`: a client that
+    /// only samples never pays for the copies.
+    training_model: OnceLock<CausalLm>,
 }
 
 impl TrainingClient {
@@ -151,7 +156,17 @@ impl TrainingClient {
             recorded: Mutex::new((0, Vec::new())),
             max_tokens_per_pass: 4096,
             max_recorded_bytes: DEFAULT_MAX_RECORDED_BYTES,
+            training_model: OnceLock::new(),
         }
+    }
+
+    /// The model the training pass runs ([`TrainingClient::training_model`] field).
+    fn training_model(&self) -> Result<&CausalLm, TrainError> {
+        if let Some(model) = self.training_model.get() {
+            return Ok(model);
+        }
+        let packed = self.engine.model.packed_for_training()?;
+        Ok(self.training_model.get_or_init(|| packed))
     }
 
     /// The base model, tokenizer and chat template.
@@ -298,6 +313,7 @@ impl TrainingClient {
     ) -> Result<ForwardBackwardOutput, TrainError> {
         check_lengths(batch)?;
         let mut output = ForwardBackwardOutput::default();
+        let training_model = self.training_model()?.clone();
         let (mut clip_sum, mut ratio_sum, mut kl_sum, mut terms, mut tokens) =
             (0.0, 0.0, 0.0, 0usize, 0usize);
         let mut offset = 0;
@@ -331,7 +347,7 @@ impl TrainingClient {
             // The loss is built on the packed log-probs inside the checkpointed backward,
             // which re-runs one layer at a time (see `rft_model::train`).
             let out = checkpointed_backward_with(
-                &self.engine.model,
+                &training_model,
                 &self.adapter,
                 &sequences,
                 current,
