@@ -109,8 +109,10 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
     };
     let device = Device::Cpu;
     let start = Instant::now();
+    // Packed for the decode kernel, as a rollout's weights are (`TrainingClient::sample`).
     let model = CausalLm::load(&path, &device)
-        .with_context(|| format!("cannot load {}", path.display()))?;
+        .with_context(|| format!("cannot load {}", path.display()))?
+        .packed_for_sampling()?;
     let load = start.elapsed().as_secs_f64();
     let tokenizer = rft_model::tokenizer::Tokenizer::load(&path)?;
     let prompt = bench_prompt(&tokenizer, args.prompt_tokens)?;

@@ -82,6 +82,51 @@ fn run(args: &BenchMatmulArgs) -> anyhow::Result<ExitCode> {
         }
         println!();
     }
+    // A decode step multiplies by every weight of the model once, so its weights come from
+    // memory, not cache: the same product cycling over distinct weights (about 300 MB of them,
+    // like the 135M model's 540 MB) shows the memory-bound rate.
+    let (m, k, n) = (32, 576, 1536);
+    let count = (300 << 20) / (4 * k * n);
+    let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+    let weights = (0..count)
+        .map(|_| Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu))
+        .collect::<Result<Vec<_>, _>>()?;
+    let flops = 2.0 * (m * k * n * count) as f64;
+    let candle = best_gflops(flops, args.seconds, || {
+        let mut last = None;
+        for w in &weights {
+            last = Some(x.matmul(&w.t()?)?);
+        }
+        last.ok_or_else(|| anyhow::anyhow!("no weights"))
+    })?;
+    let mut packed = Vec::new();
+    for &kernel in &kernels {
+        let panels = weights
+            .iter()
+            .map(|w| {
+                PackedWeight::pack_for(w, kernel)?
+                    .ok_or_else(|| anyhow::anyhow!("{kernel:?} did not pack"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        packed.push(best_gflops(flops, args.seconds, || {
+            let mut last = None;
+            for w in &panels {
+                last = Some(w.matmul_t(&x)?);
+            }
+            last.ok_or_else(|| anyhow::anyhow!("no weights"))
+        })?);
+    }
+    print!(
+        "{:<26} {candle:>10.1}",
+        format!("decode up, {count} weights")
+    );
+    for gflops in &packed {
+        print!(" {gflops:>10.1}");
+    }
+    for gflops in &packed {
+        print!(" {:>11.2}x", gflops / candle);
+    }
+    println!();
     Ok(ExitCode::SUCCESS)
 }
 
