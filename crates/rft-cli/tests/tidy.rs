@@ -432,7 +432,7 @@ const UNSAFE_ALLOWED: &[(&str, &[&str])] = &[
     // The kernel sandbox of Python graders (fork/exec hooks and raw syscalls), and its tests,
     // which read back the limits it sets.
     ("rft-grade", &["src/python/", "tests/python_sandbox.rs"]),
-    // The AVX2/FMA decode kernel.
+    // The packed matmul kernels (AVX-512, AVX2/FMA).
     ("rft-model", &["src/packed.rs"]),
 ];
 

@@ -24,7 +24,7 @@ pub mod hub;
 pub mod lora;
 pub mod model;
 pub mod ops;
-// The AVX2/FMA decode kernel.
+// The packed matmul kernels (AVX-512, AVX2/FMA).
 #[allow(unsafe_code)]
 pub mod packed;
 pub mod parallel;

@@ -303,6 +303,11 @@ mod avx512 {
 
     const MR: usize = 12;
     const NR: usize = 32;
+    /// Floats ahead of the weight stream to prefetch, 4 KiB: the hardware prefetcher stops at
+    /// each 4 KiB page, and a decode step streams every weight from memory once (`rft bench
+    /// matmul`, 32 rows over 300 MB of weights: 76 → 96 GFLOP/s on one AVX-512 core; 2 and 8
+    /// KiB ahead were no better).
+    const PREFETCH: usize = 1024;
 
     /// See `PackedWeight::micro`. Safety: AVX-512F present; `xs` holds `kc · 12` floats,
     /// `weights` `kc · 32`, `c` `(rows − 1) · ldc + cols`, `rows ≤ 12`, `cols ≤ 32`.
@@ -318,12 +323,15 @@ mod avx512 {
         cols: usize,
         accumulate: bool,
     ) {
-        // SAFETY: the caller's bounds; every pointer stays inside the three slices.
+        // SAFETY: the caller's bounds; every pointer that is dereferenced stays inside the
+        // three slices (prefetch addresses may run past the end: prefetching never faults).
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
             let x = xs.as_ptr();
             let w = weights.as_ptr();
             for kk in 0..kc {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(kk * NR + PREFETCH).cast());
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(kk * NR + PREFETCH + 16).cast());
                 let w0 = _mm512_loadu_ps(w.add(kk * NR));
                 let w1 = _mm512_loadu_ps(w.add(kk * NR + 16));
                 let xk = x.add(kk * MR);
@@ -366,6 +374,8 @@ mod avx2 {
 
     const MR: usize = 6;
     const NR: usize = 16;
+    /// Floats ahead of the weight stream to prefetch (see the AVX-512 kernel).
+    const PREFETCH: usize = 1024;
 
     /// See `PackedWeight::micro`. Safety: AVX2 and FMA present; `xs` holds `kc · 6` floats,
     /// `weights` `kc · 16`, `c` `(rows − 1) · ldc + cols`, `rows ≤ 6`, `cols ≤ 16`.
@@ -381,13 +391,15 @@ mod avx2 {
         cols: usize,
         accumulate: bool,
     ) {
-        // SAFETY: the caller's bounds; every pointer stays inside the three slices, and the
+        // SAFETY: the caller's bounds; every pointer that is dereferenced stays inside the three
+        // slices (prefetch addresses may run past the end: prefetching never faults), and the
         // full-width loads and stores below happen only when `cols == 16`.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; MR];
             let x = xs.as_ptr();
             let w = weights.as_ptr();
             for kk in 0..kc {
+                _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(kk * NR + PREFETCH).cast());
                 let w0 = _mm256_loadu_ps(w.add(kk * NR));
                 let w1 = _mm256_loadu_ps(w.add(kk * NR + 8));
                 let xk = x.add(kk * MR);

@@ -127,7 +127,65 @@ fn run(args: &BenchMatmulArgs) -> anyhow::Result<ExitCode> {
         print!(" {:>11.2}x", gflops / candle);
     }
     println!();
+    if let Some(&kernel) = kernels.last() {
+        two_streams(&x, &weights, kernel, args.seconds)?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Two threads (a rollout's two shards) each multiplying 32 rows by every weight in turn: with
+/// a copy of the weights each, and with the same weights, in lockstep (a barrier after each
+/// product) so the second reader may find a weight still in the shared cache.
+fn two_streams(x: &Tensor, weights: &[Tensor], kernel: Kernel, seconds: f64) -> anyhow::Result<()> {
+    let pack = |ws: &[Tensor]| -> anyhow::Result<Vec<PackedWeight>> {
+        ws.iter()
+            .map(|w| {
+                PackedWeight::pack_for(w, kernel)?
+                    .ok_or_else(|| anyhow::anyhow!("{kernel:?} did not pack"))
+            })
+            .collect()
+    };
+    let first = pack(weights)?;
+    let second = pack(weights)?;
+    let (m, k) = x.dims2()?;
+    let n = weights.first().map_or(Ok(0), |w| w.dim(0))?;
+    let flops = 2.0 * 2.0 * (m * k * n * weights.len()) as f64;
+    let repeats = 5.max((seconds * 4.0) as usize);
+    let run = |own: bool| -> anyhow::Result<f64> {
+        let barrier = std::sync::Barrier::new(2);
+        let worker = |set: &[PackedWeight]| -> anyhow::Result<()> {
+            for w in set {
+                w.matmul_t(x)?;
+                if !own {
+                    barrier.wait();
+                }
+            }
+            Ok(())
+        };
+        let (mine, theirs) = (&first, if own { &second } else { &first });
+        let mut best = f64::INFINITY;
+        for _ in 0..repeats {
+            let start = Instant::now();
+            std::thread::scope(|scope| -> anyhow::Result<()> {
+                let worker = &worker;
+                let other = scope.spawn(move || worker(theirs));
+                worker(mine)?;
+                other
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("a benchmark thread panicked"))?
+            })?;
+            best = best.min(start.elapsed().as_secs_f64());
+        }
+        Ok(flops / best / 1e9)
+    };
+    let own = run(true)?;
+    let shared = run(false)?;
+    println!(
+        "two threads, {} weights of {k}x{n}, {kernel:?}: {own:.1} GFLOP/s with a copy each, {shared:.1} sharing them in lockstep ({:.2}x)",
+        weights.len(),
+        shared / own
+    );
+    Ok(())
 }
 
 fn best_gflops(
