@@ -609,11 +609,31 @@ impl CausalLm {
     /// Only with the AVX-512 kernel: on AVX2 alone candle's `gemm` is as fast or faster at the
     /// training pass's row counts (`rft bench matmul`: 0.78–0.95x for the packed AVX2 kernel at
     /// 256–2,400 rows, against 1.2–1.6x for AVX-512), so the model is returned unchanged there.
+    ///
+    /// Also unchanged when the two copies would take more than half the memory the system
+    /// reports available (`MemAvailable`, Linux): a larger model trains on the dense weights
+    /// rather than risk running out of memory for a speed-up.
     pub fn packed_for_training(&self) -> Result<CausalLm, ModelError> {
         let mut packed = self.clone();
         if crate::packed::Kernel::detect() != Some(crate::packed::Kernel::Avx512)
             || !self.device.is_cpu()
         {
+            return Ok(packed);
+        }
+        let weights: usize = self
+            .layers
+            .iter()
+            .flat_map(|layer| Projection::ALL.map(|p| layer.projection(p).weight.elem_count()))
+            .sum::<usize>()
+            + self.lm_head.elem_count();
+        let copies = 2 * weights * std::mem::size_of::<f32>();
+        let available = available_memory_bytes();
+        if !copies_fit(copies, available) {
+            tracing::info!(
+                "training on the dense weights: packing them would take {} MB of the {} MB available",
+                copies >> 20,
+                available.unwrap_or(0) >> 20
+            );
             return Ok(packed);
         }
         let both = |weight: &Tensor| -> Result<_, ModelError> {
@@ -985,5 +1005,35 @@ impl CausalLm {
             input = vec![next];
         }
         Ok(out)
+    }
+}
+
+/// `MemAvailable` from `/proc/meminfo`, in bytes; `None` where it cannot be read.
+fn available_memory_bytes() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// Whether `copies` bytes of packed weights fit in half of `available` (unknown: assume so).
+fn copies_fit(copies: usize, available: Option<usize>) -> bool {
+    available.is_none_or(|available| copies <= available / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_training_copies_take_at_most_half_the_available_memory() {
+        assert!(copies_fit(1 << 30, Some(4 << 30)));
+        assert!(copies_fit(2 << 30, Some(4 << 30)));
+        assert!(!copies_fit((2 << 30) + 1, Some(4 << 30)));
+        assert!(copies_fit(1 << 40, None));
+        // This machine's figure is read and plausible where /proc/meminfo exists.
+        if std::path::Path::new("/proc/meminfo").exists() {
+            assert!(available_memory_bytes().is_some_and(|bytes| bytes > 1 << 20));
+        }
     }
 }
