@@ -125,6 +125,76 @@ struct Group {
     completions: Vec<Vec<u32>>,
 }
 
+impl Group {
+    /// `members` (sharing `prompt`) as one batch, their completion tokens appended to `targets`.
+    fn new(prompt: &[u32], members: &[TokenSequence], targets: &mut Vec<u32>) -> Group {
+        let k = members.len();
+        let width = members
+            .iter()
+            .map(|s| s.completion.len().saturating_sub(1))
+            .max()
+            .unwrap_or(0);
+        let mut fed = vec![0u32; k * width];
+        let mut rows = Vec::new();
+        for (row, seq) in members.iter().enumerate() {
+            for (j, &id) in seq.completion.iter().enumerate() {
+                if j + 1 < seq.completion.len() {
+                    fed[row * width + j] = id;
+                }
+                // Row 0 is the prompt's last state, which predicts every first token;
+                // token j ≥ 1 is predicted by the state at column j − 1 of its row.
+                rows.push(if j == 0 {
+                    0
+                } else {
+                    (1 + row * width + j - 1) as u32
+                });
+                targets.push(id);
+            }
+        }
+        Group {
+            prompt: prompt.to_vec(),
+            fed,
+            k,
+            width,
+            rows,
+            completions: members.iter().map(|s| s.completion.clone()).collect(),
+        }
+    }
+}
+
+/// Splits the completions of one prompt (in order) into consecutive runs, each batched
+/// separately, to spend the fewest token passes: a run costs its prompt once plus its size
+/// times its longest completion (the others are padded to it). Completions that stop at
+/// different lengths (one at the 64-token limit, the rest after a dozen) would otherwise all
+/// be padded to the longest: on the first two steps of `rft bench grpo --natural-length`
+/// (806 and about 920 completion tokens) training went from 11.06 and 13.98 s to 9.09 and
+/// 10.31 s.
+fn split_by_width(prompt_len: usize, members: &[TokenSequence]) -> Vec<Range<usize>> {
+    let n = members.len();
+    // best[i]: (cost, start of the last run) of the first i members.
+    let mut best: Vec<(usize, usize)> = vec![(0, 0); n + 1];
+    for end in 1..=n {
+        let mut widest = 0;
+        best[end] = (usize::MAX, 0);
+        for begin in (0..end).rev() {
+            widest = widest.max(members[begin].completion.len().saturating_sub(1));
+            let cost = best[begin].0 + prompt_len + (end - begin) * widest;
+            if cost < best[end].0 {
+                best[end] = (cost, begin);
+            }
+        }
+    }
+    let mut runs = Vec::new();
+    let mut end = n;
+    while end > 0 {
+        let begin = best[end].1;
+        runs.push(begin..end);
+        end = begin;
+    }
+    runs.reverse();
+    runs
+}
+
 /// The two passes of a group (the prompt, then the fed completions attending to it), with
 /// their rotary tables and masks.
 struct GroupPasses {
@@ -182,40 +252,13 @@ impl Plan {
                     .count();
             let members = &sequences[start..end];
             start = end;
-            if members.iter().all(|s| s.completion.is_empty()) {
-                continue;
-            }
-            let k = members.len();
-            let width = members
-                .iter()
-                .map(|s| s.completion.len().saturating_sub(1))
-                .max()
-                .unwrap_or(0);
-            let mut fed = vec![0u32; k * width];
-            let mut rows = Vec::new();
-            for (row, seq) in members.iter().enumerate() {
-                for (j, &id) in seq.completion.iter().enumerate() {
-                    if j + 1 < seq.completion.len() {
-                        fed[row * width + j] = id;
-                    }
-                    // Row 0 is the prompt's last state, which predicts every first token;
-                    // token j ≥ 1 is predicted by the state at column j − 1 of its row.
-                    rows.push(if j == 0 {
-                        0
-                    } else {
-                        (1 + row * width + j - 1) as u32
-                    });
-                    targets.push(id);
+            for segment in split_by_width(prompt.len(), members) {
+                let members = &members[segment];
+                if members.iter().all(|s| s.completion.is_empty()) {
+                    continue;
                 }
+                groups.push(Group::new(prompt, members, &mut targets));
             }
-            groups.push(Group {
-                prompt: prompt.clone(),
-                fed,
-                k,
-                width,
-                rows,
-                completions: members.iter().map(|s| s.completion.clone()).collect(),
-            });
         }
         Ok(Plan {
             spans,
@@ -730,5 +773,37 @@ impl Shard<'_> {
             }
         }
         Ok(grads)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn members(lengths: &[usize]) -> Vec<TokenSequence> {
+        lengths
+            .iter()
+            .map(|&n| TokenSequence {
+                prompt: vec![1; 10],
+                completion: vec![2; n],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn completions_of_one_length_stay_one_batch() {
+        assert_eq!(split_by_width(10, &members(&[8, 8, 8, 8])), vec![0..4]);
+        // A long prompt is not worth repeating for a little padding.
+        assert_eq!(split_by_width(100, &members(&[9, 3, 9, 3])), vec![0..4]);
+    }
+
+    #[test]
+    fn long_and_short_completions_are_batched_apart() {
+        // One run: 10 + 5 × 40 = 210 passes; split: 10 + 40, 10 + 3 × 2, 10 + 40 = 116.
+        assert_eq!(
+            split_by_width(10, &members(&[41, 3, 3, 3, 41])),
+            vec![0..1, 1..4, 4..5]
+        );
+        assert_eq!(split_by_width(10, &[]), Vec::<Range<usize>>::new());
     }
 }
