@@ -54,14 +54,8 @@ impl Linear {
     fn forward(&self, xs: &Tensor, lora: Option<&LoraWeights>) -> candle_core::Result<Tensor> {
         let (b, t, d_in) = xs.dims3()?;
         let flat = xs.reshape((b * t, d_in))?;
-        if let (None, Some(packed), false) = (lora, &self.packed, xs.track_op()) {
-            let out = packed.matmul_t(&flat).map_err(candle_core::Error::wrap)?;
-            let out = match &self.bias {
-                Some(bias) => out.broadcast_add(bias)?,
-                None => out,
-            };
-            return out.reshape((b, t, ()));
-        }
+        // Untracked inputs without an adapter (sampling) take `frozen_linear`'s plain product,
+        // on the packed copy where there is one.
         let weight =
             FrozenWeight::with_packed(&self.weight, self.packed.as_ref(), self.packed_t.as_ref());
         let out = match lora {
@@ -729,10 +723,7 @@ impl CausalLm {
         let xs = self.final_norm(&xs)?;
         let (b, t_out, d) = xs.dims3()?;
         let flat = xs.reshape((b * t_out, d))?;
-        let out = match &self.lm_head_packed {
-            Some(packed) => packed.matmul_t(&flat)?,
-            None => flat.matmul(&self.lm_head.t()?)?,
-        };
+        let out = self.lm_head_frozen().matmul_t(&flat)?;
         Ok(out.reshape((b, t_out, self.config.vocab_size))?)
     }
 

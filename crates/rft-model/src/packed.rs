@@ -58,27 +58,18 @@ impl Kernel {
     /// `RFT_PACKED_KERNEL=avx2` keeps the AVX2 kernel on an AVX-512 machine, so a benchmark can
     /// measure both in one run.
     pub fn detect() -> Option<Kernel> {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected;
-            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-            let forced_avx2 = std::env::var("RFT_PACKED_KERNEL").is_ok_and(|v| v == "avx2");
-            if avx2 && !forced_avx2 && is_x86_feature_detected!("avx512f") {
-                Some(Kernel::Avx512)
-            } else if avx2 {
-                Some(Kernel::Avx2)
-            } else {
-                None
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
+        let forced_avx2 = std::env::var("RFT_PACKED_KERNEL").is_ok_and(|v| v == "avx2");
+        if !forced_avx2 && Kernel::Avx512.supported() {
+            Some(Kernel::Avx512)
+        } else if Kernel::Avx2.supported() {
+            Some(Kernel::Avx2)
+        } else {
             None
         }
     }
 
     /// Whether this CPU can run the kernel.
-    fn supported(self) -> bool {
+    pub fn supported(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected;

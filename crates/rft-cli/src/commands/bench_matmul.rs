@@ -40,13 +40,7 @@ pub(crate) fn matmul(args: &BenchMatmulArgs) -> anyhow::Result<ExitCode> {
 fn run(args: &BenchMatmulArgs) -> anyhow::Result<ExitCode> {
     let kernels: Vec<Kernel> = [Kernel::Avx2, Kernel::Avx512]
         .into_iter()
-        .filter(|&kernel| {
-            let probe = Tensor::zeros((1, 1), candle_core::DType::F32, &Device::Cpu);
-            probe
-                .ok()
-                .and_then(|w| PackedWeight::pack_for(&w, kernel).ok().flatten())
-                .is_some()
-        })
+        .filter(|kernel| kernel.supported())
         .collect();
     println!(
         "one thread; GFLOP/s (best of repeats over about {:.1} s); kernels here: {kernels:?}",
@@ -67,20 +61,12 @@ fn run(args: &BenchMatmulArgs) -> anyhow::Result<ExitCode> {
         let candle = best_gflops(flops, args.seconds, || Ok(x.matmul(&w.t()?)?))?;
         let mut packed = Vec::new();
         for &kernel in &kernels {
-            let weight = PackedWeight::pack_for(&w, kernel)?
-                .ok_or_else(|| anyhow::anyhow!("{kernel:?} did not pack"))?;
+            let weight = pack(&w, kernel)?;
             packed.push(best_gflops(flops, args.seconds, || {
                 Ok(weight.matmul_t(&x)?)
             })?);
         }
-        print!("{name:<26} {candle:>10.1}");
-        for gflops in &packed {
-            print!(" {gflops:>10.1}");
-        }
-        for gflops in &packed {
-            print!(" {:>11.2}x", gflops / candle);
-        }
-        println!();
+        print_row(name, candle, &packed);
     }
     // A decode step multiplies by every weight of the model once, so its weights come from
     // memory, not cache: the same product cycling over distinct weights (about 300 MB of them,
@@ -103,10 +89,7 @@ fn run(args: &BenchMatmulArgs) -> anyhow::Result<ExitCode> {
     for &kernel in &kernels {
         let panels = weights
             .iter()
-            .map(|w| {
-                PackedWeight::pack_for(w, kernel)?
-                    .ok_or_else(|| anyhow::anyhow!("{kernel:?} did not pack"))
-            })
+            .map(|w| pack(w, kernel))
             .collect::<anyhow::Result<Vec<_>>>()?;
         packed.push(best_gflops(flops, args.seconds, || {
             let mut last = None;
@@ -116,17 +99,7 @@ fn run(args: &BenchMatmulArgs) -> anyhow::Result<ExitCode> {
             last.ok_or_else(|| anyhow::anyhow!("no weights"))
         })?);
     }
-    print!(
-        "{:<26} {candle:>10.1}",
-        format!("decode up, {count} weights")
-    );
-    for gflops in &packed {
-        print!(" {gflops:>10.1}");
-    }
-    for gflops in &packed {
-        print!(" {:>11.2}x", gflops / candle);
-    }
-    println!();
+    print_row(&format!("decode up, {count} weights"), candle, &packed);
     if let Some(&kernel) = kernels.last() {
         two_streams(&x, &weights, kernel, args.seconds)?;
     }
@@ -137,16 +110,11 @@ fn run(args: &BenchMatmulArgs) -> anyhow::Result<ExitCode> {
 /// a copy of the weights each, and with the same weights, in lockstep (a barrier after each
 /// product) so the second reader may find a weight still in the shared cache.
 fn two_streams(x: &Tensor, weights: &[Tensor], kernel: Kernel, seconds: f64) -> anyhow::Result<()> {
-    let pack = |ws: &[Tensor]| -> anyhow::Result<Vec<PackedWeight>> {
-        ws.iter()
-            .map(|w| {
-                PackedWeight::pack_for(w, kernel)?
-                    .ok_or_else(|| anyhow::anyhow!("{kernel:?} did not pack"))
-            })
-            .collect()
+    let pack_all = || -> anyhow::Result<Vec<PackedWeight>> {
+        weights.iter().map(|w| pack(w, kernel)).collect()
     };
-    let first = pack(weights)?;
-    let second = pack(weights)?;
+    let first = pack_all()?;
+    let second = pack_all()?;
     let (m, k) = x.dims2()?;
     let n = weights.first().map_or(Ok(0), |w| w.dim(0))?;
     let flops = 2.0 * 2.0 * (m * k * n * weights.len()) as f64;
@@ -186,6 +154,23 @@ fn two_streams(x: &Tensor, weights: &[Tensor], kernel: Kernel, seconds: f64) -> 
         shared / own
     );
     Ok(())
+}
+
+fn pack(weight: &Tensor, kernel: Kernel) -> anyhow::Result<PackedWeight> {
+    PackedWeight::pack_for(weight, kernel)?
+        .ok_or_else(|| anyhow::anyhow!("{kernel:?} did not pack"))
+}
+
+/// One line of the table: candle's rate, each kernel's, and each kernel's ratio to candle.
+fn print_row(name: &str, candle: f64, packed: &[f64]) {
+    print!("{name:<26} {candle:>10.1}");
+    for gflops in packed {
+        print!(" {gflops:>10.1}");
+    }
+    for gflops in packed {
+        print!(" {:>11.2}x", gflops / candle);
+    }
+    println!();
 }
 
 fn best_gflops(
