@@ -685,17 +685,44 @@ fn many_graders_share_one_budget_of_worker_processes() {
             .flat_map(|grader| (0..2).map(move |_| grader))
             .map(|grader| scope.spawn(move || grader.grade(&Sample::from_text("x"), &json!({}))))
             .collect();
-        for handle in graders_done {
-            let result = handle.join().unwrap();
-            assert_eq!(result.reward, 1.0, "{:?}", result.metadata.errors);
-        }
+        // Joined before any assertion: a failing one must not leave the watcher running, or
+        // the scope would wait for it forever.
+        let results: Vec<_> = graders_done.into_iter().map(|h| h.join()).collect();
         done.store(true, std::sync::atomic::Ordering::Relaxed);
-        watcher.join().unwrap()
+        (results, watcher.join())
     });
+    let (results, most) = most;
+    for result in results {
+        let result = result.expect("a grading thread panicked");
+        assert_eq!(result.reward, 1.0, "{:?}", result.metadata.errors);
+    }
+    let most = most.expect("the watcher panicked");
     assert!(most <= 2, "{most} workers were alive at once");
     assert!(runtime.live_workers() <= 2);
     drop(graders);
     assert_eq!(runtime.live_workers(), 0, "dropped graders left workers");
+}
+
+#[test]
+fn workers_outlive_the_thread_that_needed_them_first() {
+    // The worker counts its grades in a global; a replacement worker would start again at 1.
+    let runtime = budget_runtime(2, 20);
+    let grader = checking_grader(
+        "global calls\ntry:\n    calls += 1\nexcept NameError:\n    calls = 1\nreturn float(calls)",
+        runtime.clone(),
+    );
+    let first = std::thread::scope(|scope| {
+        scope
+            .spawn(|| grader.grade(&Sample::from_text("x"), &json!({})))
+            .join()
+    })
+    .expect("the grading thread panicked");
+    assert_eq!(first.reward, 1.0, "{:?}", first.metadata.errors);
+    // The thread is gone; its worker must still be there, idle, for the next grade.
+    std::thread::sleep(Duration::from_millis(200));
+    let second = grader.grade(&Sample::from_text("x"), &json!({}));
+    assert_eq!(second.reward, 2.0, "{:?}", second.metadata.errors);
+    assert_eq!(runtime.live_workers(), 1);
 }
 
 #[test]
@@ -725,7 +752,12 @@ fn a_spent_budget_is_a_server_error_after_the_timeout() {
                 .collect::<Vec<_>>()
         });
         // Wait until the hog's worker holds the only slot.
+        let hog_started = std::time::Instant::now();
         while runtime.live_workers() == 0 {
+            assert!(
+                hog_started.elapsed() < Duration::from_secs(30) && !hog.is_finished(),
+                "the hog's worker never started"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         std::thread::sleep(Duration::from_millis(300));

@@ -591,8 +591,8 @@ impl PythonGrader {
                 if worker.is_alive() {
                     return Ok(worker);
                 }
-                // It died while idle (e.g. the thread that spawned it exited, and the parent-
-                // death signal followed): not this grade's fault, so start another.
+                // It died while idle (killed from outside): not this grade's fault, so start
+                // another.
                 pool.live -= 1;
                 drop(pool);
                 worker.kill();
@@ -771,7 +771,7 @@ impl Worker {
             // SAFETY: the closure only makes syscalls on memory prepared before the fork.
             unsafe { command.pre_exec(pre_exec) };
         }
-        let mut child = command.spawn().map_err(|e| {
+        let mut child = spawn_from_lasting_thread(command).map_err(|e| {
             let _ = std::fs::remove_dir_all(&workdir);
             WorkerError::Spawn(e.to_string())
         })?;
@@ -904,6 +904,43 @@ impl Drop for Worker {
             let _ = std::fs::remove_dir_all(&self.workdir);
         }
     }
+}
+
+/// Runs `command.spawn()` on one thread that lives as long as the process.
+///
+/// The sandbox's supervisor has `PR_SET_PDEATHSIG` towards the *thread* that forked it, not the
+/// process. Forked from the grading thread, a worker would die when that thread exits: a scoped
+/// thread, or a blocking-pool thread retiring after idling, would take with it a worker that sat
+/// idle in the pool and that another thread may be grading with at that very moment (the grade
+/// then fails as "the worker died"). Forked from a thread that never exits, workers die with the
+/// server and with nothing else.
+fn spawn_from_lasting_thread(command: Command) -> std::io::Result<Child> {
+    type Request = (Command, mpsc::SyncSender<std::io::Result<Child>>);
+    static SPAWNER: OnceLock<Option<mpsc::Sender<Request>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (sender, requests) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("rft-python-spawner".to_owned())
+            .spawn(move || {
+                for (mut command, reply) in requests {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .ok()
+            .map(|_| sender)
+    });
+    let Some(spawner) = spawner else {
+        return Err(std::io::Error::other(
+            "the thread that starts Python workers could not be created",
+        ));
+    };
+    let (reply, spawned) = mpsc::sync_channel(1);
+    spawner
+        .send((command, reply))
+        .map_err(|_| std::io::Error::other("the thread that starts Python workers is gone"))?;
+    spawned
+        .recv()
+        .map_err(|_| std::io::Error::other("the thread that starts Python workers is gone"))?
 }
 
 /// A fresh folder only this worker may write to.

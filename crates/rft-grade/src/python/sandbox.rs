@@ -12,7 +12,8 @@
 //! the grader also has `PR_SET_PDEATHSIG = SIGKILL` towards the supervisor (checked against a
 //! pipe to close the race, since `getppid` is 0 across a PID namespace), and is the init process
 //! of its PID namespace, whose death ends everything in it. The supervisor has
-//! `PR_SET_PDEATHSIG = SIGKILL` towards the server thread that spawned it.
+//! `PR_SET_PDEATHSIG = SIGKILL` towards the server thread that spawned it, which is one thread
+//! that lives as long as the server (`spawn_from_lasting_thread`).
 //!
 //! **What the grader gets:**
 //! - **rlimits**: address space (memory), CPU seconds, file size, open files, no core dumps;
