@@ -22,6 +22,10 @@ use crate::packed::PackedWeight;
 use crate::weights::{self, Weights};
 use crate::ModelError;
 
+mod layer_grad;
+
+pub(crate) use layer_grad::PassInput;
+
 /// A loaded causal language model. Cloning shares the weights.
 #[derive(Debug, Clone)]
 pub struct CausalLm {
@@ -50,14 +54,18 @@ struct Linear {
 }
 
 impl Linear {
+    /// The weight with its packed copies, as the products of training and sampling take it.
+    fn frozen(&self) -> FrozenWeight {
+        FrozenWeight::with_packed(&self.weight, self.packed.as_ref(), self.packed_t.as_ref())
+    }
+
     /// xs: (b, t, in) -> (b, t, out), plus the LoRA update when one is given.
     fn forward(&self, xs: &Tensor, lora: Option<&LoraWeights>) -> candle_core::Result<Tensor> {
         let (b, t, d_in) = xs.dims3()?;
         let flat = xs.reshape((b * t, d_in))?;
         // Untracked inputs without an adapter (sampling) take `frozen_linear`'s plain product,
         // on the packed copy where there is one.
-        let weight =
-            FrozenWeight::with_packed(&self.weight, self.packed.as_ref(), self.packed_t.as_ref());
+        let weight = self.frozen();
         let out = match lora {
             Some(lora) => ops::lora_linear(
                 &flat,

@@ -292,14 +292,8 @@ pub fn lora_linear(
     b: &Tensor,
     scale: f64,
 ) -> Result<Tensor> {
-    let detached = x.detach();
-    let base = weight.matmul_t(&detached)?;
-    let base = match bias {
-        Some(bias) => base.broadcast_add(bias)?,
-        None => base,
-    };
-    let hidden = (detached.matmul(&a.detach().t()?)? * scale)?;
-    let value = (base + hidden.matmul(&b.detach().t()?)?)?;
+    let (value, hidden) =
+        lora_linear_value(&x.detach(), weight, bias, &a.detach(), &b.detach(), scale)?;
     if !(x.track_op() || a.track_op() || b.track_op()) {
         return Ok(value);
     }
@@ -311,15 +305,49 @@ pub fn lora_linear(
             name: "lora-linear",
             value: Mutex::new(Some(contiguous_value(value)?)),
             backward: Box::new(move |x, a, b, grad| {
-                // With h = s·(x aᵀ): dh = s·(g b), dx = g·W + dh·a, da = dhᵀ·x, db = gᵀ·h.
-                let grad_hidden = (grad.matmul(b)? * scale)?;
-                let dx = (weight.matmul(grad)? + grad_hidden.matmul(a)?)?;
-                let da = grad_hidden.t()?.matmul(x)?;
-                let db = grad.t()?.matmul(&hidden)?;
-                Ok((dx, da, db))
+                lora_linear_grads(&weight, x, &hidden, a, b, scale, grad)
             }),
         },
     )
+}
+
+/// The value of [`lora_linear`] without a graph, and the scaled `s·(x @ aᵀ)` its gradients
+/// reuse.
+pub(crate) fn lora_linear_value(
+    x: &Tensor,
+    weight: &FrozenWeight,
+    bias: Option<&Tensor>,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
+    let base = weight.matmul_t(x)?;
+    let base = match bias {
+        Some(bias) => base.broadcast_add(bias)?,
+        None => base,
+    };
+    let hidden = (x.matmul(&a.t()?)? * scale)?;
+    let value = (base + hidden.matmul(&b.t()?)?)?;
+    Ok((value, hidden))
+}
+
+/// The gradients of [`lora_linear`] to `x`, `a` and `b`, given the incoming `grad` and the
+/// forward's `hidden` ([`lora_linear_value`]).
+pub(crate) fn lora_linear_grads(
+    weight: &FrozenWeight,
+    x: &Tensor,
+    hidden: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    scale: f64,
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    // With h = s·(x aᵀ): dh = s·(g b), dx = g·W + dh·a, da = dhᵀ·x, db = gᵀ·h.
+    let grad_hidden = (grad.matmul(b)? * scale)?;
+    let dx = (weight.matmul(grad)? + grad_hidden.matmul(a)?)?;
+    let da = grad_hidden.t()?.matmul(x)?;
+    let db = grad.t()?.matmul(hidden)?;
+    Ok((dx, da, db))
 }
 
 /// RMS norm over the last dimension with a frozen scale: `x / sqrt(mean(x²) + eps) * weight`.
@@ -336,22 +364,32 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Tensor> {
     };
     let weight = weight.clone();
     attach_backward("rms-norm", x, value, move |x, _, grad| {
-        // With r = (mean(x²) + eps)^-½ and x̂ = x·r:  dx = r·(g·w − x̂·mean(g·w·x̂)).
-        // Computed in f32 whatever the activation dtype, like the forward kernel.
-        let dtype = x.dtype();
-        let x = x.to_dtype(accumulation_dtype(dtype))?;
-        let grad = grad.to_dtype(accumulation_dtype(dtype))?;
-        let weight = weight.to_dtype(accumulation_dtype(dtype))?;
-        let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps as f64)?
-            .sqrt()?
-            .recip()?;
-        let x_hat = x.broadcast_mul(&r)?;
-        let gw = grad.broadcast_mul(&weight)?;
-        let dot = (&gw * &x_hat)?.mean_keepdim(D::Minus1)?;
-        (gw - x_hat.broadcast_mul(&dot)?)?
-            .broadcast_mul(&r)?
-            .to_dtype(dtype)
+        rms_norm_grad(x, &weight, eps, grad)
     })
+}
+
+/// The gradient of [`rms_norm`] to `x`, given the incoming `grad`.
+pub(crate) fn rms_norm_grad(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f32,
+    grad: &Tensor,
+) -> Result<Tensor> {
+    // With r = (mean(x²) + eps)^-½ and x̂ = x·r:  dx = r·(g·w − x̂·mean(g·w·x̂)).
+    // Computed in f32 whatever the activation dtype, like the forward kernel.
+    let dtype = x.dtype();
+    let x = x.to_dtype(accumulation_dtype(dtype))?;
+    let grad = grad.to_dtype(accumulation_dtype(dtype))?;
+    let weight = weight.to_dtype(accumulation_dtype(dtype))?;
+    let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps as f64)?
+        .sqrt()?
+        .recip()?;
+    let x_hat = x.broadcast_mul(&r)?;
+    let gw = grad.broadcast_mul(&weight)?;
+    let dot = (&gw * &x_hat)?.mean_keepdim(D::Minus1)?;
+    (gw - x_hat.broadcast_mul(&dot)?)?
+        .broadcast_mul(&r)?
+        .to_dtype(dtype)
 }
 
 /// Rotary position embedding in Hugging Face's rotate-half layout.
@@ -376,10 +414,15 @@ pub fn masked_softmax(scores: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> 
         None => candle_nn::ops::softmax_last_dim(&detached.contiguous()?)?,
     };
     attach_backward("masked-softmax", scores, value, |_, probs, grad| {
-        // dx = y·(g − Σ g·y)
-        let dot = (grad * probs)?.sum_keepdim(D::Minus1)?;
-        probs * grad.broadcast_sub(&dot)?
+        softmax_grad(probs, grad)
     })
+}
+
+/// The gradient of a soft-max over the last dimension to its input, from its output `probs`.
+pub(crate) fn softmax_grad(probs: &Tensor, grad: &Tensor) -> Result<Tensor> {
+    // dx = y·(g − Σ g·y)
+    let dot = (grad * probs)?.sum_keepdim(D::Minus1)?;
+    probs * grad.broadcast_sub(&dot)?
 }
 
 /// How many logits one chunk of [`token_logprobs`] materialises at most (32 MiB of f32).

@@ -16,8 +16,8 @@ use std::ops::Range;
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, TensorId, Var};
 
-use crate::lora::{LoraAdapter, Projection};
-use crate::model::{repeat_batch, AdapterUse, CausalLm, LayerCache};
+use crate::lora::LoraAdapter;
+use crate::model::{repeat_batch, AdapterUse, CausalLm, LayerCache, PassInput};
 use crate::ops;
 use crate::parallel;
 use crate::recorded::RecordedStates;
@@ -209,6 +209,18 @@ struct Pass {
     mask: Option<Tensor>,
 }
 
+impl Pass {
+    /// The pass over the states `x`.
+    fn input<'a>(&'a self, x: &'a Tensor) -> PassInput<'a> {
+        PassInput {
+            x,
+            cos: &self.cos,
+            sin: &self.sin,
+            mask: self.mask.as_ref(),
+        }
+    }
+}
+
 /// A group's hidden states: the prompt pass `(1, p, d)` and the fed pass `(k, width, d)`.
 type States = (Tensor, Option<Tensor>);
 
@@ -354,6 +366,34 @@ impl Group {
             _ => None,
         };
         Ok((y_prompt, y_fed))
+    }
+
+    /// The gradients of one decoder layer's inputs over the group from those of its outputs
+    /// ([`CausalLm::group_layer_backward`]), the adapter's added into `lora_grads`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_backward(
+        &self,
+        model: &CausalLm,
+        idx: usize,
+        adapter: &LoraAdapter,
+        passes: &GroupPasses,
+        (x_prompt, x_fed): (&Tensor, Option<&Tensor>),
+        (g_prompt, g_fed): (&Tensor, Option<&Tensor>),
+        lora_grads: &mut HashMap<TensorId, Tensor>,
+    ) -> Result<States, ModelError> {
+        let fed = match (&passes.fed, x_fed) {
+            (Some(fed), Some(x)) => Some(fed.input(x)),
+            _ => None,
+        };
+        model.group_layer_backward(
+            idx,
+            adapter,
+            passes.prompt.input(x_prompt),
+            fed,
+            g_prompt,
+            g_fed,
+            lora_grads,
+        )
     }
 
     /// The final-normed states that predict each completion token: `(tokens, d)`.
@@ -747,30 +787,25 @@ impl Shard<'_> {
     ) -> Result<HashMap<TensorId, Tensor>, ModelError> {
         let mut grads = HashMap::new();
         for (idx, inputs) in layer_inputs.into_iter().enumerate().rev() {
-            let vars = as_vars(&inputs)?;
-            drop(inputs);
-            let outputs =
-                self.run_layer(model, idx, &tensors(&vars), AdapterUse::Trainable(adapter))?;
-            let mut surrogate = Tensor::zeros((), outputs[0].0.dtype(), model.device())?;
-            for ((y_p, y_f), (g_p, g_f)) in outputs.iter().zip(&incoming) {
-                surrogate = (surrogate + (y_p * g_p)?.sum_all()?)?;
-                if let (Some(y_f), Some(g_f)) = (y_f, g_f) {
-                    surrogate = (surrogate + (y_f * g_f)?.sum_all()?)?;
-                }
-            }
-            let layer_grads = surrogate.backward()?;
-            for projection in Projection::ALL {
-                if let Some(pair) = adapter.pair(idx, projection) {
-                    for var in [&pair.a, &pair.b] {
-                        if let Some(g) = layer_grads.get(var.as_tensor()) {
-                            grads.insert(var.as_tensor().id(), g.clone());
-                        }
-                    }
-                }
-            }
-            if idx > 0 {
-                incoming = grads_of(&vars, &layer_grads)?;
-            }
+            incoming = self
+                .groups
+                .iter()
+                .zip(self.passes)
+                .zip(inputs.iter().zip(&incoming))
+                .map(
+                    |((group, passes), ((x_prompt, x_fed), (g_prompt, g_fed)))| {
+                        group.layer_backward(
+                            model,
+                            idx,
+                            adapter,
+                            passes,
+                            (x_prompt, x_fed.as_ref()),
+                            (g_prompt, g_fed.as_ref()),
+                            &mut grads,
+                        )
+                    },
+                )
+                .collect::<Result<Vec<_>, _>>()?;
         }
         Ok(grads)
     }
