@@ -425,6 +425,82 @@ pub(crate) fn softmax_grad(probs: &Tensor, grad: &Tensor) -> Result<Tensor> {
     probs * grad.broadcast_sub(&dot)?
 }
 
+/// The SwiGLU product `silu(gate) · up`, without a graph: one fused pass over contiguous f32
+/// CPU tensors, candle's ops otherwise.
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let fused = with_f32_slice(gate, |gate_values| {
+        with_f32_slice(up, |up_values| {
+            gate_values
+                .iter()
+                .zip(up_values)
+                .map(|(&x, &u)| x / (1.0 + (-x).exp()) * u)
+                .collect::<Vec<f32>>()
+        })
+    });
+    match fused {
+        Some(Some(values)) if gate.shape() == up.shape() => {
+            Tensor::from_vec(values, gate.shape(), gate.device())
+        }
+        _ => candle_nn::ops::silu(&gate.detach())? * up.detach(),
+    }
+}
+
+/// The gradients of the SwiGLU product `silu(gate) · up` to `gate` and `up`, given the
+/// incoming `grad` (all of one shape).
+///
+/// Contiguous f32 CPU tensors take one fused pass (the composite below makes ten passes over
+/// these `(tokens, intermediate)` tensors, about 3% of a GRPO step on the 135M model).
+pub(crate) fn swiglu_grads(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    let fused = with_f32_slice(gate, |gate_values| {
+        with_f32_slice(up, |up_values| {
+            with_f32_slice(grad, |grad_values| {
+                let mut grad_gate = Vec::with_capacity(gate_values.len());
+                let mut grad_up = Vec::with_capacity(gate_values.len());
+                for ((&x, &u), &g) in gate_values.iter().zip(up_values).zip(grad_values) {
+                    let sigmoid = 1.0 / (1.0 + (-x).exp());
+                    let silu = x * sigmoid;
+                    grad_up.push(g * silu);
+                    grad_gate.push(g * u * (sigmoid + silu * (1.0 - sigmoid)));
+                }
+                (grad_gate, grad_up)
+            })
+        })
+    });
+    if let Some(Some(Some((grad_gate, grad_up)))) = fused {
+        if gate.shape() == up.shape() && gate.shape() == grad.shape() {
+            return Ok((
+                Tensor::from_vec(grad_gate, gate.shape(), gate.device())?,
+                Tensor::from_vec(grad_up, gate.shape(), gate.device())?,
+            ));
+        }
+    }
+    swiglu_grads_composite(gate, up, grad)
+}
+
+/// [`swiglu_grads`] as tensor ops, for every dtype and device.
+fn swiglu_grads_composite(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
+    let sigmoid = (gate.neg()?.exp()? + 1.0)?.recip()?;
+    let silu = (gate * &sigmoid)?;
+    let grad_up = (grad * &silu)?;
+    // silu'(x) = σ(x)·(1 + x·(1 − σ(x))) = σ(x) + silu(x)·(1 − σ(x)).
+    let slope = (&sigmoid + (&silu * sigmoid.affine(-1.0, 1.0)?)?)?;
+    let grad_gate = ((grad * up)? * slope)?;
+    Ok((grad_gate, grad_up))
+}
+
+/// `f` over the elements of a contiguous f32 CPU tensor; `None` for any other tensor.
+fn with_f32_slice<R>(tensor: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if tensor.dtype() != DType::F32 {
+        return None;
+    }
+    let (storage, layout) = tensor.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(values)) = &*storage else {
+        return None;
+    };
+    let (start, end) = layout.contiguous_offsets()?;
+    Some(f(&values[start..end]))
+}
+
 /// How many logits one chunk of [`token_logprobs`] materialises at most (32 MiB of f32).
 const LOGPROB_CHUNK_ELEMENTS: usize = 1 << 23;
 
@@ -506,6 +582,56 @@ mod tests {
 
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn fused_swiglu_and_its_gradients_equal_the_composites() {
+        let f32s = |seed| {
+            (random(&[37, 19], seed) * 4.0)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let (gate, up, grad) = (f32s(1), f32s(2), f32s(3));
+        let (fused_gate, fused_up) = swiglu_grads(&gate, &up, &grad).unwrap();
+        let (gate_ref, up_ref) = swiglu_grads_composite(&gate, &up, &grad).unwrap();
+        for (fused, reference) in [(fused_gate, gate_ref), (fused_up, up_ref)] {
+            let diff = (fused - &reference)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "fused and composite differ by {diff}");
+        }
+        let product = swiglu(&gate, &up).unwrap();
+        let expected = (candle_nn::ops::silu(&gate).unwrap() * &up).unwrap();
+        let diff = (product - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(diff.to_scalar::<f32>().unwrap() < 1e-5);
+        // A transposed (non-contiguous) input takes the composite.
+        let (t_gate, _) =
+            swiglu_grads(&gate.t().unwrap(), &up.t().unwrap(), &grad.t().unwrap()).unwrap();
+        let expected = swiglu_grads_composite(&gate, &up, &grad)
+            .unwrap()
+            .0
+            .t()
+            .unwrap();
+        let diff = (t_gate - expected)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6);
+    }
 
     fn random(shape: &[usize], seed: u64) -> Tensor {
         use rand::{Rng, SeedableRng};

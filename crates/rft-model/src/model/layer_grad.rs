@@ -266,7 +266,7 @@ impl CausalLm {
             Self::linear_forward(&layer.gate_proj, &normed, lora.get(Projection::Gate))?;
         let (up, up_tape) =
             Self::linear_forward(&layer.up_proj, &normed, lora.get(Projection::Up))?;
-        let activated = (candle_nn::ops::silu(&gate)? * &up)?;
+        let activated = ops::swiglu(&gate, &up)?;
         let (_, down_tape) =
             Self::linear_forward(&layer.down_proj, &activated, lora.get(Projection::Down))?;
         Ok((
@@ -327,12 +327,7 @@ impl CausalLm {
             &grad,
             lora_grads,
         )?;
-        let sigmoid = (tape.gate.neg()?.exp()? + 1.0)?.recip()?;
-        let silu = (&tape.gate * &sigmoid)?;
-        let grad_up = (&grad_activated * &silu)?;
-        // silu'(x) = σ(x)·(1 + x·(1 − σ(x))) = σ(x) + silu(x)·(1 − σ(x)).
-        let silu_slope = (&sigmoid + (&silu * sigmoid.affine(-1.0, 1.0)?)?)?;
-        let grad_gate = ((&grad_activated * &tape.up)? * silu_slope)?;
+        let (grad_gate, grad_up) = ops::swiglu_grads(&tape.gate, &tape.up, &grad_activated)?;
         let grad_normed = (Self::linear_backward(
             &layer.gate_proj,
             &tape.gate_proj,
