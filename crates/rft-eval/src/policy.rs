@@ -10,7 +10,7 @@ use rft_grade::judge::{JudgeClient, JudgeConfig};
 use rft_model::constrain::ResponseFormat;
 use rft_model::engine::Engine;
 use rft_model::sample::SamplingParams;
-use rft_model::tool_calls::parse_offered;
+use rft_model::tool_calls::{finish_reason, parse_offered};
 use serde_json::{json, Value};
 
 use crate::data::EvalRow;
@@ -249,10 +249,7 @@ fn generate_local(
                     Generated {
                         tool_calls: parsed.tool_calls_json(),
                         text: parsed.content,
-                        finish_reason: match c.finish_reason.as_str() {
-                            "stop" if called => "tool_calls".to_owned(),
-                            other => other.to_owned(),
-                        },
+                        finish_reason: finish_reason(c.finish_reason.as_str(), called).to_owned(),
                         prompt_tokens,
                         completion_tokens: c.ids.len() as u64,
                         error: None,

@@ -166,6 +166,16 @@ pub fn parse_offered(text: &str, tools: Option<&[Value]>, format: ToolCallFormat
 }
 
 /// The grader's `sample` of a sampled text: `output_text` the content outside tool calls and
+/// The chat-completions `finish_reason` of a completion: the sampler's (`stop`, `length`, ...),
+/// except that a completion which stopped after calling tools reports `tool_calls`, as OpenAI's
+/// API does.
+pub fn finish_reason(sampled: &str, called_tools: bool) -> &str {
+    match sampled {
+        "stop" if called_tools => "tool_calls",
+        other => other,
+    }
+}
+
 /// `output_tools` the calls, when tools were offered; the plain text sample otherwise.
 pub fn sample_of(text: &str, tools: Option<&[Value]>, format: ToolCallFormat) -> rft_types::Sample {
     let parsed = parse_offered(text, tools, format);
@@ -336,6 +346,13 @@ pub fn arguments_as_objects(messages: &[Value]) -> Vec<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stop_after_tool_calls_reports_tool_calls() {
+        assert_eq!(finish_reason("stop", true), "tool_calls");
+        assert_eq!(finish_reason("stop", false), "stop");
+        assert_eq!(finish_reason("length", true), "length");
+    }
 
     fn calls(parsed: &ParsedOutput) -> Vec<(&str, &str)> {
         parsed

@@ -789,11 +789,10 @@ pub(crate) async fn chat_completions(
         .map_err(|_| ApiError::internal("the inference thread dropped the request"))??;
     on_disconnect.disarm();
     let calls = answer_calls(&result.parsed, single_call);
-    let finish_reason =
-        |index: usize, c: &Completion| match (calls.get(index), c.finish_reason.as_str()) {
-            (Some(Some(_)), "stop") => "tool_calls".to_owned(),
-            (_, reason) => reason.to_owned(),
-        };
+    let finish_reason = |index: usize, c: &Completion| {
+        let called = matches!(calls.get(index), Some(Some(_)));
+        rft_model::tool_calls::finish_reason(c.finish_reason.as_str(), called).to_owned()
+    };
     let id = new_id("chatcmpl-");
     let created = now();
     let completion_tokens: usize = result.completions.iter().map(|c| c.ids.len()).sum();
