@@ -428,21 +428,21 @@ pub(crate) fn softmax_grad(probs: &Tensor, grad: &Tensor) -> Result<Tensor> {
 /// The SwiGLU product `silu(gate) · up`, without a graph: one fused pass over contiguous f32
 /// CPU tensors, candle's ops otherwise.
 pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let fused = with_f32_slice(gate, |gate_values| {
-        with_f32_slice(up, |up_values| {
-            gate_values
-                .iter()
-                .zip(up_values)
-                .map(|(&x, &u)| x / (1.0 + (-x).exp()) * u)
-                .collect::<Vec<f32>>()
-        })
-    });
-    match fused {
-        Some(Some(values)) if gate.shape() == up.shape() => {
-            Tensor::from_vec(values, gate.shape(), gate.device())
+    if gate.shape() == up.shape() {
+        let fused = with_f32_slice(gate, |gate_values| {
+            with_f32_slice(up, |up_values| {
+                gate_values
+                    .iter()
+                    .zip(up_values)
+                    .map(|(&x, &u)| x / (1.0 + (-x).exp()) * u)
+                    .collect::<Vec<f32>>()
+            })
+        });
+        if let Some(values) = fused.flatten() {
+            return Tensor::from_vec(values, gate.shape(), gate.device());
         }
-        _ => candle_nn::ops::silu(&gate.detach())? * up.detach(),
     }
+    candle_nn::ops::silu(&gate.detach())? * up.detach()
 }
 
 /// The gradients of the SwiGLU product `silu(gate) · up` to `gate` and `up`, given the
@@ -451,23 +451,23 @@ pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 /// Contiguous f32 CPU tensors take one fused pass (the composite below makes ten passes over
 /// these `(tokens, intermediate)` tensors, about 3% of a GRPO step on the 135M model).
 pub(crate) fn swiglu_grads(gate: &Tensor, up: &Tensor, grad: &Tensor) -> Result<(Tensor, Tensor)> {
-    let fused = with_f32_slice(gate, |gate_values| {
-        with_f32_slice(up, |up_values| {
-            with_f32_slice(grad, |grad_values| {
-                let mut grad_gate = Vec::with_capacity(gate_values.len());
-                let mut grad_up = Vec::with_capacity(gate_values.len());
-                for ((&x, &u), &g) in gate_values.iter().zip(up_values).zip(grad_values) {
-                    let sigmoid = 1.0 / (1.0 + (-x).exp());
-                    let silu = x * sigmoid;
-                    grad_up.push(g * silu);
-                    grad_gate.push(g * u * (sigmoid + silu * (1.0 - sigmoid)));
-                }
-                (grad_gate, grad_up)
+    if gate.shape() == up.shape() && gate.shape() == grad.shape() {
+        let fused = with_f32_slice(gate, |gate_values| {
+            with_f32_slice(up, |up_values| {
+                with_f32_slice(grad, |grad_values| {
+                    let mut grad_gate = Vec::with_capacity(gate_values.len());
+                    let mut grad_up = Vec::with_capacity(gate_values.len());
+                    for ((&x, &u), &g) in gate_values.iter().zip(up_values).zip(grad_values) {
+                        let sigmoid = 1.0 / (1.0 + (-x).exp());
+                        let silu = x * sigmoid;
+                        grad_up.push(g * silu);
+                        grad_gate.push(g * u * (sigmoid + silu * (1.0 - sigmoid)));
+                    }
+                    (grad_gate, grad_up)
+                })
             })
-        })
-    });
-    if let Some(Some(Some((grad_gate, grad_up)))) = fused {
-        if gate.shape() == up.shape() && gate.shape() == grad.shape() {
+        });
+        if let Some((grad_gate, grad_up)) = fused.flatten().flatten() {
             return Ok((
                 Tensor::from_vec(grad_gate, gate.shape(), gate.device())?,
                 Tensor::from_vec(grad_up, gate.shape(), gate.device())?,

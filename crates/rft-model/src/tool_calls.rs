@@ -165,7 +165,6 @@ pub fn parse_offered(text: &str, tools: Option<&[Value]>, format: ToolCallFormat
     }
 }
 
-/// The grader's `sample` of a sampled text: `output_text` the content outside tool calls and
 /// The chat-completions `finish_reason` of a completion: the sampler's (`stop`, `length`, ...),
 /// except that a completion which stopped after calling tools reports `tool_calls`, as OpenAI's
 /// API does.
@@ -176,6 +175,7 @@ pub fn finish_reason(sampled: &str, called_tools: bool) -> &str {
     }
 }
 
+/// The grader's `sample` of a sampled text: `output_text` the content outside tool calls and
 /// `output_tools` the calls, when tools were offered; the plain text sample otherwise.
 pub fn sample_of(text: &str, tools: Option<&[Value]>, format: ToolCallFormat) -> rft_types::Sample {
     let parsed = parse_offered(text, tools, format);

@@ -22,7 +22,7 @@ use candle_core::{Tensor, TensorId};
 use super::{CausalLm, Linear};
 use crate::lora::{LoraAdapter, Projection};
 use crate::model::repeat_batch;
-use crate::ops::{self, FrozenWeight};
+use crate::ops;
 use crate::ModelError;
 
 /// One pass of a layer: its input `(b, t, hidden)`, rotary tables and additive mask.
@@ -165,14 +165,8 @@ impl CausalLm {
                     ops::lora_linear_value(x, &weight, linear.bias.as_ref(), &l.a, &l.b, l.scale)?;
                 (value, Some(hidden))
             }
-            None => {
-                let value = weight.matmul_t(x)?;
-                let value = match &linear.bias {
-                    Some(bias) => value.broadcast_add(bias)?,
-                    None => value,
-                };
-                (value, None)
-            }
+            // An untracked input: `frozen_linear` returns the plain product.
+            None => (ops::frozen_linear(x, &weight, linear.bias.as_ref())?, None),
         };
         Ok((
             value,
@@ -190,7 +184,7 @@ impl CausalLm {
         grad: &Tensor,
         lora_grads: &mut HashMap<TensorId, Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let weight: FrozenWeight = linear.frozen();
+        let weight = linear.frozen();
         match (lora, &tape.hidden) {
             (Some(l), Some(hidden)) => {
                 let (dx, da, db) =
