@@ -11,14 +11,15 @@ Written for this project (Apache-2.0). Standard library only, fixed seed: the
 same bytes on every run.
 """
 
-import json
 import os
-import random
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # examples/, for _common.py, from any directory
+sys.dont_write_bytecode = True
+from _common import chat, job, python_grader, split, write_example  # noqa: E402
+
 SEED = 16002
-N_TRAIN = 48
-N_VALID = 24
 SYSTEM = ("Reply with one line of Python: a call on `client`, keyword "
           "arguments only, nothing else.")
 NAMES = ["Ann", "Bo", "Cruz", "Dana", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun"]
@@ -70,72 +71,17 @@ def make_row(rng, method):
     task, args = instruction(rng, method)
     user = "API:\n" + "\n".join(METHODS[m] for m in shown) + f"\nTask: {task}"
     return {
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": EXAMPLE_USER},
-            {"role": "assistant", "content": EXAMPLE_REPLY},
-            {"role": "user", "content": user},
-        ],
+        "messages": chat(SYSTEM, [(EXAMPLE_USER, EXAMPLE_REPLY)], user),
         "method": method,
         "arguments": args,
     }
 
 
-def rows(rng, n, seen):
-    out = []
-    methods = list(METHODS)
-    while len(out) < n:
-        row = make_row(rng, methods[len(out) % len(methods)])
-        key = row["messages"][-1]["content"]
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(row)
-    rng.shuffle(out)
-    return out
-
-
 def main():
-    rng = random.Random(SEED)
-    seen = set()
-    valid = rows(rng, N_VALID, seen)
-    train = rows(rng, N_TRAIN, seen)
-    write_common(train, valid, "api_snippets")
-
-
-def write_common(train, valid, suffix):
-    for name, data in (("train.jsonl", train), ("valid.jsonl", valid)):
-        with open(os.path.join(HERE, name), "w") as f:
-            for row in data:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
-    with open(os.path.join(HERE, "grader.py")) as f:
-        source = f.read()
-    grader = {"type": "python", "name": suffix, "source": source}
-    with open(os.path.join(HERE, "grader.json"), "w") as f:
-        json.dump(grader, f, indent=2)
-        f.write("\n")
-    write_job(grader, suffix)
-
-
-def write_job(grader, suffix, max_tokens=32):
-    job = {
-        "model": "smollm2-135m-instruct",
-        "training_file": "train.jsonl",
-        "validation_file": "valid.jsonl",
-        "suffix": suffix,
-        "seed": 7,
-        "method": {"type": "reinforcement", "reinforcement": {
-            "grader": grader,
-            "hyperparameters": {
-                "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
-                "eval_interval": 12, "eval_samples": 4,
-                "learning_rate_multiplier": 5, "lora_rank": 16,
-                "max_completion_tokens": max_tokens, "temperature": 0.8,
-            }}},
-    }
-    with open(os.path.join(HERE, "job.json"), "w") as f:
-        json.dump(job, f, indent=2)
-        f.write("\n")
+    train, valid = split(SEED, make_row, cycle=list(METHODS))
+    grader = python_grader(HERE, "api_snippets")
+    write_example(HERE, train, valid, grader,
+                  job(grader, "api_snippets", 32, temperature=0.8))
 
 
 if __name__ == "__main__":

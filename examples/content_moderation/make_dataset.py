@@ -15,14 +15,15 @@ person). Written for this project (Apache-2.0). Standard library only, fixed
 seed: the same bytes on every run.
 """
 
-import json
 import os
-import random
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # examples/, for _common.py, from any directory
+sys.dont_write_bytecode = True
+from _common import chat, job, split, write_example  # noqa: E402
+
 SEED = 16007
-N_TRAIN = 48
-N_VALID = 24
 SYSTEM = (
     "Label the message with the policy. Reply with the label only.\n"
     "allow:ok - nothing wrong; allow:criticism - harsh but about ideas or products;\n"
@@ -78,32 +79,12 @@ def make_row(rng, label):
     rng.shuffle(shown)
     text = rng.choice(TEMPLATES[label]).format(
         place=rng.choice(PLACES), thing=rng.choice(THINGS), name=rng.choice(NAMES))
-    messages = [{"role": "system", "content": SYSTEM}]
-    for worked in shown:
-        messages.append({"role": "user", "content": f"Message: {WORKED[worked]}"})
-        messages.append({"role": "assistant", "content": worked})
-    messages.append({"role": "user", "content": f"Message: {text}"})
+    shots = [(f"Message: {WORKED[worked]}", worked) for worked in shown]
     return {
-        "messages": messages,
+        "messages": chat(SYSTEM, shots, f"Message: {text}"),
         "label": label,
         "family": label.split(":")[0],
     }
-
-
-def rows(rng, n, seen):
-    out = []
-    labels = list(TEMPLATES)
-    while len(out) < n:
-        # Every label in turn, drawn again until its message is new: each label is the answer
-        # of the same number of rows (4 of the 24 validation rows).
-        row = make_row(rng, labels[len(out) % len(labels)])
-        key = row["messages"][-1]["content"]
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(row)
-    rng.shuffle(out)
-    return out
 
 
 FAMILY = '''"""The family half of the content_moderation grade: 1 when the reply is one
@@ -124,14 +105,9 @@ def grade(sample, item):
 
 
 def main():
-    rng = random.Random(SEED)
-    seen = set()
-    valid = rows(rng, N_VALID, seen)
-    train = rows(rng, N_TRAIN, seen)
-    for name, data in (("train.jsonl", train), ("valid.jsonl", valid)):
-        with open(os.path.join(HERE, name), "w") as f:
-            for row in data:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+    # Every label in turn, drawn again until its message is new: each label is the answer of
+    # the same number of rows (4 of the 24 validation rows).
+    train, valid = split(SEED, make_row, cycle=list(TEMPLATES))
     grader = {
         "type": "multi",
         "name": "content_moderation",
@@ -143,35 +119,12 @@ def main():
         },
         "calculate_output": "0.7 * exact + 0.3 * family",
     }
-    with open(os.path.join(HERE, "grader.json"), "w") as f:
-        json.dump(grader, f, indent=2)
-        f.write("\n")
     # Twelve prompts a step, two of each label on average, four passes over the 48 rows: with
     # four prompts a step the 135M model collapsed onto one label within 12 steps (all eight
     # samples of every group alike, so no group carried a gradient any more); a step that
     # sees every label moves the labels apart instead of towards the step's majority.
-    write_job(grader, "content_moderation", 8, epochs=4, batch=12)
-
-
-def write_job(grader, suffix, max_tokens=48, epochs=1, batch=4):
-    job = {
-        "model": "smollm2-135m-instruct",
-        "training_file": "train.jsonl",
-        "validation_file": "valid.jsonl",
-        "suffix": suffix,
-        "seed": 7,
-        "method": {"type": "reinforcement", "reinforcement": {
-            "grader": grader,
-            "hyperparameters": {
-                "batch_size": batch, "n_epochs": epochs, "compute_multiplier": 1,
-                "eval_interval": N_TRAIN // batch * epochs, "eval_samples": 4,
-                "learning_rate_multiplier": 2, "lora_rank": 16,
-                "max_completion_tokens": max_tokens,
-            }}},
-    }
-    with open(os.path.join(HERE, "job.json"), "w") as f:
-        json.dump(job, f, indent=2)
-        f.write("\n")
+    write_example(HERE, train, valid, grader,
+                  job(grader, "content_moderation", 8, batch=12, epochs=4, lr=2))
 
 
 if __name__ == "__main__":

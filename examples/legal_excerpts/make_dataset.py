@@ -13,14 +13,15 @@ project (Apache-2.0). Standard library only, fixed seed: the same bytes on
 every run.
 """
 
-import json
 import os
-import random
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # examples/, for _common.py, from any directory
+sys.dont_write_bytecode = True
+from _common import chat, job, split, write_example  # noqa: E402
+
 SEED = 16005
-N_TRAIN = 48
-N_VALID = 24
 SYSTEM = ("Quote the one sentence of the lease that supports the claim, word "
           "for word. Reply with that sentence only.")
 PEOPLE = ["Ada Ruiz", "Ben Okafor", "Chen Li", "Dora Novak", "Emil Berg", "Fatima Zahra",
@@ -71,42 +72,14 @@ def make_row(rng, topic):
     answer = CLAUSES[topic][0].format(**values)
     claim = CLAUSES[topic][1].format(**values)
     return {
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": EXAMPLE_USER},
-            {"role": "assistant", "content": EXAMPLE_REPLY},
-            {"role": "user", "content": f"Lease: {lease}\nClaim: {claim}"},
-        ],
+        "messages": chat(SYSTEM, [(EXAMPLE_USER, EXAMPLE_REPLY)], f"Lease: {lease}\nClaim: {claim}"),
         "answer": answer,
         "topic": topic,
     }
 
 
-def rows(rng, n, seen):
-    out = []
-    topics = list(CLAUSES)
-    i = 0
-    while len(out) < n:
-        row = make_row(rng, topics[i % len(topics)])
-        i += 1
-        key = row["messages"][-1]["content"]
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(row)
-    rng.shuffle(out)
-    return out
-
-
 def main():
-    rng = random.Random(SEED)
-    seen = set()
-    valid = rows(rng, N_VALID, seen)
-    train = rows(rng, N_TRAIN, seen)
-    for name, data in (("train.jsonl", train), ("valid.jsonl", valid)):
-        with open(os.path.join(HERE, name), "w") as f:
-            for row in data:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+    train, valid = split(SEED, make_row, cycle=list(CLAUSES), per_draw=True)
     grader = {
         "type": "multi",
         "name": "legal_excerpts",
@@ -120,31 +93,7 @@ def main():
         },
         "calculate_output": "0.4 * exact + 0.6 * overlap ^ 2",
     }
-    with open(os.path.join(HERE, "grader.json"), "w") as f:
-        json.dump(grader, f, indent=2)
-        f.write("\n")
-    write_job(grader, "legal_excerpts", 32)
-
-
-def write_job(grader, suffix, max_tokens=48):
-    job = {
-        "model": "smollm2-135m-instruct",
-        "training_file": "train.jsonl",
-        "validation_file": "valid.jsonl",
-        "suffix": suffix,
-        "seed": 7,
-        "method": {"type": "reinforcement", "reinforcement": {
-            "grader": grader,
-            "hyperparameters": {
-                "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
-                "eval_interval": 12, "eval_samples": 4,
-                "learning_rate_multiplier": 5, "lora_rank": 16,
-                "max_completion_tokens": max_tokens,
-            }}},
-    }
-    with open(os.path.join(HERE, "job.json"), "w") as f:
-        json.dump(job, f, indent=2)
-        f.write("\n")
+    write_example(HERE, train, valid, grader, job(grader, "legal_excerpts", 32))
 
 
 if __name__ == "__main__":

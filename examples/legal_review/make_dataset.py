@@ -15,14 +15,15 @@ project (Apache-2.0). Standard library only, fixed seed: the same bytes on
 every run.
 """
 
-import json
 import os
-import random
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # examples/, for _common.py, from any directory
+sys.dont_write_bytecode = True
+from _common import chat, job, split, write_example  # noqa: E402
+
 SEED = 16008
-N_TRAIN = 48
-N_VALID = 24
 SYSTEM = ("Compare the two versions of the clause. Reply with one line: "
           "term: old value -> new value.")
 
@@ -70,42 +71,14 @@ def make_row(rng, term):
             f"Version A: {template.format(v=old)}\n"
             f"Version B: {template.format(v=new)}")
     return {
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": EXAMPLE_USER},
-            {"role": "assistant", "content": EXAMPLE_REPLY},
-            {"role": "user", "content": user},
-        ],
+        "messages": chat(SYSTEM, [(EXAMPLE_USER, EXAMPLE_REPLY)], user),
         "answer": f"{term}: {old} -> {new}",
         "term": term,
     }
 
 
-def rows(rng, n, seen):
-    out = []
-    terms = list(TERMS)
-    i = 0
-    while len(out) < n:
-        row = make_row(rng, terms[i % len(terms)])
-        i += 1
-        key = row["messages"][-1]["content"]
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(row)
-    rng.shuffle(out)
-    return out
-
-
 def main():
-    rng = random.Random(SEED)
-    seen = set()
-    valid = rows(rng, N_VALID, seen)
-    train = rows(rng, N_TRAIN, seen)
-    for name, data in (("train.jsonl", train), ("valid.jsonl", valid)):
-        with open(os.path.join(HERE, name), "w") as f:
-            for row in data:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+    train, valid = split(SEED, make_row, cycle=list(TERMS), per_draw=True)
     grader = {
         "type": "multi",
         "name": "legal_review",
@@ -127,31 +100,7 @@ def main():
         },
         "calculate_output": "0.7 * overlap + 0.3 * judge",
     }
-    with open(os.path.join(HERE, "grader.json"), "w") as f:
-        json.dump(grader, f, indent=2)
-        f.write("\n")
-    write_job(grader, "legal_review", 24)
-
-
-def write_job(grader, suffix, max_tokens=48):
-    job = {
-        "model": "smollm2-135m-instruct",
-        "training_file": "train.jsonl",
-        "validation_file": "valid.jsonl",
-        "suffix": suffix,
-        "seed": 7,
-        "method": {"type": "reinforcement", "reinforcement": {
-            "grader": grader,
-            "hyperparameters": {
-                "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
-                "eval_interval": 12, "eval_samples": 4,
-                "learning_rate_multiplier": 5, "lora_rank": 16,
-                "max_completion_tokens": max_tokens,
-            }}},
-    }
-    with open(os.path.join(HERE, "job.json"), "w") as f:
-        json.dump(job, f, indent=2)
-        f.write("\n")
+    write_example(HERE, train, valid, grader, job(grader, "legal_review", 24))
 
 
 if __name__ == "__main__":

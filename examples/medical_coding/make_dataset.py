@@ -15,14 +15,15 @@ Written for this project (Apache-2.0). Standard library only, fixed seed: the
 same bytes on every run.
 """
 
-import json
 import os
-import random
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # examples/, for _common.py, from any directory
+sys.dont_write_bytecode = True
+from _common import chat, job, split, write_example  # noqa: E402
+
 SEED = 16004
-N_TRAIN = 48
-N_VALID = 24
 SYSTEM = ("Assign the one code from the list that fits the note. Reply with "
           "the code only.")
 
@@ -82,32 +83,10 @@ def make_row(rng, target):
     note = f"{rng.choice(AGES)} {rng.choice(SEEN)} with {rng.choice(phrases)}."
     user = "Note: " + note + "\nCodes:\n" + "\n".join(f"{c[1]} {c[2]}" for c in shown)
     return {
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": EXAMPLE_USER},
-            {"role": "assistant", "content": EXAMPLE_REPLY},
-            {"role": "user", "content": user},
-        ],
+        "messages": chat(SYSTEM, [(EXAMPLE_USER, EXAMPLE_REPLY)], user),
         "code": code,
         "category": cat,
     }
-
-
-def rows(rng, n, seen):
-    out = []
-    codes = all_codes()
-    i = 0
-    while len(out) < n:
-        # Every code in turn: no label dominates the set.
-        row = make_row(rng, codes[i % len(codes)])
-        i += 1
-        key = row["messages"][-1]["content"]
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(row)
-    rng.shuffle(out)
-    return out
 
 
 CODE = '''"""The code half of the medical_coding grade: the reply must start with a
@@ -134,18 +113,8 @@ def grade(sample, item):
 
 
 def main():
-    rng = random.Random(SEED)
-    seen = set()
-    valid = rows(rng, N_VALID, seen)
-    train = rows(rng, N_TRAIN, seen)
-    write(train, valid)
-
-
-def write(train, valid):
-    for name, data in (("train.jsonl", train), ("valid.jsonl", valid)):
-        with open(os.path.join(HERE, name), "w") as f:
-            for row in data:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
+    # Every code in turn: no label dominates the set.
+    train, valid = split(SEED, make_row, cycle=all_codes(), per_draw=True)
     grader = {
         "type": "multi",
         "name": "medical_coding",
@@ -157,31 +126,7 @@ def write(train, valid):
         },
         "calculate_output": "0.75 * code + 0.25 * exact",
     }
-    with open(os.path.join(HERE, "grader.json"), "w") as f:
-        json.dump(grader, f, indent=2)
-        f.write("\n")
-    write_job(grader, "medical_coding", 12)
-
-
-def write_job(grader, suffix, max_tokens=48):
-    job = {
-        "model": "smollm2-135m-instruct",
-        "training_file": "train.jsonl",
-        "validation_file": "valid.jsonl",
-        "suffix": suffix,
-        "seed": 7,
-        "method": {"type": "reinforcement", "reinforcement": {
-            "grader": grader,
-            "hyperparameters": {
-                "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
-                "eval_interval": 12, "eval_samples": 4,
-                "learning_rate_multiplier": 5, "lora_rank": 16,
-                "max_completion_tokens": max_tokens,
-            }}},
-    }
-    with open(os.path.join(HERE, "job.json"), "w") as f:
-        json.dump(job, f, indent=2)
-        f.write("\n")
+    write_example(HERE, train, valid, grader, job(grader, "medical_coding", 12))
 
 
 if __name__ == "__main__":

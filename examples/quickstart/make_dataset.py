@@ -16,9 +16,14 @@ Deterministic: standard library only, fixed seed; running it again writes the
 same bytes. Validation prompts never occur in train.
 """
 
-import json
 import os
 import random
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # examples/, for _common.py, from any directory
+sys.dont_write_bytecode = True
+from _common import chat, prompt_key, write_jsonl  # noqa: E402
 
 SEED = 20250
 N_TRAIN = 200
@@ -135,12 +140,7 @@ def make_row(rng, kind=None, ask=None):
     example_kind = rng.choice([k for k in KINDS if k is not kind])
     example_prompt, example_answer, _ = question(rng, example_kind, hint=False)
     prompt, answer, field = question(rng, kind, ask=ask)
-    messages = [
-        {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": example_prompt},
-        {"role": "assistant", "content": example_answer},
-        {"role": "user", "content": prompt},
-    ]
+    messages = chat(SYSTEM, [(example_prompt, example_answer)], prompt)
     return {"messages": messages, "answer": answer, "field": field}
 
 
@@ -154,17 +154,15 @@ def main():
             row = make_row(rng, *pairs[len(valid) % len(pairs)])
         else:
             row = make_row(rng)
-        key = row["messages"][-1]["content"]  # the question asked, whatever the example
+        key = prompt_key(row)  # the question asked, whatever the example
         if key in seen:
             continue
         seen.add(key)
         (valid if len(valid) < N_VALID else train).append(row)
-    here = os.path.dirname(os.path.abspath(__file__))
+    # Keys in the order written, non-ASCII as is (the other examples sort their keys).
     for name, part in (("train.jsonl", train), ("valid.jsonl", valid)):
-        with open(os.path.join(here, name), "w", encoding="utf-8") as f:
-            for row in part:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print("wrote {} train and {} valid rows to {}".format(len(train), len(valid), here))
+        write_jsonl(os.path.join(HERE, name), part, sort_keys=False, ensure_ascii=False)
+    print("wrote {} train and {} valid rows to {}".format(len(train), len(valid), HERE))
 
 
 if __name__ == "__main__":

@@ -16,14 +16,15 @@ Written for this project (Apache-2.0). Standard library only, fixed seed: the
 same bytes on every run.
 """
 
-import json
 import os
-import random
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # examples/, for _common.py, from any directory
+sys.dont_write_bytecode = True
+from _common import chat, job, python_grader, split, write_example  # noqa: E402
+
 SEED = 16003
-N_TRAIN = 48
-N_VALID = 24
 N_MEETINGS = 5
 SYSTEM = ("Find the two meetings that clash: they start at the same time, or one "
           "duplicates the other. Reply with their two ids only.")
@@ -80,76 +81,20 @@ def make_row(rng, pair):
     worked_user, worked_reply = rng.choice(
         [w for w in WORKED if w[1] != ", ".join(clash)])
     return {
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": worked_user},
-            {"role": "assistant", "content": worked_reply},
-            {"role": "user", "content": "\n".join(lines)},
-        ],
+        "messages": chat(SYSTEM, [(worked_user, worked_reply)], "\n".join(lines)),
         "clash": clash,
         "answer": ", ".join(clash),
         "kind": kind,
     }
 
 
-def rows(rng, n, seen):
-    out = []
-    while len(out) < n:
-        row = make_row(rng, PAIRS[len(out) % len(PAIRS)])
-        if row is None:
-            continue
-        key = row["messages"][-1]["content"]
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(row)
-    rng.shuffle(out)
-    return out
-
-
 def main():
-    rng = random.Random(SEED)
-    seen = set()
-    valid = rows(rng, N_VALID, seen)
-    train = rows(rng, N_TRAIN, seen)
-    write_common(train, valid, "schedule_conflicts")
-
-
-def write_common(train, valid, suffix):
-    for name, data in (("train.jsonl", train), ("valid.jsonl", valid)):
-        with open(os.path.join(HERE, name), "w") as f:
-            for row in data:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
-    with open(os.path.join(HERE, "grader.py")) as f:
-        source = f.read()
-    grader = {"type": "python", "name": suffix, "source": source}
-    with open(os.path.join(HERE, "grader.json"), "w") as f:
-        json.dump(grader, f, indent=2)
-        f.write("\n")
-    write_job(grader, suffix)
-
-
-def write_job(grader, suffix, max_tokens=16, epochs=3):
+    train, valid = split(SEED, make_row, cycle=PAIRS)
+    grader = python_grader(HERE, "schedule_conflicts")
     # Three passes over the 48 rows: in one pass (12 steps) the 135M model learns the format
     # and settles on a constant pair; finding the clash takes more steps, if it comes at all.
-    job = {
-        "model": "smollm2-135m-instruct",
-        "training_file": "train.jsonl",
-        "validation_file": "valid.jsonl",
-        "suffix": suffix,
-        "seed": 7,
-        "method": {"type": "reinforcement", "reinforcement": {
-            "grader": grader,
-            "hyperparameters": {
-                "batch_size": 4, "n_epochs": epochs, "compute_multiplier": 1,
-                "eval_interval": N_TRAIN // 4 * epochs, "eval_samples": 4,
-                "learning_rate_multiplier": 2, "lora_rank": 16,
-                "max_completion_tokens": max_tokens,
-            }}},
-    }
-    with open(os.path.join(HERE, "job.json"), "w") as f:
-        json.dump(job, f, indent=2)
-        f.write("\n")
+    write_example(HERE, train, valid, grader,
+                  job(grader, "schedule_conflicts", 16, epochs=3, lr=2))
 
 
 if __name__ == "__main__":

@@ -26,14 +26,15 @@ for this project (Apache-2.0). Standard library only, fixed seed: the same
 bytes on every run.
 """
 
-import json
 import os
-import random
+import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # examples/, for _common.py, from any directory
+sys.dont_write_bytecode = True
+from _common import chat, job, python_grader, split, write_example  # noqa: E402
+
 SEED = 16006
-N_TRAIN = 48
-N_VALID = 24
 SYSTEM = "Apply the rules. Reply with the amount only, as a whole number."
 NAMES = ["Ana", "Ben", "Carla", "Dev", "Elif", "Finn", "Greta", "Hao", "Ines", "Jonas"]
 STATUSES = ["single", "married filing jointly", "married filing separately",
@@ -76,74 +77,20 @@ def make_row(rng, status):
     name = rng.choice(NAMES)
     example_user, example_reply = example_turn(rng, set(amounts.values()))
     return {
-        "messages": [
-            {"role": "system", "content": SYSTEM},
-            {"role": "user", "content": example_user},
-            {"role": "assistant", "content": example_reply},
-            {"role": "user",
-             "content": table_text(amounts, shuffled_statuses(rng)) + "\n" + question(name, status)},
-        ],
+        "messages": chat(
+            SYSTEM, [(example_user, example_reply)],
+            table_text(amounts, shuffled_statuses(rng)) + "\n" + question(name, status)),
         "answer": amounts[status],
         "other_amounts": [amounts[s] for s in STATUSES if s != status],
         "status": status,
     }
 
 
-def rows(rng, n, seen):
-    out = []
-    while len(out) < n:
-        # Every status in turn: no row of the table is the best guess.
-        row = make_row(rng, STATUSES[len(out) % len(STATUSES)])
-        key = row["messages"][-1]["content"]
-        if key in seen:
-            continue
-        seen.add(key)
-        out.append(row)
-    rng.shuffle(out)
-    return out
-
-
 def main():
-    rng = random.Random(SEED)
-    seen = set()
-    valid = rows(rng, N_VALID, seen)
-    train = rows(rng, N_TRAIN, seen)
-    write_common(train, valid, "tax_reasoning")
-
-
-def write_common(train, valid, suffix):
-    for name, data in (("train.jsonl", train), ("valid.jsonl", valid)):
-        with open(os.path.join(HERE, name), "w") as f:
-            for row in data:
-                f.write(json.dumps(row, sort_keys=True) + "\n")
-    with open(os.path.join(HERE, "grader.py")) as f:
-        source = f.read()
-    grader = {"type": "python", "name": suffix, "source": source}
-    with open(os.path.join(HERE, "grader.json"), "w") as f:
-        json.dump(grader, f, indent=2)
-        f.write("\n")
-    write_job(grader, suffix)
-
-
-def write_job(grader, suffix, max_tokens=12):
-    job = {
-        "model": "smollm2-135m-instruct",
-        "training_file": "train.jsonl",
-        "validation_file": "valid.jsonl",
-        "suffix": suffix,
-        "seed": 7,
-        "method": {"type": "reinforcement", "reinforcement": {
-            "grader": grader,
-            "hyperparameters": {
-                "batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
-                "eval_interval": N_TRAIN // 4, "eval_samples": 4,
-                "learning_rate_multiplier": 5, "lora_rank": 16,
-                "max_completion_tokens": max_tokens,
-            }}},
-    }
-    with open(os.path.join(HERE, "job.json"), "w") as f:
-        json.dump(job, f, indent=2)
-        f.write("\n")
+    # Every status in turn: no row of the table is the best guess.
+    train, valid = split(SEED, make_row, cycle=STATUSES)
+    grader = python_grader(HERE, "tax_reasoning")
+    write_example(HERE, train, valid, grader, job(grader, "tax_reasoning", 12))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
+use rft_types::api::eval::{Eval, EvalRun, ItemStatus, OutputItem};
 use serde_json::{json, Value};
 
 fn write_rows(path: &Path, samples: &[(&str, &str)]) {
@@ -97,4 +98,20 @@ fn doctor_fails_with_status_2_on_a_blocker_and_writes_the_report() {
             .unwrap();
     assert_eq!(json["verdict"], "blocker");
     assert!(report.join("report.html").is_file());
+    // The objects beside the report are the server's types (one eval path), field for field.
+    let read = |name: &str| std::fs::read_to_string(report.join(name)).unwrap();
+    let eval: Eval = serde_json::from_str(&read("eval.json")).unwrap();
+    let run: EvalRun = serde_json::from_str(&read("run.json")).unwrap();
+    let items: Vec<OutputItem> = read("output_items.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(run.eval_id, eval.id);
+    assert_eq!(run.result_counts.total, 12);
+    assert_eq!(run.result_counts.passed, 12);
+    assert_eq!(items.len(), 12);
+    assert!(items.iter().all(|i| i.status == ItemStatus::Pass
+        && i.results[0].testing_criteria == eval.testing_criteria[0].id));
+    let per = run.per_testing_criteria_results.unwrap();
+    assert_eq!((per[0].passed, per[0].failed), (12, 0));
 }

@@ -237,6 +237,63 @@ fn every_example_has_its_files_a_valid_dataset_grader_and_job() {
 }
 
 #[test]
+fn make_dataset_scripts_write_the_committed_files() {
+    // Each `make_dataset.py` (they share `examples/_common.py`), run on a copy of its folder
+    // without the two JSONL files, from another directory, writes the same bytes as committed.
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let python = std::env::var_os("RFT_PYTHON").unwrap_or_else(|| "python3".into());
+    let copy = tempfile::tempdir().unwrap();
+    std::fs::copy(examples.join("_common.py"), copy.path().join("_common.py")).unwrap();
+    let mut scripts = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let dir = entry.unwrap().path();
+        if !dir.join("make_dataset.py").is_file() {
+            continue;
+        }
+        scripts += 1;
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let target = copy.path().join(&name);
+        std::fs::create_dir(&target).unwrap();
+        let mut files = Vec::new();
+        for file in std::fs::read_dir(&dir).unwrap() {
+            let file = file.unwrap().path();
+            if !file.is_file() {
+                continue;
+            }
+            let file_name = file.file_name().unwrap().to_owned();
+            if !["train.jsonl", "valid.jsonl"].contains(&file_name.to_string_lossy().as_ref()) {
+                std::fs::copy(&file, target.join(&file_name)).unwrap();
+            }
+            files.push(file_name);
+        }
+        let out = Command::new(&python)
+            .arg(target.join("make_dataset.py"))
+            .current_dir(std::env::temp_dir())
+            .output()
+            .expect("python3 runs");
+        assert!(
+            out.status.success(),
+            "{name}/make_dataset.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for file_name in files {
+            let written = std::fs::read(target.join(&file_name))
+                .unwrap_or_else(|e| panic!("{name}/{}: {e}", file_name.to_string_lossy()));
+            assert!(
+                written == std::fs::read(dir.join(&file_name)).unwrap(),
+                "{name}/{}: make_dataset.py writes other bytes than the committed file",
+                file_name.to_string_lossy()
+            );
+        }
+    }
+    assert_eq!(
+        scripts,
+        EXAMPLES.len() + 1,
+        "the examples and the quickstart"
+    );
+}
+
+#[test]
 fn graders_score_right_answers_high_and_wrong_ones_low() {
     for name in EXAMPLES {
         let valid = read_rows(&example_dir(name).join("valid.jsonl"));

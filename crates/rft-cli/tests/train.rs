@@ -159,9 +159,8 @@ fn a_bad_job_file_names_the_problem() {
 fn the_quickstart_files_are_a_valid_job() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/quickstart");
     let text = std::fs::read_to_string(root.join("job.json")).unwrap();
-    let request =
-        rft_train::config::JobRequest::from_value(serde_json::from_str(&text).unwrap()).unwrap();
-    let grader = &request.reinforcement().unwrap().grader;
+    let request = rft_train::config::parse_job(serde_json::from_str(&text).unwrap()).unwrap();
+    let grader = rft_train::config::grader(&request).unwrap();
     rft_grade::validate(&rft_types::Grader::from_value(grader).unwrap()).unwrap();
     let rows = rft_train::dataset::read_dataset(&root.join("train.jsonl")).unwrap();
     let valid = rft_train::dataset::read_dataset(&root.join("valid.jsonl")).unwrap();

@@ -32,6 +32,9 @@ pub enum EvalError {
     /// The remote model endpoint failed on every sample of a batch.
     #[error("the model endpoint failed: {0}")]
     Remote(String),
+    /// The eval was cancelled (`SamplingOptions::cancel` raised) before it finished.
+    #[error("the eval was cancelled")]
+    Cancelled,
     /// The report could not be drawn.
     #[error("cannot draw the plot {plot}: {message}")]
     Plot {

@@ -17,7 +17,7 @@ use crate::data::EvalRow;
 use crate::EvalError;
 
 /// How to sample the model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct SamplingOptions {
     /// Samples per row (K); at least 2 for the learnability check.
     pub samples: usize,
@@ -32,6 +32,21 @@ pub struct SamplingOptions {
     pub seed: u64,
     /// OpenAI's `response_format` (`json_schema` / `json_object`), as JSON.
     pub response_format: Option<Value>,
+    /// Raised from another thread to stop the eval: decoding stops at its next step and
+    /// `run_eval` returns [`EvalError::Cancelled`] after the batch in flight.
+    pub cancel: Option<rft_model::sample::Cancel>,
+}
+
+/// Equal when they sample the same way (the cancel flag is not part of that).
+impl PartialEq for SamplingOptions {
+    fn eq(&self, other: &SamplingOptions) -> bool {
+        self.samples == other.samples
+            && self.temperature == other.temperature
+            && self.top_p == other.top_p
+            && self.max_tokens == other.max_tokens
+            && self.seed == other.seed
+            && self.response_format == other.response_format
+    }
 }
 
 impl Default for SamplingOptions {
@@ -43,6 +58,7 @@ impl Default for SamplingOptions {
             max_tokens: 256,
             seed: 0,
             response_format: None,
+            cancel: None,
         }
     }
 }
@@ -227,6 +243,7 @@ fn generate_local(
             top_p: options.top_p,
             max_tokens: options.max_tokens,
             seed: row_seed(options, row),
+            cancel: options.cancel.clone(),
             ..SamplingParams::default()
         };
         requests.push(engine.request(prompt, options.samples.max(1), params, format.as_ref())?);

@@ -113,6 +113,14 @@ pub fn run_eval(
     on_progress(finished.len(), total);
     let batch = policy.map_or(64, Policy::batch_rows).max(1);
     for rows in todo.chunks(batch) {
+        if config
+            .sampling
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.is_cancelled())
+        {
+            return Err(EvalError::Cancelled);
+        }
         let generated: Vec<Vec<Generated>> = match policy {
             Some(policy) if rows.iter().any(|r| r.sample.is_none()) => {
                 policy.generate(rows, &config.sampling)?

@@ -111,6 +111,20 @@ impl Engine {
         })
     }
 
+    /// Another engine over the same base weights (tensors are shared, not copied) and
+    /// tokenizer, without this one's adapter: what a caller that must own an engine (a
+    /// `TrainingClient`) gets from a base model the [`crate::host::EngineHost`] lends.
+    pub fn share(&self) -> Engine {
+        Engine {
+            base: self.base.clone(),
+            base_path: self.base_path.clone(),
+            model: self.model.clone(),
+            tokenizer: self.tokenizer.clone(),
+            adapter: None,
+            constraints: self.constraints.clone(),
+        }
+    }
+
     /// An engine from parts already loaded (tests build tiny models this way).
     pub fn from_parts(base: String, model: CausalLm, tokenizer: Tokenizer) -> Engine {
         Engine {

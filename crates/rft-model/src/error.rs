@@ -63,4 +63,15 @@ pub enum ModelError {
     /// Fetching a model failed.
     #[error(transparent)]
     Fetch(#[from] crate::hub::FetchError),
+    /// Loading a model would take the process past its model memory budget while every
+    /// resident model is in use ([`crate::host::EngineHost`]).
+    #[error("loading this model needs {needed} bytes, and the {resident} bytes of models resident are all in use (the budget is {budget}); retry when a job or session using another model ends, or raise the budget (rft serve --max-model-gib)")]
+    MemoryBudget {
+        /// Bytes the load needs.
+        needed: u64,
+        /// Bytes resident and lent.
+        resident: u64,
+        /// The budget.
+        budget: u64,
+    },
 }

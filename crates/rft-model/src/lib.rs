@@ -20,6 +20,7 @@ pub mod embed;
 pub mod engine;
 mod error;
 pub mod export;
+pub mod host;
 pub mod hub;
 pub mod lora;
 pub mod model;
@@ -29,6 +30,7 @@ pub mod ops;
 pub mod packed;
 pub mod parallel;
 pub mod recorded;
+pub mod request;
 pub mod sample;
 #[cfg(feature = "tiny")]
 pub mod tiny;

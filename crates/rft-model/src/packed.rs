@@ -429,6 +429,70 @@ mod avx2 {
 mod tests {
     use super::*;
 
+    /// The CPU features `kernel` needs that this CPU lacks, found independently of
+    /// `Kernel::supported`.
+    fn missing_features(kernel: Kernel) -> Vec<&'static str> {
+        let needed: &[&'static str] = match kernel {
+            Kernel::Avx2 => &["avx2", "fma"],
+            Kernel::Avx512 => &["avx2", "fma", "avx512f"],
+        };
+        #[cfg(target_arch = "x86_64")]
+        let has = |feature: &str| match feature {
+            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
+            "fma" => std::arch::is_x86_feature_detected!("fma"),
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            _ => unreachable!("{feature}"),
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let has = |_: &str| false;
+        needed.iter().copied().filter(|f| !has(f)).collect()
+    }
+
+    /// Why `kernel` cannot run here, or `None` when it can.
+    fn not_run_reason(kernel: Kernel) -> Option<String> {
+        if cfg!(not(target_arch = "x86_64")) {
+            return Some(format!(
+                "kernel {kernel:?} not run: this CPU is not x86-64 ({})",
+                std::env::consts::ARCH
+            ));
+        }
+        let missing = missing_features(kernel);
+        (!missing.is_empty()).then(|| {
+            format!(
+                "kernel {kernel:?} not run: this CPU lacks {}",
+                missing.join(", ")
+            )
+        })
+    }
+
+    /// Says which kernels a test could not run, on the process's stderr directly: past the
+    /// harness's capture of `eprintln!`, so the log of a passing run (CI's) shows it.
+    fn report_not_run(test: &str, kernels: &[Kernel]) {
+        use std::io::Write;
+        for &kernel in kernels {
+            if let Some(reason) = not_run_reason(kernel) {
+                let _ = writeln!(std::io::stderr().lock(), "{test}: {reason}");
+            }
+        }
+    }
+
+    #[test]
+    fn supported_is_what_the_cpu_reports() {
+        for kernel in [Kernel::Avx2, Kernel::Avx512] {
+            assert_eq!(
+                kernel.supported(),
+                not_run_reason(kernel).is_none(),
+                "{kernel:?}: {:?}",
+                not_run_reason(kernel)
+            );
+        }
+        assert_eq!(
+            Kernel::detect().is_some(),
+            Kernel::Avx2.supported(),
+            "a CPU with AVX2 and FMA gets a kernel"
+        );
+    }
+
     fn dense_matmul_t(x: &Tensor, w: &Tensor) -> Vec<f32> {
         x.matmul(&w.t().unwrap())
             .unwrap()
@@ -452,7 +516,10 @@ mod tests {
             (30, 4200, 40),
             (2, 9000, 33),
         ];
-        for kernel in [Kernel::Avx2, Kernel::Avx512] {
+        // Every kernel this CPU runs; the others are named on stderr, not skipped silently.
+        let kernels = [Kernel::Avx2, Kernel::Avx512];
+        report_not_run("packed_matmul_equals_candle_for_every_kernel", &kernels);
+        for kernel in kernels {
             if !kernel.supported() {
                 continue;
             }
@@ -483,6 +550,7 @@ mod tests {
     #[test]
     fn a_transposed_weight_packs_as_its_values() {
         let Some(kernel) = Kernel::detect() else {
+            report_not_run("a_transposed_weight_packs_as_its_values", &[Kernel::Avx2]);
             return;
         };
         let x = Tensor::randn(0f32, 1.0, (9, 20), &Device::Cpu).unwrap();
@@ -513,6 +581,7 @@ mod tests {
     #[test]
     fn wrong_input_width_is_an_error() {
         let Some(kernel) = Kernel::detect() else {
+            report_not_run("wrong_input_width_is_an_error", &[Kernel::Avx2]);
             return;
         };
         let w = Tensor::zeros((4, 8), DType::F32, &Device::Cpu).unwrap();

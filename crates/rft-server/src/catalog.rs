@@ -111,6 +111,17 @@ fn is_model_dir(dir: &Path) -> bool {
         .any(|e| e.path().extension().is_some_and(|x| x == "gguf"))
 }
 
+/// Tinker's models are the same allow list.
+impl rft_tinker::ModelNames for Catalog {
+    fn resolve(&self, name: &str) -> Option<String> {
+        Catalog::resolve(self, name)
+    }
+
+    fn names(&self) -> Vec<String> {
+        Catalog::names(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

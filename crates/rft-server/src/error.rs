@@ -59,6 +59,11 @@ impl ApiError {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).with_code("rate_limit_exceeded")
     }
 
+    /// 503: not enough memory for another model beside the ones in use; retry later.
+    pub(crate) fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).with_code("overloaded")
+    }
+
     /// 500: our fault.
     pub(crate) fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
@@ -80,7 +85,8 @@ impl ApiError {
     /// internals: they go to the log, and the client gets a reference to find them there;
     /// other messages lose any absolute path they quote.
     pub(crate) fn public_message(&self) -> String {
-        if self.status.is_server_error() {
+        // A 503 says why and when to retry; other 5xx details stay in the log.
+        if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
             let reference = crate::new_id("err_");
             tracing::error!(status = %self.status, reference = %reference, "{}", self.message);
             format!(
@@ -147,7 +153,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, axum::Json(self.envelope())).into_response();
-        if self.status == StatusCode::TOO_MANY_REQUESTS {
+        if matches!(
+            self.status,
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        ) {
             response.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static(RETRY_AFTER_SECONDS),
@@ -160,37 +169,7 @@ impl IntoResponse for ApiError {
 /// What a 429 tells the client to wait, in seconds: the queues drain in about that long.
 pub(crate) const RETRY_AFTER_SECONDS: &str = "1";
 
-/// Replaces every absolute file path in a client-facing message by its last component, so no
-/// error tells a client where the server keeps its data, models or home folder. API routes
-/// (`/v1/...`) are not paths and stay.
-pub(crate) fn redact_paths(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(at) = rest.find('/') {
-        let starts_token = at == 0
-            || rest[..at]
-                .chars()
-                .next_back()
-                .is_some_and(|c| c.is_whitespace() || "'\"`([{=:,".contains(c));
-        let end = rest[at..]
-            .find(|c: char| c.is_whitespace() || "'\"`)]},;".contains(c))
-            .map_or(rest.len(), |e| at + e);
-        let token = &rest[at..end];
-        out.push_str(&rest[..at]);
-        let is_route = token == "/v1" || token.starts_with("/v1/");
-        if starts_token && !is_route && token.len() > 1 {
-            let trimmed = token.trim_end_matches(['.', ':']);
-            let last = trimmed.rsplit('/').find(|s| !s.is_empty()).unwrap_or("");
-            out.push_str(if last.is_empty() { "…" } else { last });
-            out.push_str(&token[trimmed.len()..]);
-        } else {
-            out.push_str(token);
-        }
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
+pub(crate) use rft_types::paths::redact_paths;
 
 impl From<rft_store::StoreError> for ApiError {
     fn from(e: rft_store::StoreError) -> ApiError {
@@ -281,31 +260,5 @@ where
                 )),
             }),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_messages_lose_their_paths_but_keep_routes() {
-        assert_eq!(
-            redact_paths("cannot open /etc/shadow: permission denied"),
-            "cannot open shadow: permission denied"
-        );
-        assert_eq!(
-            redact_paths("database /root/.openrft/serve/openrft.db: locked"),
-            "database openrft.db: locked"
-        );
-        assert_eq!(
-            redact_paths("The model '/root/models/x/' cannot be loaded"),
-            "The model 'x' cannot be loaded"
-        );
-        assert_eq!(
-            redact_paths("see GET /v1/fine_tuning/jobs/{id}/checkpoints and a/b"),
-            "see GET /v1/fine_tuning/jobs/{id}/checkpoints and a/b"
-        );
-        assert_eq!(redact_paths("ratio 1/2 of /"), "ratio 1/2 of /");
     }
 }

@@ -6,10 +6,10 @@
 //! the chat inference queue), grades every sample with every criterion, and records one output
 //! item per row. Runs execute on a thread of their own; cancel is checked between rows.
 //!
-//! The pass rule is `rft_eval`'s: a score passes when it is at least the criterion's
-//! `pass_threshold` (given, or 1 for string_check/label_model and 0.5 otherwise). An item
-//! passes when every criterion passes; an item whose grading raised an error flag counts as
-//! `errored` and has status `fail`.
+//! The objects, the pass rule and the counts are `rft_eval::objects`' (what `rft eval` writes
+//! too): a score passes when it is at least the criterion's `pass_threshold` (given, or 1 for
+//! string_check/label_model and 0.5 otherwise); an item passes when every criterion passes; an
+//! item whose grading raised an error flag counts as `errored` and has status `fail`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,18 +18,20 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use rft_eval::objects::{
+    data_source_config, testing_criterion, Criterion, GradedSample, ItemSampling, RunBuilder,
+};
 use rft_grade::template::{Scope, Template};
 use rft_model::constrain::ResponseFormat;
 use rft_model::sample::SamplingParams;
 use rft_types::api::common::{Deleted, DeletedId, List, Metadata};
 use rft_types::api::eval::{
-    CreateEval, CreateRun, CriterionOutcome, CriterionResult, DataSourceConfig,
-    DataSourceConfigRequest, Eval, EvalRun, InputMessages, ItemStatus, ModelUsage, OutputItem,
-    OutputMessage, OutputSample, ResultCounts, RunDataSource, RunError, RunSamplingParams,
-    RunSource, RunStatus, SampleUsage, SourceRow, TestingCriterion, UpdateEval,
+    CreateEval, CreateRun, DataSourceConfigRequest, Eval, EvalRun, InputMessages, OutputItem,
+    ResultCounts, RunDataSource, RunError, RunSamplingParams, RunSource, RunStatus, SourceRow,
+    UpdateEval,
 };
 use rft_types::{Grader, Sample};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::error::{parse_body, ApiJson};
 use crate::graders::parse_grader;
@@ -49,22 +51,11 @@ pub(crate) async fn create(
     ApiJson(body): ApiJson<Value>,
 ) -> Result<(StatusCode, Json<Eval>), ApiError> {
     let request: CreateEval = parse_body(body)?;
-    let schema = match request.data_source_config {
+    let data_source_config = match request.data_source_config {
         DataSourceConfigRequest::Custom {
             item_schema,
             include_sample_schema,
-        } => {
-            // The row schema: the item's, and the sample's when rows carry one. A JSON Schema
-            // document is the client's own shape, built here as JSON.
-            let mut properties = Map::new();
-            properties.insert("item".into(), Value::Object(item_schema));
-            let mut required = vec!["item"];
-            if include_sample_schema {
-                properties.insert("sample".into(), sample_schema());
-                required.push("sample");
-            }
-            json!({"type": "object", "properties": properties, "required": required})
-        }
+        } => data_source_config(Value::Object(item_schema), include_sample_schema),
         DataSourceConfigRequest::Logs { .. } | DataSourceConfigRequest::StoredCompletions { .. } => {
             return Err(ApiError::bad_request(
                 "data_source_config.type reads OpenAI's stored logs, which a local server does not have; use 'custom'",
@@ -84,21 +75,19 @@ pub(crate) async fn create(
         let threshold = criterion.remove("pass_threshold");
         let grader = parse_grader(Some(&Value::Object(criterion.clone())), &param)?;
         let pass_threshold = match threshold {
-            None | Some(Value::Null) => rft_eval::objects::pass_threshold(&grader),
-            Some(v) => v.as_f64().ok_or_else(|| {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_f64().ok_or_else(|| {
                 ApiError::bad_request("pass_threshold must be a number")
                     .with_param(format!("{param}.pass_threshold"))
-            })?,
+            })?),
         };
-        testing_criteria.push(TestingCriterion {
-            grader: criterion,
-            id: format!(
-                "{}-{}",
-                grader.name(),
-                new_id("").get(..12).unwrap_or_default()
-            ),
+        let unique = new_id("");
+        testing_criteria.push(testing_criterion(
+            &grader,
+            criterion,
             pass_threshold,
-        });
+            unique.get(..12).unwrap_or_default(),
+        ));
     }
     let eval = Eval {
         id: new_id("eval_"),
@@ -106,25 +95,11 @@ pub(crate) async fn create(
         name: request.name.unwrap_or_default(),
         created_at: now(),
         metadata: metadata(request.metadata.as_ref())?,
-        data_source_config: DataSourceConfig {
-            kind: "custom".into(),
-            schema,
-        },
+        data_source_config,
         testing_criteria,
     };
     state.store.insert_object("eval", None, &eval)?;
     Ok((StatusCode::CREATED, Json(eval)))
-}
-
-/// The JSON Schema of a row's `sample`.
-fn sample_schema() -> Value {
-    json!({"type": "object", "properties": {
-        "model": {"type": "string"},
-        "choices": {"type": "array"},
-        "output_text": {"type": "string"},
-        "output_json": {"type": "object"},
-        "output_tools": {"type": "array"},
-    }, "required": ["output_text"]})
 }
 
 fn existing_eval(state: &AppState, id: &str) -> Result<Eval, ApiError> {
@@ -503,53 +478,144 @@ fn render_messages(template: &[Value], item: &Value) -> Result<Vec<Value>, ApiEr
         .collect()
 }
 
-/// A criterion ready to grade.
-struct Criterion {
-    id: String,
-    grader: Grader,
+/// A criterion ready to grade: the grader compiled, and what its results need.
+struct Compiled {
+    criterion: Criterion,
     compiled: Arc<rft_grade::CompiledGrader>,
-    threshold: f64,
 }
 
-/// What a run has counted so far.
-#[derive(Default)]
-struct Tally {
-    counts: ResultCounts,
-    per_criterion: Vec<(u64, u64)>,
-    calls: u64,
-    prompt_tokens: u64,
-    completion_tokens: u64,
+/// The eval's criteria, compiled from the server's shared cache: a run reuses the Python
+/// workers of a grader that graders/run (or an earlier run) already started.
+fn compile_criteria(state: &AppState, eval: &Eval) -> Result<Vec<Compiled>, ApiError> {
+    eval.testing_criteria
+        .iter()
+        .map(|c| {
+            let grader = Grader::from_value(&Value::Object(c.grader.clone()))
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            let compiled = state.graders.compile(&grader).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "a testing criterion cannot run here: {}",
+                    e.message
+                ))
+                .with_code("unsupported_grader")
+            })?;
+            Ok(Compiled {
+                criterion: Criterion::new(c, &grader),
+                compiled,
+            })
+        })
+        .collect()
 }
 
-impl Tally {
-    fn write(&self, run: &mut EvalRun, criteria: &[Criterion]) {
-        run.result_counts = self.counts;
-        run.per_testing_criteria_results = Some(
-            criteria
-                .iter()
-                .zip(&self.per_criterion)
-                .map(|(c, &(passed, failed))| CriterionResult {
-                    testing_criteria: c.id.clone(),
-                    passed,
-                    failed,
+/// How a completions source samples, resolved: defaults applied, the response format parsed.
+struct Resolved {
+    template: Vec<Value>,
+    tools: Option<Vec<Value>>,
+    response_format: Option<ResponseFormat>,
+    item: ItemSampling,
+    seed: u64,
+}
+
+impl Resolved {
+    fn new(sampling: Sampling) -> Result<Resolved, ApiError> {
+        let Sampling { template, params } = sampling;
+        let response_format = params
+            .response_format
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(|v| {
+                ResponseFormat::from_value(v).map_err(|e| {
+                    ApiError::bad_request(format!("sampling_params.response_format: {e}"))
                 })
-                .collect(),
-        );
-        run.per_model_usage = Some(if self.calls > 0 {
-            vec![ModelUsage {
-                model_name: run.model.clone(),
-                invocation_count: self.calls,
-                prompt_tokens: self.prompt_tokens,
-                completion_tokens: self.completion_tokens,
-                total_tokens: self.prompt_tokens + self.completion_tokens,
-                cached_tokens: 0,
-            }]
-        } else {
-            Vec::new()
-        });
+            })
+            .transpose()?;
+        Ok(Resolved {
+            template,
+            tools: params.tools.filter(|t| !t.is_empty()),
+            response_format,
+            item: ItemSampling {
+                temperature: params.temperature.unwrap_or(1.0),
+                top_p: params.top_p.unwrap_or(1.0),
+                max_completion_tokens: params
+                    .max_completion_tokens
+                    .unwrap_or(crate::inference::DEFAULT_MAX_TOKENS as u64),
+            },
+            seed: params.seed.unwrap_or(42),
+        })
     }
 }
 
+/// A row's sample: the given one, or one sampled from the run's model.
+struct RowSample {
+    sample: Sample,
+    input: Vec<Value>,
+    finish_reason: String,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    sampled: bool,
+}
+
+fn sample_row(
+    state: &AppState,
+    run: &EvalRun,
+    sampling: &Resolved,
+    row: &SourceRow,
+    item: &Value,
+    seed: u64,
+) -> Result<RowSample, ApiError> {
+    if let Some(given) = row.sample.as_ref().filter(|s| !s.is_null()) {
+        return Ok(RowSample {
+            sample: given_sample(given),
+            input: Vec::new(),
+            finish_reason: "stop".into(),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            sampled: false,
+        });
+    }
+    let messages = render_messages(&sampling.template, item)?;
+    let out = state.inference.complete_blocking(
+        &state.store,
+        ChatCall {
+            model: run.model.clone(),
+            messages: messages.clone(),
+            n: 1,
+            params: SamplingParams {
+                temperature: sampling.item.temperature,
+                top_p: sampling.item.top_p,
+                max_tokens: sampling.item.max_completion_tokens as usize,
+                seed,
+                ..SamplingParams::default()
+            },
+            response_format: sampling.response_format.clone(),
+            tools: sampling.tools.clone(),
+        },
+    )?;
+    let parsed = out.parsed.into_iter().next().flatten();
+    let completion = out.completions.into_iter().next();
+    let text = completion
+        .as_ref()
+        .and_then(|c| c.text.clone())
+        .unwrap_or_default();
+    let sample = match parsed {
+        Some(parsed) => Sample::from_message(&parsed.content, parsed.tool_calls_json()),
+        None => Sample::from_text(&text),
+    };
+    Ok(RowSample {
+        sample,
+        input: messages,
+        completion_tokens: completion.as_ref().map_or(0, |c| c.ids.len() as u64),
+        finish_reason: completion
+            .map(|c| c.finish_reason.as_str().to_owned())
+            .unwrap_or_else(|| "stop".into()),
+        prompt_tokens: out.prompt_tokens as u64,
+        sampled: true,
+    })
+}
+
+/// Runs a queued run: each row sampled (or taken as given), graded by every criterion and
+/// recorded as an output item, the run's counts updated after each; cancel is checked
+/// between rows.
 fn execute(
     state: &Arc<AppState>,
     eval: &Eval,
@@ -567,47 +633,13 @@ fn execute(
     if !matches!(moved, Some(Ok(_))) {
         return Ok(());
     }
-    let mut criteria = Vec::new();
-    for c in &eval.testing_criteria {
-        let grader = Grader::from_value(&Value::Object(c.grader.clone()))
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        // From the server's shared cache: a run reuses the Python workers of a grader that
-        // graders/run (or an earlier run) already started.
-        let compiled = state.graders.compile(&grader).map_err(|e| {
-            ApiError::bad_request(format!(
-                "a testing criterion cannot run here: {}",
-                e.message
-            ))
-            .with_code("unsupported_grader")
-        })?;
-        criteria.push(Criterion {
-            id: c.id.clone(),
-            grader,
-            compiled,
-            threshold: c.pass_threshold,
-        });
-    }
-    let Sampling { template, params } = sampling;
-    let tools = params.tools.clone().filter(|t| !t.is_empty());
-    let response_format = params
-        .response_format
-        .as_ref()
-        .filter(|v| !v.is_null())
-        .map(|v| {
-            ResponseFormat::from_value(v)
-                .map_err(|e| ApiError::bad_request(format!("sampling_params.response_format: {e}")))
-        })
-        .transpose()?;
-    let temperature = params.temperature.unwrap_or(1.0);
-    let top_p = params.top_p.unwrap_or(1.0);
-    let max_tokens = params
-        .max_completion_tokens
-        .unwrap_or(crate::inference::DEFAULT_MAX_TOKENS as u64);
-    let seed = params.seed.unwrap_or(42);
-    let mut tally = Tally {
-        per_criterion: vec![(0, 0); criteria.len()],
-        ..Tally::default()
-    };
+    let criteria = compile_criteria(state, eval)?;
+    let sampling = Resolved::new(sampling)?;
+    let mut builder = RunBuilder::new(
+        run,
+        criteria.iter().map(|c| c.criterion.clone()).collect(),
+        sampling.item,
+    );
     for (index, row) in rows.iter().enumerate() {
         let status = state
             .store
@@ -617,124 +649,34 @@ fn execute(
             return Ok(()); // canceled (or deleted) meanwhile
         }
         let item = Value::Object(row.item.clone());
-        let row_seed = seed ^ index as u64;
-        let (sample, input, finish, usage) = match row.sample.as_ref().filter(|s| !s.is_null()) {
-            Some(given) => (
-                given_sample(given),
-                Vec::new(),
-                "stop".to_owned(),
-                SampleUsage::default(),
-            ),
-            None => {
-                let messages = render_messages(&template, &item)?;
-                let out = state.inference.complete_blocking(
-                    &state.store,
-                    ChatCall {
-                        model: run.model.clone(),
-                        messages: messages.clone(),
-                        n: 1,
-                        params: SamplingParams {
-                            temperature,
-                            top_p,
-                            max_tokens: max_tokens as usize,
-                            seed: row_seed,
-                            ..SamplingParams::default()
-                        },
-                        response_format: response_format.clone(),
-                        tools: tools.clone(),
-                    },
-                )?;
-                let parsed = out.parsed.into_iter().next().flatten();
-                let completion = out.completions.into_iter().next();
-                let text = completion
-                    .as_ref()
-                    .and_then(|c| c.text.clone())
-                    .unwrap_or_default();
-                let tokens = completion.as_ref().map_or(0, |c| c.ids.len() as u64);
-                tally.calls += 1;
-                tally.prompt_tokens += out.prompt_tokens as u64;
-                tally.completion_tokens += tokens;
-                let finish = completion
-                    .map(|c| c.finish_reason.as_str().to_owned())
-                    .unwrap_or_else(|| "stop".into());
-                let usage = SampleUsage {
-                    total_tokens: out.prompt_tokens as u64 + tokens,
-                    completion_tokens: tokens,
-                    prompt_tokens: out.prompt_tokens as u64,
-                    cached_tokens: 0,
-                };
-                let sample = match parsed {
-                    Some(parsed) => Sample::from_message(&parsed.content, parsed.tool_calls_json()),
-                    None => Sample::from_text(&text),
-                };
-                (sample, messages, finish, usage)
-            }
-        };
-        let mut results = Vec::new();
-        let mut all_pass = true;
-        let mut errored = false;
-        for (i, c) in criteria.iter().enumerate() {
-            let graded = c.compiled.grade(&sample, &item);
-            let error = rft_eval::run::has_error(&graded);
-            let passed = !error && graded.reward >= c.threshold;
-            errored |= error;
-            all_pass &= passed;
-            if passed {
-                tally.per_criterion[i].0 += 1;
-            } else {
-                tally.per_criterion[i].1 += 1;
-            }
-            results.push(CriterionOutcome {
-                name: c.grader.name().to_owned(),
-                kind: rft_eval::objects::result_type(&c.grader).to_owned(),
-                score: graded.reward,
-                passed,
-                sample: None,
-                testing_criteria: c.id.clone(),
-                metadata: graded.metadata,
-                sub_rewards: graded.sub_rewards,
-            });
-        }
-        tally.counts.total += 1;
-        if errored {
-            tally.counts.errored += 1;
-        } else if all_pass {
-            tally.counts.passed += 1;
-        } else {
-            tally.counts.failed += 1;
-        }
-        let output = OutputItem {
-            id: new_id("outputitem_"),
-            object: "eval.run.output_item".into(),
-            run_id: run.id.clone(),
-            eval_id: eval.id.clone(),
-            created_at: now(),
-            status: if all_pass && !errored {
-                ItemStatus::Pass
-            } else {
-                ItemStatus::Fail
-            },
-            datasource_item_id: index,
-            datasource_item: item,
-            results,
-            sample: OutputSample {
-                input,
-                output: vec![OutputMessage::of(&sample)],
-                finish_reason: finish,
-                model: run.model.clone(),
-                usage,
+        let seed = sampling.seed ^ index as u64;
+        let got = sample_row(state, run, &sampling, row, &item, seed)?;
+        let grades = criteria
+            .iter()
+            .map(|c| c.compiled.grade(&got.sample, &item))
+            .collect();
+        let output = builder.output_item(
+            new_id("outputitem_"),
+            now(),
+            GradedSample {
+                datasource_item_id: index,
+                item,
+                input: got.input,
+                sample: &got.sample,
+                finish_reason: got.finish_reason,
+                prompt_tokens: got.prompt_tokens,
+                completion_tokens: got.completion_tokens,
+                sampled: got.sampled,
                 error: None,
-                temperature,
-                max_completion_tokens: max_tokens,
-                top_p,
-                seed: row_seed,
+                seed,
+                grades,
             },
-        };
+        );
         state
             .store
             .insert_object("output_item", Some(&run.id), &output)?;
         state.store.modify_object::<EvalRun, ()>(&run.id, |r| {
-            tally.write(r, &criteria);
+            builder.write_counts(r);
             Ok(())
         })?;
     }
@@ -742,7 +684,7 @@ fn execute(
         if r.status == RunStatus::InProgress {
             r.status = RunStatus::Completed;
         }
-        tally.write(r, &criteria);
+        builder.write_counts(r);
         Ok(())
     })?;
     Ok(())

@@ -1,10 +1,12 @@
 //! `POST /v1/chat/completions` over base models, fine-tuned models and checkpoints.
 //!
-//! One inference thread owns the loaded models: base models are loaded once and every adapter
-//! over a base shares its weights (an adapter is a few MB). Requests wait in a bounded queue
-//! (429 when full); each time the thread takes work it drains the queue and samples all
-//! waiting requests for the same model in one batched call, so concurrent clients share the
-//! decode steps.
+//! One inference thread serves every chat request: its models come from the process's engine
+//! host (`rft_model::host::EngineHost`: a base model is loaded once for chat, Tinker, evals and
+//! jobs together, and every adapter over a base shares its weights). Requests wait in a bounded
+//! queue (429 when full); each time the thread takes work it drains the queue and samples the
+//! waiting requests for the same model in batches the host plans within its byte budget
+//! (`rft_model::host::plan_batches`, shortest prompts first), so concurrent clients share the
+//! decode steps and no burst of long prompts makes one prefill that takes the process's memory.
 //!
 //! `stream: true` answers in OpenAI's SSE chunk format as the engine decodes: the sampler
 //! reports each sample's new text (holding back what could still become a stop string) and
@@ -24,10 +26,11 @@ use axum::extract::State;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use candle_core::Device;
 use rft_model::constrain::ResponseFormat;
 use rft_model::engine::Engine;
+use rft_model::host::{plan_batches, EngineHost, RequestShape};
 use rft_model::lora::LoraAdapter;
+use rft_model::request::{check_sampling, SamplingAsk, SamplingLimits};
 use rft_model::sample::{Cancel, Completion, Sampler, SamplingParams};
 use rft_model::tool_calls::{parse_tool_calls, ParsedOutput};
 use rft_store::Store;
@@ -43,8 +46,6 @@ use crate::catalog::Catalog;
 use crate::error::{parse_body, ApiJson};
 use crate::{new_id, now, ApiError, SharedState};
 
-/// Most adapters kept loaded; the least recently used one is dropped beyond this.
-const MAX_LOADED_ADAPTERS: usize = 16;
 /// Completion tokens when the request sets no limit.
 pub(crate) const DEFAULT_MAX_TOKENS: usize = 512;
 
@@ -224,26 +225,19 @@ impl Inference {
         })
     }
 
-    /// Starts the inference thread with a queue of `capacity` requests, keeping loaded base
-    /// models within `max_model_bytes` (least recently used evicted first).
+    /// Starts the inference thread with a queue of `capacity` requests, sampling from the
+    /// host's models in batches of at most `batch_bytes` beyond the weights.
     pub(crate) fn start(
-        _store: Arc<Store>,
+        host: Arc<EngineHost>,
         catalog: Arc<Catalog>,
         capacity: usize,
-        max_model_bytes: u64,
+        batch_bytes: u64,
     ) -> Inference {
         let (queue, rx) = sync_channel(capacity.max(1));
         // The thread ends when the queue's sender (this handle) is dropped.
         let spawned = std::thread::Builder::new()
             .name("rft-inference".into())
-            .spawn(move || {
-                Worker {
-                    engines: Vec::new(),
-                    adapters: Vec::new(),
-                    max_model_bytes,
-                }
-                .run(rx)
-            });
+            .spawn(move || Worker { host, batch_bytes }.run(rx));
         if let Err(e) = spawned {
             tracing::error!("cannot start the inference thread: {e}; chat completions will fail");
         }
@@ -267,29 +261,19 @@ pub(crate) fn model_not_found(name: &str) -> ApiError {
 }
 
 struct Worker {
-    /// Loaded base models with their estimated size, least recently used first.
-    engines: Vec<(String, Engine, u64)>,
-    adapters: Vec<(PathBuf, LoraAdapter)>,
-    max_model_bytes: u64,
+    host: Arc<EngineHost>,
+    batch_bytes: u64,
 }
 
-/// The memory a loaded model holds: its weights, dequantised to f32.
-fn engine_bytes(engine: &Engine) -> u64 {
-    let c = engine.model.config();
-    let (h, i, v) = (
-        c.hidden_size as u64,
-        c.intermediate_size as u64,
-        c.vocab_size as u64,
-    );
-    let q = (c.num_heads * c.head_dim) as u64;
-    let kv = (c.num_kv_heads * c.head_dim) as u64;
-    let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 2 * h;
-    let embeddings = v * h * if c.tie_word_embeddings { 1 } else { 2 };
-    4 * (layer * c.num_layers as u64 + embeddings)
+/// A chat request ready to sample: its job, prompt length and the engine's request.
+struct Prepared {
+    job: ChatJob,
+    prompt_tokens: usize,
+    request: rft_model::sample::SampleRequest,
 }
 
 impl Worker {
-    fn run(mut self, rx: Receiver<ChatJob>) {
+    fn run(self, rx: Receiver<ChatJob>) {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while let Ok(more) = rx.try_recv() {
@@ -315,186 +299,172 @@ impl Worker {
                         crate::panic_message(&*panic)
                     );
                     // What the panic interrupted may be half-built: start clean.
-                    self.adapters.clear();
+                    self.host.drop_unlent();
                 }
             }
         }
     }
 
-    fn engine(&self, base: &str) -> Option<&Engine> {
-        self.engines
-            .iter()
-            .find(|(spec, _, _)| spec == base)
-            .map(|(_, e, _)| e)
-    }
-
-    fn ensure_loaded(&mut self, model: &ModelRef) -> Result<(), ApiError> {
-        if let Some(pos) = self.engines.iter().position(|(s, _, _)| *s == model.base) {
-            let entry = self.engines.remove(pos);
-            self.engines.push(entry);
-        } else {
-            let engine = Engine::load_base(&model.base, &Device::Cpu).map_err(|e| {
+    /// The base engine and adapter of `model`, from the host.
+    fn load(&self, model: &ModelRef) -> Result<(Arc<Engine>, Option<Arc<LoraAdapter>>), ApiError> {
+        let engine = self.host.base(&model.base).map_err(|e| match e {
+            rft_model::ModelError::MemoryBudget { .. } => ApiError::unavailable(e.to_string()),
+            other => {
                 // The operator allowed this model, but its files are the server's business:
                 // the details go to the log.
-                tracing::error!("cannot load the model {}: {e}", model.base);
-                ApiError::internal(format!("The model cannot be loaded: {e}"))
-            })?;
-            let bytes = engine_bytes(&engine);
-            // Evict least recently used models until this one fits (one model always loads).
-            while !self.engines.is_empty()
-                && self.engines.iter().map(|(_, _, b)| b).sum::<u64>() + bytes
-                    > self.max_model_bytes
-            {
-                let (spec, _, _) = self.engines.remove(0);
-                self.adapters.clear();
-                tracing::info!("evicted the model {spec} to make room");
+                tracing::error!("cannot load the model {}: {other}", model.base);
+                ApiError::internal(format!("The model cannot be loaded: {other}"))
             }
-            self.engines.push((model.base.clone(), engine, bytes));
-        }
-        if let Some(dir) = &model.adapter {
-            if let Some(pos) = self.adapters.iter().position(|(p, _)| p == dir) {
-                let entry = self.adapters.remove(pos);
-                self.adapters.push(entry);
-            } else {
-                let engine = self
-                    .engine(&model.base)
-                    .ok_or_else(|| ApiError::internal("base model vanished"))?;
-                let adapter = LoraAdapter::load_peft(dir, engine.model.config(), &Device::Cpu)
-                    .map_err(|e| {
-                        ApiError::internal(format!(
-                            "cannot load the adapter {}: {e}",
-                            dir.display()
-                        ))
-                    })?;
-                if self.adapters.len() >= MAX_LOADED_ADAPTERS {
-                    self.adapters.remove(0);
-                }
-                self.adapters.push((dir.clone(), adapter));
-            }
-        }
-        Ok(())
+        })?;
+        let adapter = match &model.adapter {
+            Some(dir) => Some(self.host.adapter(&engine, dir).map_err(|e| {
+                ApiError::internal(format!("cannot load the adapter {}: {e}", dir.display()))
+            })?),
+            None => None,
+        };
+        Ok((engine, adapter))
     }
 
-    fn serve_group(&mut self, model: &ModelRef, jobs: Vec<ChatJob>) {
-        if let Err(e) = self.ensure_loaded(model) {
-            for job in jobs {
-                let _ = job.reply.send(Err(e.clone()));
-            }
-            return;
-        }
-        let Some(engine) = self.engine(&model.base) else {
-            return;
-        };
-        let adapter = model
-            .adapter
-            .as_ref()
-            .and_then(|dir| self.adapters.iter().find(|(p, _)| p == dir))
-            .map(|(_, a)| a);
-        let mut accepted = Vec::new();
-        let mut requests = Vec::new();
-        for job in jobs {
-            let prepared = engine
-                .chat_prompt(&job.messages, job.tools.as_deref())
-                .map_err(|e| {
-                    ApiError::bad_request(format!("cannot render the chat template: {e}"))
-                        .with_param("messages")
-                })
-                .and_then(|prompt| {
-                    let len = prompt.len();
-                    let params = fit_context(
-                        engine.model.config().max_position_embeddings,
-                        len,
-                        job.params.clone(),
-                        job.max_tokens_given,
-                    )?;
-                    engine
-                        .request(prompt, job.n, params, job.response_format.as_ref())
-                        .map(|r| (len, r))
-                        .map_err(|e| {
-                            ApiError::bad_request(format!("invalid response_format: {e}"))
-                                .with_param("response_format")
-                        })
-                });
-            match prepared {
-                Ok((len, request)) => {
-                    requests.push(request);
-                    accepted.push((job, len));
+    fn serve_group(&self, model: &ModelRef, jobs: Vec<ChatJob>) {
+        let (engine, adapter) = match self.load(model) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
                 }
+                return;
+            }
+        };
+        let mut prepared = Vec::new();
+        for job in jobs {
+            match prepare(&engine, &job) {
+                Ok((prompt_tokens, request)) => prepared.push(Prepared {
+                    job,
+                    prompt_tokens,
+                    request,
+                }),
                 Err(e) => {
                     let _ = job.reply.send(Err(e));
                 }
             }
         }
-        if requests.is_empty() {
-            return;
+        let shapes: Vec<RequestShape> = prepared
+            .iter()
+            .map(|p| RequestShape {
+                prompt: p.prompt_tokens,
+                n: p.request.n,
+                max_tokens: p.request.params.max_tokens,
+            })
+            .collect();
+        let mut slots: Vec<Option<Prepared>> = prepared.into_iter().map(Some).collect();
+        for batch in plan_batches(engine.model.config(), &shapes, self.batch_bytes) {
+            let run: Vec<Prepared> = batch.iter().filter_map(|&i| slots[i].take()).collect();
+            sample_batch(&engine, adapter.as_deref(), run);
         }
-        let sampler = Sampler {
-            model: &engine.model,
-            adapter,
-            tokenizer: Some(&engine.tokenizer),
-        };
-        let streams: Vec<Option<tokio::sync::mpsc::UnboundedSender<StreamEvent>>> =
-            accepted.iter().map(|(job, _)| job.stream.clone()).collect();
-        let mut forward = |event: rft_model::sample::SampleEvent<'_>| {
-            // A client that went away just stops receiving; sampling goes on for the others.
-            match event {
-                rft_model::sample::SampleEvent::Text {
-                    request,
-                    sample,
-                    text,
-                } => {
-                    if let Some(Some(tx)) = streams.get(request) {
-                        let _ = tx.send(StreamEvent::Text {
-                            choice: sample,
-                            text: text.to_owned(),
-                        });
-                    }
-                }
-                rft_model::sample::SampleEvent::Finished {
-                    request,
-                    sample,
-                    completion,
-                } => {
-                    if let Some(Some(tx)) = streams.get(request) {
-                        let _ = tx.send(StreamEvent::Finished {
-                            choice: sample,
-                            reason: completion.finish_reason.as_str(),
-                        });
-                    }
+    }
+}
+
+/// Renders a request's prompt and fits it to the model: `(prompt tokens, engine request)`.
+fn prepare(
+    engine: &Engine,
+    job: &ChatJob,
+) -> Result<(usize, rft_model::sample::SampleRequest), ApiError> {
+    let prompt = engine
+        .chat_prompt(&job.messages, job.tools.as_deref())
+        .map_err(|e| {
+            ApiError::bad_request(format!("cannot render the chat template: {e}"))
+                .with_param("messages")
+        })?;
+    let len = prompt.len();
+    let params = fit_context(
+        engine.model.config().max_position_embeddings,
+        len,
+        job.params.clone(),
+        job.max_tokens_given,
+    )?;
+    engine
+        .request(prompt, job.n, params, job.response_format.as_ref())
+        .map(|r| (len, r))
+        .map_err(|e| {
+            ApiError::bad_request(format!("invalid response_format: {e}"))
+                .with_param("response_format")
+        })
+}
+
+/// Samples one planned batch and answers each of its requests.
+fn sample_batch(engine: &Engine, adapter: Option<&LoraAdapter>, run: Vec<Prepared>) {
+    if run.is_empty() {
+        return;
+    }
+    let sampler = Sampler {
+        model: &engine.model,
+        adapter,
+        tokenizer: Some(&engine.tokenizer),
+    };
+    let requests: Vec<rft_model::sample::SampleRequest> =
+        run.iter().map(|p| p.request.clone()).collect();
+    let streams: Vec<Option<tokio::sync::mpsc::UnboundedSender<StreamEvent>>> =
+        run.iter().map(|p| p.job.stream.clone()).collect();
+    let mut forward = |event: rft_model::sample::SampleEvent<'_>| {
+        // A client that went away just stops receiving; sampling goes on for the others.
+        match event {
+            rft_model::sample::SampleEvent::Text {
+                request,
+                sample,
+                text,
+            } => {
+                if let Some(Some(tx)) = streams.get(request) {
+                    let _ = tx.send(StreamEvent::Text {
+                        choice: sample,
+                        text: text.to_owned(),
+                    });
                 }
             }
-        };
-        let outcome = sampler.run_streaming(&requests, &mut forward);
-        drop(streams);
-        let tool_format = engine.tool_call_format();
-        match outcome {
-            Ok(groups) => {
-                for ((job, prompt_tokens), completions) in accepted.into_iter().zip(groups) {
-                    let pieces = completions
-                        .iter()
-                        .map(|c| token_pieces(engine, c))
-                        .collect();
-                    let parsed = completions
-                        .iter()
-                        .map(|c| {
-                            job.parse_tools.then(|| {
-                                parse_tool_calls(c.text.as_deref().unwrap_or_default(), tool_format)
-                            })
+            rft_model::sample::SampleEvent::Finished {
+                request,
+                sample,
+                completion,
+            } => {
+                if let Some(Some(tx)) = streams.get(request) {
+                    let _ = tx.send(StreamEvent::Finished {
+                        choice: sample,
+                        reason: completion.finish_reason.as_str(),
+                    });
+                }
+            }
+        }
+    };
+    let outcome = sampler.run_streaming(&requests, &mut forward);
+    drop(streams);
+    let tool_format = engine.tool_call_format();
+    match outcome {
+        Ok(groups) => {
+            for (prepared, completions) in run.into_iter().zip(groups) {
+                let job = prepared.job;
+                let pieces = completions
+                    .iter()
+                    .map(|c| token_pieces(engine, c))
+                    .collect();
+                let parsed = completions
+                    .iter()
+                    .map(|c| {
+                        job.parse_tools.then(|| {
+                            parse_tool_calls(c.text.as_deref().unwrap_or_default(), tool_format)
                         })
-                        .collect();
-                    let _ = job.reply.send(Ok(ChatResult {
-                        prompt_tokens,
-                        completions,
-                        pieces,
-                        parsed,
-                    }));
-                }
+                    })
+                    .collect();
+                let _ = job.reply.send(Ok(ChatResult {
+                    prompt_tokens: prepared.prompt_tokens,
+                    completions,
+                    pieces,
+                    parsed,
+                }));
             }
-            Err(e) => {
-                let error = ApiError::internal(format!("sampling failed: {e}"));
-                for (job, _) in accepted {
-                    let _ = job.reply.send(Err(error.clone()));
-                }
+        }
+        Err(e) => {
+            let error = ApiError::internal(format!("sampling failed: {e}"));
+            for prepared in run {
+                let _ = prepared.job.reply.send(Err(error.clone()));
             }
         }
     }
@@ -561,24 +531,6 @@ fn token_pieces(engine: &Engine, c: &Completion) -> Vec<TokenPiece> {
         }
     }
     out
-}
-
-/// `value` within `range`, or a 400 naming `key`.
-fn in_range(
-    key: &str,
-    value: Option<f64>,
-    default: f64,
-    range: (f64, f64),
-) -> Result<f64, ApiError> {
-    match value {
-        None => Ok(default),
-        Some(x) if x >= range.0 && x <= range.1 => Ok(x),
-        Some(_) => Err(ApiError::bad_request(format!(
-            "{key} must be a number from {} to {}",
-            range.0, range.1
-        ))
-        .with_param(key)),
-    }
 }
 
 /// Each answer's tool calls: `None` for answers without any (or when the request offered no
@@ -672,36 +624,40 @@ pub(crate) async fn chat_completions(
         .with_param("messages"));
     }
     let messages = request.messages;
-    let n = in_range("n", request.n.map(f64::from), 1.0, (1.0, 128.0))? as usize;
-    let (max_tokens_key, given) = match (request.max_completion_tokens, request.max_tokens) {
+    let (max_tokens_param, given) = match (request.max_completion_tokens, request.max_tokens) {
         (Some(v), _) => ("max_completion_tokens", Some(v)),
         (None, Some(v)) => ("max_tokens", Some(v)),
         (None, None) => ("max_tokens", None),
     };
     let max_tokens_given = given.is_some();
-    let max_tokens = in_range(
-        max_tokens_key,
-        given.map(|v| v as f64),
-        DEFAULT_MAX_TOKENS as f64,
-        (1.0, 1e6),
-    )? as usize;
-    let temperature = in_range("temperature", request.temperature, 1.0, (0.0, 2.0))?;
-    let top_p = in_range("top_p", request.top_p, 1.0, (0.0, 1.0))?;
     let stop: Vec<String> = match request.stop {
         None => Vec::new(),
         Some(Stop::One(s)) => vec![s],
-        Some(Stop::Many(list)) if list.len() <= 4 => list,
-        Some(Stop::Many(_)) => {
-            return Err(ApiError::bad_request(
-                "stop must be a string or an array of up to 4 strings",
-            )
-            .with_param("stop"))
-        }
+        Some(Stop::Many(list)) => list,
     };
-    let seed = match request.seed {
-        None => u64::from_str_radix(&new_id("")[..16], 16).unwrap_or(0),
-        Some(s) => s as u64,
+    // The one check every sampling API shares (rft_model::request), with chat's limits.
+    let ask = SamplingAsk {
+        n: request.n.map_or(1, |n| n as usize),
+        max_tokens: given.map(|v| usize::try_from(v).unwrap_or(usize::MAX)),
+        max_tokens_param,
+        temperature: request.temperature,
+        top_p: request.top_p,
+        top_k: None,
+        stop_strings: stop,
+        stop_ids: Vec::new(),
+        seed: request.seed.map(|s| s as u64),
     };
+    let limits = SamplingLimits {
+        max_n: 128,
+        max_tokens: 1_000_000,
+        max_total_tokens: state.config.max_request_tokens,
+        max_temperature: 2.0,
+        max_stops: 4,
+        ..SamplingLimits::default()
+    };
+    let checked = check_sampling(&ask, &limits, DEFAULT_MAX_TOKENS)
+        .map_err(|fault| ApiError::bad_request(fault.message).with_param(fault.param))?;
+    let n = ask.n;
     let response_format = match request.response_format.as_ref().filter(|v| !v.is_null()) {
         None => None,
         Some(v) => Some(ResponseFormat::from_value(v).map_err(|e| {
@@ -720,15 +676,6 @@ pub(crate) async fn chat_completions(
     // One call per answer when the client asks for it: the first call is kept.
     let single_call = request.parallel_tool_calls == Some(false);
     let parse_tools = tools.is_some() && tool_choice != ToolChoice::None;
-    let limit = state.config.max_request_tokens;
-    let asked = n.saturating_mul(if max_tokens_given { max_tokens } else { 1 });
-    if asked > limit {
-        return Err(ApiError::bad_request(format!(
-            "n × max_tokens is {n} × {max_tokens} = {asked} tokens; this server samples at most {limit} per request. Lower n or max_tokens."
-        ))
-        .with_param(if max_tokens_given { "max_tokens" } else { "n" }));
-    }
-    let max_tokens = max_tokens.min(limit / n.max(1)).max(1);
     let model = resolve(&state.store, state.inference.catalog(), name)?
         .ok_or_else(|| model_not_found(name))?;
     let cancel = Cancel::default();
@@ -739,13 +686,8 @@ pub(crate) async fn chat_completions(
         tools,
         n,
         params: SamplingParams {
-            temperature,
-            top_p,
-            max_tokens,
-            stop_strings: stop,
-            seed,
             cancel: Some(cancel.clone()),
-            ..SamplingParams::default()
+            ..checked
         },
         response_format,
         reply,
@@ -1007,10 +949,10 @@ fn live_stream(
 
 /// Raises a request's cancel flag when dropped, unless disarmed first (the answer was
 /// delivered).
-struct CancelOnDrop(Cancel);
+pub(crate) struct CancelOnDrop(pub(crate) Cancel);
 
 impl CancelOnDrop {
-    fn disarm(mut self) {
+    pub(crate) fn disarm(mut self) {
         self.disarm_ref();
     }
 

@@ -26,9 +26,9 @@ use axum::extract::{Path as UrlPath, Query, State};
 use axum::Json;
 use rft_store::{ListQuery, Store};
 use rft_train::checkpoints::read_checkpoints;
-use rft_train::config::{Hyperparameters, JobRequest, Method, Reinforcement};
+use rft_train::config::Hyperparameters;
 use rft_train::events::{append_event, read_events};
-use rft_train::job::{run_job, JobControl, JobOutcome};
+use rft_train::job::{run_job_on, JobControl, JobOutcome};
 use rft_train::TrainError;
 use rft_types::api::checkpoint::Checkpoint;
 use rft_types::api::common::List;
@@ -36,7 +36,8 @@ use rft_types::api::event::{EventLevel, JobEvent};
 use rft_types::api::file::{FileObject, FilePurpose};
 use rft_types::api::hyperparameters::Hyperparameters as HyperparametersRequest;
 use rft_types::api::job::{
-    CreateJob, FineTuningJob, JobError, JobMethod, JobStatus, ReinforcementMethod,
+    CreateJob, CreateMethod, CreateReinforcement, FineTuningJob, JobError, JobMethod, JobStatus,
+    ReinforcementMethod,
 };
 use serde_json::Value;
 
@@ -55,6 +56,8 @@ pub(crate) struct Scheduler {
 struct Inner {
     store: Arc<Store>,
     catalog: Arc<crate::catalog::Catalog>,
+    /// Where jobs borrow their base models (shared with chat, Tinker and evals).
+    host: Arc<rft_model::host::EngineHost>,
     wake: (Mutex<bool>, Condvar),
     running: Mutex<Option<(String, Arc<JobControl>)>>,
     stopping: AtomicBool,
@@ -65,6 +68,7 @@ impl Scheduler {
     pub(crate) fn start(
         store: Arc<Store>,
         catalog: Arc<crate::catalog::Catalog>,
+        host: Arc<rft_model::host::EngineHost>,
     ) -> Result<Scheduler, ServeError> {
         for job in store.with_status_objects::<FineTuningJob>("job", &["running"])? {
             let id = job.id;
@@ -83,6 +87,7 @@ impl Scheduler {
         let inner = Arc::new(Inner {
             store,
             catalog,
+            host,
             wake: (Mutex::new(false), Condvar::new()),
             running: Mutex::new(None),
             stopping: AtomicBool::new(false),
@@ -369,7 +374,7 @@ impl Inner {
         tracing::info!(job = %id, "training");
         let store = self.store.clone();
         let mut resolved = false;
-        let result = run_job(&request, &dir, &control, &mut |_event| {
+        let result = run_job_on(&self.host, &request, &dir, &control, &mut |_event| {
             // After the trainer's first event its job.json holds the resolved hyperparameters.
             if !resolved {
                 resolved = true;
@@ -434,7 +439,7 @@ impl Inner {
 
     /// The trainer's job: file ids become the blobs' paths, the model name the spec the
     /// catalog serves it from.
-    fn job_request(&self, job: &FineTuningJob) -> Result<JobRequest, TrainError> {
+    fn job_request(&self, job: &FineTuningJob) -> Result<CreateJob, TrainError> {
         let path = |id: &str| self.file_path(id).display().to_string();
         let model = self.catalog.resolve(&job.model).ok_or_else(|| {
             TrainError::Config(format!(
@@ -443,18 +448,20 @@ impl Inner {
             ))
         })?;
         let reinforcement = &job.method.reinforcement;
-        Ok(JobRequest {
+        let hyperparameters = serde_json::to_value(&reinforcement.hyperparameters)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        Ok(CreateJob {
             model,
             training_file: path(&job.training_file),
             validation_file: job.validation_file.as_deref().map(path),
-            method: Method {
+            method: Some(CreateMethod {
                 kind: job.method.kind.clone(),
-                reinforcement: Some(Reinforcement {
-                    grader: reinforcement.grader.clone(),
-                    hyperparameters: reinforcement.hyperparameters.clone(),
+                reinforcement: Some(CreateReinforcement {
+                    grader: Some(reinforcement.grader.clone()),
+                    hyperparameters,
                     response_format: reinforcement.response_format.clone(),
                 }),
-            },
+            }),
             hyperparameters: None,
             suffix: job.user_provided_suffix.clone(),
             seed: Some(job.seed),

@@ -3,8 +3,10 @@
 //! `base_url`. Choices where the spec is silent are documented in `docs/api.md`.
 //!
 //! One process: the axum API on tokio; a job scheduler thread running training jobs one at a
-//! time ([`jobs`]); an inference thread batching chat requests over loaded models and adapters
-//! ([`inference`]); SQLite and a data folder for everything durable ([`rft_store`]).
+//! time ([`jobs`]); an inference thread batching chat requests ([`inference`]); the Tinker
+//! API (`rft_tinker`, mounted under `/api/v1`); one engine host lending every one of them its
+//! models under one memory budget (`rft_model::host::EngineHost`); SQLite and a data folder
+//! for everything durable ([`rft_store`]).
 #![forbid(unsafe_code)]
 
 mod catalog;
@@ -19,7 +21,6 @@ mod jobs;
 pub mod loadtest;
 mod models;
 mod openapi;
-mod tinker;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,9 +53,15 @@ pub struct ServerConfig {
     /// `NAME=PATH` to serve a path under a name. Nothing else on disk can be named; see
     /// [`catalog`].
     pub models: Vec<String>,
-    /// Memory the inference thread may spend on loaded base models before it evicts the least
-    /// recently used one.
+    /// Memory every model of the process together may take (base models, merged adapters:
+    /// `rft_model::host::EngineHost`) before the least recently used one nobody uses is
+    /// dropped; a load that cannot fit beside the models in use gets 503.
     pub max_loaded_model_bytes: u64,
+    /// Bytes one sampling batch may take beyond the weights (attention scores and KV cache);
+    /// waiting requests are split into runs that fit.
+    pub max_batch_bytes: u64,
+    /// The device every model runs on (`cpu`, `cuda`, `cuda:N`).
+    pub device: String,
     /// Most completion tokens one chat request may ask for (`n × max_tokens`).
     pub max_request_tokens: usize,
     /// Requests handled at once; more get 429 with `Retry-After`.
@@ -80,6 +87,8 @@ impl ServerConfig {
             default_model: rft_model::hub::SMOLLM2_135M_INSTRUCT.name.to_owned(),
             models: Vec::new(),
             max_loaded_model_bytes: 8 << 30,
+            max_batch_bytes: rft_model::host::DEFAULT_BATCH_BYTES,
+            device: "cpu".to_owned(),
             max_request_tokens: 65_536,
             max_concurrent_requests: 512,
             max_concurrent_grades: 2 * cores(),
@@ -112,7 +121,9 @@ pub(crate) struct AppState {
     /// Permits for requests in flight.
     pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
     /// The Tinker-compatible training API (`/api/v1`).
-    pub(crate) tinker: tinker::Tinker,
+    pub(crate) tinker: rft_tinker::Tinker,
+    /// Where every model of the process comes from.
+    pub(crate) host: Arc<rft_model::host::EngineHost>,
 }
 
 /// Shared state handle.
@@ -126,28 +137,7 @@ pub(crate) fn now() -> i64 {
         .unwrap_or(0)
 }
 
-/// A fresh id: `prefix` + 24 hex digits, unpredictable (std's randomly keyed SipHash over the
-/// clock and a counter) so ids cannot be guessed or collide across restarts.
-pub(crate) fn new_id(prefix: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let state = std::collections::hash_map::RandomState::new();
-    let word = |salt: u64| {
-        let mut h = state.build_hasher();
-        h.write_u128(nanos);
-        h.write_u64(count);
-        h.write_u64(salt);
-        h.finish()
-    };
-    let (a, b) = (word(1), word(2));
-    format!("{prefix}{a:016x}{:08x}", b >> 32)
-}
+pub(crate) use rft_types::ids::new_id;
 
 /// Parses a `limit` query value within `1..=max`.
 pub(crate) fn parse_limit(
@@ -239,9 +229,20 @@ async fn openapi() -> axum::Json<openapi::Document> {
     axum::Json(openapi_document())
 }
 
-/// The OpenAPI document of every route.
+/// The OpenAPI document of every route: OpenAI's under `/v1` and Tinker's under `/api/v1`.
 pub(crate) fn openapi_document() -> openapi::Document {
-    openapi::Document::of(ROUTES)
+    let tinker: Vec<(&'static str, String, &'static str, &'static str)> = rft_tinker::ROUTES
+        .iter()
+        .map(|r| {
+            (
+                r.method,
+                format!("/api/v1{}", r.path),
+                "rft_tinker",
+                r.summary,
+            )
+        })
+        .collect();
+    openapi::Document::of(ROUTES, &tinker)
 }
 
 /// Checks OpenAI's `metadata` (at most 16 string pairs, keys ≤ 64 and values ≤ 512
@@ -294,7 +295,7 @@ pub(crate) fn router(state: SharedState) -> Router {
     // streams to disk and counts its own bytes (`files::upload`).
     add_routes(Router::new())
         .merge(dashboard::routes())
-        .nest("/api/v1", tinker::routes())
+        .nest_service("/api/v1", state.tinker.routes())
         .fallback(|| async { ApiError::new_not_found_route().into_response() })
         .layer(DefaultBodyLimit::max(error::MAX_JSON_BODY))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
@@ -329,6 +330,12 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 /// Admission: a burst beyond `max_concurrent_requests` gets 429 with `Retry-After` instead of
 /// queueing without bound.
 async fn admit(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    // Tinker's long-polls wait up to 20 s each: they are bounded by a pool of their own
+    // (`rft_tinker::MAX_LONG_POLLS`, past which a poll answers at once), so a crowd of them
+    // never takes the slots every other route needs.
+    if request.uri().path() == "/api/v1/retrieve_future" {
+        return next.run(request).await;
+    }
     match state.in_flight.clone().try_acquire_owned() {
         Ok(permit) => {
             let response = next.run(request).await;
@@ -413,11 +420,22 @@ impl ApiError {
 /// keys the server trusts the machine's own users only, so it also refuses what a web page
 /// could send through a browser: a `Host` that is not a loopback name (DNS rebinding) and a
 /// cross-site `Origin` or `Sec-Fetch-Site` (docs/security.md).
-async fn auth(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+async fn auth(State(state): State<SharedState>, mut request: Request, next: Next) -> Response {
+    // Whether the client is on this machine: only such a client is told paths on it.
+    let local = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .is_some_and(|info| info.0.ip().is_loopback());
+    request
+        .extensions_mut()
+        .insert(rft_tinker::LocalClient(local));
     if state.config.api_keys.is_empty() {
-        if let Err(refused) = check_local_request(&state.config, request.headers()) {
+        if let Err(refused) = check_local_request(&state.config, request.headers()).and_then(|()| {
+            check_simple_request(request.method(), request.uri().path(), request.headers())
+        }) {
             return refused.into_response();
         }
+        request.extensions_mut().insert(rft_tinker::Owner::local());
         return next.run(request).await;
     }
     // The dashboard's shell holds no data and a browser cannot add a key to a page load; its
@@ -439,7 +457,12 @@ async fn auth(State(state): State<SharedState>, request: Request, next: Next) ->
         })
         .map(str::trim);
     match given {
-        Some(key) if key_matches(&state.config.api_keys, key) => next.run(request).await,
+        Some(key) if key_matches(&state.config.api_keys, key) => {
+            // What a Tinker session, model or checkpoint belongs to.
+            let owner = rft_tinker::Owner::of_key(key);
+            request.extensions_mut().insert(owner);
+            next.run(request).await
+        }
         Some(_) => ApiError::unauthorized("Incorrect API key provided.").into_response(),
         None => ApiError::unauthorized(
             "You didn't provide an API key. Send `Authorization: Bearer <key>` (keys are set with RFT_API_KEYS or --api-key).",
@@ -496,6 +519,60 @@ fn check_local_request(
     Ok(())
 }
 
+/// Without keys, a request that changes something must be one a browser cannot send from
+/// another page without a CORS preflight (which this server never grants): a JSON or protobuf
+/// body. What a page can send without one (no body, `text/plain`, a form, `multipart`) is
+/// taken only from programs (no `Origin`) or from this server's own pages (an `Origin` equal to
+/// the `Host`): a page on another local port is not this server's, even though it is loopback.
+fn check_simple_request(
+    method: &axum::http::Method,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<(), ApiError> {
+    use axum::http::Method;
+    if [Method::GET, Method::HEAD, Method::OPTIONS].contains(method) {
+        return Ok(());
+    }
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let preflighted = matches!(
+        content_type.as_str(),
+        "application/json" | "application/x-protobuf" | "application/protobuf"
+    ) || content_type.ends_with("+json");
+    if preflighted {
+        return Ok(());
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let same_origin = match header("origin") {
+        None => true,
+        Some(origin) => {
+            let origin_host = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            origin_host.is_some_and(|o| header("host").is_some_and(|h| o.eq_ignore_ascii_case(h)))
+        }
+    };
+    let upload = path == "/v1/files" && content_type == "multipart/form-data";
+    if same_origin && (upload || content_type.is_empty() || !headers.contains_key("origin")) {
+        return Ok(());
+    }
+    Err(ApiError {
+        status: axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        message: format!(
+            "A {method} with Content-Type '{content_type}' from another page is refused: without API keys, send JSON (`Content-Type: application/json`) or protobuf, which browsers cannot send across origins without permission."
+        ),
+        param: None,
+        code: Some("unsupported_media_type".into()),
+    })
+}
+
 /// `localhost`, `127.x.y.z`, `[::1]` (with or without a port), or a name the operator allowed.
 fn is_local_host(host: &str, allowed: &[String]) -> bool {
     let name = if let Some(rest) = host.strip_prefix('[') {
@@ -545,13 +622,23 @@ pub async fn serve_on(
     let store = Arc::new(Store::open(&config.data_dir)?);
     evals::fail_interrupted_runs(&store)?;
     let catalog = Arc::new(catalog::Catalog::new(&config));
-    let scheduler = jobs::Scheduler::start(store.clone(), catalog.clone())?;
-    let tinker = tinker::Tinker::start(&config.data_dir, catalog.clone());
+    let device = rft_model::device::parse_device(&config.device).map_err(ServeError::Device)?;
+    let host = Arc::new(rft_model::host::EngineHost::new(
+        device,
+        config.max_loaded_model_bytes,
+    ));
+    let scheduler = jobs::Scheduler::start(store.clone(), catalog.clone(), host.clone())?;
+    let tinker = rft_tinker::Tinker::start(rft_tinker::TinkerConfig {
+        root: config.data_dir.join("tinker"),
+        models: catalog.clone(),
+        host: host.clone(),
+        batch_bytes: config.max_batch_bytes,
+    });
     let inference = inference::Inference::start(
-        store.clone(),
+        host.clone(),
         catalog,
         config.inference_queue,
-        config.max_loaded_model_bytes,
+        config.max_batch_bytes,
     );
     let eval_runs = evals::Runners::new(config.eval_run_queue);
     let graders = graders::GraderPool::new(config.max_concurrent_grades);
@@ -567,6 +654,7 @@ pub async fn serve_on(
         graders,
         in_flight,
         tinker,
+        host,
     });
     state.eval_runs.start(&state, state.config.eval_runners);
     let local = addr;
@@ -580,7 +668,9 @@ pub async fn serve_on(
         state.config.data_dir.display()
     );
     eprintln!("listening on http://{local}/v1");
-    axum::serve(listener, router(state.clone()))
+    // The peer address tells the auth whether a client is on this machine.
+    let app = router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|source| ServeError::Bind { addr, source })?;
@@ -705,6 +795,9 @@ pub enum ServeError {
     /// A background thread could not start.
     #[error("cannot start the {0} thread: {1}")]
     Thread(&'static str, std::io::Error),
+    /// The device named in the configuration cannot be used.
+    #[error(transparent)]
+    Device(rft_model::ModelError),
 }
 
 #[cfg(test)]

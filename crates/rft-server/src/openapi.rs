@@ -16,7 +16,7 @@ pub(crate) struct Document {
     /// Every route needs the bearer key (when the server has keys).
     pub(crate) security: Vec<IndexMap<&'static str, Vec<String>>>,
     /// Path → method → operation.
-    pub(crate) paths: IndexMap<&'static str, IndexMap<&'static str, Operation>>,
+    pub(crate) paths: IndexMap<String, IndexMap<&'static str, Operation>>,
 }
 
 /// `info`.
@@ -111,12 +111,24 @@ pub(crate) struct Described {
 }
 
 impl Document {
-    /// The document of `routes` (`(method, path, handler, summary)`).
+    /// The document of `routes` and `more` (`(method, path, handler, summary)`; `more` are
+    /// routes mounted from another crate, Tinker's).
     pub(crate) fn of(
         routes: &[(&'static str, &'static str, &'static str, &'static str)],
+        more: &[(&'static str, String, &'static str, &'static str)],
     ) -> Document {
-        let mut paths: IndexMap<&'static str, IndexMap<&'static str, Operation>> = IndexMap::new();
-        for &(method, path, handler, summary) in routes {
+        let mut paths: IndexMap<String, IndexMap<&'static str, Operation>> = IndexMap::new();
+        let all = routes
+            .iter()
+            .map(|&(method, path, handler, summary)| {
+                (method, path.to_owned(), handler.to_owned(), summary)
+            })
+            .chain(more.iter().map(|(method, path, handler, summary)| {
+                let id = format!("{handler}{}", path.replace(['/', '{', '}'], "_"));
+                (*method, path.clone(), id, *summary)
+            }));
+        for (method, path, handler, summary) in all {
+            let path = path.as_str();
             let parameters = path
                 .split('/')
                 .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
@@ -135,6 +147,8 @@ impl Document {
             let request_body = takes_body.then(|| {
                 let media = if path == "/v1/files" {
                     "multipart/form-data"
+                } else if path == "/api/v1/forward_backward" || path == "/api/v1/forward" {
+                    "application/x-protobuf"
                 } else {
                     "application/json"
                 };
@@ -170,7 +184,10 @@ impl Document {
                 request_body,
                 responses,
             };
-            paths.entry(path).or_default().insert(method, operation);
+            paths
+                .entry(path.to_owned())
+                .or_default()
+                .insert(method, operation);
         }
         Document {
             openapi: "3.1.0",

@@ -1,71 +1,18 @@
 //! A job's configuration: the body of OpenAI's `POST /fine_tuning/jobs` for
-//! `method.type = "reinforcement"`, with file paths in place of file ids, and its
-//! hyperparameters resolved (`"auto"` → a recorded number). `docs/training.md` documents every
-//! mapping.
+//! `method.type = "reinforcement"` (rft-types' [`CreateJob`], with file paths in place of file
+//! ids; [`parse_job`] reads and checks it), and its hyperparameters resolved (`"auto"` → a
+//! recorded number). `docs/training.md` documents every mapping.
 
 use rft_types::api::hyperparameters::{
     Auto, Hyperparameters as HyperparametersRequest, LossType, LrSchedule, ReasoningEffort,
     ScaleRewards,
 };
+use rft_types::api::job::{CreateJob, CreateReinforcement};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::loss::LossFn;
 use crate::TrainError;
-
-/// The request body (the fields OpenRFT reads).
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct JobRequest {
-    /// Base model: a name, a GGUF file or a model folder.
-    pub model: String,
-    /// Training JSONL path.
-    pub training_file: String,
-    /// Validation JSONL path.
-    #[serde(default)]
-    pub validation_file: Option<String>,
-    /// `{type: "reinforcement", reinforcement: {...}}`.
-    pub method: Method,
-    /// Deprecated top-level hyperparameters; ignored when `method` gives them, as OpenAI does.
-    #[serde(default)]
-    pub hyperparameters: Option<Value>,
-    /// Inserted into the fine-tuned model's name.
-    #[serde(default)]
-    pub suffix: Option<String>,
-    /// Seed of everything random (data order, sampling, LoRA init).
-    #[serde(default)]
-    pub seed: Option<u64>,
-    /// Free-form metadata, echoed.
-    #[serde(default)]
-    pub metadata: Option<Value>,
-    /// Accepted and ignored (no W&B here).
-    #[serde(default)]
-    pub integrations: Option<Value>,
-}
-
-/// The fine-tuning method.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Method {
-    /// Only `reinforcement` is supported.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The reinforcement settings.
-    #[serde(default)]
-    pub reinforcement: Option<Reinforcement>,
-}
-
-/// `method.reinforcement`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-pub struct Reinforcement {
-    /// The grader (spec §2.1), as JSON.
-    pub grader: Value,
-    /// Hyperparameters (`"auto"` or a value each) and OpenRFT's extensions, as given.
-    #[serde(default)]
-    pub hyperparameters: HyperparametersRequest,
-    /// Structured outputs for the policy.
-    #[serde(default)]
-    pub response_format: Option<Value>,
-}
 
 /// Every hyperparameter with its value resolved: what the loop runs with and `job.json`
 /// records.
@@ -304,59 +251,101 @@ impl Hyperparameters {
     }
 }
 
-impl JobRequest {
-    /// Parses a job body; errors name the field by its JSON path.
-    pub fn from_value(value: Value) -> Result<JobRequest, TrainError> {
-        // Another method's job is refused for what it is, before its settings (which follow
-        // that method's rules, not these) can fail to parse as reinforcement ones.
-        #[derive(Deserialize)]
-        struct MethodType {
-            method: MethodKind,
+/// Parses a job body for the trainer: the base model is a name, a GGUF file or a model folder,
+/// and the files are JSONL paths. Stricter than the server's parse of the same type: an unknown
+/// top-level key is refused (a typo must not silently train with a default), and `method`,
+/// `method.reinforcement`, its grader and its hyperparameters' keys are checked here. Errors
+/// name the field by its JSON path.
+pub fn parse_job(value: Value) -> Result<CreateJob, TrainError> {
+    // Another method's job is refused for what it is, before its settings (which follow
+    // that method's rules, not these) can fail to parse as reinforcement ones.
+    #[derive(Deserialize)]
+    struct MethodType {
+        method: MethodKind,
+    }
+    #[derive(Deserialize)]
+    struct MethodKind {
+        #[serde(rename = "type")]
+        kind: String,
+    }
+    if let Ok(MethodType { method }) = MethodType::deserialize(&value) {
+        if method.kind != "reinforcement" {
+            return Err(unsupported_method(&method.kind));
         }
-        #[derive(Deserialize)]
-        struct MethodKind {
-            #[serde(rename = "type")]
-            kind: String,
-        }
-        if let Ok(MethodType { method }) = MethodType::deserialize(&value) {
-            if method.kind != "reinforcement" {
-                return Err(unsupported_method(&method.kind));
-            }
-        }
-        let request: JobRequest = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            let message = e.into_inner();
-            TrainError::Config(if path == "." {
-                format!("invalid job: {message}")
-            } else {
-                format!("invalid job: {path}: {message}")
-            })
-        })?;
-        if request.method.kind != "reinforcement" {
-            return Err(unsupported_method(&request.method.kind));
-        }
-        if request.method.reinforcement.is_none() {
+    }
+    let invalid = |message: String| TrainError::Config(format!("invalid job: {message}"));
+    let known = CreateJob::names();
+    if let Some(unknown) = value
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !known.contains(&k.as_str())))
+    {
+        let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+        return Err(invalid(format!(
+            "unknown field `{unknown}`, expected one of {}",
+            expected.join(", ")
+        )));
+    }
+    let job: CreateJob = serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner();
+        invalid(if path == "." {
+            message.to_string()
+        } else {
+            format!("{path}: {message}")
+        })
+    })?;
+    let Some(method) = &job.method else {
+        return Err(invalid("missing field `method`".into()));
+    };
+    if method.kind != "reinforcement" {
+        return Err(unsupported_method(&method.kind));
+    }
+    let Some(reinforcement) = &method.reinforcement else {
+        return Err(TrainError::Config(
+            "method.reinforcement is required (it holds the grader)".into(),
+        ));
+    };
+    if reinforcement.grader.as_ref().is_none_or(Value::is_null) {
+        return Err(invalid(
+            "method.reinforcement: missing field `grader`".into(),
+        ));
+    }
+    HyperparametersRequest::from_value(&reinforcement.hyperparameters)
+        .map_err(|e| invalid(e.to_string()))?;
+    if let Some(suffix) = &job.suffix {
+        if suffix.is_empty() || suffix.chars().count() > 64 {
             return Err(TrainError::Config(
-                "method.reinforcement is required (it holds the grader)".into(),
+                "suffix must be 1 to 64 characters".into(),
             ));
         }
-        if let Some(suffix) = &request.suffix {
-            if suffix.is_empty() || suffix.chars().count() > 64 {
-                return Err(TrainError::Config(
-                    "suffix must be 1 to 64 characters".into(),
-                ));
-            }
-        }
-        Ok(request)
     }
+    Ok(job)
+}
 
-    /// `method.reinforcement`.
-    pub fn reinforcement(&self) -> Result<&Reinforcement, TrainError> {
-        self.method
+/// `method.reinforcement` of a job: an error unless the method is reinforcement and has it.
+pub fn reinforcement(job: &CreateJob) -> Result<&CreateReinforcement, TrainError> {
+    match &job.method {
+        Some(method) if method.kind != "reinforcement" => Err(unsupported_method(&method.kind)),
+        Some(method) => method
             .reinforcement
             .as_ref()
-            .ok_or_else(|| TrainError::Config("method.reinforcement is required".into()))
+            .ok_or_else(|| TrainError::Config("method.reinforcement is required".into())),
+        None => Err(TrainError::Config("method is required".into())),
     }
+}
+
+/// The job's grader JSON (`method.reinforcement.grader`, spec §2.1).
+pub fn grader(job: &CreateJob) -> Result<&Value, TrainError> {
+    reinforcement(job)?
+        .grader
+        .as_ref()
+        .ok_or_else(|| TrainError::Config("method.reinforcement.grader is required".into()))
+}
+
+/// The job's hyperparameters as given (`"auto"` or a value per key), keys checked.
+pub fn hyperparameters(job: &CreateJob) -> Result<HyperparametersRequest, TrainError> {
+    HyperparametersRequest::from_value(&reinforcement(job)?.hyperparameters)
+        .map_err(|e| TrainError::Config(e.to_string()))
 }
 
 fn unsupported_method(kind: &str) -> TrainError {
@@ -399,25 +388,44 @@ mod tests {
                 "type": "reinforcement",
                 "reinforcement": {"grader": {}, "hyperparameters": hyper}}})
         };
-        let err = JobRequest::from_value(job(serde_json::json!({"n_epochs": "x"}))).unwrap_err();
+        let err = parse_job(job(serde_json::json!({"n_epochs": "x"}))).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("invalid job: method.reinforcement.hyperparameters.n_epochs: "),
             "{err}"
         );
-        let err = JobRequest::from_value(job(serde_json::json!({"n_epoch": 2}))).unwrap_err();
+        let err = parse_job(job(serde_json::json!({"n_epoch": 2}))).unwrap_err();
         assert!(err.to_string().contains("`n_epoch`"), "{err}");
         let mut supervised = job(serde_json::json!({"n_epoch": 2}));
         supervised["method"]["type"] = "supervised".into();
-        let err = JobRequest::from_value(supervised).unwrap_err();
+        let err = parse_job(supervised).unwrap_err();
         assert!(
             err.to_string().contains("\"supervised\" is not supported"),
             "{err}"
         );
-        let request = JobRequest::from_value(job(Value::Null)).unwrap();
-        assert_eq!(
-            request.reinforcement().unwrap().hyperparameters,
-            Default::default()
+        let request = parse_job(job(Value::Null)).unwrap();
+        assert_eq!(hyperparameters(&request).unwrap(), Default::default());
+        // A typo at the top level is refused, not ignored.
+        let mut typo = job(Value::Null);
+        typo["trainig_file"] = "t.jsonl".into();
+        let err = parse_job(typo).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `trainig_file`"),
+            "{err}"
         );
+        // A missing grader or method is named.
+        let mut no_grader = job(Value::Null);
+        no_grader["method"]["reinforcement"]
+            .as_object_mut()
+            .unwrap()
+            .remove("grader");
+        let err = parse_job(no_grader).unwrap_err();
+        assert!(err.to_string().contains("`grader`"), "{err}");
+        let err =
+            parse_job(serde_json::json!({"model": "m", "training_file": "t.jsonl"})).unwrap_err();
+        assert!(err.to_string().contains("`method`"), "{err}");
+        // What the CLI writes as request.json parses back to the same job.
+        let again = parse_job(serde_json::to_value(&request).unwrap()).unwrap();
+        assert_eq!(again, request);
     }
 }

@@ -16,18 +16,19 @@ use std::time::Instant;
 use candle_core::Device;
 use rft_grade::{compile, CompiledGrader};
 use rft_model::constrain::ResponseFormat;
-use rft_model::engine::Engine;
+use rft_model::host::EngineHost;
 use rft_model::lora::{LoraAdapter, LoraConfig};
 use rft_types::api::event::{
     GraderErrorCounts, GraderScore, JobEvent, PhaseSeconds, SampleUsage, Scores, StepErrors,
     StepMetrics, StepTiming, StepUsage, TrainStepMetrics,
 };
+use rft_types::api::job::CreateJob;
 use rft_types::Grader;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::checkpoints::{self, NewCheckpoint};
-use crate::config::{Hyperparameters, JobRequest};
+use crate::config::{self, Hyperparameters};
 use crate::dataset::{prepare_rows, read_dataset, PreparedRow};
 use crate::events::EventLog;
 use crate::primitives::TrainingClient;
@@ -119,7 +120,7 @@ struct JobId {
 }
 
 struct Loop<'a> {
-    request: &'a JobRequest,
+    request: &'a CreateJob,
     hyper: Hyperparameters,
     client: TrainingClient,
     grader: CompiledGrader,
@@ -133,16 +134,31 @@ struct Loop<'a> {
     fine_tuned_model: String,
 }
 
-/// Runs (or resumes) a job in `dir`, calling `on_event` with every event it writes.
+/// Runs (or resumes) a job in `dir`, calling `on_event` with every event it writes; its base
+/// model is loaded on the CPU for this job alone (`rft train`).
 pub fn run_job(
-    request: &JobRequest,
+    request: &CreateJob,
     dir: &Path,
     control: &JobControl,
     on_event: &mut dyn FnMut(&JobEvent),
 ) -> Result<JobSummary, TrainError> {
-    let reinforcement = request.reinforcement()?;
-    let grader_spec =
-        Grader::from_value(&reinforcement.grader).map_err(|e| TrainError::Grader(e.to_string()))?;
+    let host = EngineHost::new(Device::Cpu, u64::MAX);
+    run_job_on(&host, request, dir, control, on_event)
+}
+
+/// [`run_job`] with its base model borrowed from `host` (the server's engine host, so a job
+/// shares the weights chat, Tinker and evals already hold, on the host's device, within its
+/// memory budget); the job holds it until it ends.
+pub fn run_job_on(
+    host: &EngineHost,
+    request: &CreateJob,
+    dir: &Path,
+    control: &JobControl,
+    on_event: &mut dyn FnMut(&JobEvent),
+) -> Result<JobSummary, TrainError> {
+    let reinforcement = config::reinforcement(request)?;
+    let grader_spec = Grader::from_value(config::grader(request)?)
+        .map_err(|e| TrainError::Grader(e.to_string()))?;
     let grader = compile(&grader_spec).map_err(|e| TrainError::Grader(e.to_string()))?;
     let response_format = reinforcement
         .response_format
@@ -160,14 +176,18 @@ pub fn run_job(
         Some(_) => read_dataset(valid_path)?,
         None => Vec::new(),
     };
-    let hyper = Hyperparameters::from_request(&reinforcement.hyperparameters, train_rows.len())?;
+    let hyper =
+        Hyperparameters::from_request(&config::hyperparameters(request)?, train_rows.len())?;
     let seed = request.seed.unwrap_or(42);
     let checkpoints_dir = dir.join("checkpoints");
     std::fs::create_dir_all(&checkpoints_dir).map_err(|source| TrainError::Io {
         path: dir.to_owned(),
         source,
     })?;
-    let engine = Engine::load_base(&request.model, &Device::Cpu)?;
+    let base = host.base(&request.model)?;
+    let device = host.device().clone();
+    // The client's engine shares the host's weights; `base` stays borrowed for the whole job.
+    let engine = base.share();
     let train = prepare_rows(&engine, train_rows, train_path)?;
     let valid = prepare_rows(&engine, valid_rows, valid_path)?;
     let lora = LoraConfig {
@@ -175,7 +195,7 @@ pub fn run_job(
         alpha: hyper.lora_alpha,
         ..LoraConfig::default()
     };
-    let adapter = LoraAdapter::new(engine.model.config(), lora, seed, &Device::Cpu)?;
+    let adapter = LoraAdapter::new(engine.model.config(), lora, seed, &device)?;
     let mut client = TrainingClient::new(engine, adapter);
     let job_id = match crate::read_json::<JobId>(&dir.join("job.json")) {
         Ok(job) => job.id.unwrap_or_else(|| "ftjob-local".into()),
@@ -228,7 +248,7 @@ impl Loop<'_> {
     }
 
     fn write_job_file(&self) -> Result<(), TrainError> {
-        let reinforcement = self.request.reinforcement()?;
+        let reinforcement = config::reinforcement(self.request)?;
         crate::write_json_atomic(
             &self.dir.join("job.json"),
             &JobRecord {
@@ -240,9 +260,9 @@ impl Loop<'_> {
                 seed: self.seed,
                 suffix: self.request.suffix.as_deref(),
                 method: MethodRecord {
-                    kind: &self.request.method.kind,
+                    kind: "reinforcement",
                     reinforcement: ReinforcementRecord {
-                        grader: &reinforcement.grader,
+                        grader: config::grader(self.request)?,
                         hyperparameters: &self.hyper,
                         response_format: reinforcement.response_format.as_ref(),
                     },

@@ -6,15 +6,16 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use rft_model::Architecture;
-use rft_train::config::JobRequest;
+use rft_train::config::parse_job;
 use rft_train::events::append_event;
 use rft_train::job::{run_job, JobControl, JobOutcome};
 use rft_types::api::event::{EventLevel, JobEvent};
+use rft_types::api::job::CreateJob;
 use serde_json::{json, Value};
 
 /// A toy task: the reward is 1 when the completion contains `x`. A random tiny model emits it
 /// now and then, so groups carry signal and RL can push its probability up.
-fn setup(dir: &Path, rows: usize, extra: Value) -> JobRequest {
+fn setup(dir: &Path, rows: usize, extra: Value) -> CreateJob {
     let model = dir.join("model");
     rft_model::tiny::write_tiny_model(&model, Architecture::Qwen2, 5).unwrap();
     let mut train = String::new();
@@ -40,7 +41,7 @@ fn setup(dir: &Path, rows: usize, extra: Value) -> JobRequest {
     for (k, v) in extra.as_object().unwrap() {
         hyper[k] = v.clone();
     }
-    JobRequest::from_value(json!({
+    parse_job(json!({
         "model": model.to_str().unwrap(),
         "training_file": dir.join("train.jsonl").to_str().unwrap(),
         "validation_file": dir.join("valid.jsonl").to_str().unwrap(),
@@ -335,10 +336,11 @@ fn a_grader_failing_on_most_samples_fails_the_job() {
     let tmp = tempfile::tempdir().unwrap();
     let mut request = setup(tmp.path(), 8, json!({}));
     // `item.missing` is not in any row: every sample gets invalid_variable_error.
-    request.method.reinforcement.as_mut().unwrap().grader = json!({
+    let method = request.method.as_mut().unwrap();
+    method.reinforcement.as_mut().unwrap().grader = Some(json!({
         "type": "string_check", "name": "broken", "operation": "eq",
         "input": "{{sample.output_text}}", "reference": "{{item.missing}}"
-    });
+    }));
     let err = run_job(
         &request,
         &tmp.path().join("run"),

@@ -6,8 +6,9 @@
 use std::path::Path;
 
 use rft_model::Architecture;
-use rft_train::config::JobRequest;
+use rft_train::config::parse_job;
 use rft_train::job::{run_job, JobControl, JobOutcome};
+use rft_types::api::job::CreateJob;
 use serde_json::{json, Value};
 
 fn tools() -> Value {
@@ -19,7 +20,7 @@ fn tools() -> Value {
     ])
 }
 
-fn request(dir: &Path, grader: Value) -> JobRequest {
+fn request(dir: &Path, grader: Value) -> CreateJob {
     let model = dir.join("model");
     rft_model::tiny::write_tiny_model(&model, Architecture::Qwen2, 11).unwrap();
     let mut train = String::new();
@@ -42,7 +43,7 @@ fn request(dir: &Path, grader: Value) -> JobRequest {
         "required": ["name", "arguments"],
         "additionalProperties": false
     });
-    JobRequest::from_value(json!({
+    parse_job(json!({
         "model": model.to_str().unwrap(),
         "training_file": dir.join("train.jsonl").to_str().unwrap(),
         "seed": 5,

@@ -23,6 +23,7 @@
 pub mod api;
 mod dataset;
 mod grader;
+pub mod ids;
 pub mod paths;
 mod response;
 mod sample;

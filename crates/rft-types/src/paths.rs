@@ -113,3 +113,99 @@ mod tests {
         std::fs::remove_dir_all(&dir)
     }
 }
+
+/// Replaces every absolute file path in a client-facing message by its last component, so no
+/// error tells a client where the server keeps its data, models or home folder. API routes
+/// (`/v1/...`) are not paths and stay.
+pub fn redact_paths(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find('/') {
+        let starts_token = at == 0
+            || rest[..at]
+                .chars()
+                .next_back()
+                .is_some_and(|c| c.is_whitespace() || "'\"`([{=:,".contains(c));
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || "'\"`)]},;".contains(c))
+            .map_or(rest.len(), |e| at + e);
+        let token = &rest[at..end];
+        out.push_str(&rest[..at]);
+        // `scheme://…` is an address the client gave or may know (`tinker://run/weights/x`,
+        // `https://judge.example/v1`), not a path on this machine: kept whole.
+        let scheme_len = rest[..at]
+            .chars()
+            .rev()
+            .skip(1)
+            .take_while(|c| c.is_ascii_alphanumeric() || "+-.".contains(*c))
+            .count();
+        let is_url = token.starts_with("//")
+            && rest[..at].ends_with(':')
+            && scheme_len > 0
+            && !rest[at - 1 - scheme_len..at - 1].eq_ignore_ascii_case("file")
+            && rest[..at - 1 - scheme_len]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !c.is_ascii_alphanumeric());
+        if is_url {
+            out.push_str(token);
+            rest = &rest[end..];
+            continue;
+        }
+        let is_route = token == "/v1" || token.starts_with("/v1/");
+        if starts_token && !is_route && token.len() > 1 {
+            let trimmed = token.trim_end_matches(['.', ':']);
+            let last = trimmed.rsplit('/').find(|s| !s.is_empty()).unwrap_or("");
+            out.push_str(if last.is_empty() { "…" } else { last });
+            out.push_str(&token[trimmed.len()..]);
+        } else {
+            out.push_str(token);
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::*;
+
+    #[test]
+    fn addresses_with_a_scheme_are_kept_whole() {
+        assert_eq!(
+            redact_paths("no checkpoint at tinker://sess_1:train:0/weights/x"),
+            "no checkpoint at tinker://sess_1:train:0/weights/x"
+        );
+        assert_eq!(
+            redact_paths("the judge at https://a.b/v1 answered 500"),
+            "the judge at https://a.b/v1 answered 500"
+        );
+        assert_eq!(
+            redact_paths("cannot open /srv/data/x.db and https://a.b"),
+            "cannot open x.db and https://a.b"
+        );
+        assert_eq!(redact_paths("see file:///etc/passwd"), "see file:passwd");
+    }
+
+    #[test]
+    fn client_messages_lose_their_paths_but_keep_routes() {
+        assert_eq!(
+            redact_paths("cannot open /etc/shadow: permission denied"),
+            "cannot open shadow: permission denied"
+        );
+        assert_eq!(
+            redact_paths("database /root/.openrft/serve/openrft.db: locked"),
+            "database openrft.db: locked"
+        );
+        assert_eq!(
+            redact_paths("The model '/root/models/x/' cannot be loaded"),
+            "The model 'x' cannot be loaded"
+        );
+        assert_eq!(
+            redact_paths("see GET /v1/fine_tuning/jobs/{id}/checkpoints and a/b"),
+            "see GET /v1/fine_tuning/jobs/{id}/checkpoints and a/b"
+        );
+        assert_eq!(redact_paths("ratio 1/2 of /"), "ratio 1/2 of /");
+    }
+}

@@ -101,6 +101,7 @@ pub(crate) fn run(args: &EvalArgs, mode: Mode) -> anyhow::Result<ExitCode> {
         max_tokens: args.max_tokens,
         seed: args.seed,
         response_format: response_format.clone(),
+        cancel: None,
     };
     let config = EvalConfig {
         sampling: sampling.clone(),
@@ -155,7 +156,7 @@ pub(crate) fn run(args: &EvalArgs, mode: Mode) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| pass_threshold(&grader_spec)),
             created_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+                .map_or(0, |d| d.as_secs() as i64),
             report_url,
         },
     );

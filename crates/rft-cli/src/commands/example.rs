@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use rft_train::config::JobRequest;
+use rft_train::config::parse_job;
+use rft_types::api::job::CreateJob;
 use serde_json::{json, Value};
 
 use crate::cli::EvalArgs;
@@ -211,7 +212,7 @@ pub(crate) fn prepare(
     model: Option<&str>,
     steps: Option<usize>,
     seed: Option<u64>,
-) -> anyhow::Result<(JobRequest, Value)> {
+) -> anyhow::Result<(CreateJob, Value)> {
     std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
     let grader: Value = serde_json::from_str(example.grader)
         .with_context(|| format!("examples/{}/grader.json is not JSON", example.name))?;
@@ -278,7 +279,7 @@ pub(crate) fn prepare(
     let total = keep.div_ceil(batch).max(1) * epochs;
     job["method"]["reinforcement"]["hyperparameters"]["n_epochs"] = Value::from(epochs);
     job["method"]["reinforcement"]["hyperparameters"]["eval_interval"] = Value::from(total);
-    let request = JobRequest::from_value(job.clone())
+    let request = parse_job(job.clone())
         .with_context(|| format!("examples/{}/job.json is not a valid job", example.name))?;
     Ok((request, job))
 }
@@ -392,7 +393,7 @@ fn run_example(args: &RunArgs) -> anyhow::Result<ExitCode> {
 fn doctor(
     example: &Example,
     dir: &Path,
-    request: &JobRequest,
+    request: &CreateJob,
     hyper: &Value,
 ) -> anyhow::Result<String> {
     let report = dir.join("doctor");

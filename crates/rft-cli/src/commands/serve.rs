@@ -34,6 +34,19 @@ pub(crate) struct ServeArgs {
     /// Chat requests that may wait for the model before new ones get HTTP 429.
     #[arg(long, default_value_t = 256)]
     pub(crate) inference_queue: usize,
+    /// Memory every model of the server together may take, in GiB: base models (each loaded
+    /// once for chat, Tinker, evals and jobs) and merged adapters. Past it the least recently
+    /// used model nobody is using is dropped; a load that cannot fit gets HTTP 503.
+    #[arg(
+        long,
+        value_name = "GIB",
+        default_value_t = 8.0,
+        env = "RFT_MAX_MODEL_GIB"
+    )]
+    pub(crate) max_model_gib: f64,
+    /// The device models run on: cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu", env = "RFT_DEVICE")]
+    pub(crate) device: String,
 }
 
 pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -55,6 +68,11 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .filter(|k| !k.is_empty())
         .collect();
     config.inference_queue = args.inference_queue;
+    if !(args.max_model_gib.is_finite() && args.max_model_gib > 0.0) {
+        anyhow::bail!("--max-model-gib must be a positive number of GiB");
+    }
+    config.max_loaded_model_bytes = (args.max_model_gib * f64::from(1u32 << 30)) as u64;
+    config.device = args.device.clone();
     config.models = args.models.clone();
     config.allowed_hosts = args.allowed_hosts.clone();
     rft_server::serve_blocking(config, SocketAddr::new(args.host, args.port))?;

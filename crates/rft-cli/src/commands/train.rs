@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use rft_train::config::JobRequest;
+use rft_train::config::parse_job;
 use rft_train::job::{run_job, JobControl, JobOutcome, JobSummary};
 use rft_types::api::hyperparameters::Auto;
+use rft_types::api::job::CreateJob;
 use serde_json::Value;
 
 use crate::cli::{ExportArgs, QuickstartArgs, TrainArgs};
@@ -31,7 +32,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
             })?;
             let value: Value = serde_json::from_str(&text)
                 .with_context(|| format!("{} is not JSON", path.display()))?;
-            (JobRequest::from_value(value)?, dir.clone())
+            (parse_job(value)?, dir.clone())
         }
         (None, Some(config)) => {
             let request = read_job(config)?;
@@ -53,7 +54,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Reads a job file; dataset paths are taken relative to the job file's folder.
-fn read_job(path: &Path) -> anyhow::Result<JobRequest> {
+fn read_job(path: &Path) -> anyhow::Result<CreateJob> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read job file {}", path.display()))?;
     let mut value: Value =
@@ -65,11 +66,11 @@ fn read_job(path: &Path) -> anyhow::Result<JobRequest> {
             value[key] = Value::String(resolved.to_string_lossy().into_owned());
         }
     }
-    JobRequest::from_value(value).with_context(|| format!("invalid job in {}", path.display()))
+    parse_job(value).with_context(|| format!("invalid job in {}", path.display()))
 }
 
 /// Runs a job in `dir`, printing its events; Ctrl-C pauses it at the next step boundary.
-pub(crate) fn run(request: &JobRequest, dir: &Path) -> anyhow::Result<JobSummary> {
+pub(crate) fn run(request: &CreateJob, dir: &Path) -> anyhow::Result<JobSummary> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let request_path = dir.join("request.json");
     if !request_path.exists() {
@@ -230,7 +231,7 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
     rft_model::hub::SMOLLM2_135M_INSTRUCT
         .ensure()
         .context("cannot fetch the default model")?;
-    let request = JobRequest::from_value(job)?;
+    let request = parse_job(job)?;
     let run_dir = dir.join("run");
     // A quickstart always starts fresh.
     let _ = std::fs::remove_dir_all(&run_dir);
@@ -272,21 +273,20 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
 
 /// Greedy answers of the base model and of the trained adapter to the first `rows` validation
 /// prompts, with their rewards.
-fn show_before_after(request: &JobRequest, adapter_dir: &Path, rows: usize) -> anyhow::Result<()> {
+fn show_before_after(request: &CreateJob, adapter_dir: &Path, rows: usize) -> anyhow::Result<()> {
     use rft_model::sample::{Sampler, SamplingParams};
     let device = candle_core::Device::Cpu;
     let engine = rft_model::engine::Engine::load_base(&request.model, &device)?;
     let adapter =
         rft_model::lora::LoraAdapter::load_peft(adapter_dir, engine.model.config(), &device)?;
-    let reinforcement = request.reinforcement()?;
-    let grader = rft_grade::compile(&rft_types::Grader::from_value(&reinforcement.grader)?)?;
+    let grader = rft_types::Grader::from_value(rft_train::config::grader(request)?)?;
+    let grader = rft_grade::compile(&grader)?;
     let Some(valid) = &request.validation_file else {
         return Ok(());
     };
     let dataset = rft_train::dataset::read_dataset(Path::new(valid))?;
     // Short answers unless the job set a length: this is a glimpse, not an evaluation.
-    let max_tokens = reinforcement
-        .hyperparameters
+    let max_tokens = rft_train::config::hyperparameters(request)?
         .max_completion_tokens
         .and_then(Auto::value)
         .unwrap_or(64);

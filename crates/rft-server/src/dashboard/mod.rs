@@ -321,11 +321,18 @@ async fn readiness(
         ),
     };
     let grader = state.graders.compile(&grader_spec)?;
-    let _permit = readiness_permit()?;
+    // The permit lives in the work, not in this handler: a client that disconnects drops the
+    // handler, but the report runs on until it notices the cancel flag, and only then may
+    // another start.
+    let permit = readiness_permit()?;
+    let cancel = rft_model::sample::Cancel::default();
+    let on_disconnect = crate::inference::CancelOnDrop(cancel.clone());
+    let host = state.host.clone();
     let path = state.store.file_path(&file.id);
     let filename = file.filename.clone();
     let model_name = request.model.clone();
     let report = tokio::task::spawn_blocking(move || -> Result<Report, ApiError> {
+        let _permit = permit;
         let mut data = read_data(&path).map_err(|e| {
             ApiError::bad_request(format!(
                 "file {} ({filename}) cannot be read as an RFT dataset or eval rows: {}",
@@ -346,23 +353,34 @@ async fn readiness(
                 )
                 .with_param("model"))
             }
-            (DataFormat::Rft, Some(spec)) => Some(
-                Policy::load_local(spec)
-                    .map_err(|e| ApiError::internal(format!("cannot load the model: {e}")))?,
-            ),
+            (DataFormat::Rft, Some(spec)) => {
+                let engine = host.base(spec).map_err(|e| match e {
+                    rft_model::ModelError::MemoryBudget { .. } => {
+                        ApiError::unavailable(e.to_string())
+                    }
+                    other => ApiError::internal(format!("cannot load the model: {other}")),
+                })?;
+                // The policy shares the host's weights; `engine` keeps them lent meanwhile.
+                Some((Policy::Local(Box::new(engine.share())), engine))
+            }
         };
+        let policy = policy.as_ref().map(|(policy, _lease)| policy);
         let sampling = SamplingOptions {
             samples,
             max_tokens,
             seed: request.seed.unwrap_or(0),
+            cancel: Some(cancel.clone()),
             ..SamplingOptions::default()
         };
         let config = EvalConfig {
             sampling,
             output: None,
         };
-        let results = run_eval(&data, policy.as_ref(), &grader, &config, &mut |_, _| {})
-            .map_err(|e| ApiError::internal(format!("the readiness eval failed: {e}")))?;
+        let results =
+            run_eval(&data, policy, &grader, &config, &mut |_, _| {}).map_err(|e| match e {
+                rft_eval::EvalError::Cancelled => ApiError::bad_request("the client went away"),
+                other => ApiError::internal(format!("the readiness eval failed: {other}")),
+            })?;
         let mut report = build_report(&ReportInput {
             data: &data,
             results: &results,
@@ -382,6 +400,7 @@ async fn readiness(
     })
     .await
     .map_err(|e| ApiError::internal(format!("the readiness task stopped: {e}")))??;
+    on_disconnect.disarm();
     Ok(Json(report))
 }
 

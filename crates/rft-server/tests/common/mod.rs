@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub(crate) mod tinker;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

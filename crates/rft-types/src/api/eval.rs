@@ -78,13 +78,14 @@ pub struct EvalRun {
     pub eval_id: String,
     /// Where it is.
     pub status: RunStatus,
-    /// The sampled model (`completions` sources); empty for `jsonl`.
+    /// The sampled model (`completions` sources); empty for `jsonl` (given samples).
     pub model: String,
     /// The client's name for it.
     pub name: String,
     /// Unix seconds.
     pub created_at: i64,
-    /// Always null.
+    /// Null from the server; `rft eval --report` gives the local `file://` URL of its
+    /// `report.html`.
     pub report_url: Option<String>,
     /// Rows so far.
     pub result_counts: ResultCounts,
@@ -103,13 +104,13 @@ pub struct EvalRun {
 /// `result_counts` of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResultCounts {
-    /// Rows graded.
+    /// Output items recorded.
     pub total: u64,
-    /// Rows whose grading raised an error flag.
+    /// Items whose sampling failed or whose grading raised an error flag.
     pub errored: u64,
-    /// Rows that failed a criterion.
+    /// Items that failed a criterion (without an error).
     pub failed: u64,
-    /// Rows that passed every criterion.
+    /// Items that passed every criterion.
     pub passed: u64,
 }
 
@@ -141,7 +142,7 @@ pub struct CriterionResult {
     pub failed: u64,
 }
 
-/// Why a run failed.
+/// `{code, message}`: why a run, or the sampling of an output item, failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunError {
     /// A stable code (`run_failed`, `server_restarted`, …).
@@ -156,11 +157,11 @@ pub struct RunError {
 pub enum ItemStatus {
     /// Every criterion passed.
     Pass,
-    /// A criterion failed or errored.
+    /// A criterion failed, or sampling or grading errored (counted as `errored`).
     Fail,
 }
 
-/// One row of a run, graded.
+/// One graded sample of a run: one per row from the server, K per row from `rft eval`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutputItem {
     /// `outputitem_…`.
@@ -214,21 +215,22 @@ pub struct OutputSample {
     pub input: Vec<Value>,
     /// The assistant's answer.
     pub output: Vec<OutputMessage>,
-    /// `stop` or `length`.
+    /// `stop`, `length` or `tool_calls`; `given` (`rft eval`) or `stop` (the server) for a
+    /// given sample, `error` when sampling failed.
     pub finish_reason: String,
     /// The sampled model.
     pub model: String,
     /// Token counts.
     pub usage: SampleUsage,
-    /// Always null.
-    pub error: Option<Value>,
+    /// Why sampling failed (`sampling_error`; `rft eval` only: the server fails the run).
+    pub error: Option<RunError>,
     /// Sampling temperature.
     pub temperature: f64,
     /// Completion token limit.
     pub max_completion_tokens: u64,
     /// Nucleus mass.
     pub top_p: f64,
-    /// The row's seed.
+    /// The row's seed (the server), or the run's base seed (`rft eval`).
     pub seed: u64,
 }
 

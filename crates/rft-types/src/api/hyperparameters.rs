@@ -245,6 +245,32 @@ impl<'de> Deserialize<'de> for Hyperparameters {
     }
 }
 
+/// A deserializer that only records the field list a struct's derived `Deserialize` asks for:
+/// how a request type's list of known keys is read from the type itself (the derive hands out
+/// a `'static` list, so reading it costs nothing).
+pub(crate) struct Introspect<'a>(pub(crate) &'a mut Option<&'static [&'static str]>);
+
+impl<'de> Deserializer<'de> for Introspect<'_> {
+    type Error = de::value::Error;
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("only structs are introspected"))
+    }
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = Some(fields);
+        Err(de::Error::custom("introspection only"))
+    }
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+        identifier ignored_any
+    }
+}
+
 /// Hyperparameters that could not be parsed: the key (JSON path) and what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("method.reinforcement.hyperparameters{}: {message}", dotted(.path))]
@@ -279,35 +305,9 @@ impl Hyperparameters {
     /// Every hyperparameter name, in declaration order: the one list of known keys. Taken from
     /// the type's serde field list, so it cannot drift from what parsing accepts.
     pub fn names() -> &'static [&'static str] {
-        /// A deserializer that only records the field list it is asked for.
-        struct Introspect<'a>(&'a mut Option<&'static [&'static str]>);
-        impl<'de> Deserializer<'de> for Introspect<'_> {
-            type Error = de::value::Error;
-            fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-                Err(de::Error::custom("only structs are introspected"))
-            }
-            fn deserialize_struct<V: Visitor<'de>>(
-                self,
-                _name: &'static str,
-                fields: &'static [&'static str],
-                _visitor: V,
-            ) -> Result<V::Value, Self::Error> {
-                *self.0 = Some(fields);
-                Err(de::Error::custom("introspection only"))
-            }
-            serde::forward_to_deserialize_any! {
-                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
-                identifier ignored_any
-            }
-        }
-        // Computed once: the derive hands out a `'static` list.
-        static NAMES: std::sync::OnceLock<&'static [&'static str]> = std::sync::OnceLock::new();
-        NAMES.get_or_init(|| {
-            let mut fields = None;
-            let _ = Hyperparameters::deserialize(Introspect(&mut fields));
-            fields.unwrap_or(&[])
-        })
+        let mut fields = None;
+        let _ = Hyperparameters::deserialize(Introspect(&mut fields));
+        fields.unwrap_or(&[])
     }
 
     /// The object the job echoes (spec §4.2): the keys as set, and `"auto"` for each of

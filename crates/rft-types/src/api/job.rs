@@ -164,6 +164,16 @@ pub struct CreateJob {
     pub integrations: Option<Value>,
 }
 
+impl CreateJob {
+    /// Every top-level key of the request, in declaration order, taken from the type's serde
+    /// field list: what a strict reader (the trainer's job files) accepts.
+    pub fn names() -> &'static [&'static str] {
+        let mut fields = None;
+        let _ = CreateJob::deserialize(super::hyperparameters::Introspect(&mut fields));
+        fields.unwrap_or(&[])
+    }
+}
+
 /// `method` of [`CreateJob`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CreateMethod {

@@ -10,6 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::Owner;
+
 /// Longest checkpoint name.
 pub(crate) const MAX_NAME_CHARS: usize = 128;
 
@@ -154,6 +156,33 @@ pub(crate) fn model_id_of(folder: &str) -> Option<String> {
     valid_model_id(&id).then_some(id)
 }
 
+/// The file in a run's folder that holds its owner's fingerprint.
+const OWNER_FILE: &str = "owner";
+
+/// Records `owner` as the owner of a new run (before anything is saved in it). A run folder
+/// left from an earlier server life with another owner is not taken over: model ids are new
+/// random session ids, so a clash means someone forged one.
+pub(crate) fn claim_run(root: &Path, model_id: &str, owner: &Owner) -> Result<(), String> {
+    let run = run_dir(root, model_id)?;
+    check_no_links(root, &run)?;
+    match run_owner(root, model_id) {
+        Some(existing) if existing == *owner => return Ok(()),
+        Some(_) => return Err("the run belongs to another key".into()),
+        None => {}
+    }
+    std::fs::create_dir_all(&run).map_err(|e| e.to_string())?;
+    rft_types::paths::write_atomic(&run.join(OWNER_FILE), owner.as_str().as_bytes())
+        .map_err(|e| e.to_string())
+}
+
+/// Who owns a run: `None` for a run that does not exist or records nobody.
+pub(crate) fn run_owner(root: &Path, model_id: &str) -> Option<Owner> {
+    let run = run_dir(root, model_id).ok()?;
+    check_no_links(root, &run).ok()?;
+    let text = std::fs::read_to_string(run.join(OWNER_FILE)).ok()?;
+    Some(Owner::from_stored(&text))
+}
+
 /// Refuses `path` when any existing component below `root` is a symbolic link (so a link
 /// planted in the data folder cannot redirect a save or a load elsewhere).
 pub(crate) fn check_no_links(root: &Path, path: &Path) -> Result<(), String> {
@@ -241,5 +270,19 @@ mod tests {
         assert!(parsed.dir(root.path()).is_err());
         let other = CheckpointPath::parse("tinker://sess_1:train:0/sampler_weights/x").unwrap();
         assert!(other.dir(root.path()).is_ok());
+    }
+
+    #[test]
+    fn a_run_records_its_owner_and_keeps_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (alice, bob) = (Owner::of_key("alice"), Owner::of_key("bob"));
+        assert_eq!(run_owner(tmp.path(), RUN), None);
+        claim_run(tmp.path(), RUN, &alice).unwrap();
+        assert_eq!(run_owner(tmp.path(), RUN), Some(alice.clone()));
+        claim_run(tmp.path(), RUN, &alice).unwrap();
+        assert!(claim_run(tmp.path(), RUN, &bob).is_err());
+        // The key itself is never on disk.
+        let stored = std::fs::read_to_string(run_dir(tmp.path(), RUN).unwrap().join(OWNER_FILE));
+        assert!(!stored.unwrap().contains("alice"));
     }
 }

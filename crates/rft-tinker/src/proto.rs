@@ -10,7 +10,7 @@ use std::collections::HashMap;
 /// `tinker_public.DType`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
-pub(crate) enum DType {
+pub enum DType {
     /// Not set.
     Unspecified = 0,
     /// Little-endian f32.
@@ -26,7 +26,7 @@ pub(crate) enum DType {
 /// `tinker_public.StopReason`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
-pub(crate) enum StopReason {
+pub enum StopReason {
     /// A stop token or string.
     Stop = 0,
     /// `max_tokens`.
@@ -35,18 +35,18 @@ pub(crate) enum StopReason {
 
 /// `tinker_public.SparseCsr`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct SparseCsr {
+pub struct SparseCsr {
     #[prost(bytes = "vec", tag = "1")]
-    pub(crate) values: Vec<u8>,
+    pub values: Vec<u8>,
     #[prost(bytes = "vec", tag = "2")]
-    pub(crate) crow_indices: Vec<u8>,
+    pub crow_indices: Vec<u8>,
     #[prost(bytes = "vec", tag = "3")]
-    pub(crate) col_indices: Vec<u8>,
+    pub col_indices: Vec<u8>,
 }
 
 /// `tinker_public.Tensor.encoding`.
 #[derive(Clone, PartialEq, prost::Oneof)]
-pub(crate) enum Encoding {
+pub enum Encoding {
     #[prost(bytes, tag = "1")]
     Dense(Vec<u8>),
     #[prost(message, tag = "2")]
@@ -55,54 +55,54 @@ pub(crate) enum Encoding {
 
 /// `tinker_public.Tensor`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct Tensor {
+pub struct Tensor {
     #[prost(oneof = "Encoding", tags = "1, 2")]
-    pub(crate) encoding: Option<Encoding>,
+    pub encoding: Option<Encoding>,
     #[prost(enumeration = "DType", tag = "3")]
-    pub(crate) dtype: i32,
+    pub dtype: i32,
     #[prost(int64, repeated, tag = "4")]
-    pub(crate) shape: Vec<i64>,
+    pub shape: Vec<i64>,
 }
 
 /// `tinker_public.BatchedTensor`: every datum's values back to back, `offsets` (i64 byte
 /// offsets, one more than datums) saying where each starts.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct BatchedTensor {
+pub struct BatchedTensor {
     #[prost(bytes = "vec", tag = "1")]
-    pub(crate) data: Vec<u8>,
+    pub data: Vec<u8>,
     #[prost(bytes = "vec", tag = "2")]
-    pub(crate) offsets: Vec<u8>,
+    pub offsets: Vec<u8>,
     #[prost(enumeration = "DType", tag = "3")]
-    pub(crate) dtype: i32,
+    pub dtype: i32,
     #[prost(int64, repeated, tag = "4")]
-    pub(crate) trailing_shape: Vec<i64>,
+    pub trailing_shape: Vec<i64>,
 }
 
 /// `tinker_public.ArrayRecord`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct ArrayRecord {
+pub struct ArrayRecord {
     #[prost(string, tag = "1")]
-    pub(crate) type_tag: String,
+    pub type_tag: String,
     #[prost(map = "string, message", tag = "2")]
-    pub(crate) fields: HashMap<String, BatchedTensor>,
+    pub fields: HashMap<String, BatchedTensor>,
     #[prost(int64, tag = "3")]
-    pub(crate) num_datums: i64,
+    pub num_datums: i64,
 }
 
 /// `tinker_public.ForwardBackwardOutput`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct ForwardBackwardOutput {
+pub struct ForwardBackwardOutput {
     #[prost(string, tag = "1")]
-    pub(crate) loss_fn_output_type: String,
+    pub loss_fn_output_type: String,
     #[prost(message, repeated, tag = "2")]
-    pub(crate) loss_fn_outputs: Vec<ArrayRecord>,
+    pub loss_fn_outputs: Vec<ArrayRecord>,
     #[prost(map = "string, double", tag = "3")]
-    pub(crate) metrics: HashMap<String, f64>,
+    pub metrics: HashMap<String, f64>,
 }
 
 /// `tinker_public.LossConfigValue.value`.
 #[derive(Clone, PartialEq, prost::Oneof)]
-pub(crate) enum LossConfigKind {
+pub enum LossConfigKind {
     #[prost(double, tag = "1")]
     Number(f64),
     #[prost(string, tag = "2")]
@@ -111,57 +111,57 @@ pub(crate) enum LossConfigKind {
 
 /// `tinker_public.LossConfigValue`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct LossConfigValue {
+pub struct LossConfigValue {
     #[prost(oneof = "LossConfigKind", tags = "1, 2")]
-    pub(crate) value: Option<LossConfigKind>,
+    pub value: Option<LossConfigKind>,
 }
 
 /// `tinker_public.ForwardBackwardRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct ForwardBackwardRequest {
+pub struct ForwardBackwardRequest {
     #[prost(string, tag = "1")]
-    pub(crate) model_id: String,
+    pub model_id: String,
     #[prost(int32, tag = "2")]
-    pub(crate) seq_id: i32,
+    pub seq_id: i32,
     #[prost(message, repeated, tag = "3")]
-    pub(crate) data: Vec<Datum>,
+    pub data: Vec<Datum>,
     #[prost(string, tag = "4")]
-    pub(crate) loss_fn: String,
+    pub loss_fn: String,
     #[prost(map = "string, double", tag = "5")]
-    pub(crate) loss_fn_config: HashMap<String, f64>,
+    pub loss_fn_config: HashMap<String, f64>,
     #[prost(bool, tag = "6")]
-    pub(crate) forward_only: bool,
+    pub forward_only: bool,
     #[prost(map = "string, message", tag = "7")]
-    pub(crate) loss_fn_config_v2: HashMap<String, LossConfigValue>,
+    pub loss_fn_config_v2: HashMap<String, LossConfigValue>,
 }
 
 /// `tinker_public.Datum`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct Datum {
+pub struct Datum {
     #[prost(message, repeated, tag = "1")]
-    pub(crate) model_input: Vec<Chunk>,
+    pub model_input: Vec<Chunk>,
     #[prost(map = "string, message", tag = "2")]
-    pub(crate) loss_fn_inputs: HashMap<String, Tensor>,
+    pub loss_fn_inputs: HashMap<String, Tensor>,
     #[prost(message, repeated, tag = "3")]
-    pub(crate) model_input_spans: Vec<ProvenanceSpan>,
+    pub model_input_spans: Vec<ProvenanceSpan>,
     #[prost(message, repeated, tag = "4")]
-    pub(crate) loss_fn_input_spans: Vec<ProvenanceSpan>,
+    pub loss_fn_input_spans: Vec<ProvenanceSpan>,
 }
 
 /// `tinker_public.PromptProvenanceSpan` and `SampledProvenanceSpan` (same fields).
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct SpanRef {
+pub struct SpanRef {
     #[prost(string, tag = "1")]
-    pub(crate) sequence_id: String,
+    pub sequence_id: String,
     #[prost(int64, tag = "2")]
-    pub(crate) offset: i64,
+    pub offset: i64,
     #[prost(int64, tag = "3")]
-    pub(crate) length: i64,
+    pub length: i64,
 }
 
 /// `tinker_public.ProvenanceSpan.span`.
 #[derive(Clone, PartialEq, prost::Oneof)]
-pub(crate) enum Span {
+pub enum Span {
     #[prost(message, tag = "1")]
     PromptTokens(SpanRef),
     #[prost(message, tag = "2")]
@@ -170,37 +170,37 @@ pub(crate) enum Span {
 
 /// `tinker_public.ProvenanceSpan`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct ProvenanceSpan {
+pub struct ProvenanceSpan {
     #[prost(oneof = "Span", tags = "1, 2")]
-    pub(crate) span: Option<Span>,
+    pub span: Option<Span>,
 }
 
 /// `tinker_public.EncodedTextChunk`: tokens as little-endian i32.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct EncodedTextChunk {
+pub struct EncodedTextChunk {
     #[prost(bytes = "vec", tag = "1")]
-    pub(crate) tokens: Vec<u8>,
+    pub tokens: Vec<u8>,
 }
 
 /// `tinker_public.ImageChunk` (decoded only to be refused).
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct ImageChunk {
+pub struct ImageChunk {
     #[prost(bytes = "vec", tag = "1")]
-    pub(crate) data: Vec<u8>,
+    pub data: Vec<u8>,
     #[prost(string, tag = "2")]
-    pub(crate) format: String,
+    pub format: String,
 }
 
 /// `tinker_public.DmelChunk` (decoded only to be refused).
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct DmelChunk {
+pub struct DmelChunk {
     #[prost(bytes = "vec", tag = "1")]
-    pub(crate) dmel: Vec<u8>,
+    pub dmel: Vec<u8>,
 }
 
 /// `tinker_public.Chunk.chunk`.
 #[derive(Clone, PartialEq, prost::Oneof)]
-pub(crate) enum ChunkKind {
+pub enum ChunkKind {
     #[prost(message, tag = "1")]
     EncodedText(EncodedTextChunk),
     #[prost(message, tag = "2")]
@@ -211,43 +211,43 @@ pub(crate) enum ChunkKind {
 
 /// `tinker_public.Chunk`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct Chunk {
+pub struct Chunk {
     #[prost(oneof = "ChunkKind", tags = "1, 2, 3")]
-    pub(crate) chunk: Option<ChunkKind>,
+    pub chunk: Option<ChunkKind>,
 }
 
 /// `tinker_public.SampledSequence`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct SampledSequence {
+pub struct SampledSequence {
     #[prost(enumeration = "StopReason", tag = "1")]
-    pub(crate) stop_reason: i32,
+    pub stop_reason: i32,
     /// Little-endian i32 token ids.
     #[prost(bytes = "vec", tag = "2")]
-    pub(crate) tokens: Vec<u8>,
+    pub tokens: Vec<u8>,
     /// Little-endian f32 log-probs.
     #[prost(bytes = "vec", optional, tag = "3")]
-    pub(crate) logprobs: Option<Vec<u8>>,
+    pub logprobs: Option<Vec<u8>>,
 }
 
 /// `tinker_public.SampleResponse`.
 #[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct SampleResponse {
+pub struct SampleResponse {
     #[prost(message, repeated, tag = "1")]
-    pub(crate) sequences: Vec<SampledSequence>,
+    pub sequences: Vec<SampledSequence>,
     /// Little-endian f32, one per prompt token (NaN for the first).
     #[prost(bytes = "vec", optional, tag = "2")]
-    pub(crate) prompt_logprobs: Option<Vec<u8>>,
+    pub prompt_logprobs: Option<Vec<u8>>,
     #[prost(int32, tag = "4")]
-    pub(crate) prompt_cache_hit_tokens: i32,
+    pub prompt_cache_hit_tokens: i32,
 }
 
 /// Little-endian bytes of f32 values.
-pub(crate) fn f32_bytes(values: &[f32]) -> Vec<u8> {
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 /// Little-endian bytes of token ids as i32 (ids are below 2³¹: vocabularies are far smaller).
-pub(crate) fn i32_bytes(values: &[u32]) -> Vec<u8> {
+pub fn i32_bytes(values: &[u32]) -> Vec<u8> {
     values
         .iter()
         .flat_map(|&v| i32::try_from(v).unwrap_or(i32::MAX).to_le_bytes())
@@ -255,12 +255,12 @@ pub(crate) fn i32_bytes(values: &[u32]) -> Vec<u8> {
 }
 
 /// Little-endian bytes of i64 values.
-pub(crate) fn i64_bytes(values: &[i64]) -> Vec<u8> {
+pub fn i64_bytes(values: &[i64]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
 /// A datum's tokens from its chunks: text chunks only.
-pub(crate) fn tokens_of(chunks: &[Chunk]) -> Result<Vec<u32>, String> {
+pub fn tokens_of(chunks: &[Chunk]) -> Result<Vec<u32>, String> {
     let mut out = Vec::new();
     for chunk in chunks {
         match &chunk.chunk {
@@ -285,8 +285,10 @@ pub(crate) fn tokens_of(chunks: &[Chunk]) -> Result<Vec<u32>, String> {
 }
 
 /// A loss input tensor's values as f64, dense or sparse CSR (`pad` where CSR lists nothing),
-/// with its element count checked against its shape.
-pub(crate) fn tensor_values(tensor: &Tensor, pad: f64) -> Result<Vec<f64>, String> {
+/// with its element count checked against its shape and against `expected` (the datum's
+/// token count) before anything is allocated: a sparse tensor's shape is the client's word,
+/// and densifying a `[1, 2^33]` one would take 64 GiB.
+pub fn tensor_values(tensor: &Tensor, pad: f64, expected: usize) -> Result<Vec<f64>, String> {
     let dtype = DType::try_from(tensor.dtype).unwrap_or(DType::Unspecified);
     let decode = |bytes: &[u8]| -> Result<Vec<f64>, String> {
         match dtype {
@@ -322,10 +324,16 @@ pub(crate) fn tensor_values(tensor: &Tensor, pad: f64) -> Result<Vec<f64>, Strin
             usize::try_from(d).ok().and_then(|d| n.checked_mul(d))
         })
         .ok_or("a tensor's shape is negative or too large")?;
+    if !tensor.shape.is_empty() && numel != expected {
+        return Err(format!(
+            "a tensor of shape {:?} has {numel} elements; the datum has {expected} tokens",
+            tensor.shape
+        ));
+    }
     match &tensor.encoding {
         Some(Encoding::Dense(bytes)) => {
             let values = decode(bytes)?;
-            if !tensor.shape.is_empty() && values.len() != numel {
+            if values.len() != expected {
                 return Err(format!(
                     "a tensor of shape {:?} has {} values",
                     tensor.shape,
@@ -434,11 +442,11 @@ mod tests {
         let datum = &request.data[0];
         assert_eq!(tokens_of(&datum.model_input).unwrap(), vec![1, 2, 300]);
         assert_eq!(
-            tensor_values(&datum.loss_fn_inputs["target_tokens"], 0.0).unwrap(),
+            tensor_values(&datum.loss_fn_inputs["target_tokens"], 0.0, 3).unwrap(),
             vec![2.0, 300.0, 7.0]
         );
         assert_eq!(
-            tensor_values(&datum.loss_fn_inputs["advantages"], 0.0).unwrap(),
+            tensor_values(&datum.loss_fn_inputs["advantages"], 0.0, 3).unwrap(),
             vec![0.0, 0.5, -1.0]
         );
         // And back: what prost writes, prost (and so Python) reads the same.
@@ -529,18 +537,42 @@ mod tests {
             shape: vec![2, 2],
         };
         assert_eq!(
-            tensor_values(&tensor, 0.0).unwrap(),
+            tensor_values(&tensor, 0.0, 4).unwrap(),
             vec![0.0, 5.0, 7.0, 0.0]
         );
         let mut bad = tensor.clone();
         if let Some(Encoding::SparseCsr(csr)) = &mut bad.encoding {
             csr.col_indices = i64_bytes(&[1, 9]);
         }
-        assert!(tensor_values(&bad, 0.0).is_err());
+        assert!(tensor_values(&bad, 0.0, 4).is_err());
         let mut bad = tensor;
         if let Some(Encoding::SparseCsr(csr)) = &mut bad.encoding {
             csr.crow_indices = i64_bytes(&[0, 5, 2]);
         }
-        assert!(tensor_values(&bad, 0.0).is_err());
+        assert!(tensor_values(&bad, 0.0, 4).is_err());
+    }
+
+    #[test]
+    fn a_sparse_shape_larger_than_its_datum_is_refused_before_allocating() {
+        // The 167-byte attack: no values, a shape of 2^33 elements.
+        let tensor = Tensor {
+            encoding: Some(Encoding::SparseCsr(SparseCsr {
+                values: Vec::new(),
+                crow_indices: i64_bytes(&[0, 0]),
+                col_indices: Vec::new(),
+            })),
+            dtype: DType::Float32 as i32,
+            shape: vec![1, 8_589_934_592],
+        };
+        let error = tensor_values(&tensor, 0.0, 8).unwrap_err();
+        assert!(error.contains("8 tokens"), "{error}");
+        // A dense tensor whose shape disagrees with the datum is refused the same way.
+        let dense = Tensor {
+            encoding: Some(Encoding::Dense(f32_bytes(&[1.0, 2.0]))),
+            dtype: DType::Float32 as i32,
+            shape: vec![2],
+        };
+        assert!(tensor_values(&dense, 0.0, 3).is_err());
+        assert_eq!(tensor_values(&dense, 0.0, 2).unwrap(), vec![1.0, 2.0]);
     }
 }

@@ -1,31 +1,27 @@
-//! Where Tinker requests run: one thread per training model (its `TrainingClient`, requests
-//! applied in `seq_id` order) and one sampling thread (requests of one sampler batched into a
-//! single `Sampler::run`). HTTP handlers only validate, enqueue and answer a request id; the
+//! Where a training model's requests run: one thread per model (its `TrainingClient`, requests
+//! applied in `seq_id` order). HTTP handlers only validate, enqueue and answer a request id; the
 //! compute never runs on the async runtime, so a slow `forward_backward` blocks no other
-//! request.
+//! request. The thread borrows its base model from the engine host for its whole life, counts
+//! itself in `Shared::live_models` until it ends, and once its model is closed fails whatever
+//! is still queued instead of running it.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use candle_core::Device;
 use prost::Message;
 use rft_model::engine::Engine;
 use rft_model::lora::{LoraAdapter, LoraConfig, Projection};
-use rft_model::sample::{FinishReason, SampleRequest, Sampler, SamplingParams};
-use rft_model::train::TokenSequence;
-use rft_model::CausalLm;
 use rft_train::loss::LossFn;
-use rft_train::primitives::{self, AdamParams, Datum, TrainingClient};
+use rft_train::primitives::{AdamParams, Datum, TrainingClient};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
-use super::futures::Outcome;
-use super::paths::CheckpointPath;
-use super::proto;
-use super::Shared;
+use crate::futures::Outcome;
+use crate::paths::CheckpointPath;
+use crate::{proto, wire, Shared};
 
 /// How long a model waits for a missing `seq_id` before running the next one it holds (a
 /// client that crashed between reserving an id and sending it must not stall the model).
@@ -34,9 +30,6 @@ const SEQ_GAP_WAIT: Duration = Duration::from_secs(10);
 /// Ephemeral sampler snapshots (`save_weights_and_get_sampling_client`) kept per model; older
 /// ones are deleted with their sampling sessions.
 pub(crate) const MAX_EPHEMERAL_SNAPSHOTS: usize = 8;
-
-/// Base models the sampling thread keeps loaded, and merged adapters it keeps.
-const SAMPLER_CACHE: usize = 2;
 
 /// The LoRA a training model was created with (and what a checkpoint records of it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -68,17 +61,17 @@ impl ModelMeta {
         }
     }
 
-    /// What `weights_info` and `get_info` report.
-    pub(crate) fn info(&self) -> Value {
-        json!({
-            "base_model": self.base_model,
-            "optimizer_config": {"type": "adamw"},
-            "is_lora": true,
-            "lora_rank": self.lora_rank,
-            "train_unembed": false,
-            "train_mlp": self.train_mlp,
-            "train_attn": self.train_attn,
-        })
+    /// What `weights_info` reports.
+    pub(crate) fn info(&self) -> wire::WeightsInfo {
+        wire::WeightsInfo {
+            base_model: self.base_model.clone(),
+            optimizer_config: wire::OptimizerOut { kind: "adamw" },
+            is_lora: true,
+            lora_rank: self.lora_rank,
+            train_unembed: false,
+            train_mlp: self.train_mlp,
+            train_attn: self.train_attn,
+        }
     }
 }
 
@@ -154,26 +147,100 @@ pub(crate) struct Job {
     pub(crate) op: ModelOp,
 }
 
-/// Starts a model's thread; it ends when the sender is dropped (the model was unloaded).
+/// Where a model is in its life, shared by its thread and the registry.
+///
+/// A closed model whose thread is in the middle of a request still holds its training state
+/// until that request ends, so it keeps counting against `MAX_MODELS` (`Shared::closing`)
+/// until then; one closed while idle frees it at once. `busy` is raised before `closed` is
+/// read, and `closed` before `busy` is read, so either the thread sees the close and runs
+/// nothing more, or the close sees the thread busy and counts it.
+#[derive(Debug, Default)]
+pub(crate) struct Life {
+    closed: AtomicBool,
+    busy: AtomicBool,
+    counted: AtomicBool,
+}
+
+impl Life {
+    /// Closes the model; `true` when it must count as still loaded (it is mid-request).
+    pub(crate) fn close(&self) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
+        let busy = self.busy.load(Ordering::SeqCst);
+        self.counted.store(busy, Ordering::SeqCst);
+        busy
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts a model's thread; it ends when the sender is dropped (the model was closed), after
+/// failing what is still queued.
 pub(crate) fn start_model(
     shared: Arc<Shared>,
     model_id: String,
     meta: ModelMeta,
     jobs: Receiver<Job>,
+    life: Arc<Life>,
 ) -> std::io::Result<()> {
+    shared.live_models.fetch_add(1, Ordering::Relaxed);
+    let guard = LiveModel {
+        shared: shared.clone(),
+        life: life.clone(),
+    };
     std::thread::Builder::new()
         .name("rft-tinker-model".into())
-        .spawn(move || run_model(&shared, &model_id, &meta, &jobs))
+        .spawn(move || {
+            let _guard = guard;
+            run_model(&shared, &model_id, &meta, &jobs, &life);
+        })
         .map(|_| ())
 }
 
-fn run_model(shared: &Shared, model_id: &str, meta: &ModelMeta, jobs: &Receiver<Job>) {
-    let mut client: Option<TrainingClient> = None;
+/// Counts a model in `live_models` until its thread ends (or fails to start), and releases
+/// its place among the closing models if the close counted it.
+struct LiveModel {
+    shared: Arc<Shared>,
+    life: Arc<Life>,
+}
+
+impl Drop for LiveModel {
+    fn drop(&mut self) {
+        self.shared.live_models.fetch_sub(1, Ordering::Relaxed);
+        if self.life.counted.swap(false, Ordering::SeqCst) {
+            self.shared.closing.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn run_model(shared: &Shared, model_id: &str, meta: &ModelMeta, jobs: &Receiver<Job>, life: &Life) {
+    let mut client: Option<Loaded> = None;
     let mut held: BTreeMap<i64, Job> = BTreeMap::new();
     // The SDK numbers a training client's requests from 1; its chunked `forward_backward`
     // sends the first chunk last, so later ones wait for it.
     let mut next_seq: Option<i64> = Some(1);
     loop {
+        if life.is_closed() {
+            // Closed: nothing queued runs; the training state goes with this thread.
+            drop(client.take());
+            let mut pending: BTreeSet<String> = held.into_values().map(|j| j.request_id).collect();
+            pending.extend(jobs.try_iter().map(|j| j.request_id));
+            for id in pending {
+                shared.futures.complete(
+                    &id,
+                    Outcome::user("the session was closed before this request ran"),
+                );
+            }
+            // Anything sent between the close and the sender's drop fails too.
+            while let Ok(job) = jobs.recv() {
+                shared.futures.complete(
+                    &job.request_id,
+                    Outcome::user("the session was closed before this request ran"),
+                );
+            }
+            return;
+        }
         // The next job: one without a seq_id, the expected seq_id, or, after a gap that
         // lasted too long, the smallest one held.
         let job = if let Some(seq) = next_seq.filter(|s| held.contains_key(s)) {
@@ -193,10 +260,24 @@ fn run_model(shared: &Shared, model_id: &str, meta: &ModelMeta, jobs: &Receiver<
                     _ => Some(job),
                 },
                 Err(RecvTimeoutError::Timeout) => held.pop_first().map(|(_, job)| job),
-                Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    if life.is_closed() {
+                        continue;
+                    }
+                    return;
+                }
             }
         };
         let Some(job) = job else { continue };
+        life.busy.store(true, Ordering::SeqCst);
+        if life.is_closed() {
+            life.busy.store(false, Ordering::SeqCst);
+            shared.futures.complete(
+                &job.request_id,
+                Outcome::user("the session was closed before this request ran"),
+            );
+            continue;
+        }
         if let Some(seq) = job.seq {
             // Never backwards: a second client of the same model numbering from 1 again runs
             // in arrival order rather than overtaking what is held.
@@ -211,6 +292,7 @@ fn run_model(shared: &Shared, model_id: &str, meta: &ModelMeta, jobs: &Receiver<
                 crate::panic_message(&*panic)
             )),
         };
+        life.busy.store(false, Ordering::SeqCst);
         shared.futures.complete(&job.request_id, outcome);
     }
 }
@@ -219,19 +301,25 @@ fn apply(
     shared: &Shared,
     model_id: &str,
     meta: &ModelMeta,
-    client: &mut Option<TrainingClient>,
+    client: &mut Option<Loaded>,
     op: ModelOp,
 ) -> Outcome {
     if let ModelOp::Create { spec, seed } = &op {
         return match create(shared, meta, spec, *seed) {
             Ok(created) => {
                 *client = Some(created);
-                Outcome::Json(json!({"model_id": model_id, "type": "create_model"}))
+                Outcome::json(&wire::ModelCreated {
+                    model_id: model_id.to_owned(),
+                    kind: "create_model",
+                })
             }
-            Err(e) => Outcome::server(format!("cannot load the base model: {e}")),
+            Err(CreateError::Budget(e)) => Outcome::user(e),
+            Err(CreateError::Other(e)) => {
+                Outcome::server(format!("cannot load the base model: {e}"))
+            }
         };
     }
-    let Some(client) = client.as_mut() else {
+    let Some(Loaded { client, .. }) = client.as_mut() else {
         return Outcome::user("the model failed to load; create it again");
     };
     match op {
@@ -246,12 +334,14 @@ fn apply(
             Err(e) => Outcome::user(e.to_string()),
         },
         ModelOp::OptimStep(params) => match client.optim_step(&params) {
-            Ok(out) => Outcome::Json(json!({
-                "metrics": {
-                    "grad_norm:mean": out.grad_norm,
-                    "step:max": out.step as f64,
-                }
-            })),
+            Ok(out) => Outcome::json(&wire::OptimStepResult {
+                metrics: [
+                    ("grad_norm:mean", out.grad_norm),
+                    ("step:max", out.step as f64),
+                ]
+                .into_iter()
+                .collect(),
+            }),
             Err(e) => Outcome::user(e.to_string()),
         },
         ModelOp::Save {
@@ -269,15 +359,18 @@ fn apply(
             overwrite,
         ) {
             Ok(()) => {
-                let mut answer = json!({
-                    "path": path.uri(),
-                    "type": if with_optimizer { "save_weights" } else { "save_weights_for_sampler" },
-                });
-                if let Some(id) = sampler {
-                    shared.open_snapshot_sampler(model_id, &id, meta, &path);
-                    answer["sampling_session_id"] = Value::String(id);
+                if let Some(id) = &sampler {
+                    crate::sampling::open_snapshot_sampler(shared, model_id, id, meta, &path);
                 }
-                Outcome::Json(answer)
+                Outcome::json(&wire::Saved {
+                    path: path.uri(),
+                    kind: if with_optimizer {
+                        "save_weights"
+                    } else {
+                        "save_weights_for_sampler"
+                    },
+                    sampling_session_id: sampler,
+                })
             }
             Err(e) => e,
         },
@@ -296,32 +389,64 @@ fn apply(
                 client.load_weights(&dir)
             };
             match loaded {
-                Ok(()) => Outcome::Json(json!({
-                    "path": path.uri(),
-                    "model_id": model_id,
-                    "type": "load_weights",
-                })),
+                Ok(()) => Outcome::json(&wire::Loaded {
+                    path: path.uri(),
+                    model_id: model_id.to_owned(),
+                    kind: "load_weights",
+                }),
                 Err(e) => Outcome::user(format!("cannot load {}: {e}", path.uri())),
             }
         }
     }
 }
 
-fn create(
-    shared: &Shared,
-    meta: &ModelMeta,
-    spec: &str,
-    seed: u64,
-) -> Result<TrainingClient, String> {
-    let engine = Engine::load_base(spec, &Device::Cpu).map_err(|e| e.to_string())?;
+enum CreateError {
+    /// No room beside the models in use: the client may retry later.
+    Budget(String),
+    Other(String),
+}
+
+fn create(shared: &Shared, meta: &ModelMeta, spec: &str, seed: u64) -> Result<Loaded, CreateError> {
+    let base = shared.host.base(spec).map_err(|e| match e {
+        rft_model::ModelError::MemoryBudget { .. } => CreateError::Budget(e.to_string()),
+        other => CreateError::Other(other.to_string()),
+    })?;
     shared.set_context(
         &meta.base_model,
-        engine.model.config().max_position_embeddings,
+        base.model.config().max_position_embeddings,
     );
-    export_tokenizer(&engine, &shared.tokenizer_dir(&meta.base_model));
-    let adapter = LoraAdapter::new(engine.model.config(), meta.lora(), seed, &Device::Cpu)
-        .map_err(|e| e.to_string())?;
-    Ok(TrainingClient::new(engine, adapter))
+    export_tokenizer(&base, &shared.tokenizer_dir(&meta.base_model));
+    let adapter = LoraAdapter::new(base.model.config(), meta.lora(), seed, shared.host.device())
+        .map_err(|e| CreateError::Other(e.to_string()))?;
+    // The client's engine shares the host's weights; the lease returned beside it is held as
+    // long as the client, so the host counts the base as in use and never drops it to make
+    // room while a training model still shares its weights.
+    Ok(Loaded {
+        client: TrainingClient::new(base.share(), adapter),
+        _lease: base,
+    })
+}
+
+/// A training client and the host's lease on its base model.
+pub(crate) struct Loaded {
+    client: TrainingClient,
+    _lease: Arc<Engine>,
+}
+
+/// `tokenizer_config.json` as `transformers` reads it.
+#[derive(Serialize)]
+struct TokenizerConfig {
+    tokenizer_class: &'static str,
+    model_max_length: usize,
+    clean_up_tokenization_spaces: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bos_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eos_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pad_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chat_template: Option<String>,
 }
 
 /// Writes the base model's tokenizer as a Hugging Face folder (`tokenizer.json`,
@@ -339,25 +464,18 @@ pub(crate) fn export_tokenizer(engine: &Engine, dir: &Path) {
             .to_string(false)
             .map_err(|e| e.to_string())?;
         write_atomic(&dir.join("tokenizer.json"), json.as_bytes())?;
-        let mut config = json!({
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "model_max_length": engine.model.config().max_position_embeddings,
-            "clean_up_tokenization_spaces": false,
-        });
-        if let Some(bos) = engine.tokenizer.bos_token() {
-            config["bos_token"] = Value::String(bos.to_owned());
-        }
-        if let Some(eos) = engine.tokenizer.eos_token() {
-            config["eos_token"] = Value::String(eos.to_owned());
-            config["pad_token"] = Value::String(eos.to_owned());
-        }
-        if let Some(template) = engine.tokenizer.chat_template_source() {
-            config["chat_template"] = Value::String(template.to_owned());
-        }
-        write_atomic(
-            &dir.join("tokenizer_config.json"),
-            config.to_string().as_bytes(),
-        )
+        let eos = engine.tokenizer.eos_token().map(str::to_owned);
+        let config = TokenizerConfig {
+            tokenizer_class: "PreTrainedTokenizerFast",
+            model_max_length: engine.model.config().max_position_embeddings,
+            clean_up_tokenization_spaces: false,
+            bos_token: engine.tokenizer.bos_token().map(str::to_owned),
+            pad_token: eos.clone(),
+            eos_token: eos,
+            chat_template: engine.tokenizer.chat_template_source().map(str::to_owned),
+        };
+        let config = serde_json::to_string(&config).map_err(|e| e.to_string())?;
+        write_atomic(&dir.join("tokenizer_config.json"), config.as_bytes())
     })();
     if let Err(e) = written {
         tracing::warn!("cannot export the tokenizer for the Tinker SDK: {e}");
@@ -443,7 +561,7 @@ fn save(
     std::fs::create_dir_all(parent).map_err(|e| Outcome::server(e.to_string()))?;
     // Written to a temporary folder and renamed, so a crash never leaves half a checkpoint
     // under the name.
-    let temp = parent.join(format!(".tmp-{}", crate::new_id("")));
+    let temp = parent.join(format!(".tmp-{}", rft_types::ids::new_id("")));
     std::fs::create_dir_all(&temp).map_err(|e| Outcome::server(e.to_string()))?;
     let written = if with_optimizer {
         client.save_state(&temp)
@@ -468,204 +586,4 @@ fn save(
     })?;
     tracing::debug!("tinker model {model_id} saved {}", path.uri());
     Ok(())
-}
-
-/// One `asample` request.
-pub(crate) struct SampleJob {
-    /// The future it completes.
-    pub(crate) request_id: String,
-    /// The base model's engine spec.
-    pub(crate) spec: String,
-    /// The base model's name.
-    pub(crate) base_model: String,
-    /// The adapter folder, if not the base model.
-    pub(crate) adapter: Option<PathBuf>,
-    /// Prompt tokens.
-    pub(crate) prompt: Vec<u32>,
-    /// Samples.
-    pub(crate) n: usize,
-    /// How to sample (stop ids already include end-of-turn when the client sent no `stop`).
-    pub(crate) params: SamplingParams,
-    /// Add the tokenizer's end-of-turn ids to `params.stop_ids`.
-    pub(crate) stop_at_eos: bool,
-    /// Return the prompt's log-probs.
-    pub(crate) prompt_logprobs: bool,
-}
-
-/// Starts the sampling thread.
-pub(crate) fn start_sampler(shared: Arc<Shared>, jobs: Receiver<SampleJob>) -> std::io::Result<()> {
-    std::thread::Builder::new()
-        .name("rft-tinker-sample".into())
-        .spawn(move || run_sampler(&shared, &jobs))
-        .map(|_| ())
-}
-
-#[derive(Default)]
-struct SamplerCache {
-    bases: Vec<(String, Engine)>,
-    merged: Vec<(PathBuf, CausalLm)>,
-}
-
-fn run_sampler(shared: &Shared, jobs: &Receiver<SampleJob>) {
-    let mut cache = SamplerCache::default();
-    let mut waiting: Vec<SampleJob> = Vec::new();
-    loop {
-        if waiting.is_empty() {
-            match jobs.recv() {
-                Ok(job) => waiting.push(job),
-                Err(_) => return,
-            }
-        }
-        waiting.extend(jobs.try_iter());
-        // Every waiting request of the first one's sampler runs as one batch.
-        let key = (waiting[0].spec.clone(), waiting[0].adapter.clone());
-        let (group, rest): (Vec<SampleJob>, Vec<SampleJob>) = waiting
-            .drain(..)
-            .partition(|j| j.spec == key.0 && j.adapter == key.1);
-        waiting = rest;
-        shared
-            .queued_samples
-            .fetch_sub(group.len(), std::sync::atomic::Ordering::Relaxed);
-        let outcomes = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            sample_group(shared, &mut cache, &key.0, key.1.as_deref(), &group)
-        })) {
-            Ok(Ok(outcomes)) => outcomes,
-            Ok(Err(e)) => group.iter().map(|_| Outcome::server(e.clone())).collect(),
-            Err(panic) => {
-                let message = crate::panic_message(&*panic);
-                group
-                    .iter()
-                    .map(|_| Outcome::server(format!("sampling panicked: {message}")))
-                    .collect()
-            }
-        };
-        for (job, outcome) in group.iter().zip(outcomes) {
-            shared.futures.complete(&job.request_id, outcome);
-        }
-    }
-}
-
-fn sample_group(
-    shared: &Shared,
-    cache: &mut SamplerCache,
-    spec: &str,
-    adapter: Option<&Path>,
-    group: &[SampleJob],
-) -> Result<Vec<Outcome>, String> {
-    if let Some(at) = cache.bases.iter().position(|(s, _)| s == spec) {
-        let entry = cache.bases.remove(at);
-        cache.bases.push(entry);
-    } else {
-        let engine = Engine::load_base(spec, &Device::Cpu).map_err(|e| e.to_string())?;
-        if cache.bases.len() >= SAMPLER_CACHE {
-            cache.bases.remove(0);
-        }
-        cache.bases.push((spec.to_owned(), engine));
-    }
-    let Some((_, engine)) = cache.bases.last() else {
-        return Err("no base model".into());
-    };
-    let context = engine.model.config().max_position_embeddings;
-    shared.set_context(&group[0].base_model, context);
-    if let Some(dir) = adapter {
-        if let Some(at) = cache.merged.iter().position(|(d, _)| d == dir) {
-            let entry = cache.merged.remove(at);
-            cache.merged.push(entry);
-        } else {
-            let lora = LoraAdapter::load_peft(dir, engine.model.config(), &Device::Cpu)
-                .map_err(|e| format!("cannot load the sampler's weights: {e}"))?;
-            // Folded into a copy of the weights once per snapshot, as the trainer's own
-            // `sample` does: every decode step then costs one matmul per projection.
-            let merged = engine
-                .model
-                .merged(&lora)
-                .and_then(|m| m.packed_for_sampling())
-                .map_err(|e| e.to_string())?;
-            if cache.merged.len() >= SAMPLER_CACHE {
-                cache.merged.remove(0);
-            }
-            cache.merged.push((dir.to_owned(), merged));
-        }
-    }
-    let model = match adapter {
-        Some(_) => cache.merged.last().map(|(_, m)| m).unwrap_or(&engine.model),
-        None => &engine.model,
-    };
-    // Requests checked against the real context now that the model is loaded; those past it
-    // fail alone.
-    let fits = |job: &SampleJob| job.prompt.len() + job.params.max_tokens <= context;
-    let requests: Vec<SampleRequest> = group
-        .iter()
-        .filter(|job| fits(job))
-        .map(|job| {
-            let mut params = job.params.clone();
-            if job.stop_at_eos {
-                params.stop_ids.extend(engine.tokenizer.eos_token_ids());
-            }
-            SampleRequest {
-                prompt: job.prompt.clone(),
-                n: job.n,
-                params,
-                constraint: None,
-            }
-        })
-        .collect();
-    let sampler = Sampler {
-        model,
-        adapter: None,
-        tokenizer: Some(&engine.tokenizer),
-    };
-    let mut results = sampler
-        .run(&requests)
-        .map_err(|e| e.to_string())?
-        .into_iter();
-    let mut outcomes = Vec::with_capacity(group.len());
-    for job in group {
-        if !fits(job) {
-            outcomes.push(Outcome::user(format!(
-                "the prompt ({} tokens) plus max_tokens ({}) exceed the model's context of {context}",
-                job.prompt.len(),
-                job.params.max_tokens
-            )));
-            continue;
-        }
-        let completions = results.next().unwrap_or_default();
-        let prompt_logprobs = if job.prompt_logprobs {
-            let mut values = vec![f32::NAN];
-            if job.prompt.len() > 1 {
-                let sequence = TokenSequence {
-                    prompt: job.prompt[..1].to_vec(),
-                    completion: job.prompt[1..].to_vec(),
-                };
-                let scored = primitives::sequence_logprobs(model, None, &[sequence])
-                    .map_err(|e| e.to_string())?;
-                values.extend(scored.into_iter().flatten());
-            }
-            Some(proto::f32_bytes(&values))
-        } else {
-            None
-        };
-        let response = proto::SampleResponse {
-            sequences: completions
-                .iter()
-                .map(|c| proto::SampledSequence {
-                    stop_reason: match c.finish_reason {
-                        FinishReason::Stop => proto::StopReason::Stop as i32,
-                        FinishReason::Length => proto::StopReason::Length as i32,
-                    },
-                    tokens: proto::i32_bytes(&c.ids),
-                    logprobs: Some(proto::f32_bytes(&c.logprobs)),
-                })
-                .collect(),
-            prompt_logprobs,
-            prompt_cache_hit_tokens: 0,
-        };
-        outcomes.push(Outcome::Proto(response.encode_to_vec()));
-    }
-    Ok(outcomes)
-}
-
-/// Sends a job to a model's thread; `false` when the thread is gone.
-pub(crate) fn send(jobs: &Sender<Job>, job: Job) -> bool {
-    jobs.send(job).is_ok()
 }
