@@ -1,17 +1,11 @@
 //! The `rft` binary as users run it: exit codes, stdout/stderr, per-line errors.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn rft(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rft"))
-        .args(args)
-        .env_remove("RFT_LOG")
-        .output()
-        .expect("the rft binary runs")
-}
+mod common;
+use common::rft;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);

@@ -2,62 +2,32 @@
 //! (tests/sdk/openai_flow.py), and a server killed with SIGKILL mid-job comes back with the job
 //! resumed and nothing it had written lost.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rft_model::Architecture;
 use serde_json::{json, Value};
 
-struct Serve {
-    child: Child,
-    base: String,
-}
+mod common;
+use common::{agent, repo_root, Serve};
 
-impl Serve {
-    fn start(data: &Path, key: &str, model: &Path) -> Serve {
-        // A free port, chosen first so the server can be its own judge endpoint (score_model
-        // and label_model graders call RFT_JUDGE_BASE_URL).
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rft"))
-            .args(["serve", "--port", &port.to_string(), "--data"])
-            .arg(data)
+/// `rft serve` on `model`, with `key`.
+fn serve(data: &Path, key: &str, model: &Path) -> Serve {
+    // A free port, chosen first so the server can be its own judge endpoint (score_model
+    // and label_model graders call RFT_JUDGE_BASE_URL).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    Serve::start_with(data, key, port, |command| {
+        command
             .arg("--model")
             .arg(model)
-            .env("RFT_API_KEYS", key)
             .env("RFT_JUDGE_BASE_URL", format!("http://127.0.0.1:{port}/v1"))
-            .env("RFT_JUDGE_API_KEY", key)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("rft serve exited before listening")
-                .unwrap();
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                break rest.trim().to_owned();
-            }
-        };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Serve { child, base }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .env("RFT_JUDGE_API_KEY", key);
+    })
 }
 
 fn write_task(dir: &Path, rows: usize) -> PathBuf {
@@ -75,10 +45,6 @@ fn write_task(dir: &Path, rows: usize) -> PathBuf {
     .unwrap();
     std::fs::write(dir.join("valid.jsonl"), row(99)).unwrap();
     model
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 #[test]
@@ -100,7 +66,7 @@ fn the_openai_python_sdk_runs_unchanged() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let model = write_task(tmp.path(), 6);
-    let server = Serve::start(&tmp.path().join("data"), "sdk-key", &model);
+    let server = serve(&tmp.path().join("data"), "sdk-key", &model);
     let output = Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/openai_flow.py"))
         .arg(&server.base)
@@ -115,13 +81,6 @@ fn the_openai_python_sdk_runs_unchanged() {
         output.status.success() && stdout.contains("OK"),
         "the SDK flow failed:\n{stdout}\n{stderr}"
     );
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into()
 }
 
 fn call(request: ureq::RequestBuilder<ureq::typestate::WithBody>, body: String) -> Value {
@@ -175,7 +134,7 @@ fn a_server_killed_mid_job_resumes_it_and_loses_nothing() {
     let model = write_task(tmp.path(), 40);
     let data = tmp.path().join("data");
     let agent = agent();
-    let server = Serve::start(&data, "k", &model);
+    let server = serve(&data, "k", &model);
     let base = server.base.clone();
     let train = upload(&agent, &base, &tmp.path().join("train.jsonl"));
     let valid = upload(&agent, &base, &tmp.path().join("valid.jsonl"));
@@ -204,7 +163,7 @@ fn a_server_killed_mid_job_resumes_it_and_loses_nothing() {
         std::thread::sleep(Duration::from_millis(50));
     };
     drop(server); // SIGKILL
-    let server = Serve::start(&data, "k", &model);
+    let server = serve(&data, "k", &model);
     let base = server.base.clone();
     let start = Instant::now();
     let done = loop {
@@ -250,7 +209,7 @@ fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
     let model = write_task(tmp.path(), 40);
     let data = tmp.path().join("data");
     let agent = agent();
-    let mut server = Serve::start(&data, "k", &model);
+    let mut server = serve(&data, "k", &model);
     let base = server.base.clone();
     let train = upload(&agent, &base, &tmp.path().join("train.jsonl"));
     let job = call(
@@ -285,7 +244,7 @@ fn sigterm_checkpoints_the_running_job_and_the_next_start_finishes_it() {
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "rft serve exited with {exit} after SIGTERM");
     drop(server);
-    let server = Serve::start(&data, "k", &model);
+    let server = serve(&data, "k", &model);
     let base = server.base.clone();
     let after = events(&agent, &base, &id);
     let stopped = after.iter().any(|e| {

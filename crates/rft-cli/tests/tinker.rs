@@ -9,9 +9,8 @@
 //! tests say so and pass, unless `RFT_REQUIRE_TINKER_SDK` is set (scripts/test.sh sets it once
 //! both are there). The RL loop runs only with `RFT_TINKER_RL_LOOP=1` (minutes of training).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use candle_core::Device;
 use rft_model::engine::Engine;
@@ -21,51 +20,10 @@ use rft_train::loss::LossFn;
 use rft_train::primitives::{AdamParams, Datum, TrainingClient};
 use serde_json::Value;
 
+mod common;
+use common::{repo_root, Serve};
+
 const KEY: &str = "tml-openrft-test-key";
-
-struct Serve {
-    child: Child,
-    /// `http://127.0.0.1:PORT` (the SDK adds `/api/v1`).
-    root: String,
-}
-
-impl Serve {
-    fn start(data: &Path) -> Serve {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rft"))
-            .args(["serve", "--port", "0", "--data"])
-            .arg(data)
-            .env("RFT_API_KEYS", KEY)
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let mut lines = BufReader::new(stderr).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("rft serve exited before listening")
-                .unwrap();
-            if let Some(rest) = line.strip_prefix("listening on ") {
-                break rest.trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        let root = base.trim_end_matches("/v1").to_owned();
-        Serve { child, root }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 /// The SDK's Python, or `None` (after saying why) when the test cannot run here.
 fn tinker_python() -> Option<PathBuf> {
@@ -172,11 +130,11 @@ fn the_tinker_sdk_computes_what_the_library_computes() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let server = Serve::start(&tmp.path().join("data"));
+    let server = Serve::start(&tmp.path().join("data"), KEY);
     let out = tmp.path().join("sdk.json");
     let output = Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/tinker_flow.py"))
-        .arg(&server.root)
+        .arg(server.root())
         .arg(KEY)
         .arg(SMOLLM2_135M_INSTRUCT.name)
         .arg(&out)
@@ -283,11 +241,11 @@ fn the_cookbook_rl_loop_raises_the_reward() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let server = Serve::start(&tmp.path().join("data"));
+    let server = Serve::start(&tmp.path().join("data"), KEY);
     let quickstart = repo_root().join("examples/quickstart");
     let output = Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/tinker_rl_loop.py"))
-        .arg(&server.root)
+        .arg(server.root())
         .arg(KEY)
         .arg(SMOLLM2_135M_INSTRUCT.name)
         .arg(quickstart.join("train.jsonl"))

@@ -2,59 +2,16 @@
 //! model the test writes itself.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use serde_json::json;
 
-fn rft(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rft"))
-        .args(args)
-        .env_remove("RFT_LOG")
-        .output()
-        .expect("the rft binary runs")
-}
-
-fn job(dir: &Path) -> std::path::PathBuf {
-    let model = dir.join("model");
-    rft_model::tiny::write_tiny_model(&model, rft_model::Architecture::Llama, 2).unwrap();
-    let rows: String = (0..8)
-        .map(|i| {
-            json!({"messages": [{"role": "user", "content": format!("Say x {i}")}], "answer": "x"})
-                .to_string()
-                + "\n"
-        })
-        .collect();
-    std::fs::write(dir.join("train.jsonl"), &rows).unwrap();
-    std::fs::write(
-        dir.join("valid.jsonl"),
-        &rows[..rows.find('\n').unwrap() + 1],
-    )
-    .unwrap();
-    let path = dir.join("job.json");
-    std::fs::write(
-        &path,
-        json!({
-            "model": model.to_str().unwrap(),
-            "training_file": "train.jsonl",
-            "validation_file": "valid.jsonl",
-            "suffix": "cli",
-            "method": {"type": "reinforcement", "reinforcement": {
-                "grader": {"type": "string_check", "name": "x", "operation": "like",
-                           "input": "{{sample.output_text}}", "reference": "{{item.answer}}"},
-                "hyperparameters": {"batch_size": 2, "eval_interval": 2, "eval_samples": 2,
-                                    "max_completion_tokens": 4, "compute_multiplier": 0.5}
-            }}
-        })
-        .to_string(),
-    )
-    .unwrap();
-    path
-}
+mod common;
+use common::{rft, tiny_job};
 
 #[test]
 fn train_then_generate_and_export() {
     let dir = tempfile::tempdir().unwrap();
-    let config = job(dir.path());
+    let config = tiny_job(dir.path(), Some("cli"));
     let out = dir.path().join("run");
     let result = rft(&[
         "train",
@@ -138,7 +95,7 @@ fn train_then_generate_and_export() {
 #[test]
 fn a_bad_job_file_names_the_problem() {
     let dir = tempfile::tempdir().unwrap();
-    let config = job(dir.path());
+    let config = tiny_job(dir.path(), Some("cli"));
     let mut value: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     value["method"]["reinforcement"]["hyperparameters"]["n_epoch"] = json!(2);

@@ -214,6 +214,11 @@ impl EngineHost {
         if let Some(engine) = self.resident_base(spec) {
             return Ok(engine);
         }
+        // Room first, from the configuration alone: a load refused after the weights are in
+        // memory would already have taken what the budget is there to protect.
+        if let Some(bytes) = expected_bytes(spec) {
+            self.state().make_room(bytes, self.budget)?;
+        }
         let engine = Engine::load_base(spec, &self.device)?;
         self.insert_base(spec, engine)
     }
@@ -304,6 +309,36 @@ impl EngineHost {
         Ok(model)
     }
 
+    /// `base`'s weights packed for the training pass (`CausalLm::packed_for_training`): one
+    /// copy per base for every training client of the process, counted at twice the base's
+    /// bytes where packing happens (AVX-512 CPUs), nothing where the model stays dense.
+    pub fn training_model(&self, base: &Engine) -> Result<Arc<CausalLm>, ModelError> {
+        let key = format!("{}\u{0}training", base.base);
+        if let Some(model) = find(&mut self.state(), |s| &mut s.merged, &key) {
+            return Ok(model);
+        }
+        let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(model) = find(&mut self.state(), |s| &mut s.merged, &key) {
+            return Ok(model);
+        }
+        let bytes = if base.model.will_pack_for_training() {
+            2 * engine_bytes(base.model.config())
+        } else {
+            0
+        };
+        self.state().make_room(bytes, self.budget)?;
+        let model = Arc::new(base.model.packed_for_training()?);
+        let mut state = self.state();
+        let used = state.tick();
+        state.merged.push(Resident {
+            key,
+            value: model.clone(),
+            bytes,
+            used,
+        });
+        Ok(model)
+    }
+
     /// Drops every entry nobody borrows (after a panic left a caller unsure what it built).
     pub fn drop_unlent(&self) {
         let mut state = self.state();
@@ -313,8 +348,33 @@ impl EngineHost {
     }
 }
 
+/// What loading `spec` will hold, read from its configuration (a GGUF header or
+/// `config.json`) without its weights; `None` when that cannot be read (the load itself then
+/// says why).
+fn expected_bytes(spec: &str) -> Option<u64> {
+    let config = match crate::hub::resolve_model(spec).ok()? {
+        crate::hub::ModelLocation::HfDir(dir) => {
+            let text = std::fs::read_to_string(dir.join("config.json")).ok()?;
+            ModelConfig::from_hf_json(&text).ok()?
+        }
+        crate::hub::ModelLocation::Gguf(path) => {
+            let mut file = std::fs::File::open(path).ok()?;
+            let content = candle_core::quantized::gguf_file::Content::read(&mut file).ok()?;
+            ModelConfig::from_gguf(&content).ok()?
+        }
+    };
+    Some(engine_bytes(&config))
+}
+
+/// An adapter's key: its base, its folder and when its weights were written, so a folder
+/// saved again under the same name (Tinker's `overwrite`) is loaded anew, not served stale.
 fn adapter_key(base: &str, dir: &Path) -> String {
-    format!("{base}\u{0}{}", dir.display())
+    let written = std::fs::metadata(dir.join("adapter_model.safetensors"))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    format!("{base}\u{0}{}\u{0}{written}", dir.display())
 }
 
 /// The resident entry under `key`, marked used.
@@ -437,6 +497,48 @@ mod tests {
         tiny_host
             .insert_base("c", tiny_engine(&tmp.path().join("c")))
             .unwrap();
+    }
+
+    #[test]
+    fn every_training_client_of_a_base_shares_one_packed_copy() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("m");
+        tiny::write_tiny_model(&dir, Architecture::Llama, 3).unwrap();
+        let host = EngineHost::new(Device::Cpu, u64::MAX);
+        let base = host.base(dir.to_str().unwrap()).unwrap();
+        let first = host.training_model(&base.share()).unwrap();
+        let second = host.training_model(&base.share()).unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        let expected = if base.model.will_pack_for_training() {
+            2 * engine_bytes(base.model.config())
+        } else {
+            0
+        };
+        assert_eq!(
+            host.stats().bytes,
+            engine_bytes(base.model.config()) + expected
+        );
+    }
+
+    #[test]
+    fn a_load_that_cannot_fit_is_refused_before_its_weights_are_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let a = tmp.path().join("a");
+        let b = tmp.path().join("b");
+        tiny::write_tiny_model(&a, Architecture::Llama, 3).unwrap();
+        tiny::write_tiny_model(&b, Architecture::Llama, 4).unwrap();
+        let bytes = engine_bytes(&ModelConfig::tiny(Architecture::Llama));
+        assert_eq!(expected_bytes(b.to_str().unwrap()), Some(bytes));
+        let host = EngineHost::new(Device::Cpu, bytes + bytes / 2);
+        let _lent = host.base(a.to_str().unwrap()).unwrap();
+        // Unreadable weights: only a refusal before reading them passes this.
+        std::fs::write(b.join("model.safetensors"), b"not weights").unwrap();
+        let refused = host.base(b.to_str().unwrap()).unwrap_err();
+        assert!(
+            matches!(refused, ModelError::MemoryBudget { .. }),
+            "{refused}"
+        );
+        assert_eq!(host.stats().loads, 1);
     }
 
     #[test]

@@ -617,25 +617,7 @@ impl CausalLm {
     /// rather than risk running out of memory for a speed-up.
     pub fn packed_for_training(&self) -> Result<CausalLm, ModelError> {
         let mut packed = self.clone();
-        if crate::packed::Kernel::detect() != Some(crate::packed::Kernel::Avx512)
-            || !self.device.is_cpu()
-        {
-            return Ok(packed);
-        }
-        let weights: usize = self
-            .layers
-            .iter()
-            .flat_map(|layer| Projection::ALL.map(|p| layer.projection(p).weight.elem_count()))
-            .sum::<usize>()
-            + self.lm_head.elem_count();
-        let copies = 2 * weights * std::mem::size_of::<f32>();
-        let available = available_memory_bytes();
-        if !copies_fit(copies, available) {
-            tracing::info!(
-                "training on the dense weights: packing them would take {} MB of the {} MB available",
-                copies >> 20,
-                available.unwrap_or(0) >> 20
-            );
+        if !self.will_pack_for_training() {
             return Ok(packed);
         }
         let both = |weight: &Tensor| -> Result<_, ModelError> {
@@ -652,6 +634,33 @@ impl CausalLm {
         }
         (packed.lm_head_packed, packed.lm_head_packed_t) = both(&packed.lm_head)?;
         Ok(packed)
+    }
+
+    /// Whether [`CausalLm::packed_for_training`] packs (an AVX-512 CPU, and room for the two
+    /// copies in half the available memory) or returns the dense model.
+    pub fn will_pack_for_training(&self) -> bool {
+        if crate::packed::Kernel::detect() != Some(crate::packed::Kernel::Avx512)
+            || !self.device.is_cpu()
+        {
+            return false;
+        }
+        let weights: usize = self
+            .layers
+            .iter()
+            .flat_map(|layer| Projection::ALL.map(|p| layer.projection(p).weight.elem_count()))
+            .sum::<usize>()
+            + self.lm_head.elem_count();
+        let copies = 2 * weights * std::mem::size_of::<f32>();
+        let available = available_memory_bytes();
+        if !copies_fit(copies, available) {
+            tracing::info!(
+                "training on the dense weights: packing them would take {} MB of the {} MB available",
+                copies >> 20,
+                available.unwrap_or(0) >> 20
+            );
+            return false;
+        }
+        true
     }
 
     /// The output projection as training multiplies by it (packed where

@@ -1,5 +1,5 @@
 //! The one check of a sampling request, shared by every API that samples (chat completions,
-//! Tinker's `asample`, eval runs): the ranges of `n`, `max_tokens`, `temperature`, `top_p`,
+//! Tinker's `asample`, eval runs' `sampling_params`): the ranges of `n`, `max_tokens`, `temperature`, `top_p`,
 //! `top_k` and the stops, the `n × max_tokens` cap, and the seeding rule. Each API parses its
 //! own wire shape into a [`SamplingAsk`] and maps a [`SamplingFault`] to its own error, so a
 //! limit is written once and every surface enforces it.

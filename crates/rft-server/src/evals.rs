@@ -23,6 +23,7 @@ use rft_eval::objects::{
 };
 use rft_grade::template::{Scope, Template};
 use rft_model::constrain::ResponseFormat;
+use rft_model::request::{check_sampling, SamplingAsk, SamplingLimits};
 use rft_model::sample::SamplingParams;
 use rft_types::api::common::{Deleted, DeletedId, List, Metadata};
 use rft_types::api::eval::{
@@ -265,6 +266,9 @@ pub(crate) async fn create_run(
                     ApiError::bad_request(format!("{field}: {}", e.message)).with_param(field)
                 })?;
             }
+            // The one sampling check chat and Tinker use too, refused here rather than failing
+            // every row later.
+            check_run_sampling(&sampling_params, state.config.max_request_tokens)?;
             (
                 model,
                 source,
@@ -543,6 +547,61 @@ impl Resolved {
             seed: params.seed.unwrap_or(42),
         })
     }
+
+    /// A row's engine parameters, through the check every sampling API shares.
+    fn params(&self, seed: u64, max_total: usize) -> Result<SamplingParams, ApiError> {
+        let ask = SamplingAsk {
+            n: 1,
+            max_tokens: Some(
+                usize::try_from(self.item.max_completion_tokens).unwrap_or(usize::MAX),
+            ),
+            max_tokens_param: "max_completion_tokens",
+            temperature: Some(self.item.temperature),
+            top_p: Some(self.item.top_p),
+            seed: Some(seed),
+            ..SamplingAsk::default()
+        };
+        check_sampling(&ask, &run_limits(max_total), 0).map_err(run_fault)
+    }
+}
+
+/// Eval runs sample as chat does: chat's limits.
+fn run_limits(max_total: usize) -> SamplingLimits {
+    SamplingLimits {
+        max_n: 1,
+        max_tokens: 1_000_000,
+        max_total_tokens: max_total,
+        max_temperature: 2.0,
+        max_stops: 4,
+        ..SamplingLimits::default()
+    }
+}
+
+fn run_fault(fault: rft_model::request::SamplingFault) -> ApiError {
+    let param = format!("data_source.sampling_params.{}", fault.param);
+    ApiError::bad_request(format!("{param}: {}", fault.message)).with_param(param)
+}
+
+/// Checks a completions run's `sampling_params` when the run is created.
+fn check_run_sampling(params: &RunSamplingParams, max_total: usize) -> Result<(), ApiError> {
+    let ask = SamplingAsk {
+        n: 1,
+        max_tokens: params
+            .max_completion_tokens
+            .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+        max_tokens_param: "max_completion_tokens",
+        temperature: params.temperature,
+        top_p: params.top_p,
+        seed: params.seed,
+        ..SamplingAsk::default()
+    };
+    check_sampling(
+        &ask,
+        &run_limits(max_total),
+        crate::inference::DEFAULT_MAX_TOKENS,
+    )
+    .map(|_| ())
+    .map_err(run_fault)
 }
 
 /// A row's sample: the given one, or one sampled from the run's model.
@@ -580,13 +639,7 @@ fn sample_row(
             model: run.model.clone(),
             messages: messages.clone(),
             n: 1,
-            params: SamplingParams {
-                temperature: sampling.item.temperature,
-                top_p: sampling.item.top_p,
-                max_tokens: sampling.item.max_completion_tokens as usize,
-                seed,
-                ..SamplingParams::default()
-            },
+            params: sampling.params(seed, state.config.max_request_tokens)?,
             response_format: sampling.response_format.clone(),
             tools: sampling.tools.clone(),
         },

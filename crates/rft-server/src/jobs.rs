@@ -45,6 +45,9 @@ use crate::error::{parse_body, ApiJson};
 use crate::graders::parse_grader;
 use crate::{new_id, now, parse_limit, parse_metadata, ApiError, ServeError, SharedState};
 
+/// How long a job whose model does not fit the memory budget waits before it is tried again.
+const MEMORY_RETRY: Duration = Duration::from_secs(5);
+
 /// Runs queued jobs one at a time on a thread of its own, so the API stays responsive.
 #[derive(Debug)]
 pub(crate) struct Scheduler {
@@ -58,6 +61,9 @@ struct Inner {
     catalog: Arc<crate::catalog::Catalog>,
     /// Where jobs borrow their base models (shared with chat, Tinker and evals).
     host: Arc<rft_model::host::EngineHost>,
+    /// Jobs requeued because their model did not fit the memory budget (their event is
+    /// written once).
+    waiting_for_memory: Mutex<std::collections::HashSet<String>>,
     wake: (Mutex<bool>, Condvar),
     running: Mutex<Option<(String, Arc<JobControl>)>>,
     stopping: AtomicBool,
@@ -88,6 +94,7 @@ impl Scheduler {
             store,
             catalog,
             host,
+            waiting_for_memory: Mutex::new(std::collections::HashSet::new()),
             wake: (Mutex::new(false), Condvar::new()),
             running: Mutex::new(None),
             stopping: AtomicBool::new(false),
@@ -429,11 +436,40 @@ impl Inner {
                     self.set_status_unless_changed(&id, JobStatus::Running, JobStatus::Paused)?;
                 }
             }
+            Err(TrainError::Model(rft_model::ModelError::MemoryBudget { .. })) => {
+                // Not the job's fault: the models in use (a Tinker session, chat) fill the
+                // memory budget. The job waits in the queue, said once in its events, and is
+                // tried again after a pause.
+                let first = self
+                    .waiting_for_memory
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone());
+                if first {
+                    let _ = append_event(
+                        &dir,
+                        &id,
+                        EventLevel::Info,
+                        "Waiting for model memory: the models in use fill the server's budget (rft serve --max-model-gib); the job starts when one is released",
+                    );
+                }
+                self.set_status_unless_changed(&id, JobStatus::Running, JobStatus::Queued)?;
+                let (flag, cv) = &self.wake;
+                let guard = flag.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = cv
+                    .wait_timeout(guard, MEMORY_RETRY)
+                    .unwrap_or_else(|e| e.into_inner());
+                return Ok(());
+            }
             Err(e) => {
                 let error = self.describe_failure(job, &e);
                 self.fail(&id, error)?;
             }
         }
+        self.waiting_for_memory
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
         Ok(())
     }
 

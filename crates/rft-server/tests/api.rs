@@ -3,27 +3,18 @@
 //! streamed), pause/resume/cancel, the error envelope, and auth.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rft_model::Architecture;
 use serde_json::{json, Value};
 
 mod common;
+use common::http::sse_chunks;
+use common::jobs::{has_x, rows, start_job, tiny_model, upload_train_valid};
 use common::Server;
 
-fn dataset(rows: usize) -> String {
-    (0..rows)
-        .map(|i| {
-            json!({"messages": [{"role": "user", "content": format!("Say x please {i}")}], "target": "x"})
-                .to_string()
-                + "\n"
-        })
-        .collect()
-}
-
-fn grader() -> Value {
-    json!({"type": "string_check", "name": "has_x", "operation": "like",
-           "input": "{{sample.output_text}}", "reference": "{{item.target}}"})
+fn dataset(count: usize) -> String {
+    rows(count, |i| format!("Say x please {i}"))
 }
 
 fn job_body(model: &Path, train: &str, valid: &str, hyper: Value) -> Value {
@@ -35,7 +26,7 @@ fn job_body(model: &Path, train: &str, valid: &str, hyper: Value) -> Value {
         "seed": 3,
         "metadata": {"team": "rl"},
         "method": {"type": "reinforcement", "reinforcement": {
-            "grader": grader(),
+            "grader": has_x(),
             "hyperparameters": hyper,
         }}
     })
@@ -44,8 +35,7 @@ fn job_body(model: &Path, train: &str, valid: &str, hyper: Value) -> Value {
 #[test]
 fn an_rft_job_runs_end_to_end_over_http() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    rft_model::tiny::write_tiny_model(&model, Architecture::Qwen2, 5).unwrap();
+    let model = tiny_model(tmp.path(), Architecture::Qwen2, 5);
     let server = Server::start(&tmp.path().join("data"), &[]);
 
     // Files.
@@ -72,7 +62,7 @@ fn an_rft_job_runs_end_to_end_over_http() {
     // Graders.
     let (status, body) = server.post(
         "/fine_tuning/alpha/graders/run",
-        &json!({"grader": grader(), "model_sample": "xx", "item": {"target": "x"}}),
+        &json!({"grader": has_x(), "model_sample": "xx", "item": {"target": "x"}}),
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["reward"], 1.0);
@@ -175,24 +165,13 @@ fn an_rft_job_runs_end_to_end_over_http() {
         assert!(chat["usage"]["completion_tokens"].as_u64().unwrap() > 0);
         assert!(chat["choices"][0]["logprobs"]["content"].is_array());
     }
-    let mut response = server
-        .agent
-        .post(format!("{}/chat/completions", server.base))
-        .header("Content-Type", "application/json")
-        .send(
-            json!({"model": ft, "messages": [{"role": "user", "content": "Say x"}],
-                   "max_tokens": 5, "stream": true, "seed": 1,
-                   "stream_options": {"include_usage": true}})
-            .to_string(),
-        )
-        .unwrap();
-    let text = response.body_mut().read_to_string().unwrap();
-    let chunks: Vec<Value> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let (_, text) = server.post_text(
+        "/chat/completions",
+        &json!({"model": ft, "messages": [{"role": "user", "content": "Say x"}],
+                "max_tokens": 5, "stream": true, "seed": 1,
+                "stream_options": {"include_usage": true}}),
+    );
+    let chunks = sse_chunks(&text);
     assert!(text.trim_end().ends_with("data: [DONE]"));
     assert_eq!(chunks[0]["object"], "chat.completion.chunk");
     assert!(chunks
@@ -214,22 +193,13 @@ fn an_rft_job_runs_end_to_end_over_http() {
         .count();
     assert!(pieces >= 2, "the text came in one piece: {text}");
     // With logprobs, every token's chunk carries its record.
-    let mut response = server
-        .agent
-        .post(format!("{}/chat/completions", server.base))
-        .header("Content-Type", "application/json")
-        .send(
-            json!({"model": ft, "messages": [{"role": "user", "content": "Say x"}],
-                   "max_tokens": 5, "stream": true, "seed": 1, "logprobs": true})
-            .to_string(),
-        )
-        .unwrap();
-    let text = response.body_mut().read_to_string().unwrap();
-    let records: usize = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+    let (_, text) = server.post_text(
+        "/chat/completions",
+        &json!({"model": ft, "messages": [{"role": "user", "content": "Say x"}],
+                "max_tokens": 5, "stream": true, "seed": 1, "logprobs": true}),
+    );
+    let records: usize = sse_chunks(&text)
+        .into_iter()
         .filter_map(|c| {
             c["choices"][0]["logprobs"]["content"]
                 .as_array()
@@ -263,11 +233,9 @@ fn an_rft_job_runs_end_to_end_over_http() {
 #[test]
 fn pause_resume_and_cancel_follow_the_status_machine() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    rft_model::tiny::write_tiny_model(&model, Architecture::Llama, 9).unwrap();
+    let model = tiny_model(tmp.path(), Architecture::Llama, 9);
     let server = Server::start(&tmp.path().join("data"), &[]);
-    let (_, train) = server.upload("train.jsonl", &dataset(40), "fine-tune");
-    let (_, valid) = server.upload("valid.jsonl", &dataset(1), "fine-tune");
+    let (train, valid) = upload_train_valid(&server, &dataset(40), &dataset(1));
     let body = job_body(
         &model,
         train["id"].as_str().unwrap(),
@@ -277,27 +245,18 @@ fn pause_resume_and_cancel_follow_the_status_machine() {
         json!({"batch_size": 2, "n_epochs": 50, "compute_multiplier": 0.25, "eval_interval": 5000,
                "eval_samples": 1, "lora_rank": 2, "max_completion_tokens": 3}),
     );
-    let (_, job) = server.post("/fine_tuning/jobs", &body);
-    let id = job["id"].as_str().unwrap().to_owned();
-    server.wait_for(&id, &["running"], Duration::from_secs(60));
+    let id = start_job(&server, &body);
     let (status, paused) = server.post(&format!("/fine_tuning/jobs/{id}/pause"), &json!({}));
     assert_eq!(status, 200, "{paused}");
     assert_eq!(paused["status"], "paused");
     // The trainer stops at its step boundary and says so.
-    let start = Instant::now();
-    loop {
-        let (_, events) = server.get(&format!("/fine_tuning/jobs/{id}/events?limit=100"));
-        if events["data"].as_array().unwrap().iter().any(|e| {
-            e["message"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("Paused after step")
-        }) {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "no pause event");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    server.wait_for_event(
+        &id,
+        "Paused after step",
+        100,
+        Duration::from_secs(60),
+        "no pause event",
+    );
     let (status, resumed) = server.post(&format!("/fine_tuning/jobs/{id}/resume"), &json!({}));
     assert_eq!(status, 200, "{resumed}");
     assert_eq!(resumed["status"], "queued");
@@ -339,11 +298,9 @@ fn api_keys_are_required_when_configured() {
 #[test]
 fn graders_and_chats_under_concurrent_load_while_a_job_trains() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    rft_model::tiny::write_tiny_model(&model, Architecture::Qwen2, 3).unwrap();
+    let model = tiny_model(tmp.path(), Architecture::Qwen2, 3);
     let server = Server::start(&tmp.path().join("data"), &[]);
-    let (_, train) = server.upload("train.jsonl", &dataset(20), "fine-tune");
-    let (_, valid) = server.upload("valid.jsonl", &dataset(1), "fine-tune");
+    let (train, valid) = upload_train_valid(&server, &dataset(20), &dataset(1));
     let body = job_body(
         &model,
         train["id"].as_str().unwrap(),
@@ -351,9 +308,7 @@ fn graders_and_chats_under_concurrent_load_while_a_job_trains() {
         json!({"batch_size": 2, "n_epochs": 50, "compute_multiplier": 0.25, "eval_interval": 1000,
                "eval_samples": 1, "lora_rank": 2, "max_completion_tokens": 3}),
     );
-    let (_, job) = server.post("/fine_tuning/jobs", &body);
-    let id = job["id"].as_str().unwrap().to_owned();
-    server.wait_for(&id, &["running"], Duration::from_secs(60));
+    let id = start_job(&server, &body);
     let plan = rft_server::loadtest::LoadPlan {
         grader_requests: 300,
         grader_clients: 16,
@@ -381,7 +336,7 @@ fn graders_and_chats_under_concurrent_load_while_a_job_trains() {
 fn openapi_describes_every_route() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(tmp.path(), &[]);
-    let root = server.base.trim_end_matches("/v1");
+    let root = server.root();
     let mut response = server
         .agent
         .get(format!("{root}/openapi.json"))
@@ -397,6 +352,29 @@ fn openapi_describes_every_route() {
         );
     }
     assert!(paths.contains_key("/v1/fine_tuning/jobs/{job_id}/pause"));
+    // Tinker's routes are in the same document, under /api/v1, each with its own operation.
+    for route in rft_tinker::ROUTES {
+        let path = format!("/api/v1{}", route.path);
+        assert!(
+            paths[&path][route.method]["operationId"].is_string(),
+            "{} {path} missing",
+            route.method
+        );
+    }
+    let mut ids: Vec<&str> = paths
+        .values()
+        .flat_map(|ops| ops.as_object().unwrap().values())
+        .map(|op| op["operationId"].as_str().unwrap())
+        .collect();
+    let count = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), count, "operation ids are unique");
+    assert!(
+        paths["/api/v1/forward_backward"]["post"]["requestBody"]["content"]
+            ["application/x-protobuf"]
+            .is_object()
+    );
     let (status, body) = server.get("/no/such/route");
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "unknown_url");

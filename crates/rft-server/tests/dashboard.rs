@@ -5,14 +5,13 @@
 //! a browser: the shell's security headers, and that the data routes keep the API's auth.
 //!
 //! Chromium is driven over the DevTools protocol (a WebSocket on a loopback port, spoken by the
-//! small client below): `Runtime.evaluate` clicks buttons and reads the DOM. Without Chromium
-//! the browser tests say they skipped, unless `RFT_REQUIRE_CHROMIUM` is set (CI sets it).
+//! small client in `common/devtools.rs`): `Runtime.evaluate` clicks buttons and reads the DOM.
+//! Without Chromium the browser tests say they skipped, unless `RFT_REQUIRE_CHROMIUM` is set
+//! (CI sets it).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rft_model::Architecture;
 use rft_types::api::event::JobEvent;
@@ -20,329 +19,30 @@ use rft_types::api::job::FineTuningJob;
 use serde_json::{json, Value};
 
 mod common;
+use common::devtools::browser_or_skip;
+use common::http::{header, raw_get};
+use common::jobs::{has_x, rows, tiny_model, upload_train_valid};
 use common::Server;
-
-// -------------------------------------------------------------------------------------------
-// A minimal DevTools-protocol client.
-
-fn chromium() -> Option<&'static str> {
-    ["chromium", "chromium-browser"].into_iter().find(|bin| {
-        Command::new(bin)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
-/// The browser, or `None` (the test then skips) when Chromium is missing and not required.
-fn browser_or_skip(home: &Path) -> Option<Browser> {
-    let Some(bin) = chromium() else {
-        assert!(
-            std::env::var_os("RFT_REQUIRE_CHROMIUM").is_none(),
-            "RFT_REQUIRE_CHROMIUM is set but chromium is not installed"
-        );
-        eprintln!("skipping the dashboard in Chromium: `chromium` is not installed");
-        return None;
-    };
-    Some(Browser::launch(bin, home))
-}
-
-struct Browser {
-    child: Child,
-    socket: TcpStream,
-    next_id: u64,
-}
-
-impl Browser {
-    fn launch(bin: &str, home: &Path) -> Browser {
-        let profile = home.join("chromium-profile");
-        std::fs::create_dir_all(&profile).unwrap();
-        let child = Command::new(bin)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-extensions",
-                "--remote-debugging-port=0",
-                "--window-size=1400,1000",
-                &format!("--user-data-dir={}", profile.display()),
-                "about:blank",
-            ])
-            .env("HOME", home)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        // Chromium writes its port (and the browser's socket path) once it listens.
-        let port_file = profile.join("DevToolsActivePort");
-        let start = Instant::now();
-        let port: u16 = loop {
-            if let Some(port) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()))
-            {
-                break port;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "chromium did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
-        let targets: Value = serde_json::from_str(
-            &agent
-                .get(format!("http://127.0.0.1:{port}/json/list"))
-                .call()
-                .unwrap()
-                .body_mut()
-                .read_to_string()
-                .unwrap(),
-        )
-        .unwrap();
-        let page = targets
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|t| t["type"] == "page")
-            .expect("a page target");
-        let url = page["webSocketDebuggerUrl"].as_str().unwrap();
-        let path = &url[url.find("/devtools/").unwrap()..];
-        let mut socket = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        write!(
-            socket,
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: b3BlbnJmdC1kYXNoYm9hcmQ=\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        )
-        .unwrap();
-        let mut reader = BufReader::new(socket.try_clone().unwrap());
-        let mut status = String::new();
-        reader.read_line(&mut status).unwrap();
-        assert!(
-            status.contains(" 101 "),
-            "websocket upgrade refused: {status}"
-        );
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-        }
-        socket
-            .set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        Browser {
-            child,
-            socket,
-            next_id: 0,
-        }
-    }
-
-    fn send_frame(&mut self, payload: &[u8]) {
-        let mut frame = vec![0x81u8];
-        let mask = [0x5a, 0x17, 0xc3, 0x08];
-        match payload.len() {
-            n if n < 126 => frame.push(0x80 | n as u8),
-            n if n < 65_536 => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.socket.write_all(&frame).unwrap();
-    }
-
-    fn read_message(&mut self) -> Vec<u8> {
-        let mut message = Vec::new();
-        loop {
-            let mut head = [0u8; 2];
-            self.socket.read_exact(&mut head).unwrap();
-            let fin = head[0] & 0x80 != 0;
-            let opcode = head[0] & 0x0f;
-            let len = match head[1] & 0x7f {
-                126 => {
-                    let mut b = [0u8; 2];
-                    self.socket.read_exact(&mut b).unwrap();
-                    u16::from_be_bytes(b) as usize
-                }
-                127 => {
-                    let mut b = [0u8; 8];
-                    self.socket.read_exact(&mut b).unwrap();
-                    u64::from_be_bytes(b) as usize
-                }
-                n => n as usize,
-            };
-            let mut payload = vec![0u8; len];
-            self.socket.read_exact(&mut payload).unwrap();
-            match opcode {
-                0x8 => panic!("chromium closed the DevTools connection"),
-                0x9 | 0xA => continue,
-                _ => message.extend_from_slice(&payload),
-            }
-            if fin {
-                return message;
-            }
-        }
-    }
-
-    /// Calls a DevTools method and returns its `result`.
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let request = json!({"id": id, "method": method, "params": params}).to_string();
-        self.send_frame(request.as_bytes());
-        loop {
-            let reply: Value = serde_json::from_slice(&self.read_message()).unwrap();
-            if reply["id"] == id {
-                assert!(reply.get("error").is_none(), "{method}: {reply}");
-                return reply["result"].clone();
-            }
-        }
-    }
-
-    /// Evaluates `expression` in the page (awaiting a promise) and returns its value.
-    fn eval(&mut self, expression: &str) -> Value {
-        let result = self.call(
-            "Runtime.evaluate",
-            json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
-        );
-        assert!(
-            result.get("exceptionDetails").is_none(),
-            "{expression}: {}",
-            result["exceptionDetails"]
-        );
-        result["result"]["value"].clone()
-    }
-
-    fn goto(&mut self, url: &str) {
-        self.call("Page.navigate", json!({"url": url}));
-        self.wait_until(
-            "document.readyState === 'complete' && !!window.rftDashboard",
-            30,
-        );
-    }
-
-    /// Waits until `condition` (a JS expression) is true in the page.
-    fn wait_until(&mut self, condition: &str, seconds: u64) {
-        let start = Instant::now();
-        loop {
-            let met = self.call(
-                "Runtime.evaluate",
-                json!({"expression": format!("!!({condition})"), "returnByValue": true}),
-            );
-            if met["result"]["value"] == Value::Bool(true) {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(seconds),
-                "still not true after {seconds} s: {condition}; the page: {}",
-                self.eval(
-                    "JSON.stringify({notice: (document.getElementById('notice') || {}).textContent, \
-                     main: (document.getElementById('main') || {textContent: ''}).textContent.slice(0, 400), \
-                     uncaught: window.rftDashboard && window.rftDashboard.uncaught})"
-                )
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn number(&mut self, expression: &str) -> f64 {
-        self.eval(expression).as_f64().unwrap_or(f64::NAN)
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 // -------------------------------------------------------------------------------------------
 // Data.
 
 /// Rows whose prompts try to become markup: the page must show them as text.
-fn hostile_dataset(rows: usize) -> String {
-    (0..rows)
-        .map(|i| {
-            json!({"messages": [{"role": "user", "content": format!(
-                "<script>window.__pwned = 'script'</script><img src=x onerror=\"window.__pwned = 'img'\"> Say x {i}"
-            )}], "target": "x"})
-            .to_string()
-                + "\n"
-        })
-        .collect()
+fn hostile_dataset(count: usize) -> String {
+    rows(count, |i| {
+        format!(
+            "<script>window.__pwned = 'script'</script><img src=x onerror=\"window.__pwned = 'img'\"> Say x {i}"
+        )
+    })
 }
 
 fn grader() -> Value {
     json!({"type": "multi", "name": "combined",
            "graders": {
-               "has_x": {"type": "string_check", "name": "has_x", "operation": "like",
-                         "input": "{{sample.output_text}}", "reference": "{{item.target}}"},
+               "has_x": has_x(),
                "exact": {"type": "string_check", "name": "exact", "operation": "eq",
                          "input": "{{sample.output_text}}", "reference": "{{item.target}}"}},
            "calculate_output": "0.5 * has_x + 0.5 * exact"})
-}
-
-fn root(server: &Server) -> String {
-    server.base.trim_end_matches("/v1").to_owned()
-}
-
-fn raw_get(url: &str, headers: &[(&str, &str)]) -> (u16, String, Vec<(String, String)>) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut request = agent.get(url);
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let mut response = request.call().unwrap();
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-        .collect();
-    (
-        status,
-        response.body_mut().read_to_string().unwrap(),
-        headers,
-    )
-}
-
-/// A POST outside `/v1`, with the server's key.
-fn post_root(server: &Server, path: &str, body: &Value) -> (u16, Value) {
-    let mut request = server
-        .agent
-        .post(format!("{}{path}", root(server)))
-        .header("Content-Type", "application/json");
-    if let Some(a) = server.auth() {
-        request = request.header("Authorization", a);
-    }
-    let mut response = request.send(body.to_string()).unwrap();
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
 }
 
 // -------------------------------------------------------------------------------------------
@@ -352,7 +52,7 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 fn the_shell_is_public_and_strict_and_the_data_keeps_the_apis_auth() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"), &["sekret"]);
-    let root = root(&server);
+    let root = server.root();
 
     // The shell and its assets need no key (a browser cannot send one with a page load) and
     // carry a policy that allows no inline script and nothing from elsewhere.
@@ -434,12 +134,11 @@ fn the_shell_is_public_and_strict_and_the_data_keeps_the_apis_auth() {
     ] {
         let mut body = json!({"file_id": file["id"], "grader": grader});
         body[key] = json!(value);
-        let (status, reply) = post_root(&server, "/dashboard/api/readiness", &body);
+        let (status, reply) = server.post_root("/dashboard/api/readiness", &body);
         assert_eq!(status, 400, "{key}={value}: {reply}");
         assert_eq!(reply["error"]["param"], key, "{reply}");
     }
-    let (status, reply) = post_root(
-        &server,
+    let (status, reply) = server.post_root(
         "/dashboard/api/readiness",
         &json!({"file_id": file["id"], "grader": grader, "samples": 2}),
     );
@@ -450,7 +149,7 @@ fn the_shell_is_public_and_strict_and_the_data_keeps_the_apis_auth() {
 
     // Without keys, the shell is under the API's host checks.
     let open = Server::start(&tmp.path().join("open"), &[]);
-    let open_root = open.base.trim_end_matches("/v1").to_owned();
+    let open_root = open.root();
     let (status, _, _) = raw_get(&format!("{open_root}/"), &[]);
     assert_eq!(status, 200);
     let (status, body, _) = raw_get(&format!("{open_root}/"), &[("Host", "evil.example")]);
@@ -465,14 +164,12 @@ fn the_shell_is_public_and_strict_and_the_data_keeps_the_apis_auth() {
 #[test]
 fn a_job_is_watched_sampled_paused_and_resumed_from_the_page() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("model");
-    rft_model::tiny::write_tiny_model(&model, Architecture::Qwen2, 5).unwrap();
+    let model = tiny_model(tmp.path(), Architecture::Qwen2, 5);
     let server = Server::start(&tmp.path().join("data"), &["sekret"]);
     let Some(mut browser) = browser_or_skip(tmp.path()) else {
         return;
     };
-    let (_, train) = server.upload("train.jsonl", &hostile_dataset(8), "fine-tune");
-    let (_, valid) = server.upload("valid.jsonl", &hostile_dataset(2), "fine-tune");
+    let (train, valid) = upload_train_valid(&server, &hostile_dataset(8), &hostile_dataset(2));
     // Many short steps: the page must see the job running, pause it, and resume it.
     let body = json!({
         "model": model.to_str().unwrap(),
@@ -489,7 +186,7 @@ fn a_job_is_watched_sampled_paused_and_resumed_from_the_page() {
     let (status, job) = server.post("/fine_tuning/jobs", &body);
     assert_eq!(status, 200, "{job}");
     let id = job["id"].as_str().unwrap().to_owned();
-    let root = root(&server);
+    let root = server.root();
 
     // The page asks for the key; with it, the job appears in the list.
     browser.goto(&format!("{root}/#/jobs"));
@@ -576,23 +273,13 @@ fn a_job_is_watched_sampled_paused_and_resumed_from_the_page() {
     assert_eq!(paused["status"], "paused");
     // The trainer stops at its step boundary; once its "Paused after step" event is in, no
     // more points come.
-    let start = Instant::now();
-    loop {
-        let (_, events) = server.get(&format!("/fine_tuning/jobs/{id}/events?limit=5"));
-        if events["data"].as_array().unwrap().iter().any(|e| {
-            e["message"]
-                .as_str()
-                .unwrap_or("")
-                .starts_with("Paused after step")
-        }) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "the trainer did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    server.wait_for_event(
+        &id,
+        "Paused after step",
+        5,
+        Duration::from_secs(120),
+        "the trainer did not stop",
+    );
     std::thread::sleep(Duration::from_millis(2500));
     let at_pause = browser.number(points);
     std::thread::sleep(Duration::from_millis(2500));
@@ -741,7 +428,7 @@ fn a_thousand_step_job_renders_with_every_update_under_100_ms() {
     let Some(mut browser) = browser_or_skip(tmp.path()) else {
         return;
     };
-    let root = root(&server);
+    let root = server.root();
     browser.goto(&format!("{root}/#/jobs/{id}"));
     let points = "Number(document.getElementById('chart-reward').dataset.points)";
     browser.wait_until(&format!("{points} === 1000"), 60);
@@ -805,7 +492,7 @@ fn evals_readiness_files_and_graders_pages_render_what_the_api_says() {
     let Some(mut browser) = browser_or_skip(tmp.path()) else {
         return;
     };
-    let root = root(&server);
+    let root = server.root();
     // Eval rows graded as given: 3 pass, 1 fails; one answer tries to be markup.
     let rows: Vec<Value> = ["4", "4", "4", "<img src=x onerror=\"window.__pwned = 1\">"]
         .iter()
@@ -942,7 +629,7 @@ fn events_since_a_cursor_are_the_new_ones_in_pages_of_at_most_ten_thousand() {
     let data = tmp.path().join("data");
     let id = paused_job_with_steps(&data, 10_005);
     let server = Server::start(&data, &["sekret"]);
-    let url = |since: &str| format!("{}/dashboard/api/jobs/{id}/events{since}", root(&server));
+    let url = |since: &str| format!("{}/dashboard/api/jobs/{id}/events{since}", server.root());
     let key = [("Authorization", "Bearer sekret")];
     let (status, body, _) = raw_get(&url(""), &key);
     assert_eq!(status, 200);

@@ -3,7 +3,7 @@
 //! the answer, then checks that a normal request still works. docs/security.md has the threat
 //! model these tests stand for.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
@@ -12,6 +12,8 @@ use rft_model::Architecture;
 use serde_json::{json, Value};
 
 mod common;
+use common::http::raw;
+use common::jobs::{rows, tiny_model};
 use common::Server;
 
 /// The server still answers a normal request.
@@ -34,38 +36,6 @@ fn assert_envelope(body: &Value) {
     );
 }
 
-/// The address part of `http://127.0.0.1:PORT/v1`.
-fn address(server: &Server) -> String {
-    server
-        .base
-        .trim_start_matches("http://")
-        .trim_end_matches("/v1")
-        .to_owned()
-}
-
-/// Sends raw bytes and returns the status code and the whole response text.
-fn raw(server: &Server, request: &[u8]) -> (u16, String) {
-    let mut stream = TcpStream::connect(address(server)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    // The server may answer (and close) before the whole body was sent: that is fine.
-    let _ = stream.write_all(request);
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response);
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, text)
-}
-
-fn tiny_model(dir: &Path) {
-    rft_model::tiny::write_tiny_model(&dir.join("model"), Architecture::Qwen2, 5).unwrap();
-}
-
 fn nested_formula(depth: usize) -> String {
     format!("{}a{}", "(".repeat(depth), ")".repeat(depth))
 }
@@ -79,7 +49,7 @@ fn multi_grader(formula: &str) -> Value {
 #[test]
 fn deeply_nested_formulas_are_refused_everywhere_a_grader_goes() {
     let tmp = tempfile::tempdir().unwrap();
-    tiny_model(tmp.path());
+    let model = tiny_model(tmp.path(), Architecture::Qwen2, 5);
     let server = Server::start(&tmp.path().join("data"), &[]);
     // Deep but short: the depth limit answers.
     let (status, body) = server.post(
@@ -118,7 +88,6 @@ fn deeply_nested_formulas_are_refused_everywhere_a_grader_goes() {
         "{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n",
         "fine-tune",
     );
-    let model = tmp.path().join("model");
     let (status, body) = server.post(
         "/fine_tuning/jobs",
         &json!({"model": model.to_str().unwrap(), "training_file": file["id"],
@@ -157,7 +126,7 @@ fn a_template_that_would_render_gigabytes_is_capped() {
 fn a_chunked_body_is_held_to_the_json_limit() {
     let tmp = tempfile::tempdir().unwrap();
     let server = Server::start(&tmp.path().join("data"), &[]);
-    let host = address(&server);
+    let host = server.address();
     let mut request = format!(
         "POST /v1/fine_tuning/alpha/graders/validate HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     )
@@ -180,7 +149,7 @@ fn a_chunked_body_is_held_to_the_json_limit() {
 #[test]
 fn model_names_are_not_paths() {
     let tmp = tempfile::tempdir().unwrap();
-    tiny_model(tmp.path());
+    let model = tiny_model(tmp.path(), Architecture::Qwen2, 5);
     let server = Server::start(&tmp.path().join("data"), &[]);
     let chat = |model: &str| {
         server.post(
@@ -235,7 +204,7 @@ fn model_names_are_not_paths() {
         "a refused name is listed: {models}"
     );
     // The allowed model still answers.
-    let (status, body) = chat(tmp.path().join("model").to_str().unwrap());
+    let (status, body) = chat(model.to_str().unwrap());
     assert_eq!(status, 200, "{body}");
     assert_alive(&server);
 }
@@ -289,7 +258,7 @@ fn without_keys_foreign_hosts_and_cross_site_requests_are_refused() {
             format!("GET /v1/models HTTP/1.1\r\n{headers}Connection: close\r\n\r\n").as_bytes(),
         )
     };
-    let host = address(&server);
+    let host = server.address();
     // DNS rebinding: a page on evil.example resolves its name to 127.0.0.1.
     let (status, text) = get("Host: evil.example:8000\r\n");
     assert_eq!(status, 403, "{text}");
@@ -346,11 +315,10 @@ fn with_keys_any_host_is_served_to_a_key_holder() {
 #[test]
 fn chat_work_is_bounded_by_the_context_and_the_server() {
     let tmp = tempfile::tempdir().unwrap();
-    tiny_model(tmp.path());
+    let model = tiny_model(tmp.path(), Architecture::Qwen2, 5);
     let server = Server::start_with(&tmp.path().join("data"), &[], |c| {
         c.max_request_tokens = 4096;
     });
-    let model = tmp.path().join("model");
     let model = model.to_str().unwrap();
     let (status, body) = server.post(
         "/chat/completions",
@@ -383,7 +351,7 @@ fn a_burst_past_the_limit_gets_429_with_retry_after() {
     let server = Server::start_with(&tmp.path().join("data"), &[], |c| {
         c.max_concurrent_requests = 1;
     });
-    let host = address(&server);
+    let host = server.address();
     // One request holds the only slot: its body never finishes arriving.
     let mut hold = TcpStream::connect(&host).unwrap();
     hold.write_all(
@@ -448,17 +416,13 @@ fn image_tags_are_names_not_paths() {
 #[test]
 fn cancelling_a_job_as_it_starts_stops_it() {
     let tmp = tempfile::tempdir().unwrap();
-    tiny_model(tmp.path());
+    let model = tiny_model(tmp.path(), Architecture::Qwen2, 5);
     let server = Server::start(&tmp.path().join("data"), &[]);
-    let rows: String = (0..40)
-        .map(|i| {
-            json!({"messages": [{"role": "user", "content": format!("Say x {i}")}], "target": "x"})
-                .to_string()
-                + "\n"
-        })
-        .collect();
-    let (_, file) = server.upload("train.jsonl", &rows, "fine-tune");
-    let model = tmp.path().join("model");
+    let (_, file) = server.upload(
+        "train.jsonl",
+        &rows(40, |i| format!("Say x {i}")),
+        "fine-tune",
+    );
     let mut ids = Vec::new();
     // Cancel at staggered moments around the scheduler's start of the job.
     for delay_ms in [0u64, 5, 20, 50, 100] {

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::http::sse_chunks;
+use common::jobs::tiny_model;
 use common::Server;
 use rft_model::Architecture;
 use serde_json::{json, Value};
@@ -25,17 +27,16 @@ fn forced_call() -> Value {
 }
 
 fn start(dir: &std::path::Path) -> (Server, String) {
-    rft_model::tiny::write_tiny_model(&dir.join("model"), Architecture::Qwen2, 5).unwrap();
+    let model = tiny_model(dir, Architecture::Qwen2, 5);
     // The tools prompt of a template without tools, in a character-level vocabulary, is longer
     // than a tiny model's 512 positions (128 tools are ~7000): give it room.
-    let config = dir.join("model/config.json");
+    let config = model.join("config.json");
     let mut value: Value =
         serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     value["max_position_embeddings"] = json!(16384);
     std::fs::write(&config, value.to_string()).unwrap();
     let server = Server::start(&dir.join("data"), &[]);
-    let model = dir.join("model").to_str().unwrap().to_owned();
-    (server, model)
+    (server, model.to_str().unwrap().to_owned())
 }
 
 fn request(model: &str, extra: Value) -> Value {
@@ -49,20 +50,9 @@ fn request(model: &str, extra: Value) -> Value {
 }
 
 fn stream_chunks(server: &Server, body: &Value) -> (String, Vec<Value>) {
-    let mut response = server
-        .agent
-        .post(format!("{}/chat/completions", server.base))
-        .header("Content-Type", "application/json")
-        .send(body.to_string())
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    let text = response.body_mut().read_to_string().unwrap();
-    let chunks = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let (status, text) = server.post_text("/chat/completions", body);
+    assert_eq!(status, 200);
+    let chunks = sse_chunks(&text);
     (text, chunks)
 }
 

@@ -4,8 +4,9 @@
 //! Bounded per caller: each API key holds at most [`MAX_FUTURES_PER_OWNER`] futures that are
 //! pending or finished and not yet fetched, so one client filling its quota leaves every other
 //! key its own (429 for that key alone). A fetched result stops counting and is kept
-//! [`FETCHED_GRACE`] (the SDK fetches again after a dropped connection), then freed; a result
-//! never fetched is freed [`FUTURE_TTL`] after it finished. A future belongs to the key that
+//! [`FETCHED_GRACE`] (the SDK fetches again after a dropped connection), then freed, and at
+//! most as many again per key; a result never fetched is freed [`FUTURE_TTL`] after it
+//! finished. A future belongs to the key that
 //! created it (another key gets 404), and to the training model it runs on, if any: closing
 //! the model fails its pending futures at once ([`Futures::fail_model`]).
 
@@ -150,6 +151,13 @@ impl Futures {
                 "{MAX_FUTURES_TOTAL} requests are held for all keys together; retry shortly"
             )));
         }
+        // A key's fetched results in their grace period are bounded too (by a second quota),
+        // so fetching fast cannot fill the table for everyone: past it, that key's fetched
+        // results go at once.
+        let owned = entries.values().filter(|e| e.owner == *owner).count();
+        if owned >= 2 * self.per_owner {
+            entries.retain(|_, e| e.owner != *owner || e.counts());
+        }
         if held(&entries) >= self.per_owner {
             entries.retain(|_, e| !e.expired(now));
             if held(&entries) >= self.per_owner {
@@ -184,11 +192,21 @@ impl Futures {
         }
     }
 
-    /// Fails every pending future of a model that was closed.
-    pub fn fail_model(&self, model_id: &str, why: &str) {
+    /// Drops a future the client will never hear of (its call failed after the future was
+    /// made), so it does not hold a place in the key's quota.
+    pub fn forget(&self, id: &str) {
+        self.lock().remove(id);
+    }
+
+    /// Fails every pending future of a model that was closed, but `running`, the request its
+    /// thread is in the middle of (which ends with its own result).
+    pub fn fail_model(&self, model_id: &str, why: &str, running: Option<&str>) {
         let now = Instant::now();
-        for entry in self.lock().values_mut() {
-            if entry.outcome.is_none() && entry.model.as_deref() == Some(model_id) {
+        for (id, entry) in self.lock().iter_mut() {
+            if entry.outcome.is_none()
+                && entry.model.as_deref() == Some(model_id)
+                && Some(id.as_str()) != running
+            {
                 entry.outcome = Some(Outcome::user(why));
                 entry.finished = Some(now);
             }
@@ -262,7 +280,7 @@ mod tests {
             Lookup::Done(Outcome::Json(Value::Null))
         );
         // Closing model "m" fails its pending future; a later result does not replace it.
-        futures.fail_model("m", "the session was closed");
+        futures.fail_model("m", "the session was closed", None);
         futures.complete(&b, Outcome::Json(Value::Bool(true)));
         assert!(matches!(
             futures.get(&alice, &b),
@@ -273,5 +291,18 @@ mod tests {
         ));
         assert_eq!(futures.get(&bob, &c), Lookup::Pending);
         assert_eq!(futures.get(&bob, "req_unknown"), Lookup::Unknown);
+    }
+
+    #[test]
+    fn fetching_fast_cannot_fill_the_table() {
+        let futures = Futures::with_quota(4);
+        let alice = Owner::of_key("alice");
+        for _ in 0..100 {
+            let id = futures.create(&alice, None).unwrap();
+            futures.complete(&id, Outcome::Json(Value::Null));
+            assert!(matches!(futures.get(&alice, &id), Lookup::Done(_)));
+        }
+        // Alice's fetched results in their grace period stay within twice her quota.
+        assert!(futures.len() <= 8, "{}", futures.len());
     }
 }

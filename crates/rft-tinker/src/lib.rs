@@ -89,6 +89,8 @@ pub const MAX_LORA_RANK: usize = 128;
 /// `retrieve_future` calls waiting at once; past it a poll answers at once (429 with
 /// `Retry-After` while its future runs), so long-polls never hold the server's request slots.
 pub const MAX_LONG_POLLS: usize = 256;
+/// Largest `retrieve_future` body (it names one request id).
+pub const MAX_POLL_BODY: usize = 4096;
 /// The context length assumed for a base model not loaded yet.
 const ASSUMED_CONTEXT: usize = 8192;
 /// How long `retrieve_future` holds a request open before answering `try_again` (the SDK
@@ -275,7 +277,13 @@ impl Tinker {
     pub fn routes(&self) -> Router {
         let mut router = Router::new();
         for route in ROUTES {
-            router = router.route(route.path, (route.handler)());
+            let mut method = (route.handler)();
+            if route.path == "/retrieve_future" {
+                // Long-polls skip the server's request slots: their bodies are held to a few
+                // KiB so that a crowd of them cannot buffer large bodies either.
+                method = method.layer(axum::extract::DefaultBodyLimit::max(MAX_POLL_BODY));
+            }
+            router = router.route(route.path, method);
         }
         router.with_state(self.shared.clone())
     }

@@ -159,19 +159,32 @@ pub(crate) struct Life {
     closed: AtomicBool,
     busy: AtomicBool,
     counted: AtomicBool,
+    /// The request the thread is running, which a close lets finish with its own result.
+    running: std::sync::Mutex<Option<String>>,
 }
 
 impl Life {
-    /// Closes the model; `true` when it must count as still loaded (it is mid-request).
-    pub(crate) fn close(&self) -> bool {
+    /// Closes the model, counting it in `closing` while it is mid-request; returns the
+    /// request it is running.
+    pub(crate) fn close(&self, closing: &std::sync::atomic::AtomicUsize) -> Option<String> {
         self.closed.store(true, Ordering::SeqCst);
-        let busy = self.busy.load(Ordering::SeqCst);
-        self.counted.store(busy, Ordering::SeqCst);
-        busy
+        if self.busy.load(Ordering::SeqCst) {
+            // Counted before it is marked, so the thread's release never runs first.
+            closing.fetch_add(1, Ordering::SeqCst);
+            self.counted.store(true, Ordering::SeqCst);
+        }
+        self.running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn is_closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    fn set_running(&self, id: Option<&str>) {
+        *self.running.lock().unwrap_or_else(|e| e.into_inner()) = id.map(str::to_owned);
     }
 }
 
@@ -269,9 +282,11 @@ fn run_model(shared: &Shared, model_id: &str, meta: &ModelMeta, jobs: &Receiver<
             }
         };
         let Some(job) = job else { continue };
+        life.set_running(Some(&job.request_id));
         life.busy.store(true, Ordering::SeqCst);
         if life.is_closed() {
             life.busy.store(false, Ordering::SeqCst);
+            life.set_running(None);
             shared.futures.complete(
                 &job.request_id,
                 Outcome::user("the session was closed before this request ran"),
@@ -281,7 +296,8 @@ fn run_model(shared: &Shared, model_id: &str, meta: &ModelMeta, jobs: &Receiver<
         if let Some(seq) = job.seq {
             // Never backwards: a second client of the same model numbering from 1 again runs
             // in arrival order rather than overtaking what is held.
-            next_seq = Some(next_seq.map_or(seq + 1, |n| n.max(seq + 1)));
+            let after = seq.saturating_add(1);
+            next_seq = Some(next_seq.map_or(after, |n| n.max(after)));
         }
         let outcome = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             apply(shared, model_id, meta, &mut client, job.op)
@@ -294,6 +310,7 @@ fn run_model(shared: &Shared, model_id: &str, meta: &ModelMeta, jobs: &Receiver<
         };
         life.busy.store(false, Ordering::SeqCst);
         shared.futures.complete(&job.request_id, outcome);
+        life.set_running(None);
     }
 }
 
@@ -329,10 +346,25 @@ fn apply(
             prefixes,
             loss,
             forward_only,
-        } => match forward_backward(client, &batch, &prefixes, &loss, forward_only) {
-            Ok(bytes) => Outcome::Proto(bytes),
-            Err(e) => Outcome::user(e.to_string()),
-        },
+        } => {
+            let vocab = client.engine().model.config().vocab_size;
+            let outside = batch.iter().enumerate().find_map(|(i, d)| {
+                d.prompt
+                    .iter()
+                    .chain(&d.completion)
+                    .find(|&&id| id as usize >= vocab)
+                    .map(|&id| (i, id))
+            });
+            if let Some((i, id)) = outside {
+                return Outcome::user(format!(
+                    "datum {i}: token {id} is not in the model's vocabulary of {vocab}"
+                ));
+            }
+            match forward_backward(client, &batch, &prefixes, &loss, forward_only) {
+                Ok(bytes) => Outcome::Proto(bytes),
+                Err(e) => Outcome::user(e.to_string()),
+            }
+        }
         ModelOp::OptimStep(params) => match client.optim_step(&params) {
             Ok(out) => Outcome::json(&wire::OptimStepResult {
                 metrics: [
@@ -422,7 +454,7 @@ fn create(shared: &Shared, meta: &ModelMeta, spec: &str, seed: u64) -> Result<Lo
     // long as the client, so the host counts the base as in use and never drops it to make
     // room while a training model still shares its weights.
     Ok(Loaded {
-        client: TrainingClient::new(base.share(), adapter),
+        client: TrainingClient::on_host(base.share(), adapter, shared.host.clone()),
         _lease: base,
     })
 }

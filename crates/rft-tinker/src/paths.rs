@@ -175,12 +175,17 @@ pub(crate) fn claim_run(root: &Path, model_id: &str, owner: &Owner) -> Result<()
         .map_err(|e| e.to_string())
 }
 
-/// Who owns a run: `None` for a run that does not exist or records nobody.
+/// Who owns a run: `None` for a run that does not exist. A run saved before owners were
+/// recorded belongs to the machine's own users ([`Owner::local`]): a server without keys
+/// keeps its old checkpoints, and no key reaches them.
 pub(crate) fn run_owner(root: &Path, model_id: &str) -> Option<Owner> {
     let run = run_dir(root, model_id).ok()?;
     check_no_links(root, &run).ok()?;
-    let text = std::fs::read_to_string(run.join(OWNER_FILE)).ok()?;
-    Some(Owner::from_stored(&text))
+    match std::fs::read_to_string(run.join(OWNER_FILE)) {
+        Ok(text) => Some(Owner::from_stored(&text)),
+        Err(_) if run.is_dir() => Some(Owner::local()),
+        Err(_) => None,
+    }
 }
 
 /// Refuses `path` when any existing component below `root` is a symbolic link (so a link
@@ -277,6 +282,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (alice, bob) = (Owner::of_key("alice"), Owner::of_key("bob"));
         assert_eq!(run_owner(tmp.path(), RUN), None);
+        // A run from before owners were recorded is the local users'.
+        let legacy = "sess_legacy:train:0";
+        std::fs::create_dir_all(run_dir(tmp.path(), legacy).unwrap()).unwrap();
+        assert_eq!(run_owner(tmp.path(), legacy), Some(Owner::local()));
         claim_run(tmp.path(), RUN, &alice).unwrap();
         assert_eq!(run_owner(tmp.path(), RUN), Some(alice.clone()));
         claim_run(tmp.path(), RUN, &alice).unwrap();

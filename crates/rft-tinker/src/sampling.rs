@@ -314,6 +314,7 @@ pub(crate) async fn asample(
         .is_some_and(|jobs| jobs.send(job).is_ok());
     if !sent {
         shared.queued_samples.fetch_sub(1, Ordering::Relaxed);
+        shared.futures.forget(&request_id);
         return Err(TinkerError::Internal(
             "the sampling thread has stopped".into(),
         ));
@@ -387,20 +388,49 @@ fn sample_group(
     let engine = shared.host.base(spec).map_err(failed)?;
     let context = engine.model.config().max_position_embeddings;
     shared.set_context(&group[0].base_model, context);
-    let merged = match adapter {
+    let weights_error =
+        |e: rft_model::ModelError| Outcome::user(format!("cannot load the sampler's weights: {e}"));
+    let (merged, unmerged) = match adapter {
         // Folded into a copy of the weights once per snapshot, as the trainer's own `sample`
-        // does: every decode step then costs one matmul per projection.
-        Some(dir) => Some(shared.host.merged(&engine, dir).map_err(|e| match e {
-            rft_model::ModelError::MemoryBudget { .. } => Outcome::user(e.to_string()),
-            other => Outcome::user(format!("cannot load the sampler's weights: {other}")),
-        })?),
-        None => None,
+        // does: every decode step then costs one matmul per projection. When the copy does not
+        // fit the memory budget, the adapter is applied unmerged over the shared base instead
+        // (slower per step, a few MB).
+        Some(dir) => match shared.host.merged(&engine, dir) {
+            Ok(model) => (Some(model), None),
+            Err(rft_model::ModelError::MemoryBudget { .. }) => (
+                None,
+                Some(shared.host.adapter(&engine, dir).map_err(weights_error)?),
+            ),
+            Err(other) => return Err(weights_error(other)),
+        },
+        None => (None, None),
     };
     let model = merged.as_deref().unwrap_or(&engine.model);
+    let adapter = unmerged.as_deref();
     // Requests checked against the real context now that the model is loaded; those past it
     // fail alone.
-    let fits = |job: &SampleJob| job.prompt.len() + job.params.max_tokens <= context;
-    let runnable: Vec<usize> = (0..group.len()).filter(|&i| fits(&group[i])).collect();
+    let vocab = model.config().vocab_size;
+    let mut outcomes: Vec<Option<Outcome>> = group
+        .iter()
+        .map(|job| {
+            if let Some(&id) = job.prompt.iter().find(|&&id| id as usize >= vocab) {
+                Some(Outcome::user(format!(
+                    "prompt token {id} is not in the model's vocabulary of {vocab}"
+                )))
+            } else if job.prompt.len() + job.params.max_tokens > context {
+                Some(Outcome::user(format!(
+                    "the prompt ({} tokens) plus max_tokens ({}) exceed the model's context of {context}",
+                    job.prompt.len(),
+                    job.params.max_tokens
+                )))
+            } else {
+                None
+            }
+        })
+        .collect();
+    let runnable: Vec<usize> = (0..group.len())
+        .filter(|&i| outcomes[i].is_none())
+        .collect();
     let shapes: Vec<RequestShape> = runnable
         .iter()
         .map(|&i| RequestShape {
@@ -411,10 +441,9 @@ fn sample_group(
         .collect();
     let sampler = Sampler {
         model,
-        adapter: None,
+        adapter,
         tokenizer: Some(&engine.tokenizer),
     };
-    let mut outcomes: Vec<Option<Outcome>> = group.iter().map(|_| None).collect();
     for batch in plan_batches(model.config(), &shapes, shared.batch_bytes) {
         let jobs: Vec<&SampleJob> = batch.iter().map(|&b| &group[runnable[b]]).collect();
         let requests: Vec<SampleRequest> = jobs
@@ -432,31 +461,31 @@ fn sample_group(
                 }
             })
             .collect();
-        let results = sampler
-            .run(&requests)
-            .map_err(|e| Outcome::server(e.to_string()))?;
-        for ((&b, job), completions) in batch.iter().zip(&jobs).zip(results) {
-            outcomes[runnable[b]] = Some(sample_response(model, job, &completions));
+        // A batch that fails fails its own requests; the others keep their results.
+        match sampler.run(&requests) {
+            Ok(results) => {
+                for ((&b, job), completions) in batch.iter().zip(&jobs).zip(results) {
+                    outcomes[runnable[b]] =
+                        Some(sample_response(model, adapter, job, &completions));
+                }
+            }
+            Err(e) => {
+                for &b in &batch {
+                    outcomes[runnable[b]] = Some(Outcome::server(format!("sampling failed: {e}")));
+                }
+            }
         }
     }
-    Ok(group
-        .iter()
-        .zip(outcomes)
-        .map(|(job, outcome)| {
-            outcome.unwrap_or_else(|| {
-                Outcome::user(format!(
-                    "the prompt ({} tokens) plus max_tokens ({}) exceed the model's context of {context}",
-                    job.prompt.len(),
-                    job.params.max_tokens
-                ))
-            })
-        })
+    Ok(outcomes
+        .into_iter()
+        .map(|outcome| outcome.unwrap_or_else(|| Outcome::server("the request was not sampled")))
         .collect())
 }
 
 /// The `SampleResponse` of one request.
 fn sample_response(
     model: &rft_model::CausalLm,
+    adapter: Option<&rft_model::lora::LoraAdapter>,
     job: &SampleJob,
     completions: &[rft_model::sample::Completion],
 ) -> Outcome {
@@ -467,7 +496,7 @@ fn sample_response(
                 prompt: job.prompt[..1].to_vec(),
                 completion: job.prompt[1..].to_vec(),
             };
-            match primitives::sequence_logprobs(model, None, &[sequence]) {
+            match primitives::sequence_logprobs(model, adapter, &[sequence]) {
                 Ok(scored) => values.extend(scored.into_iter().flatten()),
                 Err(e) => return Outcome::server(e.to_string()),
             }

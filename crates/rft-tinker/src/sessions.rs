@@ -8,7 +8,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
@@ -111,14 +110,14 @@ impl Registry {
             .collect();
         for model_id in models {
             if let Some(model) = self.models.remove(&model_id) {
-                if model.life.close() {
-                    shared.closing.fetch_add(1, Ordering::SeqCst);
-                }
+                let running = model.life.close(&shared.closing);
                 // Dropping the sender lets the thread end once it has failed what is queued.
                 drop(model.jobs);
-                shared
-                    .futures
-                    .fail_model(&model_id, "the session was closed before this request ran");
+                shared.futures.fail_model(
+                    &model_id,
+                    "the session was closed before this request ran",
+                    running.as_deref(),
+                );
             }
         }
         self.samplers

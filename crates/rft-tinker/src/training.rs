@@ -110,31 +110,47 @@ pub(crate) fn open_model(
             "{MAX_MODELS} training models are loaded (each holds a LoRA, AdamW state and training buffers); close a session to free one"
         )));
     }
-    paths::claim_run(&shared.root, &model_id, owner)
-        .map_err(|e| TinkerError::Internal(format!("cannot record the run's owner: {e}")))?;
-    let request_id = shared.futures.create(owner, Some(&model_id))?;
+    let mut ops = vec![ModelOp::Create { spec, seed }];
+    if let Some((path, optimizer)) = load {
+        ops.push(ModelOp::Load { path, optimizer });
+    }
+    // The futures first: the key's quota decides before anything is made. A failure after
+    // them forgets them (the client hears of the failure, never of the futures).
+    let mut ids = Vec::with_capacity(ops.len());
+    for _ in &ops {
+        match shared.futures.create(owner, Some(&model_id)) {
+            Ok(id) => ids.push(id),
+            Err(e) => {
+                ids.iter().for_each(|id| shared.futures.forget(id));
+                return Err(e);
+            }
+        }
+    }
+    let forget_all = || ids.iter().for_each(|id| shared.futures.forget(id));
+    if let Err(e) = paths::claim_run(&shared.root, &model_id, owner) {
+        forget_all();
+        return Err(TinkerError::Internal(format!(
+            "cannot record the run's owner: {e}"
+        )));
+    }
     let (send, receive) = std::sync::mpsc::channel();
     let life = Arc::new(Life::default());
-    model_thread::start_model(
+    if let Err(e) = model_thread::start_model(
         shared.clone(),
         model_id.clone(),
         meta.clone(),
         receive,
         life.clone(),
-    )
-    .map_err(|e| TinkerError::Internal(format!("cannot start a model thread: {e}")))?;
-    let mut ops = vec![ModelOp::Create { spec, seed }];
-    if let Some((path, optimizer)) = load {
-        ops.push(ModelOp::Load { path, optimizer });
+    ) {
+        forget_all();
+        return Err(TinkerError::Internal(format!(
+            "cannot start a model thread: {e}"
+        )));
     }
-    let count = ops.len();
-    for (idx, op) in ops.into_iter().enumerate() {
-        // The creation's own result is only reported when nothing follows it.
-        let id = if idx + 1 == count {
-            request_id.clone()
-        } else {
-            shared.futures.create(owner, Some(&model_id))?
-        };
+    // The creation's own result is only reported when nothing follows it: the last future is
+    // the one the client gets.
+    let request_id = ids.last().cloned().unwrap_or_default();
+    for (op, id) in ops.into_iter().zip(ids) {
         let _ = send.send(Job {
             seq: None,
             request_id: id,
@@ -172,6 +188,7 @@ pub(crate) fn submit(
         op,
     };
     if model.jobs.send(job).is_err() {
+        shared.futures.forget(&request_id);
         return Err(TinkerError::Internal(
             "the model's thread has stopped".into(),
         ));

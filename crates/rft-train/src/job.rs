@@ -11,6 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Device;
@@ -142,7 +143,7 @@ pub fn run_job(
     control: &JobControl,
     on_event: &mut dyn FnMut(&JobEvent),
 ) -> Result<JobSummary, TrainError> {
-    let host = EngineHost::new(Device::Cpu, u64::MAX);
+    let host = Arc::new(EngineHost::new(Device::Cpu, u64::MAX));
     run_job_on(&host, request, dir, control, on_event)
 }
 
@@ -150,7 +151,7 @@ pub fn run_job(
 /// shares the weights chat, Tinker and evals already hold, on the host's device, within its
 /// memory budget); the job holds it until it ends.
 pub fn run_job_on(
-    host: &EngineHost,
+    host: &Arc<EngineHost>,
     request: &CreateJob,
     dir: &Path,
     control: &JobControl,
@@ -196,7 +197,7 @@ pub fn run_job_on(
         ..LoraConfig::default()
     };
     let adapter = LoraAdapter::new(engine.model.config(), lora, seed, &device)?;
-    let mut client = TrainingClient::new(engine, adapter);
+    let mut client = TrainingClient::on_host(engine, adapter, host.clone());
     let job_id = match crate::read_json::<JobId>(&dir.join("job.json")) {
         Ok(job) => job.id.unwrap_or_else(|| "ftjob-local".into()),
         Err(_) => format!("ftjob-{:016x}", mix(seed ^ std::process::id() as u64)),

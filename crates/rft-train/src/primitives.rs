@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use candle_core::{DType, Tensor, TensorId};
 use rft_model::engine::Engine;
+use rft_model::host::EngineHost;
 use rft_model::lora::LoraAdapter;
 use rft_model::recorded::RecordedStates;
 use rft_model::sample::{Completion, SampleRequest, Sampler};
@@ -141,6 +142,10 @@ pub struct TrainingClient {
     /// (`CausalLm::packed_for_training`), made at the first `forward_backward`: a client that
     /// only samples never pays for the copies.
     training_model: OnceLock<CausalLm>,
+    /// Where the packed training copy comes from when the base is the engine host's: one copy
+    /// per base for every client, held (the `Arc`) while this client lives.
+    host: Option<Arc<EngineHost>>,
+    training_lease: OnceLock<Arc<CausalLm>>,
 }
 
 impl TrainingClient {
@@ -157,6 +162,17 @@ impl TrainingClient {
             max_tokens_per_pass: 4096,
             max_recorded_bytes: DEFAULT_MAX_RECORDED_BYTES,
             training_model: OnceLock::new(),
+            host: None,
+            training_lease: OnceLock::new(),
+        }
+    }
+
+    /// A client over a base model lent by `host` (`engine` is `host.base(..)?.share()`): its
+    /// packed training copy is the host's too, made once per base for every client.
+    pub fn on_host(engine: Engine, adapter: LoraAdapter, host: Arc<EngineHost>) -> TrainingClient {
+        TrainingClient {
+            host: Some(host),
+            ..TrainingClient::new(engine, adapter)
         }
     }
 
@@ -165,7 +181,15 @@ impl TrainingClient {
         if let Some(model) = self.training_model.get() {
             return Ok(model);
         }
-        let packed = self.engine.model.packed_for_training()?;
+        let packed = match &self.host {
+            Some(host) => {
+                let lease = host.training_model(&self.engine)?;
+                let model = (*lease).clone();
+                let _ = self.training_lease.set(lease);
+                model
+            }
+            None => self.engine.model.packed_for_training()?,
+        };
         Ok(self.training_model.get_or_init(|| packed))
     }
 

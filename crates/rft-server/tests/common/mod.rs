@@ -1,8 +1,13 @@
 //! The test server: `rft serve`'s router on a loopback port in a thread of its own, and a
-//! client that returns `(status, JSON body)` for every call.
+//! client that returns `(status, JSON body)` for every call. Beside it: the tiny job fixture
+//! (`jobs`), requests below the client (`http`), the headless Chromium client of the dashboard
+//! tests (`devtools`) and the Tinker API's client (`tinker`).
 
 #![allow(dead_code)]
 
+pub(crate) mod devtools;
+pub(crate) mod http;
+pub(crate) mod jobs;
 pub(crate) mod tinker;
 
 use std::path::Path;
@@ -76,6 +81,20 @@ impl Server {
         self.key.as_ref().map(|k| format!("Bearer {k}"))
     }
 
+    /// `http://127.0.0.1:PORT`: the base without `/v1`, where the dashboard, `/openapi.json`
+    /// and the Tinker API live.
+    pub(crate) fn root(&self) -> String {
+        self.base.trim_end_matches("/v1").to_owned()
+    }
+
+    /// `127.0.0.1:PORT`, for a raw connection.
+    pub(crate) fn address(&self) -> String {
+        self.base
+            .trim_start_matches("http://")
+            .trim_end_matches("/v1")
+            .to_owned()
+    }
+
     pub(crate) fn get(&self, path: &str) -> (u16, Value) {
         let mut request = self.agent.get(format!("{}{path}", self.base));
         if let Some(a) = self.auth() {
@@ -84,16 +103,29 @@ impl Server {
         let mut response = request.call().unwrap_or_else(|e| panic!("GET {path}: {e}"));
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, json_or_text(text))
     }
 
     pub(crate) fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (status, text) = self.post_text(path, body);
+        (status, json_or_text(text))
+    }
+
+    /// A POST outside `/v1`, with the server's key.
+    pub(crate) fn post_root(&self, path: &str, body: &Value) -> (u16, Value) {
+        let (status, text) = self.send(format!("{}{path}", self.root()), body);
+        (status, json_or_text(text))
+    }
+
+    /// A POST whose answer is read as text (a stream of server-sent events, say).
+    pub(crate) fn post_text(&self, path: &str, body: &Value) -> (u16, String) {
+        self.send(format!("{}{path}", self.base), body)
+    }
+
+    fn send(&self, url: String, body: &Value) -> (u16, String) {
         let mut request = self
             .agent
-            .post(format!("{}{path}", self.base))
+            .post(url)
             .header("Content-Type", "application/json");
         if let Some(a) = self.auth() {
             request = request.header("Authorization", a);
@@ -101,10 +133,7 @@ impl Server {
         let mut response = request.send(body.to_string()).unwrap();
         let status = response.status().as_u16();
         let text = response.body_mut().read_to_string().unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, text)
     }
 
     pub(crate) fn upload(&self, name: &str, content: &str, purpose: &str) -> (u16, Value) {
@@ -142,6 +171,37 @@ impl Server {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+
+    /// Waits until one of the job's latest `page` events says something starting with
+    /// `prefix`; `what` is the failure's message after `limit`.
+    pub(crate) fn wait_for_event(
+        &self,
+        job: &str,
+        prefix: &str,
+        page: usize,
+        limit: Duration,
+        what: &str,
+    ) {
+        let start = Instant::now();
+        loop {
+            let (_, events) = self.get(&format!("/fine_tuning/jobs/{job}/events?limit={page}"));
+            if events["data"].as_array().unwrap().iter().any(|e| {
+                e["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with(prefix)
+            }) {
+                return;
+            }
+            assert!(start.elapsed() < limit, "{what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A body as JSON, or as a JSON string when it is not JSON.
+fn json_or_text(text: String) -> Value {
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
 }
 
 impl Drop for Server {

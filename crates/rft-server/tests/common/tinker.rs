@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use rft_model::Architecture;
 use serde_json::{json, Value};
 
+use super::jobs::tiny_model;
 use super::Server;
 
 pub(crate) const KEY: &str = "tml-test-key";
@@ -27,9 +28,9 @@ impl Api {
         keys: &[&str],
         adjust: impl FnOnce(&mut rft_server::ServerConfig),
     ) -> Api {
-        rft_model::tiny::write_tiny_model(&dir.join("model"), Architecture::Llama, 3).unwrap();
+        tiny_model(dir, Architecture::Llama, 3);
         let server = Server::start_with(&dir.join("data"), keys, adjust);
-        let root = server.base.trim_end_matches("/v1").to_owned();
+        let root = server.root();
         Api { server, root }
     }
 
