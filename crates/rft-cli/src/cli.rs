@@ -295,6 +295,18 @@ pub(crate) struct TrainArgs {
     /// Continue a paused or killed job from its folder.
     #[arg(long, value_name = "DIR", conflicts_with = "output")]
     pub(crate) resume: Option<PathBuf>,
+    /// Sample rollouts on inference servers speaking vLLM's API (vLLM, or `rft serve
+    /// --adapter-root` workers) instead of in this process: a completions base URL
+    /// (repeatable: a failed call moves to the next). Needs --adapter-dir.
+    #[arg(long = "rollout-url", value_name = "URL", requires = "adapter_dir")]
+    pub(crate) rollout_urls: Vec<String>,
+    /// Every replica's admin base URL, where each policy version's adapter is loaded
+    /// (repeatable; default: the --rollout-url ones). A router does not fan these out.
+    #[arg(long = "rollout-admin-url", value_name = "URL")]
+    pub(crate) rollout_admin_urls: Vec<String>,
+    /// The folder adapters are published to, at the same path on every rollout server.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) adapter_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

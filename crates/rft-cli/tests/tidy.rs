@@ -180,6 +180,7 @@ const ALLOWED: &[(&str, &[&str], &[&str])] = &[
             "serde_path_to_error",
             "thiserror",
             "tracing",
+            "ureq",
         ],
     ),
     (
@@ -352,8 +353,8 @@ const OWNERS: &[(&str, &[&str], &str)] = &[
     ("sqlx", &[], "the store uses rusqlite"),
     (
         "ureq",
-        &["rft-grade", "rft-server", "rft-cli"],
-        "HTTP clients: the judge and embeddings clients, and the load generators",
+        &["rft-grade", "rft-train", "rft-server", "rft-cli"],
+        "HTTP clients: the judge and embeddings clients, the remote rollout engine, and the load generators",
     ),
 ];
 

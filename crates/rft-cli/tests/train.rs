@@ -93,6 +93,56 @@ fn train_then_generate_and_export() {
 }
 
 #[test]
+fn rollouts_can_be_sampled_on_an_rft_serve_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_job(dir.path(), None);
+    let model = dir.path().join("model");
+    let adapters = dir.path().join("adapters");
+    std::fs::create_dir_all(&adapters).unwrap();
+    let worker = common::Serve::start_with(&dir.path().join("worker"), "", 0, |command| {
+        command
+            .arg("--model")
+            .arg(&model)
+            .arg("--adapter-root")
+            .arg(&adapters);
+    });
+    let out = dir.path().join("run");
+    let result = rft(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--rollout-url",
+        &worker.base,
+        "--adapter-dir",
+        adapters.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(result.status.success(), "{stderr}");
+    assert!(stderr.contains("Step 4/4"), "{stderr}");
+    // The versions it published are in the shared folder, named after the run.
+    let published: Vec<String> = std::fs::read_dir(&adapters)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !published.is_empty() && published.iter().all(|n| n.starts_with("run-")),
+        "{published:?}"
+    );
+    // --rollout-url without --adapter-dir is refused before anything runs.
+    let result = rft(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--rollout-url",
+        &worker.base,
+    ]);
+    assert!(!result.status.success());
+}
+
+#[test]
 fn a_bad_job_file_names_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_job(dir.path(), Some("cli"));

@@ -156,6 +156,40 @@ pub enum ResponseFormat {
 }
 
 impl ResponseFormat {
+    /// The format as OpenAI's (and vLLM's) `response_format` JSON: the inverse of
+    /// [`ResponseFormat::from_value`], what a remote rollout engine is sent.
+    pub fn to_value(&self) -> Value {
+        #[derive(serde::Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Wire<'a> {
+            Text,
+            JsonObject,
+            JsonSchema { json_schema: Schema<'a> },
+        }
+        #[derive(serde::Serialize)]
+        struct Schema<'a> {
+            name: &'a str,
+            schema: &'a Value,
+            strict: bool,
+        }
+        let wire = match self {
+            ResponseFormat::Text => Wire::Text,
+            ResponseFormat::JsonObject => Wire::JsonObject,
+            ResponseFormat::JsonSchema {
+                name,
+                schema,
+                strict,
+            } => Wire::JsonSchema {
+                json_schema: Schema {
+                    name,
+                    schema,
+                    strict: *strict,
+                },
+            },
+        };
+        serde_json::to_value(wire).unwrap_or(Value::Null)
+    }
+
     /// Parses a `response_format` value. `null` means text. Besides Chat Completions' shape
     /// (`{"type":"json_schema","json_schema":{..}}`) it accepts the Responses API's flat
     /// `text.format` shape (`{"type":"json_schema","name":..,"schema":{..},"strict":..}`).

@@ -207,6 +207,24 @@ pub(crate) fn parse_body<T: DeserializeOwned>(body: serde_json::Value) -> Result
     })
 }
 
+/// A JSON body parsed into its request type, with the JSON path of a fault as `param` (what
+/// [`ApiJson`] and [`parse_body`] do in two steps): the extractor typed handlers take.
+#[derive(Debug)]
+pub(crate) struct ApiBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let ApiJson(value) = ApiJson::<serde_json::Value>::from_request(req, state).await?;
+        parse_body(value).map(ApiBody)
+    }
+}
+
 /// Largest JSON body (files go through `/v1/files`, limited separately).
 pub(crate) const MAX_JSON_BODY: usize = 32 * 1024 * 1024;
 

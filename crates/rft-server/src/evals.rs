@@ -240,51 +240,49 @@ pub(crate) async fn create_run(
     // The run echoes the data source exactly as the client sent it.
     let echo = body.get("data_source").cloned().unwrap_or(Value::Null);
     let request: CreateRun = parse_body(body)?;
-    let (model, source, sampling) = match request.data_source {
-        RunDataSource::Jsonl { source } => (String::new(), source, Sampling::default()),
-        RunDataSource::Completions {
-            model,
-            source,
-            input_messages: InputMessages::Template { template },
-            sampling_params,
-        } => {
-            if model.is_empty() {
-                return Err(
-                    ApiError::bad_request("a completions data source needs `model`")
-                        .with_param("data_source.model"),
-                );
-            }
-            if crate::inference::resolve(&state.store, state.inference.catalog(), &model)?.is_none()
-            {
-                return Err(
-                    crate::inference::model_not_found(&model).with_param("data_source.model")
-                );
-            }
-            if let Some(tools) = &sampling_params.tools {
-                rft_types::tools::check_tools(tools).map_err(|e| {
-                    let field = format!("data_source.sampling_params.{}", e.field);
-                    ApiError::bad_request(format!("{field}: {}", e.message)).with_param(field)
-                })?;
-            }
-            // The one sampling check chat and Tinker use too, refused here rather than failing
-            // every row later.
-            check_run_sampling(&sampling_params, state.config.max_request_tokens)?;
-            (
+    let (model, source, sampling) =
+        match request.data_source {
+            RunDataSource::Jsonl { source } => (String::new(), source, Sampling::default()),
+            RunDataSource::Completions {
                 model,
                 source,
-                Sampling {
-                    template,
-                    params: sampling_params,
-                },
-            )
-        }
-        RunDataSource::Responses { .. } => {
-            return Err(ApiError::bad_request(
+                input_messages: InputMessages::Template { template },
+                sampling_params,
+            } => {
+                if model.is_empty() {
+                    return Err(
+                        ApiError::bad_request("a completions data source needs `model`")
+                            .with_param("data_source.model"),
+                    );
+                }
+                if state.inference.resolve(&state.store, &model)?.is_none() {
+                    return Err(
+                        crate::inference::model_not_found(&model).with_param("data_source.model")
+                    );
+                }
+                if let Some(tools) = &sampling_params.tools {
+                    rft_types::tools::check_tools(tools).map_err(|e| {
+                        let field = format!("data_source.sampling_params.{}", e.field);
+                        ApiError::bad_request(format!("{field}: {}", e.message)).with_param(field)
+                    })?;
+                }
+                // The one sampling check chat and Tinker use too, refused here rather than failing
+                // every row later.
+                check_run_sampling(&sampling_params, state.config.max_request_tokens)?;
+                (
+                    model,
+                    source,
+                    Sampling {
+                        template,
+                        params: sampling_params,
+                    },
+                )
+            }
+            RunDataSource::Responses { .. } => return Err(ApiError::bad_request(
                 "data_source.type 'responses' (the Responses API) is not served; use 'completions'",
             )
-            .with_param("data_source.type"))
-        }
-    };
+            .with_param("data_source.type")),
+        };
     let rows = source_rows(&state, source)?;
     if model.is_empty()
         && rows

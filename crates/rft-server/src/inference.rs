@@ -107,8 +107,11 @@ pub(crate) fn resolve(
 }
 
 /// One chat request for the inference thread.
-struct ChatJob {
+pub(crate) struct ChatJob {
     model: ModelRef,
+    /// A completions prompt given as text or token ids, used instead of `messages` (no chat
+    /// template).
+    raw_prompt: Option<RawPrompt>,
     messages: Vec<Value>,
     tools: Option<Vec<Value>>,
     n: usize,
@@ -125,6 +128,15 @@ struct ChatJob {
     parse_tools: bool,
 }
 
+/// A `/v1/completions` prompt.
+#[derive(Debug, Clone)]
+pub(crate) enum RawPrompt {
+    /// Text, tokenized as the model's tokenizer does (with its special tokens).
+    Text(String),
+    /// Token ids as given.
+    Tokens(Vec<u32>),
+}
+
 /// A streamed piece of one choice.
 #[derive(Debug)]
 enum StreamEvent {
@@ -133,8 +145,12 @@ enum StreamEvent {
 }
 
 /// What the inference thread answers.
-struct ChatResult {
-    prompt_tokens: usize,
+pub(crate) struct ChatResult {
+    pub(crate) prompt_tokens: usize,
+    /// The prompt's token ids.
+    pub(crate) prompt_ids: Vec<u32>,
+    /// A completions prompt's text (decoded from its ids), for `echo`; empty for chat.
+    pub(crate) prompt_text: String,
     completions: Vec<Completion>,
     /// Each completion's tokens as text pieces (for streaming and logprobs).
     pieces: Vec<Vec<TokenPiece>>,
@@ -152,6 +168,23 @@ struct TokenPiece {
 pub(crate) struct Inference {
     queue: SyncSender<ChatJob>,
     catalog: Arc<Catalog>,
+    /// Adapters loaded at run time by name (`/v1/load_lora_adapter`).
+    pub(crate) adapters: crate::adapters::LoadedAdapters,
+}
+
+impl ChatResult {
+    /// The samples.
+    pub(crate) fn completions(&self) -> &[Completion] {
+        &self.completions
+    }
+
+    /// Sample `index`'s tokens as their shares of its text.
+    pub(crate) fn piece_texts(&self, index: usize) -> Vec<&str> {
+        self.pieces
+            .get(index)
+            .map(|pieces| pieces.iter().map(|p| p.text.as_str()).collect())
+            .unwrap_or_default()
+    }
 }
 
 impl std::fmt::Debug for ChatJob {
@@ -198,12 +231,14 @@ impl Inference {
         store: &Store,
         call: ChatCall,
     ) -> Result<ChatOutput, ApiError> {
-        let model = resolve(store, &self.catalog, &call.model)?
+        let model = self
+            .resolve(store, &call.model)?
             .ok_or_else(|| model_not_found(&call.model))?;
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(ChatJob {
                 model,
+                raw_prompt: None,
                 messages: call.messages,
                 parse_tools: call.tools.is_some(),
                 tools: call.tools,
@@ -230,6 +265,7 @@ impl Inference {
     pub(crate) fn start(
         host: Arc<EngineHost>,
         catalog: Arc<Catalog>,
+        adapters: crate::adapters::LoadedAdapters,
         capacity: usize,
         batch_bytes: u64,
     ) -> Inference {
@@ -241,12 +277,59 @@ impl Inference {
         if let Err(e) = spawned {
             tracing::error!("cannot start the inference thread: {e}; chat completions will fail");
         }
-        Inference { queue, catalog }
+        Inference {
+            queue,
+            catalog,
+            adapters,
+        }
     }
 
     /// The base models clients may name.
     pub(crate) fn catalog(&self) -> &Catalog {
         &self.catalog
+    }
+
+    /// What a model name stands for: a loaded adapter's name, then [`resolve`]'s names.
+    pub(crate) fn resolve(&self, store: &Store, name: &str) -> Result<Option<ModelRef>, ApiError> {
+        if let Some(model) = self.adapters.get(name) {
+            return Ok(Some(model));
+        }
+        resolve(store, &self.catalog, name)
+    }
+
+    /// Queues a `/v1/completions` prompt (no chat template); 429 when the queue is full. The
+    /// answer comes on the receiver.
+    pub(crate) fn submit_raw(
+        &self,
+        model: ModelRef,
+        prompt: RawPrompt,
+        n: usize,
+        params: SamplingParams,
+        response_format: Option<ResponseFormat>,
+    ) -> Result<oneshot::Receiver<Result<ChatResult, ApiError>>, ApiError> {
+        let (reply, answer) = oneshot::channel();
+        let job = ChatJob {
+            model,
+            raw_prompt: Some(prompt),
+            messages: Vec::new(),
+            tools: None,
+            n,
+            params,
+            response_format,
+            reply,
+            stream: None,
+            max_tokens_given: true,
+            parse_tools: false,
+        };
+        match self.queue.try_send(job) {
+            Ok(()) => Ok(answer),
+            Err(TrySendError::Full(_)) => Err(ApiError::busy(
+                "The inference queue is full; retry after a short wait.",
+            )),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(ApiError::internal("the inference thread is not running"))
+            }
+        }
     }
 }
 
@@ -369,12 +452,30 @@ fn prepare(
     engine: &Engine,
     job: &ChatJob,
 ) -> Result<(usize, rft_model::sample::SampleRequest), ApiError> {
-    let prompt = engine
-        .chat_prompt(&job.messages, job.tools.as_deref())
-        .map_err(|e| {
-            ApiError::bad_request(format!("cannot render the chat template: {e}"))
-                .with_param("messages")
-        })?;
+    let prompt = match &job.raw_prompt {
+        None => engine
+            .chat_prompt(&job.messages, job.tools.as_deref())
+            .map_err(|e| {
+                ApiError::bad_request(format!("cannot render the chat template: {e}"))
+                    .with_param("messages")
+            })?,
+        Some(RawPrompt::Text(text)) => engine.tokenizer.encode(text, true).map_err(|e| {
+            ApiError::bad_request(format!("cannot tokenize the prompt: {e}")).with_param("prompt")
+        })?,
+        Some(RawPrompt::Tokens(ids)) => {
+            let vocab = engine.model.config().vocab_size;
+            if let Some(id) = ids.iter().find(|&&id| id as usize >= vocab) {
+                return Err(ApiError::bad_request(format!(
+                    "prompt token {id} is not in the model's vocabulary of {vocab}"
+                ))
+                .with_param("prompt"));
+            }
+            ids.clone()
+        }
+    };
+    if prompt.is_empty() {
+        return Err(ApiError::bad_request("the prompt is empty").with_param("prompt"));
+    }
     let len = prompt.len();
     let params = fit_context(
         engine.model.config().max_position_embeddings,
@@ -453,8 +554,18 @@ fn sample_batch(engine: &Engine, adapter: Option<&LoraAdapter>, run: Vec<Prepare
                         })
                     })
                     .collect();
+                let prompt_text = if job.raw_prompt.is_some() {
+                    engine
+                        .tokenizer
+                        .decode(&prepared.request.prompt, false)
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
                 let _ = job.reply.send(Ok(ChatResult {
                     prompt_tokens: prepared.prompt_tokens,
+                    prompt_ids: prepared.request.prompt,
+                    prompt_text,
                     completions,
                     pieces,
                     parsed,
@@ -676,12 +787,15 @@ pub(crate) async fn chat_completions(
     // One call per answer when the client asks for it: the first call is kept.
     let single_call = request.parallel_tool_calls == Some(false);
     let parse_tools = tools.is_some() && tool_choice != ToolChoice::None;
-    let model = resolve(&state.store, state.inference.catalog(), name)?
+    let model = state
+        .inference
+        .resolve(&state.store, name)?
         .ok_or_else(|| model_not_found(name))?;
     let cancel = Cancel::default();
     let (reply, answer) = oneshot::channel();
     let mut job = ChatJob {
         model,
+        raw_prompt: None,
         messages,
         tools,
         n,

@@ -64,6 +64,8 @@ struct Inner {
     /// Jobs requeued because their model did not fit the memory budget (their event is
     /// written once).
     waiting_for_memory: Mutex<std::collections::HashSet<String>>,
+    /// The rollout fleet jobs sample on; `None`: in this process.
+    rollout: Option<crate::RolloutSettings>,
     wake: (Mutex<bool>, Condvar),
     running: Mutex<Option<(String, Arc<JobControl>)>>,
     stopping: AtomicBool,
@@ -75,6 +77,7 @@ impl Scheduler {
         store: Arc<Store>,
         catalog: Arc<crate::catalog::Catalog>,
         host: Arc<rft_model::host::EngineHost>,
+        rollout: Option<crate::RolloutSettings>,
     ) -> Result<Scheduler, ServeError> {
         for job in store.with_status_objects::<FineTuningJob>("job", &["running"])? {
             let id = job.id;
@@ -95,6 +98,7 @@ impl Scheduler {
             catalog,
             host,
             waiting_for_memory: Mutex::new(std::collections::HashSet::new()),
+            rollout,
             wake: (Mutex::new(false), Condvar::new()),
             running: Mutex::new(None),
             stopping: AtomicBool::new(false),
@@ -345,6 +349,27 @@ impl Inner {
         }
     }
 
+    /// The remote rollout engine of job `id` when the server has a rollout fleet: its adapters
+    /// are named `<job id>-v<version>`.
+    fn remote_rollouts(
+        &self,
+        id: &str,
+    ) -> Result<Option<rft_train::rollouts::RemoteRollouts>, TrainError> {
+        let Some(settings) = &self.rollout else {
+            return Ok(None);
+        };
+        rft_train::rollouts::RemoteRollouts::new(rft_train::rollouts::RemoteConfig {
+            urls: settings.urls.clone(),
+            admin_urls: settings.admin_urls.clone(),
+            adapter_dir: settings.adapter_dir.clone(),
+            name_prefix: id.to_owned(),
+            keep_versions: 2,
+            api_key: settings.api_key.clone(),
+            timeout: Duration::from_secs(600),
+        })
+        .map(Some)
+    }
+
     fn train(&self, job: &FineTuningJob) -> Result<(), rft_store::StoreError> {
         let id = job.id.clone();
         // The control is registered before the job shows `running`: a pause or cancel that
@@ -381,21 +406,41 @@ impl Inner {
         tracing::info!(job = %id, "training");
         let store = self.store.clone();
         let mut resolved = false;
-        let result = run_job_on(&self.host, &request, &dir, &control, &mut |_event| {
-            // After the trainer's first event its job.json holds the resolved hyperparameters.
-            if !resolved {
-                resolved = true;
-                if let Ok(text) = std::fs::read_to_string(dir.join("job.json")) {
-                    if let Ok(trainer) = serde_json::from_str::<TrainerJob>(&text) {
-                        let _ = store.modify_object::<FineTuningJob, ()>(&id, |j| {
-                            j.hyperparameters = trainer.hyperparameters;
-                            j.fine_tuned_model = None;
-                            Ok(())
-                        });
+        let local = rft_train::rollouts::LocalRollouts;
+        let remote = match self.remote_rollouts(&id) {
+            Ok(remote) => remote,
+            Err(e) => {
+                *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                let error = self.describe_failure(job, &e);
+                return self.fail(&id, error);
+            }
+        };
+        let rollouts: &dyn rft_train::rollouts::RolloutEngine = match &remote {
+            Some(remote) => remote,
+            None => &local,
+        };
+        let result = run_job_on(
+            &self.host,
+            rollouts,
+            &request,
+            &dir,
+            &control,
+            &mut |_event| {
+                // After the trainer's first event its job.json holds the resolved hyperparameters.
+                if !resolved {
+                    resolved = true;
+                    if let Ok(text) = std::fs::read_to_string(dir.join("job.json")) {
+                        if let Ok(trainer) = serde_json::from_str::<TrainerJob>(&text) {
+                            let _ = store.modify_object::<FineTuningJob, ()>(&id, |j| {
+                                j.hyperparameters = trainer.hyperparameters;
+                                j.fine_tuned_model = None;
+                                Ok(())
+                            });
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
         *self.running.lock().unwrap_or_else(|e| e.into_inner()) = None;
         match result {
             Ok(summary) if summary.outcome == JobOutcome::Succeeded => {

@@ -9,7 +9,9 @@
 //! for everything durable ([`rft_store`]).
 #![forbid(unsafe_code)]
 
+mod adapters;
 mod catalog;
+mod completions;
 mod dashboard;
 mod error;
 mod evals;
@@ -62,6 +64,14 @@ pub struct ServerConfig {
     pub max_batch_bytes: u64,
     /// The device every model runs on (`cpu`, `cuda`, `cuda:N`).
     pub device: String,
+    /// The folder `/v1/load_lora_adapter` may load adapters from (and nothing outside it);
+    /// `None` turns those endpoints off.
+    pub adapter_root: Option<PathBuf>,
+    /// Adapters loaded by name at once; past it the least recently used is unloaded.
+    pub max_lora_adapters: usize,
+    /// The rollout fleet jobs sample on (vLLM or `rft serve --adapter-root` workers); `None`
+    /// samples in this process. OpenAI's job body has no field for it: it is the server's.
+    pub rollout: Option<RolloutSettings>,
     /// Most completion tokens one chat request may ask for (`n × max_tokens`).
     pub max_request_tokens: usize,
     /// Requests handled at once; more get 429 with `Retry-After`.
@@ -89,6 +99,9 @@ impl ServerConfig {
             max_loaded_model_bytes: 8 << 30,
             max_batch_bytes: rft_model::host::DEFAULT_BATCH_BYTES,
             device: "cpu".to_owned(),
+            adapter_root: None,
+            max_lora_adapters: 64,
+            rollout: None,
             max_request_tokens: 65_536,
             max_concurrent_requests: 512,
             max_concurrent_grades: 2 * cores(),
@@ -97,6 +110,20 @@ impl ServerConfig {
             allowed_hosts: Vec::new(),
         }
     }
+}
+
+/// A rollout fleet: where completions are sampled, where adapters are published, and the
+/// folder every replica reads them from (`docs/scale-out.md`).
+#[derive(Debug, Clone)]
+pub struct RolloutSettings {
+    /// Completions base URLs (replicas or a router).
+    pub urls: Vec<String>,
+    /// Every replica's admin base URL (adapters are loaded on each); `urls` when empty.
+    pub admin_urls: Vec<String>,
+    /// The shared folder adapters are written to.
+    pub adapter_dir: PathBuf,
+    /// The replicas' API key.
+    pub api_key: Option<String>,
 }
 
 fn cores() -> usize {
@@ -207,6 +234,9 @@ api_routes! {
     get "/v1/models" => models::list, "List models (base, fine-tuned, checkpoints)";
     get "/v1/models/{model}" => models::retrieve, "Retrieve a model";
     post "/v1/chat/completions" => inference::chat_completions, "Create a chat completion (stream: SSE)";
+    post "/v1/completions" => completions::completions, "Create a completion from text or token-id prompts (vLLM's fields: top_k, return_token_ids)";
+    post "/v1/load_lora_adapter" => adapters::load, "Load a LoRA adapter from under the adapter root by name (vLLM's run-time LoRA API)";
+    post "/v1/unload_lora_adapter" => adapters::unload, "Unload a LoRA adapter by name";
     get "/openapi.json" => openapi, "This document";
 }
 
@@ -627,16 +657,25 @@ pub async fn serve_on(
         device,
         config.max_loaded_model_bytes,
     ));
-    let scheduler = jobs::Scheduler::start(store.clone(), catalog.clone(), host.clone())?;
+    let scheduler = jobs::Scheduler::start(
+        store.clone(),
+        catalog.clone(),
+        host.clone(),
+        config.rollout.clone(),
+    )?;
     let tinker = rft_tinker::Tinker::start(rft_tinker::TinkerConfig {
         root: config.data_dir.join("tinker"),
         models: catalog.clone(),
         host: host.clone(),
         batch_bytes: config.max_batch_bytes,
     });
+    let adapters =
+        adapters::LoadedAdapters::new(config.adapter_root.as_deref(), config.max_lora_adapters)
+            .map_err(ServeError::AdapterRoot)?;
     let inference = inference::Inference::start(
         host.clone(),
         catalog,
+        adapters,
         config.inference_queue,
         config.max_batch_bytes,
     );
@@ -798,6 +837,9 @@ pub enum ServeError {
     /// The device named in the configuration cannot be used.
     #[error(transparent)]
     Device(rft_model::ModelError),
+    /// The adapter root cannot be opened.
+    #[error("the adapter root (--adapter-root) cannot be opened: {0}")]
+    AdapterRoot(std::io::Error),
 }
 
 #[cfg(test)]

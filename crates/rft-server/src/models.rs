@@ -51,6 +51,12 @@ fn all_models(state: &SharedState) -> Result<Vec<Model>, ApiError> {
             ));
         }
     }
+    // Adapters loaded at run time, with their base as vLLM lists them.
+    for (name, base) in state.inference.adapters.list() {
+        let mut model = Model::new(name, now(), "user");
+        model.parent = Some(base);
+        out.push(model);
+    }
     Ok(out)
 }
 

@@ -33,6 +33,7 @@ use crate::config::{self, Hyperparameters};
 use crate::dataset::{prepare_rows, read_dataset, PreparedRow};
 use crate::events::EventLog;
 use crate::primitives::TrainingClient;
+use crate::rollouts::{LocalRollouts, RolloutEngine};
 use crate::seed::{epoch_order, mix};
 use crate::step::{grader_means, rollout, run_step, GraderMean, StepContext, StepInput};
 use crate::TrainError;
@@ -133,6 +134,7 @@ struct Loop<'a> {
     dir: PathBuf,
     job_id: String,
     fine_tuned_model: String,
+    rollouts: &'a dyn RolloutEngine,
 }
 
 /// Runs (or resumes) a job in `dir`, calling `on_event` with every event it writes; its base
@@ -144,14 +146,16 @@ pub fn run_job(
     on_event: &mut dyn FnMut(&JobEvent),
 ) -> Result<JobSummary, TrainError> {
     let host = Arc::new(EngineHost::new(Device::Cpu, u64::MAX));
-    run_job_on(&host, request, dir, control, on_event)
+    run_job_on(&host, &LocalRollouts, request, dir, control, on_event)
 }
 
 /// [`run_job`] with its base model borrowed from `host` (the server's engine host, so a job
 /// shares the weights chat, Tinker and evals already hold, on the host's device, within its
-/// memory budget); the job holds it until it ends.
+/// memory budget; the job holds it until it ends) and its rollouts from `rollouts` (this
+/// process, or a rollout fleet).
 pub fn run_job_on(
     host: &Arc<EngineHost>,
+    rollouts: &dyn RolloutEngine,
     request: &CreateJob,
     dir: &Path,
     control: &JobControl,
@@ -233,6 +237,7 @@ pub fn run_job_on(
         dir: dir.to_owned(),
         job_id,
         fine_tuned_model,
+        rollouts,
     };
     state.write_job_file()?;
     let mut events = EventLog::new(dir, &state.job_id, on_event);
@@ -284,6 +289,7 @@ impl Loop<'_> {
             grader: &self.grader,
             response_format: self.response_format.as_ref(),
             ignore_eos: false,
+            rollouts: self.rollouts,
         }
     }
 
@@ -390,6 +396,7 @@ impl Loop<'_> {
                 grader: &self.grader,
                 response_format: self.response_format.as_ref(),
                 ignore_eos: false,
+                rollouts: self.rollouts,
             };
             let mut report = run_step(
                 &mut self.client,

@@ -17,6 +17,7 @@ pub mod events;
 pub mod job;
 pub mod loss;
 pub mod primitives;
+pub mod rollouts;
 pub mod samples;
 pub mod seed;
 pub mod step;
@@ -70,6 +71,9 @@ pub enum TrainError {
     /// Too many samples failed to grade.
     #[error("{0}")]
     Grading(String),
+    /// The rollout servers failed or answered something malformed (which server, and what).
+    #[error("rollouts failed: {0}")]
+    Rollout(String),
 }
 
 impl From<rft_types::DatasetError> for TrainError {

@@ -198,6 +198,12 @@ impl TrainingClient {
         &self.engine
     }
 
+    /// The policy's version: bumped whenever the adapter changes (an optimizer step, a load),
+    /// so a rollout engine publishes each version once under its own name.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// The trained adapter.
     pub fn adapter(&self) -> &LoraAdapter {
         &self.adapter

@@ -36,6 +36,9 @@ pub struct StepContext<'a> {
     /// Sample every completion to `max_completion_tokens`, past end-of-sequence: for
     /// benchmarks, whose work must not depend on what the policy happens to say.
     pub ignore_eos: bool,
+    /// Where completions come from: this process ([`crate::rollouts::LocalRollouts`]) or a
+    /// rollout fleet ([`crate::rollouts::RemoteRollouts`]).
+    pub rollouts: &'a dyn crate::rollouts::RolloutEngine,
 }
 
 /// One step's rows and randomness.
@@ -157,7 +160,9 @@ pub fn rollout(
             Ok(request)
         })
         .collect::<Result<Vec<_>, TrainError>>()?;
-    let completions = client.sample(&requests)?;
+    let completions = ctx
+        .rollouts
+        .sample(client, &requests, ctx.response_format)?;
     let sampling = t_sample.elapsed().as_secs_f64();
 
     let t_grade = Instant::now();

@@ -287,6 +287,7 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
         // Every completion runs to `tokens`, as TRL's min_new_tokens, unless both sides are
         // asked to stop at end-of-sequence.
         ignore_eos: !args.natural_length,
+        rollouts: &rft_train::rollouts::LocalRollouts,
     };
     for step in 0..args.steps {
         let t_step = Instant::now();

@@ -47,6 +47,25 @@ pub(crate) struct ServeArgs {
     /// The device models run on: cpu, or cuda / cuda:N in a build with the `cuda` feature.
     #[arg(long, default_value = "cpu", env = "RFT_DEVICE")]
     pub(crate) device: String,
+    /// Serve as a rollout worker: the folder `/v1/load_lora_adapter` loads adapters from (a
+    /// folder the trainer writes its versions to); nothing outside it can be loaded. Without
+    /// it those endpoints answer 404.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) adapter_root: Option<PathBuf>,
+    /// Sample the jobs' rollouts on a rollout fleet (vLLM or `rft serve --adapter-root`
+    /// workers): a completions base URL (repeatable). Needs --rollout-adapter-dir.
+    #[arg(
+        long = "rollout-url",
+        value_name = "URL",
+        requires = "rollout_adapter_dir"
+    )]
+    pub(crate) rollout_urls: Vec<String>,
+    /// Every replica's admin base URL (repeatable; default: the --rollout-url ones).
+    #[arg(long = "rollout-admin-url", value_name = "URL")]
+    pub(crate) rollout_admin_urls: Vec<String>,
+    /// The folder the jobs' adapters are published to, at the same path on every replica.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) rollout_adapter_dir: Option<PathBuf>,
 }
 
 pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
@@ -73,6 +92,17 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.max_loaded_model_bytes = (args.max_model_gib * f64::from(1u32 << 30)) as u64;
     config.device = args.device.clone();
+    config.adapter_root = args.adapter_root.clone();
+    if let (Some(adapter_dir), false) = (&args.rollout_adapter_dir, args.rollout_urls.is_empty()) {
+        config.rollout = Some(rft_server::RolloutSettings {
+            urls: args.rollout_urls.clone(),
+            admin_urls: args.rollout_admin_urls.clone(),
+            adapter_dir: adapter_dir.clone(),
+            api_key: std::env::var("RFT_ROLLOUT_API_KEY")
+                .ok()
+                .filter(|k| !k.is_empty()),
+        });
+    }
     config.models = args.models.clone();
     config.allowed_hosts = args.allowed_hosts.clone();
     rft_server::serve_blocking(config, SocketAddr::new(args.host, args.port))?;

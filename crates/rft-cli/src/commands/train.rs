@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use rft_train::config::parse_job;
-use rft_train::job::{run_job, JobControl, JobOutcome, JobSummary};
+use rft_train::job::{run_job_on, JobControl, JobOutcome, JobSummary};
 use rft_types::api::hyperparameters::Auto;
 use rft_types::api::job::CreateJob;
 use serde_json::Value;
@@ -48,9 +48,50 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         }
         (None, None) => anyhow::bail!("give --config JOB.json or --resume DIR"),
     };
-    let summary = run(&request, &dir)?;
+    let summary = match &args.adapter_dir {
+        Some(adapter_dir) if !args.rollout_urls.is_empty() => {
+            let remote = remote_rollouts(args, adapter_dir, &dir)?;
+            run_with(&request, &dir, &remote)?
+        }
+        _ => run(&request, &dir)?,
+    };
     print_summary(&summary, &dir);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The rollout fleet of `--rollout-url`: adapters named after the run folder and a random
+/// suffix, so two runs never share a name; its key from `RFT_ROLLOUT_API_KEY`.
+fn remote_rollouts(
+    args: &TrainArgs,
+    adapter_dir: &Path,
+    dir: &Path,
+) -> anyhow::Result<rft_train::rollouts::RemoteRollouts> {
+    let folder: String = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let suffix = rft_model::request::seed_or_random(None) & 0xffff_ffff;
+    let config = rft_train::rollouts::RemoteConfig {
+        urls: args.rollout_urls.clone(),
+        admin_urls: args.rollout_admin_urls.clone(),
+        adapter_dir: adapter_dir.to_owned(),
+        name_prefix: format!("{folder}-{suffix:08x}"),
+        keep_versions: 2,
+        api_key: std::env::var("RFT_ROLLOUT_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
+        timeout: std::time::Duration::from_secs(600),
+    };
+    Ok(rft_train::rollouts::RemoteRollouts::new(config)?)
 }
 
 /// Reads a job file; dataset paths are taken relative to the job file's folder.
@@ -71,6 +112,15 @@ fn read_job(path: &Path) -> anyhow::Result<CreateJob> {
 
 /// Runs a job in `dir`, printing its events; Ctrl-C pauses it at the next step boundary.
 pub(crate) fn run(request: &CreateJob, dir: &Path) -> anyhow::Result<JobSummary> {
+    run_with(request, dir, &rft_train::rollouts::LocalRollouts)
+}
+
+/// [`run`] with its rollouts from `rollouts`.
+fn run_with(
+    request: &CreateJob,
+    dir: &Path,
+    rollouts: &dyn rft_train::rollouts::RolloutEngine,
+) -> anyhow::Result<JobSummary> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let request_path = dir.join("request.json");
     if !request_path.exists() {
@@ -87,7 +137,13 @@ pub(crate) fn run(request: &CreateJob, dir: &Path) -> anyhow::Result<JobSummary>
         }
     });
     let progress = Progress::new();
-    let result = run_job(request, dir, &control, &mut |event| progress.event(event));
+    let host = std::sync::Arc::new(rft_model::host::EngineHost::new(
+        candle_core::Device::Cpu,
+        u64::MAX,
+    ));
+    let result = run_job_on(&host, rollouts, request, dir, &control, &mut |event| {
+        progress.event(event)
+    });
     progress.finish();
     let summary = result.with_context(|| format!("the job in {} failed", dir.display()))?;
     Ok(summary)

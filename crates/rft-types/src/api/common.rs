@@ -67,6 +67,10 @@ pub struct Model {
     pub created: i64,
     /// `openrft` for base models, `user` for fine-tuned ones.
     pub owned_by: String,
+    /// For a LoRA adapter loaded at run time (`/v1/load_lora_adapter`), the base model it is
+    /// applied over, as vLLM lists it; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl Model {
@@ -77,6 +81,7 @@ impl Model {
             object: "model".into(),
             created,
             owned_by: owned_by.into(),
+            parent: None,
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod common;
+pub mod completions;
 pub mod eval;
 pub mod event;
 pub mod file;

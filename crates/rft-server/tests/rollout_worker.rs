@@ -1,0 +1,279 @@
+//! `rft serve` as a rollout worker: vLLM's run-time LoRA endpoints (loading only from under the
+//! adapter root, vLLM's 404/400 codes, keys when keys are set) and `/v1/completions` with
+//! token-id prompts, `n`, `seed`, `logprobs` and `return_token_ids`, what a trainer samples
+//! through, on a tiny random model.
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::Device;
+use common::jobs::tiny_model;
+use common::Server;
+use rft_model::lora::{LoraAdapter, LoraConfig};
+use rft_model::{Architecture, ModelConfig};
+use serde_json::{json, Value};
+
+/// A PEFT adapter over the tiny model, written to `dir`.
+fn adapter(dir: &Path, base: &str, seed: u64) {
+    let config = ModelConfig::tiny(Architecture::Llama);
+    let lora = LoraConfig {
+        rank: 2,
+        ..LoraConfig::default()
+    };
+    let adapter = LoraAdapter::new(&config, lora, seed, &Device::Cpu).unwrap();
+    adapter.save_peft(dir, base).unwrap();
+}
+
+/// A POST answered as `(status, text)`.
+fn post_text(server: &Server, path: &str, body: &Value) -> (u16, String) {
+    let mut request = server
+        .agent
+        .post(format!("{}{path}", server.base))
+        .header("Content-Type", "application/json");
+    if let Some(auth) = server.auth() {
+        request = request.header("Authorization", auth);
+    }
+    let mut response = request.send(body.to_string()).unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.body_mut().read_to_string().unwrap_or_default(),
+    )
+}
+
+fn worker(tmp: &Path, keys: &[&str]) -> (Server, String) {
+    let model = tiny_model(tmp, Architecture::Llama, 3);
+    let root = tmp.join("adapters");
+    std::fs::create_dir_all(&root).unwrap();
+    let server = Server::start_with(&tmp.join("data"), keys, |config| {
+        config.adapter_root = Some(root.clone());
+    });
+    (server, model.to_str().unwrap().to_owned())
+}
+
+#[test]
+fn adapters_load_only_from_under_the_root_with_vllms_codes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, base) = worker(tmp.path(), &[]);
+    let root = tmp.path().join("adapters");
+    adapter(&root.join("job-v1"), &base, 1);
+    adapter(&tmp.path().join("outside"), &base, 2);
+    std::os::unix::fs::symlink(tmp.path().join("outside"), root.join("escape")).unwrap();
+    let load = |name: &str, path: &str, inplace: bool| {
+        post_text(
+            &server,
+            "/load_lora_adapter",
+            &json!({"lora_name": name, "lora_path": path, "load_inplace": inplace}),
+        )
+    };
+    let outside = tmp.path().join("outside");
+    for bad in [
+        outside.to_str().unwrap(),
+        "../outside",
+        "escape",
+        "job-v1/../../outside",
+        "missing",
+        "/etc",
+    ] {
+        let (status, text) = load("bad", bad, false);
+        assert_eq!(status, 404, "{bad}: {text}");
+        assert!(!text.contains(tmp.path().to_str().unwrap()), "{text}");
+    }
+    let (status, text) = load("job-v1", "job-v1", false);
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(text, "Success: LoRA adapter 'job-v1' added successfully.");
+    let (status, text) = load("job-v1", "job-v1", false);
+    assert_eq!(status, 400, "{text}");
+    let absolute = root.join("job-v1");
+    let (status, text) = load("job-v1", absolute.to_str().unwrap(), true);
+    assert_eq!(status, 200, "{text}");
+    // Listed with its base as the parent.
+    let (_, models) = server.get("/models");
+    let listed = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "job-v1")
+        .cloned()
+        .unwrap();
+    assert_eq!(listed["parent"], base.as_str());
+    // A name that is a base model's, or not a name.
+    let (status, _) = load(&base, "job-v1", false);
+    assert_eq!(status, 400);
+    let (status, _) = load("", "job-v1", false);
+    assert_eq!(status, 400);
+    // Unloaded once, then unknown.
+    let unload =
+        |name: &str| post_text(&server, "/unload_lora_adapter", &json!({"lora_name": name}));
+    let (status, text) = unload("job-v1");
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = unload("job-v1");
+    assert_eq!(status, 404, "{text}");
+    let (status, body) = server.post(
+        "/completions",
+        &json!({"model": "job-v1", "prompt": [2, 3], "max_tokens": 2}),
+    );
+    assert_eq!(status, 404, "{body}");
+}
+
+#[test]
+fn without_a_root_the_endpoints_are_off_and_keys_are_required() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), Architecture::Llama, 3);
+    let server = Server::start(&tmp.path().join("data"), &[]);
+    let (status, _) = post_text(
+        &server,
+        "/load_lora_adapter",
+        &json!({"lora_name": "a", "lora_path": model.to_str().unwrap()}),
+    );
+    assert_eq!(status, 404);
+    drop(server);
+    let keyed = tempfile::tempdir().unwrap();
+    let (server, _) = worker(keyed.path(), &["sekret"]);
+    let status = server
+        .agent
+        .post(format!("{}/load_lora_adapter", server.base))
+        .header("Content-Type", "application/json")
+        .send(json!({"lora_name": "a", "lora_path": "a"}).to_string())
+        .unwrap()
+        .status()
+        .as_u16();
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn completions_sample_token_prompts_with_ids_and_logprobs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, base) = worker(tmp.path(), &[]);
+    adapter(&tmp.path().join("adapters/v1"), &base, 4);
+    let (status, text) = post_text(
+        &server,
+        "/load_lora_adapter",
+        &json!({"lora_name": "v1", "lora_path": "v1"}),
+    );
+    assert_eq!(status, 200, "{text}");
+    let request = json!({"model": "v1", "prompt": [[2, 3, 4], [5, 6]], "n": 3,
+                         "max_tokens": 6, "temperature": 1.0, "top_k": -1, "seed": 7,
+                         "logprobs": 1, "return_token_ids": true});
+    let (status, body) = server.post("/completions", &request);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "text_completion");
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 6);
+    for (i, choice) in choices.iter().enumerate() {
+        assert_eq!(choice["index"], i);
+        let ids = choice["token_ids"].as_array().unwrap();
+        let logprobs = choice["logprobs"]["token_logprobs"].as_array().unwrap();
+        assert!(!ids.is_empty() && ids.len() <= 6, "{choice}");
+        assert_eq!(ids.len(), logprobs.len(), "{choice}");
+        assert!(logprobs.iter().all(|l| l.as_f64().unwrap() <= 0.0));
+        assert!(ids.iter().all(|id| id.as_u64().unwrap() < 97));
+        let prompt: Vec<u64> = if i < 3 { vec![2, 3, 4] } else { vec![5, 6] };
+        let given: Vec<u64> = choice["prompt_token_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(given, prompt);
+        assert!(matches!(
+            choice["finish_reason"].as_str(),
+            Some("stop" | "length")
+        ));
+    }
+    assert_eq!(
+        body["usage"]["completion_tokens"].as_u64().unwrap() as usize,
+        choices
+            .iter()
+            .map(|c| c["token_ids"].as_array().unwrap().len())
+            .sum::<usize>()
+    );
+    // The same seed draws the same tokens.
+    let (_, again) = server.post("/completions", &request);
+    let ids = |body: &Value| -> Vec<Value> {
+        body["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["token_ids"].clone())
+            .collect()
+    };
+    assert_eq!(ids(&body), ids(&again));
+    // Text prompts, echoed; the base model by name.
+    let (status, body) = server.post(
+        "/completions",
+        &json!({"model": base, "prompt": "ab", "max_tokens": 3, "echo": true}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with("ab"));
+    assert!(body["choices"][0]["token_ids"].is_null());
+    // Structured output, as the trainer sends its job's response_format.
+    let (status, body) = server.post(
+        "/completions",
+        &json!({"model": base, "prompt": [2, 3], "max_tokens": 40, "seed": 1,
+                "response_format": {"type": "json_object"}}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.post(
+        "/completions",
+        &json!({"model": base, "prompt": [2, 3], "max_tokens": 4,
+                "response_format": {"type": "xml"}}),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "response_format");
+}
+
+#[test]
+fn completions_refuse_what_is_out_of_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, base) = worker(tmp.path(), &[]);
+    for (body, param) in [
+        (
+            json!({"model": base, "prompt": [2, 500], "max_tokens": 2}),
+            "prompt",
+        ),
+        (
+            json!({"model": base, "prompt": [], "max_tokens": 2}),
+            "prompt",
+        ),
+        (
+            json!({"model": base, "prompt": [2], "max_tokens": 2, "logprobs": 21}),
+            "logprobs",
+        ),
+        (
+            json!({"model": base, "prompt": [2], "max_tokens": 2, "stream": true}),
+            "stream",
+        ),
+        (
+            json!({"model": base, "prompt": [2], "max_tokens": 2, "echo": true, "logprobs": 1}),
+            "echo",
+        ),
+        (
+            json!({"model": base, "prompt": vec![vec![2u32]; 4], "n": 128, "max_tokens": 200}),
+            "max_tokens",
+        ),
+        (
+            json!({"model": base, "prompt": [2], "max_tokens": 2, "n": 0}),
+            "n",
+        ),
+        (
+            json!({"model": base, "prompt": [2], "max_tokens": 2, "temperature": 3}),
+            "temperature",
+        ),
+    ] {
+        let (status, reply) = server.post("/completions", &body);
+        assert_eq!(status, 400, "{body}: {reply}");
+        assert_eq!(reply["error"]["param"], param, "{body}: {reply}");
+    }
+    let (status, reply) = server.post(
+        "/completions",
+        &json!({"model": "/etc/passwd", "prompt": [2], "max_tokens": 2}),
+    );
+    assert_eq!(status, 404, "{reply}");
+    let (status, _) = server.get("/models");
+    assert_eq!(status, 200);
+}
