@@ -550,10 +550,11 @@ fn check_local_request(
 }
 
 /// Without keys, a request that changes something must be one a browser cannot send from
-/// another page without a CORS preflight (which this server never grants): a JSON or protobuf
-/// body. What a page can send without one (no body, `text/plain`, a form, `multipart`) is
-/// taken only from programs (no `Origin`) or from this server's own pages (an `Origin` equal to
-/// the `Host`): a page on another local port is not this server's, even though it is loopback.
+/// another page without a CORS preflight (which this server never grants): its body, if it has
+/// one, is JSON or protobuf (the upload's multipart form excepted). What a page can send
+/// without a preflight (no body, the upload's form) is taken only from programs (no `Origin`)
+/// or from this server's own pages (an `Origin` equal to the `Host`): a page on another local
+/// port is not this server's, even though it is loopback.
 fn check_simple_request(
     method: &axum::http::Method,
     path: &str,
@@ -590,17 +591,28 @@ fn check_simple_request(
         }
     };
     let upload = path == "/v1/files" && content_type == "multipart/form-data";
-    if same_origin && (upload || content_type.is_empty() || !headers.contains_key("origin")) {
-        return Ok(());
-    }
-    Err(ApiError {
+    let has_body = headers.contains_key(axum::http::header::TRANSFER_ENCODING)
+        || header("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0);
+    let refuse = |message: String| ApiError {
         status: axum::http::StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        message: format!(
-            "A {method} with Content-Type '{content_type}' from another page is refused: without API keys, send JSON (`Content-Type: application/json`) or protobuf, which browsers cannot send across origins without permission."
-        ),
+        message,
         param: None,
         code: Some("unsupported_media_type".into()),
-    })
+    };
+    // A body is JSON or protobuf (or the upload's form), whoever sends it.
+    if has_body && !upload {
+        return Err(refuse(format!(
+            "A {method} body with Content-Type '{content_type}' is refused: send JSON (`Content-Type: application/json`) or protobuf."
+        )));
+    }
+    if same_origin {
+        return Ok(());
+    }
+    Err(refuse(format!(
+        "A {method} with Content-Type '{content_type}' from another page is refused: without API keys, send JSON (`Content-Type: application/json`) or protobuf, which browsers cannot send across origins without permission."
+    )))
 }
 
 /// `localhost`, `127.x.y.z`, `[::1]` (with or without a port), or a name the operator allowed.

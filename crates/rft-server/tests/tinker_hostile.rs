@@ -418,6 +418,14 @@ fn without_keys_another_local_page_cannot_send_simple_requests() {
         "a=b",
     );
     assert_eq!(status, 415, "{text}");
+    // A body that is not JSON or protobuf is refused from programs too.
+    let (status, text) = send(
+        "/v1/fine_tuning/jobs/ftjob-x/cancel",
+        Some("text/plain"),
+        None,
+        "{}",
+    );
+    assert_eq!(status, 415, "{text}");
     // A program on this machine (no Origin) and the server's own page are served.
     let (status, text) = send("/v1/fine_tuning/jobs/ftjob-x/cancel", None, None, "");
     assert_eq!(status, 404, "{text}");
