@@ -139,6 +139,16 @@ fn a_job_trains_through_two_workers_like_the_local_engine() {
         (mean(&local_train) - mean(&remote_train)).abs() <= 0.35,
         "local {local_train:?} against remote {remote_train:?}"
     );
+    // The steps report how far the workers' log-probs are from the trainer's: float rounding.
+    let mismatches: Vec<f64> = std::fs::read_to_string(remote_dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["data"]["rollout_logprob_diff"].as_f64())
+        .collect();
+    eprintln!("rollout log-prob differences {mismatches:?}");
+    assert!(!mismatches.is_empty());
+    assert!(mismatches.iter().all(|d| *d < 1e-3), "{mismatches:?}");
     // Each version was loaded on both workers; old ones were unloaded (two kept).
     let (_, models) = w1.get("/models");
     let loaded: Vec<&str> = models["data"]

@@ -491,6 +491,8 @@ impl Loop<'_> {
                     clip_fraction: report.clip_fraction,
                     grad_norm: report.grad_norm,
                     learning_rate,
+                    rollout_logprob_diff: report.rollout_logprob_diff,
+                    rollout_kl_k3: report.rollout_kl_k3,
                 }),
             };
             checkpoints::save_latest(&self.client, &checkpoints_dir, step)?;

@@ -108,6 +108,11 @@ pub struct StepReport {
     pub kl: Option<f64>,
     /// Gradient norm of the last pass.
     pub grad_norm: f64,
+    /// Mean |Δ log p| per token between the sampler's log-probs and the trainer's (same
+    /// version), when anything was trained.
+    pub rollout_logprob_diff: Option<f64>,
+    /// k3 estimate of KL(sampler ‖ trainer) per token, when anything was trained.
+    pub rollout_kl_k3: Option<f64>,
     /// Completion tokens sampled.
     pub completion_tokens_count: usize,
     /// Mean completion length.
@@ -265,6 +270,7 @@ pub fn run_step(
         kl_weights,
     } = build_batch(hyper, &groups);
     let (mut loss, mut clip_fraction, mut kl, mut grad_norm) = (0.0, 0.0, None, 0.0);
+    let mut mismatch = None;
     if !batch.is_empty() {
         let reference = if hyper.beta > 0.0 {
             Some(client.reference_logprobs(&batch)?)
@@ -281,6 +287,11 @@ pub fn run_step(
                     weights: &kl_weights,
                 }),
             )?;
+            if mismatch.is_none() {
+                // The first pass runs the version that sampled: its log-probs against the
+                // sampler's measure what sampling elsewhere (or differently) changed.
+                mismatch = Some(sampler_mismatch(&batch, &out.logprobs));
+            }
             loss = out.loss;
             clip_fraction = out.clip_fraction;
             kl = out.kl;
@@ -318,6 +329,8 @@ pub fn run_step(
         clip_fraction,
         kl,
         grad_norm,
+        rollout_logprob_diff: mismatch.map(|(diff, _)| diff),
+        rollout_kl_k3: mismatch.map(|(_, k3)| k3),
         completion_tokens_count,
         completion_tokens_mean: completion_tokens_count as f64 / samples.len().max(1) as f64,
         frac_truncated: truncated as f64 / samples.len().max(1) as f64,
@@ -325,6 +338,24 @@ pub fn run_step(
         seconds,
         groups: crate::samples::step_groups(input.rows, &graded),
     })
+}
+
+/// `(mean |Δ log p|, k3 KL(sampler ‖ trainer))` per token between the log-probs the sampler
+/// recorded and the trainer's for the same tokens: with `r = lp_trainer − lp_sampler`, k3 is the
+/// mean of `exp(r) − 1 − r`.
+fn sampler_mismatch(batch: &[crate::primitives::Datum], trainer: &[Vec<f32>]) -> (f64, f64) {
+    let (mut diff, mut k3, mut n) = (0.0, 0.0, 0usize);
+    for (datum, logprobs) in batch.iter().zip(trainer) {
+        for (&sampled, &trained) in datum.sampling_logprobs.iter().zip(logprobs) {
+            let r = f64::from(trained) - f64::from(sampled);
+            if r.is_finite() {
+                diff += r.abs();
+                k3 += r.exp_m1() - r;
+                n += 1;
+            }
+        }
+    }
+    (diff / n.max(1) as f64, k3 / n.max(1) as f64)
 }
 
 /// The mean of `n` values (0 for none).

@@ -146,6 +146,14 @@ pub struct TrainStepMetrics {
     /// The learning rate of the step.
     #[serde(deserialize_with = "nan_if_null")]
     pub learning_rate: f64,
+    /// The sampler's log-probs against the trainer's for the same tokens under the same
+    /// policy version (before the step's update): the mean of |Δ log p| per token. Near 0 for
+    /// the in-process sampler (float rounding); what a remote rollout engine adds shows here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_logprob_diff: Option<f64>,
+    /// The k3 estimate of KL(sampler ‖ trainer) per token over the same tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_kl_k3: Option<f64>,
 }
 
 /// `errors`.
