@@ -89,6 +89,19 @@ pub struct RemoteRollouts {
     agent: ureq::Agent,
     /// Versions published, oldest first: `(version, name, completion URLs that have it)`.
     published: Mutex<VecDeque<(u64, String, Vec<usize>)>>,
+    timings: Mutex<Timings>,
+}
+
+/// What publishing and the first samples of each version took, for `rft train` to report.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    /// Per version: writing the adapter and loading it on every replica, seconds.
+    pub publish: Vec<f64>,
+    /// Per version and replica: from the start of the publish to the replica's first
+    /// completion under the new version, seconds.
+    pub first_completion: Vec<f64>,
+    /// When the current version's publish started, and the replicas that answered since.
+    current: Option<(std::time::Instant, Vec<usize>)>,
 }
 
 /// Largest answer read from a rollout server.
@@ -178,7 +191,26 @@ impl RemoteRollouts {
             config,
             agent,
             published: Mutex::new(VecDeque::new()),
+            timings: Mutex::new(Timings::default()),
         })
+    }
+
+    /// Publish and first-completion times so far.
+    pub fn timings(&self) -> Timings {
+        self.timings.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    fn note_completion(&self, replica: usize) {
+        if let Ok(mut timings) = self.timings.lock() {
+            let first = match &mut timings.current {
+                Some((start, seen)) if !seen.contains(&replica) => {
+                    seen.push(replica);
+                    Some(start.elapsed().as_secs_f64())
+                }
+                _ => None,
+            };
+            timings.first_completion.extend(first);
+        }
     }
 
     fn admin_urls(&self) -> &[String] {
@@ -223,6 +255,7 @@ impl RemoteRollouts {
         if let Some((_, _, live)) = published.iter().find(|(v, _, _)| *v == version) {
             return Ok((name, live.clone()));
         }
+        let started = std::time::Instant::now();
         let dir = self.config.adapter_dir.join(&name);
         if !dir.join("adapter_model.safetensors").is_file() {
             write_adapter(client, &dir)?;
@@ -269,6 +302,10 @@ impl RemoteRollouts {
         } else {
             (0..self.config.urls.len()).collect()
         };
+        if let Ok(mut timings) = self.timings.lock() {
+            timings.publish.push(started.elapsed().as_secs_f64());
+            timings.current = Some((started, Vec::new()));
+        }
         published.push_back((version, name.clone(), live.clone()));
         while published.len() > self.config.keep_versions.max(1) {
             if let Some((_, old, _)) = published.pop_front() {
@@ -433,13 +470,17 @@ impl RolloutEngine for RemoteRollouts {
                 .enumerate()
                 .map(|(i, request)| {
                     let model = model.as_str();
+                    let live = &live;
                     scope.spawn(move || {
                         let mut failures = Vec::new();
                         for attempt in 0..urls.len() {
-                            let base = &urls[(i + attempt) % urls.len()];
-                            let url = endpoint(base, "completions");
+                            let slot = (i + attempt) % urls.len();
+                            let url = endpoint(urls[slot], "completions");
                             match self.sample_one(&url, model, request, vocab, response_format) {
-                                Ok(completions) => return Ok(completions),
+                                Ok(completions) => {
+                                    self.note_completion(live[slot]);
+                                    return Ok(completions);
+                                }
                                 Err(e) => {
                                     tracing::warn!("rollout server {url}: {e}");
                                     failures.push(format!("{url}: {e}"));

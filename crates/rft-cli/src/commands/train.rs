@@ -51,12 +51,32 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
     let summary = match &args.adapter_dir {
         Some(adapter_dir) if !args.rollout_urls.is_empty() => {
             let remote = remote_rollouts(args, adapter_dir, &dir)?;
-            run_with(&request, &dir, &remote)?
+            let summary = run_with(&request, &dir, &remote)?;
+            let timings = remote.timings();
+            eprintln!(
+                "rollout fleet: {} versions published (adapter written and loaded on every replica) in p50 {:.3} s, p95 {:.3} s; from a publish to each replica's first completion under it: p50 {:.3} s, p95 {:.3} s",
+                timings.publish.len(),
+                percentile(&timings.publish, 0.5),
+                percentile(&timings.publish, 0.95),
+                percentile(&timings.first_completion, 0.5),
+                percentile(&timings.first_completion, 0.95),
+            );
+            summary
         }
         _ => run(&request, &dir)?,
     };
     print_summary(&summary, &dir);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The `q` quantile of `values` (nearest rank; NaN for none).
+fn percentile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n => sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1],
+    }
 }
 
 /// The rollout fleet of `--rollout-url`: adapters named after the run folder and a random
