@@ -238,6 +238,54 @@ fn structured_output_jobs_send_their_format_to_the_workers() {
     assert_eq!(rewards(&local_dir).0.len(), rewards(&remote_dir).0.len());
 }
 
+#[test]
+fn importance_corrections_run_and_are_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapters = tmp.path().join("adapters");
+    std::fs::create_dir_all(&adapters).unwrap();
+    let base = setup(tmp.path());
+    let w1 = worker(&tmp.path().join("w1"), &base.model, &adapters);
+    let host = Arc::new(rft_model::host::EngineHost::new(
+        candle_core::Device::Cpu,
+        u64::MAX,
+    ));
+    for correction in ["tis", "mis"] {
+        let mut value = serde_json::to_value(&base).unwrap();
+        value["method"]["reinforcement"]["hyperparameters"]["rollout_correction"] =
+            json!(correction);
+        let request = parse_job(value).unwrap();
+        let fleet = remote(vec![w1.base.clone()], &adapters);
+        let dir = tmp.path().join(correction);
+        let summary = run_job_on(
+            &host,
+            &fleet,
+            &request,
+            &dir,
+            &JobControl::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(summary.outcome, JobOutcome::Succeeded);
+        let corrected: Vec<f64> = std::fs::read_to_string(dir.join("events.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter_map(|e| e["data"]["rollout_is_corrected"].as_f64())
+            .collect();
+        // The workers' log-probs are the trainer's to float rounding: nothing capped or masked.
+        assert!(!corrected.is_empty(), "{correction}");
+        assert!(
+            corrected.iter().all(|c| *c == 0.0),
+            "{correction}: {corrected:?}"
+        );
+    }
+    // An unknown correction is refused with its path.
+    let mut value = serde_json::to_value(&base).unwrap();
+    value["method"]["reinforcement"]["hyperparameters"]["rollout_correction"] = json!("ppo");
+    let error = parse_job(value).unwrap_err().to_string();
+    assert!(error.contains("rollout_correction"), "{error}");
+}
+
 /// A server that answers adapter loads with 200 and every completion with `answer`.
 fn stub(answer: &'static str) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

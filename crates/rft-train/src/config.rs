@@ -5,7 +5,7 @@
 
 use rft_types::api::hyperparameters::{
     Auto, Hyperparameters as HyperparametersRequest, LossType, LrSchedule, ReasoningEffort,
-    ScaleRewards,
+    RolloutCorrection, ScaleRewards,
 };
 use rft_types::api::job::{CreateJob, CreateReinforcement};
 use serde::{Deserialize, Serialize};
@@ -74,6 +74,21 @@ pub struct Hyperparameters {
     pub lr_schedule: LrSchedule,
     /// Global gradient-norm clip.
     pub max_grad_norm: f64,
+    /// Correction for a sampler whose log-probs differ from the trainer's.
+    #[serde(default = "no_correction")]
+    pub rollout_correction: RolloutCorrection,
+    /// The importance ratio's cap (TIS) or band `[1/C, C]` (MIS).
+    #[serde(default = "default_is_cap")]
+    pub rollout_is_cap: f64,
+}
+
+// A job folder written before these settings existed resumes without them.
+fn no_correction() -> RolloutCorrection {
+    RolloutCorrection::None
+}
+
+fn default_is_cap() -> f64 {
+    2.0
 }
 
 /// The LoRA learning rate `learning_rate_multiplier` scales (RL on LoRA wants a rate about 10×
@@ -186,6 +201,8 @@ impl Hyperparameters {
             warmup_steps: check!(int, r.warmup_steps, 0, 0, 1_000_000),
             lr_schedule: choice(r.lr_schedule, LrSchedule::Constant),
             max_grad_norm: check!(number, r.max_grad_norm, 1.0, 0.0, 1e6),
+            rollout_correction: choice(r.rollout_correction, RolloutCorrection::None),
+            rollout_is_cap: check!(number, r.rollout_is_cap, 2.0, 1.0, 100.0),
             loss_type,
         })
     }

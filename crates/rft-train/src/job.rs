@@ -493,6 +493,7 @@ impl Loop<'_> {
                     learning_rate,
                     rollout_logprob_diff: report.rollout_logprob_diff,
                     rollout_kl_k3: report.rollout_kl_k3,
+                    rollout_is_corrected: report.rollout_is_corrected,
                 }),
             };
             checkpoints::save_latest(&self.client, &checkpoints_dir, step)?;

@@ -13,6 +13,8 @@ use rft_types::{GraderErrors, GraderMetadata, RunGraderResponse};
 use crate::advantage::{build_batch, has_signal, GradedGroup, RolloutBatch};
 use crate::config::Hyperparameters;
 use crate::dataset::PreparedRow;
+use rft_types::api::hyperparameters::RolloutCorrection;
+
 use crate::primitives::{AdamParams, KlPenalty, TrainingClient};
 use crate::seed::mix;
 use crate::TrainError;
@@ -113,6 +115,9 @@ pub struct StepReport {
     pub rollout_logprob_diff: Option<f64>,
     /// k3 estimate of KL(sampler ‖ trainer) per token, when anything was trained.
     pub rollout_kl_k3: Option<f64>,
+    /// With a rollout correction: the fraction of tokens whose importance ratio was capped
+    /// (TIS) or that were masked out (MIS).
+    pub rollout_is_corrected: Option<f64>,
     /// Completion tokens sampled.
     pub completion_tokens_count: usize,
     /// Mean completion length.
@@ -265,12 +270,25 @@ pub fn run_step(
         })
         .collect();
     let RolloutBatch {
-        datums: batch,
+        datums: mut batch,
         frac_zero_std_groups,
         kl_weights,
     } = build_batch(hyper, &groups);
     let (mut loss, mut clip_fraction, mut kl, mut grad_norm) = (0.0, 0.0, None, 0.0);
     let mut mismatch = None;
+    let mut corrected = None;
+    if hyper.rollout_correction != RolloutCorrection::None && !batch.is_empty() {
+        // The trainer's own log-probs of the sampling version, without a graph: what the
+        // sampler's are compared with, weighed against and then replaced by.
+        let trainer = client.policy_logprobs(&batch)?;
+        mismatch = Some(sampler_mismatch(&batch, &trainer));
+        corrected = Some(correct_rollouts(
+            &mut batch,
+            &trainer,
+            hyper.rollout_correction,
+            hyper.rollout_is_cap,
+        ));
+    }
     if !batch.is_empty() {
         let reference = if hyper.beta > 0.0 {
             Some(client.reference_logprobs(&batch)?)
@@ -331,6 +349,7 @@ pub fn run_step(
         grad_norm,
         rollout_logprob_diff: mismatch.map(|(diff, _)| diff),
         rollout_kl_k3: mismatch.map(|(_, k3)| k3),
+        rollout_is_corrected: corrected,
         completion_tokens_count,
         completion_tokens_mean: completion_tokens_count as f64 / samples.len().max(1) as f64,
         frac_truncated: truncated as f64 / samples.len().max(1) as f64,
@@ -356,6 +375,48 @@ fn sampler_mismatch(batch: &[crate::primitives::Datum], trainer: &[Vec<f32>]) ->
         }
     }
     (diff / n.max(1) as f64, k3 / n.max(1) as f64)
+}
+
+/// Corrects `batch` for a sampler that differs from the trainer: with `r = exp(lp_trainer −
+/// lp_sampler)` per token, TIS multiplies the token's weight by `min(r, cap)` and MIS zeroes it
+/// when `r` leaves `[1/cap, cap]`; then the sampling log-probs become the trainer's, so the
+/// clipped ratio of the loss is taken against the trainer's own policy. Returns the fraction of
+/// tokens capped or masked.
+pub fn correct_rollouts(
+    batch: &mut [crate::primitives::Datum],
+    trainer: &[Vec<f32>],
+    correction: RolloutCorrection,
+    cap: f64,
+) -> f64 {
+    let (mut changed, mut n) = (0usize, 0usize);
+    for (datum, trained) in batch.iter_mut().zip(trainer) {
+        for ((weight, sampled), &lp) in datum
+            .advantages
+            .iter_mut()
+            .zip(datum.sampling_logprobs.iter_mut())
+            .zip(trained)
+        {
+            let r = (f64::from(lp) - f64::from(*sampled)).exp();
+            n += 1;
+            match correction {
+                RolloutCorrection::None => {}
+                RolloutCorrection::Tis => {
+                    if r > cap {
+                        changed += 1;
+                    }
+                    *weight *= r.min(cap) as f32;
+                }
+                RolloutCorrection::Mis => {
+                    if !(r.is_finite() && r >= 1.0 / cap && r <= cap) {
+                        changed += 1;
+                        *weight = 0.0;
+                    }
+                }
+            }
+            *sampled = lp;
+        }
+    }
+    changed as f64 / n.max(1) as f64
 }
 
 /// The mean of `n` values (0 for none).
@@ -464,5 +525,42 @@ fn missing_grade() -> RunGraderResponse {
         },
         sub_rewards: Default::default(),
         model_grader_token_usage_per_model: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primitives::Datum;
+
+    fn datum() -> Datum {
+        Datum {
+            prompt: vec![1],
+            completion: vec![2, 3, 4],
+            sampling_logprobs: vec![-1.0, -1.0, -1.0],
+            advantages: vec![0.5, 0.5, 0.5],
+        }
+    }
+
+    #[test]
+    fn tis_caps_and_mis_masks_the_sampler_to_trainer_ratio() {
+        // Ratios exp(0) = 1, exp(ln 3) = 3 (past a cap of 2), exp(-ln 4) = 0.25 (below 1/2).
+        let trainer = vec![vec![-1.0, -1.0 + 3f32.ln(), -1.0 - 4f32.ln()]];
+        let mut tis = vec![datum()];
+        let capped = correct_rollouts(&mut tis, &trainer, RolloutCorrection::Tis, 2.0);
+        assert!((capped - 1.0 / 3.0).abs() < 1e-12);
+        let expected = [0.5, 1.0, 0.125];
+        for (got, want) in tis[0].advantages.iter().zip(expected) {
+            assert!((got - want).abs() < 1e-5, "{:?}", tis[0].advantages);
+        }
+        // The clip ratio is then taken against the trainer's own log-probs.
+        assert_eq!(tis[0].sampling_logprobs, trainer[0]);
+        let mut mis = vec![datum()];
+        let masked = correct_rollouts(&mut mis, &trainer, RolloutCorrection::Mis, 2.0);
+        assert!((masked - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!(mis[0].advantages, vec![0.5, 0.0, 0.0]);
+        // The mismatch metrics of identical log-probs are zero.
+        let same = vec![vec![-1.0f32; 3]];
+        assert_eq!(sampler_mismatch(&[datum()], &same), (0.0, 0.0));
     }
 }

@@ -154,6 +154,10 @@ pub struct TrainStepMetrics {
     /// The k3 estimate of KL(sampler ‖ trainer) per token over the same tokens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_kl_k3: Option<f64>,
+    /// With `rollout_correction`: the fraction of tokens whose importance ratio was capped
+    /// (`tis`) or that were masked out (`mis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_is_corrected: Option<f64>,
 }
 
 /// `errors`.

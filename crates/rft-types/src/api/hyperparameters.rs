@@ -82,6 +82,23 @@ pub enum ScaleRewards {
     Unscaled,
 }
 
+/// How a step corrects for a sampler whose log-probs differ from the trainer's (a rollout fleet
+/// in other precision or kernels), with `r = π_trainer / π_sampler` per token: `none` trains on
+/// the samples as they are; `tis` (truncated importance sampling) weighs each token by
+/// `min(r, rollout_is_cap)`; `mis` (masked importance sampling) drops the tokens whose `r`
+/// leaves `[1 / rollout_is_cap, rollout_is_cap]`. Either way the clip ratio is then taken
+/// against the trainer's own log-probs of the sampling version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutCorrection {
+    /// No correction.
+    None,
+    /// Truncated importance sampling.
+    Tis,
+    /// Masked importance sampling.
+    Mis,
+}
+
 /// The learning-rate schedule after warm-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -218,6 +235,12 @@ pub struct Hyperparameters {
     /// Global gradient-norm clip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_grad_norm: Option<Auto<f64>>,
+    /// Correction for a sampler that differs from the trainer (`none`, `tis`, `mis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_correction: Option<Auto<RolloutCorrection>>,
+    /// The importance ratio's cap (TIS) or band `[1/C, C]` (MIS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_is_cap: Option<Auto<f64>>,
 }
 
 impl Serialize for Hyperparameters {
