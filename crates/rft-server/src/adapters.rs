@@ -7,7 +7,8 @@
 //! A path is not a way in: adapters load only from under the folder the operator names at
 //! start (`rft serve --adapter-root`); without one the endpoints answer 404 as vLLM does when
 //! run-time updating is off. The path is resolved (symbolic links included) before it is
-//! compared with the root, so `..` and links cannot leave it; a path that does not exist, is
+//! compared with the root, so `..` and links cannot leave it, and the adapter's two files must
+//! be plain files, not links; a path that does not exist, is
 //! outside the root or holds no PEFT adapter is 404, a name loaded twice without `load_inplace`
 //! is 400 (vLLM's codes). Loaded names are bounded: past [`crate::ServerConfig::max_lora_adapters`]
 //! the least recently used is unloaded; the weights themselves live in the engine host's
@@ -105,9 +106,13 @@ impl LoadedAdapters {
         if !resolved.starts_with(root) || resolved == *root {
             return Err(missing());
         }
+        // The files themselves, not links to files elsewhere.
         let peft = ["adapter_config.json", "adapter_model.safetensors"]
             .iter()
-            .all(|file| resolved.join(file).is_file());
+            .all(|file| {
+                std::fs::symlink_metadata(resolved.join(file))
+                    .is_ok_and(|m| m.file_type().is_file())
+            });
         if !peft {
             return Err(missing());
         }
@@ -164,7 +169,8 @@ fn check_name(name: &str, catalog: &Catalog) -> Result<(), ApiError> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-:/".contains(c))
         && !name.starts_with("ft:")
-        && catalog.resolve(name).is_none();
+        && catalog.resolve(name).is_none()
+        && !rft_model::hub::KNOWN_MODELS.iter().any(|m| m.name == name);
     if fine {
         Ok(())
     } else {

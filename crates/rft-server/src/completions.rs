@@ -24,8 +24,12 @@ use rft_types::api::completions::{
     Completion, CompletionChoice, CompletionLogprobs, CompletionRequest, PromptInput,
 };
 
-/// Most prompts in one request.
-pub(crate) const MAX_PROMPTS: usize = 256;
+/// Most prompts in one request (half the default inference queue, so one request leaves room
+/// for others).
+pub(crate) const MAX_PROMPTS: usize = 128;
+/// Most prompt tokens (or text bytes) copied into the choices of one request with `echo` or
+/// `return_token_ids` (prompts × n × prompt length).
+const MAX_ECHOED: usize = 4 << 20;
 /// `max_tokens` when the request sets none (OpenAI's legacy default).
 const DEFAULT_MAX_TOKENS: usize = 16;
 /// The most `logprobs` a request may ask for (vLLM's default `--max-logprobs`).
@@ -69,6 +73,22 @@ pub(crate) async fn completions(
         .with_param("echo"));
     }
     let n = request.n.map_or(1, |n| n as usize);
+    if request.echo == Some(true) || request.return_token_ids == Some(true) {
+        let echoed: usize = prompts
+            .iter()
+            .map(|p| match p {
+                RawPrompt::Text(text) => text.len(),
+                RawPrompt::Tokens(ids) => ids.len(),
+            })
+            .sum::<usize>()
+            .saturating_mul(n);
+        if echoed > MAX_ECHOED {
+            return Err(ApiError::bad_request(format!(
+                "echo and return_token_ids copy each prompt into its {n} choices: {echoed} tokens here, at most {MAX_ECHOED}; send fewer or shorter prompts, or lower n"
+            ))
+            .with_param("prompt"));
+        }
+    }
     let max_tokens = request.max_tokens.map_or(DEFAULT_MAX_TOKENS, |m| {
         usize::try_from(m).unwrap_or(usize::MAX)
     });
@@ -170,12 +190,13 @@ pub(crate) async fn completions(
                     .into_iter()
                     .map(str::to_owned)
                     .collect();
-                let mut offset = prompt_text.len();
+                // In characters, as OpenAI and vLLM count them.
+                let mut offset = prompt_text.chars().count();
                 let text_offset = tokens
                     .iter()
                     .map(|t| {
                         let at = offset;
-                        offset += t.len();
+                        offset += t.chars().count();
                         at
                     })
                     .collect();

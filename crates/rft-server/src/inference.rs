@@ -291,10 +291,11 @@ impl Inference {
 
     /// What a model name stands for: a loaded adapter's name, then [`resolve`]'s names.
     pub(crate) fn resolve(&self, store: &Store, name: &str) -> Result<Option<ModelRef>, ApiError> {
-        if let Some(model) = self.adapters.get(name) {
+        // Base and fine-tuned models first: a loaded adapter never shadows them.
+        if let Some(model) = resolve(store, &self.catalog, name)? {
             return Ok(Some(model));
         }
-        resolve(store, &self.catalog, name)
+        Ok(self.adapters.get(name))
     }
 
     /// Queues a `/v1/completions` prompt (no chat template); 429 when the queue is full. The

@@ -362,8 +362,15 @@ impl Inner {
             urls: settings.urls.clone(),
             admin_urls: settings.admin_urls.clone(),
             adapter_dir: settings.adapter_dir.clone(),
-            name_prefix: id.to_owned(),
-            keep_versions: 2,
+            // The job's id and a suffix of this run: a resumed job's versions count from 0
+            // again and must never meet the adapters an earlier run left loaded.
+            name_prefix: format!(
+                "{id}-{:08x}",
+                rft_model::request::seed_or_random(None) & 0xffff_ffff
+            ),
+            // Every version asynchronous steps may still be sampling (`max_off_policy_steps` ≤ 8),
+            // and the one being published.
+            keep_versions: 9,
             api_key: settings.api_key.clone(),
             timeout: Duration::from_secs(600),
         })

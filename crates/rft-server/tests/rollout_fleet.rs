@@ -69,7 +69,7 @@ fn remote(urls: Vec<String>, adapters: &Path) -> RemoteRollouts {
         admin_urls: Vec::new(),
         adapter_dir: adapters.to_owned(),
         name_prefix: "fleet-test".into(),
-        keep_versions: 2,
+        keep_versions: 3,
         api_key: None,
         timeout: Duration::from_secs(60),
     })
@@ -149,7 +149,7 @@ fn a_job_trains_through_two_workers_like_the_local_engine() {
     eprintln!("rollout log-prob differences {mismatches:?}");
     assert!(!mismatches.is_empty());
     assert!(mismatches.iter().all(|d| *d < 1e-3), "{mismatches:?}");
-    // Each version was loaded on both workers; old ones were unloaded (two kept).
+    // Each version was loaded on both workers; old ones were unloaded (three kept).
     let (_, models) = w1.get("/models");
     let loaded: Vec<&str> = models["data"]
         .as_array()
@@ -158,7 +158,7 @@ fn a_job_trains_through_two_workers_like_the_local_engine() {
         .filter(|m| m["parent"].is_string())
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert!(!loaded.is_empty() && loaded.len() <= 2, "{loaded:?}");
+    assert!(!loaded.is_empty() && loaded.len() <= 3, "{loaded:?}");
     assert!(loaded.iter().all(|name| name.starts_with("fleet-test-v")));
 }
 
@@ -284,6 +284,43 @@ fn importance_corrections_run_and_are_reported() {
     value["method"]["reinforcement"]["hyperparameters"]["rollout_correction"] = json!("ppo");
     let error = parse_job(value).unwrap_err().to_string();
     assert!(error.contains("rollout_correction"), "{error}");
+}
+
+#[test]
+fn asynchronous_rollouts_run_on_the_fleet() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapters = tmp.path().join("adapters");
+    std::fs::create_dir_all(&adapters).unwrap();
+    let base = setup(tmp.path());
+    let mut value = serde_json::to_value(&base).unwrap();
+    value["method"]["reinforcement"]["hyperparameters"]["max_off_policy_steps"] = json!(2);
+    let request = parse_job(value).unwrap();
+    let w1 = worker(&tmp.path().join("w1"), &request.model, &adapters);
+    let w2 = worker(&tmp.path().join("w2"), &request.model, &adapters);
+    let fleet = remote(vec![w1.base.clone(), w2.base.clone()], &adapters);
+    let host = Arc::new(rft_model::host::EngineHost::new(
+        candle_core::Device::Cpu,
+        u64::MAX,
+    ));
+    let dir = tmp.path().join("run");
+    let summary = run_job_on(
+        &host,
+        &fleet,
+        &request,
+        &dir,
+        &JobControl::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(summary.outcome, JobOutcome::Succeeded);
+    let staleness: Vec<u64> = std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["data"]["off_policy_steps"].as_u64())
+        .collect();
+    assert_eq!(staleness.len(), summary.steps, "{staleness:?}");
+    assert!(staleness.iter().all(|&s| s <= 2), "{staleness:?}");
 }
 
 /// A server that answers adapter loads with 200 and every completion with `answer`.

@@ -103,6 +103,24 @@ fn adapters_load_only_from_under_the_root_with_vllms_codes() {
     assert_eq!(status, 400);
     let (status, _) = load("", "job-v1", false);
     assert_eq!(status, 400);
+    // A known hub model's name, even one not downloaded here, is not an adapter's.
+    let (status, _) = load("smollm2-135m-instruct", "job-v1", false);
+    assert_eq!(status, 400);
+    // An adapter whose weights file is a link to a file elsewhere is refused.
+    let linked = root.join("linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    std::fs::copy(
+        root.join("job-v1/adapter_config.json"),
+        linked.join("adapter_config.json"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        tmp.path().join("outside/adapter_model.safetensors"),
+        linked.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let (status, text) = load("linked", "linked", false);
+    assert_eq!(status, 404, "{text}");
     // Unloaded once, then unknown.
     let unload =
         |name: &str| post_text(&server, "/unload_lora_adapter", &json!({"lora_name": name}));
@@ -263,6 +281,11 @@ fn completions_refuse_what_is_out_of_bounds() {
         (
             json!({"model": base, "prompt": [2], "max_tokens": 2, "temperature": 3}),
             "temperature",
+        ),
+        (
+            json!({"model": base, "prompt": vec![vec![2u32; 300]; 128], "n": 128,
+                   "max_tokens": 1, "return_token_ids": true}),
+            "prompt",
         ),
     ] {
         let (status, reply) = server.post("/completions", &body);

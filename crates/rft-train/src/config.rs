@@ -74,6 +74,10 @@ pub struct Hyperparameters {
     pub lr_schedule: LrSchedule,
     /// Global gradient-norm clip.
     pub max_grad_norm: f64,
+    /// Rollouts of the next steps sampled while the current one trains, at most this many
+    /// versions behind the trained policy; 0 is the synchronous loop.
+    #[serde(default)]
+    pub max_off_policy_steps: usize,
     /// Correction for a sampler whose log-probs differ from the trainer's.
     #[serde(default = "no_correction")]
     pub rollout_correction: RolloutCorrection,
@@ -175,6 +179,18 @@ impl Hyperparameters {
                 ScaleRewards::Group
             }
         };
+        // GSPO weighs a sequence by one ratio: a per-token cap or mask would change only its
+        // first token's.
+        if loss_type == LossType::Gspo
+            && matches!(
+                r.rollout_correction,
+                Some(Auto::Value(RolloutCorrection::Tis | RolloutCorrection::Mis))
+            )
+        {
+            return Err(TrainError::Config(
+                "hyperparameters.rollout_correction: tis and mis correct tokens; gspo weighs whole sequences, so use rollout_correction none with it".into(),
+            ));
+        }
         Ok(Hyperparameters {
             batch_size,
             learning_rate_multiplier: check!(number, r.learning_rate_multiplier, 1.0, 1e-6, 1e3),
@@ -201,7 +217,17 @@ impl Hyperparameters {
             warmup_steps: check!(int, r.warmup_steps, 0, 0, 1_000_000),
             lr_schedule: choice(r.lr_schedule, LrSchedule::Constant),
             max_grad_norm: check!(number, r.max_grad_norm, 1.0, 0.0, 1e6),
-            rollout_correction: choice(r.rollout_correction, RolloutCorrection::None),
+            max_off_policy_steps: check!(int, r.max_off_policy_steps, 0, 0, 8),
+            // Off-policy samples are corrected unless the job says otherwise.
+            rollout_correction: choice(
+                r.rollout_correction,
+                match r.max_off_policy_steps {
+                    Some(Auto::Value(m)) if m > 0 && loss_type != LossType::Gspo => {
+                        RolloutCorrection::Tis
+                    }
+                    _ => RolloutCorrection::None,
+                },
+            ),
             rollout_is_cap: check!(number, r.rollout_is_cap, 2.0, 1.0, 100.0),
             loss_type,
         })

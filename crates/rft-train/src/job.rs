@@ -33,9 +33,11 @@ use crate::config::{self, Hyperparameters};
 use crate::dataset::{prepare_rows, read_dataset, PreparedRow};
 use crate::events::EventLog;
 use crate::primitives::TrainingClient;
-use crate::rollouts::{LocalRollouts, RolloutEngine};
+use crate::rollouts::{LocalRollouts, Policy, RolloutEngine};
 use crate::seed::{epoch_order, mix};
-use crate::step::{grader_means, rollout, run_step, GraderMean, StepContext, StepInput};
+use crate::step::{
+    grader_means, rollout, run_step, run_step_on, GraderMean, Prefetched, StepContext, StepInput,
+};
 use crate::TrainError;
 
 /// How a caller steers a running job.
@@ -305,7 +307,7 @@ impl Loop<'_> {
         }
         let rows: Vec<&PreparedRow> = self.valid.iter().collect();
         let graded = rollout(
-            &self.client,
+            Policy::Client(&self.client),
             &self.context(),
             &rows,
             self.hyper.eval_samples,
@@ -353,6 +355,9 @@ impl Loop<'_> {
             }
         };
         let checkpoints_dir = self.dir.join("checkpoints");
+        // With `max_off_policy_steps`: the rollouts sampled ahead, `(step, rollout, version)`.
+        let mut ahead: std::collections::VecDeque<(usize, crate::step::Rollout, u64)> =
+            std::collections::VecDeque::new();
         for step in (start_step + 1)..=total {
             if control.pause.load(Ordering::SeqCst) {
                 checkpoints::save_latest(&self.client, &checkpoints_dir, step - 1)?;
@@ -367,15 +372,13 @@ impl Loop<'_> {
             }
             let t_step = Instant::now();
             let per_epoch = self.steps_per_epoch();
-            let epoch = (step - 1) / per_epoch;
-            let within = (step - 1) % per_epoch;
-            let order = epoch_order(self.train.len(), self.seed, epoch);
-            let rows: Vec<&PreparedRow> = order
-                .iter()
-                .skip(within * self.hyper.batch_size)
-                .take(self.hyper.batch_size)
-                .map(|&i| &self.train[i])
-                .collect();
+            let rows = step_rows(
+                &self.train,
+                self.hyper.batch_size,
+                self.seed,
+                per_epoch,
+                step,
+            );
             // Refill rows: a shuffle of the rows outside the batch seeded by the step, so a
             // resumed run refills exactly as an uninterrupted one.
             let refill_candidates: Vec<&PreparedRow> =
@@ -398,18 +401,93 @@ impl Loop<'_> {
                 ignore_eos: false,
                 rollouts: self.rollouts,
             };
-            let mut report = run_step(
-                &mut self.client,
-                &ctx,
-                &StepInput {
-                    step,
-                    rows: &rows,
-                    group_size: self.hyper.group_size(),
-                    seed: self.seed ^ mix(step as u64),
-                    refill_candidates: &refill_candidates,
-                    learning_rate,
-                },
-            )?;
+            let input = StepInput {
+                step,
+                rows: &rows,
+                group_size: self.hyper.group_size(),
+                seed: self.seed ^ mix(step as u64),
+                refill_candidates: &refill_candidates,
+                learning_rate,
+            };
+            let m = self.hyper.max_off_policy_steps;
+            let mut report = if m == 0 {
+                run_step(&mut self.client, &ctx, &input)?
+            } else {
+                // Asynchronous: this step trains on samples drawn up to `m` versions ago, while
+                // a thread samples the steps ahead from a snapshot of the policy as it is now.
+                if ahead.front().map(|a| a.0) != Some(step) {
+                    ahead.clear();
+                    let now = rollout(
+                        Policy::Client(&self.client),
+                        &ctx,
+                        &rows,
+                        input.group_size,
+                        mix(input.seed),
+                    )?;
+                    ahead.push_back((step, now, self.client.version()));
+                }
+                let targets: Vec<usize> = (step + ahead.len()..=(step + m).min(total)).collect();
+                let snapshot = if targets.is_empty() {
+                    None
+                } else {
+                    Some(self.client.snapshot()?)
+                };
+                let target_rows: Vec<Vec<&PreparedRow>> = targets
+                    .iter()
+                    .map(|&t| {
+                        step_rows(&self.train, self.hyper.batch_size, self.seed, per_epoch, t)
+                    })
+                    .collect();
+                let (_, current, version) = ahead
+                    .pop_front()
+                    .ok_or_else(|| TrainError::Invalid("no rollout for the step".into()))?;
+                let staleness = self.client.version().saturating_sub(version);
+                let client = &mut self.client;
+                let job_seed = self.seed;
+                let (report, sampled) = std::thread::scope(|scope| {
+                    let producer = snapshot.map(|snapshot| {
+                        let ctx = &ctx;
+                        let targets = &targets;
+                        let target_rows = &target_rows;
+                        scope.spawn(move || {
+                            targets
+                                .iter()
+                                .zip(target_rows)
+                                .map(|(&t, rows)| {
+                                    let seed = job_seed ^ mix(t as u64);
+                                    rollout(
+                                        Policy::Snapshot(&snapshot),
+                                        ctx,
+                                        rows,
+                                        ctx.hyper.group_size(),
+                                        mix(seed),
+                                    )
+                                    .map(|r| (t, r, snapshot.version))
+                                })
+                                .collect::<Result<Vec<_>, TrainError>>()
+                        })
+                    });
+                    let report = run_step_on(
+                        client,
+                        &ctx,
+                        &input,
+                        Some(Prefetched {
+                            rollout: current,
+                            staleness,
+                        }),
+                    );
+                    let sampled = producer.map(|p| {
+                        p.join().unwrap_or_else(|_| {
+                            Err(TrainError::Invalid("the rollout thread panicked".into()))
+                        })
+                    });
+                    (report, sampled)
+                });
+                if let Some(sampled) = sampled {
+                    ahead.extend(sampled?);
+                }
+                report?
+            };
             train_rewards.push(report.train_reward_mean);
             // Diagnostics for the dashboard: a full disk here is logged, not fatal.
             if let Err(e) = crate::samples::write_step(
@@ -494,6 +572,7 @@ impl Loop<'_> {
                     rollout_logprob_diff: report.rollout_logprob_diff,
                     rollout_kl_k3: report.rollout_kl_k3,
                     rollout_is_corrected: report.rollout_is_corrected,
+                    off_policy_steps: report.off_policy_steps,
                 }),
             };
             checkpoints::save_latest(&self.client, &checkpoints_dir, step)?;
@@ -572,4 +651,22 @@ fn baseline_metrics(total: usize, mean: f64, graders: Vec<GraderMean>) -> StepMe
         full_valid_mean_reward: Some(mean),
         train: None,
     }
+}
+
+/// The rows of `step` (1-based): its epoch's seeded order, its batch of `batch_size`.
+fn step_rows(
+    train: &[PreparedRow],
+    batch_size: usize,
+    seed: u64,
+    per_epoch: usize,
+    step: usize,
+) -> Vec<&PreparedRow> {
+    let epoch = (step - 1) / per_epoch;
+    let within = (step - 1) % per_epoch;
+    epoch_order(train.len(), seed, epoch)
+        .iter()
+        .skip(within * batch_size)
+        .take(batch_size)
+        .map(|&i| &train[i])
+        .collect()
 }

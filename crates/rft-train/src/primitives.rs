@@ -119,6 +119,41 @@ pub(crate) struct StepFile {
 /// SmolLM2-135M takes about 300 MB).
 pub const DEFAULT_MAX_RECORDED_BYTES: usize = 1 << 30;
 
+/// A frozen copy of a client's policy at one version ([`TrainingClient::snapshot`]).
+#[derive(Debug)]
+pub struct PolicySnapshot {
+    /// The base model (weights shared with the client).
+    pub engine: Engine,
+    /// The adapter at `version`.
+    pub adapter: LoraAdapter,
+    /// The client's version when the snapshot was taken.
+    pub version: u64,
+}
+
+impl PolicySnapshot {
+    /// Samples `requests` from this version (the adapter merged into a copy of the weights,
+    /// as [`TrainingClient::sample`] does; no states are recorded).
+    pub fn sample(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, TrainError> {
+        let merged = self
+            .engine
+            .model
+            .merged(&self.adapter)?
+            .packed_for_sampling()?;
+        let sampler = Sampler {
+            model: &merged,
+            adapter: None,
+            tokenizer: Some(&self.engine.tokenizer),
+        };
+        Ok(sampler.run(requests)?)
+    }
+
+    /// Writes the adapter in PEFT's layout (what a rollout fleet loads).
+    pub fn save_for_sampler(&self, dir: &Path) -> Result<(), TrainError> {
+        self.adapter.save_peft(dir, &self.engine.base)?;
+        Ok(())
+    }
+}
+
 /// A LoRA policy over a frozen base model, with its optimizer.
 pub struct TrainingClient {
     engine: Engine,
@@ -202,6 +237,16 @@ impl TrainingClient {
     /// so a rollout engine publishes each version once under its own name.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// The policy as it is now, to sample from while this client trains on (asynchronous
+    /// off-policy rollouts): the base weights shared, the adapter copied.
+    pub fn snapshot(&self) -> Result<PolicySnapshot, TrainError> {
+        Ok(PolicySnapshot {
+            engine: self.engine.share(),
+            adapter: self.adapter.deep_clone()?,
+            version: self.version,
+        })
     }
 
     /// The trained adapter.

@@ -19,7 +19,8 @@
 //! Every answer is checked before it reaches a gradient: the number of choices, token ids
 //! within the vocabulary, one finite log-prob (≤ 0) per token, a known finish reason. A server
 //! that fails, times out or answers something malformed is retried on the next replica, up to
-//! once per replica; then the step fails with an error naming the server and what was wrong.
+//! three times per replica (after a pause when it was busy); then the step fails with an error
+//! naming the server and what was wrong. At most `MAX_IN_FLIGHT` requests are sent at once.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -30,17 +31,52 @@ use rft_model::constrain::ResponseFormat;
 use rft_model::sample::{Completion, FinishReason, SampleRequest};
 use serde::{Deserialize, Serialize};
 
-use crate::primitives::TrainingClient;
+use crate::primitives::{PolicySnapshot, TrainingClient};
 use crate::TrainError;
+
+/// The policy a rollout samples from: the training client as it is (synchronous steps), or a
+/// snapshot of an earlier version (asynchronous off-policy steps sample while it trains).
+#[derive(Clone, Copy)]
+pub enum Policy<'a> {
+    /// The client's current policy.
+    Client(&'a TrainingClient),
+    /// A frozen version.
+    Snapshot(&'a PolicySnapshot),
+}
+
+impl Policy<'_> {
+    /// The base model, tokenizer and chat template.
+    pub fn engine(&self) -> &rft_model::engine::Engine {
+        match self {
+            Policy::Client(client) => client.engine(),
+            Policy::Snapshot(snapshot) => &snapshot.engine,
+        }
+    }
+
+    /// The policy's version.
+    pub fn version(&self) -> u64 {
+        match self {
+            Policy::Client(client) => client.version(),
+            Policy::Snapshot(snapshot) => snapshot.version,
+        }
+    }
+
+    fn save_for_sampler(&self, dir: &Path) -> Result<(), TrainError> {
+        match self {
+            Policy::Client(client) => client.save_weights_for_sampler(dir),
+            Policy::Snapshot(snapshot) => snapshot.save_for_sampler(dir),
+        }
+    }
+}
 
 /// Where a step's completions come from.
 pub trait RolloutEngine: Send + Sync {
-    /// Samples `requests` under `client`'s current policy (its adapter at its version).
-    /// `response_format` is the job's structured-output format, which `requests` already
-    /// carry as compiled constraints for an engine in this process.
+    /// Samples `requests` under `policy`. `response_format` is the job's structured-output
+    /// format, which `requests` already carry as compiled constraints for an engine in this
+    /// process.
     fn sample(
         &self,
-        client: &TrainingClient,
+        policy: Policy<'_>,
         requests: &[SampleRequest],
         response_format: Option<&ResponseFormat>,
     ) -> Result<Vec<Vec<Completion>>, TrainError>;
@@ -53,11 +89,14 @@ pub struct LocalRollouts;
 impl RolloutEngine for LocalRollouts {
     fn sample(
         &self,
-        client: &TrainingClient,
+        policy: Policy<'_>,
         requests: &[SampleRequest],
         _response_format: Option<&ResponseFormat>,
     ) -> Result<Vec<Vec<Completion>>, TrainError> {
-        client.sample(requests)
+        match policy {
+            Policy::Client(client) => client.sample(requests),
+            Policy::Snapshot(snapshot) => snapshot.sample(requests),
+        }
     }
 }
 
@@ -245,8 +284,8 @@ impl RemoteRollouts {
     /// Publishes the client's current version (once) on every replica that answers: its
     /// name, and which completion URLs may sample it (all of them when the admin URLs are
     /// not one per completion URL, as behind a router).
-    fn publish(&self, client: &TrainingClient) -> Result<(String, Vec<usize>), TrainError> {
-        let version = client.version();
+    fn publish(&self, policy: Policy<'_>) -> Result<(String, Vec<usize>), TrainError> {
+        let version = policy.version();
         let name = format!("{}-v{version}", self.config.name_prefix);
         let mut published = self
             .published
@@ -258,7 +297,7 @@ impl RemoteRollouts {
         let started = std::time::Instant::now();
         let dir = self.config.adapter_dir.join(&name);
         if !dir.join("adapter_model.safetensors").is_file() {
-            write_adapter(client, &dir)?;
+            write_adapter(policy, &dir)?;
         }
         let lora_path = std::fs::canonicalize(&dir)
             .unwrap_or(dir)
@@ -360,6 +399,55 @@ impl RemoteRollouts {
     }
 }
 
+impl RemoteRollouts {
+    /// Request `i` on the replicas in turn, each tried up to [`TRIES_PER_REPLICA`] times; a busy
+    /// answer (429, 503) or a missing adapter (404: a replica behind a router still loading it)
+    /// waits before the next try.
+    #[allow(clippy::too_many_arguments)]
+    fn sample_with_retries(
+        &self,
+        i: usize,
+        urls: &[&String],
+        live: &[usize],
+        model: &str,
+        request: &SampleRequest,
+        vocab: usize,
+        response_format: Option<&ResponseFormat>,
+    ) -> Result<Vec<Completion>, TrainError> {
+        let mut failures = Vec::new();
+        for attempt in 0..urls.len() * TRIES_PER_REPLICA {
+            let slot = (i + attempt) % urls.len();
+            let url = endpoint(urls[slot], "completions");
+            match self.sample_one(&url, model, request, vocab, response_format) {
+                Ok(completions) => {
+                    self.note_completion(live[slot]);
+                    return Ok(completions);
+                }
+                Err(e) => {
+                    tracing::warn!("rollout server {url}: {e}");
+                    let busy = ["HTTP 429", "HTTP 503", "HTTP 404"]
+                        .iter()
+                        .any(|code| e.starts_with(code));
+                    failures.push(format!("{url}: {e}"));
+                    if busy {
+                        let pause = 0.25 * f64::from(1u32 << attempt.min(4));
+                        std::thread::sleep(Duration::from_secs_f64(pause));
+                    }
+                }
+            }
+        }
+        Err(TrainError::Rollout(format!(
+            "every rollout server failed request {i}: {}",
+            failures.join("; ")
+        )))
+    }
+}
+
+/// Requests sent at once (one thread each).
+const MAX_IN_FLIGHT: usize = 32;
+/// Tries of one request per replica before the step fails.
+const TRIES_PER_REPLICA: usize = 3;
+
 /// Checks an answer and turns it into completions; nothing malformed passes.
 fn check_answer(
     answer: CompletionAnswer,
@@ -436,7 +524,7 @@ fn excerpt(body: &str) -> String {
 }
 
 /// Writes the client's adapter to `dir` through a temporary folder renamed into place.
-fn write_adapter(client: &TrainingClient, dir: &Path) -> Result<(), TrainError> {
+fn write_adapter(policy: Policy<'_>, dir: &Path) -> Result<(), TrainError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     let temp = parent.join(format!(
         ".tmp-{}",
@@ -445,7 +533,7 @@ fn write_adapter(client: &TrainingClient, dir: &Path) -> Result<(), TrainError> 
             .unwrap_or_default()
     ));
     let _ = std::fs::remove_dir_all(&temp);
-    client.save_weights_for_sampler(&temp)?;
+    policy.save_for_sampler(&temp)?;
     std::fs::rename(&temp, dir).map_err(|source| TrainError::Io {
         path: dir.to_owned(),
         source,
@@ -455,53 +543,52 @@ fn write_adapter(client: &TrainingClient, dir: &Path) -> Result<(), TrainError> 
 impl RolloutEngine for RemoteRollouts {
     fn sample(
         &self,
-        client: &TrainingClient,
+        policy: Policy<'_>,
         requests: &[SampleRequest],
         response_format: Option<&ResponseFormat>,
     ) -> Result<Vec<Vec<Completion>>, TrainError> {
-        let (model, live) = self.publish(client)?;
-        let vocab = client.engine().model.config().vocab_size;
+        let (model, live) = self.publish(policy)?;
+        let vocab = policy.engine().model.config().vocab_size;
         let urls: Vec<&String> = live.iter().map(|&i| &self.config.urls[i]).collect();
         let urls = &urls;
-        // Requests are spread over the replicas; a failure moves to the next one.
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = requests
-                .iter()
-                .enumerate()
-                .map(|(i, request)| {
-                    let model = model.as_str();
-                    let live = &live;
-                    scope.spawn(move || {
-                        let mut failures = Vec::new();
-                        for attempt in 0..urls.len() {
-                            let slot = (i + attempt) % urls.len();
-                            let url = endpoint(urls[slot], "completions");
-                            match self.sample_one(&url, model, request, vocab, response_format) {
-                                Ok(completions) => {
-                                    self.note_completion(live[slot]);
-                                    return Ok(completions);
-                                }
-                                Err(e) => {
-                                    tracing::warn!("rollout server {url}: {e}");
-                                    failures.push(format!("{url}: {e}"));
-                                }
-                            }
-                        }
-                        Err(TrainError::Rollout(format!(
-                            "every rollout server failed request {i}: {}",
-                            failures.join("; ")
-                        )))
+        // Requests are spread over the replicas, at most `MAX_IN_FLIGHT` at once; a failure
+        // moves to the next replica, and a busy one (429, 503) is asked again after a pause.
+        let mut out = Vec::with_capacity(requests.len());
+        for (chunk_index, chunk) in requests.chunks(MAX_IN_FLIGHT).enumerate() {
+            let results: Vec<Result<Vec<Completion>, TrainError>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = chunk
+                    .iter()
+                    .enumerate()
+                    .map(|(j, request)| {
+                        let i = chunk_index * MAX_IN_FLIGHT + j;
+                        let model = model.as_str();
+                        let live = &live;
+                        scope.spawn(move || {
+                            self.sample_with_retries(
+                                i,
+                                urls,
+                                live,
+                                model,
+                                request,
+                                vocab,
+                                response_format,
+                            )
+                        })
                     })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .map_err(|_| TrainError::Invalid("a rollout thread panicked".into()))?
-                })
-                .collect()
-        })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .map_err(|_| TrainError::Invalid("a rollout thread panicked".into()))?
+                    })
+                    .collect()
+            });
+            for result in results {
+                out.push(result?);
+            }
+        }
+        Ok(out)
     }
 }
 

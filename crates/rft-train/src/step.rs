@@ -16,6 +16,7 @@ use crate::dataset::PreparedRow;
 use rft_types::api::hyperparameters::RolloutCorrection;
 
 use crate::primitives::{AdamParams, KlPenalty, TrainingClient};
+use crate::rollouts::Policy;
 use crate::seed::mix;
 use crate::TrainError;
 
@@ -118,6 +119,9 @@ pub struct StepReport {
     /// With a rollout correction: the fraction of tokens whose importance ratio was capped
     /// (TIS) or that were masked out (MIS).
     pub rollout_is_corrected: Option<f64>,
+    /// With asynchronous rollouts: how many versions behind the trained policy the batch's
+    /// samples were drawn.
+    pub off_policy_steps: Option<u64>,
     /// Completion tokens sampled.
     pub completion_tokens_count: usize,
     /// Mean completion length.
@@ -145,14 +149,14 @@ pub struct Rollout {
 /// Samples `n` completions for each of `rows` with the current policy (row `i` seeded by
 /// `mix(seed ^ i)`) and grades them. Also what validation runs.
 pub fn rollout(
-    client: &TrainingClient,
+    policy: Policy<'_>,
     ctx: &StepContext<'_>,
     rows: &[&PreparedRow],
     n: usize,
     seed: u64,
 ) -> Result<Rollout, TrainError> {
     let t_sample = Instant::now();
-    let engine = client.engine();
+    let engine = policy.engine();
     let requests = rows
         .iter()
         .enumerate()
@@ -172,7 +176,7 @@ pub fn rollout(
         .collect::<Result<Vec<_>, TrainError>>()?;
     let completions = ctx
         .rollouts
-        .sample(client, &requests, ctx.response_format)?;
+        .sample(policy, &requests, ctx.response_format)?;
     let sampling = t_sample.elapsed().as_secs_f64();
 
     let t_grade = Instant::now();
@@ -223,11 +227,48 @@ pub fn run_step(
     ctx: &StepContext<'_>,
     input: &StepInput<'_>,
 ) -> Result<StepReport, TrainError> {
+    run_step_on(client, ctx, input, None)
+}
+
+/// The rollout of a step sampled ahead, from an earlier version of the policy (asynchronous
+/// off-policy training): the rollout and how many optimizer steps behind the trained policy
+/// its version was.
+#[derive(Debug)]
+pub struct Prefetched {
+    /// The graded samples.
+    pub rollout: Rollout,
+    /// Versions between the sampling policy and the one this step trains.
+    pub staleness: u64,
+}
+
+/// [`run_step`], with the batch's rollout `prefetched` (sampled earlier, from an older version)
+/// instead of sampled now.
+pub fn run_step_on(
+    client: &mut TrainingClient,
+    ctx: &StepContext<'_>,
+    input: &StepInput<'_>,
+    prefetched: Option<Prefetched>,
+) -> Result<StepReport, TrainError> {
     let hyper = ctx.hyper;
-    let Rollout {
-        groups: graded,
-        mut seconds,
-    } = rollout(client, ctx, input.rows, input.group_size, mix(input.seed))?;
+    let (
+        Rollout {
+            groups: graded,
+            mut seconds,
+        },
+        staleness,
+    ) = match prefetched {
+        Some(Prefetched { rollout, staleness }) => (rollout, Some(staleness)),
+        None => (
+            rollout(
+                Policy::Client(client),
+                ctx,
+                input.rows,
+                input.group_size,
+                mix(input.seed),
+            )?,
+            None,
+        ),
+    };
     let all: Vec<&RunGraderResponse> = graded.iter().flatten().map(|(_, g)| g).collect();
     let grader_errors = all.iter().filter(|g| g.metadata.errors.any()).count();
     if grader_errors as f64 > MAX_GRADER_ERROR_FRACTION * all.len() as f64 {
@@ -350,6 +391,7 @@ pub fn run_step(
         rollout_logprob_diff: mismatch.map(|(diff, _)| diff),
         rollout_kl_k3: mismatch.map(|(_, k3)| k3),
         rollout_is_corrected: corrected,
+        off_policy_steps: staleness,
         completion_tokens_count,
         completion_tokens_mean: completion_tokens_count as f64 / samples.len().max(1) as f64,
         frac_truncated: truncated as f64 / samples.len().max(1) as f64,
@@ -464,7 +506,7 @@ fn refill<'a>(
         let take = &candidates[next..(next + missing).min(candidates.len())];
         next += take.len();
         let seed = mix(input.seed ^ mix(0x5EED + round as u64));
-        let fresh = rollout(client, ctx, take, input.group_size, seed)?;
+        let fresh = rollout(Policy::Client(client), ctx, take, input.group_size, seed)?;
         seconds.sampling += fresh.seconds.sampling;
         seconds.grading += fresh.seconds.grading;
         for (&row, group) in take.iter().zip(fresh.groups) {

@@ -77,6 +77,71 @@ fn at_step(event: &JobEvent, step: usize) -> bool {
 }
 
 #[test]
+fn asynchronous_off_policy_steps_learn_and_report_their_staleness() {
+    for m in [1usize, 2] {
+        let tmp = tempfile::tempdir().unwrap();
+        let request = setup(
+            tmp.path(),
+            120,
+            json!({"eval_interval": 10, "learning_rate_multiplier": 100, "max_off_policy_steps": m}),
+        );
+        let out = tmp.path().join("run");
+        let summary = run_job(&request, &out, &JobControl::default(), &mut |_| {}).unwrap();
+        assert_eq!(summary.outcome, JobOutcome::Succeeded);
+        assert_eq!(summary.steps, 30);
+        let rewards = &summary.train_rewards;
+        let third = rewards.len() / 3;
+        let first: f64 = rewards[..third].iter().sum::<f64>() / third as f64;
+        let last: f64 = rewards[rewards.len() - third..].iter().sum::<f64>() / third as f64;
+        assert!(
+            last > first + 0.1,
+            "m = {m}: train rewards did not rise ({first:.3} -> {last:.3}): {rewards:?}"
+        );
+        // Step 1 samples now; then the pipeline fills, and every later step trains on samples
+        // `m` versions old (or fewer where a step trained nothing), corrected with TIS.
+        let m_metrics = metrics(&out);
+        let staleness: Vec<u64> = m_metrics
+            .iter()
+            .map(|d| d["off_policy_steps"].as_u64().unwrap())
+            .collect();
+        assert_eq!(staleness[0], 0, "{staleness:?}");
+        assert!(staleness.iter().all(|&s| s <= m as u64), "{staleness:?}");
+        assert!(staleness.contains(&(m as u64)), "{staleness:?}");
+        assert!(m_metrics
+            .iter()
+            .any(|d| d["rollout_is_corrected"].is_number()));
+        let job: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("job.json")).unwrap()).unwrap();
+        let hyper = &job["method"]["reinforcement"]["hyperparameters"];
+        assert_eq!(hyper["max_off_policy_steps"], m);
+    }
+    // GSPO weighs whole sequences: a per-token correction is refused, and none is the default.
+    let tmp = tempfile::tempdir().unwrap();
+    let request = setup(
+        tmp.path(),
+        8,
+        json!({"loss_type": "gspo", "rollout_correction": "tis"}),
+    );
+    let error = run_job(
+        &request,
+        &tmp.path().join("run"),
+        &JobControl::default(),
+        &mut |_| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("rollout_correction"), "{error}");
+    // Synchronous jobs report neither.
+    let tmp = tempfile::tempdir().unwrap();
+    let request = setup(tmp.path(), 8, json!({}));
+    let out = tmp.path().join("run");
+    run_job(&request, &out, &JobControl::default(), &mut |_| {}).unwrap();
+    assert!(metrics(&out)
+        .iter()
+        .all(|d| d["off_policy_steps"].is_null() && d["rollout_is_corrected"].is_null()));
+}
+
+#[test]
 fn reward_rises_on_a_toy_task() {
     let tmp = tempfile::tempdir().unwrap();
     let request = setup(

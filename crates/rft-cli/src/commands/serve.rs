@@ -34,6 +34,10 @@ pub(crate) struct ServeArgs {
     /// Chat requests that may wait for the model before new ones get HTTP 429.
     #[arg(long, default_value_t = 256)]
     pub(crate) inference_queue: usize,
+    /// Most new tokens one request may ask for: `n × max_tokens` for chat, prompts × `n` ×
+    /// `max_tokens` for completions (a rollout worker serving large groups raises it).
+    #[arg(long, value_name = "TOKENS", default_value_t = 65_536)]
+    pub(crate) max_request_tokens: usize,
     /// Memory every model of the server together may take, in GiB: base models (each loaded
     /// once for chat, Tinker, evals and jobs) and merged adapters. Past it the least recently
     /// used model nobody is using is dropped; a load that cannot fit gets HTTP 503.
@@ -87,6 +91,11 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
         .filter(|k| !k.is_empty())
         .collect();
     config.inference_queue = args.inference_queue;
+    anyhow::ensure!(
+        args.max_request_tokens >= 1,
+        "--max-request-tokens must be at least 1"
+    );
+    config.max_request_tokens = args.max_request_tokens;
     if !(args.max_model_gib.is_finite() && args.max_model_gib > 0.0) {
         anyhow::bail!("--max-model-gib must be a positive number of GiB");
     }

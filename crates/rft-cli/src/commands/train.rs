@@ -105,7 +105,9 @@ fn remote_rollouts(
         admin_urls: args.rollout_admin_urls.clone(),
         adapter_dir: adapter_dir.to_owned(),
         name_prefix: format!("{folder}-{suffix:08x}"),
-        keep_versions: 2,
+        // Every version asynchronous steps may still be sampling (`max_off_policy_steps` ≤ 8),
+        // and the one being published.
+        keep_versions: 9,
         api_key: std::env::var("RFT_ROLLOUT_API_KEY")
             .ok()
             .filter(|k| !k.is_empty()),

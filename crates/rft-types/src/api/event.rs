@@ -158,6 +158,10 @@ pub struct TrainStepMetrics {
     /// (`tis`) or that were masked out (`mis`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_is_corrected: Option<f64>,
+    /// With `max_off_policy_steps`: how many versions behind the trained policy the step's
+    /// samples were drawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub off_policy_steps: Option<u64>,
 }
 
 /// `errors`.

@@ -235,6 +235,10 @@ pub struct Hyperparameters {
     /// Global gradient-norm clip.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_grad_norm: Option<Auto<f64>>,
+    /// Rollouts of the next steps sampled while the current one trains, at most this many
+    /// versions behind (0: synchronous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_off_policy_steps: Option<Auto<usize>>,
     /// Correction for a sampler that differs from the trainer (`none`, `tis`, `mis`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_correction: Option<Auto<RolloutCorrection>>,
