@@ -218,16 +218,11 @@ impl Hyperparameters {
             lr_schedule: choice(r.lr_schedule, LrSchedule::Constant),
             max_grad_norm: check!(number, r.max_grad_norm, 1.0, 0.0, 1e6),
             max_off_policy_steps: check!(int, r.max_off_policy_steps, 0, 0, 8),
-            // Off-policy samples are corrected unless the job says otherwise.
-            rollout_correction: choice(
-                r.rollout_correction,
-                match r.max_off_policy_steps {
-                    Some(Auto::Value(m)) if m > 0 && loss_type != LossType::Gspo => {
-                        RolloutCorrection::Tis
-                    }
-                    _ => RolloutCorrection::None,
-                },
-            ),
+            // Off by default, asynchronous steps included: with `max_off_policy_steps` the
+            // loss's ratio is already clipped against the sampler's own log-probs, and on the
+            // quickstart task TIS and MIS on stale samples did worse than that clip
+            // (docs/performance.md).
+            rollout_correction: choice(r.rollout_correction, RolloutCorrection::None),
             rollout_is_cap: check!(number, r.rollout_is_cap, 2.0, 1.0, 100.0),
             loss_type,
         })
