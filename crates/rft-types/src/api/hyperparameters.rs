@@ -408,9 +408,12 @@ mod tests {
     #[test]
     fn names_come_from_the_type() {
         let names = Hyperparameters::names();
-        assert_eq!(names.len(), 26);
+        assert_eq!(names.len(), 29);
         assert_eq!(names[0], "batch_size");
         assert!(names.contains(&"lr_schedule"));
+        for name in ["max_off_policy_steps", "rollout_correction", "rollout_is_cap"] {
+            assert!(names.contains(&name), "{name}");
+        }
         // Every name parses; nothing else does.
         for name in names {
             let mut object = serde_json::Map::new();
