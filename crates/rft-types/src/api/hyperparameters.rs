@@ -411,7 +411,11 @@ mod tests {
         assert_eq!(names.len(), 29);
         assert_eq!(names[0], "batch_size");
         assert!(names.contains(&"lr_schedule"));
-        for name in ["max_off_policy_steps", "rollout_correction", "rollout_is_cap"] {
+        for name in [
+            "max_off_policy_steps",
+            "rollout_correction",
+            "rollout_is_cap",
+        ] {
             assert!(names.contains(&name), "{name}");
         }
         // Every name parses; nothing else does.
