@@ -382,6 +382,13 @@ fn malformed_answers_stop_the_step_naming_the_server() {
             "outside the vocabulary",
         ),
         (
+            // Far more than n × max_tokens can need: not read past the request's allowance.
+            Box::leak(
+                format!(r#"{{"choices": [], "pad": "{}"}}"#, "x".repeat(4 << 20)).into_boxed_str(),
+            ),
+            "larger than request limit",
+        ),
+        (
             r#"{"choices": [
                 {"index": 0, "token_ids": [5, 6], "logprobs": {"token_logprobs": [-1.0]}, "finish_reason": "stop"},
                 {"index": 1, "token_ids": [5], "logprobs": {"token_logprobs": [-1.0]}, "finish_reason": "stop"},

@@ -300,3 +300,83 @@ fn completions_refuse_what_is_out_of_bounds() {
     let (status, _) = server.get("/models");
     assert_eq!(status, 200);
 }
+
+#[test]
+fn hostile_sizes_counts_and_races_leave_the_worker_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(tmp.path(), Architecture::Llama, 3);
+    let base = model.to_str().unwrap().to_owned();
+    let root = tmp.path().join("adapters");
+    adapter(&root.join("v1"), &base, 1);
+    // A queue of four: a request of eight prompts cannot fit it.
+    let server = Server::start_with(&tmp.path().join("data"), &[], |config| {
+        config.adapter_root = Some(root.clone());
+        config.inference_queue = 4;
+    });
+    let (status, body) = server.post(
+        "/completions",
+        &json!({"model": base, "prompt": vec![vec![2u32, 3]; 8], "max_tokens": 2}),
+    );
+    assert_eq!(status, 429, "{body}");
+    // Extreme values inside the types: top_k past the vocabulary, the largest seed.
+    let (status, body) = server.post(
+        "/completions",
+        &json!({"model": base, "prompt": [2, 3], "max_tokens": 2, "top_k": i64::MAX,
+                "seed": i64::MIN}),
+    );
+    assert_eq!(status, 200, "{body}");
+    // A prompt past the model's context is refused before it is sampled.
+    let (status, body) = server.post(
+        "/completions",
+        &json!({"model": base, "prompt": vec![2u32; 100_000], "max_tokens": 2}),
+    );
+    assert_eq!(status, 400, "{body}");
+    // Names and paths at their limits.
+    let long = "a".repeat(129);
+    let (status, _) = post_text(
+        &server,
+        "/load_lora_adapter",
+        &json!({"lora_name": long, "lora_path": "v1"}),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = post_text(
+        &server,
+        "/load_lora_adapter",
+        &json!({"lora_name": "n", "lora_path": "v1\u{0}/../../etc"}),
+    );
+    assert_eq!(status, 404);
+    let (status, _) = post_text(
+        &server,
+        "/load_lora_adapter",
+        &json!({"lora_name": "n", "lora_path": "x/".repeat(10_000)}),
+    );
+    assert_eq!(status, 404);
+    // Many loads and unloads of one name at once: each answers a code of vLLM's, and the
+    // name ends either loaded or not.
+    std::thread::scope(|scope| {
+        for i in 0..16 {
+            let server = &server;
+            scope.spawn(move || {
+                let (status, text) = if i % 2 == 0 {
+                    post_text(
+                        server,
+                        "/load_lora_adapter",
+                        &json!({"lora_name": "raced", "lora_path": "v1"}),
+                    )
+                } else {
+                    post_text(
+                        server,
+                        "/unload_lora_adapter",
+                        &json!({"lora_name": "raced"}),
+                    )
+                };
+                assert!(matches!(status, 200 | 400 | 404), "{status}: {text}");
+            });
+        }
+    });
+    let (status, body) = server.post(
+        "/completions",
+        &json!({"model": base, "prompt": [2, 3], "max_tokens": 2}),
+    );
+    assert_eq!(status, 200, "{body}");
+}

@@ -443,3 +443,19 @@ fn without_keys_another_local_page_cannot_send_simple_requests() {
     let (status, text) = send("/api/v1/forward_backward", Some("text/plain"), None, "x");
     assert_eq!(status, 415, "{text}");
 }
+
+#[test]
+fn a_long_poll_body_is_held_to_a_few_kib() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = Api::start(dir.path());
+    // Long-polls skip the request slots, so their bodies are capped before they are read.
+    let padding = "x".repeat(rft_tinker::MAX_POLL_BODY);
+    let (status, body) = api.post(
+        "/retrieve_future",
+        json!({"request_id": "req_x", "padding": padding}),
+    );
+    assert_eq!(status, 413, "{body}");
+    let (status, _) = api.post("/retrieve_future", json!({"request_id": "req_x"}));
+    assert_eq!(status, 404);
+    alive(&api);
+}

@@ -143,8 +143,12 @@ pub struct Timings {
     current: Option<(std::time::Instant, Vec<usize>)>,
 }
 
-/// Largest answer read from a rollout server.
-const MAX_RESPONSE_BYTES: u64 = 256 << 20;
+/// Largest answer read from a rollout server for an admin call.
+const MAX_ADMIN_RESPONSE_BYTES: u64 = 1 << 20;
+/// What a completions answer may take per sampled token (id, log-prob, text and JSON
+/// around them), beyond [`MAX_ADMIN_RESPONSE_BYTES`]: the answer is read only up to what the
+/// request asked for, so a hostile server cannot make the trainer buffer more.
+const RESPONSE_BYTES_PER_TOKEN: u64 = 512;
 
 fn endpoint(base: &str, path: &str) -> String {
     let base = base.trim_end_matches('/');
@@ -261,7 +265,7 @@ impl RemoteRollouts {
     }
 
     /// POSTs JSON; `(status, body text)` or a transport error as text.
-    fn post(&self, url: &str, body: &impl Serialize) -> Result<(u16, String), String> {
+    fn post(&self, url: &str, body: &impl Serialize, limit: u64) -> Result<(u16, String), String> {
         let text = serde_json::to_string(body).map_err(|e| e.to_string())?;
         let mut request = self
             .agent
@@ -275,7 +279,7 @@ impl RemoteRollouts {
         let body = response
             .body_mut()
             .with_config()
-            .limit(MAX_RESPONSE_BYTES)
+            .limit(limit)
             .read_to_string()
             .map_err(|e| e.to_string())?;
         Ok((status, body))
@@ -313,6 +317,7 @@ impl RemoteRollouts {
                     lora_name: &name,
                     lora_path: lora_path.clone(),
                 },
+                MAX_ADMIN_RESPONSE_BYTES,
             );
             match answer {
                 Ok((200, _)) => loaded.push(i),
@@ -353,6 +358,7 @@ impl RemoteRollouts {
                     let _ = self.post(
                         &endpoint(admin, "unload_lora_adapter"),
                         &UnloadAdapter { lora_name: &old },
+                        MAX_ADMIN_RESPONSE_BYTES,
                     );
                 }
                 let _ = std::fs::remove_dir_all(self.config.adapter_dir.join(&old));
@@ -389,7 +395,10 @@ impl RemoteRollouts {
             stop: &params.stop_strings,
             response_format: response_format.map(ResponseFormat::to_value),
         };
-        let (status, body) = self.post(url, &call)?;
+        let tokens = (request.n as u64).saturating_mul(params.max_tokens as u64);
+        let limit = MAX_ADMIN_RESPONSE_BYTES
+            .saturating_add(tokens.saturating_mul(RESPONSE_BYTES_PER_TOKEN));
+        let (status, body) = self.post(url, &call, limit)?;
         if status != 200 {
             return Err(format!("HTTP {status}: {}", excerpt(&body)));
         }
