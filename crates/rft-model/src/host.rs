@@ -54,7 +54,7 @@ pub fn engine_bytes(config: &ModelConfig) -> u64 {
 pub struct HostStats {
     /// Base models resident.
     pub bases: usize,
-    /// Merged adapters resident.
+    /// Merged snapshots and packed training copies resident.
     pub merged: usize,
     /// Unmerged adapters resident.
     pub adapters: usize,
@@ -75,7 +75,8 @@ struct Resident<T> {
 #[derive(Default)]
 struct State {
     bases: Vec<Resident<Engine>>,
-    merged: Vec<Resident<CausalLm>>,
+    /// Merged snapshots and packed training copies.
+    derived: Vec<Resident<CausalLm>>,
     adapters: Vec<Resident<LoraAdapter>>,
     clock: u64,
     loads: u64,
@@ -84,7 +85,7 @@ struct State {
 impl State {
     fn bytes(&self) -> u64 {
         self.bases.iter().map(|r| r.bytes).sum::<u64>()
-            + self.merged.iter().map(|r| r.bytes).sum::<u64>()
+            + self.derived.iter().map(|r| r.bytes).sum::<u64>()
             + self.adapters.iter().map(|r| r.bytes).sum::<u64>()
     }
 
@@ -99,7 +100,7 @@ impl State {
         while self.bytes() + extra > budget {
             // The least recently used entry nobody borrows, of any kind.
             let oldest = [
-                oldest_unlent(&self.merged),
+                oldest_unlent(&self.derived),
                 oldest_unlent(&self.adapters),
                 oldest_unlent(&self.bases),
             ]
@@ -109,8 +110,8 @@ impl State {
             .min_by_key(|(_, _, used)| *used);
             match oldest {
                 Some((0, i, _)) => {
-                    let gone = self.merged.remove(i);
-                    tracing::info!("engine host: dropped merged weights to make room");
+                    let gone = self.derived.remove(i);
+                    tracing::info!("engine host: dropped a merged or packed copy to make room");
                     drop(gone);
                 }
                 Some((1, i, _)) => {
@@ -197,7 +198,7 @@ impl EngineHost {
         let state = self.state();
         HostStats {
             bases: state.bases.len(),
-            merged: state.merged.len(),
+            merged: state.derived.len(),
             adapters: state.adapters.len(),
             bytes: state.bytes(),
             loads: state.loads,
@@ -284,53 +285,51 @@ impl EngineHost {
     /// decoding: what a sampler of a fixed snapshot runs, one matmul per projection per step.
     /// The copy counts twice the base's bytes (merged and packed).
     pub fn merged(&self, base: &Engine, dir: &Path) -> Result<Arc<CausalLm>, ModelError> {
-        let key = adapter_key(&base.base, dir);
-        if let Some(model) = find(&mut self.state(), |s| &mut s.merged, &key) {
-            return Ok(model);
-        }
-        let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(model) = find(&mut self.state(), |s| &mut s.merged, &key) {
-            return Ok(model);
-        }
-        let bytes = 2 * engine_bytes(base.model.config());
-        // Room first: the merge itself allocates the copy.
-        self.state().make_room(bytes, self.budget)?;
-        let lora = LoraAdapter::load_peft(dir, base.model.config(), &self.device)?;
-        let model = Arc::new(base.model.merged(&lora)?.packed_for_sampling()?);
-        let mut state = self.state();
-        state.make_room(bytes, self.budget)?;
-        let used = state.tick();
-        state.merged.push(Resident {
-            key,
-            value: model.clone(),
-            bytes,
-            used,
-        });
-        Ok(model)
+        self.derived(
+            adapter_key(&base.base, dir),
+            2 * engine_bytes(base.model.config()),
+            || {
+                let lora = LoraAdapter::load_peft(dir, base.model.config(), &self.device)?;
+                base.model.merged(&lora)?.packed_for_sampling()
+            },
+        )
     }
 
     /// `base`'s weights packed for the training pass (`CausalLm::packed_for_training`): one
     /// copy per base for every training client of the process, counted at twice the base's
     /// bytes where packing happens (AVX-512 CPUs), nothing where the model stays dense.
     pub fn training_model(&self, base: &Engine) -> Result<Arc<CausalLm>, ModelError> {
-        let key = format!("{}\u{0}training", base.base);
-        if let Some(model) = find(&mut self.state(), |s| &mut s.merged, &key) {
-            return Ok(model);
-        }
-        let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(model) = find(&mut self.state(), |s| &mut s.merged, &key) {
-            return Ok(model);
-        }
         let bytes = if base.model.will_pack_for_training() {
             2 * engine_bytes(base.model.config())
         } else {
             0
         };
+        self.derived(format!("{}\u{0}training", base.base), bytes, || {
+            base.model.packed_for_training()
+        })
+    }
+
+    /// A model derived from a base (merged, packed) under `key`: the resident one, or `build`'s,
+    /// with room for `bytes` made before it is built (building allocates the copy).
+    fn derived(
+        &self,
+        key: String,
+        bytes: u64,
+        build: impl FnOnce() -> Result<CausalLm, ModelError>,
+    ) -> Result<Arc<CausalLm>, ModelError> {
+        if let Some(model) = find(&mut self.state(), |s| &mut s.derived, &key) {
+            return Ok(model);
+        }
+        let _loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(model) = find(&mut self.state(), |s| &mut s.derived, &key) {
+            return Ok(model);
+        }
         self.state().make_room(bytes, self.budget)?;
-        let model = Arc::new(base.model.packed_for_training()?);
+        let model = Arc::new(build()?);
         let mut state = self.state();
+        state.make_room(bytes, self.budget)?;
         let used = state.tick();
-        state.merged.push(Resident {
+        state.derived.push(Resident {
             key,
             value: model.clone(),
             bytes,
@@ -342,7 +341,7 @@ impl EngineHost {
     /// Drops every entry nobody borrows (after a panic left a caller unsure what it built).
     pub fn drop_unlent(&self) {
         let mut state = self.state();
-        state.merged.retain(|r| Arc::strong_count(&r.value) > 1);
+        state.derived.retain(|r| Arc::strong_count(&r.value) > 1);
         state.adapters.retain(|r| Arc::strong_count(&r.value) > 1);
         state.bases.retain(|r| Arc::strong_count(&r.value) > 1);
     }

@@ -13,11 +13,11 @@
 //! per-request token cap.
 
 use crate::error::ApiBody;
-use crate::inference::{model_not_found, CancelOnDrop, RawPrompt};
+use crate::inference::{chat_limits, model_not_found, CancelOnDrop, RawPrompt};
 use crate::{new_id, now, ApiError, SharedState};
 use axum::extract::State;
 use axum::Json;
-use rft_model::request::{check_sampling, SamplingAsk, SamplingLimits};
+use rft_model::request::{check_sampling, SamplingAsk};
 use rft_model::sample::Cancel;
 use rft_types::api::chat::{ChatUsage, Stop};
 use rft_types::api::completions::{
@@ -109,14 +109,7 @@ pub(crate) async fn completions(
         seed: request.seed.map(|s| s as u64),
     };
     // Chat's limits; the token cap covers every prompt of the request.
-    let limits = SamplingLimits {
-        max_n: 128,
-        max_tokens: 1_000_000,
-        max_total_tokens: state.config.max_request_tokens / prompts.len(),
-        max_temperature: 2.0,
-        max_stops: 4,
-        ..SamplingLimits::default()
-    };
+    let limits = chat_limits(state.config.max_request_tokens / prompts.len());
     let params = check_sampling(&ask, &limits, DEFAULT_MAX_TOKENS).map_err(|fault| {
         if fault.message.contains("this server samples at most") {
             ApiError::bad_request(format!(

@@ -23,7 +23,7 @@ use rft_eval::objects::{
 };
 use rft_grade::template::{Scope, Template};
 use rft_model::constrain::ResponseFormat;
-use rft_model::request::{check_sampling, SamplingAsk, SamplingLimits};
+use rft_model::request::{check_sampling, SamplingAsk};
 use rft_model::sample::SamplingParams;
 use rft_types::api::common::{Deleted, DeletedId, List, Metadata};
 use rft_types::api::eval::{
@@ -548,58 +548,56 @@ impl Resolved {
 
     /// A row's engine parameters, through the check every sampling API shares.
     fn params(&self, seed: u64, max_total: usize) -> Result<SamplingParams, ApiError> {
-        let ask = SamplingAsk {
-            n: 1,
-            max_tokens: Some(
-                usize::try_from(self.item.max_completion_tokens).unwrap_or(usize::MAX),
-            ),
-            max_tokens_param: "max_completion_tokens",
-            temperature: Some(self.item.temperature),
-            top_p: Some(self.item.top_p),
-            seed: Some(seed),
-            ..SamplingAsk::default()
-        };
-        check_sampling(&ask, &run_limits(max_total), 0).map_err(run_fault)
+        let item = &self.item;
+        check_run(
+            Some(item.temperature),
+            Some(item.top_p),
+            Some(item.max_completion_tokens),
+            Some(seed),
+            max_total,
+        )
     }
 }
 
-/// Eval runs sample as chat does: chat's limits.
-fn run_limits(max_total: usize) -> SamplingLimits {
-    SamplingLimits {
-        max_n: 1,
-        max_tokens: 1_000_000,
-        max_total_tokens: max_total,
-        max_temperature: 2.0,
-        max_stops: 4,
-        ..SamplingLimits::default()
-    }
-}
-
-fn run_fault(fault: rft_model::request::SamplingFault) -> ApiError {
-    let param = format!("data_source.sampling_params.{}", fault.param);
-    ApiError::bad_request(format!("{param}: {}", fault.message)).with_param(param)
-}
-
-/// Checks a completions run's `sampling_params` when the run is created.
-fn check_run_sampling(params: &RunSamplingParams, max_total: usize) -> Result<(), ApiError> {
+/// Eval-run sampling through the check every sampling API shares, with chat's limits; a fault
+/// names its field under `data_source.sampling_params`.
+fn check_run(
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    max_completion_tokens: Option<u64>,
+    seed: Option<u64>,
+    max_total: usize,
+) -> Result<SamplingParams, ApiError> {
     let ask = SamplingAsk {
         n: 1,
-        max_tokens: params
-            .max_completion_tokens
-            .map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
+        max_tokens: max_completion_tokens.map(|m| usize::try_from(m).unwrap_or(usize::MAX)),
         max_tokens_param: "max_completion_tokens",
-        temperature: params.temperature,
-        top_p: params.top_p,
-        seed: params.seed,
+        temperature,
+        top_p,
+        seed,
         ..SamplingAsk::default()
     };
     check_sampling(
         &ask,
-        &run_limits(max_total),
+        &crate::inference::chat_limits(max_total),
         crate::inference::DEFAULT_MAX_TOKENS,
     )
+    .map_err(|fault| {
+        let param = format!("data_source.sampling_params.{}", fault.param);
+        ApiError::bad_request(format!("{param}: {}", fault.message)).with_param(param)
+    })
+}
+
+/// Checks a completions run's `sampling_params` when the run is created.
+fn check_run_sampling(params: &RunSamplingParams, max_total: usize) -> Result<(), ApiError> {
+    check_run(
+        params.temperature,
+        params.top_p,
+        params.max_completion_tokens,
+        params.seed,
+        max_total,
+    )
     .map(|_| ())
-    .map_err(run_fault)
 }
 
 /// A row's sample: the given one, or one sampled from the run's model.

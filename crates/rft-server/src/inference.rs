@@ -334,6 +334,19 @@ impl Inference {
     }
 }
 
+/// What one OpenAI-style sampling request (chat, completions, an eval run's row) may ask for,
+/// with `max_total` new tokens over all its samples.
+pub(crate) fn chat_limits(max_total: usize) -> SamplingLimits {
+    SamplingLimits {
+        max_n: 128,
+        max_tokens: 1_000_000,
+        max_total_tokens: max_total,
+        max_temperature: 2.0,
+        max_stops: 4,
+        ..SamplingLimits::default()
+    }
+}
+
 /// The 404 of a model name that is not served.
 pub(crate) fn model_not_found(name: &str) -> ApiError {
     ApiError::not_found("model", name)
@@ -759,14 +772,7 @@ pub(crate) async fn chat_completions(
         stop_ids: Vec::new(),
         seed: request.seed.map(|s| s as u64),
     };
-    let limits = SamplingLimits {
-        max_n: 128,
-        max_tokens: 1_000_000,
-        max_total_tokens: state.config.max_request_tokens,
-        max_temperature: 2.0,
-        max_stops: 4,
-        ..SamplingLimits::default()
-    };
+    let limits = chat_limits(state.config.max_request_tokens);
     let checked = check_sampling(&ask, &limits, DEFAULT_MAX_TOKENS)
         .map_err(|fault| ApiError::bad_request(fault.message).with_param(fault.param))?;
     let n = ask.n;

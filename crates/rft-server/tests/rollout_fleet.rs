@@ -14,8 +14,10 @@ use std::time::Duration;
 use common::Server;
 use rft_model::Architecture;
 use rft_train::config::parse_job;
-use rft_train::job::{run_job, run_job_on, JobControl, JobOutcome};
+use rft_train::job::{run_job, run_job_on, JobControl, JobOutcome, JobSummary};
 use rft_train::rollouts::{RemoteConfig, RemoteRollouts};
+use rft_train::TrainError;
+use rft_types::api::event::JobEvent;
 use rft_types::api::job::CreateJob;
 use serde_json::{json, Value};
 
@@ -76,6 +78,39 @@ fn remote(urls: Vec<String>, adapters: &Path) -> RemoteRollouts {
     .unwrap()
 }
 
+/// Trains `request` into `dir` with rollouts from `fleet`, on an engine host of its own.
+fn train_on(
+    fleet: &RemoteRollouts,
+    request: &CreateJob,
+    dir: &Path,
+) -> Result<JobSummary, TrainError> {
+    train_with_events(fleet, request, dir, &mut |_| {})
+}
+
+/// [`train_on`], calling `on_event` with every event.
+fn train_with_events(
+    fleet: &RemoteRollouts,
+    request: &CreateJob,
+    dir: &Path,
+    on_event: &mut dyn FnMut(&JobEvent),
+) -> Result<JobSummary, TrainError> {
+    let host = Arc::new(rft_model::host::EngineHost::new(
+        candle_core::Device::Cpu,
+        u64::MAX,
+    ));
+    run_job_on(&host, fleet, request, dir, &JobControl::default(), on_event)
+}
+
+/// The `key` field of every metrics event of a job folder that has one.
+fn metric(dir: &Path, key: &str) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|e| e["data"][key].as_f64())
+        .collect()
+}
+
 /// `(train reward per step, last validation reward)` from a job folder's events.
 fn rewards(dir: &Path) -> (Vec<f64>, f64) {
     let mut train = Vec::new();
@@ -111,20 +146,8 @@ fn a_job_trains_through_two_workers_like_the_local_engine() {
     let local_dir = tmp.path().join("local");
     let local = run_job(&request, &local_dir, &JobControl::default(), &mut |_| {}).unwrap();
     let fleet = remote(vec![w1.base.clone(), w2.base.clone()], &adapters);
-    let host = Arc::new(rft_model::host::EngineHost::new(
-        candle_core::Device::Cpu,
-        u64::MAX,
-    ));
     let remote_dir = tmp.path().join("remote");
-    let summary = run_job_on(
-        &host,
-        &fleet,
-        &request,
-        &remote_dir,
-        &JobControl::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let summary = train_on(&fleet, &request, &remote_dir).unwrap();
     assert_eq!(summary.outcome, JobOutcome::Succeeded);
     assert_eq!(summary.steps, local.steps);
     let (local_train, local_valid) = rewards(&local_dir);
@@ -140,12 +163,7 @@ fn a_job_trains_through_two_workers_like_the_local_engine() {
         "local {local_train:?} against remote {remote_train:?}"
     );
     // The steps report how far the workers' log-probs are from the trainer's: float rounding.
-    let mismatches: Vec<f64> = std::fs::read_to_string(remote_dir.join("events.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|e| e["data"]["rollout_logprob_diff"].as_f64())
-        .collect();
+    let mismatches: Vec<f64> = metric(&remote_dir, "rollout_logprob_diff");
     eprintln!("rollout log-prob differences {mismatches:?}");
     assert!(!mismatches.is_empty());
     assert!(mismatches.iter().all(|d| *d < 1e-3), "{mismatches:?}");
@@ -179,27 +197,16 @@ fn a_worker_killed_mid_job_is_passed_over() {
         vec![doomed.base.clone(), never, live.base.clone()],
         &adapters,
     );
-    let host = Arc::new(rft_model::host::EngineHost::new(
-        candle_core::Device::Cpu,
-        u64::MAX,
-    ));
     let mut doomed = Some(doomed);
     let mut killed_after = None;
-    let summary = run_job_on(
-        &host,
-        &fleet,
-        &request,
-        &tmp.path().join("run"),
-        &JobControl::default(),
-        &mut |event| {
-            // After the first training step the second worker goes away.
-            if let Some(step) = event.metrics().map(|m| m.step).filter(|&s| s >= 1) {
-                if doomed.take().is_some() {
-                    killed_after = Some(step);
-                }
+    let summary = train_with_events(&fleet, &request, &tmp.path().join("run"), &mut |event| {
+        // After the first training step the second worker goes away.
+        if let Some(step) = event.metrics().map(|m| m.step).filter(|&s| s >= 1) {
+            if doomed.take().is_some() {
+                killed_after = Some(step);
             }
-        },
-    )
+        }
+    })
     .unwrap();
     assert_eq!(killed_after, Some(1));
     assert_eq!(summary.outcome, JobOutcome::Succeeded);
@@ -217,22 +224,10 @@ fn structured_output_jobs_send_their_format_to_the_workers() {
     std::fs::create_dir_all(&adapters).unwrap();
     let w1 = worker(&tmp.path().join("w1"), &request.model, &adapters);
     let fleet = remote(vec![w1.base.clone()], &adapters);
-    let host = Arc::new(rft_model::host::EngineHost::new(
-        candle_core::Device::Cpu,
-        u64::MAX,
-    ));
     let local_dir = tmp.path().join("local");
     run_job(&request, &local_dir, &JobControl::default(), &mut |_| {}).unwrap();
     let remote_dir = tmp.path().join("remote");
-    let summary = run_job_on(
-        &host,
-        &fleet,
-        &request,
-        &remote_dir,
-        &JobControl::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let summary = train_on(&fleet, &request, &remote_dir).unwrap();
     assert_eq!(summary.outcome, JobOutcome::Succeeded);
     // Both ran every step.
     assert_eq!(rewards(&local_dir).0.len(), rewards(&remote_dir).0.len());
@@ -245,10 +240,6 @@ fn importance_corrections_run_and_are_reported() {
     std::fs::create_dir_all(&adapters).unwrap();
     let base = setup(tmp.path());
     let w1 = worker(&tmp.path().join("w1"), &base.model, &adapters);
-    let host = Arc::new(rft_model::host::EngineHost::new(
-        candle_core::Device::Cpu,
-        u64::MAX,
-    ));
     for correction in ["tis", "mis"] {
         let mut value = serde_json::to_value(&base).unwrap();
         value["method"]["reinforcement"]["hyperparameters"]["rollout_correction"] =
@@ -256,22 +247,9 @@ fn importance_corrections_run_and_are_reported() {
         let request = parse_job(value).unwrap();
         let fleet = remote(vec![w1.base.clone()], &adapters);
         let dir = tmp.path().join(correction);
-        let summary = run_job_on(
-            &host,
-            &fleet,
-            &request,
-            &dir,
-            &JobControl::default(),
-            &mut |_| {},
-        )
-        .unwrap();
+        let summary = train_on(&fleet, &request, &dir).unwrap();
         assert_eq!(summary.outcome, JobOutcome::Succeeded);
-        let corrected: Vec<f64> = std::fs::read_to_string(dir.join("events.jsonl"))
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter_map(|e| e["data"]["rollout_is_corrected"].as_f64())
-            .collect();
+        let corrected: Vec<f64> = metric(&dir, "rollout_is_corrected");
         // The workers' log-probs are the trainer's to float rounding: nothing capped or masked.
         assert!(!corrected.is_empty(), "{correction}");
         assert!(
@@ -298,26 +276,12 @@ fn asynchronous_rollouts_run_on_the_fleet() {
     let w1 = worker(&tmp.path().join("w1"), &request.model, &adapters);
     let w2 = worker(&tmp.path().join("w2"), &request.model, &adapters);
     let fleet = remote(vec![w1.base.clone(), w2.base.clone()], &adapters);
-    let host = Arc::new(rft_model::host::EngineHost::new(
-        candle_core::Device::Cpu,
-        u64::MAX,
-    ));
     let dir = tmp.path().join("run");
-    let summary = run_job_on(
-        &host,
-        &fleet,
-        &request,
-        &dir,
-        &JobControl::default(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let summary = train_on(&fleet, &request, &dir).unwrap();
     assert_eq!(summary.outcome, JobOutcome::Succeeded);
-    let staleness: Vec<u64> = std::fs::read_to_string(dir.join("events.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|e| e["data"]["off_policy_steps"].as_u64())
+    let staleness: Vec<u64> = metric(&dir, "off_policy_steps")
+        .into_iter()
+        .map(|v| v as u64)
         .collect();
     assert_eq!(staleness.len(), summary.steps, "{staleness:?}");
     assert!(staleness.iter().all(|&s| s <= 2), "{staleness:?}");
@@ -365,10 +329,6 @@ fn malformed_answers_stop_the_step_naming_the_server() {
     let tmp = tempfile::tempdir().unwrap();
     let request = setup(tmp.path());
     let adapters = tmp.path().join("adapters");
-    let host = Arc::new(rft_model::host::EngineHost::new(
-        candle_core::Device::Cpu,
-        u64::MAX,
-    ));
     for (answer, why) in [
         ("{not json", "malformed JSON"),
         (r#"{"choices": []}"#, "choices for n"),
@@ -400,16 +360,7 @@ fn malformed_answers_stop_the_step_naming_the_server() {
         let url = stub(answer);
         let fleet = remote(vec![url.clone()], &adapters);
         let dir = tmp.path().join(format!("run-{}", why.replace(' ', "-")));
-        let error = run_job_on(
-            &host,
-            &fleet,
-            &request,
-            &dir,
-            &JobControl::default(),
-            &mut |_| {},
-        )
-        .unwrap_err()
-        .to_string();
+        let error = train_on(&fleet, &request, &dir).unwrap_err().to_string();
         assert!(error.contains(why), "{error}");
         assert!(error.contains(&url), "the server is named: {error}");
     }

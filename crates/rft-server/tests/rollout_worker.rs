@@ -25,23 +25,6 @@ fn adapter(dir: &Path, base: &str, seed: u64) {
     adapter.save_peft(dir, base).unwrap();
 }
 
-/// A POST answered as `(status, text)`.
-fn post_text(server: &Server, path: &str, body: &Value) -> (u16, String) {
-    let mut request = server
-        .agent
-        .post(format!("{}{path}", server.base))
-        .header("Content-Type", "application/json");
-    if let Some(auth) = server.auth() {
-        request = request.header("Authorization", auth);
-    }
-    let mut response = request.send(body.to_string()).unwrap();
-    let status = response.status().as_u16();
-    (
-        status,
-        response.body_mut().read_to_string().unwrap_or_default(),
-    )
-}
-
 fn worker(tmp: &Path, keys: &[&str]) -> (Server, String) {
     let model = tiny_model(tmp, Architecture::Llama, 3);
     let root = tmp.join("adapters");
@@ -61,8 +44,7 @@ fn adapters_load_only_from_under_the_root_with_vllms_codes() {
     adapter(&tmp.path().join("outside"), &base, 2);
     std::os::unix::fs::symlink(tmp.path().join("outside"), root.join("escape")).unwrap();
     let load = |name: &str, path: &str, inplace: bool| {
-        post_text(
-            &server,
+        server.post_text(
             "/load_lora_adapter",
             &json!({"lora_name": name, "lora_path": path, "load_inplace": inplace}),
         )
@@ -122,8 +104,7 @@ fn adapters_load_only_from_under_the_root_with_vllms_codes() {
     let (status, text) = load("linked", "linked", false);
     assert_eq!(status, 404, "{text}");
     // Unloaded once, then unknown.
-    let unload =
-        |name: &str| post_text(&server, "/unload_lora_adapter", &json!({"lora_name": name}));
+    let unload = |name: &str| server.post_text("/unload_lora_adapter", &json!({"lora_name": name}));
     let (status, text) = unload("job-v1");
     assert_eq!(status, 200, "{text}");
     let (status, text) = unload("job-v1");
@@ -140,8 +121,7 @@ fn without_a_root_the_endpoints_are_off_and_keys_are_required() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(tmp.path(), Architecture::Llama, 3);
     let server = Server::start(&tmp.path().join("data"), &[]);
-    let (status, _) = post_text(
-        &server,
+    let (status, _) = server.post_text(
         "/load_lora_adapter",
         &json!({"lora_name": "a", "lora_path": model.to_str().unwrap()}),
     );
@@ -165,8 +145,7 @@ fn completions_sample_token_prompts_with_ids_and_logprobs() {
     let tmp = tempfile::tempdir().unwrap();
     let (server, base) = worker(tmp.path(), &[]);
     adapter(&tmp.path().join("adapters/v1"), &base, 4);
-    let (status, text) = post_text(
-        &server,
+    let (status, text) = server.post_text(
         "/load_lora_adapter",
         &json!({"lora_name": "v1", "lora_path": "v1"}),
     );
@@ -333,20 +312,17 @@ fn hostile_sizes_counts_and_races_leave_the_worker_serving() {
     assert_eq!(status, 400, "{body}");
     // Names and paths at their limits.
     let long = "a".repeat(129);
-    let (status, _) = post_text(
-        &server,
+    let (status, _) = server.post_text(
         "/load_lora_adapter",
         &json!({"lora_name": long, "lora_path": "v1"}),
     );
     assert_eq!(status, 400);
-    let (status, _) = post_text(
-        &server,
+    let (status, _) = server.post_text(
         "/load_lora_adapter",
         &json!({"lora_name": "n", "lora_path": "v1\u{0}/../../etc"}),
     );
     assert_eq!(status, 404);
-    let (status, _) = post_text(
-        &server,
+    let (status, _) = server.post_text(
         "/load_lora_adapter",
         &json!({"lora_name": "n", "lora_path": "x/".repeat(10_000)}),
     );
@@ -358,17 +334,12 @@ fn hostile_sizes_counts_and_races_leave_the_worker_serving() {
             let server = &server;
             scope.spawn(move || {
                 let (status, text) = if i % 2 == 0 {
-                    post_text(
-                        server,
+                    server.post_text(
                         "/load_lora_adapter",
                         &json!({"lora_name": "raced", "lora_path": "v1"}),
                     )
                 } else {
-                    post_text(
-                        server,
-                        "/unload_lora_adapter",
-                        &json!({"lora_name": "raced"}),
-                    )
+                    server.post_text("/unload_lora_adapter", &json!({"lora_name": "raced"}))
                 };
                 assert!(matches!(status, 200 | 400 | 404), "{status}: {text}");
             });

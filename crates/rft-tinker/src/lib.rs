@@ -42,7 +42,7 @@ pub mod wire;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -163,8 +163,6 @@ pub(crate) struct Shared {
     pub(crate) futures: Futures,
     registry: Mutex<Registry>,
     pub(crate) queued_samples: AtomicUsize,
-    /// Training models whose thread has not ended, closed or not.
-    pub(crate) live_models: Arc<AtomicUsize>,
     /// Closed models whose thread is still finishing a request (they count against
     /// [`MAX_MODELS`] beside the open ones).
     pub(crate) closing: AtomicUsize,
@@ -241,7 +239,6 @@ impl Tinker {
             futures: Futures::default(),
             registry: Mutex::new(Registry::default()),
             queued_samples: AtomicUsize::new(0),
-            live_models: Arc::new(AtomicUsize::new(0)),
             closing: AtomicUsize::new(0),
             sampler_jobs: Mutex::new(None),
             long_polls: Arc::new(tokio::sync::Semaphore::new(MAX_LONG_POLLS)),
@@ -265,11 +262,6 @@ impl Tinker {
             Err(e) => tracing::error!("cannot start the Tinker sampling thread: {e}"),
         }
         Tinker { shared }
-    }
-
-    /// Training models whose thread is still alive.
-    pub fn live_models(&self) -> usize {
-        self.shared.live_models.load(Ordering::Relaxed)
     }
 
     /// The routes, to be nested under `/api/v1`. Every request needs an [`Owner`] extension

@@ -1,9 +1,8 @@
 //! Where a training model's requests run: one thread per model (its `TrainingClient`, requests
 //! applied in `seq_id` order). HTTP handlers only validate, enqueue and answer a request id; the
 //! compute never runs on the async runtime, so a slow `forward_backward` blocks no other
-//! request. The thread borrows its base model from the engine host for its whole life, counts
-//! itself in `Shared::live_models` until it ends, and once its model is closed fails whatever
-//! is still queued instead of running it.
+//! request. The thread borrows its base model from the engine host for its whole life, and once
+//! its model is closed fails whatever is still queued instead of running it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -197,7 +196,6 @@ pub(crate) fn start_model(
     jobs: Receiver<Job>,
     life: Arc<Life>,
 ) -> std::io::Result<()> {
-    shared.live_models.fetch_add(1, Ordering::Relaxed);
     let guard = LiveModel {
         shared: shared.clone(),
         life: life.clone(),
@@ -211,8 +209,8 @@ pub(crate) fn start_model(
         .map(|_| ())
 }
 
-/// Counts a model in `live_models` until its thread ends (or fails to start), and releases
-/// its place among the closing models if the close counted it.
+/// Releases a closed model's place among the closing models, if the close counted it, when its
+/// thread ends (or fails to start).
 struct LiveModel {
     shared: Arc<Shared>,
     life: Arc<Life>,
@@ -220,7 +218,6 @@ struct LiveModel {
 
 impl Drop for LiveModel {
     fn drop(&mut self) {
-        self.shared.live_models.fetch_sub(1, Ordering::Relaxed);
         if self.life.counted.swap(false, Ordering::SeqCst) {
             self.shared.closing.fetch_sub(1, Ordering::SeqCst);
         }

@@ -37,6 +37,7 @@ use crate::rollouts::{LocalRollouts, Policy, RolloutEngine};
 use crate::seed::{epoch_order, mix};
 use crate::step::{
     grader_means, rollout, run_step, run_step_on, GraderMean, Prefetched, StepContext, StepInput,
+    StepReport,
 };
 use crate::TrainError;
 
@@ -413,80 +414,18 @@ impl Loop<'_> {
             let mut report = if m == 0 {
                 run_step(&mut self.client, &ctx, &input)?
             } else {
-                // Asynchronous: this step trains on samples drawn up to `m` versions ago, while
-                // a thread samples the steps ahead from a snapshot of the policy as it is now.
-                if ahead.front().map(|a| a.0) != Some(step) {
-                    ahead.clear();
-                    let now = rollout(
-                        Policy::Client(&self.client),
-                        &ctx,
-                        &rows,
-                        input.group_size,
-                        mix(input.seed),
-                    )?;
-                    ahead.push_back((step, now, self.client.version()));
-                }
-                let targets: Vec<usize> = (step + ahead.len()..=(step + m).min(total)).collect();
-                let snapshot = if targets.is_empty() {
-                    None
-                } else {
-                    Some(self.client.snapshot()?)
+                let ahead_rows = |t: usize| {
+                    step_rows(&self.train, self.hyper.batch_size, self.seed, per_epoch, t)
                 };
-                let target_rows: Vec<Vec<&PreparedRow>> = targets
-                    .iter()
-                    .map(|&t| {
-                        step_rows(&self.train, self.hyper.batch_size, self.seed, per_epoch, t)
-                    })
-                    .collect();
-                let (_, current, version) = ahead
-                    .pop_front()
-                    .ok_or_else(|| TrainError::Invalid("no rollout for the step".into()))?;
-                let staleness = self.client.version().saturating_sub(version);
-                let client = &mut self.client;
-                let job_seed = self.seed;
-                let (report, sampled) = std::thread::scope(|scope| {
-                    let producer = snapshot.map(|snapshot| {
-                        let ctx = &ctx;
-                        let targets = &targets;
-                        let target_rows = &target_rows;
-                        scope.spawn(move || {
-                            targets
-                                .iter()
-                                .zip(target_rows)
-                                .map(|(&t, rows)| {
-                                    let seed = job_seed ^ mix(t as u64);
-                                    rollout(
-                                        Policy::Snapshot(&snapshot),
-                                        ctx,
-                                        rows,
-                                        ctx.hyper.group_size(),
-                                        mix(seed),
-                                    )
-                                    .map(|r| (t, r, snapshot.version))
-                                })
-                                .collect::<Result<Vec<_>, TrainError>>()
-                        })
-                    });
-                    let report = run_step_on(
-                        client,
-                        &ctx,
-                        &input,
-                        Some(Prefetched {
-                            rollout: current,
-                            staleness,
-                        }),
-                    );
-                    let sampled = producer.map(|p| {
-                        p.join().unwrap_or_else(|_| {
-                            Err(TrainError::Invalid("the rollout thread panicked".into()))
-                        })
-                    });
-                    (report, sampled)
-                });
-                if let Some(sampled) = sampled {
-                    ahead.extend(sampled?);
-                }
-                report?
+                off_policy_step(
+                    &mut self.client,
+                    &ctx,
+                    &input,
+                    &mut ahead,
+                    (step + m).min(total),
+                    self.seed,
+                    &ahead_rows,
+                )?
             };
             train_rewards.push(report.train_reward_mean);
             // Diagnostics for the dashboard: a full disk here is logged, not fatal.
@@ -651,6 +590,85 @@ fn baseline_metrics(total: usize, mean: f64, graders: Vec<GraderMean>) -> StepMe
         full_valid_mean_reward: Some(mean),
         train: None,
     }
+}
+
+/// One asynchronous step (`max_off_policy_steps` > 0): trains on the rollout of `input.step`
+/// from `ahead` (sampled now if the pipeline is empty, as at the first step or after a resume)
+/// while a scoped thread samples and grades the steps after it up to `last`, from a snapshot of
+/// the policy as it is before this step's update.
+fn off_policy_step<'r>(
+    client: &mut TrainingClient,
+    ctx: &StepContext<'_>,
+    input: &StepInput<'_>,
+    ahead: &mut std::collections::VecDeque<(usize, crate::step::Rollout, u64)>,
+    last: usize,
+    job_seed: u64,
+    rows_of: &dyn Fn(usize) -> Vec<&'r PreparedRow>,
+) -> Result<StepReport, TrainError> {
+    let step = input.step;
+    if ahead.front().map(|a| a.0) != Some(step) {
+        ahead.clear();
+        let now = rollout(
+            Policy::Client(client),
+            ctx,
+            input.rows,
+            input.group_size,
+            mix(input.seed),
+        )?;
+        ahead.push_back((step, now, client.version()));
+    }
+    let targets: Vec<usize> = (step + ahead.len()..=last).collect();
+    let snapshot = if targets.is_empty() {
+        None
+    } else {
+        Some(client.snapshot()?)
+    };
+    let target_rows: Vec<Vec<&PreparedRow>> = targets.iter().map(|&t| rows_of(t)).collect();
+    let (_, current, version) = ahead
+        .pop_front()
+        .ok_or_else(|| TrainError::Invalid("no rollout for the step".into()))?;
+    let staleness = client.version().saturating_sub(version);
+    let (report, sampled) = std::thread::scope(|scope| {
+        let producer = snapshot.map(|snapshot| {
+            let targets = &targets;
+            let target_rows = &target_rows;
+            scope.spawn(move || {
+                targets
+                    .iter()
+                    .zip(target_rows)
+                    .map(|(&t, rows)| {
+                        let seed = job_seed ^ mix(t as u64);
+                        rollout(
+                            Policy::Snapshot(&snapshot),
+                            ctx,
+                            rows,
+                            ctx.hyper.group_size(),
+                            mix(seed),
+                        )
+                        .map(|r| (t, r, snapshot.version))
+                    })
+                    .collect::<Result<Vec<_>, TrainError>>()
+            })
+        });
+        let report = run_step_on(
+            client,
+            ctx,
+            input,
+            Some(Prefetched {
+                rollout: current,
+                staleness,
+            }),
+        );
+        let sampled = producer.map(|p| {
+            p.join()
+                .unwrap_or_else(|_| Err(TrainError::Invalid("the rollout thread panicked".into())))
+        });
+        (report, sampled)
+    });
+    if let Some(sampled) = sampled {
+        ahead.extend(sampled?);
+    }
+    report
 }
 
 /// The rows of `step` (1-based): its epoch's seeded order, its batch of `batch_size`.

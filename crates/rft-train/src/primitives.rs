@@ -119,6 +119,15 @@ pub(crate) struct StepFile {
 /// SmolLM2-135M takes about 300 MB).
 pub const DEFAULT_MAX_RECORDED_BYTES: usize = 1 << 30;
 
+/// The weights a rollout samples from. The adapter is fixed for the whole rollout, so it is
+/// folded into a copy of the adapted weights once (about 3 GFLOP for rank 16 on SmolLM2-135M):
+/// every decode step then runs one matmul per projection instead of one plus the adapter's two
+/// small ones and their adds. Merged and unmerged log-probs agree to f32 rounding. The copy is
+/// also packed for the decode kernel (`rft_model::packed`), once per rollout.
+fn rollout_weights(engine: &Engine, adapter: &LoraAdapter) -> Result<CausalLm, TrainError> {
+    Ok(engine.model.merged(adapter)?.packed_for_sampling()?)
+}
+
 /// A frozen copy of a client's policy at one version ([`TrainingClient::snapshot`]).
 #[derive(Debug)]
 pub struct PolicySnapshot {
@@ -134,11 +143,7 @@ impl PolicySnapshot {
     /// Samples `requests` from this version (the adapter merged into a copy of the weights,
     /// as [`TrainingClient::sample`] does; no states are recorded).
     pub fn sample(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, TrainError> {
-        let merged = self
-            .engine
-            .model
-            .merged(&self.adapter)?
-            .packed_for_sampling()?;
+        let merged = rollout_weights(&self.engine, &self.adapter)?;
         let sampler = Sampler {
             model: &merged,
             adapter: None,
@@ -266,16 +271,7 @@ impl TrainingClient {
     /// starts from them instead of recomputing the forward (an on-policy step trains on what it
     /// just sampled, with the same weights).
     pub fn sample(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, TrainError> {
-        // The adapter is fixed for the whole rollout, so it is folded into a copy of the
-        // adapted weights once (about 3 GFLOP for rank 16 on SmolLM2-135M): every decode step
-        // then runs one matmul per projection instead of one plus the adapter's two small ones
-        // and their adds. Merged and unmerged log-probs agree to f32 rounding. The copy is also
-        // packed for the decode kernel (`rft_model::packed`), once per rollout.
-        let merged = self
-            .engine
-            .model
-            .merged(&self.adapter)?
-            .packed_for_sampling()?;
+        let merged = rollout_weights(&self.engine, &self.adapter)?;
         let sampler = Sampler {
             model: &merged,
             adapter: None,

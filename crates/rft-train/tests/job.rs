@@ -55,6 +55,17 @@ fn setup(dir: &Path, rows: usize, extra: Value) -> CreateJob {
     .unwrap()
 }
 
+/// The mean train reward of the last third of the steps beats the first third's by 0.1.
+fn assert_rewards_rise(rewards: &[f64], run: &str) {
+    let third = rewards.len() / 3;
+    let first: f64 = rewards[..third].iter().sum::<f64>() / third as f64;
+    let last: f64 = rewards[rewards.len() - third..].iter().sum::<f64>() / third as f64;
+    assert!(
+        last > first + 0.1,
+        "{run}: train rewards did not rise ({first:.3} -> {last:.3}): {rewards:?}"
+    );
+}
+
 fn events(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("events.jsonl"))
         .unwrap()
@@ -89,14 +100,7 @@ fn asynchronous_off_policy_steps_learn_and_report_their_staleness() {
         let summary = run_job(&request, &out, &JobControl::default(), &mut |_| {}).unwrap();
         assert_eq!(summary.outcome, JobOutcome::Succeeded);
         assert_eq!(summary.steps, 30);
-        let rewards = &summary.train_rewards;
-        let third = rewards.len() / 3;
-        let first: f64 = rewards[..third].iter().sum::<f64>() / third as f64;
-        let last: f64 = rewards[rewards.len() - third..].iter().sum::<f64>() / third as f64;
-        assert!(
-            last > first + 0.1,
-            "m = {m}: train rewards did not rise ({first:.3} -> {last:.3}): {rewards:?}"
-        );
+        assert_rewards_rise(&summary.train_rewards, &format!("m = {m}"));
         // Step 1 samples now; then the pipeline fills, and every later step trains on samples
         // `m` versions old (or fewer where a step trained nothing).
         let m_metrics = metrics(&out);
@@ -154,14 +158,7 @@ fn reward_rises_on_a_toy_task() {
     let summary = run_job(&request, &out, &JobControl::default(), &mut |_| {}).unwrap();
     assert_eq!(summary.outcome, JobOutcome::Succeeded);
     assert_eq!(summary.steps, 30);
-    let rewards = &summary.train_rewards;
-    let third = rewards.len() / 3;
-    let first: f64 = rewards[..third].iter().sum::<f64>() / third as f64;
-    let last: f64 = rewards[rewards.len() - third..].iter().sum::<f64>() / third as f64;
-    assert!(
-        last > first + 0.1,
-        "train rewards did not rise ({first:.3} -> {last:.3}): {rewards:?}"
-    );
+    assert_rewards_rise(&summary.train_rewards, "synchronous");
     // What a job leaves behind.
     let m = metrics(&out);
     assert_eq!(m.len(), 30);
