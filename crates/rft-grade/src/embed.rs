@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::retry::{self, excerpt, plural, retry_after};
+use crate::http::{self, excerpt, plural, retry_after};
 
 /// The embeddings model requested from a remote endpoint when `RFT_EMBEDDINGS_MODEL` is unset:
 /// the one OpenAI documents for its `cosine` metric.
@@ -237,15 +237,7 @@ impl fmt::Debug for RemoteEmbedder {
 impl RemoteEmbedder {
     /// A client with this configuration.
     pub fn new(config: EmbeddingsConfig) -> RemoteEmbedder {
-        let agent = ureq::Agent::config_builder()
-            // Statuses are classified here (retry or not), so they must not become errors.
-            .http_status_as_error(false)
-            // A redirected POST is refused or turned into a GET; the status says more.
-            .max_redirects(0)
-            .timeout_global(Some(config.timeout))
-            .user_agent(concat!("openrft/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+        let agent = http::agent_config(config.timeout).build().new_agent();
         RemoteEmbedder {
             endpoint: config.endpoint(),
             config,
@@ -406,7 +398,7 @@ impl RemoteEmbedder {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        retry::backoff(
+        http::backoff(
             self.config.initial_backoff,
             self.config.max_backoff,
             attempt,

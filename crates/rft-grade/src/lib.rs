@@ -28,12 +28,12 @@ pub mod embed;
 mod error;
 pub mod formula;
 mod grader;
+pub mod http;
 pub mod judge;
 pub mod metrics;
 // The kernel sandbox: fork/exec hooks and raw system calls.
 #[allow(unsafe_code)]
 pub mod python;
-mod retry;
 pub mod template;
 
 pub use embed::{EmbedError, Embedder, EmbeddingsConfig, RemoteEmbedder};

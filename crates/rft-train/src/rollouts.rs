@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rft_grade::http;
 use rft_model::constrain::ResponseFormat;
 use rft_model::sample::{Completion, FinishReason, SampleRequest};
 use serde::{Deserialize, Serialize};
@@ -223,13 +224,7 @@ impl RemoteRollouts {
             path: config.adapter_dir.clone(),
             source,
         })?;
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_global(Some(config.timeout))
-            .user_agent(concat!("openrft/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+        let agent = http::agent_config(config.timeout).build().new_agent();
         Ok(RemoteRollouts {
             config,
             agent,
@@ -323,9 +318,10 @@ impl RemoteRollouts {
                 Ok((200, _)) => loaded.push(i),
                 // Loaded by an earlier attempt: the same immutable folder.
                 Ok((400, body)) if body.contains("already been loaded") => loaded.push(i),
-                Ok((status, body)) => {
-                    failures.push(format!("{url}: HTTP {status}: {}", excerpt(&body)))
-                }
+                Ok((status, body)) => failures.push(format!(
+                    "{url}: HTTP {status}: {}",
+                    http::excerpt(&body, ERROR_EXCERPT_CHARS)
+                )),
                 Err(e) => failures.push(format!("{url}: {e}")),
             }
         }
@@ -400,7 +396,10 @@ impl RemoteRollouts {
             .saturating_add(tokens.saturating_mul(RESPONSE_BYTES_PER_TOKEN));
         let (status, body) = self.post(url, &call, limit)?;
         if status != 200 {
-            return Err(format!("HTTP {status}: {}", excerpt(&body)));
+            return Err(format!(
+                "HTTP {status}: {}",
+                http::excerpt(&body, ERROR_EXCERPT_CHARS)
+            ));
         }
         let answer: CompletionAnswer =
             serde_json::from_str(&body).map_err(|e| format!("malformed JSON: {e}"))?;
@@ -439,8 +438,11 @@ impl RemoteRollouts {
                         .any(|code| e.starts_with(code));
                     failures.push(format!("{url}: {e}"));
                     if busy {
-                        let pause = 0.25 * f64::from(1u32 << attempt.min(4));
-                        std::thread::sleep(Duration::from_secs_f64(pause));
+                        std::thread::sleep(http::backoff(
+                            BUSY_PAUSE,
+                            MAX_BUSY_PAUSE,
+                            attempt as u32 + 1,
+                        ));
                     }
                 }
             }
@@ -456,6 +458,12 @@ impl RemoteRollouts {
 const MAX_IN_FLIGHT: usize = 32;
 /// Tries of one request per replica before the step fails.
 const TRIES_PER_REPLICA: usize = 3;
+/// The first pause after a busy answer, doubled per try up to the second (jittered, so that
+/// many requests refused together do not come back together).
+const BUSY_PAUSE: Duration = Duration::from_millis(250);
+const MAX_BUSY_PAUSE: Duration = Duration::from_secs(4);
+/// How much of a failed answer's body an error quotes.
+const ERROR_EXCERPT_CHARS: usize = 300;
 
 /// Checks an answer and turns it into completions; nothing malformed passes.
 fn check_answer(
@@ -526,10 +534,6 @@ fn check_answer(
         });
     }
     Ok(out)
-}
-
-fn excerpt(body: &str) -> String {
-    body.chars().take(300).collect()
 }
 
 /// Writes the client's adapter to `dir` through a temporary folder renamed into place.

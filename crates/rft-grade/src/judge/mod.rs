@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rft_types::TokenUsage;
 use serde_json::Value;
 
-use crate::retry::{self, plural, retry_after};
+use crate::http::{self, plural, retry_after};
 
 /// The endpoint used when none is configured.
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
@@ -227,14 +227,7 @@ impl fmt::Debug for JudgeClient {
 impl JudgeClient {
     /// A client with this configuration.
     pub fn new(config: JudgeConfig) -> Arc<JudgeClient> {
-        let agent = ureq::Agent::config_builder()
-            // Statuses are classified here (retry or not), so they must not become errors.
-            .http_status_as_error(false)
-            // A redirected POST is either refused or turned into a GET; the status in the
-            // error details says more than either (usually a base URL missing its `/v1`).
-            .max_redirects(0)
-            .timeout_global(Some(config.timeout))
-            .user_agent(concat!("openrft/", env!("CARGO_PKG_VERSION")))
+        let agent = http::agent_config(config.timeout)
             .max_idle_connections_per_host(config.max_concurrency.max(1))
             .build()
             .new_agent();
@@ -389,7 +382,7 @@ impl JudgeClient {
     }
 
     fn backoff(&self, attempt: u32) -> Duration {
-        retry::backoff(
+        http::backoff(
             self.config.initial_backoff,
             self.config.max_backoff,
             attempt,
@@ -457,7 +450,7 @@ fn describe_transport(err: &ureq::Error, timeout: Duration) -> String {
 }
 
 fn excerpt(text: &str) -> String {
-    retry::excerpt(text, MAX_DETAILS_CHARS)
+    http::excerpt(text, MAX_DETAILS_CHARS)
 }
 
 fn parse_completion(text: &str, endpoint: &str) -> Result<Completion, CallError> {
