@@ -22,9 +22,16 @@
 # - `rft setup python`: the Python grader environment (OpenAI's packages) under $RFT_HOME.
 # - The default models (`rft models pull`), which the parity tests on real weights read.
 #   RFT_SLOW_TESTS=0 skips them and those tests.
+# - PostgreSQL (Debian's postgresql, installed as root; otherwise it must be there) and
+#   .venv-services (moto, an S3-protocol server: scripts/services-requirements.txt). Before
+#   cargo test, scripts/services.sh starts both on loopback in a temp folder, exports
+#   RFT_TEST_DATABASE_URL, RFT_TEST_PG_DIR, RFT_TEST_S3_ENDPOINT, RFT_SERVICES_SCRIPT and
+#   RFT_REQUIRE_SERVICES=1, and stops them when the tests end, however they end. When the caller
+#   already set RFT_TEST_DATABASE_URL and RFT_TEST_S3_ENDPOINT, those are used and nothing is
+#   started. RFT_SERVICES=0 installs and starts nothing (the tests that need them skip).
 #
 # Environment: RFT_HOME (OpenRFT's cache, default ~/.cache/openrft), RFT_WORDNET_DIR,
-# RFT_SLOW_TESTS (default 1), CARGO_TARGET_DIR.
+# RFT_SLOW_TESTS (default 1), RFT_SERVICES (default 1), CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -172,6 +179,32 @@ if ! cmp -s scripts/sdk-requirements.txt .venv-sdk/requirements.done 2>/dev/null
 fi
 export RFT_REQUIRE_SDK=1
 
+if [ "${RFT_SERVICES:-1}" != 0 ]; then
+  step "PostgreSQL"
+  if ! pg_bin=$(bash scripts/services.sh pg-bin 2>/dev/null); then
+    if [ "$is_root" = 1 ] && [ "$have_apt" = 1 ]; then
+      echo "installing postgresql" >&2
+      # Without the cluster Debian would create and start on port 5432: the tests start their own
+      # (the same steps as the postgres Docker image).
+      apt_install postgresql-common
+      sed -ri 's/^#? *(create_main_cluster) .*$/\1 = false/' /etc/postgresql-common/createcluster.conf
+      apt_install postgresql
+      pg_bin=$(bash scripts/services.sh pg-bin)
+    else
+      echo "test.sh: PostgreSQL is not installed, and installing needs root: apt-get install postgresql (or RFT_SERVICES=0 to test without it)" >&2
+      exit 1
+    fi
+  fi
+  echo "PostgreSQL in $pg_bin" >&2
+
+  step "S3 test server (.venv-services)"
+  if ! cmp -s scripts/services-requirements.txt .venv-services/requirements.done 2>/dev/null; then
+    [ -x .venv-services/bin/python ] || python3 -m venv .venv-services
+    .venv-services/bin/python -m pip install -q --disable-pip-version-check -r scripts/services-requirements.txt
+    cp scripts/services-requirements.txt .venv-services/requirements.done
+  fi
+fi
+
 step "Tinker Python SDK (.venv-tinker)"
 # The SDK only; the cookbook's RL loop (torch, several GB) is opt-in: scripts/tinker_env.sh.
 bash scripts/tinker_env.sh
@@ -197,8 +230,32 @@ echo "set-up done in $((SECONDS - started)) s" >&2
 [ "$setup_only" = 1 ] && exit 0
 
 # ---------------------------------------------------------------------------------------------
+step "services (PostgreSQL, S3)"
+export RFT_SERVICES_SCRIPT=$PWD/scripts/services.sh
+if [ "${RFT_SERVICES:-1}" = 0 ]; then
+  echo "RFT_SERVICES=0: no services; the tests that need them skip" >&2
+elif [ -n "${RFT_TEST_DATABASE_URL:-}" ] && [ -n "${RFT_TEST_S3_ENDPOINT:-}" ]; then
+  echo "using the caller's RFT_TEST_DATABASE_URL and RFT_TEST_S3_ENDPOINT" >&2
+  export RFT_REQUIRE_SERVICES=1
+else
+  if [ -n "${RFT_TEST_DATABASE_URL:-}${RFT_TEST_S3_ENDPOINT:-}" ]; then
+    echo "only one of RFT_TEST_DATABASE_URL and RFT_TEST_S3_ENDPOINT is set: starting both here" >&2
+  fi
+  services_dir=$(mktemp -d "${TMPDIR:-/tmp}/rft-services.XXXXXX")
+  # Set before the start, so a start that fails half-way leaves nothing behind either. INT and
+  # TERM become exits, so the EXIT trap runs for them too (once cargo, run in the foreground,
+  # has exited: Ctrl-C or a kill of the process group stops it first). The exit status is cargo's.
+  trap 'bash "$RFT_SERVICES_SCRIPT" stop "$services_dir" || true; rm -rf "$services_dir"' EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  services_env=$(bash "$RFT_SERVICES_SCRIPT" start "$services_dir")
+  eval "$services_env"
+  export RFT_REQUIRE_SERVICES=1
+fi
+
 step "tests"
 if [ "$#" = 0 ]; then
   set -- --workspace
 fi
-exec cargo test --locked "$@"
+# Not exec: the EXIT trap above stops the services afterwards.
+cargo test --locked "$@"

@@ -55,6 +55,9 @@ pub(crate) enum Command {
     Export(ExportArgs),
     /// Serve OpenAI's fine-tuning, graders, files, models and chat API on this machine.
     Serve(crate::commands::serve::ServeArgs),
+    /// Run jobs for API processes elsewhere: claim queued jobs from the shared database
+    /// (--database) and run them, keeping their state in the shared blob store (--blobs).
+    Worker(crate::commands::serve::WorkerArgs),
     /// Check that a device (a CUDA GPU) computes what the CPU does: logits, log-probs, LoRA
     /// gradients and greedy samples of tiny random models; and time a 135M-shaped model on it.
     CheckDevice(crate::commands::check_device::CheckDeviceArgs),

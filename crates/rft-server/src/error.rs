@@ -172,8 +172,20 @@ pub(crate) const RETRY_AFTER_SECONDS: &str = "1";
 pub(crate) use rft_types::paths::redact_paths;
 
 impl From<rft_store::StoreError> for ApiError {
+    /// An outage of the database (PostgreSQL restarting) is a 503 with `Retry-After`, which
+    /// SDK clients retry; anything else a 500. Neither shows a path or the database's URL:
+    /// the log has them.
     fn from(e: rft_store::StoreError) -> ApiError {
-        ApiError::internal(format!("storage error: {e}"))
+        if e.is_unavailable() {
+            tracing::warn!("request refused, the database is unavailable: {e}");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The database is unavailable for the moment; retry the request shortly.",
+            )
+            .with_code("database_unavailable");
+        }
+        tracing::error!("storage error: {e}");
+        ApiError::internal(format!("storage error: {}", redact_paths(&e.to_string())))
     }
 }
 

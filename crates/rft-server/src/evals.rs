@@ -209,6 +209,10 @@ fn source_rows(state: &AppState, source: RunSource) -> Result<Vec<SourceRow>, Ap
                 return Err(ApiError::bad_request(format!("no file with id '{id}'"))
                     .with_param("data_source.source.id"));
             }
+            crate::job_storage::ensure_file(&state.store, &state.blobs, &id).map_err(|e| {
+                ApiError::bad_request(format!("file {id} is not readable: {e}"))
+                    .with_param("data_source.source.id")
+            })?;
             let text = std::fs::read_to_string(state.store.file_path(&id)).map_err(|e| {
                 ApiError::bad_request(format!("file {id} is not readable text: {e}"))
                     .with_param("data_source.source.id")

@@ -180,6 +180,7 @@ pub(crate) async fn upload(
         status_details,
     };
     let store = state.store.clone();
+    let blobs = state.blobs.clone();
     let stored = object.clone();
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
         // Renamed into place, and its folder synced, before the object that names it exists.
@@ -187,6 +188,18 @@ pub(crate) async fn upload(
             .map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))?;
         rft_types::paths::sync_parent(&final_path)
             .map_err(|e| ApiError::internal(format!("cannot store the upload: {e}")))?;
+        // In the blob store (S3) before the object exists: a worker on another machine that
+        // sees the file can always fetch it.
+        if !crate::job_storage::blobs_are_local(&store, &blobs) {
+            blobs
+                .put_file(&format!("files/{}", stored.id), &final_path)
+                .map_err(|e| {
+                    tracing::error!("cannot store the upload in the blob store: {e}");
+                    ApiError::unavailable(
+                        "The blob store did not take the upload; retry it shortly.",
+                    )
+                })?;
+        }
         store.insert_object("file", None, &stored)?;
         Ok(())
     })
@@ -275,6 +288,11 @@ pub(crate) async fn delete(
     existing(&state, &id)?;
     state.store.delete(&id)?;
     state.store.remove_blob(&id)?;
+    if !crate::job_storage::blobs_are_local(&state.store, &state.blobs) {
+        if let Err(e) = state.blobs.delete(&format!("files/{id}")) {
+            tracing::warn!("file {id}: its content stays in the blob store: {e}");
+        }
+    }
     Ok(Json(Deleted {
         id: DeletedId::Id(id),
         object: "file".into(),
@@ -288,6 +306,8 @@ pub(crate) async fn content(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let file = existing(&state, &id)?;
+    crate::job_storage::ensure_file(&state.store, &state.blobs, &id)
+        .map_err(|e| ApiError::internal(format!("cannot read the content of {id}: {e}")))?;
     let path = state.store.file_path(&id);
     let reader = tokio::fs::File::open(&path)
         .await

@@ -64,6 +64,7 @@ pub(crate) struct ModelRef {
 /// job is read, not every job.
 pub(crate) fn resolve(
     store: &Store,
+    blobs: &rft_store::blobs::Blobs,
     catalog: &Catalog,
     name: &str,
 ) -> Result<Option<ModelRef>, ApiError> {
@@ -90,19 +91,27 @@ pub(crate) fn resolve(
         return Ok(None);
     };
     let dir = store.job_dir(job_id);
-    if job.status == JobStatus::Succeeded && job.fine_tuned_model.as_deref() == Some(name) {
-        return Ok(Some(ModelRef {
-            base,
-            adapter: Some(dir.join("final")),
-        }));
+    // The adapter may have been trained by a worker on another machine: fetched from the
+    // blob store into this process's working copy on first use.
+    let rel = if job.status == JobStatus::Succeeded && job.fine_tuned_model.as_deref() == Some(name)
+    {
+        "final".to_owned()
+    } else {
+        let step = crate::job_storage::checkpoints(store, blobs, job_id)
+            .into_iter()
+            .find(|ckpt| ckpt.fine_tuned_model_checkpoint == name)
+            .map(|ckpt| ckpt.step_number);
+        match step {
+            Some(step) => format!("checkpoints/step-{step}"),
+            None => return Ok(None),
+        }
+    };
+    if !crate::job_storage::ensure_adapter(store, blobs, job_id, &rel) {
+        return Ok(None);
     }
-    let step = rft_train::checkpoints::read_checkpoints(&dir)
-        .into_iter()
-        .find(|ckpt| ckpt.fine_tuned_model_checkpoint == name)
-        .map(|ckpt| ckpt.step_number);
-    Ok(step.map(|step| ModelRef {
+    Ok(Some(ModelRef {
         base,
-        adapter: Some(dir.join(format!("checkpoints/step-{step}"))),
+        adapter: Some(dir.join(rel)),
     }))
 }
 
@@ -168,6 +177,8 @@ struct TokenPiece {
 pub(crate) struct Inference {
     queue: SyncSender<ChatJob>,
     catalog: Arc<Catalog>,
+    /// Where fine-tuned adapters are fetched from when a worker elsewhere trained them.
+    blobs: rft_store::blobs::Blobs,
     /// Adapters loaded at run time by name (`/v1/load_lora_adapter`).
     pub(crate) adapters: crate::adapters::LoadedAdapters,
 }
@@ -265,6 +276,7 @@ impl Inference {
     pub(crate) fn start(
         host: Arc<EngineHost>,
         catalog: Arc<Catalog>,
+        blobs: rft_store::blobs::Blobs,
         adapters: crate::adapters::LoadedAdapters,
         capacity: usize,
         batch_bytes: u64,
@@ -280,6 +292,7 @@ impl Inference {
         Inference {
             queue,
             catalog,
+            blobs,
             adapters,
         }
     }
@@ -292,7 +305,7 @@ impl Inference {
     /// What a model name stands for: a loaded adapter's name, then [`resolve`]'s names.
     pub(crate) fn resolve(&self, store: &Store, name: &str) -> Result<Option<ModelRef>, ApiError> {
         // Base and fine-tuned models first: a loaded adapter never shadows them.
-        if let Some(model) = resolve(store, &self.catalog, name)? {
+        if let Some(model) = resolve(store, &self.blobs, &self.catalog, name)? {
             return Ok(Some(model));
         }
         Ok(self.adapters.get(name))

@@ -18,11 +18,15 @@ mod evals;
 mod files;
 mod graders;
 mod inference;
+mod job_storage;
 mod jobs;
 #[cfg(feature = "loadtest")]
 pub mod loadtest;
 mod models;
 mod openapi;
+mod scheduler;
+
+pub use scheduler::{run_worker, run_worker_until, WorkerSettings};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,8 +45,19 @@ use error::ApiError;
 /// How the server runs.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// The data folder (database, files, jobs).
+    /// The data folder (SQLite's database, files, jobs; with PostgreSQL and S3, the local
+    /// working copy of what this process uses).
     pub data_dir: PathBuf,
+    /// The database: `None` for SQLite in the data folder, or a `postgres://` URL
+    /// (`--database`, `RFT_DATABASE_URL`).
+    pub database: Option<String>,
+    /// The blob store: `None` for the data folder, or `s3://bucket/prefix` (`--blobs`).
+    pub blobs: Option<String>,
+    /// Whether this process runs jobs (`rft serve`'s default); `false`: an API process only,
+    /// with `rft worker` processes running the jobs.
+    pub run_jobs: bool,
+    /// How long a worker's claim on a job lasts without a heartbeat.
+    pub lease: std::time::Duration,
     /// Accepted bearer keys; empty means no auth (then only loopback binding is allowed).
     pub api_keys: Vec<String>,
     /// Largest file upload, bytes (OpenAI: 512 MB).
@@ -91,6 +106,10 @@ impl ServerConfig {
     pub fn new(data_dir: PathBuf) -> ServerConfig {
         ServerConfig {
             data_dir,
+            database: None,
+            blobs: None,
+            run_jobs: true,
+            lease: std::time::Duration::from_secs(30),
             api_keys: Vec::new(),
             max_upload_bytes: 512 * 1024 * 1024,
             inference_queue: 256,
@@ -137,8 +156,10 @@ pub(crate) struct AppState {
     pub(crate) config: ServerConfig,
     /// The database and data folder.
     pub(crate) store: Arc<Store>,
+    /// Where files, checkpoints and adapters are kept.
+    pub(crate) blobs: rft_store::blobs::Blobs,
     /// The training scheduler.
-    pub(crate) scheduler: jobs::Scheduler,
+    pub(crate) scheduler: scheduler::Scheduler,
     /// The inference thread.
     pub(crate) inference: inference::Inference,
     /// The eval-run runners.
@@ -661,19 +682,27 @@ pub async fn serve_on(
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
-    let store = Arc::new(Store::open(&config.data_dir)?);
-    evals::fail_interrupted_runs(&store)?;
+    let (store, blobs) = open_storage(&config)?;
+    // Eval runs run in the process that created them: on SQLite (one machine) the runs a
+    // stopped process left are this server's. On PostgreSQL other API processes' runs may be
+    // going on.
+    if store.is_local() {
+        evals::fail_interrupted_runs(&store)?;
+    }
     let catalog = Arc::new(catalog::Catalog::new(&config));
     let device = rft_model::device::parse_device(&config.device).map_err(ServeError::Device)?;
     let host = Arc::new(rft_model::host::EngineHost::new(
         device,
         config.max_loaded_model_bytes,
     ));
-    let scheduler = jobs::Scheduler::start(
+    let scheduler = scheduler::Scheduler::start(
         store.clone(),
+        blobs.clone(),
         catalog.clone(),
         host.clone(),
         config.rollout.clone(),
+        WorkerSettings::new(config.lease),
+        config.run_jobs,
     )?;
     let tinker = rft_tinker::Tinker::start(rft_tinker::TinkerConfig {
         root: config.data_dir.join("tinker"),
@@ -687,6 +716,7 @@ pub async fn serve_on(
     let inference = inference::Inference::start(
         host.clone(),
         catalog,
+        blobs.clone(),
         adapters,
         config.inference_queue,
         config.max_batch_bytes,
@@ -699,6 +729,7 @@ pub async fn serve_on(
     let state = Arc::new(AppState {
         config,
         store,
+        blobs,
         scheduler,
         inference,
         eval_runs,
@@ -729,6 +760,27 @@ pub async fn serve_on(
     let scheduler = &state.scheduler;
     tokio::task::block_in_place(|| scheduler.shutdown());
     Ok(())
+}
+
+/// Opens the database and the blob store a configuration names (migrating the database).
+pub(crate) fn open_storage(
+    config: &ServerConfig,
+) -> Result<(Arc<Store>, rft_store::blobs::Blobs), ServeError> {
+    let store = Arc::new(Store::connect(
+        config.database.as_deref(),
+        &config.data_dir,
+    )?);
+    let blobs = match config.blobs.as_deref().filter(|b| !b.trim().is_empty()) {
+        None => rft_store::blobs::Blobs::local(&config.data_dir),
+        Some(spec) => rft_store::blobs::Blobs::open(spec, &config.data_dir),
+    }
+    .map_err(ServeError::Blobs)?;
+    tracing::info!(
+        "database {}, artefacts in {}",
+        store.describe(),
+        blobs.describe()
+    );
+    Ok((store, blobs))
 }
 
 /// A server running on a thread of its own (benchmarks, tests); stopped when dropped.
@@ -805,7 +857,7 @@ pub fn serve_blocking(config: ServerConfig, addr: SocketAddr) -> Result<(), Serv
     runtime.block_on(serve(config, addr))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -832,6 +884,9 @@ pub enum ServeError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] rft_store::StoreError),
+    /// The blob store could not be opened.
+    #[error("--blobs: {0}")]
+    Blobs(rft_store::blobs::BlobError),
     /// The address could not be bound or served.
     #[error("cannot serve on {addr}: {source}")]
     Bind {

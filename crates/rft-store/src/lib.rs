@@ -1,16 +1,25 @@
-//! OpenRFT's persistence: API objects in SQLite, file contents in a local folder.
+//! OpenRFT's persistence: API objects, job events and leases in a database (SQLite in the data
+//! folder by default, or PostgreSQL), artefacts in a blob store ([`blobs`]: the data folder by
+//! default, or S3).
 //!
 //! Layout of a data directory (`rft serve --data DIR`):
-//! - `openrft.db`: SQLite in WAL mode; one `objects` row per API object (its JSON body and the
-//!   columns lists filter on). Schema changes are numbered SQL files in `migrations/`, applied in
-//!   order and recorded in `PRAGMA user_version`.
+//! - `openrft.db`: SQLite in WAL mode (unless `--database postgres://…`); one `objects` row per
+//!   API object (its JSON body and the columns lists filter on), one `events` row per job event,
+//!   one `leases` row per job a worker has claimed. Schema changes are numbered SQL files in
+//!   `migrations/` (SQLite) and `migrations/postgres/`, applied in order at open.
 //! - `files/<file id>`: uploaded file contents, written to a temporary name, fsynced and renamed,
 //!   so a crash never leaves a half-written file under a served id.
-//! - `jobs/<job id>/`: a training job's folder, owned by the trainer (`rft-train`): its events,
-//!   checkpoints and optimizer state are the durable record of the job's progress.
+//! - `jobs/<job id>/`: a training job's working folder, owned by the trainer (`rft-train`).
 //!
-//! Objects are written once per state change, not per token or step, so one connection behind
-//! a mutex is plenty; WAL lets readers (other processes, backups) proceed during writes.
+//! Objects are written once per state change, not per token, so one SQLite connection behind a
+//! mutex is plenty; WAL lets readers (other processes, backups) proceed during writes.
+//! PostgreSQL gets a small pool of connections ([`db`]).
+//!
+//! Work is handed out with leases: [`Store::claim`] takes the oldest object of a kind and status
+//! that nobody holds (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so workers never wait on each other),
+//! [`Store::renew`] extends it and tells the holder whether it still holds it, and
+//! [`Store::requeue_expired`] gives the work of a vanished holder back to the queue. A lease's
+//! `epoch` counts its claims: a worker that lost its lease cannot renew or write under it again.
 //!
 //! The folder holds users' datasets and job outputs: the data folder, `files/` and `jobs/` are
 //! mode 0700, the database (with its `-wal` and `-shm`) and blobs 0600, set on every open so an
@@ -18,19 +27,28 @@
 //! blob written but never recorded, a temporary file never renamed.
 #![forbid(unsafe_code)]
 
+pub mod blobs;
+mod db;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
+use std::time::Duration;
 
-use rusqlite::types::Value as SqlValue;
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
-/// The migrations, in order; `PRAGMA user_version` counts those applied.
+pub use db::redact_url;
+use db::{Cell, Db, Dialect, Tx};
+
+/// SQLite's migrations, in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_objects.sql"),
     include_str!("../migrations/0002_list_indexes.sql"),
+    include_str!("../migrations/0003_events_leases.sql"),
 ];
+
+/// PostgreSQL's migrations, in order; the `rft_schema` table counts those applied.
+const PG_MIGRATIONS: &[&str] = &[include_str!("../migrations/postgres/0001_schema.sql")];
 
 /// The mode of the data folder, `files/` and `jobs/`: the owner's only.
 const DIR_MODE: u32 = 0o700;
@@ -48,6 +66,16 @@ pub enum StoreError {
         /// The error.
         source: rusqlite::Error,
     },
+    /// PostgreSQL refused a statement (a bug or a schema changed by hand, not an outage).
+    #[error("PostgreSQL: {0}")]
+    Postgres(String),
+    /// The database cannot be reached now (PostgreSQL restarting, the network down): the
+    /// request may be tried again. Never names a password.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The database URL or the store's settings are wrong.
+    #[error("{0}")]
+    Config(String),
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -78,8 +106,22 @@ pub enum StoreError {
     },
 }
 
-/// Which objects a list returns, and in which order. Every condition runs in SQLite, which
-/// reads only the page asked for (plus one row, for `has_more`).
+impl StoreError {
+    /// Whether trying again later may succeed (the database is restarting or unreachable).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) => true,
+            StoreError::Sqlite { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Which objects a list returns, and in which order. Every condition runs in the database,
+/// which reads only the page asked for (plus one row, for `has_more`).
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery<'a> {
     /// Only children of this parent (an eval's runs, a run's output items).
@@ -98,9 +140,9 @@ pub struct ListQuery<'a> {
     pub body: Vec<BodyFilter<'a>>,
 }
 
-/// A condition on an object's JSON body, checked by SQLite's JSON functions. `field` is a
-/// top-level key named in code (it becomes a JSON path); keys and values that come from API
-/// callers are bound as SQL parameters and compared as strings, never parsed as paths.
+/// A condition on an object's JSON body, checked by the database's JSON functions. `field` is a
+/// top-level key named in code; keys and values that come from API callers are bound as SQL
+/// parameters and compared as strings, never parsed as paths.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BodyFilter<'a> {
     /// `body[field]` is the string `value` (a file's `purpose`).
@@ -135,12 +177,35 @@ pub struct Page {
     pub has_more: bool,
 }
 
-/// The data directory: the database and the blob folders.
+/// A claim on an object: who holds it, and which claim it is. Renewing, releasing and writing
+/// under a lease all check both, so a holder that lost it (expired and claimed by another) can
+/// do none of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The object held.
+    pub id: String,
+    /// The holder (a worker's id).
+    pub owner: String,
+    /// The object's claim count when this lease was taken.
+    pub epoch: i64,
+}
+
+/// One stored job event: its global sequence number (ids are built from it) and body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Increases with every event written, whichever process wrote it.
+    pub seq: i64,
+    /// The event's JSON.
+    pub body: Value,
+}
+
+/// The database and the data directory.
 #[derive(Debug)]
 pub struct Store {
     root: PathBuf,
-    db_path: PathBuf,
-    conn: Mutex<Connection>,
+    db: Db,
+    /// Where the database is, for messages (a PostgreSQL URL without its password).
+    shown: String,
 }
 
 fn now() -> i64 {
@@ -150,61 +215,108 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 impl Store {
-    /// Opens (creating if needed) the data directory `root`, brings its schema up to date,
-    /// narrows its permissions and removes the blobs no file object refers to.
+    /// Opens (creating if needed) the data directory `root` with SQLite inside it, brings its
+    /// schema up to date, narrows its permissions and removes the blobs no file object refers to.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
+        Store::connect(None, root)
+    }
+
+    /// Opens the store on `database` (a `postgres://` or `postgresql://` URL; `None`, empty or
+    /// `sqlite` for SQLite in `root`), with `root` as the local data folder. Migrations run
+    /// here, on both databases; on PostgreSQL under an advisory lock, so processes starting
+    /// together migrate once.
+    pub fn connect(database: Option<&str>, root: &Path) -> Result<Store, StoreError> {
         for dir in [root.to_path_buf(), root.join("files"), root.join("jobs")] {
             private_dir(&dir)?;
         }
-        let db_path = root.join("openrft.db");
-        // Created owner-only before SQLite opens it, so it is never readable by others, even
-        // for a moment; SQLite gives the -wal and -shm files the database's mode.
-        private_file(&db_path, true)?;
-        let sql = |source| StoreError::Sqlite {
-            path: db_path.clone(),
-            source,
+        let store = match database.map(str::trim).filter(|d| !d.is_empty() && *d != "sqlite") {
+            None => {
+                let db = open_sqlite(&root.join("openrft.db"))?;
+                let shown = db.path.display().to_string();
+                Store {
+                    root: root.to_path_buf(),
+                    db: Db::Sqlite(db),
+                    shown,
+                }
+            }
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                let db = db::Postgres::new(url)?;
+                let shown = db.shown.clone();
+                let store = Store {
+                    root: root.to_path_buf(),
+                    db: Db::Postgres(db),
+                    shown,
+                };
+                store.migrate_postgres()?;
+                store
+            }
+            Some(other) => {
+                return Err(StoreError::Config(format!(
+                    "--database {}: not a database URL; use postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, or leave it out for SQLite in the data folder",
+                    redact_url(other)
+                )))
+            }
         };
-        let conn = Connection::open(&db_path).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(sql)?;
-        // FULL: every commit fsyncs the WAL, so a change the API acknowledged survives kill -9
-        // and power loss; objects change a few times per job, so the cost is nothing.
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(sql)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sql)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(sql)?;
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::TooNew {
-                path: db_path,
-                found: version,
-                known,
-            });
+        if store.is_local() {
+            store.collect_orphan_blobs()?;
         }
-        for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.unchecked_transaction().map_err(sql)?;
-            tx.execute_batch(migration).map_err(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)
-                .map_err(sql)?;
-            tx.commit().map_err(sql)?;
-        }
-        // Files an older version, or a copy, left readable by others.
-        for suffix in ["-wal", "-shm"] {
-            let mut name = db_path.clone().into_os_string();
-            name.push(suffix);
-            private_file(Path::new(&name), false)?;
-        }
-        let store = Store {
-            root: root.to_path_buf(),
-            db_path,
-            conn: Mutex::new(conn),
-        };
-        store.collect_orphan_blobs()?;
         Ok(store)
+    }
+
+    fn migrate_postgres(&self) -> Result<(), StoreError> {
+        self.db.transaction(|tx| {
+            // One migrating process at a time; the others wait here, then find nothing to do.
+            tx.rows("SELECT pg_advisory_xact_lock(7265727466)::text", &[])?;
+            tx.exec(
+                "CREATE TABLE IF NOT EXISTS rft_schema (version BIGINT NOT NULL)",
+                &[],
+            )?;
+            let version = tx
+                .rows("SELECT COALESCE(MAX(version), 0) FROM rft_schema", &[])?
+                .first()
+                .and_then(|r| r.first().and_then(Cell::int))
+                .unwrap_or(0);
+            let known = PG_MIGRATIONS.len() as i64;
+            if version > known {
+                return Err(StoreError::TooNew {
+                    path: PathBuf::from(&self.shown),
+                    found: version,
+                    known,
+                });
+            }
+            for (i, migration) in PG_MIGRATIONS.iter().enumerate().skip(version as usize) {
+                // Comments first: they may hold a ';'. The files have no strings with one.
+                let code: String = migration
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                for statement in code.split(';').filter(|s| !s.trim().is_empty()) {
+                    tx.exec(statement, &[])?;
+                }
+                tx.exec(
+                    "INSERT INTO rft_schema (version) VALUES (?)",
+                    &[Cell::Int(i as i64 + 1)],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether this store's database is SQLite in its data folder (one machine); PostgreSQL is
+    /// shared by processes on many.
+    pub fn is_local(&self) -> bool {
+        matches!(self.db, Db::Sqlite(_))
+    }
+
+    /// Where the database is, for logs: SQLite's file, or PostgreSQL's URL without a password.
+    pub fn describe(&self) -> &str {
+        &self.shown
     }
 
     /// Removes what a crash leaves in `files/`: a blob written but never recorded (a kill
@@ -212,16 +324,16 @@ impl Store {
     /// and its blob) and temporary files never renamed. Runs at open, before the server
     /// accepts uploads: the store assumes no other process writes to its folder.
     fn collect_orphan_blobs(&self) -> Result<(), StoreError> {
-        let ids: HashSet<String> = {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare("SELECT id FROM objects WHERE kind = 'file'")
-                .map_err(|e| self.sql(e))?;
-            let rows = stmt
-                .query_map([], |r| r.get::<_, String>(0))
-                .map_err(|e| self.sql(e))?;
-            rows.collect::<Result<_, _>>().map_err(|e| self.sql(e))?
-        };
+        let ids: HashSet<String> = self
+            .db
+            .read(|tx| tx.rows("SELECT id FROM objects WHERE kind = 'file'", &[]))?
+            .into_iter()
+            .filter_map(|r| {
+                r.into_iter()
+                    .next()
+                    .and_then(|c| c.text().map(str::to_owned))
+            })
+            .collect();
         let dir = self.root.join("files");
         let io = |path: &Path| {
             let path = path.to_owned();
@@ -284,19 +396,6 @@ impl Store {
         self.root.join("jobs").join(job_id)
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
-        // back), so a poisoned lock is safe to keep using.
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn sql(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite {
-            path: self.db_path.clone(),
-            source,
-        }
-    }
-
     /// Writes a file's content durably (temporary name, fsync, rename, fsync of the folder),
     /// readable by the owner only. Insert its object next: until then, a restart removes it.
     pub fn write_blob(&self, file_id: &str, content: &[u8]) -> Result<(), StoreError> {
@@ -321,97 +420,127 @@ impl Store {
     /// Inserts a new object. `body` must have `id`; `status` and `created_at` are read from it
     /// when present.
     pub fn insert(&self, kind: &str, parent: Option<&str>, body: &Value) -> Result<(), StoreError> {
-        let id = body["id"].as_str().unwrap_or_default();
-        let created = body["created_at"].as_i64().unwrap_or_else(now);
-        self.conn()
-            .execute(
+        let params = [
+            Cell::from(kind),
+            Cell::from(body["id"].as_str().unwrap_or_default()),
+            Cell::from(parent),
+            Cell::from(body["status"].as_str()),
+            Cell::Int(body["created_at"].as_i64().unwrap_or_else(now)),
+            Cell::Int(now()),
+            Cell::Text(body.to_string()),
+        ];
+        self.db.transaction(|tx| {
+            tx.exec(
                 "INSERT INTO objects (kind, id, parent, status, created_at, updated_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    kind,
-                    id,
-                    parent,
-                    body["status"].as_str(),
-                    created,
-                    now(),
-                    body.to_string()
-                ],
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                &params,
             )
-            .map_err(|e| self.sql(e))?;
+        })?;
         Ok(())
     }
 
     /// Replaces an object's body (and its status column). Returns false if it does not exist.
     pub fn update(&self, id: &str, body: &Value) -> Result<bool, StoreError> {
-        let n = self
-            .conn()
-            .execute(
-                "UPDATE objects SET body = ?2, status = ?3, updated_at = ?4 WHERE id = ?1",
-                params![id, body.to_string(), body["status"].as_str(), now()],
+        let params = [
+            Cell::Text(body.to_string()),
+            Cell::from(body["status"].as_str()),
+            Cell::Int(now()),
+            Cell::from(id),
+        ];
+        let n = self.db.transaction(|tx| {
+            tx.exec(
+                "UPDATE objects SET body = ?, status = ?, updated_at = ? WHERE id = ?",
+                &params,
             )
-            .map_err(|e| self.sql(e))?;
+        })?;
         Ok(n > 0)
     }
 
-    /// Reads, changes and writes one object in a transaction, so concurrent updates (the API
-    /// and the scheduler) never lose each other's changes. Returns the new body, or `None` if
-    /// the object does not exist. `change` returning `Err` leaves the object unchanged.
-    pub fn modify<E>(
+    /// Reads, changes and writes one object in a transaction (the row locked on PostgreSQL), so
+    /// concurrent updates (the API and the scheduler, or two processes) never lose each other's
+    /// changes. Returns the new body, or `None` if the object does not exist. `change`
+    /// returning `Err` leaves the object unchanged.
+    pub fn modify<E: Send>(
         &self,
         id: &str,
-        change: impl FnOnce(&mut Value) -> Result<(), E>,
+        change: impl FnOnce(&mut Value) -> Result<(), E> + Send,
     ) -> Result<Option<Result<Value, E>>, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.sql(e))?;
-        let body: Option<String> = tx
-            .query_row("SELECT body FROM objects WHERE id = ?1", [id], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.sql(e))?;
-        let Some(body) = body else {
-            return Ok(None);
-        };
-        let mut value = self.parse(id, &body)?;
-        if let Err(e) = change(&mut value) {
-            return Ok(Some(Err(e)));
-        }
-        tx.execute(
-            "UPDATE objects SET body = ?2, status = ?3, updated_at = ?4 WHERE id = ?1",
-            params![id, value.to_string(), value["status"].as_str(), now()],
-        )
-        .map_err(|e| self.sql(e))?;
-        tx.commit().map_err(|e| self.sql(e))?;
-        Ok(Some(Ok(value)))
+        self.modify_under(None, id, change)
     }
 
-    /// Deletes an object and all its descendants (an eval's runs and their output items) in
-    /// one transaction: a crash or an error leaves all of them or none. Returns false if the
-    /// object did not exist.
+    /// [`Store::modify`] only while `lease` is held: `None` when the object is gone or the
+    /// lease was lost (expired and taken by another, or released).
+    pub fn modify_leased<E: Send>(
+        &self,
+        lease: &Lease,
+        change: impl FnOnce(&mut Value) -> Result<(), E> + Send,
+    ) -> Result<Option<Result<Value, E>>, StoreError> {
+        self.modify_under(Some(lease), &lease.id, change)
+    }
+
+    fn modify_under<E: Send>(
+        &self,
+        lease: Option<&Lease>,
+        id: &str,
+        change: impl FnOnce(&mut Value) -> Result<(), E> + Send,
+    ) -> Result<Option<Result<Value, E>>, StoreError> {
+        self.db.transaction(|tx| {
+            let select = format!(
+                "SELECT body FROM objects WHERE id = ?{}",
+                tx.dialect().for_update()
+            );
+            let Some(body) = first_text(tx.rows(&select, &[Cell::from(id)])?) else {
+                return Ok(None);
+            };
+            if let Some(lease) = lease {
+                if !holds(tx, lease)? {
+                    return Ok(None);
+                }
+            }
+            let mut value = self.parse(id, &body)?;
+            if let Err(e) = change(&mut value) {
+                return Ok(Some(Err(e)));
+            }
+            tx.exec(
+                "UPDATE objects SET body = ?, status = ?, updated_at = ? WHERE id = ?",
+                &[
+                    Cell::Text(value.to_string()),
+                    Cell::from(value["status"].as_str()),
+                    Cell::Int(now()),
+                    Cell::from(id),
+                ],
+            )?;
+            Ok(Some(Ok(value)))
+        })
+    }
+
+    /// Deletes an object and all its descendants (an eval's runs and their output items), its
+    /// events and its lease in one transaction: a crash or an error leaves all of them or none.
+    /// Returns false if the object did not exist.
     pub fn delete(&self, id: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction().map_err(|e| self.sql(e))?;
-        let existed = tx
-            .query_row("SELECT 1 FROM objects WHERE id = ?1", [id], |_| Ok(()))
-            .optional()
-            .map_err(|e| self.sql(e))?
-            .is_some();
-        // UNION (not UNION ALL) visits each id once, so even a cycle of parents ends.
-        tx.execute(
-            "WITH RECURSIVE doomed(id) AS (
-                 SELECT ?1
-                 UNION
-                 SELECT o.id FROM objects o JOIN doomed d ON o.parent = d.id
-             )
-             DELETE FROM objects WHERE id IN (SELECT id FROM doomed)",
-            [id],
-        )
-        .map_err(|e| self.sql(e))?;
-        tx.commit().map_err(|e| self.sql(e))?;
-        Ok(existed)
+        self.db.transaction(|tx| {
+            let existed = !tx
+                .rows("SELECT 1 FROM objects WHERE id = ?", &[Cell::from(id)])?
+                .is_empty();
+            // UNION (not UNION ALL) visits each id once, so even a cycle of parents ends.
+            tx.exec(
+                "WITH RECURSIVE doomed(id) AS (
+                     SELECT CAST(? AS TEXT)
+                     UNION
+                     SELECT o.id FROM objects o JOIN doomed d ON o.parent = d.id
+                 )
+                 DELETE FROM objects WHERE id IN (SELECT id FROM doomed)",
+                &[Cell::from(id)],
+            )?;
+            tx.exec("DELETE FROM events WHERE job_id = ?", &[Cell::from(id)])?;
+            tx.exec("DELETE FROM leases WHERE id = ?", &[Cell::from(id)])?;
+            Ok(existed)
+        })
     }
 
     fn parse(&self, id: &str, body: &str) -> Result<Value, StoreError> {
         serde_json::from_str(body).map_err(|e| StoreError::Corrupt {
-            path: self.db_path.clone(),
+            path: PathBuf::from(&self.shown),
             id: id.to_owned(),
             message: e.to_string(),
         })
@@ -419,20 +548,17 @@ impl Store {
 
     /// One object of `kind` by id.
     pub fn get(&self, kind: &str, id: &str) -> Result<Option<Value>, StoreError> {
-        let body: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT body FROM objects WHERE kind = ?1 AND id = ?2",
-                [kind, id],
-                |r| r.get(0),
+        let rows = self.db.read(|tx| {
+            tx.rows(
+                "SELECT body FROM objects WHERE kind = ? AND id = ?",
+                &[Cell::from(kind), Cell::from(id)],
             )
-            .optional()
-            .map_err(|e| self.sql(e))?;
-        body.map(|b| self.parse(id, &b)).transpose()
+        })?;
+        first_text(rows).map(|b| self.parse(id, &b)).transpose()
     }
 
-    /// Every object of `kind` with one of `statuses`, oldest first. The filter runs in SQLite
-    /// (the `status` column is indexed): the scheduler polls this every second.
+    /// Every object of `kind` with one of `statuses`, oldest first. The filter runs in the
+    /// database (the `status` column is indexed): schedulers poll this.
     pub fn with_status(&self, kind: &str, statuses: &[&str]) -> Result<Vec<Value>, StoreError> {
         let placeholders = vec!["?"; statuses.len()].join(", ");
         self.query(
@@ -471,10 +597,7 @@ impl Store {
         sql: &str,
         params: impl IntoIterator<Item = &'a str>,
     ) -> Result<Vec<Value>, StoreError> {
-        let params = params
-            .into_iter()
-            .map(|p| SqlValue::Text(p.to_owned()))
-            .collect();
+        let params = params.into_iter().map(Cell::from).collect();
         self.query_values(sql, params)
     }
 
@@ -504,16 +627,43 @@ impl Store {
     pub fn modify_object<T, E>(
         &self,
         id: &str,
-        change: impl FnOnce(&mut T) -> Result<(), E>,
+        change: impl FnOnce(&mut T) -> Result<(), E> + Send,
     ) -> Result<Option<Result<T, E>>, StoreError>
     where
-        T: serde::Serialize + serde::de::DeserializeOwned,
+        T: serde::Serialize + serde::de::DeserializeOwned + Send,
+        E: Send,
+    {
+        self.modify_object_under(None, id, change)
+    }
+
+    /// [`Store::modify_leased`] of a typed object.
+    pub fn modify_object_leased<T, E>(
+        &self,
+        lease: &Lease,
+        change: impl FnOnce(&mut T) -> Result<(), E> + Send,
+    ) -> Result<Option<Result<T, E>>, StoreError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Send,
+        E: Send,
+    {
+        self.modify_object_under(Some(lease), &lease.id, change)
+    }
+
+    fn modify_object_under<T, E>(
+        &self,
+        lease: Option<&Lease>,
+        id: &str,
+        change: impl FnOnce(&mut T) -> Result<(), E> + Send,
+    ) -> Result<Option<Result<T, E>>, StoreError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Send,
+        E: Send,
     {
         let mut failure = None;
         let mut typed_error = None;
         // The changed object itself is returned: no second parse of what was just written.
         let mut changed_object = None;
-        let changed = self.modify(id, |body| {
+        let changed = self.modify_under(lease, id, |body| {
             let mut object: T = match serde_json::from_value(body.take()) {
                 Ok(object) => object,
                 Err(e) => {
@@ -539,7 +689,7 @@ impl Store {
         })?;
         if let Some(message) = typed_error {
             return Err(StoreError::Corrupt {
-                path: self.db_path.clone(),
+                path: PathBuf::from(&self.shown),
                 id: id.to_owned(),
                 message,
             });
@@ -593,7 +743,7 @@ impl Store {
 
     fn to_body<T: serde::Serialize>(&self, object: &T) -> Result<Value, StoreError> {
         serde_json::to_value(object).map_err(|e| StoreError::Corrupt {
-            path: self.db_path.clone(),
+            path: PathBuf::from(&self.shown),
             id: "(new object)".into(),
             message: e.to_string(),
         })
@@ -610,27 +760,26 @@ impl Store {
             .unwrap_or(id)
             .to_owned();
         serde_json::from_value(body).map_err(|e| StoreError::Corrupt {
-            path: self.db_path.clone(),
+            path: PathBuf::from(&self.shown),
             id,
             message: e.to_string(),
         })
     }
 
     /// A page of objects of `kind` in creation order, starting after the cursor: filtering,
-    /// ordering and the limit all run in SQLite, so a page costs the same however many objects
-    /// there are.
+    /// ordering and the limit all run in the database, so a page costs the same however many
+    /// objects there are.
     pub fn list(&self, kind: &str, query: &ListQuery<'_>) -> Result<Page, StoreError> {
-        let text = |s: &str| SqlValue::Text(s.to_owned());
-        let path = |field: &str| SqlValue::Text(format!("$.{field}"));
+        let dialect = self.dialect();
         let mut sql = String::from("SELECT id, body FROM objects WHERE kind = ?");
-        let mut params = vec![text(kind)];
+        let mut params = vec![Cell::from(kind)];
         if let Some(parent) = query.parent {
             sql.push_str(" AND parent = ?");
-            params.push(text(parent));
+            params.push(Cell::from(parent));
         }
         if let Some(status) = query.status {
             sql.push_str(" AND status = ?");
-            params.push(text(status));
+            params.push(Cell::from(status));
         }
         if let Some(after) = query.after {
             // NULL for an unknown cursor, and `seq > NULL` holds for no row: an empty page.
@@ -639,30 +788,42 @@ impl Store {
             } else {
                 " AND seq > (SELECT seq FROM objects WHERE id = ? AND kind = ?)"
             });
-            params.extend([text(after), text(kind)]);
+            params.extend([Cell::from(after), Cell::from(kind)]);
         }
         for filter in &query.body {
             match *filter {
                 BodyFilter::Equals { field, value } => {
-                    sql.push_str(" AND json_type(body, ?) = 'text' AND json_extract(body, ?) = ?");
-                    params.extend([path(field), path(field), text(value)]);
+                    sql.push_str(dialect.body_equals());
+                    params.extend([
+                        dialect.field(field),
+                        dialect.field(field),
+                        Cell::from(value),
+                    ]);
                 }
                 BodyFilter::EntryEquals { field, key, value } => {
-                    // The key is compared with json_each's `key` column rather than spliced
-                    // into a JSON path, so no key can escape it (`a.b`, `"`, `[0]`).
-                    sql.push_str(
-                        " AND EXISTS (SELECT 1 FROM json_each(objects.body, ?)
-                           WHERE json_each.key = ? AND json_each.type = 'text'
-                             AND json_each.value = ?)",
-                    );
-                    params.extend([path(field), text(key), text(value)]);
+                    sql.push_str(dialect.body_entry_equals());
+                    match dialect {
+                        Dialect::Sqlite => params.extend([
+                            dialect.field(field),
+                            Cell::from(key),
+                            Cell::from(value),
+                        ]),
+                        Dialect::Postgres => params.extend([
+                            dialect.field(field),
+                            dialect.field(field),
+                            Cell::from(key),
+                            dialect.field(field),
+                            Cell::from(key),
+                            dialect.field(field),
+                            Cell::from(key),
+                            Cell::from(value),
+                        ]),
+                    }
                 }
                 BodyFilter::Empty { field } => {
-                    sql.push_str(
-                        " AND (json_type(body, ?) IS NULL OR json_type(body, ?) = 'null'
-                           OR (json_type(body, ?) = 'object' AND json_extract(body, ?) = '{}'))",
-                    );
-                    params.extend([path(field), path(field), path(field), path(field)]);
+                    let (clause, times) = dialect.body_empty();
+                    sql.push_str(clause);
+                    params.extend(std::iter::repeat_n(dialect.field(field), times));
                 }
             }
         }
@@ -674,28 +835,394 @@ impl Store {
         // One more than asked tells whether more follow. SQLite reads a negative LIMIT as
         // none, so usize::MAX must not wrap.
         let fetch = i64::try_from(query.limit.saturating_add(1)).unwrap_or(i64::MAX);
-        params.push(SqlValue::Integer(fetch));
+        params.push(Cell::Int(fetch));
         let mut data = self.query_values(&sql, params)?;
         let has_more = data.len() > query.limit;
         data.truncate(query.limit);
         Ok(Page { data, has_more })
     }
 
-    fn query_values(&self, sql: &str, params: Vec<SqlValue>) -> Result<Vec<Value>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(sql).map_err(|e| self.sql(e))?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(params), |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-            })
-            .map_err(|e| self.sql(e))?;
-        let mut out = Vec::new();
+    fn dialect(&self) -> Dialect {
+        match self.db {
+            Db::Sqlite(_) => Dialect::Sqlite,
+            Db::Postgres(_) => Dialect::Postgres,
+        }
+    }
+
+    fn query_values(&self, sql: &str, params: Vec<Cell>) -> Result<Vec<Value>, StoreError> {
+        let rows = self.db.read(|tx| tx.rows(sql, &params))?;
+        let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            let (id, body) = row.map_err(|e| self.sql(e))?;
-            out.push(self.parse(&id, &body)?);
+            let id = row.first().and_then(Cell::text).unwrap_or_default();
+            let body = row.get(1).and_then(Cell::text).unwrap_or_default();
+            out.push(self.parse(id, body)?);
         }
         Ok(out)
     }
+
+    // -----------------------------------------------------------------------------------------
+    // Events
+
+    /// Appends an event to job `job_id`'s log unless one with the same `key` is there already;
+    /// `build` makes its body from the sequence number the database gives it. Returns the
+    /// stored event (the earlier one, for a key already written) and whether it is new.
+    pub fn append_event(
+        &self,
+        job_id: &str,
+        key: &str,
+        build: impl FnOnce(i64) -> Value + Send,
+    ) -> Result<(StoredEvent, bool), StoreError> {
+        self.db.transaction(|tx| {
+            let existing = tx.rows(
+                "SELECT seq, body FROM events WHERE job_id = ? AND key = ?",
+                &[Cell::from(job_id), Cell::from(key)],
+            )?;
+            if let Some(row) = existing.into_iter().next() {
+                return Ok((self.event_row(row)?, false));
+            }
+            // The body needs the sequence number the row gets: insert, then fill it in.
+            let inserted = tx.rows(
+                "INSERT INTO events (job_id, key, created_at, body) VALUES (?, ?, ?, '{}')
+                 ON CONFLICT (job_id, key) DO NOTHING RETURNING seq",
+                &[Cell::from(job_id), Cell::from(key), Cell::Int(now())],
+            )?;
+            let Some(seq) = inserted.first().and_then(|r| r.first()).and_then(Cell::int) else {
+                // Written by another transaction between the two statements (PostgreSQL's
+                // READ COMMITTED): that one stands.
+                let row = tx
+                    .rows(
+                        "SELECT seq, body FROM events WHERE job_id = ? AND key = ?",
+                        &[Cell::from(job_id), Cell::from(key)],
+                    )?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| {
+                        StoreError::Postgres("an event vanished while written".into())
+                    })?;
+                return Ok((self.event_row(row)?, false));
+            };
+            let body = build(seq);
+            tx.exec(
+                "UPDATE events SET body = ? WHERE seq = ?",
+                &[Cell::Text(body.to_string()), Cell::Int(seq)],
+            )?;
+            Ok((StoredEvent { seq, body }, true))
+        })
+    }
+
+    fn event_row(&self, row: Vec<Cell>) -> Result<StoredEvent, StoreError> {
+        let seq = row.first().and_then(Cell::int).unwrap_or_default();
+        let body = row.get(1).and_then(Cell::text).unwrap_or("{}");
+        Ok(StoredEvent {
+            seq,
+            body: self.parse(&format!("event {seq}"), body)?,
+        })
+    }
+
+    /// Job `job_id`'s events, oldest first.
+    pub fn events(&self, job_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let rows = self.db.read(|tx| {
+            tx.rows(
+                "SELECT seq, body FROM events WHERE job_id = ? ORDER BY seq ASC",
+                &[Cell::from(job_id)],
+            )
+        })?;
+        rows.into_iter().map(|row| self.event_row(row)).collect()
+    }
+
+    /// How many events job `job_id` has.
+    pub fn event_count(&self, job_id: &str) -> Result<usize, StoreError> {
+        let rows = self.db.read(|tx| {
+            tx.rows(
+                "SELECT COUNT(*) FROM events WHERE job_id = ?",
+                &[Cell::from(job_id)],
+            )
+        })?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(Cell::int)
+            .unwrap_or(0) as usize)
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Leases
+
+    /// Claims the oldest object of `kind` in `status` that no live lease holds, for `owner`
+    /// until `duration` from now (the database's clock), and applies `change` to it (a status
+    /// change, typically) in the same transaction. `None` when there is nothing to claim.
+    /// On PostgreSQL the candidate row is locked with `SKIP LOCKED`: workers claiming at once
+    /// each get a different object, and none waits for another.
+    pub fn claim<T>(
+        &self,
+        kind: &str,
+        status: &str,
+        owner: &str,
+        duration: Duration,
+        change: impl FnOnce(&mut T) + Send,
+    ) -> Result<Option<(T, Lease)>, StoreError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Send,
+    {
+        self.db.transaction(|tx| {
+            let d = tx.dialect();
+            let select = format!(
+                "SELECT o.id, o.body FROM objects o
+                 WHERE o.kind = ? AND o.status = ?
+                   AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = o.id AND l.owner <> ''
+                                   AND l.expires_at > {now})
+                 ORDER BY o.seq ASC LIMIT 1{lock}",
+                now = d.now_ms(),
+                lock = d.skip_locked(),
+            );
+            let Some(row) = tx
+                .rows(&select, &[Cell::from(kind), Cell::from(status)])?
+                .into_iter()
+                .next()
+            else {
+                return Ok(None);
+            };
+            let id = row
+                .first()
+                .and_then(Cell::text)
+                .unwrap_or_default()
+                .to_owned();
+            let body = row.get(1).and_then(Cell::text).unwrap_or_default();
+            let mut object: T = self.parse_body(&id, self.parse(&id, body)?)?;
+            change(&mut object);
+            let value = self.to_body(&object)?;
+            tx.exec(
+                "UPDATE objects SET body = ?, status = ?, updated_at = ? WHERE id = ?",
+                &[
+                    Cell::Text(value.to_string()),
+                    Cell::from(value["status"].as_str()),
+                    Cell::Int(now()),
+                    Cell::from(id.as_str()),
+                ],
+            )?;
+            let upsert = format!(
+                "INSERT INTO leases (id, owner, epoch, expires_at) VALUES (?, ?, 1, {now} + ?)
+                 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner,
+                     epoch = leases.epoch + 1, expires_at = excluded.expires_at
+                 RETURNING epoch",
+                now = d.now_ms()
+            );
+            let epoch = tx
+                .rows(
+                    &upsert,
+                    &[
+                        Cell::from(id.as_str()),
+                        Cell::from(owner),
+                        Cell::Int(millis(duration)),
+                    ],
+                )?
+                .first()
+                .and_then(|r| r.first())
+                .and_then(Cell::int)
+                .unwrap_or(1);
+            Ok(Some((
+                object,
+                Lease {
+                    id,
+                    owner: owner.to_owned(),
+                    epoch,
+                },
+            )))
+        })
+    }
+
+    /// Extends `lease` to `duration` from now and returns the object's current body (so the
+    /// holder sees a pause or cancel set meanwhile); `None` when the lease is no longer held
+    /// (expired and claimed by another, or released): the holder must stop.
+    pub fn renew(&self, lease: &Lease, duration: Duration) -> Result<Option<Value>, StoreError> {
+        let rows = self.db.transaction(|tx| {
+            let sql = format!(
+                "UPDATE leases SET expires_at = {} + ? WHERE id = ? AND owner = ? AND epoch = ?",
+                tx.dialect().now_ms()
+            );
+            let n = tx.exec(
+                &sql,
+                &[
+                    Cell::Int(millis(duration)),
+                    Cell::from(lease.id.as_str()),
+                    Cell::from(lease.owner.as_str()),
+                    Cell::Int(lease.epoch),
+                ],
+            )?;
+            if n == 0 {
+                return Ok(None);
+            }
+            tx.rows(
+                "SELECT body FROM objects WHERE id = ?",
+                &[Cell::from(lease.id.as_str())],
+            )
+            .map(Some)
+        })?;
+        match rows {
+            None => Ok(None),
+            Some(rows) => first_text(rows)
+                .map(|b| self.parse(&lease.id, &b))
+                .transpose(),
+        }
+    }
+
+    /// Gives `lease` up (if still held): the object can be claimed at once. Its epoch stays, so
+    /// the next claim's is higher.
+    pub fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
+        let n = self.db.transaction(|tx| {
+            tx.exec(
+                "UPDATE leases SET owner = '', expires_at = 0 WHERE id = ? AND owner = ? AND epoch = ?",
+                &[
+                    Cell::from(lease.id.as_str()),
+                    Cell::from(lease.owner.as_str()),
+                    Cell::Int(lease.epoch),
+                ],
+            )
+        })?;
+        Ok(n > 0)
+    }
+
+    /// Whether `lease` is still held (not expired, not taken over).
+    pub fn holds(&self, lease: &Lease) -> Result<bool, StoreError> {
+        self.db.read(|tx| holds(tx, lease))
+    }
+
+    /// Objects of `kind` in status `from` whose lease expired (or that have none, or whose
+    /// holder `is_gone` says has stopped) are moved to status `to` by `change`, and their
+    /// leases ended: another worker claims them next. Returns their ids.
+    pub fn requeue_expired<T>(
+        &self,
+        kind: &str,
+        from: &str,
+        is_gone: &(dyn Fn(&str) -> bool + Sync),
+        change: impl Fn(&mut T) + Send + Sync,
+    ) -> Result<Vec<String>, StoreError>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Send,
+    {
+        self.db.transaction(|tx| {
+            let d = tx.dialect();
+            let select = format!(
+                "SELECT o.id, o.body, COALESCE(l.owner, ''), COALESCE(l.expires_at, 0) <= {now}
+                 FROM objects o LEFT JOIN leases l ON l.id = o.id
+                 WHERE o.kind = ? AND o.status = ?
+                 ORDER BY o.seq ASC{lock}",
+                now = d.now_ms(),
+                lock = match d {
+                    Dialect::Sqlite => "",
+                    Dialect::Postgres => " FOR UPDATE OF o SKIP LOCKED",
+                },
+            );
+            let mut moved = Vec::new();
+            for row in tx.rows(&select, &[Cell::from(kind), Cell::from(from)])? {
+                let id = row
+                    .first()
+                    .and_then(Cell::text)
+                    .unwrap_or_default()
+                    .to_owned();
+                let owner = row.get(2).and_then(Cell::text).unwrap_or_default();
+                let expired = row.get(3).and_then(Cell::int).unwrap_or(1) != 0;
+                if !(expired || owner.is_empty() || is_gone(owner)) {
+                    continue;
+                }
+                let body = row.get(1).and_then(Cell::text).unwrap_or_default();
+                let mut object: T = self.parse_body(&id, self.parse(&id, body)?)?;
+                change(&mut object);
+                let value = self.to_body(&object)?;
+                tx.exec(
+                    "UPDATE objects SET body = ?, status = ?, updated_at = ? WHERE id = ?",
+                    &[
+                        Cell::Text(value.to_string()),
+                        Cell::from(value["status"].as_str()),
+                        Cell::Int(now()),
+                        Cell::from(id.as_str()),
+                    ],
+                )?;
+                tx.exec(
+                    "UPDATE leases SET owner = '', expires_at = 0 WHERE id = ?",
+                    &[Cell::from(id.as_str())],
+                )?;
+                moved.push(id);
+            }
+            Ok(moved)
+        })
+    }
+}
+
+/// Whether `lease` is held, read inside a transaction.
+fn holds(tx: &mut dyn Tx, lease: &Lease) -> Result<bool, StoreError> {
+    let sql = format!(
+        "SELECT 1 FROM leases WHERE id = ? AND owner = ? AND epoch = ? AND expires_at > {}",
+        tx.dialect().now_ms()
+    );
+    Ok(!tx
+        .rows(
+            &sql,
+            &[
+                Cell::from(lease.id.as_str()),
+                Cell::from(lease.owner.as_str()),
+                Cell::Int(lease.epoch),
+            ],
+        )?
+        .is_empty())
+}
+
+fn first_text(rows: Vec<Vec<Cell>>) -> Option<String> {
+    rows.into_iter()
+        .next()
+        .and_then(|r| r.into_iter().next())
+        .and_then(|c| match c {
+            Cell::Text(s) => Some(s),
+            _ => None,
+        })
+}
+
+/// Opens SQLite at `db_path` (owner-only), in WAL mode with every commit fsynced, and applies
+/// the migrations it lacks.
+fn open_sqlite(db_path: &Path) -> Result<db::Sqlite, StoreError> {
+    // Created owner-only before SQLite opens it, so it is never readable by others, even for a
+    // moment; SQLite gives the -wal and -shm files the database's mode.
+    private_file(db_path, true)?;
+    let sql = |source| StoreError::Sqlite {
+        path: db_path.to_owned(),
+        source,
+    };
+    let conn = rusqlite::Connection::open(db_path).map_err(sql)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(sql)?;
+    // FULL: every commit fsyncs the WAL, so a change the API acknowledged survives kill -9
+    // and power loss; objects change a few times per job, so the cost is nothing.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sql)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(sql)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(sql)?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::TooNew {
+            path: db_path.to_owned(),
+            found: version,
+            known,
+        });
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction().map_err(sql)?;
+        tx.execute_batch(migration).map_err(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)
+            .map_err(sql)?;
+        tx.commit().map_err(sql)?;
+    }
+    // Files an older version, or a copy, left readable by others.
+    for suffix in ["-wal", "-shm"] {
+        let mut name = db_path.to_owned().into_os_string();
+        name.push(suffix);
+        private_file(Path::new(&name), false)?;
+    }
+    Ok(db::Sqlite {
+        path: db_path.to_owned(),
+        conn: Mutex::new(conn),
+    })
 }
 
 /// Creates `dir` if needed and makes it the owner's only, even if it existed.
@@ -800,5 +1327,65 @@ mod tests {
         assert!(store.delete("file-1")?);
         assert!(!store.delete("file-1")?);
         Ok(())
+    }
+}
+
+/// Support for tests that run against real services: the database URL CI gives, and a fresh
+/// database per test, so tests running at once never see each other's rows.
+#[doc(hidden)]
+pub mod testing {
+    use super::{redact_url, StoreError};
+
+    /// The PostgreSQL URL tests use (`RFT_TEST_DATABASE_URL`). Without it, `Err` when
+    /// `RFT_REQUIRE_SERVICES` is set (CI: the tests must fail, not skip), else `Ok(None)`.
+    pub fn postgres_url() -> Result<Option<String>, String> {
+        match std::env::var("RFT_TEST_DATABASE_URL") {
+            Ok(url) if !url.trim().is_empty() => Ok(Some(url)),
+            _ if std::env::var_os("RFT_REQUIRE_SERVICES").is_some() => Err(
+                "RFT_REQUIRE_SERVICES is set but RFT_TEST_DATABASE_URL is not: start PostgreSQL with scripts/services.sh".into(),
+            ),
+            _ => Ok(None),
+        }
+    }
+
+    /// Creates an empty database next to the one `url` names and returns its URL.
+    pub fn fresh_database(url: &str) -> Result<String, StoreError> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!(
+            "rft_t{}_{}_{}",
+            std::process::id(),
+            nanos,
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        );
+        let admin = url.to_owned();
+        let create = format!("CREATE DATABASE {name}");
+        let shown = redact_url(url);
+        std::thread::spawn(move || -> Result<(), String> {
+            let mut client =
+                postgres::Client::connect(&admin, postgres::NoTls).map_err(|e| e.to_string())?;
+            client.batch_execute(&create).map_err(|e| e.to_string())
+        })
+        .join()
+        .map_err(|_| StoreError::Unavailable("creating a test database panicked".into()))?
+        .map_err(|e| StoreError::Unavailable(format!("{shown}: {e}")))?;
+        Ok(replace_database(url, &name))
+    }
+
+    /// `url` with its database name (the path) replaced.
+    fn replace_database(url: &str, name: &str) -> String {
+        let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+        let (authority, query) = match rest.split_once('/') {
+            Some((authority, path)) => (authority, path.split_once('?').map(|(_, q)| q)),
+            None => (rest, None),
+        };
+        match query {
+            Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
+            None => format!("{scheme}://{authority}/{name}"),
+        }
     }
 }

@@ -1,5 +1,9 @@
 //! The store against hostile and crashed states: many objects paged in SQL, deletes that are
-//! all or nothing, owner-only permissions, and blobs a crash left behind.
+//! all or nothing, owner-only permissions, and blobs a crash left behind. The behaviour tests
+//! run on both databases: SQLite, and PostgreSQL when `RFT_TEST_DATABASE_URL` names one (CI
+//! starts it; with `RFT_REQUIRE_SERVICES` set, its absence fails them).
+
+mod support;
 
 use std::path::Path;
 
@@ -54,11 +58,10 @@ fn job(i: usize) -> Value {
 
 #[test]
 fn lists_page_filter_and_report_has_more_in_sql() -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().map_err(|source| StoreError::Io {
-        path: "tmp".into(),
-        source,
-    })?;
-    let store = Store::open(dir.path())?;
+    support::on_each_backend(lists_page_filter_and_report_has_more)
+}
+
+fn lists_page_filter_and_report_has_more(store: &Store) -> Result<(), StoreError> {
     let n = 250;
     for i in 0..n {
         store.insert("job", None, &job(i))?;
@@ -110,7 +113,7 @@ fn lists_page_filter_and_report_has_more_in_sql() -> Result<(), StoreError> {
                 ..ListQuery::default()
             };
             assert_eq!(
-                all_pages(&store, "job", &query)?,
+                all_pages(store, "job", &query)?,
                 expect(&|_| true, descending),
                 "limit {limit}, descending {descending}"
             );
@@ -152,7 +155,7 @@ fn lists_page_filter_and_report_has_more_in_sql() -> Result<(), StoreError> {
         ..ListQuery::default()
     };
     assert_eq!(
-        all_pages(&store, "job", &query)?,
+        all_pages(store, "job", &query)?,
         expect(&|i| i.is_multiple_of(4), false)
     );
     let query = ListQuery {
@@ -166,7 +169,7 @@ fn lists_page_filter_and_report_has_more_in_sql() -> Result<(), StoreError> {
         ..ListQuery::default()
     };
     assert_eq!(
-        all_pages(&store, "job", &query)?,
+        all_pages(store, "job", &query)?,
         expect(&|i| i % 3 == 1 && i % 2 == 1, true)
     );
     let query = ListQuery {
@@ -186,7 +189,7 @@ fn lists_page_filter_and_report_has_more_in_sql() -> Result<(), StoreError> {
         ..ListQuery::default()
     };
     assert_eq!(
-        all_pages(&store, "job", &query)?,
+        all_pages(store, "job", &query)?,
         expect(&|i| i % 3 == 1 && i.is_multiple_of(2), false)
     );
     let query = ListQuery {
@@ -195,7 +198,7 @@ fn lists_page_filter_and_report_has_more_in_sql() -> Result<(), StoreError> {
         ..ListQuery::default()
     };
     assert_eq!(
-        all_pages(&store, "job", &query)?,
+        all_pages(store, "job", &query)?,
         expect(&|i| i % 3 != 1, false)
     );
     // A missing field counts as empty too.
@@ -229,7 +232,7 @@ fn lists_page_filter_and_report_has_more_in_sql() -> Result<(), StoreError> {
         .filter(|&i| i.is_multiple_of(2))
         .map(|i| format!("file-{i:04}"))
         .collect();
-    assert_eq!(all_pages(&store, "file", &query)?, expected);
+    assert_eq!(all_pages(store, "file", &query)?, expected);
     let seven = ListQuery {
         limit: 10,
         body: vec![BodyFilter::Equals {
@@ -251,7 +254,7 @@ fn lists_page_filter_and_report_has_more_in_sql() -> Result<(), StoreError> {
         .filter(|&i| i.is_multiple_of(2) && i.is_multiple_of(3))
         .map(|i| format!("item-{i:03}"))
         .collect();
-    assert_eq!(all_pages(&store, "output_item", &query)?, expected);
+    assert_eq!(all_pages(store, "output_item", &query)?, expected);
 
     // Cursors: one that does not match the filters still positions the page; an unknown one,
     // or one of another kind, gives an empty page.
@@ -301,8 +304,10 @@ fn count(store: &Store, kind: &str) -> Result<usize, StoreError> {
 
 #[test]
 fn delete_removes_all_descendants_in_one_transaction() -> Result<(), StoreError> {
-    let dir = temp()?;
-    let store = Store::open(dir.path())?;
+    support::on_each_backend(delete_removes_all_descendants)
+}
+
+fn delete_removes_all_descendants(store: &Store) -> Result<(), StoreError> {
     store.insert("eval", None, &json!({"id": "eval-1"}))?;
     store.insert("eval", None, &json!({"id": "eval-2"}))?;
     for run in 0..3 {
@@ -325,26 +330,29 @@ fn delete_removes_all_descendants_in_one_transaction() -> Result<(), StoreError>
 
     // A delete that fails half way (here a trigger refuses the eval's own row, after its
     // children would have gone) must leave everything in place.
-    let sql = |source| StoreError::Sqlite {
-        path: dir.path().join("openrft.db"),
-        source,
-    };
-    let side = rusqlite::Connection::open(dir.path().join("openrft.db")).map_err(sql)?;
-    side.execute_batch(
+    support::side_sql(
+        store,
         "CREATE TRIGGER refuse BEFORE DELETE ON objects WHEN OLD.id = 'eval-1'
          BEGIN SELECT RAISE(ABORT, 'refused'); END;",
-    )
-    .map_err(sql)?;
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN
+             IF OLD.id = 'eval-1' THEN RAISE EXCEPTION 'refused'; END IF; RETURN OLD; END $$
+         LANGUAGE plpgsql;
+         CREATE TRIGGER refuse BEFORE DELETE ON objects FOR EACH ROW EXECUTE FUNCTION refuse();",
+    )?;
     assert!(store.delete("eval-1").is_err());
-    assert_eq!(count(&store, "eval_run")?, 4);
-    assert_eq!(count(&store, "output_item")?, 13);
-    side.execute_batch("DROP TRIGGER refuse;").map_err(sql)?;
+    assert_eq!(count(store, "eval_run")?, 4);
+    assert_eq!(count(store, "output_item")?, 13);
+    support::side_sql(
+        store,
+        "DROP TRIGGER refuse;",
+        "DROP TRIGGER refuse ON objects;",
+    )?;
 
     assert!(store.delete("eval-1")?);
     assert!(store.get("eval", "eval-1")?.is_none());
     // Runs and their output items went with it; the other eval's did not.
-    assert_eq!(count(&store, "eval_run")?, 1);
-    assert_eq!(count(&store, "output_item")?, 1);
+    assert_eq!(count(store, "eval_run")?, 1);
+    assert_eq!(count(store, "output_item")?, 1);
     assert!(store.get("output_item", "item-other")?.is_some());
     assert!(!store.delete("eval-1")?);
     Ok(())

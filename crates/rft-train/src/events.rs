@@ -79,45 +79,105 @@ pub fn read_events(dir: &Path) -> Vec<JobEvent> {
     crate::read_jsonl(&dir.join(EVENTS))
 }
 
-/// The loop's side of the log: one job's folder and id, and who to tell about each event.
-pub(crate) struct EventLog<'a> {
+/// Where a job's events and durable state go. The loop writes each event under a `key` that
+/// names it within the job (`step-3/metrics`): a sink that keeps keys (the server's database)
+/// drops a second write of the same key, so a step retrained after a takeover writes nothing
+/// twice. After each step's events, [`EventSink::step_saved`] is told the state is in the job
+/// folder, so a sink can copy it where another machine can resume from it.
+pub trait EventSink {
+    /// Writes an event (unless `key` was written before: then returns that event).
+    fn write(
+        &mut self,
+        key: &str,
+        level: EventLevel,
+        message: String,
+        body: EventBody,
+    ) -> Result<JobEvent, TrainError>;
+
+    /// The state after `step` is complete in `dir` (`checkpoints/latest`, and the checkpoint
+    /// of `step` when it was validated), and the step's events are written.
+    fn step_saved(&mut self, _step: usize, _dir: &Path) -> Result<(), TrainError> {
+        Ok(())
+    }
+
+    /// The final adapter is complete in `dir/final`; the completion event comes next.
+    fn finished(&mut self, _dir: &Path) -> Result<(), TrainError> {
+        Ok(())
+    }
+}
+
+/// The job folder's `events.jsonl` (`rft train`, and tests): numbered by line. Keys are not
+/// kept: a local run resumes from its own folder's state, which is saved after its events.
+#[derive(Debug, Clone)]
+pub struct FileEvents {
     dir: PathBuf,
     job_id: String,
+}
+
+impl FileEvents {
+    /// The log of job `job_id` in `dir`.
+    pub fn new(dir: &Path, job_id: &str) -> FileEvents {
+        FileEvents {
+            dir: dir.to_owned(),
+            job_id: job_id.to_owned(),
+        }
+    }
+}
+
+impl EventSink for FileEvents {
+    fn write(
+        &mut self,
+        _key: &str,
+        level: EventLevel,
+        message: String,
+        body: EventBody,
+    ) -> Result<JobEvent, TrainError> {
+        write_event(&self.dir, &self.job_id, level, message, body)
+    }
+}
+
+/// The loop's side of the log: the sink, and who to tell about each event.
+pub(crate) struct EventLog<'a> {
+    sink: &'a mut dyn EventSink,
     on_event: &'a mut dyn FnMut(&JobEvent),
 }
 
 impl<'a> EventLog<'a> {
-    /// The log of job `job_id` in `dir`; `on_event` sees every event written.
+    /// Events go to `sink`; `on_event` sees every event written.
     pub(crate) fn new(
-        dir: &Path,
-        job_id: &str,
+        sink: &'a mut dyn EventSink,
         on_event: &'a mut dyn FnMut(&JobEvent),
     ) -> EventLog<'a> {
-        EventLog {
-            dir: dir.to_owned(),
-            job_id: job_id.to_owned(),
-            on_event,
-        }
+        EventLog { sink, on_event }
     }
 
     /// Writes an `info` message.
-    pub(crate) fn info(&mut self, message: String) -> Result<(), TrainError> {
-        self.write(message, EventBody::Message {})
+    pub(crate) fn info(&mut self, key: &str, message: String) -> Result<(), TrainError> {
+        self.write(key, message, EventBody::Message {})
     }
 
     /// Writes a step's metrics.
     pub(crate) fn metrics(
         &mut self,
+        key: &str,
         message: String,
         metrics: StepMetrics,
     ) -> Result<(), TrainError> {
-        self.write(message, EventBody::Metrics(Box::new(metrics)))
+        self.write(key, message, EventBody::Metrics(Box::new(metrics)))
     }
 
-    fn write(&mut self, message: String, body: EventBody) -> Result<(), TrainError> {
-        let event = write_event(&self.dir, &self.job_id, EventLevel::Info, message, body)?;
+    fn write(&mut self, key: &str, message: String, body: EventBody) -> Result<(), TrainError> {
+        let event = self.sink.write(key, EventLevel::Info, message, body)?;
         (self.on_event)(&event);
         Ok(())
+    }
+
+    pub(crate) fn step_saved(&mut self, step: usize, dir: &Path) -> Result<(), TrainError> {
+        self.sink.step_saved(step, dir)
+    }
+
+    pub(crate) fn finished(&mut self, dir: &Path) -> Result<(), TrainError> {
+        self.sink.finished(dir)
     }
 }
 

@@ -31,7 +31,7 @@ use serde_json::Value;
 use crate::checkpoints::{self, NewCheckpoint};
 use crate::config::{self, Hyperparameters};
 use crate::dataset::{prepare_rows, read_dataset, PreparedRow};
-use crate::events::EventLog;
+use crate::events::{EventLog, EventSink, FileEvents};
 use crate::primitives::TrainingClient;
 use crate::rollouts::{LocalRollouts, Policy, RolloutEngine};
 use crate::seed::{epoch_order, mix};
@@ -46,6 +46,9 @@ use crate::TrainError;
 pub struct JobControl {
     /// Set to pause at the next step boundary (a checkpoint is written first).
     pub pause: AtomicBool,
+    /// Set to resume without the "Resumed from the checkpoint" event: a server that takes a
+    /// job over from a stopped worker keeps the job's events those of one uninterrupted run.
+    pub quiet_resume: AtomicBool,
 }
 
 /// How a job ended.
@@ -164,6 +167,20 @@ pub fn run_job_on(
     control: &JobControl,
     on_event: &mut dyn FnMut(&JobEvent),
 ) -> Result<JobSummary, TrainError> {
+    run_job_with(host, rollouts, request, dir, control, None, on_event)
+}
+
+/// [`run_job_on`] with its events (and each step's saved state) going to `sink` instead of
+/// the folder's `events.jsonl`: the server's database and blob store.
+pub fn run_job_with(
+    host: &Arc<EngineHost>,
+    rollouts: &dyn RolloutEngine,
+    request: &CreateJob,
+    dir: &Path,
+    control: &JobControl,
+    sink: Option<&mut dyn EventSink>,
+    on_event: &mut dyn FnMut(&JobEvent),
+) -> Result<JobSummary, TrainError> {
     let reinforcement = config::reinforcement(request)?;
     let grader_spec = Grader::from_value(config::grader(request)?)
         .map_err(|e| TrainError::Grader(e.to_string()))?;
@@ -243,7 +260,15 @@ pub fn run_job_on(
         rollouts,
     };
     state.write_job_file()?;
-    let mut events = EventLog::new(dir, &state.job_id, on_event);
+    let mut file_events;
+    let sink: &mut dyn EventSink = match sink {
+        Some(sink) => sink,
+        None => {
+            file_events = FileEvents::new(dir, &state.job_id);
+            &mut file_events
+        }
+    };
+    let mut events = EventLog::new(sink, on_event);
     state.run(control, resumed_at, &mut events)
 }
 
@@ -335,11 +360,18 @@ impl Loop<'_> {
         let mut train_rewards = Vec::new();
         let start_step = match resumed_at {
             Some(step) => {
-                events.info(format!("Resumed from the checkpoint of step {step}"))?;
+                if control.quiet_resume.load(Ordering::SeqCst) {
+                    tracing::info!(job = %self.job_id, "resumed from the checkpoint of step {step}");
+                } else {
+                    events.info(
+                        &format!("resumed-{step}-{}", crate::unix_now()),
+                        format!("Resumed from the checkpoint of step {step}"),
+                    )?;
+                }
                 step
             }
             None => {
-                events.info(format!(
+                events.info("started", format!(
                     "Job started: {} training rows, {} validation rows, {total} steps, group size {}",
                     self.train.len(),
                     self.valid.len(),
@@ -348,6 +380,7 @@ impl Loop<'_> {
                 if let Some((mean, graders)) = self.validate(mix(self.seed), 0)? {
                     baseline = Some(mean);
                     events.metrics(
+                        "step-0/metrics",
                         format!("Step 0/{total}, full validation mean reward={mean:.4}"),
                         baseline_metrics(total, mean, graders),
                     )?;
@@ -362,7 +395,11 @@ impl Loop<'_> {
         for step in (start_step + 1)..=total {
             if control.pause.load(Ordering::SeqCst) {
                 checkpoints::save_latest(&self.client, &checkpoints_dir, step - 1)?;
-                events.info(format!("Paused after step {}", step - 1))?;
+                events.info(
+                    &format!("paused-{}-{}", step - 1, crate::unix_now()),
+                    format!("Paused after step {}", step - 1),
+                )?;
+                events.step_saved(step - 1, &self.dir)?;
                 return Ok(self.summary(
                     JobOutcome::Paused,
                     step - 1,
@@ -527,16 +564,24 @@ impl Loop<'_> {
                         valid_reward_mean: mean,
                     },
                 )?;
-                events.info(format!("Checkpoint created at step {step}"))?;
+                events.info(
+                    &format!("step-{step}/checkpoint"),
+                    format!("Checkpoint created at step {step}"),
+                )?;
             }
-            events.metrics(message, metrics)?;
+            events.metrics(&format!("step-{step}/metrics"), message, metrics)?;
+            events.step_saved(step, &self.dir)?;
         }
         self.client
             .save_weights_for_sampler(&self.dir.join("final"))?;
-        events.info(format!(
-            "The job has successfully completed: {}",
-            self.fine_tuned_model
-        ))?;
+        events.finished(&self.dir)?;
+        events.info(
+            "completed",
+            format!(
+                "The job has successfully completed: {}",
+                self.fine_tuned_model
+            ),
+        )?;
         Ok(self.summary(
             JobOutcome::Succeeded,
             total,

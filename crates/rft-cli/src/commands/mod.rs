@@ -48,6 +48,7 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: SetupCommand::Python { tag, python },
         } => setup::python(&tag, &python),
         Command::Serve(args) => serve::serve(&args),
+        Command::Worker(args) => serve::worker(&args),
         Command::CheckDevice(args) => check_device::check(&args),
         Command::Bench {
             command: BenchCommand::Graders(args),

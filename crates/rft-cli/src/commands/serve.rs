@@ -70,9 +70,60 @@ pub(crate) struct ServeArgs {
     /// The folder the jobs' adapters are published to, at the same path on every replica.
     #[arg(long, value_name = "DIR")]
     pub(crate) rollout_adapter_dir: Option<PathBuf>,
+    /// The database: a postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE URL, shared by every API
+    /// process and worker (default: SQLite in the data folder, one machine). Prefer the
+    /// environment variable: a password on the command line is visible to every user.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "RFT_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub(crate) database: Option<String>,
+    /// Where files, checkpoints and adapters are kept: s3://BUCKET[/PREFIX] on any
+    /// S3-compatible store, configured by the usual AWS variables (AWS_ENDPOINT_URL,
+    /// AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) (default: the
+    /// data folder).
+    #[arg(long, value_name = "URL", env = "RFT_BLOBS")]
+    pub(crate) blobs: Option<String>,
+    /// Serve the API only and leave the jobs to `rft worker` processes (on this machine or
+    /// others, sharing --database and --blobs).
+    #[arg(long)]
+    pub(crate) no_worker: bool,
+    /// How long a worker's claim on a job lasts without a heartbeat: after a worker dies,
+    /// another takes its job over this long after its last heartbeat.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub(crate) lease_seconds: f64,
+}
+
+/// Arguments of `rft worker`: those of `rft serve` that concern running jobs (the address,
+/// API keys and rollout-worker options are not used).
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+/// `rft worker`: claims queued jobs from the shared database and runs them, until SIGTERM or
+/// Ctrl-C (the running job is then paused at its next step boundary and requeued).
+pub(crate) fn worker(args: &WorkerArgs) -> anyhow::Result<ExitCode> {
+    let config = config(&args.serve)?;
+    anyhow::ensure!(
+        !args.serve.no_worker,
+        "--no-worker makes no sense for rft worker"
+    );
+    let settings = rft_server::WorkerSettings::new(config.lease);
+    rft_server::run_worker(&config, settings)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = config(args)?;
+    rft_server::serve_blocking(config, SocketAddr::new(args.host, args.port))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn config(args: &ServeArgs) -> anyhow::Result<rft_server::ServerConfig> {
     let data = args
         .data
         .clone()
@@ -114,6 +165,13 @@ pub(crate) fn serve(args: &ServeArgs) -> anyhow::Result<ExitCode> {
     }
     config.models = args.models.clone();
     config.allowed_hosts = args.allowed_hosts.clone();
-    rft_server::serve_blocking(config, SocketAddr::new(args.host, args.port))?;
-    Ok(ExitCode::SUCCESS)
+    config.database = args.database.clone().filter(|d| !d.trim().is_empty());
+    config.blobs = args.blobs.clone().filter(|b| !b.trim().is_empty());
+    config.run_jobs = !args.no_worker;
+    anyhow::ensure!(
+        args.lease_seconds.is_finite() && (1.0..=3600.0).contains(&args.lease_seconds),
+        "--lease-seconds must be from 1 to 3600"
+    );
+    config.lease = std::time::Duration::from_secs_f64(args.lease_seconds);
+    Ok(config)
 }

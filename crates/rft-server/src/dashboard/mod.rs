@@ -36,7 +36,6 @@ use rft_eval::data::{read_data, DataFormat};
 use rft_eval::policy::{Policy, SamplingOptions};
 use rft_eval::report::{build_report, Report, ReportInput, ReportOptions};
 use rft_eval::run::{run_eval, EvalConfig};
-use rft_train::events::read_events;
 use rft_train::samples::{self, StepSamples, ValidationSamples};
 use rft_types::api::event::JobEvent;
 use rft_types::api::file::FileObject;
@@ -160,8 +159,8 @@ async fn events_since(
     Path(job_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Json<EventsSince>, ApiError> {
-    let dir = job_dir(&state, &job_id)?;
-    let all = read_events(&dir);
+    job_dir(&state, &job_id)?;
+    let all = crate::job_storage::events(&state.store, &job_id)?;
     let start = match query.get("since") {
         None => 0,
         Some(since) => {

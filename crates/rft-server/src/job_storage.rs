@@ -1,0 +1,398 @@
+//! Where a job's progress lives beyond the worker that runs it: its events in the database
+//! (every API process lists them; keys make each write idempotent), its state, checkpoints and
+//! final adapter in the blob store (`jobs/<job id>/…`, each folder with its manifest written
+//! last). The worker trains in a local working copy of the job folder (`<data>/jobs/<id>`);
+//! with the default local blob store that folder *is* the blob store's, and copying is skipped.
+//!
+//! The order at the end of a step is what makes a takeover exact: the trainer writes the
+//! step's events (keyed `step-N/…`), then [`StoreSink::step_saved`] publishes the state as
+//! `jobs/<id>/state/step-N/` (manifest last) and renews the lease. A worker killed anywhere in
+//! between leaves either state N−1 (the step is retrained, and its events, written again under
+//! the same keys, are dropped) or state N (the step's events are all there). A resumed job
+//! starts from the newest state with a manifest, never from a half-written one.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rft_store::blobs::Blobs;
+use rft_store::{Lease, Store, StoreError};
+use rft_train::events::EventSink;
+use rft_train::TrainError;
+use rft_types::api::checkpoint::Checkpoint;
+use rft_types::api::event::{EventBody, EventLevel, JobEvent};
+
+/// How long a write of an event or a status waits out a database outage before it fails.
+const OUTAGE_PATIENCE: Duration = Duration::from_secs(180);
+/// The largest `checkpoints.jsonl` read from the blob store.
+const MAX_LIST_BYTES: u64 = 16 << 20;
+
+/// Runs `f` again while the database is unavailable (restarting, say), with backoff, for up
+/// to [`OUTAGE_PATIENCE`]; any other error at once.
+pub(crate) fn retrying<T>(
+    what: &str,
+    mut f: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let start = Instant::now();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match f() {
+            Err(e) if e.is_unavailable() && start.elapsed() < OUTAGE_PATIENCE => {
+                tracing::warn!("{what}: {e}; trying again in {:.1} s", wait.as_secs_f64());
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// An event's id: its job and its database sequence number, so ids are unique and increase
+/// whichever process wrote them.
+fn event_id(job_id: &str, seq: i64) -> String {
+    format!("ftevent-{}-{seq:06}", job_id.trim_start_matches("ftjob-"))
+}
+
+/// Writes an event of job `job_id` under `key` (a second write of the key returns the first).
+pub(crate) fn write_event(
+    store: &Store,
+    job_id: &str,
+    key: &str,
+    level: EventLevel,
+    message: String,
+    body: EventBody,
+) -> Result<JobEvent, StoreError> {
+    let (stored, _) = store.append_event(job_id, key, |seq| {
+        let event = JobEvent {
+            id: event_id(job_id, seq),
+            object: JobEvent::OBJECT.into(),
+            created_at: crate::now(),
+            level,
+            message: message.clone(),
+            body: body.clone(),
+        };
+        serde_json::to_value(&event).unwrap_or_default()
+    })?;
+    serde_json::from_value(stored.body).map_err(|e| StoreError::Corrupt {
+        path: store.describe().into(),
+        id: event_id(job_id, stored.seq),
+        message: e.to_string(),
+    })
+}
+
+/// Writes a one-off message event (the API's "Created", "Job cancelled", …).
+pub(crate) fn message(
+    store: &Store,
+    job_id: &str,
+    level: EventLevel,
+    message: impl Into<String>,
+) -> Result<JobEvent, StoreError> {
+    let key = format!("message-{}", crate::new_id(""));
+    write_event(
+        store,
+        job_id,
+        &key,
+        level,
+        message.into(),
+        EventBody::Message {},
+    )
+}
+
+/// [`message`], logged instead of failing: these messages never decide a job's fate.
+pub(crate) fn note(store: &Store, job_id: &str, level: EventLevel, text: impl Into<String>) {
+    if let Err(e) = message(store, job_id, level, text) {
+        tracing::warn!(job = %job_id, "cannot record an event: {e}");
+    }
+}
+
+/// Job `job_id`'s events, oldest first.
+pub(crate) fn events(store: &Store, job_id: &str) -> Result<Vec<JobEvent>, StoreError> {
+    store
+        .events(job_id)?
+        .into_iter()
+        .map(|stored| {
+            serde_json::from_value(stored.body).map_err(|e| StoreError::Corrupt {
+                path: store.describe().into(),
+                id: event_id(job_id, stored.seq),
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Whether the blob store's folder for jobs is the data folder itself (the default).
+pub(crate) fn blobs_are_local(store: &Store, blobs: &Blobs) -> bool {
+    blobs.local_root().is_some_and(|root| root == store.root())
+}
+
+fn train_error(what: &str, e: impl std::fmt::Display) -> TrainError {
+    TrainError::Invalid(format!("{what}: {e}"))
+}
+
+/// The newest complete state of job `job_id` in the blob store: its step.
+fn newest_state(blobs: &Blobs, job_id: &str) -> Result<Option<usize>, TrainError> {
+    let prefix = format!("jobs/{job_id}/state");
+    let listed = blobs
+        .list(&prefix)
+        .map_err(|e| train_error("listing the job's saved states", e))?;
+    let mut steps: Vec<usize> = listed
+        .iter()
+        .filter_map(|(key, _)| {
+            let rest = key.strip_prefix(&format!("{prefix}/step-"))?;
+            let (step, file) = rest.split_once('/')?;
+            (file == "MANIFEST.json").then(|| step.parse().ok())?
+        })
+        .collect();
+    steps.sort_unstable();
+    Ok(steps.pop())
+}
+
+/// Makes the local working folder `dir` of job `job_id` match what the blob store holds before
+/// the trainer resumes it: the newest complete state becomes `checkpoints/latest` (a newer
+/// local one, saved but never published, is dropped: its step's events may be missing), and on
+/// a remote blob store the checkpoints list, the kept checkpoints and the trainer's `job.json`
+/// are fetched. Returns the step the job resumes after.
+pub(crate) fn restore(
+    store: &Store,
+    blobs: &Blobs,
+    job_id: &str,
+    dir: &Path,
+) -> Result<Option<usize>, TrainError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| TrainError::Io { path, source }
+    };
+    let checkpoints = dir.join("checkpoints");
+    std::fs::create_dir_all(&checkpoints).map_err(io(&checkpoints))?;
+    let newest = newest_state(blobs, job_id)?;
+    for stale in ["latest", "latest.new", "latest.old"] {
+        let path = checkpoints.join(stale);
+        if path.exists() {
+            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+        }
+    }
+    if let Some(step) = newest {
+        let prefix = format!("jobs/{job_id}/state/step-{step}");
+        blobs
+            .fetch_dir(&prefix, &checkpoints.join("latest"))
+            .map_err(|e| train_error("fetching the job's saved state", e))?;
+    }
+    if !blobs_are_local(store, blobs) {
+        for name in ["job.json", "checkpoints/checkpoints.jsonl"] {
+            blobs
+                .get_file(&format!("jobs/{job_id}/{name}"), &dir.join(name))
+                .map_err(|e| train_error("fetching the job's records", e))?;
+        }
+        for checkpoint in rft_train::checkpoints::read_checkpoints(dir) {
+            let rel = format!("checkpoints/step-{}", checkpoint.step_number);
+            blobs
+                .fetch_dir(&format!("jobs/{job_id}/{rel}"), &dir.join(&rel))
+                .map_err(|e| train_error("fetching a checkpoint", e))?;
+        }
+    }
+    Ok(newest)
+}
+
+/// The trainer's events and saved states, into the database and the blob store, under a lease.
+pub(crate) struct StoreSink {
+    pub(crate) store: Arc<Store>,
+    pub(crate) blobs: Blobs,
+    pub(crate) job_id: String,
+    pub(crate) lease: Lease,
+    pub(crate) lease_duration: Duration,
+    /// Checkpoint folders already in the blob store.
+    pub(crate) published: HashSet<String>,
+    /// Called once with the trainer's `job.json` after its first event.
+    pub(crate) on_first_event: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl StoreSink {
+    fn publish(&mut self, prefix: &str, dir: &Path) -> Result<(), TrainError> {
+        self.blobs
+            .publish_dir(prefix, dir)
+            .map(|_| ())
+            .map_err(|e| train_error("saving to the blob store", e))
+    }
+
+    /// Stops the job if its lease was lost: another worker runs it now.
+    fn check_lease(&self) -> Result<(), TrainError> {
+        let held = retrying("renewing the job's lease", || {
+            self.store.renew(&self.lease, self.lease_duration)
+        })
+        .map_err(|e| train_error("renewing the job's lease", e))?;
+        match held {
+            Some(_) => Ok(()),
+            None => Err(TrainError::Invalid(LEASE_LOST.into())),
+        }
+    }
+}
+
+/// The message of the error that stops a worker whose job was taken over.
+pub(crate) const LEASE_LOST: &str = "the job's lease was lost: another worker runs it now";
+
+impl EventSink for StoreSink {
+    fn write(
+        &mut self,
+        key: &str,
+        level: EventLevel,
+        message: String,
+        body: EventBody,
+    ) -> Result<JobEvent, TrainError> {
+        let event = retrying("writing an event", || {
+            write_event(
+                &self.store,
+                &self.job_id,
+                key,
+                level,
+                message.clone(),
+                body.clone(),
+            )
+        })
+        .map_err(|e| train_error("writing an event", e))?;
+        if let Some(first) = self.on_first_event.take() {
+            first();
+        }
+        Ok(event)
+    }
+
+    fn step_saved(&mut self, step: usize, dir: &Path) -> Result<(), TrainError> {
+        let job = self.job_id.clone();
+        if !blobs_are_local(&self.store, &self.blobs) {
+            // The kept checkpoints (new ones uploaded once; dropped ones removed), their list,
+            // and the trainer's record of the job; samples for the dashboard.
+            let kept: HashSet<String> = rft_train::checkpoints::read_checkpoints(dir)
+                .iter()
+                .map(|c| format!("checkpoints/step-{}", c.step_number))
+                .collect();
+            for rel in &kept {
+                if !self.published.contains(rel) {
+                    self.publish(&format!("jobs/{job}/{rel}"), &dir.join(rel))?;
+                    self.published.insert(rel.clone());
+                }
+            }
+            for gone in self
+                .published
+                .difference(&kept)
+                .cloned()
+                .collect::<Vec<_>>()
+            {
+                let _ = self.blobs.delete_prefix(&format!("jobs/{job}/{gone}"));
+                self.published.remove(&gone);
+            }
+            for name in ["job.json", "checkpoints/checkpoints.jsonl"] {
+                let path = dir.join(name);
+                if path.is_file() {
+                    self.blobs
+                        .put_file(&format!("jobs/{job}/{name}"), &path)
+                        .map_err(|e| train_error("saving to the blob store", e))?;
+                }
+            }
+            let samples = dir.join("samples");
+            if samples.is_dir() {
+                if let Ok(entries) = std::fs::read_dir(&samples) {
+                    for entry in entries.flatten() {
+                        let name = entry.file_name().to_string_lossy().into_owned();
+                        if entry.path().is_file() && !name.contains(".tmp-") {
+                            let _ = self
+                                .blobs
+                                .put_file(&format!("jobs/{job}/samples/{name}"), &entry.path());
+                        }
+                    }
+                }
+            }
+        }
+        // The state last: a resume starts from it, so everything it implies must be there.
+        self.check_lease()?;
+        self.publish(
+            &format!("jobs/{job}/state/step-{step}"),
+            &dir.join("checkpoints/latest"),
+        )?;
+        // The previous state stays until this one is complete; older ones go.
+        if let Ok(listed) = self.blobs.list(&format!("jobs/{job}/state")) {
+            let old: HashSet<usize> = listed
+                .iter()
+                .filter_map(|(key, _)| {
+                    let rest = key.strip_prefix(&format!("jobs/{job}/state/step-"))?;
+                    rest.split_once('/')?.0.parse().ok()
+                })
+                .filter(|s| *s + 1 < step)
+                .collect();
+            for s in old {
+                let _ = self
+                    .blobs
+                    .delete_prefix(&format!("jobs/{job}/state/step-{s}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn finished(&mut self, dir: &Path) -> Result<(), TrainError> {
+        if !blobs_are_local(&self.store, &self.blobs) {
+            let job = self.job_id.clone();
+            self.publish(&format!("jobs/{job}/final"), &dir.join("final"))?;
+        }
+        self.check_lease()
+    }
+}
+
+/// Job `job_id`'s kept checkpoints: from its working folder when the blob store is local, or
+/// the list the worker published.
+pub(crate) fn checkpoints(store: &Store, blobs: &Blobs, job_id: &str) -> Vec<Checkpoint> {
+    let dir = store.job_dir(job_id);
+    if blobs_are_local(store, blobs) {
+        return rft_train::checkpoints::read_checkpoints(&dir);
+    }
+    match blobs.get(
+        &format!("jobs/{job_id}/checkpoints/checkpoints.jsonl"),
+        MAX_LIST_BYTES,
+    ) {
+        Ok(Some(bytes)) => {
+            let mut all: Vec<Checkpoint> = String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect();
+            all.sort_by_key(|c| c.step_number);
+            all
+        }
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(job = %job_id, "cannot read the checkpoints list: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Makes the adapter folder `rel` of job `job_id` (`final`, `checkpoints/step-N`) present in
+/// the local working copy, fetching it from a remote blob store when missing; false when the
+/// blob store has no complete copy.
+pub(crate) fn ensure_adapter(store: &Store, blobs: &Blobs, job_id: &str, rel: &str) -> bool {
+    let local = store.job_dir(job_id).join(rel);
+    if blobs_are_local(store, blobs) || local.join("adapter_config.json").is_file() {
+        return true;
+    }
+    match blobs.fetch_dir(&format!("jobs/{job_id}/{rel}"), &local) {
+        Ok(Some(_)) => true,
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(job = %job_id, "cannot fetch the adapter {rel}: {e}");
+            false
+        }
+    }
+}
+
+/// Makes uploaded file `file_id` present in the local data folder (a worker on another machine
+/// than the API process that took the upload).
+pub(crate) fn ensure_file(store: &Store, blobs: &Blobs, file_id: &str) -> Result<(), TrainError> {
+    let path = store.file_path(file_id);
+    if blobs_are_local(store, blobs) || path.is_file() {
+        return Ok(());
+    }
+    match blobs.get_file(&format!("files/{file_id}"), &path) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(TrainError::Config(format!(
+            "the file {file_id} is missing from the blob store"
+        ))),
+        Err(e) => Err(train_error("fetching a file from the blob store", e)),
+    }
+}
