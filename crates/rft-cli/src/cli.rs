@@ -194,6 +194,10 @@ pub(crate) enum BenchCommand {
     /// The matmul shapes of a GRPO step, one thread, through candle and through the packed
     /// kernels this CPU runs.
     Matmul(crate::commands::bench_matmul::BenchMatmulArgs),
+    /// Storage past one machine: job claims with 1, 2 and 4 workers, lease takeover, blob
+    /// put/get (local folder, and S3 with --blobs), API reads; SQLite, and PostgreSQL with
+    /// --database.
+    Storage(crate::commands::bench_storage::BenchStorageArgs),
 }
 
 #[derive(Debug, Args)]

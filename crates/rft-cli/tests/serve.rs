@@ -182,10 +182,7 @@ fn a_server_killed_mid_job_resumes_it_and_loses_nothing() {
     for event in &before {
         assert!(after.contains(event), "event lost across the kill: {event}");
     }
-    assert!(after.iter().any(|e| e["message"]
-        .as_str()
-        .unwrap_or_default()
-        .contains("server restarted")));
+    // The takeover itself writes no event: the job's events are those of one run.
     let ids: std::collections::HashSet<&str> =
         after.iter().filter_map(|e| e["id"].as_str()).collect();
     assert_eq!(ids.len(), after.len(), "event ids are unique");
@@ -200,7 +197,10 @@ fn a_server_killed_mid_job_resumes_it_and_loses_nothing() {
         .filter(|e| e["type"] == "metrics")
         .filter_map(|e| e["data"]["step"].as_u64())
         .collect();
-    assert!(steps.contains(&40));
+    // Every step's metrics exactly once: none lost, none written twice by the retrained step.
+    let mut steps = steps;
+    steps.sort_unstable();
+    assert_eq!(steps, (0..=40).collect::<Vec<u64>>());
 }
 
 #[test]

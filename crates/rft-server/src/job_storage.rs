@@ -127,7 +127,7 @@ pub(crate) fn blobs_are_local(store: &Store, blobs: &Blobs) -> bool {
 }
 
 fn train_error(what: &str, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Invalid(format!("{what}: {e}"))
+    TrainError::Storage(format!("{what}: {e}"))
 }
 
 /// The newest complete state of job `job_id` in the blob store: its step.
@@ -223,7 +223,7 @@ impl StoreSink {
         .map_err(|e| train_error("renewing the job's lease", e))?;
         match held {
             Some(_) => Ok(()),
-            None => Err(TrainError::Invalid(LEASE_LOST.into())),
+            None => Err(TrainError::Storage(LEASE_LOST.into())),
         }
     }
 }

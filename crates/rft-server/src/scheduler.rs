@@ -501,6 +501,7 @@ impl Inner {
             TrainError::Grading(_) | TrainError::Grader(_) => "grader_error",
             TrainError::Config(_) => "invalid_hyperparameters",
             TrainError::Model(_) => "model_error",
+            TrainError::Storage(_) => "storage_error",
             _ => "training_error",
         };
         if param.is_none() && matches!(e, TrainError::Model(_)) {
@@ -676,7 +677,7 @@ impl Inner {
             result
         });
         if lost.load(Ordering::SeqCst)
-            || matches!(&result, Err(TrainError::Invalid(m)) if m == LEASE_LOST)
+            || matches!(&result, Err(TrainError::Storage(m)) if m == LEASE_LOST)
         {
             tracing::warn!(job = %id, "stopped: another worker took the job over");
             return Ok(());

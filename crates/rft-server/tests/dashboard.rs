@@ -9,7 +9,6 @@
 //! Without Chromium the browser tests say they skipped, unless `RFT_REQUIRE_CHROMIUM` is set
 //! (CI sets it).
 
-use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -333,10 +332,10 @@ fn a_job_is_watched_sampled_paused_and_resumed_from_the_page() {
         .iter()
         .map(|v| v.as_u64().unwrap())
         .collect();
-    let written = std::fs::read_to_string(tmp.path().join(format!("data/jobs/{id}/events.jsonl")))
+    let written = rft_store::Store::open(&tmp.path().join("data"))
         .unwrap()
-        .lines()
-        .count() as u64;
+        .event_count(&id)
+        .unwrap() as u64;
     assert!(
         fetches.iter().sum::<u64>() <= written,
         "an event was fetched twice: {fetches:?} for {written} events"
@@ -372,24 +371,22 @@ fn paused_job_with_steps(data: &Path, steps: usize) -> String {
     }))
     .unwrap();
     store.insert_object("job", None, &job).unwrap();
-    let dir = store.job_dir(&id);
-    append_metrics(&dir, &id, 1..=steps, steps);
+    drop(store);
+    append_metrics(data, &id, 1..=steps, steps);
     id
 }
 
-/// Appends metrics events for `steps` to a job's `events.jsonl`, shaped by the trainer's
-/// `JobEvent` (parsed and written back through it).
-fn append_metrics(dir: &Path, id: &str, steps: std::ops::RangeInclusive<usize>, total: usize) {
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("events.jsonl");
-    let mut count = std::fs::read_to_string(&path).map_or(0, |t| t.lines().count());
-    let mut text = String::new();
+/// Appends metrics events for `steps` to a job's events in the store of `data`, shaped by the
+/// trainer's `JobEvent` (parsed and written back through it), as the server's worker writes
+/// them.
+fn append_metrics(data: &Path, id: &str, steps: std::ops::RangeInclusive<usize>, total: usize) {
+    let store = rft_store::Store::open(data).unwrap();
     for step in steps {
-        count += 1;
         let reward = (step as f64 / total as f64).min(1.0);
         let valid = (step % 10 == 0).then_some(reward * 0.9);
-        let event: JobEvent = serde_json::from_value(json!({
-            "id": format!("ftevent-{}-{count:06}", id.trim_start_matches("ftjob-")),
+        let event = |seq: i64| -> Value {
+            let event: JobEvent = serde_json::from_value(json!({
+            "id": format!("ftevent-{}-{seq:06}", id.trim_start_matches("ftjob-")),
             "object": "fine_tuning.job.event", "created_at": 1_700_000_000 + step as i64,
             "level": "info", "message": format!("Step {step}/{total}"), "type": "metrics",
             "data": {
@@ -408,15 +405,12 @@ fn append_metrics(dir: &Path, id: &str, steps: std::ops::RangeInclusive<usize>, 
             }
         }))
         .unwrap();
-        text.push_str(&serde_json::to_string(&event).unwrap());
-        text.push('\n');
+            serde_json::to_value(&event).unwrap()
+        };
+        store
+            .append_event(id, &format!("step-{step}/metrics"), event)
+            .unwrap();
     }
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .unwrap();
-    file.write_all(text.as_bytes()).unwrap();
 }
 
 #[test]
@@ -436,7 +430,7 @@ fn a_thousand_step_job_renders_with_every_update_under_100_ms() {
     // Steps keep arriving: each poll fetches the new events only, and draws them fast.
     for batch in 0..5 {
         let first = 1001 + batch * 4;
-        append_metrics(&server_job_dir(&data, &id), &id, first..=first + 3, 1020);
+        append_metrics(&data, &id, first..=first + 3, 1020);
         browser.wait_until(&format!("{points} === {}", first + 3), 30);
     }
     let updates = browser.eval("window.rftDashboard.updates");
@@ -464,10 +458,10 @@ fn a_thousand_step_job_renders_with_every_update_under_100_ms() {
         fetches.iter().skip(1).all(|&n| n <= 4),
         "a poll refetched old events: {fetches:?}"
     );
-    let written = std::fs::read_to_string(server_job_dir(&data, &id).join("events.jsonl"))
+    let written = rft_store::Store::open(&data)
         .unwrap()
-        .lines()
-        .count() as u64;
+        .event_count(&id)
+        .unwrap() as u64;
     assert_eq!(fetches.iter().sum::<u64>(), written, "{fetches:?}");
     eprintln!(
         "1,000-step job: first update {first_load}, slowest {slowest:.1} ms over {} updates; events fetched per poll {fetches:?}",
@@ -479,10 +473,6 @@ fn a_thousand_step_job_renders_with_every_update_under_100_ms() {
         summary, "1020 / 1020",
         "the summary follows the latest step"
     );
-}
-
-fn server_job_dir(data: &Path, id: &str) -> std::path::PathBuf {
-    data.join("jobs").join(id)
 }
 
 #[test]

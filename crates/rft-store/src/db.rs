@@ -247,6 +247,8 @@ impl Tx for SqliteTx<'_> {
 
 /// Idle connections kept for reuse; more are opened when all are busy.
 const IDLE_CONNECTIONS: usize = 8;
+/// A connection idle longer than this is checked before use (the server may have restarted).
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How long opening a connection may take before the database counts as unavailable.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -254,7 +256,8 @@ pub(crate) struct Postgres {
     config: postgres::Config,
     /// The URL without its password, for messages.
     pub(crate) shown: String,
-    idle: Mutex<Vec<postgres::Client>>,
+    /// Idle connections and when each was last used.
+    idle: Mutex<Vec<(postgres::Client, std::time::Instant)>>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -290,15 +293,22 @@ impl Postgres {
         })
     }
 
-    fn checkout(&self) -> Result<postgres::Client, StoreError> {
+    /// A connection, and whether it sat idle long enough to need checking first.
+    fn checkout(&self) -> Result<(postgres::Client, bool), StoreError> {
         let reused = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         match reused {
-            Some(client) if !client.is_closed() => Ok(client),
-            _ => {
-                let config = self.config.clone();
-                off_runtime(move || config.connect(postgres::NoTls)).map_err(|e| self.error(&e))
+            Some((client, since)) if !client.is_closed() => {
+                Ok((client, since.elapsed() > IDLE_CHECK))
             }
+            _ => self.connect().map(|c| (c, false)),
         }
+    }
+
+    /// A new connection (call it off the runtime, like everything that touches a client).
+    fn connect(&self) -> Result<postgres::Client, StoreError> {
+        self.config
+            .connect(postgres::NoTls)
+            .map_err(|e| self.error(&e))
     }
 
     fn checkin(&self, client: postgres::Client) {
@@ -307,7 +317,7 @@ impl Postgres {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < IDLE_CONNECTIONS {
-            idle.push(client);
+            idle.push((client, std::time::Instant::now()));
         }
     }
 
@@ -339,8 +349,7 @@ impl Postgres {
         &self,
         f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
-        let mut client = self.checkout()?;
-        let out = off_runtime(|| -> Result<T, StoreError> {
+        self.with_client(|client| {
             let mut tx = client.transaction().map_err(|e| self.error(&e))?;
             let out = f(&mut PgTx {
                 client: &mut tx,
@@ -348,12 +357,7 @@ impl Postgres {
             })?;
             tx.commit().map_err(|e| self.error(&e))?;
             Ok(out)
-        });
-        if matches!(out, Err(StoreError::Unavailable(_))) {
-            self.forget_idle();
-        }
-        self.checkin(client);
-        out
+        })
     }
 
     /// Runs `f` on a pooled connection, outside a transaction (single reads).
@@ -361,18 +365,39 @@ impl Postgres {
         &self,
         f: impl FnOnce(&mut dyn Tx) -> Result<T, StoreError> + Send,
     ) -> Result<T, StoreError> {
-        let mut client = self.checkout()?;
-        let out = off_runtime(|| {
-            f(&mut PgTx {
-                client: &mut client,
-                db: self,
-            })
-        });
-        if matches!(out, Err(StoreError::Unavailable(_))) {
-            self.forget_idle();
-        }
-        self.checkin(client);
-        out
+        self.with_client(|client| f(&mut PgTx { client, db: self }))
+    }
+
+    /// Runs `f` on a pooled connection. A pooled connection the server closed since (it
+    /// restarted) fails before `f` runs anything: the pool is emptied and `f` runs on a new
+    /// connection, so the first request after an outage does not fail for it. Everything that
+    /// touches a client, dropping one included (its `Drop` blocks on the client's runtime),
+    /// happens inside one [`off_runtime`] call.
+    fn with_client<T: Send>(
+        &self,
+        f: impl FnOnce(&mut postgres::Client) -> Result<T, StoreError> + Send,
+    ) -> Result<T, StoreError> {
+        off_runtime(|| {
+            let (mut client, check) = self.checkout()?;
+            // `is_valid` costs a round trip, only paid for a connection that sat idle a while.
+            if check && client.is_valid(Duration::from_secs(2)).is_err() {
+                self.forget_idle();
+                client = self.connect()?;
+            }
+            let out = f(&mut client);
+            if matches!(out, Err(StoreError::Unavailable(_))) {
+                self.forget_idle();
+            }
+            self.checkin(client);
+            out
+        })
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let idle = std::mem::take(self.idle.get_mut().unwrap_or_else(|e| e.into_inner()));
+        off_runtime(move || drop(idle));
     }
 }
 

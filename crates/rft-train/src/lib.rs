@@ -74,6 +74,10 @@ pub enum TrainError {
     /// The rollout servers failed or answered something malformed (which server, and what).
     #[error("rollouts failed: {0}")]
     Rollout(String),
+    /// Where the job's progress is kept (the server's database or blob store) failed, after
+    /// its retries.
+    #[error("storage failed: {0}")]
+    Storage(String),
 }
 
 impl From<rft_types::DatasetError> for TrainError {

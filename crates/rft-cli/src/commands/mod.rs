@@ -13,6 +13,7 @@ pub(crate) mod bench_decode;
 pub(crate) mod bench_grpo;
 pub(crate) mod bench_matmul;
 pub(crate) mod bench_serve;
+pub(crate) mod bench_storage;
 pub(crate) mod bench_train;
 pub(crate) mod check_device;
 pub(crate) mod eval;
@@ -71,6 +72,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Matmul(args),
         } => bench_matmul::matmul(&args),
+        Command::Bench {
+            command: BenchCommand::Storage(args),
+        } => bench_storage::storage(&args),
     }
 }
 
