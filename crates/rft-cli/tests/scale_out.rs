@@ -144,12 +144,18 @@ fn storage_args<'a>(svc: &'a Services, blobs: &'a str, data: &'a Path) -> Vec<St
 
 /// An API process without a worker.
 fn api(svc: &Services, blobs: &str, data: &Path, model: &Path) -> Proc {
+    api_with(svc, blobs, data, model, &[])
+}
+
+/// [`api`] with more arguments.
+fn api_with(svc: &Services, blobs: &str, data: &Path, model: &Path, extra: &[&str]) -> Proc {
     let mut args = vec![
         "serve".to_owned(),
         "--port".into(),
         "0".into(),
         "--no-worker".into(),
     ];
+    args.extend(extra.iter().map(|a| a.to_string()));
     args.extend(storage_args(svc, blobs, data));
     args.extend(["--model".into(), model.display().to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -695,4 +701,71 @@ fn two_apis_and_two_workers_share_jobs_and_run_each_once() {
         assert_eq!(ran_on, 1, "{job} ran on {ran_on} workers");
     }
     assert_no_secrets(&[&api_a, &api_b, &workers[0], &workers[1]]);
+}
+
+#[test]
+fn the_eval_runs_of_a_killed_api_process_are_failed_by_another() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(svc) = services() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = write_task(tmp.path(), 2);
+    let blobs = format!("s3://{}/evals", svc.bucket);
+    let lease = ["--lease-seconds", "2"];
+    let mut doomed = api_with(&svc, &blobs, &tmp.path().join("a"), &model, &lease);
+    let survivor = api_with(&svc, &blobs, &tmp.path().join("b"), &model, &lease);
+    let (status, _, eval) = request(
+        "POST",
+        &format!("{}/evals", doomed.base),
+        Some(json!({"name": "long",
+            "data_source_config": {"type": "custom",
+                "item_schema": {"type": "object", "properties": {"target": {"type": "string"}}}},
+            "testing_criteria": [{"type": "string_check", "name": "x", "operation": "eq",
+                "input": "{{ sample.output_text }}", "reference": "{{ item.target }}"}]})),
+        true,
+    );
+    assert_eq!(status, 201, "{eval}");
+    let eval_id = eval["id"].as_str().unwrap();
+    // Enough rows that the run is still going when its process dies.
+    let rows: Vec<Value> = (0..400).map(|_| json!({"item": {"target": "x"}})).collect();
+    let (status, _, run) = request(
+        "POST",
+        &format!("{}/evals/{eval_id}/runs", doomed.base),
+        Some(
+            json!({"data_source": {"type": "completions", "model": model,
+            "source": {"type": "file_content", "content": rows},
+            "input_messages": {"type": "template",
+                "template": [{"role": "user", "content": "Say x"}]},
+            "sampling_params": {"max_completion_tokens": 16, "seed": 1}}}),
+        ),
+        true,
+    );
+    assert_eq!(status, 201, "{run}");
+    let run_id = run["id"].as_str().unwrap();
+    let url = |base: &str| format!("{base}/evals/{eval_id}/runs/{run_id}");
+    // Seen on the other process while it runs, then its process is killed.
+    let seen = get(&url(&survivor.base));
+    assert!(
+        ["queued", "in_progress"].contains(&seen["status"].as_str().unwrap()),
+        "{seen}"
+    );
+    doomed.kill9();
+    let killed = Instant::now();
+    let failed = loop {
+        let now = get(&url(&survivor.base));
+        if now["status"] != "queued" && now["status"] != "in_progress" {
+            break now;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "never failed: {now}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(failed["error"]["code"], "runner_stopped", "{failed}");
+    eprintln!(
+        "lease 2 s: the run of the killed process was failed {:.1?} later",
+        killed.elapsed()
+    );
+    assert_no_secrets(&[&survivor]);
 }

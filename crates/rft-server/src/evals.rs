@@ -317,12 +317,16 @@ pub(crate) async fn create_run(
     state
         .store
         .insert_object("eval_run", Some(&eval_id), &run)?;
-    if let Err(e) = state.eval_runs.submit(RunTask {
-        eval,
-        run: run.clone(),
-        rows,
-        sampling,
-    }) {
+    let submitted = state.eval_runs.hold(&state.store, &run.id).and_then(|()| {
+        state.eval_runs.submit(RunTask {
+            eval,
+            run: run.clone(),
+            rows,
+            sampling,
+        })
+    });
+    if let Err(e) = submitted {
+        state.eval_runs.let_go(&state.store, &run.id);
         state.store.delete(&run.id)?;
         return Err(e);
     }
@@ -347,11 +351,21 @@ struct Sampling {
 
 /// A fixed set of threads running eval runs from a bounded queue: a burst of runs waits its
 /// turn or gets 429, instead of each run starting a thread of its own.
+///
+/// A run is this process's work from its creation to its end, held by a lease this process
+/// renews. On a database shared by many API processes, a process that dies leaves its runs'
+/// leases to expire; any other process's keeper then fails them (`runner_stopped`, their
+/// finished output items kept), as a restarted single server fails the runs it left.
 #[derive(Debug)]
 pub(crate) struct Runners {
     queue: std::sync::mpsc::SyncSender<RunTask>,
     waiting: std::sync::Mutex<Option<std::sync::mpsc::Receiver<RunTask>>>,
     capacity: usize,
+    /// This process's name in leases.
+    owner: String,
+    lease: std::time::Duration,
+    /// The leases of this process's queued and running runs, by run id.
+    held: std::sync::Mutex<HashMap<String, rft_store::Lease>>,
 }
 
 impl std::fmt::Debug for RunTask {
@@ -363,13 +377,72 @@ impl std::fmt::Debug for RunTask {
 }
 
 impl Runners {
-    /// Runners whose queue holds `capacity` runs.
-    pub(crate) fn new(capacity: usize) -> Runners {
+    /// Runners whose queue holds `capacity` runs; `owner` names this process in leases of
+    /// `lease`.
+    pub(crate) fn new(capacity: usize, owner: String, lease: std::time::Duration) -> Runners {
         let (queue, rx) = std::sync::mpsc::sync_channel(capacity.max(1));
         Runners {
             queue,
             waiting: std::sync::Mutex::new(Some(rx)),
             capacity: capacity.max(1),
+            owner,
+            lease,
+            held: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, rft_store::Lease>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the lease of run `id`, which this process runs.
+    fn hold(&self, store: &rft_store::Store, id: &str) -> Result<(), ApiError> {
+        let lease = store.take_lease(id, &self.owner, self.lease)?;
+        self.held().insert(id.to_owned(), lease);
+        Ok(())
+    }
+
+    /// Gives up the lease of run `id` (it ended).
+    fn let_go(&self, store: &rft_store::Store, id: &str) {
+        if let Some(lease) = self.held().remove(id) {
+            if let Err(e) = store.release(&lease) {
+                tracing::warn!(run = %id, "cannot release the run's lease: {e}");
+            }
+        }
+    }
+
+    /// Renews this process's leases, and fails the runs of processes that stopped. Runs on a
+    /// thread of its own every third of a lease.
+    fn keep(&self, store: &rft_store::Store) {
+        let held: Vec<rft_store::Lease> = self.held().values().cloned().collect();
+        for lease in held {
+            match store.renew(&lease, self.lease) {
+                Ok(Some(_)) => {}
+                // Failed by another process's keeper after an outage: the run sees it.
+                Ok(None) => {
+                    self.held().remove(&lease.id);
+                }
+                Err(e) => tracing::warn!(run = %lease.id, "cannot renew the run's lease: {e}"),
+            }
+        }
+        let local = store.is_local();
+        let gone = move |owner: &str| local && crate::scheduler::gone_on_this_host(owner);
+        for status in ["queued", "in_progress"] {
+            let failed = store.requeue_expired::<EvalRun>("eval_run", status, &gone, |r| {
+                r.status = RunStatus::Failed;
+                r.error = Some(RunError {
+                    code: "runner_stopped".into(),
+                    message: "The process running this run stopped before it finished; its finished output items are kept. Start a new run.".into(),
+                });
+            });
+            match failed {
+                Ok(ids) => {
+                    for id in ids {
+                        tracing::warn!(run = %id, "its process stopped: the run is failed");
+                    }
+                }
+                Err(e) => tracing::warn!("cannot look for abandoned eval runs: {e}"),
+            }
         }
     }
 
@@ -384,6 +457,20 @@ impl Runners {
             return;
         };
         let rx = Arc::new(std::sync::Mutex::new(rx));
+        let weak = Arc::downgrade(state);
+        let every = self.lease / 3;
+        let keeper = std::thread::Builder::new()
+            .name("rft-eval-leases".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                let Some(state) = weak.upgrade() else {
+                    return;
+                };
+                state.eval_runs.keep(&state.store);
+            });
+        if let Err(e) = keeper {
+            tracing::error!("cannot start the eval runs' lease keeper: {e}");
+        }
         for i in 0..threads.max(1) {
             let (rx, state) = (rx.clone(), Arc::downgrade(state));
             let spawned = std::thread::Builder::new()
@@ -422,6 +509,7 @@ fn run_task(state: &Arc<AppState>, task: RunTask) {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         execute(state, &task.eval, &task.run, task.rows, task.sampling)
     }));
+    state.eval_runs.let_go(&state.store, &id);
     let error = match outcome {
         Ok(Ok(())) => return,
         Ok(Err(e)) => e,

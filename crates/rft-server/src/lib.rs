@@ -58,6 +58,8 @@ pub struct ServerConfig {
     pub run_jobs: bool,
     /// How long a worker's claim on a job lasts without a heartbeat.
     pub lease: std::time::Duration,
+    /// Whether this process serves the HTTP API (`false`: `rft worker`).
+    pub serves_api: bool,
     /// Accepted bearer keys; empty means no auth (then only loopback binding is allowed).
     pub api_keys: Vec<String>,
     /// Largest file upload, bytes (OpenAI: 512 MB).
@@ -110,6 +112,7 @@ impl ServerConfig {
             blobs: None,
             run_jobs: true,
             lease: std::time::Duration::from_secs(30),
+            serves_api: true,
             api_keys: Vec::new(),
             max_upload_bytes: 512 * 1024 * 1024,
             inference_queue: 256,
@@ -721,7 +724,11 @@ pub async fn serve_on(
         config.inference_queue,
         config.max_batch_bytes,
     );
-    let eval_runs = evals::Runners::new(config.eval_run_queue);
+    let eval_runs = evals::Runners::new(
+        config.eval_run_queue,
+        WorkerSettings::new(config.lease).id,
+        config.lease,
+    );
     let graders = graders::GraderPool::new(config.max_concurrent_grades);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(
         config.max_concurrent_requests.max(1),
@@ -766,15 +773,34 @@ pub async fn serve_on(
 pub(crate) fn open_storage(
     config: &ServerConfig,
 ) -> Result<(Arc<Store>, rft_store::blobs::Blobs), ServeError> {
-    let store = Arc::new(Store::connect(
-        config.database.as_deref(),
-        &config.data_dir,
-    )?);
+    // A process started with (or before) its database waits for it a while rather than exit:
+    // an orchestrator starts them in any order.
+    let start = std::time::Instant::now();
+    let store = loop {
+        let opened = if config.run_jobs && !config.serves_api {
+            Store::connect_shared(config.database.as_deref(), &config.data_dir)
+        } else {
+            Store::connect(config.database.as_deref(), &config.data_dir)
+        };
+        match opened {
+            Err(e) if e.is_unavailable() && start.elapsed() < DATABASE_PATIENCE => {
+                tracing::warn!("{e}; trying again in 2 s");
+                std::thread::sleep(std::time::Duration::from_secs(2));
+            }
+            other => break Arc::new(other?),
+        }
+    };
     let blobs = match config.blobs.as_deref().filter(|b| !b.trim().is_empty()) {
         None => rft_store::blobs::Blobs::local(&config.data_dir),
         Some(spec) => rft_store::blobs::Blobs::open(spec, &config.data_dir),
     }
     .map_err(ServeError::Blobs)?;
+    if !store.is_local() && blobs.local_root().is_some() {
+        tracing::warn!(
+            "the database is shared but the blob store is this process's data folder ({}): every API process and worker must use this same folder (or pass --blobs s3://…)",
+            config.data_dir.display()
+        );
+    }
     tracing::info!(
         "database {}, artefacts in {}",
         store.describe(),
@@ -782,6 +808,9 @@ pub(crate) fn open_storage(
     );
     Ok((store, blobs))
 }
+
+/// How long a starting process waits for its database.
+const DATABASE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A server running on a thread of its own (benchmarks, tests); stopped when dropped.
 #[derive(Debug)]

@@ -79,7 +79,7 @@ fn hostname() -> String {
 /// SQLite, whose workers all run on this machine (a process of this host that no longer
 /// exists). PostgreSQL's workers may be anywhere, even on another machine with this host
 /// name: there only the lease's expiry counts.
-fn gone_on_this_host(owner: &str) -> bool {
+pub(crate) fn gone_on_this_host(owner: &str) -> bool {
     let mut parts = owner.splitn(3, ':');
     let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
         return true;
@@ -220,6 +220,12 @@ pub fn run_worker_until(
     settings: WorkerSettings,
     stop: &AtomicBool,
 ) -> Result<(), ServeError> {
+    let config = crate::ServerConfig {
+        serves_api: false,
+        run_jobs: true,
+        ..config.clone()
+    };
+    let config = &config;
     let (store, blobs) = crate::open_storage(config)?;
     let catalog = Arc::new(crate::catalog::Catalog::new(config));
     let device = rft_model::device::parse_device(&config.device).map_err(ServeError::Device)?;

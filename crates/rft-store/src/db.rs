@@ -329,9 +329,10 @@ impl Postgres {
     pub(crate) fn error(&self, e: &postgres::Error) -> StoreError {
         if let Some(db) = e.as_db_error() {
             let code = db.code().code();
-            // Class 08 (connection exception) and 57P0x (shutdown, cannot connect now) mean the
-            // server is going away or not there yet: try again later.
-            if code.starts_with("08") || code.starts_with("57P") {
+            // Class 08 (connection exception), 57P0x (shutdown, cannot connect now) and 53
+            // (insufficient resources: too many connections, disk full) mean the server cannot
+            // take the request now: try again later.
+            if code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") {
                 return StoreError::Unavailable(format!(
                     "PostgreSQL at {}: {}",
                     self.shown,

@@ -231,6 +231,21 @@ impl Store {
     /// here, on both databases; on PostgreSQL under an advisory lock, so processes starting
     /// together migrate once.
     pub fn connect(database: Option<&str>, root: &Path) -> Result<Store, StoreError> {
+        Store::connect_with(database, root, true)
+    }
+
+    /// [`Store::connect`] for a process that shares its data folder with another one which
+    /// takes uploads (an `rft worker` beside `rft serve` on one machine): it leaves `files/`
+    /// alone, since what looks like a crash's leftover may be an upload in flight there.
+    pub fn connect_shared(database: Option<&str>, root: &Path) -> Result<Store, StoreError> {
+        Store::connect_with(database, root, false)
+    }
+
+    fn connect_with(
+        database: Option<&str>,
+        root: &Path,
+        collect_orphans: bool,
+    ) -> Result<Store, StoreError> {
         for dir in [root.to_path_buf(), root.join("files"), root.join("jobs")] {
             private_dir(&dir)?;
         }
@@ -262,7 +277,7 @@ impl Store {
                 )))
             }
         };
-        if store.is_local() {
+        if store.is_local() && collect_orphans {
             store.collect_orphan_blobs()?;
         }
         Ok(store)
@@ -1028,6 +1043,43 @@ impl Store {
                     epoch,
                 },
             )))
+        })
+    }
+
+    /// Takes a lease on object `id` for `owner` (an object this process just created and will
+    /// work on itself, such as an eval run), whoever held it before.
+    pub fn take_lease(
+        &self,
+        id: &str,
+        owner: &str,
+        duration: Duration,
+    ) -> Result<Lease, StoreError> {
+        let epoch = self.db.transaction(|tx| {
+            let upsert = format!(
+                "INSERT INTO leases (id, owner, epoch, expires_at) VALUES (?, ?, 1, {now} + ?)
+                 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner,
+                     epoch = leases.epoch + 1, expires_at = excluded.expires_at
+                 RETURNING epoch",
+                now = tx.dialect().now_ms()
+            );
+            Ok(tx
+                .rows(
+                    &upsert,
+                    &[
+                        Cell::from(id),
+                        Cell::from(owner),
+                        Cell::Int(millis(duration)),
+                    ],
+                )?
+                .first()
+                .and_then(|r| r.first())
+                .and_then(Cell::int)
+                .unwrap_or(1))
+        })?;
+        Ok(Lease {
+            id: id.to_owned(),
+            owner: owner.to_owned(),
+            epoch,
         })
     }
 

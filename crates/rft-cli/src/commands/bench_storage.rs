@@ -306,9 +306,13 @@ fn takeovers(backend: Backend<'_>, scratch: &Path, runs: usize) -> anyhow::Resul
                 .context("the first worker lost its lease while renewing it")?;
         }
         let last_renewal = Instant::now();
+        // The live worker's polls are not in step with the dead one's renewals: each run starts
+        // them at another phase of the poll interval (0, 1/runs, 2/runs, … of it).
+        let phase = TAKEOVER_POLL.mul_f64(run as f64 / runs as f64);
         let claimed = AtomicBool::new(false);
         let took = std::thread::scope(|scope| -> anyhow::Result<Duration> {
             let sweeper = scope.spawn(|| -> anyhow::Result<()> {
+                std::thread::sleep(phase);
                 while !claimed.load(Ordering::SeqCst) {
                     // Only expiry counts, as on PostgreSQL, where workers may be anywhere.
                     live.requeue_expired::<TinyJob>("job", "running", &|_| false, |j| {
@@ -319,6 +323,7 @@ fn takeovers(backend: Backend<'_>, scratch: &Path, runs: usize) -> anyhow::Resul
                 Ok(())
             });
             let worker = (|| -> anyhow::Result<Duration> {
+                std::thread::sleep(phase);
                 loop {
                     if let Some((job, lease)) = live.claim::<TinyJob>(
                         "job",

@@ -15,7 +15,9 @@ pub(crate) struct ServeArgs {
     /// Port to listen on.
     #[arg(long, default_value_t = 8000)]
     pub(crate) port: u16,
-    /// The data folder: database, uploaded files, jobs and checkpoints (default: ~/.openrft/serve).
+    /// The data folder: database, uploaded files, jobs and checkpoints (default:
+    /// $RFT_HOME/serve, that is ~/.cache/openrft/serve). With --database and --blobs, this
+    /// process's local working copy.
     #[arg(long, value_name = "DIR")]
     pub(crate) data: Option<PathBuf>,
     /// An accepted API key (repeatable); every request then needs `Authorization: Bearer KEY`.
