@@ -16,7 +16,7 @@
 #   RFT_SERVICES_SCRIPT=<absolute path of this script>
 # Everything else it says goes to stderr. When `start` fails it stops what it started.
 #
-# PostgreSQL (docs shared/design/SCALE-OUT.md, "Starting the real services in tests"): the highest
+# PostgreSQL (the project's scale-out design notes, "Starting the real services in tests"): the highest
 # version under /usr/lib/postgresql/*/bin (Debian's layout; $RFT_PG_BIN overrides; scripts/test.sh
 # installs Debian's `postgresql` when there is none), `initdb --auth=trust -U rft` and a
 # database `rft`. PostgreSQL refuses to run as root, so as root initdb and pg_ctl run as the
@@ -31,7 +31,7 @@
 # against AWS: PUT/GET/HEAD/DELETE with ranges, multipart uploads (create, upload part, complete,
 # abort, list), ListObjectsV2 with prefixes, delimiters and continuation tokens, conditional
 # requests, and errors as S3 returns them (NoSuchKey, NoSuchBucket, 404/412 and so on). It is
-# pip-installable without root, starts in a few seconds, and is what SCALE-OUT.md suggests.
+# pip-installable without root, starts in a few seconds, and is what the scale-out design suggests.
 # Its limits: everything lives in memory (a restart loses all buckets and objects; there is no
 # durability to test); it is one Python process, so its speed says nothing about S3's; signatures
 # and credentials are not checked (any access key works, and a bucket must still be created with

@@ -164,6 +164,18 @@ fn api_with(svc: &Services, blobs: &str, data: &Path, model: &Path, extra: &[&st
 
 /// A worker with a lease of `lease` seconds.
 fn worker(svc: &Services, blobs: &str, data: &Path, model: &Path, lease: &str) -> Proc {
+    worker_with(svc, blobs, data, model, lease, &[])
+}
+
+/// [`worker`] with more arguments.
+fn worker_with(
+    svc: &Services,
+    blobs: &str,
+    data: &Path,
+    model: &Path,
+    lease: &str,
+    extra: &[&str],
+) -> Proc {
     let mut args = vec!["worker".to_owned()];
     args.extend(storage_args(svc, blobs, data));
     args.extend([
@@ -172,6 +184,7 @@ fn worker(svc: &Services, blobs: &str, data: &Path, model: &Path, lease: &str) -
         "--lease-seconds".into(),
         lease.into(),
     ]);
+    args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     start(&args, &svc.s3_endpoint, "worker ")
 }
@@ -768,4 +781,151 @@ fn the_eval_runs_of_a_killed_api_process_are_failed_by_another() {
         killed.elapsed()
     );
     assert_no_secrets(&[&survivor]);
+}
+
+#[test]
+fn a_rollout_server_loads_each_version_from_the_blob_store_without_a_shared_folder() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(svc) = services() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = write_task(tmp.path(), 8);
+    let blobs = format!("s3://{}/fleet", svc.bucket);
+    // A rollout server on a "machine" of its own: its own data folder and adapter root, the
+    // same blob store.
+    let root = tmp.path().join("replica-adapters");
+    std::fs::create_dir_all(&root).unwrap();
+    let replica_data = tmp.path().join("replica");
+    let model_arg = model.display().to_string();
+    let replica = start(
+        &[
+            "serve",
+            "--port",
+            "0",
+            "--data",
+            &replica_data.display().to_string(),
+            "--adapter-root",
+            &root.display().to_string(),
+            "--blobs",
+            &blobs,
+            "--model",
+            &model_arg,
+        ],
+        &svc.s3_endpoint,
+        "listening on ",
+    );
+    let api = api(&svc, &blobs, &tmp.path().join("api"), &model);
+    let worker = worker_with(
+        &svc,
+        &blobs,
+        &tmp.path().join("w"),
+        &model,
+        "10",
+        &["--rollout-url", &replica.base],
+    );
+    let train = upload(&api.base, &tmp.path().join("train.jsonl"));
+    let valid = upload(&api.base, &tmp.path().join("valid.jsonl"));
+    let job = create_job(&api.base, &model, &train, &valid, 21);
+    let done = wait_until_final(&api.base, &job, Duration::from_secs(300));
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", worker.log());
+    assert_once(&events(&api.base, &job), 4);
+    // Every version the replica sampled came through the blob store into its adapter root.
+    let fetched: Vec<String> = std::fs::read_dir(root.join("blobs"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&job))
+        .collect();
+    assert!(
+        fetched.len() >= 4,
+        "versions fetched from the blob store: {fetched:?}"
+    );
+    assert_no_secrets(&[&replica, &api, &worker]);
+}
+
+#[test]
+fn pause_resume_and_cancel_through_any_api_reach_the_worker() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some(svc) = services() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let model = write_task(tmp.path(), 24);
+    let blobs = format!("s3://{}/control", svc.bucket);
+    let api_a = api(&svc, &blobs, &tmp.path().join("api-a"), &model);
+    let api_b = api(&svc, &blobs, &tmp.path().join("api-b"), &model);
+    let worker = worker(&svc, &blobs, &tmp.path().join("w"), &model, "3");
+    let train = upload(&api_a.base, &tmp.path().join("train.jsonl"));
+    let valid = upload(&api_a.base, &tmp.path().join("valid.jsonl"));
+    let job = create_job(&api_a.base, &model, &train, &valid, 31);
+    wait_for_metrics(&api_a.base, &job, 2);
+    // Paused through the other API process: the worker hears it at its next heartbeat and
+    // stops at a step boundary.
+    let paused = post(
+        &format!("{}/fine_tuning/jobs/{job}/pause", api_b.base),
+        json!({}),
+    );
+    assert_eq!(paused["status"], "paused", "{paused}");
+    let start = Instant::now();
+    while !events(&api_a.base, &job).iter().any(|e| {
+        e["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("Paused after step")
+    }) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the worker never paused"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let at_pause = metrics_steps(&events(&api_a.base, &job)).len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        metrics_steps(&events(&api_a.base, &job)).len(),
+        at_pause,
+        "no step while paused"
+    );
+    // Resumed through the first, it continues; cancelled through the second, it stops.
+    let resumed = post(
+        &format!("{}/fine_tuning/jobs/{job}/resume", api_a.base),
+        json!({}),
+    );
+    assert_eq!(resumed["status"], "queued", "{resumed}");
+    wait_for_metrics(&api_a.base, &job, at_pause + 1);
+    let cancelled = post(
+        &format!("{}/fine_tuning/jobs/{job}/cancel", api_b.base),
+        json!({}),
+    );
+    assert_eq!(cancelled["status"], "cancelled", "{cancelled}");
+    let start = Instant::now();
+    while !worker.log().contains("Job cancelled")
+        && !events(&api_a.base, &job)
+            .iter()
+            .any(|e| e["message"] == "Job cancelled")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the worker never stopped"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let settled = metrics_steps(&events(&api_a.base, &job)).len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        metrics_steps(&events(&api_a.base, &job)).len(),
+        settled,
+        "no step after the cancel"
+    );
+    assert_eq!(
+        get(&format!("{}/fine_tuning/jobs/{job}", api_a.base))["status"],
+        "cancelled"
+    );
+    let all = events(&api_a.base, &job);
+    let mut steps = metrics_steps(&all);
+    let n = steps.len();
+    steps.dedup();
+    assert_eq!(
+        steps.len(),
+        n,
+        "each step's metrics once across the pause: {steps:?}"
+    );
+    assert_no_secrets(&[&api_a, &api_b, &worker]);
 }

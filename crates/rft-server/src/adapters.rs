@@ -61,6 +61,11 @@ impl LoadedAdapters {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The adapter root (resolved), when the endpoints are on.
+    pub(crate) fn root(&self) -> Option<&Path> {
+        self.root.as_deref()
+    }
+
     /// The model a loaded name stands for, marked used.
     pub(crate) fn get(&self, name: &str) -> Option<ModelRef> {
         let mut guard = self.lock();
@@ -187,7 +192,29 @@ pub(crate) async fn load(
     ApiBody(request): ApiBody<LoadLoraAdapter>,
 ) -> Result<Response, ApiError> {
     let adapters = &state.inference.adapters;
-    let dir = adapters.resolve_path(&request.lora_path)?;
+    // `blob:adapters/<name>`: a version the trainer published through the blob store this
+    // server shares (`--blobs`), fetched into the adapter root, then loaded from there.
+    let mut lora_path = request.lora_path.clone();
+    if lora_path.starts_with(crate::job_storage::BLOB_PATH_SCHEME) {
+        let root = adapters.root().ok_or_else(endpoints_off)?.to_owned();
+        let blobs = state.blobs.clone();
+        let given = lora_path.clone();
+        let fetched = tokio::task::spawn_blocking(move || {
+            crate::job_storage::fetch_blob_adapter(&blobs, &root, &given)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("the adapter fetch stopped: {e}")))?;
+        match fetched {
+            Some(Ok(local)) => lora_path = local.to_string_lossy().into_owned(),
+            Some(Err(message)) => {
+                return Err(ApiError::not_found("LoRA adapter", &request.lora_path)
+                    .with_param("lora_path")
+                    .with_message(crate::error::redact_paths(&message)))
+            }
+            None => {}
+        }
+    }
+    let dir = adapters.resolve_path(&lora_path)?;
     let catalog = state.inference.catalog();
     check_name(&request.lora_name, catalog)?;
     // The adapter goes over the base it names when this server serves that base, else over

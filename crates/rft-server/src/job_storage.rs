@@ -106,6 +106,24 @@ pub(crate) fn note(store: &Store, job_id: &str, level: EventLevel, text: impl In
     }
 }
 
+/// The key of a job's "Job cancelled" event, which the API and the worker may both write.
+pub(crate) const CANCELLED_KEY: &str = "cancelled";
+
+/// [`note`] under `key`: written once, whoever writes it first.
+pub(crate) fn note_once(store: &Store, job_id: &str, key: &str, text: &str) {
+    let written = write_event(
+        store,
+        job_id,
+        key,
+        EventLevel::Info,
+        text.to_owned(),
+        EventBody::Message {},
+    );
+    if let Err(e) = written {
+        tracing::warn!(job = %job_id, "cannot record an event: {e}");
+    }
+}
+
 /// Job `job_id`'s events, oldest first.
 pub(crate) fn events(store: &Store, job_id: &str) -> Result<Vec<JobEvent>, StoreError> {
     store
@@ -395,4 +413,67 @@ pub(crate) fn ensure_file(store: &Store, blobs: &Blobs, file_id: &str) -> Result
         ))),
         Err(e) => Err(train_error("fetching a file from the blob store", e)),
     }
+}
+
+/// The blob-store prefix of rollout adapter versions, and the `lora_path` scheme that names
+/// one of them to a rollout server started with the same `--blobs`.
+pub(crate) const ADAPTERS_PREFIX: &str = "adapters";
+pub(crate) const BLOB_PATH_SCHEME: &str = "blob:";
+
+/// Rollout adapter versions published through the blob store: a replica started with the same
+/// `--blobs` fetches `blob:adapters/<name>` into its adapter root (no shared folder needed).
+#[derive(Debug)]
+pub(crate) struct BlobAdapters {
+    pub(crate) blobs: Blobs,
+}
+
+impl rft_train::rollouts::AdapterPublisher for BlobAdapters {
+    fn publish(&self, name: &str, dir: &Path) -> Result<String, String> {
+        let key = format!("{ADAPTERS_PREFIX}/{name}");
+        self.blobs
+            .publish_dir(&key, dir)
+            .map_err(|e| format!("the blob store: {e}"))?;
+        Ok(format!("{BLOB_PATH_SCHEME}{key}"))
+    }
+
+    fn remove(&self, name: &str) {
+        let _ = self
+            .blobs
+            .delete_prefix(&format!("{ADAPTERS_PREFIX}/{name}"));
+    }
+}
+
+/// The adapter version a `blob:adapters/<name>` path names, fetched from the blob store into
+/// `root/blobs/<name>` (once; versions are immutable); `None` when the path is not of that
+/// form, `Err` when the blob store has no complete copy or cannot be read.
+pub(crate) fn fetch_blob_adapter(
+    blobs: &Blobs,
+    root: &Path,
+    lora_path: &str,
+) -> Option<Result<std::path::PathBuf, String>> {
+    let key = lora_path.strip_prefix(BLOB_PATH_SCHEME)?;
+    let name = key.strip_prefix(&format!("{ADAPTERS_PREFIX}/"))?;
+    // One plain name: it becomes a folder name here.
+    let plain = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if !plain {
+        return Some(Err(format!(
+            "'{lora_path}' is not a blob adapter path: expected blob:adapters/NAME (letters, digits, '-', '_', '.')"
+        )));
+    }
+    let local = root.join("blobs").join(name);
+    if local.join("adapter_config.json").is_file()
+        && local.join("adapter_model.safetensors").is_file()
+    {
+        return Some(Ok(local));
+    }
+    Some(match blobs.fetch_dir(key, &local) {
+        Ok(Some(_)) => Ok(local),
+        Ok(None) => Err(format!("the blob store has no complete adapter at {key}")),
+        Err(e) => Err(format!("cannot fetch {key} from the blob store: {e}")),
+    })
 }

@@ -307,9 +307,16 @@ pub(crate) async fn cancel(
         ],
         JobStatus::Cancelled,
     )?;
-    // Whatever the status was, the scheduler may be starting this very job: stop it.
+    // Whatever the status was, the scheduler may be starting this very job: stop it. Its
+    // worker (this process's, or another's, which hears of it at its next heartbeat) writes
+    // the event when it stops, under the same key: one "Job cancelled" whoever writes first.
     if !state.scheduler.stop_if_running(&id) {
-        note(&state.store, &id, EventLevel::Info, "Job cancelled");
+        crate::job_storage::note_once(
+            &state.store,
+            &id,
+            crate::job_storage::CANCELLED_KEY,
+            "Job cancelled",
+        );
     }
     Ok(Json(job))
 }
@@ -321,7 +328,7 @@ pub(crate) async fn pause(
     UrlPath(id): UrlPath<String>,
     _body: Bytes,
 ) -> Result<Json<FineTuningJob>, ApiError> {
-    existing(&state, &id)?;
+    let before = existing(&state, &id)?;
     let job = transition(
         &state,
         &id,
@@ -329,7 +336,8 @@ pub(crate) async fn pause(
         &[JobStatus::Queued, JobStatus::Running],
         JobStatus::Paused,
     )?;
-    if !state.scheduler.stop_if_running(&id) {
+    // A running job's trainer says "Paused after step N" when it stops, wherever it runs.
+    if !state.scheduler.stop_if_running(&id) && before.status != JobStatus::Running {
         note(&state.store, &id, EventLevel::Info, "Job paused");
     }
     Ok(Json(job))

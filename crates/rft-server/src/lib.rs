@@ -142,8 +142,9 @@ pub struct RolloutSettings {
     pub urls: Vec<String>,
     /// Every replica's admin base URL (adapters are loaded on each); `urls` when empty.
     pub admin_urls: Vec<String>,
-    /// The shared folder adapters are written to.
-    pub adapter_dir: PathBuf,
+    /// The shared folder adapters are written to; `None`: they go through the blob store
+    /// (`--blobs s3://…`, which the replicas are started with too) as `blob:adapters/<name>`.
+    pub adapter_dir: Option<PathBuf>,
     /// The replicas' API key.
     pub api_key: Option<String>,
 }

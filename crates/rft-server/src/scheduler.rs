@@ -531,10 +531,23 @@ impl Inner {
         let Some(settings) = &self.rollout else {
             return Ok(None);
         };
+        // Without a shared folder, versions are written to this worker's data folder and
+        // published through the blob store.
+        let (adapter_dir, publisher) = match &settings.adapter_dir {
+            Some(dir) => (dir.clone(), None),
+            None => (
+                self.store.root().join("rollout-adapters"),
+                Some(Arc::new(job_storage::BlobAdapters {
+                    blobs: self.blobs.clone(),
+                })
+                    as Arc<dyn rft_train::rollouts::AdapterPublisher>),
+            ),
+        };
         rft_train::rollouts::RemoteRollouts::new(rft_train::rollouts::RemoteConfig {
             urls: settings.urls.clone(),
             admin_urls: settings.admin_urls.clone(),
-            adapter_dir: settings.adapter_dir.clone(),
+            adapter_dir,
+            publisher,
             // The job's id and a suffix of this run: a resumed job's versions count from 0
             // again and must never meet the adapters an earlier run left loaded.
             name_prefix: format!(
@@ -564,7 +577,8 @@ impl Inner {
             last = Instant::now();
             match self.store.renew(lease, self.settings.lease) {
                 Ok(Some(body)) => {
-                    if body["status"].as_str() != Some(JobStatus::Running.as_str()) {
+                    let status = serde_json::from_value::<StatusOf>(body).map(|s| s.status);
+                    if !matches!(status, Ok(JobStatus::Running)) {
                         control.pause.store(true, Ordering::SeqCst);
                     }
                 }
@@ -603,15 +617,13 @@ impl Inner {
             // The trainer takes its job id from job.json, so its events and model names use
             // ours (a fetched one has it already).
             if !dir.join("job.json").is_file() {
-                let record = serde_json::json!({ "id": id });
-                rft_types::paths::write_atomic(
-                    &dir.join("job.json"),
-                    record.to_string().as_bytes(),
-                )
-                .map_err(|source| TrainError::Io {
-                    path: dir.clone(),
-                    source,
-                })?;
+                let record = serde_json::to_string(&TrainerJobId { id: &id }).unwrap_or_default();
+                rft_types::paths::write_atomic(&dir.join("job.json"), record.as_bytes()).map_err(
+                    |source| TrainError::Io {
+                        path: dir.clone(),
+                        source,
+                    },
+                )?;
             }
             Ok((self.job_request(job)?, resumed))
         })();
@@ -712,7 +724,12 @@ impl Inner {
                 })?
                 .map(|j| j.status);
                 if status == Some(JobStatus::Cancelled) {
-                    note(&self.store, &id, EventLevel::Info, "Job cancelled");
+                    job_storage::note_once(
+                        &self.store,
+                        &id,
+                        job_storage::CANCELLED_KEY,
+                        "Job cancelled",
+                    );
                 } else if self.stopping.load(Ordering::SeqCst) && status == Some(JobStatus::Running)
                 {
                     note(
@@ -799,6 +816,19 @@ impl Inner {
             integrations: None,
         })
     }
+}
+
+/// What the server writes into a fresh job folder's `job.json`: the trainer takes its job id
+/// from it, so its events and model names use the server's.
+#[derive(serde::Serialize)]
+struct TrainerJobId<'a> {
+    id: &'a str,
+}
+
+/// The status of a job body a lease renewal returns.
+#[derive(serde::Deserialize)]
+struct StatusOf {
+    status: JobStatus,
 }
 
 /// What the server reads back from the trainer's `job.json`: the resolved hyperparameters.

@@ -74,6 +74,7 @@ fn remote(urls: Vec<String>, adapters: &Path) -> RemoteRollouts {
         keep_versions: 3,
         api_key: None,
         timeout: Duration::from_secs(60),
+        publisher: None,
     })
     .unwrap()
 }

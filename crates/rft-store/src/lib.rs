@@ -29,6 +29,9 @@
 
 pub mod blobs;
 mod db;
+#[doc(hidden)]
+pub mod testing;
+mod work;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -38,7 +41,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use db::redact_url;
-use db::{Cell, Db, Dialect, Tx};
+use db::{Cell, Db, Dialect};
+use work::holds;
 
 /// SQLite's migrations, in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -213,6 +217,11 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// The `status` column of a stored body (lists and claims filter on it).
+fn status_of(body: &Value) -> Cell {
+    Cell::from(body.get("status").and_then(Value::as_str))
 }
 
 fn millis(d: Duration) -> i64 {
@@ -439,7 +448,7 @@ impl Store {
             Cell::from(kind),
             Cell::from(body["id"].as_str().unwrap_or_default()),
             Cell::from(parent),
-            Cell::from(body["status"].as_str()),
+            status_of(body),
             Cell::Int(body["created_at"].as_i64().unwrap_or_else(now)),
             Cell::Int(now()),
             Cell::Text(body.to_string()),
@@ -458,7 +467,7 @@ impl Store {
     pub fn update(&self, id: &str, body: &Value) -> Result<bool, StoreError> {
         let params = [
             Cell::Text(body.to_string()),
-            Cell::from(body["status"].as_str()),
+            status_of(body),
             Cell::Int(now()),
             Cell::from(id),
         ];
@@ -520,7 +529,7 @@ impl Store {
                 "UPDATE objects SET body = ?, status = ?, updated_at = ? WHERE id = ?",
                 &[
                     Cell::Text(value.to_string()),
-                    Cell::from(value["status"].as_str()),
+                    status_of(&value),
                     Cell::Int(now()),
                     Cell::from(id),
                 ],
@@ -874,349 +883,6 @@ impl Store {
         }
         Ok(out)
     }
-
-    // -----------------------------------------------------------------------------------------
-    // Events
-
-    /// Appends an event to job `job_id`'s log unless one with the same `key` is there already;
-    /// `build` makes its body from the sequence number the database gives it. Returns the
-    /// stored event (the earlier one, for a key already written) and whether it is new.
-    pub fn append_event(
-        &self,
-        job_id: &str,
-        key: &str,
-        build: impl FnOnce(i64) -> Value + Send,
-    ) -> Result<(StoredEvent, bool), StoreError> {
-        self.db.transaction(|tx| {
-            let existing = tx.rows(
-                "SELECT seq, body FROM events WHERE job_id = ? AND key = ?",
-                &[Cell::from(job_id), Cell::from(key)],
-            )?;
-            if let Some(row) = existing.into_iter().next() {
-                return Ok((self.event_row(row)?, false));
-            }
-            // The body needs the sequence number the row gets: insert, then fill it in.
-            let inserted = tx.rows(
-                "INSERT INTO events (job_id, key, created_at, body) VALUES (?, ?, ?, '{}')
-                 ON CONFLICT (job_id, key) DO NOTHING RETURNING seq",
-                &[Cell::from(job_id), Cell::from(key), Cell::Int(now())],
-            )?;
-            let Some(seq) = inserted.first().and_then(|r| r.first()).and_then(Cell::int) else {
-                // Written by another transaction between the two statements (PostgreSQL's
-                // READ COMMITTED): that one stands.
-                let row = tx
-                    .rows(
-                        "SELECT seq, body FROM events WHERE job_id = ? AND key = ?",
-                        &[Cell::from(job_id), Cell::from(key)],
-                    )?
-                    .into_iter()
-                    .next()
-                    .ok_or_else(|| {
-                        StoreError::Postgres("an event vanished while written".into())
-                    })?;
-                return Ok((self.event_row(row)?, false));
-            };
-            let body = build(seq);
-            tx.exec(
-                "UPDATE events SET body = ? WHERE seq = ?",
-                &[Cell::Text(body.to_string()), Cell::Int(seq)],
-            )?;
-            Ok((StoredEvent { seq, body }, true))
-        })
-    }
-
-    fn event_row(&self, row: Vec<Cell>) -> Result<StoredEvent, StoreError> {
-        let seq = row.first().and_then(Cell::int).unwrap_or_default();
-        let body = row.get(1).and_then(Cell::text).unwrap_or("{}");
-        Ok(StoredEvent {
-            seq,
-            body: self.parse(&format!("event {seq}"), body)?,
-        })
-    }
-
-    /// Job `job_id`'s events, oldest first.
-    pub fn events(&self, job_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
-        let rows = self.db.read(|tx| {
-            tx.rows(
-                "SELECT seq, body FROM events WHERE job_id = ? ORDER BY seq ASC",
-                &[Cell::from(job_id)],
-            )
-        })?;
-        rows.into_iter().map(|row| self.event_row(row)).collect()
-    }
-
-    /// How many events job `job_id` has.
-    pub fn event_count(&self, job_id: &str) -> Result<usize, StoreError> {
-        let rows = self.db.read(|tx| {
-            tx.rows(
-                "SELECT COUNT(*) FROM events WHERE job_id = ?",
-                &[Cell::from(job_id)],
-            )
-        })?;
-        Ok(rows
-            .first()
-            .and_then(|r| r.first())
-            .and_then(Cell::int)
-            .unwrap_or(0) as usize)
-    }
-
-    // -----------------------------------------------------------------------------------------
-    // Leases
-
-    /// Claims the oldest object of `kind` in `status` that no live lease holds, for `owner`
-    /// until `duration` from now (the database's clock), and applies `change` to it (a status
-    /// change, typically) in the same transaction. `None` when there is nothing to claim.
-    /// On PostgreSQL the candidate row is locked with `SKIP LOCKED`: workers claiming at once
-    /// each get a different object, and none waits for another.
-    pub fn claim<T>(
-        &self,
-        kind: &str,
-        status: &str,
-        owner: &str,
-        duration: Duration,
-        change: impl FnOnce(&mut T) + Send,
-    ) -> Result<Option<(T, Lease)>, StoreError>
-    where
-        T: serde::Serialize + serde::de::DeserializeOwned + Send,
-    {
-        self.db.transaction(|tx| {
-            let d = tx.dialect();
-            let select = format!(
-                "SELECT o.id, o.body FROM objects o
-                 WHERE o.kind = ? AND o.status = ?
-                   AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = o.id AND l.owner <> ''
-                                   AND l.expires_at > {now})
-                 ORDER BY o.seq ASC LIMIT 1{lock}",
-                now = d.now_ms(),
-                lock = d.skip_locked(),
-            );
-            let Some(row) = tx
-                .rows(&select, &[Cell::from(kind), Cell::from(status)])?
-                .into_iter()
-                .next()
-            else {
-                return Ok(None);
-            };
-            let id = row
-                .first()
-                .and_then(Cell::text)
-                .unwrap_or_default()
-                .to_owned();
-            let body = row.get(1).and_then(Cell::text).unwrap_or_default();
-            let mut object: T = self.parse_body(&id, self.parse(&id, body)?)?;
-            change(&mut object);
-            let value = self.to_body(&object)?;
-            tx.exec(
-                "UPDATE objects SET body = ?, status = ?, updated_at = ? WHERE id = ?",
-                &[
-                    Cell::Text(value.to_string()),
-                    Cell::from(value["status"].as_str()),
-                    Cell::Int(now()),
-                    Cell::from(id.as_str()),
-                ],
-            )?;
-            let upsert = format!(
-                "INSERT INTO leases (id, owner, epoch, expires_at) VALUES (?, ?, 1, {now} + ?)
-                 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner,
-                     epoch = leases.epoch + 1, expires_at = excluded.expires_at
-                 RETURNING epoch",
-                now = d.now_ms()
-            );
-            let epoch = tx
-                .rows(
-                    &upsert,
-                    &[
-                        Cell::from(id.as_str()),
-                        Cell::from(owner),
-                        Cell::Int(millis(duration)),
-                    ],
-                )?
-                .first()
-                .and_then(|r| r.first())
-                .and_then(Cell::int)
-                .unwrap_or(1);
-            Ok(Some((
-                object,
-                Lease {
-                    id,
-                    owner: owner.to_owned(),
-                    epoch,
-                },
-            )))
-        })
-    }
-
-    /// Takes a lease on object `id` for `owner` (an object this process just created and will
-    /// work on itself, such as an eval run), whoever held it before.
-    pub fn take_lease(
-        &self,
-        id: &str,
-        owner: &str,
-        duration: Duration,
-    ) -> Result<Lease, StoreError> {
-        let epoch = self.db.transaction(|tx| {
-            let upsert = format!(
-                "INSERT INTO leases (id, owner, epoch, expires_at) VALUES (?, ?, 1, {now} + ?)
-                 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner,
-                     epoch = leases.epoch + 1, expires_at = excluded.expires_at
-                 RETURNING epoch",
-                now = tx.dialect().now_ms()
-            );
-            Ok(tx
-                .rows(
-                    &upsert,
-                    &[
-                        Cell::from(id),
-                        Cell::from(owner),
-                        Cell::Int(millis(duration)),
-                    ],
-                )?
-                .first()
-                .and_then(|r| r.first())
-                .and_then(Cell::int)
-                .unwrap_or(1))
-        })?;
-        Ok(Lease {
-            id: id.to_owned(),
-            owner: owner.to_owned(),
-            epoch,
-        })
-    }
-
-    /// Extends `lease` to `duration` from now and returns the object's current body (so the
-    /// holder sees a pause or cancel set meanwhile); `None` when the lease is no longer held
-    /// (expired and claimed by another, or released): the holder must stop.
-    pub fn renew(&self, lease: &Lease, duration: Duration) -> Result<Option<Value>, StoreError> {
-        let rows = self.db.transaction(|tx| {
-            let sql = format!(
-                "UPDATE leases SET expires_at = {} + ? WHERE id = ? AND owner = ? AND epoch = ?",
-                tx.dialect().now_ms()
-            );
-            let n = tx.exec(
-                &sql,
-                &[
-                    Cell::Int(millis(duration)),
-                    Cell::from(lease.id.as_str()),
-                    Cell::from(lease.owner.as_str()),
-                    Cell::Int(lease.epoch),
-                ],
-            )?;
-            if n == 0 {
-                return Ok(None);
-            }
-            tx.rows(
-                "SELECT body FROM objects WHERE id = ?",
-                &[Cell::from(lease.id.as_str())],
-            )
-            .map(Some)
-        })?;
-        match rows {
-            None => Ok(None),
-            Some(rows) => first_text(rows)
-                .map(|b| self.parse(&lease.id, &b))
-                .transpose(),
-        }
-    }
-
-    /// Gives `lease` up (if still held): the object can be claimed at once. Its epoch stays, so
-    /// the next claim's is higher.
-    pub fn release(&self, lease: &Lease) -> Result<bool, StoreError> {
-        let n = self.db.transaction(|tx| {
-            tx.exec(
-                "UPDATE leases SET owner = '', expires_at = 0 WHERE id = ? AND owner = ? AND epoch = ?",
-                &[
-                    Cell::from(lease.id.as_str()),
-                    Cell::from(lease.owner.as_str()),
-                    Cell::Int(lease.epoch),
-                ],
-            )
-        })?;
-        Ok(n > 0)
-    }
-
-    /// Whether `lease` is still held (not expired, not taken over).
-    pub fn holds(&self, lease: &Lease) -> Result<bool, StoreError> {
-        self.db.read(|tx| holds(tx, lease))
-    }
-
-    /// Objects of `kind` in status `from` whose lease expired (or that have none, or whose
-    /// holder `is_gone` says has stopped) are moved to status `to` by `change`, and their
-    /// leases ended: another worker claims them next. Returns their ids.
-    pub fn requeue_expired<T>(
-        &self,
-        kind: &str,
-        from: &str,
-        is_gone: &(dyn Fn(&str) -> bool + Sync),
-        change: impl Fn(&mut T) + Send + Sync,
-    ) -> Result<Vec<String>, StoreError>
-    where
-        T: serde::Serialize + serde::de::DeserializeOwned + Send,
-    {
-        self.db.transaction(|tx| {
-            let d = tx.dialect();
-            let select = format!(
-                "SELECT o.id, o.body, COALESCE(l.owner, ''), COALESCE(l.expires_at, 0) <= {now}
-                 FROM objects o LEFT JOIN leases l ON l.id = o.id
-                 WHERE o.kind = ? AND o.status = ?
-                 ORDER BY o.seq ASC{lock}",
-                now = d.now_ms(),
-                lock = match d {
-                    Dialect::Sqlite => "",
-                    Dialect::Postgres => " FOR UPDATE OF o SKIP LOCKED",
-                },
-            );
-            let mut moved = Vec::new();
-            for row in tx.rows(&select, &[Cell::from(kind), Cell::from(from)])? {
-                let id = row
-                    .first()
-                    .and_then(Cell::text)
-                    .unwrap_or_default()
-                    .to_owned();
-                let owner = row.get(2).and_then(Cell::text).unwrap_or_default();
-                let expired = row.get(3).and_then(Cell::int).unwrap_or(1) != 0;
-                if !(expired || owner.is_empty() || is_gone(owner)) {
-                    continue;
-                }
-                let body = row.get(1).and_then(Cell::text).unwrap_or_default();
-                let mut object: T = self.parse_body(&id, self.parse(&id, body)?)?;
-                change(&mut object);
-                let value = self.to_body(&object)?;
-                tx.exec(
-                    "UPDATE objects SET body = ?, status = ?, updated_at = ? WHERE id = ?",
-                    &[
-                        Cell::Text(value.to_string()),
-                        Cell::from(value["status"].as_str()),
-                        Cell::Int(now()),
-                        Cell::from(id.as_str()),
-                    ],
-                )?;
-                tx.exec(
-                    "UPDATE leases SET owner = '', expires_at = 0 WHERE id = ?",
-                    &[Cell::from(id.as_str())],
-                )?;
-                moved.push(id);
-            }
-            Ok(moved)
-        })
-    }
-}
-
-/// Whether `lease` is held, read inside a transaction.
-fn holds(tx: &mut dyn Tx, lease: &Lease) -> Result<bool, StoreError> {
-    let sql = format!(
-        "SELECT 1 FROM leases WHERE id = ? AND owner = ? AND epoch = ? AND expires_at > {}",
-        tx.dialect().now_ms()
-    );
-    Ok(!tx
-        .rows(
-            &sql,
-            &[
-                Cell::from(lease.id.as_str()),
-                Cell::from(lease.owner.as_str()),
-                Cell::Int(lease.epoch),
-            ],
-        )?
-        .is_empty())
 }
 
 fn first_text(rows: Vec<Vec<Cell>>) -> Option<String> {
@@ -1379,65 +1045,5 @@ mod tests {
         assert!(store.delete("file-1")?);
         assert!(!store.delete("file-1")?);
         Ok(())
-    }
-}
-
-/// Support for tests that run against real services: the database URL CI gives, and a fresh
-/// database per test, so tests running at once never see each other's rows.
-#[doc(hidden)]
-pub mod testing {
-    use super::{redact_url, StoreError};
-
-    /// The PostgreSQL URL tests use (`RFT_TEST_DATABASE_URL`). Without it, `Err` when
-    /// `RFT_REQUIRE_SERVICES` is set (CI: the tests must fail, not skip), else `Ok(None)`.
-    pub fn postgres_url() -> Result<Option<String>, String> {
-        match std::env::var("RFT_TEST_DATABASE_URL") {
-            Ok(url) if !url.trim().is_empty() => Ok(Some(url)),
-            _ if std::env::var_os("RFT_REQUIRE_SERVICES").is_some() => Err(
-                "RFT_REQUIRE_SERVICES is set but RFT_TEST_DATABASE_URL is not: start PostgreSQL with scripts/services.sh".into(),
-            ),
-            _ => Ok(None),
-        }
-    }
-
-    /// Creates an empty database next to the one `url` names and returns its URL.
-    pub fn fresh_database(url: &str) -> Result<String, StoreError> {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static COUNT: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let name = format!(
-            "rft_t{}_{}_{}",
-            std::process::id(),
-            nanos,
-            COUNT.fetch_add(1, Ordering::Relaxed)
-        );
-        let admin = url.to_owned();
-        let create = format!("CREATE DATABASE {name}");
-        let shown = redact_url(url);
-        std::thread::spawn(move || -> Result<(), String> {
-            let mut client =
-                postgres::Client::connect(&admin, postgres::NoTls).map_err(|e| e.to_string())?;
-            client.batch_execute(&create).map_err(|e| e.to_string())
-        })
-        .join()
-        .map_err(|_| StoreError::Unavailable("creating a test database panicked".into()))?
-        .map_err(|e| StoreError::Unavailable(format!("{shown}: {e}")))?;
-        Ok(replace_database(url, &name))
-    }
-
-    /// `url` with its database name (the path) replaced.
-    fn replace_database(url: &str, name: &str) -> String {
-        let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-        let (authority, query) = match rest.split_once('/') {
-            Some((authority, path)) => (authority, path.split_once('?').map(|(_, q)| q)),
-            None => (rest, None),
-        };
-        match query {
-            Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
-            None => format!("{scheme}://{authority}/{name}"),
-        }
     }
 }

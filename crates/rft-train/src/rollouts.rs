@@ -120,6 +120,19 @@ pub struct RemoteConfig {
     pub api_key: Option<String>,
     /// Per call.
     pub timeout: Duration,
+    /// Where versions go instead of a folder every replica reads (`adapter_dir` is then only
+    /// where they are written first): a shared blob store, for replicas that fetch from it.
+    pub publisher: Option<std::sync::Arc<dyn AdapterPublisher>>,
+}
+
+/// Makes a written adapter version readable by every replica, other than through a shared
+/// folder: the server's blob store (`rft serve --blobs s3://…` on both sides).
+pub trait AdapterPublisher: std::fmt::Debug + Send + Sync {
+    /// Publishes the PEFT folder `dir` as version `name`; returns the `lora_path` the replicas
+    /// are told to load.
+    fn publish(&self, name: &str, dir: &Path) -> Result<String, String>;
+    /// Removes version `name` (unloaded everywhere).
+    fn remove(&self, name: &str);
 }
 
 /// Samples on vLLM-compatible servers (module docs).
@@ -298,10 +311,15 @@ impl RemoteRollouts {
         if !dir.join("adapter_model.safetensors").is_file() {
             write_adapter(policy, &dir)?;
         }
-        let lora_path = std::fs::canonicalize(&dir)
-            .unwrap_or(dir)
-            .to_string_lossy()
-            .into_owned();
+        let lora_path = match &self.config.publisher {
+            Some(publisher) => publisher
+                .publish(&name, &dir)
+                .map_err(|e| TrainError::Rollout(format!("cannot publish adapter {name}: {e}")))?,
+            None => std::fs::canonicalize(&dir)
+                .unwrap_or(dir)
+                .to_string_lossy()
+                .into_owned(),
+        };
         let mut loaded = Vec::new();
         let mut failures = Vec::new();
         for (i, admin) in self.admin_urls().iter().enumerate() {
@@ -358,6 +376,9 @@ impl RemoteRollouts {
                     );
                 }
                 let _ = std::fs::remove_dir_all(self.config.adapter_dir.join(&old));
+                if let Some(publisher) = &self.config.publisher {
+                    publisher.remove(&old);
+                }
             }
         }
         Ok((name, live))

@@ -59,12 +59,9 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "DIR")]
     pub(crate) adapter_root: Option<PathBuf>,
     /// Sample the jobs' rollouts on a rollout fleet (vLLM or `rft serve --adapter-root`
-    /// workers): a completions base URL (repeatable). Needs --rollout-adapter-dir.
-    #[arg(
-        long = "rollout-url",
-        value_name = "URL",
-        requires = "rollout_adapter_dir"
-    )]
+    /// workers): a completions base URL (repeatable). Needs --rollout-adapter-dir, or --blobs
+    /// s3://… shared with `rft serve` replicas started with the same --blobs.
+    #[arg(long = "rollout-url", value_name = "URL")]
     pub(crate) rollout_urls: Vec<String>,
     /// Every replica's admin base URL (repeatable; default: the --rollout-url ones).
     #[arg(long = "rollout-admin-url", value_name = "URL")]
@@ -155,11 +152,19 @@ fn config(args: &ServeArgs) -> anyhow::Result<rft_server::ServerConfig> {
     config.max_loaded_model_bytes = (args.max_model_gib * f64::from(1u32 << 30)) as u64;
     config.device = args.device.clone();
     config.adapter_root = args.adapter_root.clone();
-    if let (Some(adapter_dir), false) = (&args.rollout_adapter_dir, args.rollout_urls.is_empty()) {
+    if !args.rollout_urls.is_empty() {
+        let shared_blobs = args
+            .blobs
+            .as_deref()
+            .is_some_and(|b| b.trim().starts_with("s3://"));
+        anyhow::ensure!(
+            args.rollout_adapter_dir.is_some() || shared_blobs,
+            "--rollout-url needs --rollout-adapter-dir (a folder every replica reads) or --blobs s3://… (which `rft serve` replicas share; vLLM replicas need the folder)"
+        );
         config.rollout = Some(rft_server::RolloutSettings {
             urls: args.rollout_urls.clone(),
             admin_urls: args.rollout_admin_urls.clone(),
-            adapter_dir: adapter_dir.clone(),
+            adapter_dir: args.rollout_adapter_dir.clone(),
             api_key: std::env::var("RFT_ROLLOUT_API_KEY")
                 .ok()
                 .filter(|k| !k.is_empty()),

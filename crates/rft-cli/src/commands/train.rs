@@ -112,6 +112,7 @@ fn remote_rollouts(
             .ok()
             .filter(|k| !k.is_empty()),
         timeout: std::time::Duration::from_secs(600),
+        publisher: None,
     };
     Ok(rft_train::rollouts::RemoteRollouts::new(config)?)
 }
