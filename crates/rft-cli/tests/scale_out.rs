@@ -464,6 +464,14 @@ fn a_worker_killed_mid_job_is_taken_over_and_the_job_runs_once() {
                "messages": [{"role": "user", "content": "Say x"}]}),
     );
     assert!(chat["choices"][0]["message"].is_object(), "{chat}");
+    // The dashboard of the API process shows the samples the workers recorded.
+    let root = base.trim_end_matches("/v1");
+    let index = get(&format!("{root}/dashboard/api/jobs/{job}/samples"));
+    let steps = index["steps"].as_array().unwrap();
+    assert!(!steps.is_empty(), "{index}");
+    let last = steps.last().unwrap();
+    let samples = get(&format!("{root}/dashboard/api/jobs/{job}/samples/{last}"));
+    assert!(samples.is_object(), "{samples}");
     eprintln!("lease 3 s: the second worker took the job over {taken_over:.1?} after kill -9");
     assert_no_secrets(&[&api, &first, &second]);
 }

@@ -233,6 +233,41 @@ impl StoreSink {
             .map_err(|e| train_error("saving to the blob store", e))
     }
 
+    /// Mirrors the job folder's `samples/` (which keeps only its latest steps) to the blob
+    /// store: new and changed files up, files the folder dropped removed.
+    fn publish_samples(&self, samples: &Path) -> Result<(), String> {
+        let prefix = format!("jobs/{}/samples", self.job_id);
+        let remote: std::collections::HashMap<String, u64> = self
+            .blobs
+            .list(&prefix)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter_map(|(key, size)| Some((key.rsplit('/').next()?.to_owned(), size)))
+            .collect();
+        let mut local = HashSet::new();
+        if let Ok(entries) = std::fs::read_dir(samples) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let path = entry.path();
+                if !path.is_file() || name.contains(".tmp-") {
+                    continue;
+                }
+                let size = entry.metadata().map(|m| m.len()).ok();
+                // Step files are written once; the validation files change in place.
+                if remote.get(&name).copied() != size || name.starts_with("valid-") {
+                    self.blobs
+                        .put_file(&format!("{prefix}/{name}"), &path)
+                        .map_err(|e| e.to_string())?;
+                }
+                local.insert(name);
+            }
+        }
+        for name in remote.keys().filter(|n| !local.contains(*n)) {
+            let _ = self.blobs.delete(&format!("{prefix}/{name}"));
+        }
+        Ok(())
+    }
+
     /// Stops the job if its lease was lost: another worker runs it now.
     fn check_lease(&self) -> Result<(), TrainError> {
         let held = retrying("renewing the job's lease", || {
@@ -306,18 +341,9 @@ impl EventSink for StoreSink {
                         .map_err(|e| train_error("saving to the blob store", e))?;
                 }
             }
-            let samples = dir.join("samples");
-            if samples.is_dir() {
-                if let Ok(entries) = std::fs::read_dir(&samples) {
-                    for entry in entries.flatten() {
-                        let name = entry.file_name().to_string_lossy().into_owned();
-                        if entry.path().is_file() && !name.contains(".tmp-") {
-                            let _ = self
-                                .blobs
-                                .put_file(&format!("jobs/{job}/samples/{name}"), &entry.path());
-                        }
-                    }
-                }
+            // Samples are the dashboard's, not the job's: a failure is logged, not fatal.
+            if let Err(e) = self.publish_samples(&dir.join("samples")) {
+                tracing::warn!(job = %job, "cannot publish the samples of step {step}: {e}");
             }
         }
         // The state last: a resume starts from it, so everything it implies must be there.
@@ -476,4 +502,33 @@ pub(crate) fn fetch_blob_adapter(
         Ok(None) => Err(format!("the blob store has no complete adapter at {key}")),
         Err(e) => Err(format!("cannot fetch {key} from the blob store: {e}")),
     })
+}
+
+/// Brings the job's `samples/` into this process's working copy from a remote blob store (the
+/// dashboard of an API process whose workers run elsewhere): files missing or of another size
+/// are fetched. Logged, not fatal: the dashboard shows what is there.
+pub(crate) fn sync_samples(store: &Store, blobs: &Blobs, job_id: &str) {
+    if blobs_are_local(store, blobs) {
+        return;
+    }
+    let dir = store.job_dir(job_id).join("samples");
+    let listed = match blobs.list(&format!("jobs/{job_id}/samples")) {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::warn!(job = %job_id, "cannot list the job's samples: {e}");
+            return;
+        }
+    };
+    for (key, size) in listed {
+        let Some(name) = key.rsplit('/').next() else {
+            continue;
+        };
+        let path = dir.join(name);
+        let have = std::fs::metadata(&path).map(|m| m.len()).ok();
+        if have != Some(size) {
+            if let Err(e) = blobs.get_file(&key, &path) {
+                tracing::warn!(job = %job_id, "cannot fetch {name}: {e}");
+            }
+        }
+    }
 }

@@ -153,6 +153,17 @@ struct EventsSince {
     has_more: bool,
 }
 
+/// [`job_dir`] with the job's samples brought from the blob store first (a job trained by a
+/// worker elsewhere).
+async fn samples_dir(state: &SharedState, id: &str) -> Result<std::path::PathBuf, ApiError> {
+    let dir = job_dir(state, id)?;
+    let (store, blobs, id) = (state.store.clone(), state.blobs.clone(), id.to_owned());
+    tokio::task::spawn_blocking(move || crate::job_storage::sync_samples(&store, &blobs, &id))
+        .await
+        .map_err(|e| ApiError::internal(format!("the samples fetch stopped: {e}")))?;
+    Ok(dir)
+}
+
 /// `GET /dashboard/api/jobs/{job_id}/events?since=EVENT_ID`.
 async fn events_since(
     State(state): State<SharedState>,
@@ -193,7 +204,7 @@ async fn sample_steps(
     State(state): State<SharedState>,
     Path(job_id): Path<String>,
 ) -> Result<Json<SampleIndex>, ApiError> {
-    let dir = job_dir(&state, &job_id)?;
+    let dir = samples_dir(&state, &job_id).await?;
     let (validation_first, validation_latest) = samples::validation_steps(&dir);
     Ok(Json(SampleIndex {
         steps: samples::list_steps(&dir),
@@ -207,7 +218,7 @@ async fn step_samples(
     State(state): State<SharedState>,
     Path((job_id, step)): Path<(String, String)>,
 ) -> Result<Json<StepSamples>, ApiError> {
-    let dir = job_dir(&state, &job_id)?;
+    let dir = samples_dir(&state, &job_id).await?;
     let step: usize = step.parse().map_err(|_| {
         ApiError::bad_request(format!("step must be a step number, not '{step}'"))
             .with_param("step")
@@ -231,7 +242,7 @@ async fn validation(
     State(state): State<SharedState>,
     Path(job_id): Path<String>,
 ) -> Result<Json<Validation>, ApiError> {
-    let dir = job_dir(&state, &job_id)?;
+    let dir = samples_dir(&state, &job_id).await?;
     let (first, latest) = samples::read_validation(&dir);
     Ok(Json(Validation { first, latest }))
 }
