@@ -478,7 +478,9 @@ pub(crate) fn fetch_blob_adapter(
     lora_path: &str,
 ) -> Option<Result<std::path::PathBuf, String>> {
     let key = lora_path.strip_prefix(BLOB_PATH_SCHEME)?;
-    let name = key.strip_prefix(&format!("{ADAPTERS_PREFIX}/"))?;
+    let name = key
+        .strip_prefix(&format!("{ADAPTERS_PREFIX}/"))
+        .unwrap_or_default();
     // One plain name: it becomes a folder name here.
     let plain = !name.is_empty()
         && name.len() <= 200
@@ -530,5 +532,58 @@ pub(crate) fn sync_samples(store: &Store, blobs: &Blobs, job_id: &str) {
                 tracing::warn!(job = %job_id, "cannot fetch {name}: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_adapter_paths_name_one_plain_version_and_nothing_else() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = Blobs::local(&tmp.path().join("blobs")).unwrap();
+        let root = tmp.path().join("root");
+        // Not a blob path: left to the adapter root's own checks.
+        assert!(fetch_blob_adapter(&blobs, &root, "/tmp/x").is_none());
+        for hostile in [
+            "blob:adapters/../../etc",
+            "blob:adapters/a/b",
+            "blob:adapters/",
+            "blob:adapters/.hidden",
+            "blob:other/x",
+            "blob:adapters/x\0y",
+            &format!("blob:adapters/{}", "a".repeat(300)),
+        ] {
+            match fetch_blob_adapter(&blobs, &root, hostile) {
+                Some(Err(_)) => {}
+                other => panic!("{hostile:?}: {other:?}"),
+            }
+        }
+        assert!(!root.exists(), "nothing written for a refused path");
+        // A version never published (or half published: no manifest) is not loaded.
+        assert!(matches!(
+            fetch_blob_adapter(&blobs, &root, "blob:adapters/job-v1"),
+            Some(Err(m)) if m.contains("no complete adapter")
+        ));
+        // A published one is fetched into root/blobs/<name>.
+        let version = tmp.path().join("v2");
+        std::fs::create_dir_all(&version).unwrap();
+        std::fs::write(version.join("adapter_config.json"), "{}").unwrap();
+        std::fs::write(version.join("adapter_model.safetensors"), b"weights").unwrap();
+        let publisher = BlobAdapters {
+            blobs: blobs.clone(),
+        };
+        let path =
+            rft_train::rollouts::AdapterPublisher::publish(&publisher, "job-v2", &version).unwrap();
+        assert_eq!(path, "blob:adapters/job-v2");
+        let fetched = fetch_blob_adapter(&blobs, &root, &path).unwrap().unwrap();
+        assert_eq!(fetched, root.join("blobs/job-v2"));
+        assert_eq!(
+            std::fs::read(fetched.join("adapter_model.safetensors")).unwrap(),
+            b"weights"
+        );
+        rft_train::rollouts::AdapterPublisher::remove(&publisher, "job-v2");
+        assert!(blobs.manifest("adapters/job-v2").unwrap().is_none());
     }
 }
