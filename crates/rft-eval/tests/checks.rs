@@ -86,6 +86,13 @@ fn learnability_counts_rows_without_reward_spread() {
     assert_eq!(check_learnability(&spread).verdict, Verdict::Good);
     let single = vec![vec![0.5]; 4];
     assert!(!check_learnability(&single).applicable);
+    // Enough spread, but half the rows already at the top on every sample: a job would run
+    // out of signal as it improves the rest.
+    let saturating = [vec![vec![1.0; 4]; 5], vec![vec![0.0, 1.0, 0.0, 1.0]; 5]].concat();
+    let check = check_learnability(&saturating);
+    assert_eq!(check.verdict, Verdict::Warning, "{}", check.reason);
+    assert!(check.reason.contains("collapse"), "{}", check.reason);
+    assert_eq!(check.details["fraction_saturated"].as_f64(), Some(0.5));
 }
 
 #[test]

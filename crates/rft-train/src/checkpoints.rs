@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use rft_types::api::checkpoint::{Checkpoint, CheckpointMetrics};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use crate::collapse::CollapseWatch;
 
 use crate::primitives::{StepFile, TrainingClient};
 use crate::TrainError;
@@ -90,6 +92,32 @@ pub fn save_latest(
     checkpoints: &Path,
     step: usize,
 ) -> Result<(), TrainError> {
+    save_latest_with(client, checkpoints, step, &CollapseWatch::default())
+}
+
+/// What `progress.json` holds: the step, and the loop's collapse watch, so a resumed job warns
+/// exactly where an uninterrupted one would.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Progress {
+    step: u64,
+    #[serde(default)]
+    collapse: CollapseWatch,
+}
+
+/// The collapse watch saved with the resume state (a fresh one for a state saved without it).
+pub(crate) fn latest_collapse(checkpoints: &Path) -> CollapseWatch {
+    crate::read_json::<Progress>(&checkpoints.join(LATEST).join(PROGRESS))
+        .map(|p| p.collapse)
+        .unwrap_or_default()
+}
+
+/// [`save_latest`] with the loop's collapse watch.
+pub(crate) fn save_latest_with(
+    client: &TrainingClient,
+    checkpoints: &Path,
+    step: usize,
+    collapse: &CollapseWatch,
+) -> Result<(), TrainError> {
     let latest = checkpoints.join(LATEST);
     let staging = checkpoints.join(LATEST_NEW);
     let old = checkpoints.join(LATEST_OLD);
@@ -97,7 +125,13 @@ pub fn save_latest(
     let _ = std::fs::remove_dir_all(&staging);
     client.save_state(&staging)?;
     // Last: its presence marks the folder complete (every file before it was fsynced).
-    crate::write_json_atomic(&staging.join(PROGRESS), &StepFile { step: step as u64 })?;
+    crate::write_json_atomic(
+        &staging.join(PROGRESS),
+        &Progress {
+            step: step as u64,
+            collapse: collapse.clone(),
+        },
+    )?;
     let _ = std::fs::remove_dir_all(&old);
     if latest.exists() {
         std::fs::rename(&latest, &old).map_err(io_error(&latest))?;

@@ -156,6 +156,15 @@ impl<'a> EventLog<'a> {
         self.write(key, message, EventBody::Message {})
     }
 
+    /// Writes a `warn` message.
+    pub(crate) fn warn(&mut self, key: &str, message: String) -> Result<(), TrainError> {
+        let event = self
+            .sink
+            .write(key, EventLevel::Warn, message, EventBody::Message {})?;
+        (self.on_event)(&event);
+        Ok(())
+    }
+
     /// Writes a step's metrics.
     pub(crate) fn metrics(
         &mut self,

@@ -79,6 +79,9 @@ pub struct JobSummary {
     pub final_adapter: PathBuf,
     /// Train reward mean of each step.
     pub train_rewards: Vec<f64>,
+    /// The kept checkpoint with the best validation reward (OpenAI keeps the best ones too);
+    /// `fine_tuned_model` stays the final model.
+    pub best_checkpoint: Option<rft_types::api::checkpoint::Checkpoint>,
 }
 
 /// `job.json`: a `fine_tuning.job`-shaped record of the job as run, every hyperparameter
@@ -321,13 +324,10 @@ impl Loop<'_> {
         }
     }
 
-    /// Samples and grades the validation set after `step`: the mean reward and each grader's.
-    /// Its answers are kept as the latest (and, the first time, the first) validation samples.
-    fn validate(
-        &self,
-        seed: u64,
-        step: usize,
-    ) -> Result<Option<(f64, Vec<GraderMean>)>, TrainError> {
+    /// Samples and grades the validation set after `step`: the mean reward, its standard error
+    /// and each grader's mean. Its answers are kept as the latest (and, the first time, the
+    /// first) validation samples.
+    fn validate(&self, seed: u64, step: usize) -> Result<Option<ValidPoint>, TrainError> {
         if self.valid.is_empty() {
             return Ok(None);
         }
@@ -344,8 +344,13 @@ impl Loop<'_> {
         }
         let all: Vec<&rft_types::RunGraderResponse> =
             graded.groups.iter().flatten().map(|(_, g)| g).collect();
-        let mean = crate::step::mean(all.iter().map(|g| g.reward), all.len());
-        Ok(Some((mean, grader_means(&all))))
+        let rewards: Vec<f64> = all.iter().map(|g| g.reward).collect();
+        let mean = crate::step::mean(rewards.iter().copied(), rewards.len());
+        Ok(Some(ValidPoint {
+            mean,
+            stderr: standard_error(&rewards),
+            graders: grader_means(&all),
+        }))
     }
 
     fn run(
@@ -358,6 +363,8 @@ impl Loop<'_> {
         let mut baseline = None;
         let mut last_valid = None;
         let mut train_rewards = Vec::new();
+        // Saved with the resume state: a resumed job warns where an uninterrupted one would.
+        let mut collapse_watch = checkpoints::latest_collapse(&self.dir.join("checkpoints"));
         let start_step = match resumed_at {
             Some(step) => {
                 if control.quiet_resume.load(Ordering::SeqCst) {
@@ -377,12 +384,15 @@ impl Loop<'_> {
                     self.valid.len(),
                     self.hyper.group_size()
                 ))?;
-                if let Some((mean, graders)) = self.validate(mix(self.seed), 0)? {
-                    baseline = Some(mean);
+                if let Some(point) = self.validate(mix(self.seed), 0)? {
+                    baseline = Some(point.mean);
                     events.metrics(
                         "step-0/metrics",
-                        format!("Step 0/{total}, full validation mean reward={mean:.4}"),
-                        baseline_metrics(total, mean, graders),
+                        format!(
+                            "Step 0/{total}, full validation mean reward={:.4} ± {:.4}",
+                            point.mean, point.stderr
+                        ),
+                        baseline_metrics(total, point),
                     )?;
                 }
                 0
@@ -394,7 +404,12 @@ impl Loop<'_> {
             std::collections::VecDeque::new();
         for step in (start_step + 1)..=total {
             if control.pause.load(Ordering::SeqCst) {
-                checkpoints::save_latest(&self.client, &checkpoints_dir, step - 1)?;
+                checkpoints::save_latest_with(
+                    &self.client,
+                    &checkpoints_dir,
+                    step - 1,
+                    &collapse_watch,
+                )?;
                 events.info(
                     &format!("paused-{}-{}", step - 1, crate::unix_now()),
                     format!("Paused after step {}", step - 1),
@@ -495,12 +510,15 @@ impl Loop<'_> {
                 })
                 .collect();
             let mut message = format!("Step {step}/{total} , train mean reward={train_mean:.4}");
-            if let Some((mean, valid_graders)) = &valid {
-                for (score, v) in graders.iter_mut().zip(valid_graders) {
+            if let Some(point) = &valid {
+                for (score, v) in graders.iter_mut().zip(&point.graders) {
                     score.valid_reward_mean = Some(v.mean);
                 }
-                message.push_str(&format!(", full validation mean reward={mean:.4}"));
-                last_valid = Some(*mean);
+                message.push_str(&format!(
+                    ", full validation mean reward={:.4} ± {:.4}",
+                    point.mean, point.stderr
+                ));
+                last_valid = Some(point.mean);
             }
             let metrics = StepMetrics {
                 step,
@@ -508,9 +526,10 @@ impl Loop<'_> {
                 scores: Scores {
                     train_reward_mean: Some(train_mean),
                     graders,
-                    valid_reward_mean: valid.as_ref().map(|v| v.0),
+                    valid_reward_mean: valid.as_ref().map(|v| v.mean),
+                    valid_reward_stderr: valid.as_ref().map(|v| v.stderr),
                 },
-                full_valid_mean_reward: valid.as_ref().map(|v| v.0),
+                full_valid_mean_reward: valid.as_ref().map(|v| v.mean),
                 train: Some(TrainStepMetrics {
                     errors: StepErrors {
                         graders: vec![GraderErrorCounts {
@@ -551,8 +570,11 @@ impl Loop<'_> {
                     off_policy_steps: report.off_policy_steps,
                 }),
             };
-            checkpoints::save_latest(&self.client, &checkpoints_dir, step)?;
-            if let Some((mean, _)) = valid {
+            // Observed before the state is saved, so the saved watch includes this step.
+            let collapse =
+                collapse_watch.observe(step, report.frac_zero_std_groups, report.entropy);
+            checkpoints::save_latest_with(&self.client, &checkpoints_dir, step, &collapse_watch)?;
+            if let Some(ValidPoint { mean, .. }) = valid {
                 checkpoints::save_checkpoint(
                     &self.client,
                     &self.dir,
@@ -570,6 +592,9 @@ impl Loop<'_> {
                 )?;
             }
             events.metrics(&format!("step-{step}/metrics"), message, metrics)?;
+            if let Some(warning) = collapse {
+                events.warn(&format!("step-{step}/collapse"), warning)?;
+            }
             events.step_saved(step, &self.dir)?;
         }
         self.client
@@ -608,18 +633,49 @@ impl Loop<'_> {
             fine_tuned_model: self.fine_tuned_model.clone(),
             final_adapter: self.dir.join("final"),
             train_rewards,
+            // The latest of equals: the nearer the end, the more it learned.
+            best_checkpoint: checkpoints::read_checkpoints(&self.dir)
+                .into_iter()
+                .max_by(|a, b| {
+                    a.metrics
+                        .valid_reward_mean
+                        .total_cmp(&b.metrics.valid_reward_mean)
+                        .then(a.step_number.cmp(&b.step_number))
+                }),
         }
     }
 }
 
+/// One validation pass: the mean reward, its standard error, each grader's mean.
+struct ValidPoint {
+    mean: f64,
+    stderr: f64,
+    graders: Vec<GraderMean>,
+}
+
+/// The standard error of the mean of `values` (sample standard deviation over √n); 0 for
+/// fewer than two values.
+fn standard_error(values: &[f64]) -> f64 {
+    let n = values.len();
+    if n < 2 {
+        return 0.0;
+    }
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    (variance / n as f64).sqrt()
+}
+
 /// The metrics of the validation before training (step 0).
-fn baseline_metrics(total: usize, mean: f64, graders: Vec<GraderMean>) -> StepMetrics {
+fn baseline_metrics(total: usize, point: ValidPoint) -> StepMetrics {
+    let (mean, stderr) = (point.mean, point.stderr);
     StepMetrics {
         step: 0,
         total_steps: total,
         scores: Scores {
             train_reward_mean: None,
-            graders: graders
+            valid_reward_stderr: Some(stderr),
+            graders: point
+                .graders
                 .into_iter()
                 .map(|g| GraderScore {
                     name: g.name,

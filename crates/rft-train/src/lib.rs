@@ -11,6 +11,7 @@
 
 pub mod advantage;
 pub mod checkpoints;
+pub mod collapse;
 pub mod config;
 pub mod dataset;
 pub mod events;

@@ -457,3 +457,99 @@ fn dynamic_sampling_refills_groups_without_signal() {
         assert!(with_signal <= 4.0 + 1e-9, "{m}");
     }
 }
+
+#[test]
+fn a_job_without_signal_is_warned_about_once_and_the_best_checkpoint_is_named() {
+    // A grader the policy can never satisfy: every sample scores 0, every group is flat, and
+    // no step has a gradient: what a collapsed policy looks like from the rewards. (The tiny
+    // random model does not collapse on its own within a test's steps: at 1,000× the learning
+    // rate, 90 steps took its reward from 0 to about 0.4 and its entropy from 4.4 to 4.3.)
+    let tmp = tempfile::tempdir().unwrap();
+    let mut request = setup(tmp.path(), 40, json!({"eval_interval": 5}));
+    let reinforcement = request
+        .method
+        .as_mut()
+        .and_then(|m| m.reinforcement.as_mut())
+        .unwrap();
+    reinforcement.grader = Some(json!({"type": "string_check", "name": "never",
+        "operation": "eq", "input": "{{sample.output_text}}",
+        "reference": "a reference no sample of six tokens can equal"}));
+    let out = tmp.path().join("run");
+    let mut seen = Vec::new();
+    let summary = run_job(&request, &out, &JobControl::default(), &mut |e| {
+        seen.push(e.clone())
+    })
+    .unwrap();
+    assert_eq!(summary.outcome, JobOutcome::Succeeded);
+    let warnings: Vec<&JobEvent> = seen
+        .iter()
+        .filter(|e| e.level == EventLevel::Warn)
+        .collect();
+    // Said once, after the third flat step, in the job's events.
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].message.contains("collapse since step 1"),
+        "{}",
+        warnings[0].message
+    );
+    let before: Vec<usize> = seen
+        .iter()
+        .take_while(|e| e.id != warnings[0].id)
+        .filter_map(|e| e.metrics())
+        .map(|m| m.step)
+        .collect();
+    assert_eq!(before.last(), Some(&3), "{before:?}");
+    assert!(events(&out).iter().any(|e| e["level"] == "warn"));
+    // Validation points carry their standard error, and the summary names the best checkpoint.
+    let valid = metrics(&out)
+        .into_iter()
+        .find(|d| d["scores"]["valid_reward_mean"].is_number())
+        .unwrap();
+    assert_eq!(
+        valid["scores"]["valid_reward_stderr"].as_f64(),
+        Some(0.0),
+        "{valid}"
+    );
+    let best = summary.best_checkpoint.expect("a best checkpoint");
+    assert!(best
+        .fine_tuned_model_checkpoint
+        .ends_with(&format!(":ckpt-step-{}", best.step_number)));
+}
+
+#[test]
+fn validation_carries_its_standard_error_and_the_best_checkpoint_is_the_best_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let request = setup(
+        tmp.path(),
+        60,
+        json!({"eval_interval": 3, "eval_samples": 8, "learning_rate_multiplier": 100}),
+    );
+    let out = tmp.path().join("run");
+    let summary = run_job(&request, &out, &JobControl::default(), &mut |_| {}).unwrap();
+    let points: Vec<(u64, f64, f64)> = events(&out)
+        .iter()
+        .filter(|e| e["type"] == "metrics")
+        .filter_map(|e| {
+            let s = &e["data"]["scores"];
+            Some((
+                e["data"]["step"].as_u64()?,
+                s["valid_reward_mean"].as_f64()?,
+                s["valid_reward_stderr"].as_f64()?,
+            ))
+        })
+        .collect();
+    assert!(points.len() >= 5, "{points:?}");
+    for &(step, mean, stderr) in &points {
+        // 8 samples of one row, rewards 0 or 1: the standard error of a proportion.
+        let expected = (mean * (1.0 - mean) / 7.0).sqrt();
+        assert!(
+            (stderr - expected).abs() < 1e-9,
+            "step {step}: {stderr} vs {expected}"
+        );
+    }
+    let best = summary.best_checkpoint.expect("kept checkpoints");
+    let kept = rft_train::checkpoints::read_checkpoints(&out);
+    assert!(kept
+        .iter()
+        .all(|c| c.metrics.valid_reward_mean <= best.metrics.valid_reward_mean));
+}

@@ -180,8 +180,9 @@ struct Progress {
     /// Whether the bar has a position yet: the first one (a resumed job starts past 0) resets
     /// the time estimate, which would otherwise count the skipped steps as done in no time.
     started: std::cell::Cell<bool>,
-    /// The latest validation reward (validation runs every `eval_interval` steps only).
-    valid: std::cell::Cell<Option<f64>>,
+    /// The latest validation reward and its standard error (validation runs every
+    /// `eval_interval` steps only).
+    valid: std::cell::Cell<Option<(f64, f64)>>,
 }
 
 impl Progress {
@@ -206,8 +207,15 @@ impl Progress {
     }
 
     fn event(&self, event: &rft_types::api::event::JobEvent) {
-        // Printed around the bar, so the line is not drawn over it.
-        self.bar.suspend(|| eprintln!("{}", event.message));
+        // Printed around the bar, so the line is not drawn over it; warnings stand out.
+        let warning = event.level == rft_types::api::event::EventLevel::Warn;
+        self.bar.suspend(|| {
+            if warning {
+                eprintln!("warning: {}", event.message);
+            } else {
+                eprintln!("{}", event.message);
+            }
+        });
         let Some(metrics) = event.metrics() else {
             return;
         };
@@ -221,13 +229,16 @@ impl Progress {
             message.push_str(&format!("reward {train:.3}"));
         }
         if let Some(valid) = metrics.full_valid_mean_reward {
-            self.valid.set(Some(valid));
+            self.valid.set(Some((
+                valid,
+                metrics.scores.valid_reward_stderr.unwrap_or(0.0),
+            )));
         }
-        if let Some(valid) = self.valid.get() {
+        if let Some((valid, stderr)) = self.valid.get() {
             if !message.is_empty() {
                 message.push_str(", ");
             }
-            message.push_str(&format!("validation {valid:.3}"));
+            message.push_str(&format!("validation {valid:.3} ± {stderr:.3}"));
         }
         self.bar.set_message(message);
     }
@@ -255,6 +266,17 @@ pub(crate) fn print_summary(summary: &JobSummary, dir: &Path) {
     }
     if let Some(last) = summary.final_valid_reward {
         println!("validation reward after training:  {last:.3}");
+    }
+    if let Some(best) = &summary.best_checkpoint {
+        println!(
+            "best checkpoint: step {} (validation reward {:.3}): {}",
+            best.step_number, best.metrics.valid_reward_mean, best.fine_tuned_model_checkpoint
+        );
+        println!(
+            "  its adapter (PEFT): {}",
+            dir.join(format!("checkpoints/step-{}", best.step_number))
+                .display()
+        );
     }
 }
 

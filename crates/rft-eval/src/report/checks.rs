@@ -112,10 +112,22 @@ pub fn check_learnability(rewards: &[Vec<f64>]) -> Check {
         .count() as f64
         / groups.len() as f64;
     let useful = 1.0 - flat;
+    // Rows already flat at the best reward seen: training turns more rows into these, and a
+    // batch made of them has no signal left (the job's collapse warning).
+    let top = groups
+        .iter()
+        .flat_map(|g| g.iter().copied())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let saturated = groups
+        .iter()
+        .filter(|g| g.iter().all(|&x| (x - top).abs() <= 1e-9))
+        .count() as f64
+        / groups.len() as f64;
     let max_std = stds.iter().copied().fold(0.0, f64::max).max(1e-9);
     let details = json!({
         "rows": groups.len(),
         "fraction_zero_variance": flat,
+        "fraction_saturated": saturated,
         "useful_batch_fraction": useful,
         "mean_row_std": mean(&stds),
         "row_std": stds,
@@ -125,6 +137,8 @@ pub fn check_learnability(rewards: &[Vec<f64>]) -> Check {
         (Verdict::Blocker, format!("{} of rows gave all their samples the same reward, so GRPO's advantages are zero almost everywhere and no update has a gradient.", percent(flat)))
     } else if useful < LEARNABILITY_WARNING_USEFUL {
         (Verdict::Warning, format!("Only {} of rows have any reward spread among their samples, so most of each batch is wasted; raise the temperature or the samples per row, or rebalance task difficulty.", percent(useful)))
+    } else if saturated >= LEARNABILITY_SATURATED_WARNING {
+        (Verdict::Warning, format!("{} of rows have reward spread now, but {} already get the top reward on every sample: training turns more rows into these, and once most are, steps have no signal left and the policy can collapse onto one answer (the job warns when it does). Add harder rows, or raise the temperature.", percent(useful), percent(saturated)))
     } else {
         (Verdict::Good, format!("{} of rows have reward spread among their samples, so most of a batch carries a gradient.", percent(useful)))
     };

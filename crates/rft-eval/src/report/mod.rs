@@ -43,6 +43,9 @@ pub const SIGNAL_WARNING_FRACTION: f64 = 0.8;
 pub const LEARNABILITY_BLOCKER_USEFUL: f64 = 0.05;
 /// Learnability: warning below this useful fraction.
 pub const LEARNABILITY_WARNING_USEFUL: f64 = 0.25;
+/// Learnability: warning when at least this fraction of rows already get the top reward on
+/// every sample (training saturates the rest too, and a job of them collapses).
+pub const LEARNABILITY_SATURATED_WARNING: f64 = 0.4;
 /// Balance: a field is label-like when it has at most this many distinct scalar values...
 pub const LABEL_MAX_DISTINCT: usize = 10;
 /// ... and each value appears on average at least this many times.

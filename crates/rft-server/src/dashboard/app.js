@@ -284,6 +284,8 @@
       this.stepSeconds = [];
       this.latestTrain = null;
       this.latestValid = null;
+      this.latestValidError = null;
+      this.warning = null;
       this.job = null;
       this.followLatest = true;
       this.samplesStep = null;
@@ -373,6 +375,8 @@
         } else if (/checkpoint/i.test(event.message || '')) {
           newCheckpoint = true;
         }
+        // A collapse warning (or any warning) stays shown until a later one replaces it.
+        if (event.level === 'warn') this.warning = event.message;
       }
       const applied = performance.now();
       if (fresh.length || !this.drawn) {
@@ -405,6 +409,8 @@
       if (valid !== undefined && valid !== null) {
         reward.add('validation', step, valid);
         this.latestValid = valid;
+        // Its standard error: a drop smaller than about twice it is noise.
+        this.latestValidError = typeof scores.valid_reward_stderr === 'number' ? scores.valid_reward_stderr : null;
       }
       // The step-0 baseline lists validation means per grader; only training steps are drawn.
       if (step > 0) {
@@ -442,14 +448,20 @@
       const rows = [
         ['Step', total ? `${this.lastStep} / ${total}` : '–'],
         ['Train reward', fmt(this.latestTrain)],
-        ['Validation reward', fmt(this.latestValid)],
+        ['Validation reward', this.latestValidError === null ? fmt(this.latestValid) : `${fmt(this.latestValid)} ± ${fmt(this.latestValidError)}`],
         ['ETA', eta],
         ['Model', job.model],
         ['Fine-tuned model', job.fine_tuned_model || '–'],
       ];
       if (job.error) rows.push(['Error', job.error.message]);
+      if (this.warning) rows.push(['Warning', this.warning]);
       this.summary.replaceChildren(...rows.flatMap(([k, v]) => [h('dt', { text: k }), h('dd', { text: v })]));
       this.summary.querySelectorAll('dd')[0].id = 'job-step';
+      if (this.warning) {
+        const dds = this.summary.querySelectorAll('dd');
+        dds[dds.length - 1].id = 'job-warning';
+        dds[dds.length - 1].className = 'warning';
+      }
     }
 
     async loadCheckpoints() {

@@ -86,6 +86,11 @@ pub struct Scores {
     /// Mean reward over the validation samples, on validation steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_reward_mean: Option<f64>,
+    /// The standard error of `valid_reward_mean` (the rewards' standard deviation over the
+    /// validation rows and samples, divided by the square root of their count): a drop smaller
+    /// than about twice this is noise. An OpenRFT addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_reward_stderr: Option<f64>,
 }
 
 /// One grader's means in `scores.graders`.
