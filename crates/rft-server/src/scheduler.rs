@@ -682,7 +682,10 @@ impl Inner {
         let lost = AtomicBool::new(false);
         let result = std::thread::scope(|scope| {
             scope.spawn(|| self.heartbeat(lease, control, &done, &lost));
-            let result = run_job_with(
+            // Set however the trainer ends, a panic included: the scope waits for the
+            // heartbeat, which stops only when it is set.
+            let _stop_heartbeat = SetOnDrop(&done);
+            run_job_with(
                 &self.host,
                 rollouts,
                 &request,
@@ -690,9 +693,7 @@ impl Inner {
                 control,
                 Some(&mut sink),
                 &mut |_| {},
-            );
-            done.store(true, Ordering::SeqCst);
-            result
+            )
         });
         if lost.load(Ordering::SeqCst)
             || matches!(&result, Err(TrainError::Storage(m)) if m == LEASE_LOST)
@@ -815,6 +816,15 @@ impl Inner {
             metadata: None,
             integrations: None,
         })
+    }
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
     }
 }
 

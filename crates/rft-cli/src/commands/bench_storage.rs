@@ -24,10 +24,12 @@ use clap::Args;
 use rft_server::{BackgroundServer, ServerConfig};
 use rft_store::blobs::Blobs;
 use rft_store::{Lease, Store};
-use rft_types::api::event::JobEvent;
+use rft_types::api::event::{
+    EventBody, EventLevel, GraderErrorCounts, GraderScore, JobEvent, PhaseSeconds, SampleUsage,
+    Scores, StepErrors, StepMetrics, StepTiming, StepUsage, TrainStepMetrics,
+};
 use rft_types::api::job::FineTuningJob;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 /// Arguments of `rft bench storage`.
 #[derive(Debug, Args)]
@@ -175,11 +177,14 @@ fn finish(store: &Store, lease: &Lease) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One claims trial.
+#[derive(Serialize)]
 struct ClaimTrial {
-    backend: &'static str,
+    database: &'static str,
     workers: usize,
     jobs_per_second: f64,
-    latency: Latencies,
+    claim_p50_ms: f64,
+    claim_p95_ms: f64,
 }
 
 fn claims_trial(
@@ -264,11 +269,13 @@ fn claims_trial(
     drop(stores);
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+    let latency = Latencies::new(latencies);
     Ok(ClaimTrial {
-        backend: backend.name(),
+        database: backend.name(),
         workers,
         jobs_per_second: jobs as f64 / wall.as_secs_f64(),
-        latency: Latencies::new(latencies),
+        claim_p50_ms: latency.percentile(50.0),
+        claim_p95_ms: latency.percentile(95.0),
     })
 }
 
@@ -379,6 +386,8 @@ fn random_file(path: &Path, bytes: usize, seed: u64) -> anyhow::Result<()> {
     std::fs::write(path, &data).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// One blob measurement.
+#[derive(Serialize)]
 struct BlobRow {
     store: &'static str,
     what: &'static str,
@@ -466,19 +475,42 @@ fn blob_rows(
     Ok(rows)
 }
 
+/// A PEFT `adapter_config.json`, as a published adapter folder holds.
+#[derive(Serialize)]
+struct AdapterConfig {
+    peft_type: &'static str,
+    r: usize,
+    lora_alpha: usize,
+    lora_dropout: f64,
+    base_model_name_or_path: &'static str,
+    target_modules: &'static [&'static str],
+}
+
 fn blob_sources(scratch: &Path) -> anyhow::Result<PathBuf> {
     let sources = scratch.join("sources");
     let folder = sources.join("adapter-folder");
     std::fs::create_dir_all(&folder)?;
     random_file(&sources.join("adapter_model.safetensors"), ADAPTER_BYTES, 1)?;
     random_file(&sources.join("checkpoint.bin"), CHECKPOINT_BYTES, 2)?;
+    let config = AdapterConfig {
+        peft_type: "LORA",
+        r: 16,
+        lora_alpha: 32,
+        lora_dropout: 0.0,
+        base_model_name_or_path: "HuggingFaceTB/SmolLM2-135M-Instruct",
+        target_modules: &[
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
+    };
     std::fs::write(
         folder.join("adapter_config.json"),
-        serde_json::to_vec_pretty(&json!({
-            "peft_type": "LORA", "r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
-            "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
-            "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        }))?,
+        serde_json::to_vec_pretty(&config)?,
     )?;
     random_file(&folder.join("adapter_model.safetensors"), ADAPTER_BYTES, 3)?;
     random_file(&folder.join("optimizer.bin"), OPTIMIZER_BYTES, 4)?;
@@ -488,99 +520,166 @@ fn blob_sources(scratch: &Path) -> anyhow::Result<PathBuf> {
 // ---------------------------------------------------------------------------------------------
 // 4. API reads
 
-/// A job as the API stores it, its JSON padded to about [`JOB_BYTES`] with a model grader's
-/// prompt, checked against the job type the server reads.
+/// The job the API reads: a reinforcement job mid-training with a three-part grader (one of
+/// them a model grader whose prompt pads the JSON to about [`JOB_BYTES`]) and structured
+/// output. `@ID@` and `@PROMPT@` are filled in (neither needs JSON escaping).
+const JOB_TEMPLATE: &str = r#"{
+  "id": "@ID@", "object": "fine_tuning.job", "created_at": 1765000000, "status": "running",
+  "model": "smollm2-135m-instruct", "training_file": "file-6f1c2a9b0d3e4f5a6b7c8d9e",
+  "validation_file": "file-0a1b2c3d4e5f60718293a4b5",
+  "method": {"type": "reinforcement", "reinforcement": {
+    "grader": {"type": "multi", "name": "extract_and_explain",
+      "graders": {
+        "exact": {"type": "string_check", "name": "exact",
+          "input": "{{ sample.output_json.answer }}", "reference": "{{ item.answer }}",
+          "operation": "eq"},
+        "overlap": {"type": "text_similarity", "name": "overlap",
+          "input": "{{ sample.output_json.explanation }}", "reference": "{{ item.explanation }}",
+          "evaluation_metric": "rouge_l"},
+        "judge": {"type": "score_model", "name": "judge", "model": "smollm2-135m-instruct",
+          "input": [{"role": "system", "content": "@PROMPT@"},
+                    {"role": "user", "content": "Question: {{ item.question }}\nReference: {{ item.answer }}\nAnswer: {{ sample.output_text }}"}],
+          "range": [0, 1]}},
+      "calculate_output": "0.5 * exact + 0.25 * overlap + 0.25 * judge"},
+    "hyperparameters": {"batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
+      "eval_interval": 4, "eval_samples": 2, "learning_rate_multiplier": 5, "lora_rank": 16,
+      "max_completion_tokens": 256},
+    "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "strict": true,
+      "schema": {"type": "object", "additionalProperties": false,
+        "required": ["answer", "explanation"],
+        "properties": {"answer": {"type": "string"}, "explanation": {"type": "string"}}}}}}},
+  "hyperparameters": {"batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
+    "eval_interval": 4, "eval_samples": 2, "learning_rate_multiplier": 5, "lora_rank": 16,
+    "max_completion_tokens": 256},
+  "seed": 7, "suffix": "bench", "user_provided_suffix": "bench", "fine_tuned_model": null,
+  "finished_at": null, "error": null, "organization_id": "org-openrft", "result_files": [],
+  "trained_tokens": null, "estimated_finish": null, "integrations": null,
+  "metadata": {"team": "storage-bench", "dataset": "quickstart-v3", "owner": "bench@example.com"},
+  "shared_with_openai": false, "eval_id": null
+}"#;
+
+/// The job the API reads (see [`JOB_TEMPLATE`]), as the server's job type.
 fn realistic_job(id: &str) -> anyhow::Result<FineTuningJob> {
-    let hyperparameters = json!({"batch_size": 4, "n_epochs": 1, "compute_multiplier": 1,
-        "eval_interval": 4, "eval_samples": 2, "learning_rate_multiplier": 5, "lora_rank": 16,
-        "max_completion_tokens": 256});
-    let build = |prompt: &str| {
-        json!({
-            "id": id, "object": "fine_tuning.job", "created_at": 1_765_000_000,
-            "status": "running", "model": "smollm2-135m-instruct",
-            "training_file": "file-6f1c2a9b0d3e4f5a6b7c8d9e", "validation_file": "file-0a1b2c3d4e5f60718293a4b5",
-            "method": {"type": "reinforcement", "reinforcement": {
-                "grader": {"type": "multi", "name": "extract_and_explain",
-                    "graders": {
-                        "exact": {"type": "string_check", "name": "exact",
-                            "input": "{{ sample.output_json.answer }}", "reference": "{{ item.answer }}",
-                            "operation": "eq"},
-                        "overlap": {"type": "text_similarity", "name": "overlap",
-                            "input": "{{ sample.output_json.explanation }}",
-                            "reference": "{{ item.explanation }}", "evaluation_metric": "rouge_l"},
-                        "judge": {"type": "score_model", "name": "judge", "model": "smollm2-135m-instruct",
-                            "input": [{"role": "system", "content": prompt},
-                                      {"role": "user", "content": "Question: {{ item.question }}\nReference: {{ item.answer }}\nAnswer: {{ sample.output_text }}"}],
-                            "range": [0, 1]}},
-                    "calculate_output": "0.5 * exact + 0.25 * overlap + 0.25 * judge"},
-                "hyperparameters": hyperparameters,
-                "response_format": {"type": "json_schema", "json_schema": {"name": "answer", "strict": true,
-                    "schema": {"type": "object", "additionalProperties": false,
-                        "required": ["answer", "explanation"],
-                        "properties": {"answer": {"type": "string"}, "explanation": {"type": "string"}}}}}}},
-            "hyperparameters": hyperparameters,
-            "seed": 7, "suffix": "bench", "user_provided_suffix": "bench", "fine_tuned_model": null,
-            "finished_at": null, "error": null, "organization_id": "org-openrft", "result_files": [],
-            "trained_tokens": null, "estimated_finish": null, "integrations": null,
-            "metadata": {"team": "storage-bench", "dataset": "quickstart-v3", "owner": "bench@example.com"},
-            "shared_with_openai": false, "eval_id": null
-        })
+    let build = |prompt: &str| -> anyhow::Result<FineTuningJob> {
+        let text = JOB_TEMPLATE.replace("@ID@", id).replace("@PROMPT@", prompt);
+        serde_json::from_str(&text).context("the bench's job does not parse as a job")
     };
     let base = "You grade answers to extraction questions. Score 1 when the answer names the same \
                 entity as the reference and the explanation cites the passage, 0 otherwise.";
-    let short = build(base).to_string().len();
-    let padding = JOB_BYTES.saturating_sub(short);
-    let prompt = format!(
-        "{base}{}",
-        " Be strict about units and dates.".repeat(padding / 33 + 1)
-    );
-    serde_json::from_value(build(&prompt)).context("the bench's job does not parse as a job")
+    let short = serde_json::to_string(&build(base)?)?.len();
+    let sentence = " Be strict about units and dates.";
+    let repeats = JOB_BYTES.saturating_sub(short) / sentence.len() + 1;
+    build(&format!("{base}{}", sentence.repeat(repeats)))
 }
 
-/// Event `n` of the job: a few messages, then one metrics event per step, as a trainer writes.
-fn realistic_event(job_id: &str, n: usize, seq: i64) -> Value {
+/// Event `n` of the job (sequence number `seq`): a few messages, then one metrics event per
+/// training step, as a trainer writes them.
+fn realistic_event(job_id: &str, n: usize, seq: i64) -> JobEvent {
     let id = format!("ftevent-{}-{seq:06}", job_id.trim_start_matches("ftjob-"));
-    let mut event = json!({"id": id, "object": JobEvent::OBJECT,
-                           "created_at": 1_765_000_000 + n as i64, "level": "info"});
-    let body = if n < 4 {
-        let message = [
-            "Created fine-tuning job",
-            "Validating training file",
-            "Files validated",
-            "Fine-tuning job started",
-        ][n];
-        json!({"message": message, "type": "message", "data": {}})
-    } else {
-        let step = n - 3;
-        let reward = 0.2 + 0.6 * (step as f64 / EVENTS as f64);
-        json!({"message": format!("Step {step}/{}", EVENTS - 4), "type": "metrics",
-            "data": {"step": step, "total_steps": EVENTS - 4,
-                "scores": {"train_reward_mean": reward, "graders": [
-                    {"name": "exact", "type": "sub_grader", "train_reward_mean": reward},
-                    {"name": "overlap", "type": "sub_grader", "train_reward_mean": reward * 0.9},
-                    {"name": "judge", "type": "sub_grader", "train_reward_mean": reward * 0.8}]},
-                "errors": {"graders": [{"name": "extract_and_explain", "type": "multi",
-                    "train_other_error_count": 0, "train_other_error_mean": 0.0}]},
-                "timing": {"step": {"sampling": 11.5, "training": 7.25, "eval": 0.0,
-                                    "full_iteration": 18.75}},
-                "usage": {"samples": {"train_reasoning_tokens_mean": 0,
-                                      "train_reasoning_tokens_count": 0}},
-                "train_mean_reward": reward, "full_valid_mean_reward": null,
-                "completion_tokens_mean": 42.5, "completion_tokens_count": 1360,
-                "frac_zero_std_groups": 0.25, "refill_groups": 0, "frac_truncated": 0.03125,
-                "loss": 0.0123, "kl": null, "entropy": 1.5, "clip_fraction": 0.01,
-                "grad_norm": 0.21, "learning_rate": 0.0002}})
+    let created_at = 1_765_000_000 + n as i64;
+    const MESSAGES: [&str; 4] = [
+        "Created fine-tuning job",
+        "Validating training file",
+        "Files validated",
+        "Fine-tuning job started",
+    ];
+    let (message, body) = match MESSAGES.get(n) {
+        Some(message) => (message.to_string(), EventBody::Message {}),
+        None => {
+            let step = n + 1 - MESSAGES.len();
+            let total_steps = EVENTS - MESSAGES.len();
+            let reward = 0.2 + 0.6 * (step as f64 / total_steps as f64);
+            let score = |name: &str, mean: f64| GraderScore {
+                name: name.into(),
+                kind: "sub_grader".into(),
+                train_reward_mean: Some(mean),
+                valid_reward_mean: None,
+            };
+            let metrics = StepMetrics {
+                step,
+                total_steps,
+                scores: Scores {
+                    train_reward_mean: Some(reward),
+                    graders: vec![
+                        score("exact", reward),
+                        score("overlap", reward * 0.9),
+                        score("judge", reward * 0.8),
+                    ],
+                    valid_reward_mean: None,
+                },
+                full_valid_mean_reward: None,
+                train: Some(TrainStepMetrics {
+                    errors: StepErrors {
+                        graders: vec![GraderErrorCounts {
+                            name: "extract_and_explain".into(),
+                            kind: "multi".into(),
+                            train_other_error_count: 0,
+                            train_other_error_mean: 0.0,
+                        }],
+                    },
+                    timing: StepTiming {
+                        step: PhaseSeconds {
+                            sampling: 11.5,
+                            training: 7.25,
+                            eval: 0.0,
+                            full_iteration: 18.75,
+                        },
+                    },
+                    usage: StepUsage {
+                        samples: SampleUsage::default(),
+                    },
+                    train_mean_reward: reward,
+                    completion_tokens_mean: 42.5,
+                    completion_tokens_count: 1360,
+                    frac_zero_std_groups: 0.25,
+                    refill_groups: 0,
+                    frac_truncated: 0.03125,
+                    loss: 0.0123,
+                    kl: None,
+                    entropy: 1.5,
+                    clip_fraction: 0.01,
+                    grad_norm: 0.21,
+                    learning_rate: 0.0002,
+                    rollout_logprob_diff: None,
+                    rollout_kl_k3: None,
+                    rollout_is_corrected: None,
+                    off_policy_steps: None,
+                }),
+            };
+            (
+                format!("Step {step}/{total_steps}"),
+                EventBody::Metrics(Box::new(metrics)),
+            )
+        }
     };
-    if let (Some(event), Value::Object(body)) = (event.as_object_mut(), body) {
-        event.extend(body);
+    JobEvent {
+        id,
+        object: JobEvent::OBJECT.into(),
+        created_at,
+        level: EventLevel::Info,
+        message,
+        body,
     }
-    event
 }
 
+/// One read measurement.
+#[derive(Serialize)]
 struct ReadRow {
-    backend: &'static str,
-    what: &'static str,
-    latency: Latencies,
+    database: &'static str,
+    read: &'static str,
+    p50_ms: f64,
+    p95_ms: f64,
+}
+
+impl ReadRow {
+    fn new(database: &'static str, read: &'static str, latency: &Latencies) -> ReadRow {
+        ReadRow {
+            database,
+            read,
+            p50_ms: latency.percentile(50.0),
+            p95_ms: latency.percentile(95.0),
+        }
+    }
 }
 
 fn time_calls(
@@ -636,21 +735,17 @@ fn api_reads(
         store.get("job", id)?.context("the job vanished")?;
         Ok(())
     })?;
-    rows.push(ReadRow {
-        backend: backend.name(),
-        what: "store.get(job)",
-        latency,
-    });
+    rows.push(ReadRow::new(backend.name(), "store.get(job)", &latency));
     let latency = time_calls(reads, || {
         let events = store.events(id)?;
         anyhow::ensure!(events.len() == EVENTS, "{} events", events.len());
         Ok(())
     })?;
-    rows.push(ReadRow {
-        backend: backend.name(),
-        what: "store.events(job), 200 events",
-        latency,
-    });
+    rows.push(ReadRow::new(
+        backend.name(),
+        "store.events(job), 200 events",
+        &latency,
+    ));
     // The same reads through a real server (API only: no worker touches the job).
     let mut config = ServerConfig::new(dir.clone());
     config.database = database.clone();
@@ -660,17 +755,17 @@ fn api_reads(
     let job_url = format!("{}/fine_tuning/jobs/{id}", server.base);
     let events_url = format!("{job_url}/events?limit=100");
     let latency = time_calls(reads, || http_get(&agent, &job_url).map(drop))?;
-    rows.push(ReadRow {
-        backend: backend.name(),
-        what: "GET /v1/fine_tuning/jobs/{id}",
-        latency,
-    });
+    rows.push(ReadRow::new(
+        backend.name(),
+        "GET /v1/fine_tuning/jobs/{id}",
+        &latency,
+    ));
     let latency = time_calls(reads, || http_get(&agent, &events_url).map(drop))?;
-    rows.push(ReadRow {
-        backend: backend.name(),
-        what: "GET …/{id}/events?limit=100",
-        latency,
-    });
+    rows.push(ReadRow::new(
+        backend.name(),
+        "GET …/{id}/events?limit=100",
+        &latency,
+    ));
     drop(server);
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
@@ -747,11 +842,7 @@ pub(crate) fn storage(args: &BenchStorageArgs) -> anyhow::Result<ExitCode> {
     for t in &claims {
         println!(
             "{:<11} {:>7} {:>9.0} {:>14.2} {:>14.2}",
-            t.backend,
-            t.workers,
-            t.jobs_per_second,
-            t.latency.percentile(50.0),
-            t.latency.percentile(95.0)
+            t.database, t.workers, t.jobs_per_second, t.claim_p50_ms, t.claim_p95_ms
         );
     }
 
@@ -759,10 +850,16 @@ pub(crate) fn storage(args: &BenchStorageArgs) -> anyhow::Result<ExitCode> {
     eprintln!("lease takeover: {} runs per database ...", args.takeovers);
     let mut takeover = Vec::new();
     for &backend in &backends {
-        takeover.push((
-            backend.name(),
-            takeovers(backend, &scratch.0, args.takeovers)?,
-        ));
+        let runs_s = takeovers(backend, &scratch.0, args.takeovers)?;
+        takeover.push(Takeover {
+            database: backend.name(),
+            lease_s: TAKEOVER_LEASE.as_secs_f64(),
+            poll_ms: TAKEOVER_POLL.as_millis() as u64,
+            median_s: median(runs_s.clone()),
+            min_s: runs_s.iter().copied().fold(f64::INFINITY, f64::min),
+            max_s: runs_s.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+            runs_s,
+        });
     }
     println!();
     println!(
@@ -774,12 +871,10 @@ pub(crate) fn storage(args: &BenchStorageArgs) -> anyhow::Result<ExitCode> {
         "{:<11} {:>9} {:>9} {:>9}",
         "database", "median s", "min s", "max s"
     );
-    for (name, runs) in &takeover {
-        let min = runs.iter().copied().fold(f64::INFINITY, f64::min);
-        let max = runs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    for t in &takeover {
         println!(
-            "{name:<11} {:>9.3} {min:>9.3} {max:>9.3}",
-            median(runs.clone())
+            "{:<11} {:>9.3} {:>9.3} {:>9.3}",
+            t.database, t.median_s, t.min_s, t.max_s
         );
     }
 
@@ -815,60 +910,87 @@ pub(crate) fn storage(args: &BenchStorageArgs) -> anyhow::Result<ExitCode> {
 
     // 4. API reads.
     eprintln!("API reads: {} reads per measurement ...", args.reads);
-    let mut reads = Vec::new();
-    let mut sizes = (0, 0);
+    let mut reads = Reads {
+        job_bytes: 0,
+        event_bytes_mean: 0,
+        events: EVENTS,
+        reads: args.reads,
+        rows: Vec::new(),
+    };
     for &backend in &backends {
         let (job_bytes, event_bytes, rows) = api_reads(backend, &scratch.0, args.reads)?;
-        sizes = (job_bytes, event_bytes);
-        reads.extend(rows);
+        reads.job_bytes = job_bytes;
+        reads.event_bytes_mean = event_bytes;
+        reads.rows.extend(rows);
     }
     println!();
     println!(
         "API reads: a {} B job with {EVENTS} events (mean {} B), {} reads each, one client",
-        sizes.0, sizes.1, args.reads
+        reads.job_bytes, reads.event_bytes_mean, args.reads
     );
     println!(
         "{:<11} {:<31} {:>9} {:>9}",
         "database", "read", "p50 ms", "p95 ms"
     );
-    for row in &reads {
+    for row in &reads.rows {
         println!(
             "{:<11} {:<31} {:>9.3} {:>9.3}",
-            row.backend,
-            row.what,
-            row.latency.percentile(50.0),
-            row.latency.percentile(95.0)
+            row.database, row.read, row.p50_ms, row.p95_ms
         );
     }
 
     if let Some(path) = &args.json {
-        let report = json!({
-            "machine": {"cores": cores, "cpu": cpu},
-            "jobs": args.jobs,
-            "claims": claims.iter().map(|t| json!({
-                "database": t.backend, "workers": t.workers, "jobs_per_second": t.jobs_per_second,
-                "claim_p50_ms": t.latency.percentile(50.0), "claim_p95_ms": t.latency.percentile(95.0),
-            })).collect::<Vec<_>>(),
-            "takeover": takeover.iter().map(|(name, runs)| json!({
-                "database": name, "lease_s": TAKEOVER_LEASE.as_secs_f64(),
-                "poll_ms": TAKEOVER_POLL.as_millis() as u64,
-                "median_s": median(runs.clone()), "runs_s": runs,
-            })).collect::<Vec<_>>(),
-            "blobs": blobs.iter().map(|r| json!({
-                "store": r.store, "what": r.what, "bytes": r.bytes,
-                "put_mb_s": r.put_mb_s, "get_mb_s": r.get_mb_s,
-            })).collect::<Vec<_>>(),
-            "reads": {
-                "job_bytes": sizes.0, "event_bytes_mean": sizes.1, "events": EVENTS, "reads": args.reads,
-                "rows": reads.iter().map(|r| json!({
-                    "database": r.backend, "read": r.what,
-                    "p50_ms": r.latency.percentile(50.0), "p95_ms": r.latency.percentile(95.0),
-                })).collect::<Vec<_>>(),
-            },
-        });
+        let report = Report {
+            machine: Machine { cores, cpu },
+            jobs: args.jobs,
+            claims,
+            takeover,
+            blobs,
+            reads,
+        };
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The takeover figures of one database.
+#[derive(Serialize)]
+struct Takeover {
+    database: &'static str,
+    lease_s: f64,
+    poll_ms: u64,
+    median_s: f64,
+    min_s: f64,
+    max_s: f64,
+    runs_s: Vec<f64>,
+}
+
+/// The API reads of every database.
+#[derive(Serialize)]
+struct Reads {
+    job_bytes: usize,
+    event_bytes_mean: usize,
+    events: usize,
+    reads: usize,
+    rows: Vec<ReadRow>,
+}
+
+/// Where the figures were measured.
+#[derive(Serialize)]
+struct Machine {
+    cores: usize,
+    cpu: String,
+}
+
+/// What `--json` writes.
+#[derive(Serialize)]
+struct Report {
+    machine: Machine,
+    jobs: usize,
+    claims: Vec<ClaimTrial>,
+    takeover: Vec<Takeover>,
+    blobs: Vec<BlobRow>,
+    reads: Reads,
 }
