@@ -523,10 +523,10 @@ pub fn redact_url(url: &str) -> String {
         None => tail.to_owned(),
     };
     match authority.rsplit_once('@') {
-        Some((user, host)) => {
-            let user = user.split_once(':').map_or(user, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
+        Some((user, host)) => match user.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => format!("{scheme}://{user}@{host}{tail}"),
+        },
         None => format!("{scheme}://{authority}{tail}"),
     }
 }

@@ -24,10 +24,7 @@ use clap::Args;
 use rft_server::{BackgroundServer, ServerConfig};
 use rft_store::blobs::Blobs;
 use rft_store::{Lease, Store};
-use rft_types::api::event::{
-    EventBody, EventLevel, GraderErrorCounts, GraderScore, JobEvent, PhaseSeconds, SampleUsage,
-    Scores, StepErrors, StepMetrics, StepTiming, StepUsage, TrainStepMetrics,
-};
+use rft_types::api::event::{EventBody, EventLevel, JobEvent};
 use rft_types::api::job::FineTuningJob;
 use serde::{Deserialize, Serialize};
 
@@ -572,94 +569,58 @@ fn realistic_job(id: &str) -> anyhow::Result<FineTuningJob> {
     build(&format!("{base}{}", sentence.repeat(repeats)))
 }
 
+/// A training step's metrics event as the trainer writes it; `@ID@`, `@CREATED@`, `@STEP@`,
+/// `@TOTAL@` and `@REWARD@` are filled in.
+const METRICS_EVENT_TEMPLATE: &str = r#"{
+  "id": "@ID@", "object": "fine_tuning.job.event", "created_at": @CREATED@, "level": "info",
+  "message": "Step @STEP@/@TOTAL@", "type": "metrics",
+  "data": {"step": @STEP@, "total_steps": @TOTAL@,
+    "scores": {"train_reward_mean": @REWARD@, "graders": [
+      {"name": "exact", "type": "sub_grader", "train_reward_mean": @REWARD@},
+      {"name": "overlap", "type": "sub_grader", "train_reward_mean": @REWARD@},
+      {"name": "judge", "type": "sub_grader", "train_reward_mean": @REWARD@}]},
+    "errors": {"graders": [{"name": "extract_and_explain", "type": "multi",
+      "train_other_error_count": 0, "train_other_error_mean": 0.0}]},
+    "timing": {"step": {"sampling": 11.5, "training": 7.25, "eval": 0.0, "full_iteration": 18.75}},
+    "usage": {"samples": {"train_reasoning_tokens_mean": 0, "train_reasoning_tokens_count": 0}},
+    "train_mean_reward": @REWARD@, "full_valid_mean_reward": null,
+    "completion_tokens_mean": 42.5, "completion_tokens_count": 1360,
+    "frac_zero_std_groups": 0.25, "refill_groups": 0, "frac_truncated": 0.03125,
+    "loss": 0.0123, "kl": null, "entropy": 1.5, "clip_fraction": 0.01,
+    "grad_norm": 0.21, "learning_rate": 0.0002}
+}"#;
+
 /// Event `n` of the job (sequence number `seq`): a few messages, then one metrics event per
 /// training step, as a trainer writes them.
-fn realistic_event(job_id: &str, n: usize, seq: i64) -> JobEvent {
-    let id = format!("ftevent-{}-{seq:06}", job_id.trim_start_matches("ftjob-"));
-    let created_at = 1_765_000_000 + n as i64;
+fn realistic_event(job_id: &str, n: usize, seq: i64) -> anyhow::Result<JobEvent> {
     const MESSAGES: [&str; 4] = [
         "Created fine-tuning job",
         "Validating training file",
         "Files validated",
         "Fine-tuning job started",
     ];
-    let (message, body) = match MESSAGES.get(n) {
-        Some(message) => (message.to_string(), EventBody::Message {}),
-        None => {
-            let step = n + 1 - MESSAGES.len();
-            let total_steps = EVENTS - MESSAGES.len();
-            let reward = 0.2 + 0.6 * (step as f64 / total_steps as f64);
-            let score = |name: &str, mean: f64| GraderScore {
-                name: name.into(),
-                kind: "sub_grader".into(),
-                train_reward_mean: Some(mean),
-                valid_reward_mean: None,
-            };
-            let metrics = StepMetrics {
-                step,
-                total_steps,
-                scores: Scores {
-                    train_reward_mean: Some(reward),
-                    graders: vec![
-                        score("exact", reward),
-                        score("overlap", reward * 0.9),
-                        score("judge", reward * 0.8),
-                    ],
-                    valid_reward_mean: None,
-                },
-                full_valid_mean_reward: None,
-                train: Some(TrainStepMetrics {
-                    errors: StepErrors {
-                        graders: vec![GraderErrorCounts {
-                            name: "extract_and_explain".into(),
-                            kind: "multi".into(),
-                            train_other_error_count: 0,
-                            train_other_error_mean: 0.0,
-                        }],
-                    },
-                    timing: StepTiming {
-                        step: PhaseSeconds {
-                            sampling: 11.5,
-                            training: 7.25,
-                            eval: 0.0,
-                            full_iteration: 18.75,
-                        },
-                    },
-                    usage: StepUsage {
-                        samples: SampleUsage::default(),
-                    },
-                    train_mean_reward: reward,
-                    completion_tokens_mean: 42.5,
-                    completion_tokens_count: 1360,
-                    frac_zero_std_groups: 0.25,
-                    refill_groups: 0,
-                    frac_truncated: 0.03125,
-                    loss: 0.0123,
-                    kl: None,
-                    entropy: 1.5,
-                    clip_fraction: 0.01,
-                    grad_norm: 0.21,
-                    learning_rate: 0.0002,
-                    rollout_logprob_diff: None,
-                    rollout_kl_k3: None,
-                    rollout_is_corrected: None,
-                    off_policy_steps: None,
-                }),
-            };
-            (
-                format!("Step {step}/{total_steps}"),
-                EventBody::Metrics(Box::new(metrics)),
-            )
-        }
-    };
-    JobEvent {
-        id,
-        object: JobEvent::OBJECT.into(),
-        created_at,
-        level: EventLevel::Info,
-        message,
-        body,
+    let id = format!("ftevent-{}-{seq:06}", job_id.trim_start_matches("ftjob-"));
+    let created_at = 1_765_000_000 + n as i64;
+    if let Some(message) = MESSAGES.get(n) {
+        return Ok(JobEvent {
+            id,
+            object: JobEvent::OBJECT.into(),
+            created_at,
+            level: EventLevel::Info,
+            message: (*message).into(),
+            body: EventBody::Message {},
+        });
     }
+    let step = n + 1 - MESSAGES.len();
+    let total = EVENTS - MESSAGES.len();
+    let reward = 0.2 + 0.6 * (step as f64 / total as f64);
+    let text = METRICS_EVENT_TEMPLATE
+        .replace("@ID@", &id)
+        .replace("@CREATED@", &created_at.to_string())
+        .replace("@STEP@", &step.to_string())
+        .replace("@TOTAL@", &total.to_string())
+        .replace("@REWARD@", &format!("{reward:.6}"));
+    serde_json::from_str(&text).context("the bench's metrics event does not parse as an event")
 }
 
 /// One read measurement.
@@ -724,10 +685,20 @@ fn api_reads(
     store.insert_object("job", None, &job)?;
     let mut event_bytes = 0;
     for n in 0..EVENTS {
-        let (stored, _) =
-            store.append_event(id, &format!("bench-{n}"), |seq| realistic_event(id, n, seq))?;
+        let mut event = None;
+        let (stored, _) = store.append_event(id, &format!("bench-{n}"), |seq| {
+            let built = realistic_event(id, n, seq);
+            let body = built
+                .as_ref()
+                .ok()
+                .and_then(|e| serde_json::to_value(e).ok())
+                .unwrap_or_default();
+            event = Some(built);
+            body
+        })?;
+        event.context("the event was not written")??;
         serde_json::from_value::<JobEvent>(stored.body.clone())
-            .context("the bench's event does not parse as an event")?;
+            .context("the stored event does not parse as an event")?;
         event_bytes += stored.body.to_string().len();
     }
     let mut rows = Vec::new();
@@ -993,4 +964,45 @@ struct Report {
     takeover: Vec<Takeover>,
     blobs: Vec<BlobRow>,
     reads: Reads,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank_and_medians_average_the_middle_pair() {
+        let latencies = Latencies::new((1..=20).rev().map(f64::from).collect());
+        assert_eq!(latencies.percentile(50.0), 10.0);
+        assert_eq!(latencies.percentile(95.0), 19.0);
+        assert_eq!(latencies.percentile(100.0), 20.0);
+        assert!(Latencies::new(Vec::new()).percentile(50.0).is_nan());
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+
+    #[test]
+    fn the_job_and_events_parse_as_the_servers_types() {
+        let job = realistic_job("ftjob-x").unwrap();
+        let bytes = serde_json::to_string(&job).unwrap().len();
+        assert!(
+            (JOB_BYTES..JOB_BYTES + 64).contains(&bytes),
+            "{bytes} bytes"
+        );
+        assert!(realistic_event("ftjob-x", 0, 1)
+            .unwrap()
+            .metrics()
+            .is_none());
+        let step = realistic_event("ftjob-x", EVENTS - 1, 200).unwrap();
+        assert_eq!(step.id, "ftevent-x-000200");
+        assert_eq!(step.metrics().map(|m| m.step), Some(EVENTS - 4));
+    }
+
+    #[test]
+    fn every_job_is_claimed_once_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let trial = claims_trial(Backend::Sqlite, dir.path(), 12, 2).unwrap();
+        assert_eq!(trial.workers, 2);
+        assert!(trial.jobs_per_second > 0.0 && trial.claim_p50_ms <= trial.claim_p95_ms);
+    }
 }
