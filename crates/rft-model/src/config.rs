@@ -67,6 +67,9 @@ pub struct ModelConfig {
     pub max_position_embeddings: usize,
 }
 
+/// The names [`ModelConfig::shape`] knows.
+pub const SHAPES: &[&str] = &["smollm2-135m", "qwen2.5-0.5b", "qwen3-0.6b", "qwen3-1.7b"];
+
 impl ModelConfig {
     /// Reads the shape from a GGUF header (`<arch>.block_count`, ...).
     pub fn from_gguf(content: &gguf_file::Content) -> Result<ModelConfig, ModelError> {
@@ -191,6 +194,61 @@ impl ModelConfig {
             tie_word_embeddings: architecture == Architecture::Llama,
             max_position_embeddings: 512,
         }
+    }
+
+    /// The shape of a real model by name ([`SHAPES`]), to build with random weights where
+    /// none can be downloaded (a GPU machine without network): throughput depends on the shape,
+    /// not on the values. Values from each model's published `config.json`.
+    pub fn shape(name: &str) -> Option<ModelConfig> {
+        let (architecture, vocab_size, hidden_size, intermediate_size, num_layers) = match name {
+            "smollm2-135m" => (Architecture::Llama, 49_152, 576, 1536, 30),
+            "qwen2.5-0.5b" => (Architecture::Qwen2, 151_936, 896, 4864, 24),
+            "qwen3-0.6b" => (Architecture::Qwen3, 151_936, 1024, 3072, 28),
+            "qwen3-1.7b" => (Architecture::Qwen3, 151_936, 2048, 6144, 28),
+            _ => return None,
+        };
+        let (num_heads, num_kv_heads, head_dim, rope_theta, rms_norm_eps, max_positions) =
+            match name {
+                "smollm2-135m" => (9, 3, 64, 100_000.0, 1e-5, 8192),
+                "qwen2.5-0.5b" => (14, 2, 64, 1_000_000.0, 1e-6, 32_768),
+                _ => (16, 8, 128, 1_000_000.0, 1e-6, 40_960),
+            };
+        Some(ModelConfig {
+            architecture,
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_layers,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rope_theta,
+            rms_norm_eps,
+            tie_word_embeddings: true,
+            max_position_embeddings: max_positions,
+        })
+    }
+
+    /// Parameters of the model (embeddings once when tied).
+    pub fn parameter_count(&self) -> u64 {
+        let (h, v) = (self.hidden_size as u64, self.vocab_size as u64);
+        let q = (self.num_heads * self.head_dim) as u64;
+        let kv = (self.num_kv_heads * self.head_dim) as u64;
+        let bias = if self.architecture.has_qkv_bias() {
+            q + 2 * kv
+        } else {
+            0
+        };
+        let norms = if self.architecture == Architecture::Qwen3 {
+            2 * self.head_dim as u64
+        } else {
+            0
+        };
+        let attention = h * q + 2 * h * kv + q * h + bias + norms;
+        let mlp = 3 * h * self.intermediate_size as u64;
+        let layer = attention + mlp + 2 * h;
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + self.num_layers as u64 * layer + h + head
     }
 
     /// The Hugging Face `config.json` of this shape (for exported models).
