@@ -76,18 +76,28 @@ def main(request_path, result_path):
 
     profiling.ProfilingContext._log_metrics = record
 
-    gguf = req["gguf"]
+    gguf = req.get("gguf")
+    model_dir = req.get("model_dir")
+    bf16 = bool(req.get("bf16", False))
+    dtype = torch.bfloat16 if bf16 else torch.float32
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32
-    )
-    # transformers dequantises GGUF weights to plain float32 tensors on load but keeps the
-    # quantizer's flag, which makes Trainer refuse to train; drop the flag with its own method.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
-    tokenizer = AutoTokenizer.from_pretrained(
-        os.path.dirname(gguf), gguf_file=os.path.basename(gguf)
-    )
+    if model_dir:
+        # A Hugging Face folder (a real shape with random weights, `rft bench grpo --shape`).
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=dtype
+        )
+        # transformers dequantises GGUF weights to plain float32 tensors on load but keeps the
+        # quantizer's flag, which makes Trainer refuse to train; drop the flag with its own method.
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        tokenizer = AutoTokenizer.from_pretrained(
+            os.path.dirname(gguf), gguf_file=os.path.basename(gguf)
+        )
+    if str(req.get("device", "cpu")).startswith("cuda"):
+        model = model.to("cuda")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     log(
@@ -122,8 +132,8 @@ def main(request_path, result_path):
     generation_kwargs = {} if natural else {"min_new_tokens": req["completion_tokens"]}
     config = GRPOConfig(
         output_dir=os.path.join(os.path.dirname(result_path), "trl-out"),
-        use_cpu=True,
-        bf16=False,
+        bf16=bf16,
+        use_cpu=not str(req.get("device", "cpu")).startswith("cuda"),
         fp16=False,
         per_device_train_batch_size=micro_batch,
         gradient_accumulation_steps=batch // micro_batch,

@@ -65,7 +65,7 @@ pub fn write_random_model(dir: &Path, config: &ModelConfig, seed: u64) -> Result
         vocab.insert((byte as char).to_string(), json!(idx + 2));
     }
     for id in TINY_VOCAB..config.vocab_size {
-        vocab.insert(format!("<|t{id}|>"), json!(id));
+        vocab.insert(format!("<|t{id}|>"), serde_json::Value::from(id));
     }
     let special = |id: u32, content: &str| {
         json!({"id": id, "content": content, "single_word": false, "lstrip": false,

@@ -22,7 +22,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::Device;
 use clap::Args;
 use rft_grade::compile;
 use rft_model::engine::Engine;
@@ -48,6 +47,17 @@ pub(crate) struct BenchGrpoArgs {
     /// A model name, a GGUF file, a model folder or a cached hub id (the reference needs a GGUF).
     #[arg(long, default_value = rft_model::hub::SMOLLM2_135M_INSTRUCT.name)]
     pub(crate) model: String,
+    /// Instead of --model: a real model's shape with seeded random weights, built here (no
+    /// download; cached under $RFT_HOME/shapes): smollm2-135m, qwen2.5-0.5b, qwen3-0.6b,
+    /// qwen3-1.7b. Throughput depends on the shape, not on the values.
+    #[arg(long, value_name = "NAME", value_parser = clap::builder::PossibleValuesParser::new(rft_model::config::SHAPES))]
+    pub(crate) shape: Option<String>,
+    /// The device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu", env = "RFT_DEVICE")]
+    pub(crate) device: String,
+    /// TRL's side in bf16 (`bf16=True`, the model in bfloat16) as well as in float32.
+    #[arg(long)]
+    pub(crate) reference_bf16: bool,
     /// Prompts per step (rows of examples/quickstart/train.jsonl, from the first).
     #[arg(long, default_value_t = 8)]
     pub(crate) prompts: usize,
@@ -176,10 +186,35 @@ impl Phases {
 /// One TRL configuration's result.
 struct ReferenceRun {
     micro_batch: usize,
+    /// TRL in bfloat16 (`bf16=True`), not float32.
+    bf16: bool,
     accumulation: usize,
     steps: Vec<StepTime>,
     versions: Value,
     prompt_tokens: Value,
+}
+
+/// The folder of a random model at `shape`, written the first time (seed 7).
+fn shape_model(shape: &str) -> anyhow::Result<std::path::PathBuf> {
+    let config =
+        rft_model::ModelConfig::shape(shape).with_context(|| format!("unknown shape {shape}"))?;
+    let dir = rft_model::hub::rft_home()
+        .join("shapes")
+        .join(format!("{shape}-seed7"));
+    if !dir.join("model.safetensors").is_file() || !dir.join("tokenizer.json").is_file() {
+        eprintln!(
+            "building {shape} ({:.2} B parameters) with random weights in {}",
+            config.parameter_count() as f64 / 1e9,
+            dir.display()
+        );
+        let staging = dir.with_extension("partial");
+        let _ = std::fs::remove_dir_all(&staging);
+        rft_model::tiny::write_random_model(&staging, &config, 7)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&staging, &dir)
+            .with_context(|| format!("cannot move the model into {}", dir.display()))?;
+    }
+    Ok(dir)
 }
 
 pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
@@ -236,30 +271,29 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
         args.prompts,
     )?;
 
-    let location = resolve_model(&args.model)?;
+    let location = match &args.shape {
+        Some(shape) => ModelLocation::HfDir(shape_model(shape)?),
+        None => resolve_model(&args.model)?,
+    };
     let path = match &location {
         ModelLocation::Gguf(path) | ModelLocation::HfDir(path) => path.clone(),
     };
     let python = if args.reference {
-        anyhow::ensure!(
-            matches!(location, ModelLocation::Gguf(_)),
-            "--reference loads the same GGUF file in TRL; {} is not one",
-            path.display()
-        );
         Some(reference_python(args.python.as_deref())?)
     } else {
         None
     };
+    let device = rft_model::device::parse_device(&args.device)?;
 
     let start = Instant::now();
-    let engine = Engine::load_base(&path.to_string_lossy(), &Device::Cpu)
+    let engine = Engine::load_base(&path.to_string_lossy(), &device)
         .with_context(|| format!("cannot load {}", path.display()))?;
     let lora = LoraConfig {
         rank: hyper.lora_rank,
         alpha: hyper.lora_alpha,
         ..LoraConfig::default()
     };
-    let adapter = LoraAdapter::new(engine.model.config(), lora, 7, &Device::Cpu)?;
+    let adapter = LoraAdapter::new(engine.model.config(), lora, 7, &device)?;
     let prepared = prepare_rows(&engine, rows, Path::new("examples/quickstart/train.jsonl"))?;
     let prompts: Vec<&[u32]> = prepared.iter().map(|p| p.prompt.as_slice()).collect();
     let mut client = TrainingClient::new(engine, adapter);
@@ -327,9 +361,25 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
 
     let mut references = Vec::new();
     if let Some(python) = &python {
-        for &micro_batch in &args.micro_batches {
+        let precisions: &[bool] = if args.reference_bf16 {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for (&micro_batch, &bf16) in args
+            .micro_batches
+            .iter()
+            .flat_map(|m| precisions.iter().map(move |b| (m, b)))
+        {
+            let (gguf, model_dir) = match &location {
+                ModelLocation::Gguf(path) => (Some(path), None),
+                ModelLocation::HfDir(path) => (None, Some(path)),
+            };
             let request = json!({
-                "gguf": path,
+                "gguf": gguf,
+                "model_dir": model_dir,
+                "bf16": bf16,
+                "device": args.device,
                 "prompts": prepared.iter().map(|p| json!({
                     "messages": p.row.messages,
                     "answer": p.row.item_value()["answer"],
@@ -350,8 +400,9 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
                 "seed": 7,
             });
             eprintln!(
-                "TRL with micro-batch {micro_batch} x {} accumulation steps",
-                completions / micro_batch
+                "TRL with micro-batch {micro_batch} x {} accumulation steps{}",
+                completions / micro_batch,
+                if bf16 { ", bf16" } else { "" }
             );
             let result = run_reference(python, "grpo_reference.py", REFERENCE_SCRIPT, &request)?;
             let steps: Vec<StepTime> = result["steps"]
@@ -366,6 +417,7 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
             );
             references.push(ReferenceRun {
                 micro_batch,
+                bf16,
                 accumulation: completions / micro_batch,
                 steps,
                 versions: result["versions"].clone(),
@@ -413,10 +465,11 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
         .inspect(|(r, p)| {
             row(
                 &format!(
-                    "trl {} mb {} x {}",
+                    "trl {} mb {} x {}{}",
                     r.versions["trl"].as_str().unwrap_or("?"),
                     r.micro_batch,
-                    r.accumulation
+                    r.accumulation,
+                    if r.bf16 { " bf16" } else { "" }
                 ),
                 p,
             )
@@ -427,7 +480,8 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
     if let Some((best, trl)) = fastest {
         let versions = &best.versions;
         println!(
-            "fastest TRL configuration: per_device_train_batch_size {}, gradient_accumulation_steps {}, generation of all {completions} completions in one call, {threads} torch threads (TRL {} / transformers {} / peft {} / torch {})",
+            "fastest TRL configuration: {}per_device_train_batch_size {}, gradient_accumulation_steps {}, generation of all {completions} completions in one call, {threads} torch threads (TRL {} / transformers {} / peft {} / torch {})",
+            if best.bf16 { "bf16=True, " } else { "" },
             best.micro_batch,
             best.accumulation,
             versions["trl"].as_str().unwrap_or("?"),
