@@ -133,6 +133,13 @@ fn read_job(path: &Path) -> anyhow::Result<CreateJob> {
     parse_job(value).with_context(|| format!("invalid job in {}", path.display()))
 }
 
+/// The device jobs train on: `RFT_DEVICE` (as `rft serve --device` reads it): cpu (the
+/// default), or cuda / cuda:N in a build with the `cuda` feature.
+fn job_device() -> anyhow::Result<candle_core::Device> {
+    let name = std::env::var("RFT_DEVICE").unwrap_or_else(|_| "cpu".into());
+    rft_model::device::parse_device(&name).with_context(|| format!("RFT_DEVICE={name}"))
+}
+
 /// Runs a job in `dir`, printing its events; Ctrl-C pauses it at the next step boundary.
 pub(crate) fn run(request: &CreateJob, dir: &Path) -> anyhow::Result<JobSummary> {
     run_with(request, dir, &rft_train::rollouts::LocalRollouts)
@@ -160,10 +167,7 @@ fn run_with(
         }
     });
     let progress = Progress::new();
-    let host = std::sync::Arc::new(rft_model::host::EngineHost::new(
-        candle_core::Device::Cpu,
-        u64::MAX,
-    ));
+    let host = std::sync::Arc::new(rft_model::host::EngineHost::new(job_device()?, u64::MAX));
     let result = run_job_on(&host, rollouts, request, dir, &control, &mut |event| {
         progress.event(event)
     });
@@ -376,7 +380,7 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
 /// prompts, with their rewards.
 fn show_before_after(request: &CreateJob, adapter_dir: &Path, rows: usize) -> anyhow::Result<()> {
     use rft_model::sample::{Sampler, SamplingParams};
-    let device = candle_core::Device::Cpu;
+    let device = job_device()?;
     let engine = rft_model::engine::Engine::load_base(&request.model, &device)?;
     let adapter =
         rft_model::lora::LoraAdapter::load_peft(adapter_dir, engine.model.config(), &device)?;
