@@ -314,16 +314,18 @@ pub(crate) async fn create_run(
         metadata: metadata(request.metadata.as_ref())?,
         error: None,
     };
-    state
-        .store
-        .insert_object("eval_run", Some(&eval_id), &run)?;
-    let submitted = state.eval_runs.hold(&state.store, &run.id).and_then(|()| {
-        state.eval_runs.submit(RunTask {
-            eval,
-            run: run.clone(),
-            rows,
-            sampling,
-        })
+    // The lease first: a keeper looking between the insert and the lease would take the new
+    // run for an abandoned one.
+    state.eval_runs.hold(&state.store, &run.id)?;
+    if let Err(e) = state.store.insert_object("eval_run", Some(&eval_id), &run) {
+        state.eval_runs.let_go(&state.store, &run.id);
+        return Err(e.into());
+    }
+    let submitted = state.eval_runs.submit(RunTask {
+        eval,
+        run: run.clone(),
+        rows,
+        sampling,
     });
     if let Err(e) = submitted {
         state.eval_runs.let_go(&state.store, &run.id);
@@ -366,6 +368,8 @@ pub(crate) struct Runners {
     lease: std::time::Duration,
     /// The leases of this process's queued and running runs, by run id.
     held: std::sync::Mutex<HashMap<String, rft_store::Lease>>,
+    /// Until when the keeper fails no run (after it saw the database away).
+    quiet_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for RunTask {
@@ -388,6 +392,7 @@ impl Runners {
             owner,
             lease,
             held: std::sync::Mutex::new(HashMap::new()),
+            quiet_until: std::sync::Mutex::new(None),
         }
     }
 
@@ -415,6 +420,7 @@ impl Runners {
     /// thread of its own every third of a lease.
     fn keep(&self, store: &rft_store::Store) {
         let held: Vec<rft_store::Lease> = self.held().values().cloned().collect();
+        let mut outage = false;
         for lease in held {
             match store.renew(&lease, self.lease) {
                 Ok(Some(_)) => {}
@@ -422,9 +428,22 @@ impl Runners {
                 Ok(None) => {
                     self.held().remove(&lease.id);
                 }
-                Err(e) => tracing::warn!(run = %lease.id, "cannot renew the run's lease: {e}"),
+                Err(e) => {
+                    outage |= e.is_unavailable();
+                    tracing::warn!(run = %lease.id, "cannot renew the run's lease: {e}");
+                }
             }
         }
+        // After an outage, fail nobody's runs for a lease: the other processes were cut off
+        // too, and renew theirs as soon as they can.
+        let mut quiet = self.quiet_until.lock().unwrap_or_else(|e| e.into_inner());
+        if outage {
+            *quiet = Some(std::time::Instant::now() + self.lease);
+        }
+        if quiet.is_some_and(|t| std::time::Instant::now() < t) {
+            return;
+        }
+        drop(quiet);
         let local = store.is_local();
         let gone = move |owner: &str| local && crate::scheduler::gone_on_this_host(owner);
         for status in ["queued", "in_progress"] {

@@ -306,8 +306,16 @@ pub(crate) async fn content(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let file = existing(&state, &id)?;
-    crate::job_storage::ensure_file(&state.store, &state.blobs, &id)
-        .map_err(|e| ApiError::internal(format!("cannot read the content of {id}: {e}")))?;
+    // A file uploaded through another API process comes from the blob store (off the async
+    // threads: it may be large).
+    let (store, blobs, file_id) = (state.store.clone(), state.blobs.clone(), id.clone());
+    tokio::task::spawn_blocking(move || crate::job_storage::ensure_file(&store, &blobs, &file_id))
+        .await
+        .map_err(|e| ApiError::internal(format!("the content fetch stopped: {e}")))?
+        .map_err(|e| {
+            tracing::error!("cannot fetch the content of {id}: {e}");
+            ApiError::internal(format!("cannot read the content of {id}"))
+        })?;
     let path = state.store.file_path(&id);
     let reader = tokio::fs::File::open(&path)
         .await

@@ -81,6 +81,39 @@ pub(crate) fn write_event(
     })
 }
 
+/// [`write_event`] under `lease` (its job's): `None` once the lease is not this worker's.
+pub(crate) fn write_event_leased(
+    store: &Store,
+    lease: &Lease,
+    key: &str,
+    level: EventLevel,
+    message: String,
+    body: EventBody,
+) -> Result<Option<JobEvent>, StoreError> {
+    let job_id = lease.id.as_str();
+    let written = store.append_event_leased(lease, key, |seq| {
+        let event = JobEvent {
+            id: event_id(job_id, seq),
+            object: JobEvent::OBJECT.into(),
+            created_at: crate::now(),
+            level,
+            message: message.clone(),
+            body: body.clone(),
+        };
+        serde_json::to_value(&event).unwrap_or_default()
+    })?;
+    let Some((stored, _)) = written else {
+        return Ok(None);
+    };
+    serde_json::from_value(stored.body)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt {
+            path: store.describe().into(),
+            id: event_id(job_id, stored.seq),
+            message: e.to_string(),
+        })
+}
+
 /// Writes a one-off message event (the API's "Created", "Job cancelled", …).
 pub(crate) fn message(
     store: &Store,
@@ -144,8 +177,14 @@ pub(crate) fn blobs_are_local(store: &Store, blobs: &Blobs) -> bool {
     blobs.local_root().is_some_and(|root| root == store.root())
 }
 
+/// A storage failure, saying which store failed (the job's public error names it).
 fn train_error(what: &str, e: impl std::fmt::Display) -> TrainError {
-    TrainError::Storage(format!("{what}: {e}"))
+    let store = if what.starts_with("writing an event") || what.starts_with("renewing") {
+        "database"
+    } else {
+        "blob store"
+    };
+    TrainError::Storage(format!("{what} ({store}): {e}"))
 }
 
 /// The newest complete state of job `job_id` in the blob store: its step.
@@ -208,6 +247,8 @@ pub(crate) fn restore(
                 .fetch_dir(&format!("jobs/{job_id}/{rel}"), &dir.join(&rel))
                 .map_err(|e| train_error("fetching a checkpoint", e))?;
         }
+        // The samples too: publishing mirrors the local folder, and would drop the earlier ones.
+        sync_samples(store, blobs, job_id);
     }
     Ok(newest)
 }
@@ -292,17 +333,19 @@ impl EventSink for StoreSink {
         message: String,
         body: EventBody,
     ) -> Result<JobEvent, TrainError> {
+        // Fenced by the lease: a worker whose job was requeued or taken over writes nothing.
         let event = retrying("writing an event", || {
-            write_event(
+            write_event_leased(
                 &self.store,
-                &self.job_id,
+                &self.lease,
                 key,
                 level,
                 message.clone(),
                 body.clone(),
             )
         })
-        .map_err(|e| train_error("writing an event", e))?;
+        .map_err(|e| train_error("writing an event", e))?
+        .ok_or_else(|| TrainError::Storage(LEASE_LOST.into()))?;
         if let Some(first) = self.on_first_event.take() {
             first();
         }
@@ -311,6 +354,8 @@ impl EventSink for StoreSink {
 
     fn step_saved(&mut self, step: usize, dir: &Path) -> Result<(), TrainError> {
         let job = self.job_id.clone();
+        // Before anything is written: a worker that lost the job must not touch its files.
+        self.check_lease()?;
         if !blobs_are_local(&self.store, &self.blobs) {
             // The kept checkpoints (new ones uploaded once; dropped ones removed), their list,
             // and the trainer's record of the job; samples for the dashboard.

@@ -279,10 +279,17 @@ impl Inner {
 
     fn run(&self) {
         let mut last_sweep: Option<Instant> = None;
+        // After this worker saw the database away, it sweeps nothing for a lease: the other
+        // workers were as cut off as it was, and their heartbeats need a moment to renew the
+        // leases the outage let expire.
+        let mut quiet_until: Option<Instant> = None;
         while !self.stopping.load(Ordering::SeqCst) {
-            if last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+            let quiet = quiet_until.is_some_and(|t| Instant::now() < t);
+            if !quiet && last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
                 last_sweep = Some(Instant::now());
-                self.sweep();
+                if self.sweep() {
+                    quiet_until = Some(Instant::now() + self.settings.lease);
+                }
             }
             // A panic while validating or training fails that job (below) and the worker goes
             // on with the next one.
@@ -292,6 +299,7 @@ impl Inner {
                 Ok(Ok(false)) => {}
                 Ok(Err(e)) if e.is_unavailable() => {
                     tracing::warn!("worker: {e}; trying again shortly");
+                    quiet_until = Some(Instant::now() + self.settings.lease);
                 }
                 Ok(Err(e)) => tracing::error!("worker: {e}"),
                 Err(panic) => self.recover_from_panic(&crate::panic_message(&*panic)),
@@ -307,9 +315,11 @@ impl Inner {
 
     /// Requeues the jobs whose worker vanished (lease expired; on SQLite also a worker process
     /// of this host that no longer exists, so a restarted `rft serve` resumes at once).
-    fn sweep(&self) {
+    /// Returns whether the database was unavailable.
+    fn sweep(&self) -> bool {
         let local = self.store.is_local();
         let gone = move |owner: &str| local && gone_on_this_host(owner);
+        let mut outage = false;
         match self
             .store
             .requeue_expired::<FineTuningJob>("job", "running", &gone, |j| {
@@ -320,12 +330,19 @@ impl Inner {
                     tracing::warn!(job = %id, "its worker stopped: requeued to resume from its latest state");
                 }
             }
-            Err(e) => tracing::warn!("cannot look for abandoned jobs: {e}"),
+            Err(e) => {
+                outage |= e.is_unavailable();
+                tracing::warn!("cannot look for abandoned jobs: {e}");
+            }
         }
         // A job being validated by a worker that vanished goes back to validation.
-        let _ =
+        if let Err(e) =
             self.store
-                .requeue_expired::<FineTuningJob>("job", "validating_files", &gone, |_| {});
+                .requeue_expired::<FineTuningJob>("job", "validating_files", &gone, |_| {})
+        {
+            outage |= e.is_unavailable();
+        }
+        outage
     }
 
     /// Fails the job a panic interrupted, so it is not picked up again and again.
@@ -355,13 +372,16 @@ impl Inner {
             lease,
             |_| {},
         )? {
-            let outcome = self.validate(&job, &lease);
+            // Held for the whole validation (a training file on S3 may take a while to fetch);
+            // registered, so a panic in it fails the job instead of looping.
+            let control = Arc::new(JobControl::default());
+            *self.running() = Some((job.id.clone(), control.clone()));
+            let outcome = self.with_heartbeat(&lease, &control, |_| self.validate(&job, &lease));
+            *self.running() = None;
             let _ = self.store.release(&lease);
             outcome?;
             return Ok(true);
         }
-        // The control is registered before the job shows `running`: a pause or cancel that
-        // sees `running` always finds it, however early in the job it comes.
         let control = Arc::new(JobControl::default());
         control.quiet_resume.store(true, Ordering::SeqCst);
         let claimed = self.store.claim::<FineTuningJob>(
@@ -374,12 +394,37 @@ impl Inner {
         let Some((job, lease)) = claimed else {
             return Ok(false);
         };
+        // A pause or cancel made through this process from here on finds the control; one made
+        // through another process (or in the instant before) reaches it at the first heartbeat,
+        // which renews at once.
         *self.running() = Some((job.id.clone(), control.clone()));
-        let outcome = self.train(&job, &lease, &control);
+        let outcome = self.with_heartbeat(&lease, &control, |lost| {
+            self.train(&job, &lease, &control, lost)
+        });
         *self.running() = None;
         let _ = self.store.release(&lease);
         outcome?;
         Ok(true)
+    }
+
+    /// Runs `work` while a heartbeat thread renews `lease` (at once, then every third of it, and
+    /// every second while renewals fail) and passes on what it reads: a status that is not
+    /// `running` pauses `control`'s job; a lost lease sets the flag `work` is given and pauses
+    /// it too. The heartbeat ends however `work` ends, a panic included.
+    fn with_heartbeat<T>(
+        &self,
+        lease: &Lease,
+        control: &JobControl,
+        work: impl FnOnce(&AtomicBool) -> T,
+    ) -> T {
+        let done = AtomicBool::new(false);
+        let lost = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| self.heartbeat(lease, control, &done, &lost));
+            // The scope waits for the heartbeat, which stops only once this is set.
+            let _stop_heartbeat = SetOnDrop(&done);
+            work(&lost)
+        })
     }
 
     /// Reads both files as the trainer will; a problem fails the job with its line number.
@@ -513,6 +558,23 @@ impl Inner {
         if param.is_none() && matches!(e, TrainError::Model(_)) {
             param = Some("model".into());
         }
+        // Where the job's progress is kept failed: the details (addresses, buckets) stay in the
+        // log; the job object says what failed.
+        if let TrainError::Storage(detail) = e {
+            tracing::error!(job = %job.id, "storage failed: {detail}");
+            let what = if detail.contains("(blob store)") {
+                "the blob store"
+            } else {
+                "the database"
+            };
+            return JobError {
+                code: code.into(),
+                message: format!(
+                    "Storage failed: {what} did not take the job's progress after its retries; the states saved before it are complete, and the server log has the details."
+                ),
+                param: None,
+            };
+        }
         // The job object is public: no server path may show in it (the blob paths were
         // replaced above; the model's and the data folder's go too).
         JobError {
@@ -568,17 +630,20 @@ impl Inner {
     /// lost lease stops the trainer at its next step boundary.
     fn heartbeat(&self, lease: &Lease, control: &JobControl, done: &AtomicBool, lost: &AtomicBool) {
         let every = self.settings.lease / 3;
+        // Renew at once: the claim's lease may have run a while already.
+        let mut wait = Duration::ZERO;
         let mut last = Instant::now();
         while !done.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(100).min(every));
-            if last.elapsed() < every {
+            if last.elapsed() < wait {
+                std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
             last = Instant::now();
+            wait = every;
             match self.store.renew(lease, self.settings.lease) {
                 Ok(Some(body)) => {
                     let status = serde_json::from_value::<StatusOf>(body).map(|s| s.status);
-                    if !matches!(status, Ok(JobStatus::Running)) {
+                    if !matches!(status, Ok(JobStatus::Running | JobStatus::ValidatingFiles)) {
                         control.pause.store(true, Ordering::SeqCst);
                     }
                 }
@@ -586,10 +651,15 @@ impl Inner {
                     tracing::warn!(job = %lease.id, "lease lost: another worker runs the job now; stopping");
                     lost.store(true, Ordering::SeqCst);
                     control.pause.store(true, Ordering::SeqCst);
+                    return;
                 }
-                // The database is away: keep training; the lease is renewed when it is back
-                // (and if another worker took the job meanwhile, the next renewal says so).
-                Err(e) => tracing::warn!(job = %lease.id, "cannot renew the lease: {e}"),
+                // The database is away: keep working, and try again every second, so the lease
+                // is renewed as soon as it is back (before other workers' sweepers, which wait a
+                // lease after an outage of their own).
+                Err(e) => {
+                    tracing::warn!(job = %lease.id, "cannot renew the lease: {e}");
+                    wait = Duration::from_secs(1).min(every);
+                }
             }
         }
     }
@@ -599,6 +669,7 @@ impl Inner {
         job: &FineTuningJob,
         lease: &Lease,
         control: &Arc<JobControl>,
+        lost: &AtomicBool,
     ) -> Result<(), StoreError> {
         let id = job.id.clone();
         let dir = self.store.job_dir(&id);
@@ -663,7 +734,12 @@ impl Inner {
             job_id: id.clone(),
             lease: lease.clone(),
             lease_duration: self.settings.lease,
-            published: HashSet::new(),
+            // What a previous worker published (and this one restored) is there already, and
+            // goes when the trainer drops it.
+            published: rft_train::checkpoints::read_checkpoints(&dir)
+                .iter()
+                .map(|c| format!("checkpoints/step-{}", c.step_number))
+                .collect(),
             // After the trainer's first event its job.json holds the resolved hyperparameters.
             on_first_event: Some(Box::new(move || {
                 if let Ok(text) = std::fs::read_to_string(&trainer_record) {
@@ -678,23 +754,15 @@ impl Inner {
                 }
             })),
         };
-        let done = AtomicBool::new(false);
-        let lost = AtomicBool::new(false);
-        let result = std::thread::scope(|scope| {
-            scope.spawn(|| self.heartbeat(lease, control, &done, &lost));
-            // Set however the trainer ends, a panic included: the scope waits for the
-            // heartbeat, which stops only when it is set.
-            let _stop_heartbeat = SetOnDrop(&done);
-            run_job_with(
-                &self.host,
-                rollouts,
-                &request,
-                &dir,
-                control,
-                Some(&mut sink),
-                &mut |_| {},
-            )
-        });
+        let result = run_job_with(
+            &self.host,
+            rollouts,
+            &request,
+            &dir,
+            control,
+            Some(&mut sink),
+            &mut |_| {},
+        );
         if lost.load(Ordering::SeqCst)
             || matches!(&result, Err(TrainError::Storage(m)) if m == LEASE_LOST)
         {

@@ -285,6 +285,14 @@ impl Postgres {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A connection the network dropped silently (a failover) is found dead in seconds,
+        // not the kernel's quarter of an hour: a renewal stuck on it would stall its worker.
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(2));
+        config.keepalives_retries(3);
+        #[cfg(target_os = "linux")]
+        config.tcp_user_timeout(Duration::from_secs(20));
         config.application_name("openrft");
         Ok(Postgres {
             config,
@@ -341,8 +349,14 @@ impl Postgres {
             }
             return StoreError::Postgres(format!("{} ({code})", db.message()));
         }
-        // No database error: the connection failed, closed or timed out.
-        StoreError::Unavailable(format!("PostgreSQL at {}: {e}", self.shown))
+        // No database error: the connection failed, closed or timed out (an outage), or this
+        // side could not encode or decode a value (a bug, not worth retrying).
+        let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+        let text = e.to_string();
+        if e.is_closed() || io || text.contains("timed out") || text.contains("connect") {
+            return StoreError::Unavailable(format!("PostgreSQL at {}: {e}", self.shown));
+        }
+        StoreError::Postgres(text)
     }
 
     /// Runs `f` in a transaction on a pooled connection.
@@ -504,31 +518,36 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    // userinfo ends at the last '@' before the path.
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let tail = &rest[authority_end..];
-    // Query parameters may carry a password too (`?password=`).
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let query: Vec<String> = query
-                .split('&')
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                    _ => kv.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", query.join("&"))
-        }
-        None => tail.to_owned(),
+    // Query parameters may carry a password too (`?password=`); a password may hold `/` or `#`,
+    // so the userinfo is everything before the last `@` ahead of the query.
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
     };
-    match authority.rsplit_once('@') {
-        Some((user, host)) => match user.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => format!("{scheme}://{user}@{host}{tail}"),
-        },
-        None => format!("{scheme}://{authority}{tail}"),
+    let (userinfo, hostpath) = match before_query.rsplit_once('@') {
+        Some((userinfo, hostpath)) => (Some(userinfo), hostpath),
+        None => (None, before_query),
+    };
+    let mut out = format!("{scheme}://");
+    if let Some(userinfo) = userinfo {
+        match userinfo.split_once(':') {
+            Some((user, _)) => out.push_str(&format!("{user}:***@")),
+            None => out.push_str(&format!("{userinfo}@")),
+        }
     }
+    out.push_str(hostpath);
+    if let Some(query) = query {
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&query.join("&"));
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -611,5 +630,14 @@ mod tests {
             "postgresql://a:***@h/db"
         );
         assert!(!redact_url("postgres://u:p%40ss@h/d").contains("p%40ss"));
+        // A password holding '/' or '#' or '@' is still hidden.
+        for url in [
+            "postgres://u:pa/ss@h/db",
+            "postgres://u:pa#ss@h:5/db",
+            "postgres://u:a@b@h/db",
+        ] {
+            let shown = redact_url(url);
+            assert!(shown.starts_with("postgres://u:***@h"), "{url} -> {shown}");
+        }
     }
 }

@@ -42,7 +42,7 @@ use serde_json::Value;
 
 pub use db::redact_url;
 use db::{Cell, Db, Dialect};
-use work::holds;
+use work::owns;
 
 /// SQLite's migrations, in order; `PRAGMA user_version` counts those applied.
 const MIGRATIONS: &[&str] = &[
@@ -80,6 +80,10 @@ pub enum StoreError {
     /// The database URL or the store's settings are wrong.
     #[error("{0}")]
     Config(String),
+    /// Another process took the object in the same instant (a claim that lost a race; the
+    /// caller sees nothing to claim).
+    #[error("another process took the object at the same moment")]
+    Contended,
     /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -517,7 +521,7 @@ impl Store {
                 return Ok(None);
             };
             if let Some(lease) = lease {
-                if !holds(tx, lease)? {
+                if !owns(tx, lease)? {
                     return Ok(None);
                 }
             }

@@ -9,6 +9,9 @@ use serde_json::Value;
 use crate::db::{Cell, Dialect, Tx};
 use crate::{first_text, millis, now, status_of, Lease, Store, StoreError, StoredEvent};
 
+/// Objects a claim looks at, oldest first, to find one it can read.
+const CLAIM_CANDIDATES: usize = 8;
+
 impl Store {
     /// Appends an event to job `job_id`'s log unless one with the same `key` is there already;
     /// `build` makes its body from the sequence number the database gives it. Returns the
@@ -19,13 +22,41 @@ impl Store {
         key: &str,
         build: impl FnOnce(i64) -> Value + Send,
     ) -> Result<(StoredEvent, bool), StoreError> {
+        // Without a lease nothing can refuse the write.
+        self.append_event_under(None, job_id, key, build)?
+            .ok_or_else(|| StoreError::Config("an event write without a lease was refused".into()))
+    }
+
+    /// [`Store::append_event`] only while `lease` is this worker's (its owner and epoch: a
+    /// worker whose job was requeued or taken over writes nothing more); `None` otherwise.
+    pub fn append_event_leased(
+        &self,
+        lease: &Lease,
+        key: &str,
+        build: impl FnOnce(i64) -> Value + Send,
+    ) -> Result<Option<(StoredEvent, bool)>, StoreError> {
+        self.append_event_under(Some(lease), &lease.id, key, build)
+    }
+
+    fn append_event_under(
+        &self,
+        lease: Option<&Lease>,
+        job_id: &str,
+        key: &str,
+        build: impl FnOnce(i64) -> Value + Send,
+    ) -> Result<Option<(StoredEvent, bool)>, StoreError> {
         self.db.transaction(|tx| {
+            if let Some(lease) = lease {
+                if !owns(tx, lease)? {
+                    return Ok(None);
+                }
+            }
             let existing = tx.rows(
                 "SELECT seq, body FROM events WHERE job_id = ? AND key = ?",
                 &[Cell::from(job_id), Cell::from(key)],
             )?;
             if let Some(row) = existing.into_iter().next() {
-                return Ok((self.event_row(row)?, false));
+                return Ok(Some((self.event_row(row)?, false)));
             }
             // The body needs the sequence number the row gets: insert, then fill it in.
             let inserted = tx.rows(
@@ -46,14 +77,14 @@ impl Store {
                     .ok_or_else(|| {
                         StoreError::Postgres("an event vanished while written".into())
                     })?;
-                return Ok((self.event_row(row)?, false));
+                return Ok(Some((self.event_row(row)?, false)));
             };
             let body = build(seq);
             tx.exec(
                 "UPDATE events SET body = ? WHERE seq = ?",
                 &[Cell::Text(body.to_string()), Cell::Int(seq)],
             )?;
-            Ok((StoredEvent { seq, body }, true))
+            Ok(Some((StoredEvent { seq, body }, true)))
         })
     }
 
@@ -111,31 +142,41 @@ impl Store {
     where
         T: serde::Serialize + serde::de::DeserializeOwned + Send,
     {
-        self.db.transaction(|tx| {
+        let claimed = self.db.transaction(|tx| {
             let d = tx.dialect();
+            // A few candidates: one whose body this build cannot read (written by a newer
+            // version, or edited by hand) is passed over, not a stop for every worker.
             let select = format!(
                 "SELECT o.id, o.body FROM objects o
                  WHERE o.kind = ? AND o.status = ?
                    AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = o.id AND l.owner <> ''
                                    AND l.expires_at > {now})
-                 ORDER BY o.seq ASC LIMIT 1{lock}",
+                 ORDER BY o.seq ASC LIMIT {CLAIM_CANDIDATES}{lock}",
                 now = d.now_ms(),
                 lock = d.skip_locked(),
             );
-            let Some(row) = tx
-                .rows(&select, &[Cell::from(kind), Cell::from(status)])?
-                .into_iter()
-                .next()
-            else {
+            let mut found = None;
+            for row in tx.rows(&select, &[Cell::from(kind), Cell::from(status)])? {
+                let id = row
+                    .first()
+                    .and_then(Cell::text)
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = row.get(1).and_then(Cell::text).unwrap_or_default();
+                match self
+                    .parse(&id, body)
+                    .and_then(|v| self.parse_body::<T>(&id, v))
+                {
+                    Ok(object) => {
+                        found = Some((id, object));
+                        break;
+                    }
+                    Err(e) => tracing::warn!("cannot claim {id}, passed over: {e}"),
+                }
+            }
+            let Some((id, mut object)) = found else {
                 return Ok(None);
             };
-            let id = row
-                .first()
-                .and_then(Cell::text)
-                .unwrap_or_default()
-                .to_owned();
-            let body = row.get(1).and_then(Cell::text).unwrap_or_default();
-            let mut object: T = self.parse_body(&id, self.parse(&id, body)?)?;
             change(&mut object);
             let value = self.to_body(&object)?;
             tx.exec(
@@ -147,10 +188,13 @@ impl Store {
                     Cell::from(id.as_str()),
                 ],
             )?;
+            // Only over a lease nobody holds: a holder that renewed since the select (the row
+            // lock covers the object, not its lease) keeps it, and this claim rolls back.
             let upsert = format!(
                 "INSERT INTO leases (id, owner, epoch, expires_at) VALUES (?, ?, 1, {now} + ?)
                  ON CONFLICT (id) DO UPDATE SET owner = excluded.owner,
                      epoch = leases.epoch + 1, expires_at = excluded.expires_at
+                 WHERE leases.owner = '' OR leases.expires_at <= {now}
                  RETURNING epoch",
                 now = d.now_ms()
             );
@@ -166,7 +210,7 @@ impl Store {
                 .first()
                 .and_then(|r| r.first())
                 .and_then(Cell::int)
-                .unwrap_or(1);
+                .ok_or(StoreError::Contended)?;
             Ok(Some((
                 object,
                 Lease {
@@ -175,7 +219,11 @@ impl Store {
                     epoch,
                 },
             )))
-        })
+        });
+        match claimed {
+            Err(StoreError::Contended) => Ok(None),
+            other => other,
+        }
     }
 
     /// Takes a lease on object `id` for `owner` (an object this process just created and will
@@ -306,11 +354,47 @@ impl Store {
                     .to_owned();
                 let owner = row.get(2).and_then(Cell::text).unwrap_or_default();
                 let expired = row.get(3).and_then(Cell::int).unwrap_or(1) != 0;
-                if !(expired || owner.is_empty() || is_gone(owner)) {
+                let gone = !owner.is_empty() && is_gone(owner);
+                if !(expired || owner.is_empty() || gone) {
+                    continue;
+                }
+                // The lease first, and only as it was read: a holder that renewed since (the
+                // select locked the object, not its lease) keeps its job.
+                let ended = if gone {
+                    tx.exec(
+                        "UPDATE leases SET owner = '', expires_at = 0 WHERE id = ? AND owner = ?",
+                        &[Cell::from(id.as_str()), Cell::from(owner)],
+                    )?
+                } else {
+                    tx.exec(
+                        &format!(
+                            "UPDATE leases SET owner = '', expires_at = 0
+                             WHERE id = ? AND (owner = '' OR expires_at <= {now})",
+                            now = d.now_ms()
+                        ),
+                        &[Cell::from(id.as_str())],
+                    )?
+                };
+                let has_lease = !tx
+                    .rows(
+                        "SELECT 1 FROM leases WHERE id = ?",
+                        &[Cell::from(id.as_str())],
+                    )?
+                    .is_empty();
+                if ended == 0 && has_lease {
                     continue;
                 }
                 let body = row.get(1).and_then(Cell::text).unwrap_or_default();
-                let mut object: T = self.parse_body(&id, self.parse(&id, body)?)?;
+                let parsed = self
+                    .parse(&id, body)
+                    .and_then(|v| self.parse_body::<T>(&id, v));
+                let mut object = match parsed {
+                    Ok(object) => object,
+                    Err(e) => {
+                        tracing::warn!("cannot requeue {id}, passed over: {e}");
+                        continue;
+                    }
+                };
                 change(&mut object);
                 let value = self.to_body(&object)?;
                 tx.exec(
@@ -322,15 +406,26 @@ impl Store {
                         Cell::from(id.as_str()),
                     ],
                 )?;
-                tx.exec(
-                    "UPDATE leases SET owner = '', expires_at = 0 WHERE id = ?",
-                    &[Cell::from(id.as_str())],
-                )?;
                 moved.push(id);
             }
             Ok(moved)
         })
     }
+}
+
+/// Whether `lease` is still its holder's: the same owner and epoch, whether or not it expired
+/// (a sweep that requeues clears the owner, a new claim raises the epoch). What fences writes.
+pub(crate) fn owns(tx: &mut dyn Tx, lease: &Lease) -> Result<bool, StoreError> {
+    Ok(!tx
+        .rows(
+            "SELECT 1 FROM leases WHERE id = ? AND owner = ? AND epoch = ?",
+            &[
+                Cell::from(lease.id.as_str()),
+                Cell::from(lease.owner.as_str()),
+                Cell::Int(lease.epoch),
+            ],
+        )?
+        .is_empty())
 }
 
 /// Whether `lease` is held, read inside a transaction.

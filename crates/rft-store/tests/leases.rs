@@ -177,6 +177,14 @@ fn a_lost_lease_cannot_renew_or_write_and_expired_work_is_requeued() -> Result<(
             Ok(())
         })?;
         assert!(write.is_none());
+        // Nor write events: the new holder's steps are the job's.
+        assert!(store
+            .append_event_leased(&first, "step-1/metrics", |seq| json!({"seq": seq}))?
+            .is_none());
+        assert!(store
+            .append_event_leased(&second, "step-1/metrics", |seq| json!({"seq": seq}))?
+            .is_some());
+        assert_eq!(store.event_count("ftjob-000")?, 1);
         assert!(!store.release(&first)?);
         assert_eq!(
             store

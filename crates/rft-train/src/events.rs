@@ -107,7 +107,9 @@ pub trait EventSink {
 }
 
 /// The job folder's `events.jsonl` (`rft train`, and tests): numbered by line. Keys are not
-/// kept: a local run resumes from its own folder's state, which is saved after its events.
+/// kept: a local run resumes from its own folder's state, which the loop saves just before a
+/// step's events, so a kill between the two loses that step's events (never duplicates them);
+/// the server's sink, keyed, publishes the state after the events instead.
 #[derive(Debug, Clone)]
 pub struct FileEvents {
     dir: PathBuf,
