@@ -57,10 +57,11 @@ impl WorkerSettings {
         WorkerSettings {
             lease,
             id: format!(
-                "{}:{}:{}",
+                "{}:{}:{}:{}",
                 hostname(),
                 std::process::id(),
-                &crate::new_id("")[..8]
+                &crate::new_id("")[..8],
+                process_space()
             ),
         }
     }
@@ -80,17 +81,64 @@ fn hostname() -> String {
 /// exists). PostgreSQL's workers may be anywhere, even on another machine with this host
 /// name: there only the lease's expiry counts.
 pub(crate) fn gone_on_this_host(owner: &str) -> bool {
-    let mut parts = owner.splitn(3, ':');
-    let (Some(host), Some(pid)) = (parts.next(), parts.next()) else {
-        return true;
+    judge_gone(
+        owner,
+        &hostname(),
+        &process_space(),
+        std::process::id(),
+        |pid| std::path::Path::new(&format!("/proc/{pid}")).exists(),
+    )
+}
+
+/// Where a process id means something: this boot of the machine and this PID namespace
+/// (`<boot id>.<pid namespace inode>`). Two containers that share a host name (host
+/// networking) have different namespaces: neither can see the other's processes, so neither
+/// judges the other.
+fn process_space() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|b| b.trim().chars().take(8).collect::<String>())
+        .unwrap_or_default();
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|l| {
+            l.to_string_lossy()
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    format!("{boot}.{namespace}")
+}
+
+/// [`gone_on_this_host`] with this process's host, process space, pid and a liveness check:
+/// a holder of this host and space whose process does not exist has stopped; one of an earlier
+/// boot of this host has too; anything else (another host, another namespace, an owner written
+/// by an older version) is left to its lease's expiry.
+fn judge_gone(
+    owner: &str,
+    host: &str,
+    space: &str,
+    own_pid: u32,
+    alive: impl Fn(u32) -> bool,
+) -> bool {
+    let parts: Vec<&str> = owner.splitn(4, ':').collect();
+    let [owner_host, pid, _, owner_space] = parts[..] else {
+        return false;
     };
-    if host != hostname() {
+    if owner_host != host || owner_space.is_empty() {
+        return false;
+    }
+    let (boot, namespace) = owner_space.split_once('.').unwrap_or((owner_space, ""));
+    let (our_boot, our_namespace) = space.split_once('.').unwrap_or((space, ""));
+    if !boot.is_empty() && !our_boot.is_empty() && boot != our_boot {
+        return true;
+    }
+    if namespace != our_namespace {
         return false;
     }
     match pid.parse::<u32>() {
-        Ok(pid) if pid == std::process::id() => false,
-        Ok(pid) => !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-        Err(_) => true,
+        Ok(pid) if pid == own_pid => false,
+        Ok(pid) => !alive(pid),
+        Err(_) => false,
     }
 }
 
@@ -923,4 +971,28 @@ fn trained_tokens(store: &Store, id: &str) -> u64 {
         .filter_map(|e| e.metrics()?.train.as_ref())
         .map(|t| t.completion_tokens_count as u64)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::judge_gone;
+
+    #[test]
+    fn only_a_dead_process_of_this_host_boot_and_namespace_is_gone() {
+        let alive = |pid: u32| pid == 200;
+        let judge = |owner: &str| judge_gone(owner, "node-a", "b00t.4026", 100, alive);
+        // This host, boot and namespace: gone exactly when its process is.
+        assert!(judge("node-a:300:abcd1234:b00t.4026"));
+        assert!(!judge("node-a:200:abcd1234:b00t.4026"));
+        assert!(!judge("node-a:100:abcd1234:b00t.4026"), "this process");
+        // Another namespace on the same host name (host networking): not ours to judge.
+        assert!(!judge("node-a:300:abcd1234:b00t.9999"));
+        // An earlier boot of this host: every process of it has stopped.
+        assert!(judge("node-a:200:abcd1234:0ld0.4026"));
+        // Another host, an older owner format, garbage: left to the lease's expiry.
+        assert!(!judge("node-b:300:abcd1234:b00t.4026"));
+        assert!(!judge("node-a:300:abcd1234"));
+        assert!(!judge("node-a:x:abcd1234:b00t.4026"));
+        assert!(!judge(""));
+    }
 }
