@@ -28,6 +28,18 @@ const OUTAGE_PATIENCE: Duration = Duration::from_secs(180);
 /// The largest `checkpoints.jsonl` read from the blob store.
 const MAX_LIST_BYTES: u64 = 16 << 20;
 
+/// Runs `f`, a wait on the blob store, where it may block: called from a request handler on the
+/// server's multi-threaded runtime, the thread first hands its other tasks to the runtime
+/// (`block_in_place`), so a slow S3 fetch stalls no other request; elsewhere it just runs.
+fn off_async<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Runs `f` again while the database is unavailable (restarting, say), with backoff, for up
 /// to [`OUTAGE_PATIENCE`]; any other error at once.
 pub(crate) fn retrying<T>(
@@ -432,10 +444,8 @@ pub(crate) fn checkpoints(store: &Store, blobs: &Blobs, job_id: &str) -> Vec<Che
     if blobs_are_local(store, blobs) {
         return rft_train::checkpoints::read_checkpoints(&dir);
     }
-    match blobs.get(
-        &format!("jobs/{job_id}/checkpoints/checkpoints.jsonl"),
-        MAX_LIST_BYTES,
-    ) {
+    let key = format!("jobs/{job_id}/checkpoints/checkpoints.jsonl");
+    match off_async(|| blobs.get(&key, MAX_LIST_BYTES)) {
         Ok(Some(bytes)) => {
             let mut all: Vec<Checkpoint> = String::from_utf8_lossy(&bytes)
                 .lines()
@@ -460,7 +470,7 @@ pub(crate) fn ensure_adapter(store: &Store, blobs: &Blobs, job_id: &str, rel: &s
     if blobs_are_local(store, blobs) || local.join("adapter_config.json").is_file() {
         return true;
     }
-    match blobs.fetch_dir(&format!("jobs/{job_id}/{rel}"), &local) {
+    match off_async(|| blobs.fetch_dir(&format!("jobs/{job_id}/{rel}"), &local)) {
         Ok(Some(_)) => true,
         Ok(None) => false,
         Err(e) => {
@@ -477,7 +487,7 @@ pub(crate) fn ensure_file(store: &Store, blobs: &Blobs, file_id: &str) -> Result
     if blobs_are_local(store, blobs) || path.is_file() {
         return Ok(());
     }
-    match blobs.get_file(&format!("files/{file_id}"), &path) {
+    match off_async(|| blobs.get_file(&format!("files/{file_id}"), &path)) {
         Ok(true) => Ok(()),
         Ok(false) => Err(TrainError::Config(format!(
             "the file {file_id} is missing from the blob store"
@@ -630,5 +640,34 @@ mod tests {
         );
         rft_train::rollouts::AdapterPublisher::remove(&publisher, "job-v2");
         assert!(blobs.manifest("adapters/job-v2").unwrap().is_none());
+    }
+}
+
+#[cfg(test)]
+mod off_async_tests {
+    use super::off_async;
+
+    #[test]
+    fn waits_run_from_handlers_from_the_blocking_pool_and_without_a_runtime() {
+        assert_eq!(off_async(|| 1), 1);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            // On a worker thread (a request handler).
+            let handler = tokio::spawn(async { off_async(|| 2) }).await.unwrap();
+            assert_eq!(handler, 2);
+            // On the blocking pool (spawn_blocking).
+            let pooled = tokio::task::spawn_blocking(|| off_async(|| 3))
+                .await
+                .unwrap();
+            assert_eq!(pooled, 3);
+        });
+        // A current-thread runtime (where block_in_place would panic) just runs it.
+        let single = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(single.block_on(async { off_async(|| 4) }), 4);
     }
 }
