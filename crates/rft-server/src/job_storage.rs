@@ -549,6 +549,10 @@ pub(crate) fn fetch_blob_adapter(
         )));
     }
     let local = root.join("blobs").join(name);
+    // One fetch at a time: loads of one version racing each other would replace the folder
+    // under one another's feet; after the first, the others find it complete.
+    static FETCHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = FETCHING.lock().unwrap_or_else(|e| e.into_inner());
     if local.join("adapter_config.json").is_file()
         && local.join("adapter_model.safetensors").is_file()
     {

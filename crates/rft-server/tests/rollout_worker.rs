@@ -351,3 +351,66 @@ fn hostile_sizes_counts_and_races_leave_the_worker_serving() {
     );
     assert_eq!(status, 200, "{body}");
 }
+
+#[test]
+fn blob_adapter_paths_are_checked_and_racing_loads_of_one_version_agree() {
+    // The server's blob store is its data folder: a version published there is what a worker
+    // with `--blobs` publishes to S3.
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, base) = worker(tmp.path(), &[]);
+    let blobs = rft_store::blobs::Blobs::local(&tmp.path().join("data")).unwrap();
+    let version = tmp.path().join("version");
+    adapter(&version, &base, 4);
+    blobs.publish_dir("adapters/job-v1", &version).unwrap();
+    let root = tmp.path().join("adapters");
+    let load = |name: &str, path: &str| {
+        server.post_text(
+            "/load_lora_adapter",
+            &json!({"lora_name": name, "lora_path": path}),
+        )
+    };
+    let long = format!("blob:adapters/{}", "a".repeat(10_000));
+    for hostile in [
+        "blob:adapters/../../etc",
+        "blob:../outside",
+        "blob:adapters/a/b",
+        "blob:adapters/",
+        "blob:adapters/.hidden",
+        "blob:files/x",
+        "blob:adapters/missing",
+        long.as_str(),
+    ] {
+        let (status, text) = load("n", hostile);
+        assert_eq!(status, 404, "{hostile}: {text}");
+        assert!(!text.contains(tmp.path().to_str().unwrap()), "{text}");
+    }
+    assert!(
+        !root.join("blobs").exists(),
+        "nothing fetched for a refused path"
+    );
+    // A version whose file no longer matches its manifest is not loaded.
+    blobs.publish_dir("adapters/job-v2", &version).unwrap();
+    std::fs::write(
+        tmp.path()
+            .join("data/adapters/job-v2/adapter_model.safetensors"),
+        b"tampered",
+    )
+    .unwrap();
+    let (status, text) = load("tampered", "blob:adapters/job-v2");
+    assert_eq!(status, 404, "{text}");
+    // Many loads of one version at once, under different names: every one loads it.
+    std::thread::scope(|scope| {
+        for i in 0..12 {
+            let load = &load;
+            scope.spawn(move || {
+                let (status, text) = load(&format!("raced-{i}"), "blob:adapters/job-v1");
+                assert_eq!(status, 200, "{text}");
+            });
+        }
+    });
+    let (status, body) = server.post(
+        "/completions",
+        &json!({"model": "raced-3", "prompt": [2, 3], "max_tokens": 2}),
+    );
+    assert_eq!(status, 200, "{body}");
+}
