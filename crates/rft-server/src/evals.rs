@@ -444,8 +444,7 @@ impl Runners {
             return;
         }
         drop(quiet);
-        let local = store.is_local();
-        let gone = move |owner: &str| local && crate::scheduler::gone_on_this_host(owner);
+        let gone = crate::scheduler::abandoned_by(store);
         for status in ["queued", "in_progress"] {
             let failed = store.requeue_expired::<EvalRun>("eval_run", status, &gone, |r| {
                 r.status = RunStatus::Failed;

@@ -47,13 +47,18 @@ pub(crate) fn retrying<T>(
     mut f: impl FnMut() -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
     let start = Instant::now();
-    let mut wait = Duration::from_millis(200);
+    let mut attempt = 0;
     loop {
         match f() {
             Err(e) if e.is_unavailable() && start.elapsed() < OUTAGE_PATIENCE => {
+                attempt += 1;
+                let wait = rft_grade::http::backoff(
+                    Duration::from_millis(400),
+                    Duration::from_secs(5),
+                    attempt,
+                );
                 tracing::warn!("{what}: {e}; trying again in {:.1} s", wait.as_secs_f64());
                 std::thread::sleep(wait);
-                wait = (wait * 2).min(Duration::from_secs(5));
             }
             other => return other,
         }
@@ -76,21 +81,9 @@ pub(crate) fn write_event(
     body: EventBody,
 ) -> Result<JobEvent, StoreError> {
     let (stored, _) = store.append_event(job_id, key, |seq| {
-        let event = JobEvent {
-            id: event_id(job_id, seq),
-            object: JobEvent::OBJECT.into(),
-            created_at: crate::now(),
-            level,
-            message: message.clone(),
-            body: body.clone(),
-        };
-        serde_json::to_value(&event).unwrap_or_default()
+        event_json(job_id, seq, level, message, body)
     })?;
-    serde_json::from_value(stored.body).map_err(|e| StoreError::Corrupt {
-        path: store.describe().into(),
-        id: event_id(job_id, stored.seq),
-        message: e.to_string(),
-    })
+    parse_event(store, job_id, stored)
 }
 
 /// [`write_event`] under `lease` (its job's): `None` once the lease is not this worker's.
@@ -104,26 +97,43 @@ pub(crate) fn write_event_leased(
 ) -> Result<Option<JobEvent>, StoreError> {
     let job_id = lease.id.as_str();
     let written = store.append_event_leased(lease, key, |seq| {
-        let event = JobEvent {
-            id: event_id(job_id, seq),
-            object: JobEvent::OBJECT.into(),
-            created_at: crate::now(),
-            level,
-            message: message.clone(),
-            body: body.clone(),
-        };
-        serde_json::to_value(&event).unwrap_or_default()
+        event_json(job_id, seq, level, message, body)
     })?;
-    let Some((stored, _)) = written else {
-        return Ok(None);
+    written
+        .map(|(stored, _)| parse_event(store, job_id, stored))
+        .transpose()
+}
+
+/// The stored JSON of a new event, given the sequence number the database gave it.
+fn event_json(
+    job_id: &str,
+    seq: i64,
+    level: EventLevel,
+    message: String,
+    body: EventBody,
+) -> serde_json::Value {
+    let event = JobEvent {
+        id: event_id(job_id, seq),
+        object: JobEvent::OBJECT.into(),
+        created_at: crate::now(),
+        level,
+        message,
+        body,
     };
-    serde_json::from_value(stored.body)
-        .map(Some)
-        .map_err(|e| StoreError::Corrupt {
-            path: store.describe().into(),
-            id: event_id(job_id, stored.seq),
-            message: e.to_string(),
-        })
+    serde_json::to_value(&event).unwrap_or_default()
+}
+
+/// A stored event as the API's type.
+fn parse_event(
+    store: &Store,
+    job_id: &str,
+    stored: rft_store::StoredEvent,
+) -> Result<JobEvent, StoreError> {
+    serde_json::from_value(stored.body).map_err(|e| StoreError::Corrupt {
+        path: store.describe().into(),
+        id: event_id(job_id, stored.seq),
+        message: e.to_string(),
+    })
 }
 
 /// Writes a one-off message event (the API's "Created", "Job cancelled", …).
@@ -174,13 +184,7 @@ pub(crate) fn events(store: &Store, job_id: &str) -> Result<Vec<JobEvent>, Store
     store
         .events(job_id)?
         .into_iter()
-        .map(|stored| {
-            serde_json::from_value(stored.body).map_err(|e| StoreError::Corrupt {
-                path: store.describe().into(),
-                id: event_id(job_id, stored.seq),
-                message: e.to_string(),
-            })
-        })
+        .map(|stored| parse_event(store, job_id, stored))
         .collect()
 }
 
@@ -199,22 +203,32 @@ fn train_error(what: &str, e: impl std::fmt::Display) -> TrainError {
     TrainError::Storage(format!("{what} ({store}): {e}"))
 }
 
+/// The steps of job `job_id`'s states in the blob store, each with whether it is complete
+/// (its manifest written), in no particular order.
+fn published_states(blobs: &Blobs, job_id: &str) -> Result<Vec<(usize, bool)>, TrainError> {
+    let prefix = format!("jobs/{job_id}/state/step-");
+    let listed = blobs
+        .list(&format!("jobs/{job_id}/state"))
+        .map_err(|e| train_error("listing the job's saved states", e))?;
+    let mut states: std::collections::BTreeMap<usize, bool> = Default::default();
+    for (key, _) in &listed {
+        let Some((step, file)) = key.strip_prefix(&prefix).and_then(|r| r.split_once('/')) else {
+            continue;
+        };
+        if let Ok(step) = step.parse() {
+            *states.entry(step).or_default() |= file == "MANIFEST.json";
+        }
+    }
+    Ok(states.into_iter().collect())
+}
+
 /// The newest complete state of job `job_id` in the blob store: its step.
 fn newest_state(blobs: &Blobs, job_id: &str) -> Result<Option<usize>, TrainError> {
-    let prefix = format!("jobs/{job_id}/state");
-    let listed = blobs
-        .list(&prefix)
-        .map_err(|e| train_error("listing the job's saved states", e))?;
-    let mut steps: Vec<usize> = listed
-        .iter()
-        .filter_map(|(key, _)| {
-            let rest = key.strip_prefix(&format!("{prefix}/step-"))?;
-            let (step, file) = rest.split_once('/')?;
-            (file == "MANIFEST.json").then(|| step.parse().ok())?
-        })
-        .collect();
-    steps.sort_unstable();
-    Ok(steps.pop())
+    Ok(published_states(blobs, job_id)?
+        .into_iter()
+        .filter(|&(_, complete)| complete)
+        .map(|(step, _)| step)
+        .max())
 }
 
 /// Makes the local working folder `dir` of job `job_id` match what the blob store holds before
@@ -410,19 +424,11 @@ impl EventSink for StoreSink {
             &dir.join("checkpoints/latest"),
         )?;
         // The previous state stays until this one is complete; older ones go.
-        if let Ok(listed) = self.blobs.list(&format!("jobs/{job}/state")) {
-            let old: HashSet<usize> = listed
-                .iter()
-                .filter_map(|(key, _)| {
-                    let rest = key.strip_prefix(&format!("jobs/{job}/state/step-"))?;
-                    rest.split_once('/')?.0.parse().ok()
-                })
-                .filter(|s| *s + 1 < step)
-                .collect();
-            for s in old {
+        if let Ok(states) = published_states(&self.blobs, &job) {
+            for (old, _) in states.into_iter().filter(|&(s, _)| s + 1 < step) {
                 let _ = self
                     .blobs
-                    .delete_prefix(&format!("jobs/{job}/state/step-{s}"));
+                    .delete_prefix(&format!("jobs/{job}/state/step-{old}"));
             }
         }
         Ok(())
@@ -447,12 +453,7 @@ pub(crate) fn checkpoints(store: &Store, blobs: &Blobs, job_id: &str) -> Vec<Che
     let key = format!("jobs/{job_id}/checkpoints/checkpoints.jsonl");
     match off_async(|| blobs.get(&key, MAX_LIST_BYTES)) {
         Ok(Some(bytes)) => {
-            let mut all: Vec<Checkpoint> = String::from_utf8_lossy(&bytes)
-                .lines()
-                .filter_map(|l| serde_json::from_str(l).ok())
-                .collect();
-            all.sort_by_key(|c| c.step_number);
-            all
+            rft_train::checkpoints::parse_checkpoints(&String::from_utf8_lossy(&bytes))
         }
         Ok(None) => Vec::new(),
         Err(e) => {

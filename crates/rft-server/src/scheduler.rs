@@ -80,6 +80,13 @@ fn hostname() -> String {
 /// SQLite, whose workers all run on this machine (a process of this host that no longer
 /// exists). PostgreSQL's workers may be anywhere, even on another machine with this host
 /// name: there only the lease's expiry counts.
+/// Whether a lease's holder has stopped, as far as `store`'s kind tells: on SQLite (one
+/// machine) [`gone_on_this_host`]; on PostgreSQL nobody is judged (only the lease's expiry).
+pub(crate) fn abandoned_by(store: &Store) -> impl Fn(&str) -> bool + Sync {
+    let local = store.is_local();
+    move |owner: &str| local && gone_on_this_host(owner)
+}
+
 pub(crate) fn gone_on_this_host(owner: &str) -> bool {
     judge_gone(
         owner,
@@ -365,8 +372,7 @@ impl Inner {
     /// of this host that no longer exists, so a restarted `rft serve` resumes at once).
     /// Returns whether the database was unavailable.
     fn sweep(&self) -> bool {
-        let local = self.store.is_local();
-        let gone = move |owner: &str| local && gone_on_this_host(owner);
+        let gone = abandoned_by(&self.store);
         let mut outage = false;
         match self
             .store

@@ -145,7 +145,16 @@ pub(crate) fn save_latest_with(
 
 /// A job folder's kept checkpoints (`fine_tuning.job.checkpoint` objects), by step.
 pub fn read_checkpoints(dir: &Path) -> Vec<Checkpoint> {
-    let mut all: Vec<Checkpoint> = crate::read_jsonl(&dir.join(CHECKPOINTS));
+    parse_checkpoints(&std::fs::read_to_string(dir.join(CHECKPOINTS)).unwrap_or_default())
+}
+
+/// The checkpoints of a `checkpoints.jsonl`'s text (a copy fetched from elsewhere), by step; a
+/// line that does not parse is skipped.
+pub fn parse_checkpoints(text: &str) -> Vec<Checkpoint> {
+    let mut all: Vec<Checkpoint> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
     all.sort_by_key(|c| c.step_number);
     all
 }
