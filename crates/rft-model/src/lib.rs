@@ -29,6 +29,7 @@ pub mod ops;
 #[allow(unsafe_code)]
 pub mod packed;
 pub mod parallel;
+pub mod precision;
 pub mod recorded;
 pub mod request;
 pub mod sample;
@@ -42,3 +43,4 @@ pub mod weights;
 pub use config::{Architecture, ModelConfig};
 pub use error::ModelError;
 pub use model::{CausalLm, KvCache, Logits};
+pub use precision::Precision;

@@ -19,6 +19,7 @@ use crate::config::ModelConfig;
 use crate::lora::{LoraAdapter, Projection};
 use crate::ops::{self, FrozenWeight};
 use crate::packed::PackedWeight;
+use crate::precision::Precision;
 use crate::weights::{self, Weights};
 use crate::ModelError;
 
@@ -39,6 +40,9 @@ pub struct CausalLm {
     /// `lm_headᵀ` packed for training's backward ([`CausalLm::packed_for_training`]).
     lm_head_packed_t: Option<Arc<PackedWeight>>,
     inv_freq: Tensor,
+    /// The type of the residual stream, the norms' scales and the biases: the weights' type,
+    /// except bf16 weights on the CPU, which multiply f32 activations ([`crate::precision`]).
+    activation_dtype: DType,
     device: Device,
 }
 
@@ -319,8 +323,23 @@ pub enum Logits {
 }
 
 impl CausalLm {
-    /// Loads a model from a GGUF file or a Hugging Face folder.
+    /// Loads a model from a GGUF file or a Hugging Face folder, in the precision
+    /// [`Precision::resolve`] picks for `device` (`RFT_DTYPE`, else bf16 on a GPU, f32 on the
+    /// CPU).
     pub fn load(path: &Path, device: &Device) -> Result<CausalLm, ModelError> {
+        CausalLm::load_with(path, device, Precision::resolve(device)?)
+    }
+
+    /// Loads a model from a GGUF file or a Hugging Face folder in `precision`.
+    pub fn load_with(
+        path: &Path,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<CausalLm, ModelError> {
+        CausalLm::load_f32(path, device)?.with_precision(precision)
+    }
+
+    fn load_f32(path: &Path, device: &Device) -> Result<CausalLm, ModelError> {
         if path.is_dir() {
             let config_path = path.join("config.json");
             let text = std::fs::read_to_string(&config_path).map_err(|e| match e.kind() {
@@ -397,6 +416,7 @@ impl CausalLm {
             });
         }
         let norm = weights.take("model.norm.weight")?;
+        let embed_tokens_dtype = embed_tokens.dtype();
         let lm_head = match weights.take_optional("lm_head.weight") {
             Some(head) if !config.tie_word_embeddings => head,
             _ => embed_tokens.clone(),
@@ -416,8 +436,68 @@ impl CausalLm {
             lm_head_packed: None,
             lm_head_packed_t: None,
             inv_freq,
+            activation_dtype: embed_tokens_dtype,
             device: device.clone(),
         })
+    }
+
+    /// This model in `precision` on its device ([`crate::precision`]): the frozen weights in
+    /// `precision`'s weight type, the activations in its type for the device. Packed copies
+    /// are dropped (pack again for the new weights).
+    pub fn with_precision(&self, precision: Precision) -> Result<CausalLm, ModelError> {
+        self.with_dtypes(
+            precision.weight_dtype(),
+            precision.activation_dtype(&self.device),
+        )
+    }
+
+    /// This model with its frozen weights (projections, embeddings, output head) in
+    /// `weights` and its activations (and norm scales, biases) in `activations`.
+    /// [`CausalLm::with_precision`] picks the pair a device runs; any pair runs everywhere,
+    /// so bf16 activations, a GPU's path, can be checked on the CPU.
+    pub fn with_dtypes(&self, weights: DType, activations: DType) -> Result<CausalLm, ModelError> {
+        let mut model = self.clone();
+        let tied = self.lm_head.id() == self.embed_tokens.id();
+        model.embed_tokens = self.embed_tokens.to_dtype(weights)?;
+        model.lm_head = if tied {
+            model.embed_tokens.clone()
+        } else {
+            self.lm_head.to_dtype(weights)?
+        };
+        model.lm_head_packed = None;
+        model.lm_head_packed_t = None;
+        model.norm = self.norm.to_dtype(activations)?;
+        for layer in &mut model.layers {
+            layer.input_layernorm = layer.input_layernorm.to_dtype(activations)?;
+            layer.post_attention_layernorm =
+                layer.post_attention_layernorm.to_dtype(activations)?;
+            for norm in [&mut layer.q_norm, &mut layer.k_norm].into_iter().flatten() {
+                *norm = norm.to_dtype(activations)?;
+            }
+            for projection in Projection::ALL {
+                let linear = layer.projection_mut(projection);
+                linear.weight = linear.weight.to_dtype(weights)?;
+                linear.bias = linear
+                    .bias
+                    .as_ref()
+                    .map(|bias| bias.to_dtype(activations))
+                    .transpose()?;
+                linear.packed = None;
+                linear.packed_t = None;
+            }
+        }
+        model.activation_dtype = activations;
+        Ok(model)
+    }
+
+    /// The type the frozen weights are held in.
+    pub fn weight_dtype(&self) -> DType {
+        self.embed_tokens.dtype()
+    }
+
+    /// The type of the activations.
+    pub fn activation_dtype(&self) -> DType {
+        self.activation_dtype
     }
 
     /// A model with random weights (normal, std 0.1; norm scales near 1): tests and benchmarks
@@ -785,6 +865,7 @@ impl CausalLm {
         Ok(self
             .embed_tokens
             .index_select(&input_ids.flatten_all()?, 0)?
+            .to_dtype(self.activation_dtype)?
             .reshape((b, t, self.config.hidden_size))?)
     }
 
@@ -842,7 +923,7 @@ impl CausalLm {
             .reshape((b * t, 1))?
             .broadcast_mul(&self.inv_freq)?;
         let half = self.config.head_dim / 2;
-        let dtype = self.embed_tokens.dtype();
+        let dtype = self.activation_dtype;
         Ok((
             freqs.cos()?.reshape((b, t, half))?.to_dtype(dtype)?,
             freqs.sin()?.reshape((b, t, half))?.to_dtype(dtype)?,
@@ -872,16 +953,13 @@ impl CausalLm {
                 .collect();
             Some(
                 Tensor::from_vec(values, (1, 1, t, total), &self.device)?
-                    .to_dtype(self.embed_tokens.dtype())?,
+                    .to_dtype(self.activation_dtype)?,
             )
         } else {
             None
         };
         let padding = key_mask
-            .map(|m| {
-                m.reshape((b, 1, 1, total))?
-                    .to_dtype(self.embed_tokens.dtype())
-            })
+            .map(|m| m.reshape((b, 1, 1, total))?.to_dtype(self.activation_dtype))
             .transpose()?;
         let Some(padding) = padding else {
             return Ok(causal);
@@ -901,7 +979,7 @@ impl CausalLm {
             })
             .collect();
         let own = Tensor::from_vec(own, (1, 1, t, total), &self.device)?
-            .to_dtype(self.embed_tokens.dtype())?;
+            .to_dtype(self.activation_dtype)?;
         let mask = match causal {
             Some(c) => c.broadcast_add(&padding)?,
             None => padding,
@@ -971,11 +1049,9 @@ impl CausalLm {
         let s = k.dim(2)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let q = (q * scale)?.reshape((b, n_kv, n_rep * t, head_dim))?;
-        let scores = q.matmul(&k.t()?)?.reshape((b, n_heads, t, s))?;
+        let scores = ops::matmul(&q, &k.t()?)?.reshape((b, n_heads, t, s))?;
         let probs = ops::masked_softmax(&scores, mask)?;
-        let out = probs
-            .reshape((b, n_kv, n_rep * t, s))?
-            .matmul(&v)?
+        let out = ops::matmul(&probs.reshape((b, n_kv, n_rep * t, s))?, &v)?
             .reshape((b, n_heads, t, head_dim))?
             .transpose(1, 2)?
             .reshape((b, t, n_heads * head_dim))?;

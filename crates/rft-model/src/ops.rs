@@ -203,6 +203,25 @@ fn accumulation_dtype(dtype: DType) -> DType {
     }
 }
 
+/// `a @ b` in `a`'s type, whatever `b`'s: the one product every mixed-precision matmul of the
+/// engine goes through (activations by bf16 or f32 weights; attention in bf16).
+///
+/// On a GPU `b` is converted to `a`'s type (a no-op when they match, the usual case). candle's
+/// CPU backend has no half-precision product, so there a bf16 or f16 operand is widened to f32
+/// and the result narrowed back: f32 accumulation, what a GPU's bf16 matmul does, which lets the
+/// CPU run (and test) the GPU's bf16 path.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let out = a.dtype();
+    let half = |t: &Tensor| matches!(t.dtype(), DType::BF16 | DType::F16);
+    if a.device().is_cpu() && (half(a) || half(b)) {
+        return a
+            .to_dtype(DType::F32)?
+            .matmul(&b.to_dtype(DType::F32)?)?
+            .to_dtype(out);
+    }
+    a.matmul(&b.to_dtype(out)?)
+}
+
 /// A frozen `(out, in)` weight with the two products training needs, `x @ Wᵀ` (forward) and
 /// `g @ W` (the input's gradient), each through a packed copy of the weight where one was made
 /// ([`crate::packed`]: on AVX-512 CPUs twice the vector width of candle's kernels on stable
@@ -244,23 +263,23 @@ impl FrozenWeight {
         &self.dense
     }
 
-    /// `x @ Wᵀ` for `x: (n, in)`; no gradient.
+    /// `x @ Wᵀ` for `x: (n, in)`, in `x`'s type; no gradient.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match &self.packed {
             Some(packed) if x.dtype() == DType::F32 && x.device().is_cpu() => {
                 packed.matmul_t(x).map_err(candle_core::Error::wrap)
             }
-            _ => x.matmul(&self.dense.t()?),
+            _ => matmul(x, &self.dense.t()?),
         }
     }
 
-    /// `g @ W` for `g: (n, out)`; no gradient.
+    /// `g @ W` for `g: (n, out)`, in `g`'s type; no gradient.
     pub fn matmul(&self, g: &Tensor) -> Result<Tensor> {
         match &self.packed_t {
             Some(packed) if g.dtype() == DType::F32 && g.device().is_cpu() => {
                 packed.matmul_t(g).map_err(candle_core::Error::wrap)
             }
-            _ => g.matmul(&self.dense),
+            _ => matmul(g, &self.dense),
         }
     }
 }
@@ -326,8 +345,15 @@ pub(crate) fn lora_linear_value(
         Some(bias) => base.broadcast_add(bias)?,
         None => base,
     };
-    let hidden = (x.matmul(&a.t()?)? * scale)?;
-    let value = (base + hidden.matmul(&b.t()?)?)?;
+    // The adapter's path runs in the adapter's type (f32) whatever the activations', so its
+    // small update is not rounded away before it meets the base product.
+    let hidden = (x.to_dtype(a.dtype())?.matmul(&a.t()?)? * scale)?;
+    let update = hidden.matmul(&b.t()?)?;
+    let value = if base.dtype() == update.dtype() {
+        (base + update)?
+    } else {
+        (base.to_dtype(update.dtype())? + update)?.to_dtype(base.dtype())?
+    };
     Ok((value, hidden))
 }
 
@@ -342,11 +368,14 @@ pub(crate) fn lora_linear_grads(
     scale: f64,
     grad: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    // With h = s·(x aᵀ): dh = s·(g b), dx = g·W + dh·a, da = dhᵀ·x, db = gᵀ·h.
-    let grad_hidden = (grad.matmul(b)? * scale)?;
-    let dx = (weight.matmul(grad)? + grad_hidden.matmul(a)?)?;
-    let da = grad_hidden.t()?.matmul(x)?;
-    let db = grad.t()?.matmul(hidden)?;
+    // With h = s·(x aᵀ): dh = s·(g b), dx = g·W + dh·a, da = dhᵀ·x, db = gᵀ·h. The adapter's
+    // gradients are taken in its type (f32) from activations of any type.
+    let lora_dtype = a.dtype();
+    let grad_lora = grad.to_dtype(lora_dtype)?;
+    let grad_hidden = (grad_lora.matmul(b)? * scale)?;
+    let dx = (weight.matmul(grad)? + grad_hidden.matmul(a)?.to_dtype(grad.dtype())?)?;
+    let da = grad_hidden.t()?.matmul(&x.to_dtype(lora_dtype)?)?;
+    let db = grad_lora.t()?.matmul(hidden)?;
     Ok((dx, da, db))
 }
 
@@ -556,7 +585,12 @@ fn token_logprobs_chunked(
                 let vocab = logits.dim(1)?;
                 let unnormalised = Tensor::from_vec(stats.exps, (len, vocab), device)?;
                 let inv_sum = Tensor::from_vec(stats.inv_sums, (len, 1), device)?;
-                expected.push(lm_head.matmul(&unnormalised)?.broadcast_mul(&inv_sum)?);
+                expected.push(
+                    lm_head
+                        .matmul(&unnormalised)?
+                        .to_dtype(acc)?
+                        .broadcast_mul(&inv_sum)?,
+                );
             }
             pieces.push((picked - Tensor::from_vec(stats.log_norms, len, device)?)?);
             continue;
@@ -564,7 +598,11 @@ fn token_logprobs_chunked(
         let log_norm = logits.log_sum_exp(D::Minus1)?;
         if with_gradient {
             let probs = logits.broadcast_sub(&log_norm.unsqueeze(1)?)?.exp()?;
-            expected.push(lm_head.matmul(&probs.to_dtype(lm_head.tensor().dtype())?)?);
+            expected.push(
+                lm_head
+                    .matmul(&probs.to_dtype(hidden.dtype())?)?
+                    .to_dtype(acc)?,
+            );
         }
         pieces.push((picked - log_norm)?);
     }
@@ -577,7 +615,8 @@ fn token_logprobs_chunked(
         return Ok(value);
     }
     // d log p(target) / d hidden, per row.
-    let direction = (lm_head.tensor().index_select(targets, 0)? - Tensor::cat(&expected, 0)?)?;
+    let direction =
+        (lm_head.tensor().index_select(targets, 0)?.to_dtype(acc)? - Tensor::cat(&expected, 0)?)?;
     attach_backward("token-logprobs", hidden, value, move |hidden, _, grad| {
         direction
             .broadcast_mul(&grad.to_dtype(direction.dtype())?.unsqueeze(1)?)?

@@ -16,12 +16,18 @@
 //! contiguous run) in slices of [`KC`] along the input dimension, small enough that a panel's
 //! slice stays in L1 while every row tile of the block passes over it.
 //!
-//! Used only where it applies (CPU, f32, a CPU with AVX2 and FMA); everything else keeps the
+//! A weight can also be packed in bf16 ([`PackedWeight::pack_bf16`], `packed/bf16.rs`): half the
+//! bytes a decode step streams, multiplied with f32 accumulation, by `vdpbf16ps` where the CPU
+//! has AVX512-BF16 and by widening each weight to f32 as it loads otherwise.
+//!
+//! Used only where it applies (a CPU with AVX2 and FMA, f32 inputs); everything else keeps the
 //! dense weight and candle's matmul.
 
 use candle_core::{DType, Device, Tensor};
 
 use crate::ModelError;
+
+mod bf16;
 
 /// Inputs up to this wide are not sliced: a tile's accumulators then see the whole sum and the
 /// output is written once. Wider inputs (the output head's backward, 49,152) go in slices of
@@ -50,6 +56,9 @@ pub enum Kernel {
     Avx2,
     /// 12 rows × 32 columns, 16-lane FMA.
     Avx512,
+    /// 12 rows × 32 columns of bf16 pair dot products (`vdpbf16ps`), 16 f32 lanes: bf16
+    /// panels only.
+    Avx512Bf16,
 }
 
 impl Kernel {
@@ -58,7 +67,7 @@ impl Kernel {
     /// `RFT_PACKED_KERNEL=avx2` keeps the AVX2 kernel on an AVX-512 machine, so a benchmark can
     /// measure both in one run.
     pub fn detect() -> Option<Kernel> {
-        let forced_avx2 = std::env::var("RFT_PACKED_KERNEL").is_ok_and(|v| v == "avx2");
+        let forced_avx2 = forced_kernel().is_some_and(|v| v == "avx2");
         if !forced_avx2 && Kernel::Avx512.supported() {
             Some(Kernel::Avx512)
         } else if Kernel::Avx2.supported() {
@@ -66,6 +75,20 @@ impl Kernel {
         } else {
             None
         }
+    }
+
+    /// The fastest kernel this CPU runs on bf16 panels: `vdpbf16ps` where the CPU has
+    /// AVX512-BF16, else a kernel that widens each bf16 weight to f32 as it loads it (half the
+    /// weight bytes of f32 panels, the same arithmetic). `RFT_PACKED_KERNEL=avx2` or `avx512`
+    /// forces a narrower one for measurements.
+    pub fn detect_bf16() -> Option<Kernel> {
+        let forced = forced_kernel();
+        let candidates: &[Kernel] = match forced.as_deref() {
+            Some("avx2") => &[Kernel::Avx2],
+            Some("avx512") => &[Kernel::Avx512, Kernel::Avx2],
+            _ => &[Kernel::Avx512Bf16, Kernel::Avx512, Kernel::Avx2],
+        };
+        candidates.iter().copied().find(|kernel| kernel.supported())
     }
 
     /// Whether this CPU can run the kernel.
@@ -77,6 +100,10 @@ impl Kernel {
             match self {
                 Kernel::Avx2 => avx2,
                 Kernel::Avx512 => avx2 && is_x86_feature_detected!("avx512f"),
+                Kernel::Avx512Bf16 => {
+                    avx2 && is_x86_feature_detected!("avx512f")
+                        && is_x86_feature_detected!("avx512bf16")
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -89,7 +116,7 @@ impl Kernel {
     fn nr(self) -> usize {
         match self {
             Kernel::Avx2 => 16,
-            Kernel::Avx512 => 32,
+            Kernel::Avx512 | Kernel::Avx512Bf16 => 32,
         }
     }
 
@@ -97,9 +124,27 @@ impl Kernel {
     fn mr(self) -> usize {
         match self {
             Kernel::Avx2 => 6,
-            Kernel::Avx512 => 12,
+            Kernel::Avx512 | Kernel::Avx512Bf16 => 12,
         }
     }
+}
+
+/// `RFT_PACKED_KERNEL`, lower-cased.
+fn forced_kernel() -> Option<String> {
+    std::env::var("RFT_PACKED_KERNEL")
+        .ok()
+        .map(|v| v.to_ascii_lowercase())
+}
+
+/// The values of a packed weight.
+#[derive(Clone)]
+enum Panels {
+    F32(Vec<f32>),
+    /// bf16 bit patterns, the input dimension in pairs: within a slice, panel `p` holds
+    /// `kc/2` (rounded up) pair rows of `nr` columns, each column's two values adjacent
+    /// (`[w(j, 2i), w(j, 2i+1)]`), the layout `vdpbf16ps` multiplies; a slice of odd width
+    /// ends with a zero.
+    Bf16(Vec<u16>),
 }
 
 /// A `(n, k)` weight packed for `x @ Wᵀ`, slice by slice of the input dimension (one slice
@@ -108,7 +153,7 @@ impl Kernel {
 /// each other, so the kernel reads the weight front to back; the last panel is zero-padded.
 #[derive(Clone)]
 pub struct PackedWeight {
-    data: Vec<f32>,
+    data: Panels,
     n: usize,
     k: usize,
     kernel: Kernel,
@@ -121,27 +166,76 @@ pub fn available() -> bool {
 
 impl std::fmt::Debug for PackedWeight {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let format = match self.data {
+            Panels::F32(_) => "f32",
+            Panels::Bf16(_) => "bf16",
+        };
         write!(
             f,
-            "PackedWeight({} x {}, {:?})",
+            "PackedWeight({} x {}, {format}, {:?})",
             self.n, self.k, self.kernel
         )
     }
 }
 
 impl PackedWeight {
-    /// Packs `weight: (n, k)` for the fastest kernel here; `None` when no kernel applies (not
-    /// an f32 CPU tensor, or no AVX2/FMA).
+    /// Packs `weight: (n, k)` for the fastest kernel here, keeping its precision: a bf16
+    /// weight packs into bf16 panels, an f32 one into f32 panels. `None` when no kernel applies
+    /// (not a CPU tensor of either type, or no AVX2/FMA).
     pub fn pack(weight: &Tensor) -> Result<Option<PackedWeight>, ModelError> {
+        if weight.dtype() == DType::BF16 {
+            return PackedWeight::pack_bf16(weight);
+        }
         match Kernel::detect() {
             Some(kernel) => PackedWeight::pack_for(weight, kernel),
             None => Ok(None),
         }
     }
 
-    /// Packs `weight: (n, k)` for `kernel`; `None` when it does not apply.
+    /// Packs `weight: (n, k)` (f32 or bf16) into bf16 panels for the fastest bf16 kernel here,
+    /// rounding f32 values to the nearest bf16: half the bytes a decode step streams.
+    pub fn pack_bf16(weight: &Tensor) -> Result<Option<PackedWeight>, ModelError> {
+        match Kernel::detect_bf16() {
+            Some(kernel) => PackedWeight::pack_bf16_for(weight, kernel),
+            None => Ok(None),
+        }
+    }
+
+    /// Packs `weight: (n, k)` (f32 or bf16) into bf16 panels for `kernel`; `None` when it does
+    /// not apply.
+    pub fn pack_bf16_for(
+        weight: &Tensor,
+        kernel: Kernel,
+    ) -> Result<Option<PackedWeight>, ModelError> {
+        if !kernel.supported()
+            || !weight.device().is_cpu()
+            || !matches!(weight.dtype(), DType::F32 | DType::BF16)
+        {
+            return Ok(None);
+        }
+        let (n, k) = weight.dims2()?;
+        // bf16 → f32 is exact, so rounding back gives each bf16 weight its own bits.
+        let dense: Vec<f32> = weight
+            .to_dtype(DType::F32)?
+            .contiguous()?
+            .flatten_all()?
+            .to_vec1()?;
+        let data = bf16::pack_panels(&dense, n, k, kernel.nr(), slice_width(k));
+        Ok(Some(PackedWeight {
+            data: Panels::Bf16(data),
+            n,
+            k,
+            kernel,
+        }))
+    }
+
+    /// Packs `weight: (n, k)` into f32 panels for `kernel`; `None` when it does not apply.
     pub fn pack_for(weight: &Tensor, kernel: Kernel) -> Result<Option<PackedWeight>, ModelError> {
-        if !kernel.supported() || !weight.device().is_cpu() || weight.dtype() != DType::F32 {
+        if !kernel.supported()
+            || kernel == Kernel::Avx512Bf16
+            || !weight.device().is_cpu()
+            || weight.dtype() != DType::F32
+        {
             return Ok(None);
         }
         let (n, k) = weight.dims2()?;
@@ -159,7 +253,17 @@ impl PackedWeight {
                 }
             }
         }
-        Ok(Some(PackedWeight { data, n, k, kernel }))
+        Ok(Some(PackedWeight {
+            data: Panels::F32(data),
+            n,
+            k,
+            kernel,
+        }))
+    }
+
+    /// Whether the weight is held in bf16.
+    pub fn is_bf16(&self) -> bool {
+        matches!(self.data, Panels::Bf16(_))
     }
 
     /// Output columns.
@@ -204,21 +308,35 @@ impl PackedWeight {
             out.fill(0.0);
             return;
         }
+        let bf16 = self.is_bf16();
+        let pairs = self.kernel == Kernel::Avx512Bf16;
+        // bf16 panels hold each slice's input dimension rounded up to pairs.
+        let padded = |kc: usize| if bf16 { kc.next_multiple_of(2) } else { kc };
         let (mr, nr) = (self.kernel.mr(), self.kernel.nr());
         let panels = n.div_ceil(nr);
         let slice = slice_width(k);
         let block_rows = mr * (BLOCK_BYTES / (4 * slice * mr)).clamp(1, TILES_PER_BLOCK);
         let block_rows = block_rows.min(m.next_multiple_of(mr));
-        let mut packed_x = vec![0f32; block_rows * slice];
+        let mut packed_x = vec![0f32; block_rows * padded(slice)];
+        let mut packed_pairs = vec![
+            0u32;
+            if pairs {
+                block_rows * padded(slice) / 2
+            } else {
+                0
+            }
+        ];
         for row0 in (0..m).step_by(block_rows) {
             let rows_in_block = block_rows.min(m - row0);
             let tiles = rows_in_block.div_ceil(mr);
             for k0 in (0..k).step_by(slice) {
                 let kc = slice.min(k - k0);
-                // Tile t holds its rows interleaved: element (r, kk) at t·kc·mr + kk·mr + r;
-                // rows past the end of x stay zero.
+                let kcp = padded(kc);
+                // Tile t holds its rows interleaved: element (r, kk) at t·kcp·mr + kk·mr + r;
+                // rows past the end of x, and the padding of an odd slice, stay zero.
                 for tile in 0..tiles {
-                    let dst = &mut packed_x[tile * kc * mr..(tile + 1) * kc * mr];
+                    let dst = &mut packed_x[tile * kcp * mr..(tile + 1) * kcp * mr];
+                    dst.fill(0.0);
                     for r in 0..mr {
                         let row = row0 + tile * mr + r;
                         if row < row0 + rows_in_block {
@@ -226,23 +344,43 @@ impl PackedWeight {
                             for (kk, &v) in src.iter().enumerate() {
                                 dst[kk * mr + r] = v;
                             }
-                        } else {
-                            for kk in 0..kc {
-                                dst[kk * mr + r] = 0.0;
-                            }
                         }
+                    }
+                    if pairs {
+                        let dst = &mut packed_pairs[tile * kcp / 2 * mr..][..kcp / 2 * mr];
+                        bf16::pair_rows(dst, &packed_x[tile * kcp * mr..][..kcp * mr], mr);
                     }
                 }
                 for panel in 0..panels {
-                    let weights = &self.data[k0 * panels * nr + panel * kc * nr..][..kc * nr];
+                    let at = k0 * panels * nr + panel * kcp * nr;
                     let col = panel * nr;
                     let cols = nr.min(n - col);
                     for tile in 0..tiles {
                         let row = row0 + tile * mr;
                         let rows = mr.min(row0 + rows_in_block - row);
-                        let xs = &packed_x[tile * kc * mr..(tile + 1) * kc * mr];
                         let c = &mut out[row * n + col..(row + rows - 1) * n + col + cols];
-                        self.micro(xs, weights, kc, c, n, rows, cols, k0 > 0);
+                        let tile_x = Tile {
+                            rows,
+                            cols,
+                            ldc: n,
+                            accumulate: k0 > 0,
+                        };
+                        match &self.data {
+                            Panels::F32(data) => {
+                                let xs = &packed_x[tile * kc * mr..(tile + 1) * kc * mr];
+                                self.micro(xs, &data[at..][..kc * nr], kc, c, tile_x)
+                            }
+                            Panels::Bf16(data) => {
+                                let weights = &data[at..][..kcp * nr];
+                                if pairs {
+                                    let xs = &packed_pairs[tile * kcp / 2 * mr..][..kcp / 2 * mr];
+                                    bf16::micro_pairs(self.kernel, xs, weights, kcp, c, tile_x)
+                                } else {
+                                    let xs = &packed_x[tile * kcp * mr..][..kcp * mr];
+                                    bf16::micro_widening(self.kernel, xs, weights, kcp, c, tile_x)
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -251,18 +389,13 @@ impl PackedWeight {
 
     /// One tile: `c[r][j] (+)= Σ_kk xs[kk·mr + r] · weights[kk·nr + j]` for `r < rows`,
     /// `j < cols`, row stride `ldc`.
-    #[allow(clippy::too_many_arguments)]
-    fn micro(
-        &self,
-        xs: &[f32],
-        weights: &[f32],
-        kc: usize,
-        c: &mut [f32],
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        accumulate: bool,
-    ) {
+    fn micro(&self, xs: &[f32], weights: &[f32], kc: usize, c: &mut [f32], tile: Tile) {
+        let Tile {
+            rows,
+            cols,
+            ldc,
+            accumulate,
+        } = tile;
         assert!(
             xs.len() >= kc * self.kernel.mr()
                 && weights.len() >= kc * self.kernel.nr()
@@ -278,6 +411,7 @@ impl PackedWeight {
             match self.kernel {
                 Kernel::Avx512 => avx512::micro(xs, weights, kc, c, ldc, rows, cols, accumulate),
                 Kernel::Avx2 => avx2::micro(xs, weights, kc, c, ldc, rows, cols, accumulate),
+                Kernel::Avx512Bf16 => unreachable!("f32 panels are never packed for vdpbf16ps"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -286,6 +420,16 @@ impl PackedWeight {
             unreachable!("PackedWeight is only built on x86_64");
         }
     }
+}
+
+/// Where one micro-kernel call writes: `rows × cols` of the output, row stride `ldc`, added to
+/// what is there when `accumulate`.
+#[derive(Clone, Copy)]
+struct Tile {
+    rows: usize,
+    cols: usize,
+    ldc: usize,
+    accumulate: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -435,12 +579,14 @@ mod tests {
         let needed: &[&'static str] = match kernel {
             Kernel::Avx2 => &["avx2", "fma"],
             Kernel::Avx512 => &["avx2", "fma", "avx512f"],
+            Kernel::Avx512Bf16 => &["avx2", "fma", "avx512f", "avx512bf16"],
         };
         #[cfg(target_arch = "x86_64")]
         let has = |feature: &str| match feature {
             "avx2" => std::arch::is_x86_feature_detected!("avx2"),
             "fma" => std::arch::is_x86_feature_detected!("fma"),
             "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx512bf16" => std::arch::is_x86_feature_detected!("avx512bf16"),
             _ => unreachable!("{feature}"),
         };
         #[cfg(not(target_arch = "x86_64"))]
@@ -478,7 +624,7 @@ mod tests {
 
     #[test]
     fn supported_is_what_the_cpu_reports() {
-        for kernel in [Kernel::Avx2, Kernel::Avx512] {
+        for kernel in [Kernel::Avx2, Kernel::Avx512, Kernel::Avx512Bf16] {
             assert_eq!(
                 kernel.supported(),
                 not_run_reason(kernel).is_none(),
@@ -545,6 +691,73 @@ mod tests {
                 assert!(worst < 5e-3, "{kernel:?} {m}x{k}x{n}: {worst}");
             }
         }
+    }
+
+    #[test]
+    fn bf16_panels_equal_the_product_of_the_rounded_weights_for_every_kernel() {
+        // Odd widths (a padded pair), sliced inputs with an odd last slice, row and column
+        // tails of both tile sizes, more than one block of rows.
+        let shapes = [
+            (1, 5, 3),
+            (7, 33, 40),
+            (13, 64, 16),
+            (25, 301, 33),
+            (200, 520, 70),
+            (3, 4201, 40),
+        ];
+        let kernels = [Kernel::Avx2, Kernel::Avx512, Kernel::Avx512Bf16];
+        report_not_run(
+            "bf16_panels_equal_the_product_of_the_rounded_weights_for_every_kernel",
+            &kernels,
+        );
+        for kernel in kernels {
+            if !kernel.supported() {
+                continue;
+            }
+            for (m, k, n) in shapes {
+                let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu).unwrap();
+                let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu).unwrap();
+                let w_rounded = w
+                    .to_dtype(DType::BF16)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap();
+                // vdpbf16ps rounds the input to bf16 too, as a GPU's bf16 product does.
+                let x_used = if kernel == Kernel::Avx512Bf16 {
+                    x.to_dtype(DType::BF16)
+                        .unwrap()
+                        .to_dtype(DType::F32)
+                        .unwrap()
+                } else {
+                    x.clone()
+                };
+                let expected = dense_matmul_t(&x_used, &w_rounded);
+                for source in [w.clone(), w.to_dtype(DType::BF16).unwrap()] {
+                    let packed = PackedWeight::pack_bf16_for(&source, kernel)
+                        .unwrap()
+                        .unwrap();
+                    assert!(packed.is_bf16());
+                    let got: Vec<f32> = packed
+                        .matmul_t(&x)
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1()
+                        .unwrap();
+                    let worst = expected
+                        .iter()
+                        .zip(&got)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0f32, f32::max);
+                    assert!(worst < 5e-3, "{kernel:?} {m}x{k}x{n}: {worst}");
+                }
+            }
+        }
+        // The f32 kernels never take bf16 panels' place, nor vdpbf16ps f32 ones.
+        let w = Tensor::zeros((4, 8), DType::F32, &Device::Cpu).unwrap();
+        assert!(PackedWeight::pack_for(&w, Kernel::Avx512Bf16)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

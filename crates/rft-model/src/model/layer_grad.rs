@@ -245,10 +245,9 @@ impl CausalLm {
         let s = k_all.dim(2)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
         let q_folded = (q * scale)?.reshape((b, n_kv, n_rep * t, head_dim))?;
-        let scores = q_folded.matmul(&k_all.t()?)?.reshape((b, n_heads, t, s))?;
+        let scores = ops::matmul(&q_folded, &k_all.t()?)?.reshape((b, n_heads, t, s))?;
         let probs = ops::masked_softmax(&scores, input.mask)?.reshape((b, n_kv, n_rep * t, s))?;
-        let attended = probs
-            .matmul(&v_all)?
+        let attended = ops::matmul(&probs, &v_all)?
             .reshape((b, n_heads, t, head_dim))?
             .transpose(1, 2)?
             .reshape((b * t, n_heads * head_dim))?;
@@ -356,13 +355,13 @@ impl CausalLm {
             .transpose(1, 2)?
             .contiguous()?
             .reshape((b, n_kv, n_rep * t, head_dim))?;
-        let grad_v_all = tape.probs.t()?.matmul(&grad_out)?;
-        let grad_probs = grad_out.matmul(&tape.v_all.t()?)?;
+        let grad_v_all = ops::matmul(&tape.probs.t()?, &grad_out)?;
+        let grad_probs = ops::matmul(&grad_out, &tape.v_all.t()?)?;
         let grad_scores = ops::softmax_grad(&tape.probs, &grad_probs)?;
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let grad_q =
-            (grad_scores.matmul(&tape.k_all)? * scale)?.reshape((b, n_heads, t, head_dim))?;
-        let grad_k_all = grad_scores.t()?.matmul(&tape.q_folded)?;
+        let grad_q = (ops::matmul(&grad_scores, &tape.k_all)? * scale)?
+            .reshape((b, n_heads, t, head_dim))?;
+        let grad_k_all = ops::matmul(&grad_scores.t()?, &tape.q_folded)?;
         let s = tape.k_all.dim(2)?;
         let past_len = s - t;
         let (mut grad_k, mut grad_v) = (
