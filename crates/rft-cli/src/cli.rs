@@ -12,6 +12,20 @@ pub(crate) struct Cli {
     /// More log output on stderr (-v info, -vv debug). `RFT_LOG` overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub(crate) verbose: u8,
+    /// Precision of the frozen base model: f32 or bf16 (bf16 weights; bf16 activations on a
+    /// GPU, f32 on the CPU). Default: bf16 on a GPU, f32 on the CPU. LoRA weights, gradients,
+    /// optimizer state and log-probs stay f32.
+    #[arg(long, global = true, env = "RFT_DTYPE", value_name = "f32|bf16")]
+    pub(crate) dtype: Option<String>,
+    /// Precision training rollouts are sampled in when it should differ from --dtype: bf16
+    /// halves the bytes a CPU decode step streams; the trainer recomputes its own forward.
+    #[arg(
+        long,
+        global = true,
+        env = "RFT_SAMPLER_DTYPE",
+        value_name = "f32|bf16"
+    )]
+    pub(crate) sampler_dtype: Option<String>,
     #[command(subcommand)]
     pub(crate) command: Command,
 }

@@ -29,6 +29,24 @@ fn main() -> ExitCode {
     }
     let args = cli::Cli::parse();
     init_logging(args.verbose);
+    // Engines read the precision from the environment wherever a command loads one; set it
+    // here, checked, before any thread starts.
+    for (name, value) in [
+        ("RFT_DTYPE", &args.dtype),
+        ("RFT_SAMPLER_DTYPE", &args.sampler_dtype),
+    ] {
+        let Some(value) = value else { continue };
+        match rft_model::Precision::parse(value) {
+            Ok(precision) => std::env::set_var(name, precision.name()),
+            Err(err) => {
+                eprintln!(
+                    "error: --{}: {err}",
+                    name[4..].to_ascii_lowercase().replace('_', "-")
+                );
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     match commands::run(args) {
         Ok(code) => code,
         Err(err) => {

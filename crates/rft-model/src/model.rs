@@ -669,6 +669,36 @@ impl CausalLm {
     /// AVX2/FMA). Passes with an adapter or that record a gradient keep using the dense
     /// weights; the packed ones serve inputs without either (sampling).
     pub fn packed_for_sampling(&self) -> Result<CausalLm, ModelError> {
+        self.pack_for_decoding(PackedWeight::pack)
+    }
+
+    /// The weights a sampler in `precision` decodes with, whatever this model's own: on the
+    /// CPU a copy packed for decoding in `precision` (bf16 panels of f32 weights: half the
+    /// bytes per token, f32 activations as before); on a GPU a copy converted to it. A
+    /// sampler in another precision than the trainer's samples a slightly different policy:
+    /// its log-probs differ from the trainer's, which the loss's importance ratio (or
+    /// `rollout_correction`) accounts for, and its hidden states must not stand in for the
+    /// trainer's forward.
+    pub fn for_sampling_in(&self, precision: Precision) -> Result<CausalLm, ModelError> {
+        if !self.device.is_cpu() {
+            if self.weight_dtype() == precision.weight_dtype() {
+                return Ok(self.clone());
+            }
+            return self.with_precision(precision);
+        }
+        match precision {
+            Precision::F32 if self.weight_dtype() != DType::F32 => {
+                self.with_precision(Precision::F32)?.packed_for_sampling()
+            }
+            Precision::F32 => self.packed_for_sampling(),
+            Precision::Bf16 => self.pack_for_decoding(PackedWeight::pack_bf16),
+        }
+    }
+
+    fn pack_for_decoding(
+        &self,
+        pack: impl Fn(&Tensor) -> Result<Option<PackedWeight>, ModelError>,
+    ) -> Result<CausalLm, ModelError> {
         let mut packed = self.clone();
         if !crate::packed::available() || !self.device.is_cpu() {
             return Ok(packed);
@@ -676,10 +706,10 @@ impl CausalLm {
         for layer in &mut packed.layers {
             for projection in Projection::ALL {
                 let linear = layer.projection_mut(projection);
-                linear.packed = PackedWeight::pack(&linear.weight)?.map(Arc::new);
+                linear.packed = pack(&linear.weight)?.map(Arc::new);
             }
         }
-        packed.lm_head_packed = PackedWeight::pack(&packed.lm_head)?.map(Arc::new);
+        packed.lm_head_packed = pack(&packed.lm_head)?.map(Arc::new);
         Ok(packed)
     }
 
@@ -730,7 +760,7 @@ impl CausalLm {
             .flat_map(|layer| Projection::ALL.map(|p| layer.projection(p).weight.elem_count()))
             .sum::<usize>()
             + self.lm_head.elem_count();
-        let copies = 2 * weights * std::mem::size_of::<f32>();
+        let copies = 2 * weights * self.weight_dtype().size_in_bytes();
         let available = available_memory_bytes();
         if !copies_fit(copies, available) {
             tracing::info!(

@@ -12,7 +12,8 @@
 //!   multiply the bf16 weights with f32 accumulation (`vdpbf16ps` on AVX512-BF16 CPUs).
 //!
 //! `RFT_DTYPE` (`f32` or `bf16`) overrides the default for every model a process loads; the
-//! commands' `--dtype` flags set it.
+//! commands' `--dtype` flags set it. `RFT_SAMPLER_DTYPE` (`--sampler-dtype`) samples a
+//! training job's rollouts in another precision than the one it trains in.
 
 use candle_core::{DType, Device};
 
@@ -55,6 +56,18 @@ impl Precision {
                 Precision::parse(&name).map_err(|e| ModelError::Format(format!("RFT_DTYPE: {e}")))
             }
             _ => Ok(Precision::default_for(device)),
+        }
+    }
+
+    /// `RFT_SAMPLER_DTYPE` when set: the precision rollouts are sampled in when it should
+    /// differ from the trained model's (a bf16 sampler for an f32 trainer on the CPU streams
+    /// half the bytes per token). `None` samples in the model's own precision.
+    pub fn sampler_from_env() -> Result<Option<Precision>, ModelError> {
+        match std::env::var("RFT_SAMPLER_DTYPE") {
+            Ok(name) if !name.trim().is_empty() => Precision::parse(&name)
+                .map(Some)
+                .map_err(|e| ModelError::Format(format!("RFT_SAMPLER_DTYPE: {e}"))),
+            _ => Ok(None),
         }
     }
 

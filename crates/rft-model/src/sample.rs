@@ -26,6 +26,10 @@ use crate::recorded::{RecordPart, RecordedStates, Recorder};
 use crate::tokenizer::{DecodeStream, Tokenizer};
 use crate::ModelError;
 
+mod choose;
+
+pub use choose::set_device_choices;
+
 /// How to sample.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
@@ -458,7 +462,33 @@ impl Sampler<'_> {
         let mut finished: Vec<Option<Completion>> = vec![None; rows.len()];
 
         loop {
-            let logits_rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+            // On a GPU the choices are made there and only they come back; a structured
+            // output's mask is built on the CPU, so a batch with one takes the CPU's path.
+            let on_device =
+                choose::chooses_on(device) && active.iter().all(|&r| rows[r].constraint.is_none());
+            let device_choices = if on_device {
+                let choices: Vec<choose::RowChoice> = active
+                    .iter()
+                    .map(|&r| {
+                        let row = &mut rows[r];
+                        let params = &requests[row.request].params;
+                        let greedy = params.temperature <= 0.0;
+                        choose::RowChoice {
+                            temperature: params.temperature as f32,
+                            top_k: params.top_k,
+                            top_p: params.top_p as f32,
+                            uniform: if greedy { 0.0 } else { row.rng.random() },
+                        }
+                    })
+                    .collect();
+                Some(choose::choose(&logits, &choices)?)
+            } else {
+                None
+            };
+            let logits_rows = match device_choices {
+                Some(_) => vec![Vec::new(); active.len()],
+                None => logits.to_dtype(DType::F32)?.to_vec2::<f32>()?,
+            };
             let mut next = Vec::with_capacity(active.len());
             let mut keep = Vec::with_capacity(active.len());
             for (batch_row, (&row_idx, mut logits_row)) in
@@ -467,7 +497,13 @@ impl Sampler<'_> {
                 let row = &mut rows[row_idx];
                 let params = &requests[row.request].params;
                 let cancelled = params.cancel.as_ref().is_some_and(Cancel::is_cancelled);
-                let done = cancelled || self.step(row, params, &mut logits_row)?;
+                let done = cancelled
+                    || match &device_choices {
+                        Some((ids, logprobs)) => {
+                            self.accept(row, params, ids[batch_row], logprobs[batch_row])?
+                        }
+                        None => self.step(row, params, &mut logits_row)?,
+                    };
                 if done {
                     let completion = finish(row)?;
                     if let Some(text) = &completion.text {

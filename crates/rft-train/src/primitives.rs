@@ -17,7 +17,7 @@ use rft_model::lora::LoraAdapter;
 use rft_model::recorded::RecordedStates;
 use rft_model::sample::{Completion, SampleRequest, Sampler};
 use rft_model::train::{checkpointed_backward_with, completion_logprobs, TokenSequence};
-use rft_model::CausalLm;
+use rft_model::{CausalLm, Precision};
 use serde::{Deserialize, Serialize};
 
 use crate::loss::{self, LossFn};
@@ -124,8 +124,24 @@ pub const DEFAULT_MAX_RECORDED_BYTES: usize = 1 << 30;
 /// every decode step then runs one matmul per projection instead of one plus the adapter's two
 /// small ones and their adds. Merged and unmerged log-probs agree to f32 rounding. The copy is
 /// also packed for the decode kernel (`rft_model::packed`), once per rollout.
-fn rollout_weights(engine: &Engine, adapter: &LoraAdapter) -> Result<CausalLm, TrainError> {
-    Ok(engine.model.merged(adapter)?.packed_for_sampling()?)
+///
+/// With a `sampler` precision the copy is in it ([`CausalLm::for_sampling_in`]).
+fn rollout_weights(
+    engine: &Engine,
+    adapter: &LoraAdapter,
+    sampler: Option<Precision>,
+) -> Result<CausalLm, TrainError> {
+    let merged = engine.model.merged(adapter)?;
+    Ok(match sampler {
+        Some(precision) => merged.for_sampling_in(precision)?,
+        None => merged.packed_for_sampling()?,
+    })
+}
+
+/// Whether a sampler in `sampler` computes other values than the trainer's model: then its
+/// hidden states must not stand in for the training forward.
+fn samples_another_policy(engine: &Engine, sampler: Option<Precision>) -> bool {
+    sampler.is_some_and(|p| p.weight_dtype() != engine.model.weight_dtype())
 }
 
 /// A frozen copy of a client's policy at one version ([`TrainingClient::snapshot`]).
@@ -137,13 +153,15 @@ pub struct PolicySnapshot {
     pub adapter: LoraAdapter,
     /// The client's version when the snapshot was taken.
     pub version: u64,
+    /// The precision rollouts are sampled in (`None`: the model's own).
+    pub sampler_precision: Option<Precision>,
 }
 
 impl PolicySnapshot {
     /// Samples `requests` from this version (the adapter merged into a copy of the weights,
     /// as [`TrainingClient::sample`] does; no states are recorded).
     pub fn sample(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, TrainError> {
-        let merged = rollout_weights(&self.engine, &self.adapter)?;
+        let merged = rollout_weights(&self.engine, &self.adapter, self.sampler_precision)?;
         let sampler = Sampler {
             model: &merged,
             adapter: None,
@@ -178,6 +196,11 @@ pub struct TrainingClient {
     /// Most bytes of rollout states `sample` keeps for the next `forward_backward` (0 turns it
     /// off). Kept states spare that pass its forward; a rollout larger than this is not kept.
     pub max_recorded_bytes: usize,
+    /// The precision rollouts are sampled in, when not the model's own
+    /// ([`Precision::sampler_from_env`], `RFT_SAMPLER_DTYPE`): a bf16 sampler for an f32
+    /// trainer on the CPU. Its rollouts keep no states (the trainer recomputes its forward),
+    /// and their log-probs are the bf16 policy's, which the loss's ratio starts from.
+    pub sampler_precision: Option<Precision>,
     /// The base model with its frozen weights packed for the training pass
     /// (`CausalLm::packed_for_training`), made at the first `forward_backward`: a client that
     /// only samples never pays for the copies.
@@ -201,6 +224,10 @@ impl TrainingClient {
             recorded: Mutex::new((0, Vec::new())),
             max_tokens_per_pass: 4096,
             max_recorded_bytes: DEFAULT_MAX_RECORDED_BYTES,
+            sampler_precision: Precision::sampler_from_env().unwrap_or_else(|e| {
+                tracing::warn!("{e}; sampling in the model's precision");
+                None
+            }),
             training_model: OnceLock::new(),
             host: None,
             training_lease: OnceLock::new(),
@@ -251,6 +278,7 @@ impl TrainingClient {
             engine: self.engine.share(),
             adapter: self.adapter.deep_clone()?,
             version: self.version,
+            sampler_precision: self.sampler_precision,
         })
     }
 
@@ -271,12 +299,15 @@ impl TrainingClient {
     /// starts from them instead of recomputing the forward (an on-policy step trains on what it
     /// just sampled, with the same weights).
     pub fn sample(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, TrainError> {
-        let merged = rollout_weights(&self.engine, &self.adapter)?;
+        let merged = rollout_weights(&self.engine, &self.adapter, self.sampler_precision)?;
         let sampler = Sampler {
             model: &merged,
             adapter: None,
             tokenizer: Some(&self.engine.tokenizer),
         };
+        if samples_another_policy(&self.engine, self.sampler_precision) {
+            return Ok(sampler.run(requests)?);
+        }
         let mut recorded = self
             .recorded
             .lock()

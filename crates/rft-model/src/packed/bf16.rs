@@ -118,7 +118,7 @@ pub(super) fn micro_widening(
 /// The bounds every kernel relies on; `x_values` counts inputs (a pair counts two).
 fn check(kernel: Kernel, x_values: usize, weights: &[u16], kcp: usize, c: &[f32], tile: Tile) {
     assert!(
-        kcp % 2 == 0
+        kcp.is_multiple_of(2)
             && x_values >= kcp * kernel.mr()
             && weights.len() >= kcp * kernel.nr()
             && tile.rows >= 1
