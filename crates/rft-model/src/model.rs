@@ -173,6 +173,10 @@ impl DecoderLayer {
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<Option<LayerCache>>,
+    /// Positions each layer's buffers are allocated for at the prefill
+    /// ([`KvCache::with_capacity`]): a sampler that knows its longest sequence allocates once
+    /// instead of growing (a GPU pays for each allocation and copy).
+    capacity: usize,
 }
 
 /// One layer's buffers: `(b, kv_heads, capacity, head_dim)`, the first `len` positions filled.
@@ -218,7 +222,17 @@ impl LayerCache {
         }
         let capacity = self.k.dim(2)?;
         if self.len + t > capacity {
-            let grown = (self.len + t).max(2 * capacity);
+            self.grow_to((self.len + t).max(2 * capacity))?;
+        }
+        self.k.slice_set(&k.contiguous()?, 2, self.len)?;
+        self.v.slice_set(&v.contiguous()?, 2, self.len)?;
+        self.len += t;
+        Ok(())
+    }
+
+    /// New buffers with room for `positions`, holding the filled part.
+    fn grow_to(&mut self, grown: usize) -> candle_core::Result<()> {
+        {
             let grow = |buffer: &Tensor| -> candle_core::Result<Tensor> {
                 let (b, h, _, d) = buffer.dims4()?;
                 let fresh = Tensor::zeros((b, h, grown, d), buffer.dtype(), buffer.device())?;
@@ -228,9 +242,6 @@ impl LayerCache {
             self.k = grow(&self.k)?;
             self.v = grow(&self.v)?;
         }
-        self.k.slice_set(&k.contiguous()?, 2, self.len)?;
-        self.v.slice_set(&v.contiguous()?, 2, self.len)?;
-        self.len += t;
         Ok(())
     }
 }
@@ -239,6 +250,23 @@ impl KvCache {
     /// An empty cache.
     pub fn new() -> KvCache {
         KvCache::default()
+    }
+
+    /// An empty cache whose buffers are allocated for `positions` at the prefill, so a decode
+    /// that stays within them never reallocates.
+    pub fn with_capacity(positions: usize) -> KvCache {
+        KvCache {
+            layers: Vec::new(),
+            capacity: positions,
+        }
+    }
+
+    /// Positions the buffers have room for (the first layer's; 0 when empty).
+    pub fn capacity(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |l| l.k.dim(2).unwrap_or(0))
     }
 
     /// Tokens cached so far (0 when empty).
@@ -270,7 +298,10 @@ impl KvCache {
                     .transpose()
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(KvCache { layers })
+        Ok(KvCache {
+            layers,
+            capacity: self.capacity,
+        })
     }
 
     /// Keeps only the given batch rows (finished sequences leave the batch). The selection
@@ -293,7 +324,10 @@ impl KvCache {
                     .transpose()
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(KvCache { layers })
+        Ok(KvCache {
+            layers,
+            capacity: self.capacity,
+        })
     }
 }
 
@@ -877,11 +911,18 @@ impl CausalLm {
         let mut xs = self.embed(input_ids)?;
         let (cos, sin) = self.rotary(positions)?;
         let mask = self.attention_mask(b, t, seen, key_mask)?;
+        let capacity = cache.capacity;
         for (idx, slot) in cache.layers.iter_mut().enumerate() {
             if let Some(record) = record.as_deref_mut() {
                 record.push(xs.clone());
             }
+            let prefill = slot.is_none();
             xs = self.layer_forward(idx, &xs, &cos, &sin, mask.as_ref(), Some(slot), adapter)?;
+            if let (true, Some(layer)) = (prefill, slot.as_mut()) {
+                if !layer.differentiable && layer.k.dim(2)? < capacity {
+                    layer.grow_to(capacity)?;
+                }
+            }
         }
         if let Some(record) = record {
             record.push(xs.clone());
@@ -1058,8 +1099,8 @@ impl CausalLm {
                     layer.filled()?
                 }
                 None => {
-                    // The prefill's keys and values become the buffers; the first decode step
-                    // grows them.
+                    // The prefill's keys and values become the buffers; the decoder makes
+                    // room for the cache's capacity, else the first decode step grows them.
                     let layer = LayerCache {
                         k: k.contiguous()?,
                         v: v.contiguous()?,
@@ -1149,5 +1190,34 @@ mod tests {
         if std::path::Path::new("/proc/meminfo").exists() {
             assert!(available_memory_bytes().is_some_and(|bytes| bytes > 1 << 20));
         }
+    }
+
+    #[test]
+    fn a_cache_with_capacity_never_regrows_and_decodes_the_same() {
+        let config = ModelConfig::tiny(crate::Architecture::Llama);
+        let model = CausalLm::random(config, 2, DType::F32, &Device::Cpu).unwrap();
+        let decode = |mut cache: KvCache| -> (Vec<f32>, Vec<usize>) {
+            let mut capacities = Vec::new();
+            let ids = Tensor::new(&[[4u32, 9, 2, 7, 1]], &Device::Cpu).unwrap();
+            let positions = Tensor::new(&[[0u32, 1, 2, 3, 4]], &Device::Cpu).unwrap();
+            let mut logits = model
+                .forward(&ids, &positions, None, &mut cache, Logits::Last)
+                .unwrap();
+            capacities.push(cache.capacity());
+            for step in 0..12u32 {
+                let ids = Tensor::new(&[[step % 50]], &Device::Cpu).unwrap();
+                let positions = Tensor::new(&[[5 + step]], &Device::Cpu).unwrap();
+                logits = model
+                    .forward(&ids, &positions, None, &mut cache, Logits::Last)
+                    .unwrap();
+                capacities.push(cache.capacity());
+            }
+            (logits.flatten_all().unwrap().to_vec1().unwrap(), capacities)
+        };
+        let (grown, grown_caps) = decode(KvCache::new());
+        let (reserved, reserved_caps) = decode(KvCache::with_capacity(17));
+        assert_eq!(grown, reserved);
+        assert!(reserved_caps.iter().all(|&c| c == 17), "{reserved_caps:?}");
+        assert!(grown_caps.first() == Some(&5) && grown_caps.last() > Some(&17));
     }
 }

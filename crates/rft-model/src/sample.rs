@@ -28,6 +28,9 @@ use crate::ModelError;
 
 mod choose;
 
+/// Most bytes of keys and values a decode batch allocates up front (`KvCache::with_capacity`).
+const PREALLOCATED_CACHE_BYTES: usize = 1 << 30;
+
 pub use choose::set_device_choices;
 
 /// How to sample.
@@ -404,7 +407,23 @@ impl Sampler<'_> {
         }
         let padded = live.iter().any(|&r| requests[r].prompt.len() != width);
         let mut key_mask = Tensor::from_vec(mask, (b, width), device)?;
-        let mut cache = KvCache::new();
+        // Room for the longest row from the start, so a decode never reallocates its cache,
+        // within a bound: a long `max_tokens` that few rows reach grows as it goes instead.
+        let longest = live
+            .iter()
+            .map(|&r| requests[r].params.max_tokens)
+            .max()
+            .unwrap_or(0);
+        let config = self.model.config();
+        let samples: usize = live.iter().map(|&r| requests[r].n).sum();
+        let bytes_per_position = 2
+            * config.num_layers
+            * samples.max(b)
+            * config.num_kv_heads
+            * config.head_dim
+            * self.model.activation_dtype().size_in_bytes();
+        let affordable = PREALLOCATED_CACHE_BYTES / bytes_per_position.max(1);
+        let mut cache = KvCache::with_capacity((width + longest).min(width.max(affordable)));
         let logits = self.model.forward_recording(
             &Tensor::from_vec(ids, (b, width), device)?,
             &Tensor::from_vec(positions, (b, width), device)?,
