@@ -127,3 +127,33 @@ fn malformed_grader_json_names_line_and_column() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("invalid JSON at line 3"), "{stderr}");
 }
+
+#[test]
+fn check_device_on_the_cpu_holds_bf16_to_its_tolerance_and_bad_precisions_are_refused() {
+    let out = rft(&["check-device", "--device", "cpu", "--skip-speed"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for arch in ["Llama", "Qwen2", "Qwen3"] {
+        for precision in ["f32", "bf16"] {
+            assert!(
+                stdout.contains(&format!(
+                    "{arch} (tiny random model), {precision} on the device"
+                )),
+                "{stdout}"
+            );
+        }
+    }
+    assert!(stdout.contains("all parity checks passed"), "{stdout}");
+
+    let out = rft(&["--dtype", "f16", "check-device", "--device", "cpu"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--dtype") && stderr.contains("expected f32 or bf16"),
+        "{stderr}"
+    );
+}

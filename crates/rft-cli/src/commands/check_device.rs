@@ -2,9 +2,11 @@
 //! For tiny random Llama, Qwen2 and Qwen3 models (written on the spot: no download, so it runs
 //! on a GPU machine with no network): the logits of a batch, the completion log-probs and every
 //! LoRA gradient of the checkpointed training path, and greedy samples, each compared with the
-//! CPU. Then, unless `--skip-speed`, the speed of a SmolLM2-135M-shaped random model on the
-//! device: a GRPO-sized decode (64 rows x 64 tokens) and one training pass over 8 prompts x 8
-//! completions.
+//! CPU's f32, once with the device in f32 (equal to reduction order) and once in bf16 (within
+//! the tolerance `rft-model`'s precision test holds the CPU's bf16 to). Then, unless
+//! `--skip-speed`, the speed of a SmolLM2-135M-shaped random model on the device in both
+//! precisions: a GRPO-sized decode (64 rows x 64 tokens) and one training pass over 8 prompts x
+//! 8 completions.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -15,7 +17,7 @@ use clap::Args;
 use rft_model::lora::{LoraAdapter, LoraConfig};
 use rft_model::sample::{sample, SamplingParams};
 use rft_model::train::{checkpointed_backward, TokenSequence};
-use rft_model::{Architecture, CausalLm, KvCache, Logits, ModelConfig};
+use rft_model::{Architecture, CausalLm, KvCache, Logits, ModelConfig, Precision};
 
 /// Arguments of `rft check-device`.
 #[derive(Debug, Args)]
@@ -29,8 +31,15 @@ pub(crate) struct CheckDeviceArgs {
 }
 
 /// Largest |device − CPU| allowed for logits and log-probs, and for gradients relative to
-/// max(1, |gradient|): f32 on both sides, different reduction orders.
-const TOLERANCE: f32 = 1e-3;
+/// max(1, |gradient|), per precision on the device (the CPU runs f32): f32 differs only in
+/// reduction order; bf16 by its rounding, bounded as `crates/rft-model/tests/precision.rs`
+/// bounds it on the CPU.
+fn tolerance(precision: Precision) -> f32 {
+    match precision {
+        Precision::F32 => 1e-3,
+        Precision::Bf16 => 5e-2,
+    }
+}
 
 /// The next value of a splitmix64 stream over `state`.
 fn splitmix(state: &mut u64) -> u64 {
@@ -75,13 +84,44 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
     ] {
         let model_dir = dir.join(format!("{arch:?}"));
         rft_model::tiny::write_tiny_model(&model_dir, arch, 7)?;
-        let cpu = CausalLm::load(&model_dir, &Device::Cpu)?;
-        let dev = CausalLm::load(&model_dir, &device)
-            .with_context(|| format!("cannot load the tiny {arch:?} model on {}", args.device))?;
-        let vocab = cpu.config().vocab_size;
-        println!("{arch:?} (tiny random model)");
+        let cpu = CausalLm::load_with(&model_dir, &Device::Cpu, Precision::F32)?;
+        for precision in [Precision::F32, Precision::Bf16] {
+            let dev = CausalLm::load_with(&model_dir, &device, precision).with_context(|| {
+                format!("cannot load the tiny {arch:?} model on {}", args.device)
+            })?;
+            println!("{arch:?} (tiny random model), {precision} on the device");
+            failures += compare(&cpu, &dev, &device, &model_dir, precision, &mut state)?;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if !args.skip_speed {
+        for precision in [Precision::F32, Precision::Bf16] {
+            speed(&device, precision, &mut state)?;
+        }
+    }
+    if failures > 0 {
+        println!("{failures} check(s) FAILED");
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("all parity checks passed");
+    Ok(ExitCode::SUCCESS)
+}
 
-        let tokens = ids(2 * 9, vocab, &mut state);
+/// One model on the device against the CPU's f32; returns the failed checks.
+fn compare(
+    cpu: &CausalLm,
+    dev: &CausalLm,
+    device: &Device,
+    model_dir: &std::path::Path,
+    precision: Precision,
+    state: &mut u64,
+) -> anyhow::Result<usize> {
+    let limit = tolerance(precision);
+    let mut failures = 0;
+    {
+        let vocab = cpu.config().vocab_size;
+
+        let tokens = ids(2 * 9, vocab, state);
         let positions: Vec<u32> = (0..2).flat_map(|_| 0..9u32).collect();
         let forward = |model: &CausalLm, on: &Device| -> anyhow::Result<Tensor> {
             Ok(model.forward(
@@ -92,8 +132,8 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
                 Logits::All,
             )?)
         };
-        let diff = max_abs_diff(&forward(&cpu, &Device::Cpu)?, &forward(&dev, &device)?)?;
-        report("logits (2 x 9 tokens)", diff, TOLERANCE, &mut failures);
+        let diff = max_abs_diff(&forward(cpu, &Device::Cpu)?, &forward(dev, device)?)?;
+        report("logits (2 x 9 tokens)", diff, limit, &mut failures);
 
         // An adapter with non-zero B (PEFT's init has B = 0, which would hide A's gradients),
         // moved to the device through its PEFT files.
@@ -111,31 +151,31 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
             if name.contains("lora_B") {
                 let t = var.as_tensor();
                 let values: Vec<f32> = (0..t.elem_count())
-                    .map(|_| ((splitmix(&mut state) % 10_000) as f32 / 10_000.0 - 0.5) * 0.4)
+                    .map(|_| ((splitmix(state) % 10_000) as f32 / 10_000.0 - 0.5) * 0.4)
                     .collect();
                 var.set(&Tensor::from_vec(values, t.dims(), &Device::Cpu)?)?;
             }
         }
         let adapter_dir = model_dir.join("adapter");
         adapter.save_peft(&adapter_dir, "tiny")?;
-        let dev_adapter = LoraAdapter::load_peft(&adapter_dir, dev.config(), &device)?;
-        let prompt = ids(5, vocab, &mut state);
+        let dev_adapter = LoraAdapter::load_peft(&adapter_dir, dev.config(), device)?;
+        let prompt = ids(5, vocab, state);
         let sequences: Vec<TokenSequence> = (0..3)
             .map(|i| TokenSequence {
                 prompt: prompt.clone(),
-                completion: ids(4 + i, vocab, &mut state),
+                completion: ids(4 + i, vocab, state),
             })
             .collect();
         let loss = |lp: &Tensor, _: &[std::ops::Range<usize>]| lp.sum_all()?.neg();
-        let on_cpu = checkpointed_backward(&cpu, &adapter, &sequences, loss)?;
-        let on_dev = checkpointed_backward(&dev, &dev_adapter, &sequences, loss)?;
+        let on_cpu = checkpointed_backward(cpu, &adapter, &sequences, loss)?;
+        let on_dev = checkpointed_backward(dev, &dev_adapter, &sequences, loss)?;
         let lp_diff = on_cpu
             .logprobs
             .iter()
             .zip(&on_dev.logprobs)
             .map(|(a, b)| (a - b).abs())
             .fold(0f32, f32::max);
-        report("completion log-probs", lp_diff, TOLERANCE, &mut failures);
+        report("completion log-probs", lp_diff, limit, &mut failures);
         let mut worst = 0f32;
         for ((_, c), (_, d)) in adapter.named_vars().iter().zip(dev_adapter.named_vars()) {
             let (Some(gc), Some(gd)) = (
@@ -152,7 +192,7 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
                 .max(1.0);
             worst = worst.max(max_abs_diff(gc, gd)? / scale);
         }
-        report("LoRA gradients (relative)", worst, TOLERANCE, &mut failures);
+        report("LoRA gradients (relative)", worst, limit, &mut failures);
 
         let params = SamplingParams {
             temperature: 0.0,
@@ -160,8 +200,8 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
             stop_ids: Vec::new(),
             ..SamplingParams::default()
         };
-        let a = sample(&cpu, &prompt, 2, &params)?;
-        let b = sample(&dev, &prompt, 2, &params)?;
+        let a = sample(cpu, &prompt, 2, &params)?;
+        let b = sample(dev, &prompt, 2, &params)?;
         let same = a
             .iter()
             .zip(&b)
@@ -170,9 +210,13 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(0);
         println!("  greedy tokens equal to the CPU's:  {same} of 12");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    Ok(failures)
+}
 
-    if !args.skip_speed {
+/// A SmolLM2-135M-shaped random model in `precision` on `device`: a rollout-sized decode and
+/// one training pass.
+fn speed(device: &Device, precision: Precision, state: &mut u64) -> anyhow::Result<()> {
+    {
         let config = ModelConfig {
             architecture: Architecture::Llama,
             vocab_size: 49_152,
@@ -187,8 +231,8 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
             tie_word_embeddings: true,
             max_position_embeddings: 8_192,
         };
-        let model = CausalLm::random(config, 1, DType::F32, &device)?;
-        let prompt = ids(85, 49_152, &mut state);
+        let model = CausalLm::random(config, 1, DType::F32, device)?.with_precision(precision)?;
+        let prompt = ids(85, 49_152, state);
         let params = SamplingParams {
             temperature: 1.0,
             max_tokens: 64,
@@ -202,17 +246,17 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
         let seconds = start.elapsed().as_secs_f64();
         let tokens: usize = out.iter().map(|c| c.ids.len()).sum();
         println!(
-            "SmolLM2-135M-shaped random model (f32): decode 64 rows x 64 tokens after an 85-token prompt: {seconds:.2} s ({:.0} tok/s)",
+            "SmolLM2-135M-shaped random model ({precision}): decode 64 rows x 64 tokens after an 85-token prompt: {seconds:.2} s ({:.0} tok/s)",
             tokens as f64 / seconds
         );
-        let adapter = LoraAdapter::new(model.config(), LoraConfig::default(), 3, &device)?;
+        let adapter = LoraAdapter::new(model.config(), LoraConfig::default(), 3, device)?;
         let sequences: Vec<TokenSequence> = (0..8)
             .flat_map(|_| {
-                let prompt = ids(85, 49_152, &mut state);
+                let prompt = ids(85, 49_152, state);
                 (0..8)
                     .map(|_| TokenSequence {
                         prompt: prompt.clone(),
-                        completion: ids(64, 49_152, &mut state),
+                        completion: ids(64, 49_152, state),
                     })
                     .collect::<Vec<_>>()
             })
@@ -226,10 +270,5 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
             start.elapsed().as_secs_f64()
         );
     }
-    if failures > 0 {
-        println!("{failures} check(s) FAILED");
-        return Ok(ExitCode::FAILURE);
-    }
-    println!("all parity checks passed");
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
