@@ -77,16 +77,22 @@ impl Kernel {
         }
     }
 
-    /// The fastest kernel this CPU runs on bf16 panels: `vdpbf16ps` where the CPU has
-    /// AVX512-BF16, else a kernel that widens each bf16 weight to f32 as it loads it (half the
-    /// weight bytes of f32 panels, the same arithmetic). `RFT_PACKED_KERNEL=avx2` or `avx512`
-    /// forces a narrower one for measurements.
+    /// The kernel for bf16 panels here: one that widens each bf16 weight to f32 as it loads it
+    /// (half the weight bytes of f32 panels, the same arithmetic), 16 lanes wide where the CPU
+    /// has AVX-512F.
+    ///
+    /// Not `vdpbf16ps` by default, where the CPU has it: on the Sapphire Rapids-class machine
+    /// here it issues on one port (16 lanes × 2 products a cycle, what two FMA ports already
+    /// do in f32), and rounding each input row to bf16 pairs costs more than it saves: decode
+    /// of SmolLM2-135M ran 21.6 / 330 / 423 tok/s at batch 1 / 32 / 64 with it against
+    /// 25.0 / 430 / 561 widening (`rft bench decode --dtype bf16`). `RFT_PACKED_KERNEL`
+    /// (`avx512bf16`, `avx512`, `avx2`) picks one for measurements.
     pub fn detect_bf16() -> Option<Kernel> {
         let forced = forced_kernel();
         let candidates: &[Kernel] = match forced.as_deref() {
             Some("avx2") => &[Kernel::Avx2],
-            Some("avx512") => &[Kernel::Avx512, Kernel::Avx2],
-            _ => &[Kernel::Avx512Bf16, Kernel::Avx512, Kernel::Avx2],
+            Some("avx512bf16") => &[Kernel::Avx512Bf16, Kernel::Avx512, Kernel::Avx2],
+            _ => &[Kernel::Avx512, Kernel::Avx2],
         };
         candidates.iter().copied().find(|kernel| kernel.supported())
     }
