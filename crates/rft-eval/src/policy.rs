@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use candle_core::Device;
 use rft_grade::judge::{JudgeClient, JudgeConfig};
 use rft_model::constrain::ResponseFormat;
 use rft_model::engine::Engine;
@@ -169,9 +168,11 @@ pub(crate) fn mix(mut x: u64) -> u64 {
 }
 
 impl Policy {
-    /// Loads a local model spec (name, GGUF, folder, hub id or adapter folder) on the CPU.
+    /// Loads a local model spec (name, GGUF, folder, hub id or adapter folder) on the device
+    /// `RFT_DEVICE` names (the CPU by default).
     pub fn load_local(spec: &str) -> Result<Policy, EvalError> {
-        Ok(Policy::Local(Box::new(Engine::load(spec, &Device::Cpu)?)))
+        let device = rft_model::device::from_env()?;
+        Ok(Policy::Local(Box::new(Engine::load(spec, &device)?)))
     }
 
     /// The model's name, as the run's `model` field reports it.

@@ -26,6 +26,17 @@ pub fn parse_device(spec: &str) -> Result<Device, ModelError> {
     cuda(ordinal)
 }
 
+/// The device named by `RFT_DEVICE` (`cpu` when unset): what commands without a `--device`
+/// of their own run on (`rft train`, `rft generate`, evals of a local model).
+pub fn from_env() -> Result<Device, ModelError> {
+    match std::env::var("RFT_DEVICE") {
+        Ok(name) if !name.trim().is_empty() => {
+            parse_device(&name).map_err(|e| ModelError::Format(format!("RFT_DEVICE: {e}")))
+        }
+        _ => Ok(Device::Cpu),
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize) -> Result<Device, ModelError> {
     Device::new_cuda(ordinal).map_err(|e| {

@@ -30,6 +30,9 @@ const REFERENCE_SCRIPT: &str = include_str!("../../../../scripts/decode_referenc
 /// Arguments of `rft bench decode`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchDecodeArgs {
+    /// The device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu", env = "RFT_DEVICE")]
+    pub(crate) device: String,
     /// A model name, a GGUF file, a model folder or a cached hub id (the references need a GGUF).
     #[arg(long, default_value = rft_model::hub::SMOLLM2_135M_INSTRUCT.name)]
     pub(crate) model: String,
@@ -107,7 +110,7 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let device = Device::Cpu;
+    let device = rft_model::device::parse_device(&args.device)?;
     let start = Instant::now();
     // Packed for the decode kernel, as a rollout's weights are (`TrainingClient::sample`).
     let model = CausalLm::load(&path, &device)

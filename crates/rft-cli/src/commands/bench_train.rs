@@ -10,7 +10,6 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use candle_core::Device;
 use clap::Args;
 use rft_model::hub::{resolve_model, ModelLocation};
 use rft_model::lora::{LoraAdapter, LoraConfig, Projection};
@@ -22,6 +21,9 @@ use rft_model::CausalLm;
 /// Arguments of `rft bench train-memory`.
 #[derive(Debug, Args)]
 pub(crate) struct BenchTrainMemoryArgs {
+    /// The device: cpu, or cuda / cuda:N in a build with the `cuda` feature.
+    #[arg(long, default_value = "cpu", env = "RFT_DEVICE")]
+    pub(crate) device: String,
     /// A model name, a GGUF file, a model folder or a cached hub id.
     #[arg(long, default_value = rft_model::hub::SMOLLM2_135M_INSTRUCT.name)]
     pub(crate) model: String,
@@ -80,7 +82,7 @@ pub(crate) fn train_memory(args: &BenchTrainMemoryArgs) -> anyhow::Result<ExitCo
     let path = match &location {
         ModelLocation::Gguf(path) | ModelLocation::HfDir(path) => path.clone(),
     };
-    let device = Device::Cpu;
+    let device = rft_model::device::parse_device(&args.device)?;
     let start = Instant::now();
     let model = CausalLm::load(&path, &device)
         .with_context(|| format!("cannot load {}", path.display()))?;

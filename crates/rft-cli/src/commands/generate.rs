@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use candle_core::Device;
 use rft_model::constrain::ResponseFormat;
 use rft_model::engine::Engine;
 use rft_model::sample::SamplingParams;
@@ -31,7 +30,7 @@ pub(crate) fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let engine = Engine::load(&args.model, &Device::Cpu)
+    let engine = Engine::load(&args.model, &rft_model::device::from_env()?)
         .with_context(|| format!("cannot load model {}", args.model))?;
     let prompt_ids = engine.chat_prompt(&messages, None)?;
     let params = SamplingParams {

@@ -136,8 +136,7 @@ fn read_job(path: &Path) -> anyhow::Result<CreateJob> {
 /// The device jobs train on: `RFT_DEVICE` (as `rft serve --device` reads it): cpu (the
 /// default), or cuda / cuda:N in a build with the `cuda` feature.
 fn job_device() -> anyhow::Result<candle_core::Device> {
-    let name = std::env::var("RFT_DEVICE").unwrap_or_else(|_| "cpu".into());
-    rft_model::device::parse_device(&name).with_context(|| format!("RFT_DEVICE={name}"))
+    Ok(rft_model::device::from_env()?)
 }
 
 /// Runs a job in `dir`, printing its events; Ctrl-C pauses it at the next step boundary.
