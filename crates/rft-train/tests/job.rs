@@ -461,9 +461,8 @@ fn dynamic_sampling_refills_groups_without_signal() {
 #[test]
 fn a_job_without_signal_is_warned_about_once_and_the_best_checkpoint_is_named() {
     // A grader the policy can never satisfy: every sample scores 0, every group is flat, and
-    // no step has a gradient: what a collapsed policy looks like from the rewards. (The tiny
-    // random model does not collapse on its own within a test's steps: at 1,000× the learning
-    // rate, 90 steps took its reward from 0 to about 0.4 and its entropy from 4.4 to 4.3.)
+    // no step has a gradient: what a collapsed policy looks like from the rewards. (A policy
+    // trained into collapse: `a_policy_trained_into_collapse_is_warned_about`.)
     let tmp = tempfile::tempdir().unwrap();
     let mut request = setup(tmp.path(), 40, json!({"eval_interval": 5}));
     let reinforcement = request
@@ -514,6 +513,125 @@ fn a_job_without_signal_is_warned_about_once_and_the_best_checkpoint_is_named() 
     assert!(best
         .fine_tuned_model_checkpoint
         .ends_with(&format!(":ckpt-step-{}", best.step_number)));
+}
+
+#[test]
+fn a_policy_trained_into_collapse_is_warned_about() {
+    // One-token answers rewarded only when they are the model's favourite: reinforced at ten
+    // times the quickstart's rate, the policy says it and nothing else within a few steps, its
+    // entropy falls to nothing and every group scores the same. Collapse, reached by training.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut request = setup(
+        tmp.path(),
+        60,
+        json!({"max_completion_tokens": 1, "learning_rate_multiplier": 2,
+               "eval_interval": 100, "lora_rank": 8}),
+    );
+    // The tiny model's final norm scales the logits to about ±0.5, so no adapter can make one
+    // token much likelier than another (its entropy stays near ln 97 whatever the rate): a
+    // final norm ten times larger lets the logits spread as a real model's do.
+    let weights_file = tmp.path().join("model").join("model.safetensors");
+    let mut weights =
+        candle_core::safetensors::load(&weights_file, &candle_core::Device::Cpu).unwrap();
+    let norm = weights.get("model.norm.weight").unwrap();
+    let scaled = (norm * 10.0).unwrap();
+    weights.insert("model.norm.weight".into(), scaled);
+    candle_core::safetensors::save(&weights, &weights_file).unwrap();
+    // The reward: exactly the answer the model already likes best (its greedy first token for
+    // the first prompt), so reinforcing it drives the policy onto that one answer.
+    let engine = rft_model::engine::Engine::load(
+        tmp.path().join("model").to_str().unwrap(),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let prompt = engine
+        .chat_prompt(
+            &[json!({"role": "user", "content": "Say x please 0"})],
+            None,
+        )
+        .unwrap();
+    let greedy = rft_model::sample::sample(
+        &engine.model,
+        &prompt,
+        1,
+        &rft_model::sample::SamplingParams {
+            temperature: 0.0,
+            max_tokens: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let favourite = engine.tokenizer.decode(&greedy[0].ids, true).unwrap();
+    assert!(
+        !favourite.is_empty(),
+        "the greedy answer is a special token"
+    );
+    for file in ["train.jsonl", "valid.jsonl"] {
+        let path = tmp.path().join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let rewritten: String = text
+            .lines()
+            .map(|line| {
+                let mut row: Value = serde_json::from_str(line).unwrap();
+                row["target"] = json!(favourite);
+                row.to_string() + "\n"
+            })
+            .collect();
+        std::fs::write(&path, rewritten).unwrap();
+    }
+    let reinforcement = request
+        .method
+        .as_mut()
+        .and_then(|m| m.reinforcement.as_mut())
+        .unwrap();
+    reinforcement.grader = Some(json!({"type": "string_check", "name": "is_x",
+        "operation": "eq", "input": "{{sample.output_text}}", "reference": "{{item.target}}"}));
+    let out = tmp.path().join("run");
+    let mut seen = Vec::new();
+    run_job(&request, &out, &JobControl::default(), &mut |e| {
+        seen.push(e.clone())
+    })
+    .unwrap();
+    let steps = metrics(&out);
+    let entropies: Vec<f64> = steps.iter().filter_map(|m| m["entropy"].as_f64()).collect();
+    let rewards: Vec<f64> = steps
+        .iter()
+        .filter_map(|m| m["train_mean_reward"].as_f64())
+        .collect();
+    let summary = format!("entropy {entropies:.3?}\nreward {rewards:.3?}");
+    assert!(entropies.first() > Some(&1.0), "{summary}");
+    let first_low = entropies
+        .iter()
+        .position(|&e| e < 0.05)
+        .unwrap_or_else(|| panic!("the policy never collapsed: {summary}"));
+    assert!(
+        first_low >= 2,
+        "collapsed at once, not by training: {summary}"
+    );
+    assert!(rewards.last() > Some(&0.95), "{summary}");
+    let warnings: Vec<&JobEvent> = seen
+        .iter()
+        .filter(|e| e.level == EventLevel::Warn)
+        .collect();
+    assert!(!warnings.is_empty(), "no warning: {summary}");
+    assert!(
+        warnings.iter().all(|w| w.message.contains("collapse")),
+        "{warnings:?}"
+    );
+    // Said once three collapsed steps have passed, not before.
+    let steps_before: Vec<usize> = seen
+        .iter()
+        .take_while(|e| e.id != warnings[0].id)
+        .filter_map(|e| e.metrics())
+        .map(|m| m.step)
+        .collect();
+    let warned_after = steps_before.last().copied().unwrap_or(0);
+    assert!(
+        warned_after >= first_low + 3,
+        "warned after step {warned_after}, entropy first low at step {}: {summary}",
+        first_low + 1
+    );
+    assert!(events(&out).iter().any(|e| e["level"] == "warn"));
 }
 
 #[test]
