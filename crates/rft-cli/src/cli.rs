@@ -202,6 +202,9 @@ pub(crate) enum BenchCommand {
     /// One GRPO step (sampling, grading, training) on the default model, and with
     /// `--reference` TRL's GRPOTrainer on the same weights and batch shape.
     Grpo(crate::commands::bench_grpo::BenchGrpoArgs),
+    /// How well a job learns over seeds (validation curves, best and final), and with
+    /// `--reference` TRL's GRPOTrainer on the same job, settings and grader.
+    Learn(crate::commands::bench_learn::BenchLearnArgs),
     /// `rft serve` under load: graders/run and chat completions from many clients while a job
     /// trains; throughput and p50/p99 latency.
     Serve(crate::commands::bench_serve::BenchServeArgs),

@@ -11,6 +11,7 @@ use crate::cli::{BenchCommand, Cli, Command, GraderCommand, ModelsCommand, Setup
 mod bench;
 pub(crate) mod bench_decode;
 pub(crate) mod bench_grpo;
+pub(crate) mod bench_learn;
 pub(crate) mod bench_matmul;
 pub(crate) mod bench_serve;
 pub(crate) mod bench_storage;
@@ -66,6 +67,9 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             command: BenchCommand::Grpo(args),
         } => bench_grpo::grpo(&args),
+        Command::Bench {
+            command: BenchCommand::Learn(args),
+        } => bench_learn::learn(&args),
         Command::Bench {
             command: BenchCommand::Serve(args),
         } => bench_serve::serve(&args),

@@ -118,7 +118,7 @@ fn remote_rollouts(
 }
 
 /// Reads a job file; dataset paths are taken relative to the job file's folder.
-fn read_job(path: &Path) -> anyhow::Result<CreateJob> {
+pub(crate) fn read_job(path: &Path) -> anyhow::Result<CreateJob> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read job file {}", path.display()))?;
     let mut value: Value =
@@ -283,14 +283,10 @@ pub(crate) fn print_summary(summary: &JobSummary, dir: &Path) {
     }
 }
 
-pub(crate) fn quickstart(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
-    let dir = args
-        .output
-        .clone()
-        .unwrap_or_else(|| rft_types::paths::rft_home().join("quickstart"));
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).with_context(|| format!("cannot create {}", data.display()))?;
+/// The quickstart's job (examples/quickstart/job.json, all of its steps) with its data written
+/// into `data`.
+pub(crate) fn quickstart_job(data: &Path) -> anyhow::Result<Value> {
+    std::fs::create_dir_all(data).with_context(|| format!("cannot create {}", data.display()))?;
     for (name, content) in [
         ("train.jsonl", QUICKSTART_TRAIN),
         ("valid.jsonl", QUICKSTART_VALID),
@@ -304,6 +300,17 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
     job["validation_file"] = Value::String(data.join("valid.jsonl").to_string_lossy().into_owned());
     job["method"]["reinforcement"]["grader"] =
         serde_json::from_str(QUICKSTART_GRADER).context("the built-in grader.json")?;
+    Ok(job)
+}
+
+pub(crate) fn quickstart(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let dir = args
+        .output
+        .clone()
+        .unwrap_or_else(|| rft_types::paths::rft_home().join("quickstart"));
+    let data = dir.join("data");
+    let mut job = quickstart_job(&data)?;
     // The built-in run is sized for about ten minutes on two CPU cores.
     if let Some(steps) = args.steps.or(Some(QUICKSTART_STEPS)) {
         let batch = job["method"]["reinforcement"]["hyperparameters"]["batch_size"]

@@ -1,0 +1,476 @@
+//! `rft bench learn`: how well a job learns, over seeds, and with `--reference` how well TRL's
+//! `GRPOTrainer` learns the same job (`scripts/learn_reference.py`).
+//!
+//! Speed benchmarks say nothing of learning: a faster step that learns less is not a better
+//! trainer. This runs the job (the quickstart's by default, or `--config`) once per seed with
+//! OpenRFT's trainer, and with `--reference` once per seed with TRL on the same GGUF weights,
+//! the same rows, the same resolved settings (prompts per step, group size, steps, learning
+//! rate and schedule, loss and clipping, temperature, completion tokens, LoRA rank and alpha,
+//! gradient clip) and the same grader: TRL's rewards and validation scores come from `rft
+//! grade` on the job's grader. Both validate on the job's validation rows before training,
+//! every `eval_interval` steps and after the last, sampling each row `eval_samples` times at
+//! the job's temperature.
+//!
+//! Per engine it prints the validation before training, the best and the final (mean and
+//! standard deviation over seeds) and the wall time, and writes every curve to
+//! `bench-learn.json` and a plot to `bench-learn.svg` in `--output`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use rft_model::hub::{resolve_model, ModelLocation};
+use rft_train::config::{parse_job, Hyperparameters, BASE_LEARNING_RATE};
+use rft_train::job::{run_job, JobControl};
+use rft_types::api::hyperparameters::{LossType, LrSchedule};
+use rft_types::api::job::CreateJob;
+use serde_json::{json, Value};
+
+use super::bench_decode::{reference_python, run_reference};
+
+const REFERENCE_SCRIPT: &str = include_str!("../../../../scripts/learn_reference.py");
+
+/// Arguments of `rft bench learn`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchLearnArgs {
+    /// The job (as `rft train --config` takes it); default: the quickstart's job, all of its
+    /// steps (examples/quickstart/job.json).
+    #[arg(long, value_name = "JOB.json")]
+    pub(crate) config: Option<PathBuf>,
+    /// Seeds to run each engine with.
+    #[arg(long, value_delimiter = ',', default_value = "7,1,2")]
+    pub(crate) seeds: Vec<u64>,
+    /// Also train with TRL's GRPOTrainer on the same job (needs .venv-bench).
+    #[arg(long)]
+    pub(crate) reference: bool,
+    /// Only TRL's side (with --reference): OpenRFT's curves are read from an earlier
+    /// bench-learn.json in --output.
+    #[arg(long)]
+    pub(crate) reference_only: bool,
+    /// TRL's `per_device_train_batch_size` (the rest of the batch as gradient accumulation);
+    /// default: the whole batch.
+    #[arg(long)]
+    pub(crate) micro_batch: Option<usize>,
+    /// The Python of the reference environment (default: .venv-bench at the repository root).
+    #[arg(long, env = "RFT_BENCH_PYTHON")]
+    pub(crate) python: Option<PathBuf>,
+    /// Where the runs, bench-learn.json and bench-learn.svg go.
+    #[arg(long, default_value = "runs/bench-learn")]
+    pub(crate) output: PathBuf,
+}
+
+/// One run's validation curve.
+#[derive(Debug, Clone)]
+struct Curve {
+    engine: &'static str,
+    seed: u64,
+    /// `(step, mean, standard error)`.
+    points: Vec<(usize, f64, f64)>,
+    wall_seconds: f64,
+}
+
+impl Curve {
+    fn to_json(&self) -> Value {
+        json!({
+            "engine": self.engine,
+            "seed": self.seed,
+            "wall_seconds": self.wall_seconds,
+            "validation": self.points.iter().map(|(step, mean, stderr)| {
+                json!({"step": step, "mean": mean, "stderr": stderr})
+            }).collect::<Vec<_>>(),
+        })
+    }
+
+    fn from_json(value: &Value) -> Option<Curve> {
+        let engine = match value["engine"].as_str()? {
+            "openrft" => "openrft",
+            "trl" => "trl",
+            _ => return None,
+        };
+        Some(Curve {
+            engine,
+            seed: value["seed"].as_u64()?,
+            wall_seconds: value["wall_seconds"].as_f64()?,
+            points: points_of(&value["validation"]),
+        })
+    }
+
+    fn before(&self) -> f64 {
+        self.points.first().map_or(f64::NAN, |p| p.1)
+    }
+
+    fn final_(&self) -> f64 {
+        self.points.last().map_or(f64::NAN, |p| p.1)
+    }
+
+    fn best(&self) -> f64 {
+        self.points
+            .iter()
+            .skip(1)
+            .map(|p| p.1)
+            .fold(f64::NAN, f64::max)
+    }
+}
+
+fn points_of(value: &Value) -> Vec<(usize, f64, f64)> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p["step"].as_u64()? as usize,
+                p["mean"].as_f64()?,
+                p["stderr"].as_f64().unwrap_or(0.0),
+            ))
+        })
+        .collect()
+}
+
+pub(crate) fn learn(args: &BenchLearnArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!args.seeds.is_empty(), "--seeds needs at least one seed");
+    anyhow::ensure!(
+        !args.reference_only || args.reference,
+        "--reference-only needs --reference"
+    );
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    let job = load_job(args)?;
+    let python = if args.reference {
+        Some(reference_python(args.python.as_deref())?)
+    } else {
+        None
+    };
+    let results_path = args.output.join("bench-learn.json");
+    let mut curves: Vec<Curve> = Vec::new();
+    let mut total_steps = None;
+    if args.reference_only {
+        let text = std::fs::read_to_string(&results_path).with_context(|| {
+            format!(
+                "--reference-only reads OpenRFT's runs from {}",
+                results_path.display()
+            )
+        })?;
+        let earlier: Value = serde_json::from_str(&text)?;
+        curves.extend(
+            earlier["runs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Curve::from_json)
+                .filter(|c| c.engine == "openrft"),
+        );
+        total_steps = earlier["steps"].as_u64().map(|s| s as usize);
+    } else {
+        for &seed in &args.seeds {
+            let (curve, steps) = run_ours(&job, seed, &args.output)?;
+            total_steps = Some(steps);
+            curves.push(curve);
+            write_results(&results_path, &curves, total_steps)?;
+        }
+    }
+    if let Some(python) = &python {
+        let steps = total_steps.context("no OpenRFT run says how many steps the job has")?;
+        for &seed in &args.seeds {
+            let request = reference_request(&job, seed, steps, args.micro_batch)?;
+            eprintln!("TRL, seed {seed}: {steps} steps ...");
+            let result = run_reference(python, "learn_reference.py", REFERENCE_SCRIPT, &request)?;
+            curves.push(Curve {
+                engine: "trl",
+                seed,
+                points: points_of(&result["validation"]),
+                wall_seconds: result["wall_seconds"].as_f64().unwrap_or(f64::NAN),
+            });
+            write_results(&results_path, &curves, total_steps)?;
+        }
+    }
+    print_table(&curves);
+    let svg = args.output.join("bench-learn.svg");
+    std::fs::write(&svg, plot(&curves))
+        .with_context(|| format!("cannot write {}", svg.display()))?;
+    println!(
+        "curves: {}; plot: {}",
+        results_path.display(),
+        svg.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The job to run, its files' paths made absolute.
+fn load_job(args: &BenchLearnArgs) -> anyhow::Result<CreateJob> {
+    match &args.config {
+        Some(path) => super::train::read_job(path),
+        None => {
+            let data = args.output.join("data");
+            std::fs::create_dir_all(&data)?;
+            let job = super::train::quickstart_job(&std::path::absolute(&data)?)?;
+            rft_model::hub::SMOLLM2_135M_INSTRUCT
+                .ensure()
+                .context("cannot fetch the default model")?;
+            Ok(parse_job(job)?)
+        }
+    }
+}
+
+/// OpenRFT's run at `seed`: its validation curve and the job's step count.
+fn run_ours(job: &CreateJob, seed: u64, output: &Path) -> anyhow::Result<(Curve, usize)> {
+    let mut request = job.clone();
+    request.seed = Some(seed);
+    let dir = output.join(format!("openrft-seed-{seed}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("OpenRFT, seed {seed} → {}", dir.display());
+    let started = Instant::now();
+    run_job(&request, &dir, &JobControl::default(), &mut |_| {})?;
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let mut points = Vec::new();
+    let mut steps = 0;
+    for event in rft_train::events::read_events(&dir) {
+        let Some(metrics) = event.metrics() else {
+            continue;
+        };
+        steps = steps.max(metrics.total_steps);
+        if let (Some(mean), stderr) = (
+            metrics.scores.valid_reward_mean,
+            metrics.scores.valid_reward_stderr,
+        ) {
+            points.push((metrics.step, mean, stderr.unwrap_or(0.0)));
+        }
+    }
+    points.sort_by_key(|p| p.0);
+    points.dedup_by_key(|p| p.0);
+    anyhow::ensure!(!points.is_empty(), "the run recorded no validation");
+    eprintln!(
+        "OpenRFT, seed {seed}: validation {:.3} → {:.3} in {wall_seconds:.0} s",
+        points[0].1,
+        points[points.len() - 1].1
+    );
+    Ok((
+        Curve {
+            engine: "openrft",
+            seed,
+            points,
+            wall_seconds,
+        },
+        steps,
+    ))
+}
+
+/// What `learn_reference.py` needs: the job's weights, rows, grader and resolved settings.
+fn reference_request(
+    job: &CreateJob,
+    seed: u64,
+    steps: usize,
+    micro_batch: Option<usize>,
+) -> anyhow::Result<Value> {
+    let gguf = match resolve_model(&job.model)? {
+        ModelLocation::Gguf(path) => path,
+        ModelLocation::HfDir(path) => anyhow::bail!(
+            "--reference loads the same GGUF file in transformers; {} is a folder",
+            path.display()
+        ),
+    };
+    let grader = rft_train::config::grader(job)?.clone();
+    let train = rows(Path::new(&job.training_file))?;
+    let valid_file = job
+        .validation_file
+        .as_deref()
+        .context("--reference compares validation curves: the job needs a validation_file")?;
+    let valid = rows(Path::new(valid_file))?;
+    let hyper =
+        Hyperparameters::from_request(&rft_train::config::hyperparameters(job)?, train.len())?;
+    let loss_type = match hyper.loss_type {
+        LossType::Dapo => "dapo",
+        LossType::Grpo => "grpo",
+        LossType::DrGrpo => "dr_grpo",
+        other => anyhow::bail!("TRL has no {other:?} loss to compare with"),
+    };
+    let lr_schedule = match hyper.lr_schedule {
+        LrSchedule::Constant => "constant",
+        LrSchedule::Cosine => "cosine",
+    };
+    let grader_dir = std::env::temp_dir().join(format!("rft-bench-learn-{}", std::process::id()));
+    std::fs::create_dir_all(&grader_dir)?;
+    let grader_path = grader_dir.join("grader.json");
+    std::fs::write(&grader_path, grader.to_string())?;
+    let rows_per_step = hyper.batch_size;
+    Ok(json!({
+        "gguf": gguf,
+        "rft": std::env::current_exe()?,
+        "grader": grader_path,
+        "train": train,
+        "valid": valid,
+        "seed": seed,
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "micro_batch": micro_batch,
+        "hyper": {
+            "batch_size": rows_per_step,
+            "group_size": hyper.group_size(),
+            "steps": steps,
+            "epochs_of_rows": (steps * rows_per_step).div_ceil(train.len().max(1)),
+            "learning_rate": BASE_LEARNING_RATE * hyper.learning_rate_multiplier,
+            "lr_schedule": lr_schedule,
+            "warmup_steps": hyper.warmup_steps,
+            "loss_type": loss_type,
+            "epsilon": hyper.epsilon,
+            "epsilon_high": hyper.epsilon_high,
+            "beta": hyper.beta,
+            "temperature": hyper.temperature,
+            "max_completion_tokens": hyper.max_completion_tokens,
+            "lora_rank": hyper.lora_rank,
+            "lora_alpha": hyper.lora_alpha,
+            "max_grad_norm": hyper.max_grad_norm,
+            "weight_decay": hyper.weight_decay,
+            "eval_interval": hyper.eval_interval,
+            "eval_samples": hyper.eval_samples,
+        },
+    }))
+}
+
+/// A dataset's rows as the reference takes them: the chat messages, and the row as the item.
+fn rows(path: &Path) -> anyhow::Result<Vec<Value>> {
+    let rows =
+        rft_types::read_dataset(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(rows
+        .into_iter()
+        .map(|row| json!({"messages": row.messages, "item": row.item}))
+        .collect())
+}
+
+fn write_results(path: &Path, curves: &[Curve], steps: Option<usize>) -> anyhow::Result<()> {
+    let value = json!({
+        "steps": steps,
+        "runs": curves.iter().map(Curve::to_json).collect::<Vec<_>>(),
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&value)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Mean and sample standard deviation.
+fn mean_sd(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let sd = if values.len() > 1 {
+        (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
+    (mean, sd)
+}
+
+fn print_table(curves: &[Curve]) {
+    println!(
+        "{:<8} {:>5} {:>8} {:>16} {:>16} {:>16} {:>10}",
+        "engine", "seeds", "before", "best", "final", "best − final", "wall (s)"
+    );
+    for engine in ["openrft", "trl"] {
+        let runs: Vec<&Curve> = curves.iter().filter(|c| c.engine == engine).collect();
+        if runs.is_empty() {
+            continue;
+        }
+        let column =
+            |f: &dyn Fn(&Curve) -> f64| mean_sd(&runs.iter().map(|c| f(c)).collect::<Vec<_>>());
+        let (before, _) = column(&|c| c.before());
+        let (best, best_sd) = column(&|c| c.best());
+        let (last, last_sd) = column(&|c| c.final_());
+        let (drop, drop_sd) = column(&|c| c.best() - c.final_());
+        let (wall, _) = column(&|c| c.wall_seconds);
+        println!(
+            "{engine:<8} {:>5} {before:>8.3} {:>16} {:>16} {:>16} {wall:>10.0}",
+            runs.len(),
+            format!("{best:.3} ± {best_sd:.3}"),
+            format!("{last:.3} ± {last_sd:.3}"),
+            format!("{drop:.3} ± {drop_sd:.3}"),
+        );
+        for run in &runs {
+            let curve: Vec<String> = run
+                .points
+                .iter()
+                .map(|(step, mean, stderr)| format!("{step}:{mean:.2}±{stderr:.2}"))
+                .collect();
+            println!("  seed {:<4} {}", run.seed, curve.join(" "));
+        }
+    }
+    println!("(± over seeds: the sample standard deviation; per point: the standard error)");
+}
+
+/// Every validation curve on one chart: OpenRFT in blue, TRL in orange, one line per seed.
+fn plot(curves: &[Curve]) -> String {
+    let (width, height, left, bottom, top, right) = (640.0, 400.0, 50.0, 40.0, 30.0, 110.0_f64);
+    let max_step = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.0))
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let x = |step: f64| left + step / max_step * (width - left - right);
+    let y = |reward: f64| height - bottom - reward.clamp(0.0, 1.0) * (height - bottom - top);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"18\">Validation reward by step (one line per seed)</text>\n"
+    );
+    for tick in 0..=5 {
+        let value = tick as f64 / 5.0;
+        svg += &format!(
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{y0:.1}\" y2=\"{y0:.1}\" stroke=\"#ddd\"/><text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{value:.1}</text>\n",
+            width - right,
+            left - 6.0,
+            y(value) + 4.0,
+            y0 = y(value)
+        );
+    }
+    svg += &format!(
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">step (of {max_step})</text>\n",
+        (left + width - right) / 2.0,
+        height - 10.0
+    );
+    for (engine, colour, label) in [("openrft", "#1f77b4", "OpenRFT"), ("trl", "#ff7f0e", "TRL")] {
+        for curve in curves.iter().filter(|c| c.engine == engine) {
+            let points: Vec<String> = curve
+                .points
+                .iter()
+                .map(|(step, mean, _)| format!("{:.1},{:.1}", x(*step as f64), y(*mean)))
+                .collect();
+            svg += &format!(
+                "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
+                points.join(" ")
+            );
+        }
+        let row = if engine == "openrft" { 0.0 } else { 1.0 };
+        svg += &format!(
+            "<line x1=\"{:.1}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"{colour}\" stroke-width=\"3\"/><text x=\"{:.1}\" y=\"{:.1}\">{label}</text>\n",
+            width - right + 10.0,
+            width - right + 30.0,
+            top + 20.0 + row * 20.0,
+            top + 20.0 + row * 20.0,
+            width - right + 35.0,
+            top + 24.0 + row * 20.0
+        );
+    }
+    svg + "</svg>\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_final_and_the_plot_come_from_the_curves() {
+        let curve = Curve {
+            engine: "openrft",
+            seed: 7,
+            points: vec![(0, 0.1, 0.02), (4, 0.7, 0.05), (8, 0.6, 0.05)],
+            wall_seconds: 10.0,
+        };
+        assert_eq!(curve.before(), 0.1);
+        assert_eq!(curve.best(), 0.7);
+        assert_eq!(curve.final_(), 0.6);
+        let back = Curve::from_json(&curve.to_json()).unwrap();
+        assert_eq!(back.points, curve.points);
+        let svg = plot(&[curve]);
+        assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+        assert_eq!(mean_sd(&[1.0, 3.0]), (2.0, 2f64.sqrt()));
+    }
+}
