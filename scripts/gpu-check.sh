@@ -14,11 +14,13 @@
 # `run` (budget: under 8 minutes) installs the wheels, then writes OUT/gpu-check.json with:
 # - the card (nvidia-smi) and the build (`rft --version`, the commit);
 # - `rft check-device --device cuda`: logits, log-probs, a LoRA gradient and greedy samples of
-#   tiny random models against the CPU, and a 135M-shaped timing;
+#   tiny random models against the CPU's f32, with the GPU in f32 and in bf16 (each within its
+#   tolerance), and a 135M-shaped timing in both precisions;
 # - `rft bench grpo --device cuda --shape S --reference --reference-bf16` for the SmolLM2-135M
 #   and Qwen2.5-0.5B shapes (random weights built on the machine: no weights travel), 8 prompts
-#   x 8 samples x 128 tokens, 3 steps: our step against TRL's GRPOTrainer (float32 and bf16) on
-#   the same card in the same run.
+#   x 8 samples x 128 tokens, 3 steps: our step in bf16 (the GPU's default precision; token
+#   choices made on the device) against TRL's GRPOTrainer (float32 and bf16) on the same card in
+#   the same run.
 # Each part has its own time limit and its output is kept whatever happens to the others.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

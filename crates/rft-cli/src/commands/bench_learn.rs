@@ -26,7 +26,9 @@ use rft_train::config::{parse_job, Hyperparameters, BASE_LEARNING_RATE};
 use rft_train::job::{run_job, JobControl};
 use rft_types::api::hyperparameters::{LossType, LrSchedule};
 use rft_types::api::job::CreateJob;
-use serde_json::{json, Value};
+use rft_types::ChatMessage;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::bench_decode::{reference_python, run_reference};
 
@@ -61,72 +63,103 @@ pub(crate) struct BenchLearnArgs {
     pub(crate) output: PathBuf,
 }
 
+/// One validation point: the mean reward over the validation rows' samples, and its standard
+/// error.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Point {
+    step: usize,
+    mean: f64,
+    #[serde(default)]
+    stderr: f64,
+}
+
 /// One run's validation curve.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Curve {
-    engine: &'static str,
+    /// `openrft` or `trl`.
+    engine: String,
     seed: u64,
-    /// `(step, mean, standard error)`.
-    points: Vec<(usize, f64, f64)>,
     wall_seconds: f64,
+    validation: Vec<Point>,
+}
+
+/// `bench-learn.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Results {
+    /// The job's steps (from OpenRFT's runs).
+    steps: Option<usize>,
+    runs: Vec<Curve>,
+}
+
+/// What `learn_reference.py` reads.
+#[derive(Debug, Serialize)]
+struct ReferenceRequest {
+    gguf: PathBuf,
+    rft: PathBuf,
+    grader: PathBuf,
+    train: Vec<ReferenceRow>,
+    valid: Vec<ReferenceRow>,
+    seed: u64,
+    threads: usize,
+    micro_batch: Option<usize>,
+    hyper: ReferenceSettings,
+}
+
+/// A dataset row as the reference takes it: the chat messages, and the `item` it is graded
+/// against.
+#[derive(Debug, Serialize)]
+struct ReferenceRow {
+    messages: Vec<ChatMessage>,
+    item: Map<String, Value>,
+}
+
+/// The job's resolved settings, in TRL's terms.
+#[derive(Debug, Serialize)]
+struct ReferenceSettings {
+    batch_size: usize,
+    group_size: usize,
+    steps: usize,
+    epochs_of_rows: usize,
+    learning_rate: f64,
+    lr_schedule: &'static str,
+    warmup_steps: usize,
+    loss_type: &'static str,
+    epsilon: f64,
+    epsilon_high: f64,
+    beta: f64,
+    temperature: f64,
+    max_completion_tokens: usize,
+    lora_rank: usize,
+    lora_alpha: f64,
+    max_grad_norm: f64,
+    weight_decay: f64,
+    eval_interval: usize,
+    eval_samples: usize,
+}
+
+/// What `learn_reference.py` writes (other keys are kept in its file only).
+#[derive(Debug, Deserialize)]
+struct ReferenceResult {
+    wall_seconds: f64,
+    validation: Vec<Point>,
 }
 
 impl Curve {
-    fn to_json(&self) -> Value {
-        json!({
-            "engine": self.engine,
-            "seed": self.seed,
-            "wall_seconds": self.wall_seconds,
-            "validation": self.points.iter().map(|(step, mean, stderr)| {
-                json!({"step": step, "mean": mean, "stderr": stderr})
-            }).collect::<Vec<_>>(),
-        })
-    }
-
-    fn from_json(value: &Value) -> Option<Curve> {
-        let engine = match value["engine"].as_str()? {
-            "openrft" => "openrft",
-            "trl" => "trl",
-            _ => return None,
-        };
-        Some(Curve {
-            engine,
-            seed: value["seed"].as_u64()?,
-            wall_seconds: value["wall_seconds"].as_f64()?,
-            points: points_of(&value["validation"]),
-        })
-    }
-
     fn before(&self) -> f64 {
-        self.points.first().map_or(f64::NAN, |p| p.1)
+        self.validation.first().map_or(f64::NAN, |p| p.mean)
     }
 
     fn final_(&self) -> f64 {
-        self.points.last().map_or(f64::NAN, |p| p.1)
+        self.validation.last().map_or(f64::NAN, |p| p.mean)
     }
 
     fn best(&self) -> f64 {
-        self.points
+        self.validation
             .iter()
             .skip(1)
-            .map(|p| p.1)
+            .map(|p| p.mean)
             .fold(f64::NAN, f64::max)
     }
-}
-
-fn points_of(value: &Value) -> Vec<(usize, f64, f64)> {
-    value
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            Some((
-                p["step"].as_u64()? as usize,
-                p["mean"].as_f64()?,
-                p["stderr"].as_f64().unwrap_or(0.0),
-            ))
-        })
-        .collect()
 }
 
 pub(crate) fn learn(args: &BenchLearnArgs) -> anyhow::Result<ExitCode> {
@@ -144,8 +177,7 @@ pub(crate) fn learn(args: &BenchLearnArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let results_path = args.output.join("bench-learn.json");
-    let mut curves: Vec<Curve> = Vec::new();
-    let mut total_steps = None;
+    let mut results = Results::default();
     if args.reference_only {
         let text = std::fs::read_to_string(&results_path).with_context(|| {
             format!(
@@ -153,42 +185,50 @@ pub(crate) fn learn(args: &BenchLearnArgs) -> anyhow::Result<ExitCode> {
                 results_path.display()
             )
         })?;
-        let earlier: Value = serde_json::from_str(&text)?;
-        curves.extend(
-            earlier["runs"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Curve::from_json)
-                .filter(|c| c.engine == "openrft"),
-        );
-        total_steps = earlier["steps"].as_u64().map(|s| s as usize);
+        let earlier: Results = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a bench-learn.json", results_path.display()))?;
+        results.steps = earlier.steps;
+        results.runs = earlier
+            .runs
+            .into_iter()
+            .filter(|c| c.engine == "openrft")
+            .collect();
     } else {
         for &seed in &args.seeds {
             let (curve, steps) = run_ours(&job, seed, &args.output)?;
-            total_steps = Some(steps);
-            curves.push(curve);
-            write_results(&results_path, &curves, total_steps)?;
+            results.steps = Some(steps);
+            results.runs.push(curve);
+            write_results(&results_path, &results)?;
         }
     }
     if let Some(python) = &python {
-        let steps = total_steps.context("no OpenRFT run says how many steps the job has")?;
+        let steps = results
+            .steps
+            .context("no OpenRFT run says how many steps the job has")?;
         for &seed in &args.seeds {
             let request = reference_request(&job, seed, steps, args.micro_batch)?;
             eprintln!("TRL, seed {seed}: {steps} steps ...");
-            let result = run_reference(python, "learn_reference.py", REFERENCE_SCRIPT, &request)?;
-            curves.push(Curve {
-                engine: "trl",
+            let result = run_reference(
+                python,
+                "learn_reference.py",
+                REFERENCE_SCRIPT,
+                &serde_json::to_value(&request)?,
+            )?;
+            let result: ReferenceResult =
+                serde_json::from_value(result).context("the reference's result")?;
+            results.runs.push(Curve {
+                engine: "trl".into(),
                 seed,
-                points: points_of(&result["validation"]),
-                wall_seconds: result["wall_seconds"].as_f64().unwrap_or(f64::NAN),
+                validation: result.validation,
+                wall_seconds: result.wall_seconds,
             });
-            write_results(&results_path, &curves, total_steps)?;
+            write_results(&results_path, &results)?;
         }
     }
-    print_table(&curves);
+    let curves = &results.runs;
+    print_table(curves);
     let svg = args.output.join("bench-learn.svg");
-    std::fs::write(&svg, plot(&curves))
+    std::fs::write(&svg, plot(curves))
         .with_context(|| format!("cannot write {}", svg.display()))?;
     println!(
         "curves: {}; plot: {}",
@@ -224,37 +264,39 @@ fn run_ours(job: &CreateJob, seed: u64, output: &Path) -> anyhow::Result<(Curve,
     let started = Instant::now();
     run_job(&request, &dir, &JobControl::default(), &mut |_| {})?;
     let wall_seconds = started.elapsed().as_secs_f64();
-    let mut points = Vec::new();
+    let mut validation = Vec::new();
     let mut steps = 0;
     for event in rft_train::events::read_events(&dir) {
         let Some(metrics) = event.metrics() else {
             continue;
         };
         steps = steps.max(metrics.total_steps);
-        if let (Some(mean), stderr) = (
-            metrics.scores.valid_reward_mean,
-            metrics.scores.valid_reward_stderr,
-        ) {
-            points.push((metrics.step, mean, stderr.unwrap_or(0.0)));
+        if let Some(mean) = metrics.scores.valid_reward_mean {
+            validation.push(Point {
+                step: metrics.step,
+                mean,
+                stderr: metrics.scores.valid_reward_stderr.unwrap_or(0.0),
+            });
         }
     }
-    points.sort_by_key(|p| p.0);
-    points.dedup_by_key(|p| p.0);
-    anyhow::ensure!(!points.is_empty(), "the run recorded no validation");
+    validation.sort_by_key(|p| p.step);
+    validation.dedup_by_key(|p| p.step);
+    let curve = Curve {
+        engine: "openrft".into(),
+        seed,
+        validation,
+        wall_seconds,
+    };
+    anyhow::ensure!(
+        !curve.validation.is_empty(),
+        "the run recorded no validation"
+    );
     eprintln!(
         "OpenRFT, seed {seed}: validation {:.3} → {:.3} in {wall_seconds:.0} s",
-        points[0].1,
-        points[points.len() - 1].1
+        curve.before(),
+        curve.final_()
     );
-    Ok((
-        Curve {
-            engine: "openrft",
-            seed,
-            points,
-            wall_seconds,
-        },
-        steps,
-    ))
+    Ok((curve, steps))
 }
 
 /// What `learn_reference.py` needs: the job's weights, rows, grader and resolved settings.
@@ -263,7 +305,7 @@ fn reference_request(
     seed: u64,
     steps: usize,
     micro_batch: Option<usize>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<ReferenceRequest> {
     let gguf = match resolve_model(&job.model)? {
         ModelLocation::Gguf(path) => path,
         ModelLocation::HfDir(path) => anyhow::bail!(
@@ -295,55 +337,54 @@ fn reference_request(
     let grader_path = grader_dir.join("grader.json");
     std::fs::write(&grader_path, grader.to_string())?;
     let rows_per_step = hyper.batch_size;
-    Ok(json!({
-        "gguf": gguf,
-        "rft": std::env::current_exe()?,
-        "grader": grader_path,
-        "train": train,
-        "valid": valid,
-        "seed": seed,
-        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
-        "micro_batch": micro_batch,
-        "hyper": {
-            "batch_size": rows_per_step,
-            "group_size": hyper.group_size(),
-            "steps": steps,
-            "epochs_of_rows": (steps * rows_per_step).div_ceil(train.len().max(1)),
-            "learning_rate": BASE_LEARNING_RATE * hyper.learning_rate_multiplier,
-            "lr_schedule": lr_schedule,
-            "warmup_steps": hyper.warmup_steps,
-            "loss_type": loss_type,
-            "epsilon": hyper.epsilon,
-            "epsilon_high": hyper.epsilon_high,
-            "beta": hyper.beta,
-            "temperature": hyper.temperature,
-            "max_completion_tokens": hyper.max_completion_tokens,
-            "lora_rank": hyper.lora_rank,
-            "lora_alpha": hyper.lora_alpha,
-            "max_grad_norm": hyper.max_grad_norm,
-            "weight_decay": hyper.weight_decay,
-            "eval_interval": hyper.eval_interval,
-            "eval_samples": hyper.eval_samples,
+    Ok(ReferenceRequest {
+        gguf,
+        rft: std::env::current_exe()?,
+        grader: grader_path,
+        seed,
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        micro_batch,
+        hyper: ReferenceSettings {
+            batch_size: rows_per_step,
+            group_size: hyper.group_size(),
+            steps,
+            epochs_of_rows: (steps * rows_per_step).div_ceil(train.len().max(1)),
+            learning_rate: BASE_LEARNING_RATE * hyper.learning_rate_multiplier,
+            lr_schedule,
+            warmup_steps: hyper.warmup_steps,
+            loss_type,
+            epsilon: hyper.epsilon,
+            epsilon_high: hyper.epsilon_high,
+            beta: hyper.beta,
+            temperature: hyper.temperature,
+            max_completion_tokens: hyper.max_completion_tokens,
+            lora_rank: hyper.lora_rank,
+            lora_alpha: hyper.lora_alpha,
+            max_grad_norm: hyper.max_grad_norm,
+            weight_decay: hyper.weight_decay,
+            eval_interval: hyper.eval_interval,
+            eval_samples: hyper.eval_samples,
         },
-    }))
+        train,
+        valid,
+    })
 }
 
-/// A dataset's rows as the reference takes them: the chat messages, and the row as the item.
-fn rows(path: &Path) -> anyhow::Result<Vec<Value>> {
+/// A dataset's rows as the reference takes them.
+fn rows(path: &Path) -> anyhow::Result<Vec<ReferenceRow>> {
     let rows =
         rft_types::read_dataset(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(rows
         .into_iter()
-        .map(|row| json!({"messages": row.messages, "item": row.item}))
+        .map(|row| ReferenceRow {
+            messages: row.messages,
+            item: row.item,
+        })
         .collect())
 }
 
-fn write_results(path: &Path, curves: &[Curve], steps: Option<usize>) -> anyhow::Result<()> {
-    let value = json!({
-        "steps": steps,
-        "runs": curves.iter().map(Curve::to_json).collect::<Vec<_>>(),
-    });
-    std::fs::write(path, serde_json::to_string_pretty(&value)?)
+fn write_results(path: &Path, results: &Results) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string_pretty(results)?)
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
@@ -385,9 +426,9 @@ fn print_table(curves: &[Curve]) {
         );
         for run in &runs {
             let curve: Vec<String> = run
-                .points
+                .validation
                 .iter()
-                .map(|(step, mean, stderr)| format!("{step}:{mean:.2}±{stderr:.2}"))
+                .map(|p| format!("{}:{:.2}±{:.2}", p.step, p.mean, p.stderr))
                 .collect();
             println!("  seed {:<4} {}", run.seed, curve.join(" "));
         }
@@ -400,7 +441,7 @@ fn plot(curves: &[Curve]) -> String {
     let (width, height, left, bottom, top, right) = (640.0, 400.0, 50.0, 40.0, 30.0, 110.0_f64);
     let max_step = curves
         .iter()
-        .flat_map(|c| c.points.iter().map(|p| p.0))
+        .flat_map(|c| c.validation.iter().map(|p| p.step))
         .max()
         .unwrap_or(1)
         .max(1) as f64;
@@ -429,9 +470,9 @@ fn plot(curves: &[Curve]) -> String {
     for (engine, colour, label) in [("openrft", "#1f77b4", "OpenRFT"), ("trl", "#ff7f0e", "TRL")] {
         for curve in curves.iter().filter(|c| c.engine == engine) {
             let points: Vec<String> = curve
-                .points
+                .validation
                 .iter()
-                .map(|(step, mean, _)| format!("{:.1},{:.1}", x(*step as f64), y(*mean)))
+                .map(|p| format!("{:.1},{:.1}", x(p.step as f64), y(p.mean)))
                 .collect();
             svg += &format!(
                 "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
@@ -458,17 +499,23 @@ mod tests {
 
     #[test]
     fn best_final_and_the_plot_come_from_the_curves() {
+        let point = |step, mean| Point {
+            step,
+            mean,
+            stderr: 0.05,
+        };
         let curve = Curve {
-            engine: "openrft",
+            engine: "openrft".into(),
             seed: 7,
-            points: vec![(0, 0.1, 0.02), (4, 0.7, 0.05), (8, 0.6, 0.05)],
+            validation: vec![point(0, 0.1), point(4, 0.7), point(8, 0.6)],
             wall_seconds: 10.0,
         };
         assert_eq!(curve.before(), 0.1);
         assert_eq!(curve.best(), 0.7);
         assert_eq!(curve.final_(), 0.6);
-        let back = Curve::from_json(&curve.to_json()).unwrap();
-        assert_eq!(back.points, curve.points);
+        let text = serde_json::to_string(&curve).unwrap();
+        let back: Curve = serde_json::from_str(&text).unwrap();
+        assert_eq!(back.validation, curve.validation);
         let svg = plot(&[curve]);
         assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
         assert_eq!(mean_sd(&[1.0, 3.0]), (2.0, 2f64.sqrt()));
