@@ -5,8 +5,8 @@ Usage: learn_reference.py REQUEST.json RESULT.json. The request (written by the 
 holds the GGUF path, the `rft` binary and the job's grader file, the training and validation
 rows (chat messages and the item each is graded against), and the job's resolved settings:
 prompts per step, group size, steps, learning rate and schedule, loss type and clipping,
-temperature, completion tokens, LoRA rank and alpha, gradient clip, validation interval and
-samples, seed.
+reward scaling, truncation masking, iterations, temperature, completion tokens, LoRA rank and
+alpha, gradient clip, validation interval and samples, seed, and whether to run in bf16.
 
 Both sides are graded by the same grader: every reward and validation score here comes from
 `rft grade` on the job's grader file, so the comparison measures learning, not grading.
@@ -80,8 +80,11 @@ def main(request_path, result_path):
 
     gguf = req["gguf"]
     started = time.perf_counter()
+    bf16 = bool(req.get("bf16"))
     model = AutoModelForCausalLM.from_pretrained(
-        os.path.dirname(gguf), gguf_file=os.path.basename(gguf), dtype=torch.float32
+        os.path.dirname(gguf),
+        gguf_file=os.path.basename(gguf),
+        dtype=torch.bfloat16 if bf16 else torch.float32,
     )
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer.remove_quantization_config(model)
@@ -112,7 +115,7 @@ def main(request_path, result_path):
     config = GRPOConfig(
         output_dir=os.path.join(workdir, "trl-out"),
         use_cpu=True,
-        bf16=False,
+        bf16=bf16,
         fp16=False,
         per_device_train_batch_size=micro_batch,
         gradient_accumulation_steps=batch // micro_batch,
@@ -124,8 +127,10 @@ def main(request_path, result_path):
         loss_type=h["loss_type"],
         epsilon=h["epsilon"],
         epsilon_high=h["epsilon_high"],
+        scale_rewards=h["scale_rewards"],
+        mask_truncated_completions=h["mask_truncated"],
         beta=h["beta"],
-        num_iterations=1,
+        num_iterations=h["num_iterations"],
         learning_rate=h["learning_rate"],
         lr_scheduler_type=h["lr_schedule"],
         warmup_steps=h["warmup_steps"],

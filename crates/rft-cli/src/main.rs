@@ -39,10 +39,9 @@ fn main() -> ExitCode {
         match rft_model::Precision::parse(value) {
             Ok(precision) => std::env::set_var(name, precision.name()),
             Err(err) => {
-                eprintln!(
-                    "error: --{}: {err}",
-                    name[4..].to_ascii_lowercase().replace('_', "-")
-                );
+                // clap took the flag or the variable: name both.
+                let flag = name[4..].to_ascii_lowercase().replace('_', "-");
+                eprintln!("error: --{flag} (or {name}): {err}");
                 return ExitCode::FAILURE;
             }
         }

@@ -20,6 +20,12 @@ pub fn export_merged(engine: &Engine, out: &Path) -> Result<(), ModelError> {
     };
     std::fs::create_dir_all(out).map_err(io)?;
     let model = match &engine.adapter {
+        // A bf16 base is merged in f32 (and written so): rounded back to bf16, small updates
+        // of the adapter would vanish.
+        Some(adapter) if !engine.model.merges_exactly() => engine
+            .model
+            .with_precision(crate::Precision::F32)?
+            .merged(adapter)?,
         Some(adapter) => engine.model.merged(adapter)?,
         None => engine.model.clone(),
     };

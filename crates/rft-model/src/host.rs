@@ -283,8 +283,17 @@ impl EngineHost {
 
     /// `base` with the PEFT adapter in `dir` folded into a copy of its weights and packed for
     /// decoding: what a sampler of a fixed snapshot runs, one matmul per projection per step.
-    /// The copy counts twice the base's bytes (merged and packed).
+    /// The copy counts twice the base's bytes (merged and packed). Refused for a base whose
+    /// weights would round the adapter's update away (`CausalLm::merges_exactly`: bf16); its
+    /// samplers apply the adapter unmerged ([`EngineHost::adapter`]).
     pub fn merged(&self, base: &Engine, dir: &Path) -> Result<Arc<CausalLm>, ModelError> {
+        if !base.model.merges_exactly() {
+            return Err(ModelError::Format(format!(
+                "{} is held in {:?}: an adapter merged into it would be rounded away; apply it unmerged",
+                base.base,
+                base.model.weight_dtype()
+            )));
+        }
         self.derived(
             adapter_key(&base.base, dir),
             2 * engine_bytes(base.model.config()),

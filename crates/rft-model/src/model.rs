@@ -361,6 +361,13 @@ impl CausalLm {
         Ok(model)
     }
 
+    /// Whether an adapter merged into these weights keeps its update ([`CausalLm::merged`]):
+    /// f32 weights do to rounding; bf16 ones would lose every update smaller than half a bf16
+    /// step of the weight, so samplers of a bf16 model apply adapters unmerged.
+    pub fn merges_exactly(&self) -> bool {
+        matches!(self.weight_dtype(), DType::F32 | DType::F64)
+    }
+
     /// The type the frozen weights are held in.
     pub fn weight_dtype(&self) -> DType {
         self.embed_tokens.dtype()

@@ -17,8 +17,8 @@
 //! slice stays in L1 while every row tile of the block passes over it.
 //!
 //! A weight can also be packed in bf16 ([`PackedWeight::pack_bf16`], `packed/bf16.rs`): half the
-//! bytes a decode step streams, multiplied with f32 accumulation, by `vdpbf16ps` where the CPU
-//! has AVX512-BF16 and by widening each weight to f32 as it loads otherwise.
+//! bytes a decode step streams, multiplied with f32 accumulation by widening each weight to f32
+//! as it loads (`vdpbf16ps` on AVX512-BF16 CPUs when asked: [`Kernel::detect_bf16`]).
 //!
 //! Used only where it applies (a CPU with AVX2 and FMA, f32 inputs); everything else keeps the
 //! dense weight and candle's matmul.
@@ -84,8 +84,8 @@ impl Kernel {
     /// Not `vdpbf16ps` by default, where the CPU has it: on the Sapphire Rapids-class machine
     /// here it issues on one port (16 lanes × 2 products a cycle, what two FMA ports already
     /// do in f32), and rounding each input row to bf16 pairs costs more than it saves: decode
-    /// of SmolLM2-135M ran 21.6 / 330 / 423 tok/s at batch 1 / 32 / 64 with it against
-    /// 25.0 / 430 / 561 widening (`rft bench decode --dtype bf16`). `RFT_PACKED_KERNEL`
+    /// of SmolLM2-135M ran 22.0 / 342 / 466 tok/s at batch 1 / 32 / 64 with it against
+    /// 26.0 / 439 / 562 widening (`rft bench decode --dtype bf16`; docs/performance.md). `RFT_PACKED_KERNEL`
     /// (`avx512bf16`, `avx512`, `avx2`) picks one for measurements.
     pub fn detect_bf16() -> Option<Kernel> {
         let forced = forced_kernel();

@@ -9,7 +9,7 @@
 //!   the activations are bf16 too and the products run in bf16 with f32 accumulation (cuBLAS);
 //!   norms, soft-max and log-probs accumulate in f32 (the GPU's default). On the CPU the
 //!   activations stay f32, as candle's CPU backend has no bf16 products: the packed kernels
-//!   multiply the bf16 weights with f32 accumulation (`vdpbf16ps` on AVX512-BF16 CPUs).
+//!   multiply the bf16 weights with f32 accumulation (`crate::packed`, bf16 panels).
 //!
 //! `RFT_DTYPE` (`f32` or `bf16`) overrides the default for every model a process loads; the
 //! commands' `--dtype` flags set it. `RFT_SAMPLER_DTYPE` (`--sampler-dtype`) samples a

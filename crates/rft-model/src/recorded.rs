@@ -7,10 +7,11 @@
 //! SmolLM2-135M) and [`crate::train::checkpointed_backward_with`] starts from them, skipping one
 //! of the three forward-sized passes of a checkpointed training step.
 //!
-//! The states come from the sampler's batched, KV-cached decode (of the adapter merged into the
-//! weights), so they equal the training forward's to f32 rounding; a sequence is looked up by
-//! its exact prompt and completion tokens, so states can only ever be used for the tokens they
-//! were computed from.
+//! The states come from the sampler's batched, KV-cached decode (of the adapter merged into f32
+//! weights, or applied unmerged over a bf16 base as the trainer applies it), so they equal the
+//! training forward's to f32 rounding; a sampler in another precision than the trainer keeps
+//! none. A sequence is looked up by its exact prompt and completion tokens, so states can only
+//! ever be used for the tokens they were computed from.
 //!
 //! [`Sampler::run_recording`]: crate::sample::Sampler::run_recording
 

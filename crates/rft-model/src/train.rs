@@ -50,8 +50,30 @@ pub fn completion_logprobs(
     adapter: Option<&LoraAdapter>,
     sequences: &[TokenSequence],
 ) -> Result<SequenceLogprobs, ModelError> {
+    logprobs_with(
+        model,
+        adapter.map_or(AdapterUse::None, AdapterUse::Trainable),
+        sequences,
+    )
+}
+
+/// [`completion_logprobs`] with `adapter`'s values only: nothing is recorded for backward.
+/// For scoring through an adapter that cannot be merged exactly (a bf16 model:
+/// `CausalLm::merges_exactly`).
+pub fn frozen_completion_logprobs(
+    model: &CausalLm,
+    adapter: &LoraAdapter,
+    sequences: &[TokenSequence],
+) -> Result<SequenceLogprobs, ModelError> {
+    logprobs_with(model, AdapterUse::Frozen(adapter), sequences)
+}
+
+fn logprobs_with(
+    model: &CausalLm,
+    use_: AdapterUse<'_>,
+    sequences: &[TokenSequence],
+) -> Result<SequenceLogprobs, ModelError> {
     let plan = Plan::new(model, sequences)?;
-    let use_ = adapter.map_or(AdapterUse::None, AdapterUse::Trainable);
     let mut states = Vec::with_capacity(plan.groups.len());
     for group in &plan.groups {
         let passes = group.passes(model)?;

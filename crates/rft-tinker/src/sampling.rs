@@ -391,6 +391,11 @@ fn sample_group(
     let weights_error =
         |e: rft_model::ModelError| Outcome::user(format!("cannot load the sampler's weights: {e}"));
     let (merged, unmerged) = match adapter {
+        // A bf16 base would round a merged adapter's update away: unmerged, its path is f32.
+        Some(dir) if !engine.model.merges_exactly() => (
+            None,
+            Some(shared.host.adapter(&engine, dir).map_err(weights_error)?),
+        ),
         // Folded into a copy of the weights once per snapshot, as the trainer's own `sample`
         // does: every decode step then costs one matmul per projection. When the copy does not
         // fit the memory budget, the adapter is applied unmerged over the shared base instead

@@ -119,23 +119,39 @@ pub(crate) struct StepFile {
 /// SmolLM2-135M takes about 300 MB).
 pub const DEFAULT_MAX_RECORDED_BYTES: usize = 1 << 30;
 
-/// The weights a rollout samples from. The adapter is fixed for the whole rollout, so it is
-/// folded into a copy of the adapted weights once (about 3 GFLOP for rank 16 on SmolLM2-135M):
-/// every decode step then runs one matmul per projection instead of one plus the adapter's two
-/// small ones and their adds. Merged and unmerged log-probs agree to f32 rounding. The copy is
-/// also packed for the decode kernel (`rft_model::packed`), once per rollout.
+/// The weights a rollout samples from, and whether the adapter is merged into them (else the
+/// sampler applies it unmerged).
 ///
-/// With a `sampler` precision the copy is in it ([`CausalLm::for_sampling_in`]).
+/// In f32 the adapter is fixed for the whole rollout, so it is folded into a copy of the
+/// weights once (about 3 GFLOP for rank 16 on SmolLM2-135M): every decode step then runs one
+/// matmul per projection instead of one plus the adapter's two small ones and their adds.
+/// Merged and unmerged log-probs agree to f32 rounding. The copy is also packed for the decode
+/// kernel (`rft_model::packed`), once per rollout.
+///
+/// Weights sampled in bf16 (a bf16 model, or a `sampler` precision of bf16) keep the adapter
+/// unmerged: `W + s·BA` rounded to bf16 loses every update smaller than half a bf16 step of
+/// `W`, early in training nearly all of them, so a merged rollout would sample close to the
+/// base model. Unmerged, the adapter's path runs in f32 on the bf16 base, as in the trainer.
 fn rollout_weights(
     engine: &Engine,
     adapter: &LoraAdapter,
     sampler: Option<Precision>,
-) -> Result<CausalLm, TrainError> {
-    let merged = engine.model.merged(adapter)?;
-    Ok(match sampler {
-        Some(precision) => merged.for_sampling_in(precision)?,
-        None => merged.packed_for_sampling()?,
-    })
+) -> Result<(CausalLm, bool), TrainError> {
+    let model = &engine.model;
+    let sampled_in = sampler.map_or(model.weight_dtype(), |p| p.weight_dtype());
+    if sampled_in == DType::F32 {
+        let base = if model.weight_dtype() == DType::F32 {
+            model.clone()
+        } else {
+            model.with_precision(Precision::F32)?
+        };
+        return Ok((base.merged(adapter)?.packed_for_sampling()?, true));
+    }
+    let base = match sampler {
+        Some(precision) => model.for_sampling_in(precision)?,
+        None => model.packed_for_sampling()?,
+    };
+    Ok((base, false))
 }
 
 /// Whether a sampler in `sampler` computes other values than the trainer's model: then its
@@ -161,10 +177,11 @@ impl PolicySnapshot {
     /// Samples `requests` from this version (the adapter merged into a copy of the weights,
     /// as [`TrainingClient::sample`] does; no states are recorded).
     pub fn sample(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, TrainError> {
-        let merged = rollout_weights(&self.engine, &self.adapter, self.sampler_precision)?;
+        let (weights, merged) =
+            rollout_weights(&self.engine, &self.adapter, self.sampler_precision)?;
         let sampler = Sampler {
-            model: &merged,
-            adapter: None,
+            model: &weights,
+            adapter: (!merged).then_some(&self.adapter),
             tokenizer: Some(&self.engine.tokenizer),
         };
         Ok(sampler.run(requests)?)
@@ -299,10 +316,11 @@ impl TrainingClient {
     /// starts from them instead of recomputing the forward (an on-policy step trains on what it
     /// just sampled, with the same weights).
     pub fn sample(&self, requests: &[SampleRequest]) -> Result<Vec<Vec<Completion>>, TrainError> {
-        let merged = rollout_weights(&self.engine, &self.adapter, self.sampler_precision)?;
+        let (weights, merged) =
+            rollout_weights(&self.engine, &self.adapter, self.sampler_precision)?;
         let sampler = Sampler {
-            model: &merged,
-            adapter: None,
+            model: &weights,
+            adapter: (!merged).then_some(&self.adapter),
             tokenizer: Some(&self.engine.tokenizer),
         };
         if samples_another_policy(&self.engine, self.sampler_precision) {
@@ -316,7 +334,7 @@ impl TrainingClient {
             *recorded = (self.version, Vec::new());
         }
         let held: usize = recorded.1.iter().map(RecordedStates::bytes).sum();
-        let needed = RecordedStates::estimate_bytes(&merged, requests);
+        let needed = RecordedStates::estimate_bytes(&weights, requests);
         if held + needed > self.max_recorded_bytes {
             return Ok(sampler.run(requests)?);
         }
@@ -349,17 +367,22 @@ impl TrainingClient {
         adapter: Option<&LoraAdapter>,
         batch: &[Datum],
     ) -> Result<Vec<Vec<f32>>, TrainError> {
-        // The adapter is folded into a copy of the weights: an unmerged adapter's variables
-        // would make the forward record a whole autograd graph (every layer's activations for
-        // every token of the pass), which nothing here differentiates.
+        // The adapter is folded into a copy of the weights once (where that is exact): an
+        // unmerged adapter's variables would make the forward record a whole autograd graph
+        // (every layer's activations for every token of the pass), which nothing here
+        // differentiates; a bf16 model scores through the adapter's values instead.
+        let model = &self.engine.model;
         let merged = match adapter {
-            Some(adapter) => Some(self.engine.model.merged(adapter)?),
-            None => None,
+            Some(adapter) if model.merges_exactly() => Some(model.merged(adapter)?),
+            _ => None,
         };
-        let model = merged.as_ref().unwrap_or(&self.engine.model);
+        let (model, adapter) = match &merged {
+            Some(merged) => (merged, None),
+            None => (model, adapter),
+        };
         let mut out = Vec::with_capacity(batch.len());
         for chunk in self.micro_batches(batch) {
-            out.extend(sequence_logprobs(model, None, &to_sequences(chunk))?);
+            out.extend(sequence_logprobs(model, adapter, &to_sequences(chunk))?);
         }
         Ok(out)
     }
@@ -683,12 +706,14 @@ pub fn sequence_logprobs(
     adapter: Option<&LoraAdapter>,
     sequences: &[TokenSequence],
 ) -> Result<Vec<Vec<f32>>, TrainError> {
-    let merged = match adapter {
-        Some(adapter) => Some(model.merged(adapter)?),
-        None => None,
+    let lp = match adapter {
+        // bf16 weights would round a merged adapter's update away: its values unmerged.
+        Some(adapter) if !model.merges_exactly() => {
+            rft_model::train::frozen_completion_logprobs(model, adapter, sequences)?
+        }
+        Some(adapter) => completion_logprobs(&model.merged(adapter)?, None, sequences)?,
+        None => completion_logprobs(model, None, sequences)?,
     };
-    let model = merged.as_ref().unwrap_or(model);
-    let lp = completion_logprobs(model, None, sequences)?;
     let values: Vec<f32> = lp.logprobs.detach().to_dtype(DType::F32)?.to_vec1()?;
     Ok(lp
         .spans

@@ -196,3 +196,95 @@ fn rollout_states_are_reused_only_until_the_weights_change() {
     let again = trained.forward_backward(&data, &loss, None).unwrap();
     assert_eq!(again.recorded_sequences, 0);
 }
+
+/// A client over a bf16 copy of the tiny model (or the f32 one) whose adapter's update is far
+/// below bf16's resolution of the weights: B = 1e-4 everywhere.
+fn client_with_small_update(dir: &std::path::Path, bf16: bool) -> TrainingClient {
+    let mut client = client(dir);
+    let mut engine = client.engine().share();
+    if bf16 {
+        engine.model = engine
+            .model
+            .with_precision(rft_model::Precision::Bf16)
+            .unwrap();
+    }
+    let adapter = client.adapter().deep_clone().unwrap();
+    for (name, var) in adapter.named_vars() {
+        if name.contains("lora_B") {
+            let small = (var.as_tensor().ones_like().unwrap() * 1e-4).unwrap();
+            var.set(&small).unwrap();
+        }
+    }
+    let max_recorded_bytes = client.max_recorded_bytes;
+    client = TrainingClient::new(engine, adapter);
+    client.max_recorded_bytes = max_recorded_bytes;
+    client
+}
+
+#[test]
+fn a_bf16_model_samples_its_adapter_as_trained_and_reuses_the_states() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut trained = client_with_small_update(&tmp.path().join("a"), true);
+    let data = batch(&trained);
+    // What the trainer scores for the same tokens through the unmerged adapter (bf16 base, f32
+    // LoRA): the sampler's log-probs must be these, not those of the adapter rounded into
+    // bf16 weights (which would be the base model's).
+    let scored = trained.policy_logprobs(&data).unwrap();
+    let sampled: Vec<Vec<f32>> = data.iter().map(|d| d.sampling_logprobs.clone()).collect();
+    assert!(
+        max_diff(&scored, &sampled) < 1e-4,
+        "{}",
+        max_diff(&scored, &sampled)
+    );
+    let base = rft_train::primitives::sequence_logprobs(
+        &trained.engine().model,
+        None,
+        &data
+            .iter()
+            .map(|d| rft_model::train::TokenSequence {
+                prompt: d.prompt.clone(),
+                completion: d.completion.clone(),
+            })
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(
+        max_diff(&base, &sampled) > 1e-4,
+        "the adapter must change the log-probs for this test to mean anything"
+    );
+    // Its states are the trainer's: reused, and the gradient equals a recomputed one's.
+    let mut recomputed = client_with_small_update(&tmp.path().join("b"), true);
+    recomputed.max_recorded_bytes = 0;
+    assert_eq!(batch(&recomputed), data);
+    let loss = LossFn::ImportanceSampling;
+    let reused = trained.forward_backward(&data, &loss, None).unwrap();
+    let fresh = recomputed.forward_backward(&data, &loss, None).unwrap();
+    assert_eq!(reused.recorded_sequences, data.len());
+    assert!((reused.loss - fresh.loss).abs() < 1e-4 * fresh.loss.abs().max(1.0));
+}
+
+#[test]
+fn a_bf16_sampler_for_an_f32_trainer_keeps_its_adapter_and_no_states() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut client = client_with_small_update(&tmp.path().join("a"), false);
+    client.sampler_precision = Some(rft_model::Precision::Bf16);
+    let data = batch(&client);
+    assert_eq!(
+        client.recorded_bytes(),
+        0,
+        "a bf16 rollout's states are not the trainer's"
+    );
+    let out = client
+        .forward_backward(&data, &LossFn::ImportanceSampling, None)
+        .unwrap();
+    assert_eq!(out.recorded_sequences, 0);
+    // The sampler's log-probs are the bf16 base's with the f32 adapter: near the trainer's,
+    // and not the base model's.
+    let scored = client.policy_logprobs(&data).unwrap();
+    let sampled: Vec<Vec<f32>> = data.iter().map(|d| d.sampling_logprobs.clone()).collect();
+    assert!(
+        max_diff(&scored, &sampled) < 0.05,
+        "{}",
+        max_diff(&scored, &sampled)
+    );
+}

@@ -5,8 +5,12 @@
 //! trainer. This runs the job (the quickstart's by default, or `--config`) once per seed with
 //! OpenRFT's trainer, and with `--reference` once per seed with TRL on the same GGUF weights,
 //! the same rows, the same resolved settings (prompts per step, group size, steps, learning
-//! rate and schedule, loss and clipping, temperature, completion tokens, LoRA rank and alpha,
-//! gradient clip) and the same grader: TRL's rewards and validation scores come from `rft
+//! rate and schedule, loss and clipping, reward scaling, truncation masking, iterations,
+//! temperature, completion tokens, LoRA rank and alpha, gradient clip, precision) and the same
+//! grader. What TRL cannot express is said, not hidden: it keeps groups whose rewards are all
+//! equal in the loss's token count (OpenRFT's `dynamic_sampling` drops them), scores the
+//! loss's log-probs at the sampling temperature (OpenRFT at 1), and counts schedule steps from
+//! 0 (OpenRFT from 1). The grader is the same: TRL's rewards and validation scores come from `rft
 //! grade` on the job's grader. Both validate on the job's validation rows before training,
 //! every `eval_interval` steps and after the last, sampling each row `eval_samples` times at
 //! the job's temperature.
@@ -24,7 +28,7 @@ use clap::Args;
 use rft_model::hub::{resolve_model, ModelLocation};
 use rft_train::config::{parse_job, Hyperparameters, BASE_LEARNING_RATE};
 use rft_train::job::{run_job, JobControl};
-use rft_types::api::hyperparameters::{LossType, LrSchedule};
+use rft_types::api::hyperparameters::{LossType, LrSchedule, ScaleRewards};
 use rft_types::api::job::CreateJob;
 use rft_types::ChatMessage;
 use serde::{Deserialize, Serialize};
@@ -102,6 +106,8 @@ struct ReferenceRequest {
     seed: u64,
     threads: usize,
     micro_batch: Option<usize>,
+    /// TRL in bf16 (`bf16=True`, the model in bfloat16) when OpenRFT runs bf16 (`--dtype`).
+    bf16: bool,
     hyper: ReferenceSettings,
 }
 
@@ -126,6 +132,9 @@ struct ReferenceSettings {
     loss_type: &'static str,
     epsilon: f64,
     epsilon_high: f64,
+    scale_rewards: &'static str,
+    mask_truncated: bool,
+    num_iterations: usize,
     beta: f64,
     temperature: f64,
     max_completion_tokens: usize,
@@ -328,10 +337,37 @@ fn reference_request(
         LossType::DrGrpo => "dr_grpo",
         other => anyhow::bail!("TRL has no {other:?} loss to compare with"),
     };
-    let lr_schedule = match hyper.lr_schedule {
-        LrSchedule::Constant => "constant",
-        LrSchedule::Cosine => "cosine",
+    // Hugging Face's plain "constant" ignores warm-up steps; its "cosine" warms up itself.
+    let lr_schedule = match (hyper.lr_schedule, hyper.warmup_steps) {
+        (LrSchedule::Constant, 0) => "constant",
+        (LrSchedule::Constant, _) => "constant_with_warmup",
+        (LrSchedule::Cosine, _) => "cosine",
     };
+    // GRPO and Dr. GRPO clip symmetrically here (`Hyperparameters::loss_fn`), DAPO higher.
+    let epsilon_high = match hyper.loss_type {
+        LossType::Dapo => hyper.epsilon_high,
+        _ => hyper.epsilon,
+    };
+    let scale_rewards = match hyper.scale_rewards {
+        ScaleRewards::Group => "group",
+        ScaleRewards::Unscaled => "none",
+    };
+    // What TRL cannot be told: its loss divides the logits by the temperature and samples
+    // greedily only one completion per prompt; it has no overlong penalty.
+    anyhow::ensure!(
+        hyper.temperature > 0.0,
+        "--reference: TRL cannot sample a group greedily (temperature 0)"
+    );
+    anyhow::ensure!(
+        hyper.overlong_buffer == 0,
+        "--reference: TRL has no overlong penalty; set overlong_buffer 0 to compare"
+    );
+    if hyper.temperature != 1.0 {
+        eprintln!(
+            "note: TRL scores the loss's log-probs at temperature {} and OpenRFT at 1; the objectives differ",
+            hyper.temperature
+        );
+    }
     let grader_dir = std::env::temp_dir().join(format!("rft-bench-learn-{}", std::process::id()));
     std::fs::create_dir_all(&grader_dir)?;
     let grader_path = grader_dir.join("grader.json");
@@ -344,6 +380,8 @@ fn reference_request(
         seed,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         micro_batch,
+        bf16: rft_model::Precision::resolve(&candle_core::Device::Cpu)?
+            == rft_model::Precision::Bf16,
         hyper: ReferenceSettings {
             batch_size: rows_per_step,
             group_size: hyper.group_size(),
@@ -354,7 +392,10 @@ fn reference_request(
             warmup_steps: hyper.warmup_steps,
             loss_type,
             epsilon: hyper.epsilon,
-            epsilon_high: hyper.epsilon_high,
+            epsilon_high,
+            scale_rewards,
+            mask_truncated: hyper.mask_truncated,
+            num_iterations: hyper.num_iterations,
             beta: hyper.beta,
             temperature: hyper.temperature,
             max_completion_tokens: hyper.max_completion_tokens,

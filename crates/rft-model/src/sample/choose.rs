@@ -9,10 +9,10 @@
 //! - The log-prob is the model's own: `logit − log Σ exp(logits)`, at temperature 1, as the CPU
 //!   path reports it.
 //! - Greedy rows take the arg-max.
-//! - Sampled rows: weights `exp((l − max) / T)`; top-k keeps the weights at or above the k-th
-//!   largest and top-p the largest whose mass reaches `p`, each threshold found by bisection
-//!   (a sort of a 152k row does not fit the GPU sort kernel's shared memory); ties at a
-//!   threshold are all kept. The draw inverts the cumulative weights in vocabulary order at
+//! - Sampled rows: weights `exp((l − max) / T)`; top-k keeps the logits at or above the k-th
+//!   largest and top-p the largest whose mass reaches `p` (at least the top token), each
+//!   threshold found by bisection on the scaled logits (a sort of a 152k row does not fit the
+//!   GPU sort kernel's shared memory); ties at a threshold are all kept. The draw inverts the cumulative weights in vocabulary order at
 //!   `u · total`, with `u` from the row's own generator: the same token the CPU draws for the
 //!   full distribution (to f32 summation order), and one from the same distribution under
 //!   top-k or top-p (the CPU draws those in probability order).
@@ -49,8 +49,9 @@ pub(crate) struct RowChoice {
     pub uniform: f32,
 }
 
-/// Bisection steps for a threshold: weights lie in (0, 1], so 30 halvings resolve it to 1e-9.
-const BISECTION_STEPS: usize = 30;
+/// Bisection steps for a threshold on the scaled logits: 40 halvings of a row's range (tens of
+/// nats) resolve it far below f32's spacing near the top logits.
+const BISECTION_STEPS: usize = 40;
 /// Columns summed per block of the cumulative sum: a block is one `(c × c)` triangular product.
 const SCAN_BLOCK: usize = 128;
 
@@ -77,7 +78,6 @@ pub(crate) fn choose(
     let log_norm = (shifted.exp()?.sum_keepdim(D::Minus1)?.log()? + &max)?;
 
     let column = |values: Vec<f32>| Tensor::from_vec(values, (n, 1), device);
-    let greedy: Vec<bool> = rows.iter().map(|r| r.temperature <= 0.0).collect();
     let inv_t = column(
         rows.iter()
             .map(|r| {
@@ -89,9 +89,15 @@ pub(crate) fn choose(
             })
             .collect(),
     )?;
-    let weights = shifted.broadcast_mul(&inv_t)?.exp()?;
-    let weights = keep_top_k(&weights, rows, device)?;
-    let weights = keep_top_p(&weights, rows, device)?;
+    // Scaled logits, at most 0 (the row's maximum): the thresholds are found on them, so they
+    // resolve as finely far into the tail as at the top.
+    let scaled = shifted.broadcast_mul(&inv_t)?;
+    let keep = keep_top_k(&scaled, rows, device)?;
+    let keep = keep_top_p(&scaled, keep, rows, device)?;
+    let weights = match keep {
+        Some(keep) => scaled.exp()?.mul(&keep)?,
+        None => scaled.exp()?,
+    };
 
     // u · total, then the first column whose running sum exceeds it.
     let total = weights.sum_keepdim(D::Minus1)?;
@@ -108,8 +114,14 @@ pub(crate) fn choose(
         .max_keepdim(D::Minus1)?;
     let drawn = drawn.minimum(&last_kept)?;
     let argmax = logits.argmax_keepdim(D::Minus1)?.to_dtype(DType::F32)?;
-    let is_greedy = column(greedy.iter().map(|&g| f32::from(u8::from(g))).collect())?;
-    let chosen = (is_greedy.mul(&argmax)? + is_greedy.affine(-1.0, 1.0)?.mul(&drawn)?)?
+    // Greedy rows, and any row left with no weight at all, take the arg-max (as the CPU).
+    let greedy = column(
+        rows.iter()
+            .map(|r| f32::from(u8::from(r.temperature <= 0.0)))
+            .collect(),
+    )?;
+    let takes_argmax = greedy.maximum(&total.le(0.0)?.to_dtype(DType::F32)?)?;
+    let chosen = (takes_argmax.mul(&argmax)? + takes_argmax.affine(-1.0, 1.0)?.mul(&drawn)?)?
         .to_dtype(DType::U32)?;
     let logprob = (logits.gather(&chosen, D::Minus1)? - log_norm)?;
     // The only copies back: two numbers per row.
@@ -118,67 +130,101 @@ pub(crate) fn choose(
     Ok((ids, logprobs))
 }
 
-/// `weights` with everything below each row's k-th largest weight zeroed (rows with `top_k`
-/// 0 untouched).
-fn keep_top_k(weights: &Tensor, rows: &[RowChoice], device: &Device) -> Result<Tensor, ModelError> {
-    let vocab = weights.dim(1)?;
-    if rows.iter().all(|r| r.top_k == 0 || r.top_k >= vocab) {
-        return Ok(weights.clone());
+/// The mask (1 kept, 0 not) of each row's `top_k` largest scaled logits (ties at the k-th
+/// all kept); `None` when no row asks for top-k. Rows without it keep everything.
+fn keep_top_k(
+    scaled: &Tensor,
+    rows: &[RowChoice],
+    device: &Device,
+) -> Result<Option<Tensor>, ModelError> {
+    let vocab = scaled.dim(1)?;
+    let on = |r: &RowChoice| r.top_k > 0 && r.top_k < vocab;
+    if !rows.iter().any(on) {
+        return Ok(None);
     }
     let n = rows.len();
     let k: Vec<f32> = rows
         .iter()
-        .map(|r| {
-            if r.top_k == 0 {
-                vocab as f32
-            } else {
-                r.top_k.min(vocab) as f32
-            }
-        })
+        .map(|r| if on(r) { r.top_k as f32 } else { vocab as f32 })
         .collect();
     let k = Tensor::from_vec(k, (n, 1), device)?;
-    // The largest threshold that still keeps at least k weights.
-    let threshold = bisect(n, device, |mid| {
-        let kept = weights
+    // The largest threshold that still keeps at least k logits.
+    let threshold = bisect(scaled, |mid| {
+        let kept = scaled
             .broadcast_ge(mid)?
             .to_dtype(DType::F32)?
             .sum_keepdim(D::Minus1)?;
         Ok(kept.ge(&k)?)
     })?;
-    mask_below(weights, &threshold)
+    let keep = scaled.broadcast_ge(&threshold)?.to_dtype(DType::F32)?;
+    Ok(Some(keep_rows_without(keep, rows, on, device)?))
 }
 
-/// `weights` with each row cut to its nucleus: the largest weights whose share of the row's
-/// total reaches `top_p` (rows with `top_p` ≥ 1 untouched).
-fn keep_top_p(weights: &Tensor, rows: &[RowChoice], device: &Device) -> Result<Tensor, ModelError> {
-    if rows.iter().all(|r| r.top_p >= 1.0) {
-        return Ok(weights.clone());
+/// `keep` narrowed to each row's nucleus: the largest probabilities (after top-k) whose mass
+/// reaches `top_p` (at least the most likely token; ties at the edge all kept). Rows without
+/// top-p keep what they had.
+fn keep_top_p(
+    scaled: &Tensor,
+    keep: Option<Tensor>,
+    rows: &[RowChoice],
+    device: &Device,
+) -> Result<Option<Tensor>, ModelError> {
+    let on = |r: &RowChoice| r.top_p < 1.0;
+    if !rows.iter().any(on) {
+        return Ok(keep);
     }
     let n = rows.len();
-    let total = weights.sum_keepdim(D::Minus1)?;
-    let probs = weights.broadcast_div(&total)?;
-    let p: Vec<f32> = rows.iter().map(|r| r.top_p.min(1.0)).collect();
+    let weights = match &keep {
+        Some(keep) => scaled.exp()?.mul(keep)?,
+        None => scaled.exp()?,
+    };
+    let probs = weights.broadcast_div(&weights.sum_keepdim(D::Minus1)?)?;
+    // A nucleus of mass 0 is the most likely token alone, as on the CPU.
+    let p: Vec<f32> = rows
+        .iter()
+        .map(|r| r.top_p.clamp(f32::MIN_POSITIVE, 1.0))
+        .collect();
     let p = Tensor::from_vec(p, (n, 1), device)?;
-    // The largest probability threshold whose kept mass still reaches p.
-    let threshold = bisect(n, device, |mid| {
-        let kept = probs.broadcast_ge(mid)?.to_dtype(DType::F32)?;
-        let mass = (probs.mul(&kept)?).sum_keepdim(D::Minus1)?;
+    // The largest scaled-logit threshold whose kept mass still reaches p.
+    let threshold = bisect(scaled, |mid| {
+        let above = scaled.broadcast_ge(mid)?.to_dtype(DType::F32)?;
+        let mass = probs.mul(&above)?.sum_keepdim(D::Minus1)?;
         Ok(mass.ge(&p)?)
     })?;
-    // Thresholds are on probabilities; the mask applies to the same row of weights.
-    let keep = probs.broadcast_ge(&threshold)?.to_dtype(DType::F32)?;
-    Ok(weights.mul(&keep)?)
+    let nucleus = scaled.broadcast_ge(&threshold)?.to_dtype(DType::F32)?;
+    // Rows with top-p take the nucleus (within their top-k); the others keep what they had.
+    let off: Vec<f32> = rows.iter().map(|r| f32::from(u8::from(!on(r)))).collect();
+    let off = Tensor::from_vec(off, (n, 1), device)?;
+    let on_rows = off.affine(-1.0, 1.0)?;
+    let before = match keep {
+        Some(keep) => keep,
+        None => scaled.ones_like()?,
+    };
+    let narrowed = nucleus.mul(&before)?.broadcast_mul(&on_rows)?;
+    Ok(Some((narrowed + before.broadcast_mul(&off)?)?))
 }
 
-/// Per row, the largest `τ` in [0, 1] for which `holds(τ)` (a `(rows, 1)` mask) is true,
-/// assuming it holds at 0 and stops holding as `τ` grows.
-fn bisect(
-    n: usize,
+/// `keep` with the rows where `on` is false set to all ones.
+fn keep_rows_without(
+    keep: Tensor,
+    rows: &[RowChoice],
+    on: impl Fn(&RowChoice) -> bool,
     device: &Device,
+) -> Result<Tensor, ModelError> {
+    let off: Vec<f32> = rows.iter().map(|r| f32::from(u8::from(!on(r)))).collect();
+    let off = Tensor::from_vec(off, (rows.len(), 1), device)?;
+    Ok(keep.broadcast_maximum(&off)?)
+}
+
+/// Per row of `scaled` (at most 0), the largest threshold `τ` in [row minimum, 0] for which
+/// `holds(τ)` (a `(rows, 1)` mask) is true, assuming it holds at the minimum and stops holding
+/// as `τ` grows.
+fn bisect(
+    scaled: &Tensor,
     holds: impl Fn(&Tensor) -> Result<Tensor, ModelError>,
 ) -> Result<Tensor, ModelError> {
-    let mut lo = Tensor::zeros((n, 1), DType::F32, device)?;
-    let mut hi = Tensor::ones((n, 1), DType::F32, device)?;
+    let mut lo = scaled.min_keepdim(D::Minus1)?;
+    let mut hi = lo.zeros_like()?;
     for _ in 0..BISECTION_STEPS {
         let mid = ((&lo + &hi)? * 0.5)?;
         let ok = holds(&mid)?;
@@ -186,12 +232,6 @@ fn bisect(
         hi = ok.where_cond(&hi, &mid)?;
     }
     Ok(lo)
-}
-
-/// `weights` with the entries below each row's `threshold` zeroed.
-fn mask_below(weights: &Tensor, threshold: &Tensor) -> Result<Tensor, ModelError> {
-    let keep = weights.broadcast_ge(threshold)?.to_dtype(DType::F32)?;
-    Ok(weights.mul(&keep)?)
 }
 
 /// The inclusive running sum along each row of `(rows, vocab)`, in blocks of [`SCAN_BLOCK`]:
@@ -284,6 +324,26 @@ mod tests {
         for (id, lp) in ids.iter().zip(&logprobs) {
             assert!((lp - probs[*id as usize].ln()).abs() < 1e-5, "{id}: {lp}");
         }
+    }
+
+    #[test]
+    fn thresholds_hold_far_in_the_tail_and_an_empty_nucleus_is_the_top_token() {
+        // Logit gaps of 50 and more: weights of 1e-22 and below, which a threshold bisected on
+        // the weights themselves could not tell apart from 0.
+        let logits = [0f32, -50.0, -60.0, -70.0, -80.0];
+        let rows: Vec<RowChoice> = [0.0f32, 0.5, 0.999_999, 1.0 - f32::EPSILON]
+            .iter()
+            .map(|&u| row(1.0, 2, 1.0, u))
+            .chain([row(1.0, 0, 0.0, 0.7), row(0.8, 0, 0.0, 0.99)])
+            .collect();
+        let tensor =
+            Tensor::from_vec(logits.repeat(rows.len()), (rows.len(), 5), &Device::Cpu).unwrap();
+        let (ids, _) = choose(&tensor, &rows).unwrap();
+        assert!(
+            ids[..4].iter().all(|&id| id < 2),
+            "top-k 2 kept the tail: {ids:?}"
+        );
+        assert_eq!(&ids[4..], &[0, 0], "top-p 0 is the most likely token alone");
     }
 
     #[test]
