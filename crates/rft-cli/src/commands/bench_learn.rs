@@ -51,8 +51,8 @@ pub(crate) struct BenchLearnArgs {
     /// Also train with TRL's GRPOTrainer on the same job (needs .venv-bench).
     #[arg(long)]
     pub(crate) reference: bool,
-    /// Only TRL's side (with --reference): OpenRFT's curves are read from an earlier
-    /// bench-learn.json in --output.
+    /// Only TRL's side (with --reference): OpenRFT's curves (and TRL's of other seeds) are
+    /// read from an earlier bench-learn.json in --output.
     #[arg(long)]
     pub(crate) reference_only: bool,
     /// TRL's `per_device_train_batch_size` (the rest of the batch as gradient accumulation);
@@ -197,10 +197,11 @@ pub(crate) fn learn(args: &BenchLearnArgs) -> anyhow::Result<ExitCode> {
         let earlier: Results = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a bench-learn.json", results_path.display()))?;
         results.steps = earlier.steps;
+        // OpenRFT's runs, and TRL's of the seeds not asked for again.
         results.runs = earlier
             .runs
             .into_iter()
-            .filter(|c| c.engine == "openrft")
+            .filter(|c| c.engine == "openrft" || !args.seeds.contains(&c.seed))
             .collect();
     } else {
         for &seed in &args.seeds {
@@ -375,7 +376,7 @@ fn reference_request(
     let rows_per_step = hyper.batch_size;
     Ok(ReferenceRequest {
         gguf,
-        rft: std::env::current_exe()?,
+        rft: this_binary()?,
         grader: grader_path,
         seed,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -408,6 +409,18 @@ fn reference_request(
         },
         train,
         valid,
+    })
+}
+
+/// This binary's path, for the reference's `rft grade` calls. A rebuild during a long run
+/// replaces the file: Linux then names the running one "PATH (deleted)", and the new binary at
+/// PATH grades the same way.
+fn this_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?;
+    let text = path.to_string_lossy();
+    Ok(match text.strip_suffix(" (deleted)") {
+        Some(live) => PathBuf::from(live),
+        None => path,
     })
 }
 
