@@ -51,11 +51,16 @@ impl Precision {
 
     /// `RFT_DTYPE` when set, else [`Precision::default_for`] the device.
     pub fn resolve(device: &Device) -> Result<Precision, ModelError> {
-        match std::env::var("RFT_DTYPE") {
-            Ok(name) if !name.trim().is_empty() => {
-                Precision::parse(&name).map_err(|e| ModelError::Format(format!("RFT_DTYPE: {e}")))
-            }
-            _ => Ok(Precision::default_for(device)),
+        Ok(Precision::from_var("RFT_DTYPE")?.unwrap_or(Precision::default_for(device)))
+    }
+
+    /// The precision an environment variable names, `None` when it is unset or empty.
+    fn from_var(name: &str) -> Result<Option<Precision>, ModelError> {
+        match std::env::var(name) {
+            Ok(value) if !value.trim().is_empty() => Precision::parse(&value)
+                .map(Some)
+                .map_err(|e| ModelError::Format(format!("{name}: {e}"))),
+            _ => Ok(None),
         }
     }
 
@@ -63,12 +68,7 @@ impl Precision {
     /// differ from the trained model's (a bf16 sampler for an f32 trainer on the CPU streams
     /// half the bytes per token). `None` samples in the model's own precision.
     pub fn sampler_from_env() -> Result<Option<Precision>, ModelError> {
-        match std::env::var("RFT_SAMPLER_DTYPE") {
-            Ok(name) if !name.trim().is_empty() => Precision::parse(&name)
-                .map(Some)
-                .map_err(|e| ModelError::Format(format!("RFT_SAMPLER_DTYPE: {e}"))),
-            _ => Ok(None),
-        }
+        Precision::from_var("RFT_SAMPLER_DTYPE")
     }
 
     /// The type of the frozen weights (projections, embeddings, output head).

@@ -31,6 +31,22 @@ mod choose;
 /// Most bytes of keys and values a decode batch allocates up front (`KvCache::with_capacity`).
 const PREALLOCATED_CACHE_BYTES: usize = 1 << 30;
 
+/// Positions a decode batch's cache is allocated for before it decodes: the prompt and the
+/// longest row's `max_tokens` (both from the client), within the model's context and within
+/// [`PREALLOCATED_CACHE_BYTES`]; past that the cache grows as rows actually get longer.
+fn preallocated_positions(
+    prompt: usize,
+    max_tokens: usize,
+    bytes_per_position: usize,
+    context: usize,
+) -> usize {
+    let affordable = PREALLOCATED_CACHE_BYTES / bytes_per_position.max(1);
+    prompt
+        .saturating_add(max_tokens)
+        .min(context.max(prompt))
+        .min(prompt.max(affordable))
+}
+
 pub use choose::set_device_choices;
 
 /// How to sample.
@@ -422,8 +438,12 @@ impl Sampler<'_> {
             * config.num_kv_heads
             * config.head_dim
             * self.model.activation_dtype().size_in_bytes();
-        let affordable = PREALLOCATED_CACHE_BYTES / bytes_per_position.max(1);
-        let mut cache = KvCache::with_capacity((width + longest).min(width.max(affordable)));
+        let mut cache = KvCache::with_capacity(preallocated_positions(
+            width,
+            longest,
+            bytes_per_position,
+            config.max_position_embeddings,
+        ));
         let logits = self.model.forward_recording(
             &Tensor::from_vec(ids, (b, width), device)?,
             &Tensor::from_vec(positions, (b, width), device)?,
@@ -833,6 +853,25 @@ fn draw(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_client_asks_for_never_sizes_the_cache_past_its_bounds() {
+        // 64 KiB per position: 1 GiB holds 16,384.
+        let per_position = 64 << 10;
+        assert_eq!(preallocated_positions(100, 50, per_position, 8192), 150);
+        // An enormous max_tokens stops at the context, then at the byte bound.
+        assert_eq!(
+            preallocated_positions(100, usize::MAX, per_position, 8192),
+            8192
+        );
+        assert_eq!(
+            preallocated_positions(100, 1 << 40, per_position, usize::MAX),
+            16_384
+        );
+        // Many rows: the bound shrinks with them, never below the prompt itself.
+        assert_eq!(preallocated_positions(3000, 4096, 1 << 30, 8192), 3000);
+        assert_eq!(preallocated_positions(100, 4096, 0, 8192), 4196);
+    }
 
     #[test]
     fn greedy_picks_the_argmax() {

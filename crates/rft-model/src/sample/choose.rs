@@ -193,8 +193,7 @@ fn keep_top_p(
     })?;
     let nucleus = scaled.broadcast_ge(&threshold)?.to_dtype(DType::F32)?;
     // Rows with top-p take the nucleus (within their top-k); the others keep what they had.
-    let off: Vec<f32> = rows.iter().map(|r| f32::from(u8::from(!on(r)))).collect();
-    let off = Tensor::from_vec(off, (n, 1), device)?;
+    let off = rows_without(rows, on, device)?;
     let on_rows = off.affine(-1.0, 1.0)?;
     let before = match keep {
         Some(keep) => keep,
@@ -211,9 +210,17 @@ fn keep_rows_without(
     on: impl Fn(&RowChoice) -> bool,
     device: &Device,
 ) -> Result<Tensor, ModelError> {
+    Ok(keep.broadcast_maximum(&rows_without(rows, on, device)?)?)
+}
+
+/// `(rows, 1)`: 1 where `on` is false, 0 where it holds.
+fn rows_without(
+    rows: &[RowChoice],
+    on: impl Fn(&RowChoice) -> bool,
+    device: &Device,
+) -> Result<Tensor, ModelError> {
     let off: Vec<f32> = rows.iter().map(|r| f32::from(u8::from(!on(r)))).collect();
-    let off = Tensor::from_vec(off, (rows.len(), 1), device)?;
-    Ok(keep.broadcast_maximum(&off)?)
+    Ok(Tensor::from_vec(off, (rows.len(), 1), device)?)
 }
 
 /// Per row of `scaled` (at most 0), the largest threshold `τ` in [row minimum, 0] for which
