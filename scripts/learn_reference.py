@@ -12,7 +12,8 @@ Both sides are graded by the same grader: every reward and validation score here
 `rft grade` on the job's grader file, so the comparison measures learning, not grading.
 Validation runs before training and every `eval_interval` steps (and after the last): each
 validation row sampled `eval_samples` times at the job's temperature, the mean reward and its
-standard error over all samples (as the trainer's `valid_reward_mean` / `valid_reward_stderr`).
+standard error over all samples (as the trainer's `valid_reward_mean` / `valid_reward_stderr`),
+and one greedy answer per row (`valid_greedy_reward_mean`).
 
 Result: versions, wall seconds, per step the mean train reward, and the validation points.
 Environment: scripts/bench_env.sh builds .venv-bench (scripts/grpo-requirements.txt).
@@ -182,17 +183,35 @@ def main(request_path, result_path):
                 for i, sequence in enumerate(out):
                     texts.append(tokenizer.decode(sequence[width:], skip_special_tokens=True))
                     items.append(valid[start + i // samples]["item"])
+            # One greedy answer per row, as the trainer's `valid_greedy_reward_mean`.
+            greedy_texts = []
+            for start in range(0, len(valid), 8):
+                chunk = valid_prompts[start : start + 8]
+                encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+                out = model.generate(
+                    **encoded,
+                    do_sample=False,
+                    max_new_tokens=h["max_completion_tokens"],
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+                width = encoded["input_ids"].shape[1]
+                greedy_texts += [tokenizer.decode(s[width:], skip_special_tokens=True) for s in out]
         if was_training:
             model.train()
         rewards = grader.grade(texts, items)
+        greedy = grader.grade(greedy_texts, [r["item"] for r in valid])
         point = {
             "step": step,
             "mean": sum(rewards) / len(rewards),
             "stderr": standard_error(rewards),
+            "greedy": sum(greedy) / len(greedy),
             "seconds": time.perf_counter() - started,
         }
         points.append(point)
-        log(f"TRL validation at step {step}: {point['mean']:.3f} ± {point['stderr']:.3f}")
+        log(
+            f"TRL validation at step {step}: {point['mean']:.3f} ± {point['stderr']:.3f}"
+            f" (greedy {point['greedy']:.3f})"
+        )
 
     class Validation(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):

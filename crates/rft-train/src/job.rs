@@ -346,11 +346,39 @@ impl Loop<'_> {
             graded.groups.iter().flatten().map(|(_, g)| g).collect();
         let rewards: Vec<f64> = all.iter().map(|g| g.reward).collect();
         let mean = crate::step::mean(rewards.iter().copied(), rewards.len());
+        let greedy = if self.hyper.temperature > 0.0 {
+            self.validate_greedy(&rows)?
+        } else {
+            // Sampled at temperature 0 already: every sample is the greedy answer.
+            mean
+        };
         Ok(Some(ValidPoint {
             mean,
             stderr: standard_error(&rewards),
+            greedy,
             graders: grader_means(&all),
         }))
+    }
+
+    /// The mean reward of one greedy answer per validation row. It draws nothing from the
+    /// job's random streams, so a run's training and sampled validation are the same with it.
+    fn validate_greedy(&self, rows: &[&PreparedRow]) -> Result<f64, TrainError> {
+        let hyper = Hyperparameters {
+            temperature: 0.0,
+            ..self.hyper.clone()
+        };
+        let context = StepContext {
+            hyper: &hyper,
+            ..self.context()
+        };
+        let graded = rollout(Policy::Client(&self.client), &context, rows, 1, 0)?;
+        let rewards: Vec<f64> = graded
+            .groups
+            .iter()
+            .flatten()
+            .map(|(_, g)| g.reward)
+            .collect();
+        Ok(crate::step::mean(rewards.iter().copied(), rewards.len()))
     }
 
     fn run(
@@ -389,8 +417,8 @@ impl Loop<'_> {
                     events.metrics(
                         "step-0/metrics",
                         format!(
-                            "Step 0/{total}, full validation mean reward={:.4} ± {:.4}",
-                            point.mean, point.stderr
+                            "Step 0/{total}, full validation mean reward={:.4} ± {:.4} (greedy {:.4})",
+                            point.mean, point.stderr, point.greedy
                         ),
                         baseline_metrics(total, point),
                     )?;
@@ -515,8 +543,8 @@ impl Loop<'_> {
                     score.valid_reward_mean = Some(v.mean);
                 }
                 message.push_str(&format!(
-                    ", full validation mean reward={:.4} ± {:.4}",
-                    point.mean, point.stderr
+                    ", full validation mean reward={:.4} ± {:.4} (greedy {:.4})",
+                    point.mean, point.stderr, point.greedy
                 ));
                 last_valid = Some(point.mean);
             }
@@ -528,6 +556,7 @@ impl Loop<'_> {
                     graders,
                     valid_reward_mean: valid.as_ref().map(|v| v.mean),
                     valid_reward_stderr: valid.as_ref().map(|v| v.stderr),
+                    valid_greedy_reward_mean: valid.as_ref().map(|v| v.greedy),
                 },
                 full_valid_mean_reward: valid.as_ref().map(|v| v.mean),
                 train: Some(TrainStepMetrics {
@@ -650,6 +679,8 @@ impl Loop<'_> {
 struct ValidPoint {
     mean: f64,
     stderr: f64,
+    /// One greedy answer per row.
+    greedy: f64,
     graders: Vec<GraderMean>,
 }
 
@@ -674,6 +705,7 @@ fn baseline_metrics(total: usize, point: ValidPoint) -> StepMetrics {
         scores: Scores {
             train_reward_mean: None,
             valid_reward_stderr: Some(stderr),
+            valid_greedy_reward_mean: Some(point.greedy),
             graders: point
                 .graders
                 .into_iter()

@@ -670,4 +670,49 @@ fn validation_carries_its_standard_error_and_the_best_checkpoint_is_the_best_kep
     assert!(kept
         .iter()
         .all(|c| c.metrics.valid_reward_mean <= best.metrics.valid_reward_mean));
+    // Each point also scores one greedy answer of the one validation row: 0 or 1.
+    let greedy = greedy_points(&out);
+    assert_eq!(greedy.len(), points.len(), "{greedy:?}");
+    assert!(
+        greedy.iter().all(|&(_, _, g)| g == 0.0 || g == 1.0),
+        "{greedy:?}"
+    );
+}
+
+/// (step, sampled mean, greedy mean) of every validation point.
+fn greedy_points(out: &Path) -> Vec<(u64, f64, f64)> {
+    events(out)
+        .iter()
+        .filter(|e| e["type"] == "metrics")
+        .filter_map(|e| {
+            let s = &e["data"]["scores"];
+            Some((
+                e["data"]["step"].as_u64()?,
+                s["valid_reward_mean"].as_f64()?,
+                s["valid_greedy_reward_mean"].as_f64()?,
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn a_policy_sampled_at_temperature_zero_validates_as_its_greedy_answers() {
+    // Validated at temperature 0 every sample is the greedy answer: the sampled mean and the
+    // greedy mean are one number at every point, and the event says so in its message.
+    let tmp = tempfile::tempdir().unwrap();
+    let request = setup(
+        tmp.path(),
+        24,
+        json!({"eval_interval": 2, "temperature": 0, "learning_rate_multiplier": 100}),
+    );
+    let out = tmp.path().join("run");
+    run_job(&request, &out, &JobControl::default(), &mut |_| {}).unwrap();
+    let points = greedy_points(&out);
+    assert!(points.len() >= 3, "{points:?}");
+    for &(step, mean, greedy) in &points {
+        assert_eq!(mean, greedy, "step {step}");
+    }
+    assert!(events(&out).iter().any(|e| e["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("(greedy "))));
 }

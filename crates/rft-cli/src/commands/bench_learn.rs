@@ -75,6 +75,9 @@ struct Point {
     mean: f64,
     #[serde(default)]
     stderr: f64,
+    /// One greedy answer per row (absent from runs made before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    greedy: Option<f64>,
 }
 
 /// One run's validation curve.
@@ -169,6 +172,11 @@ impl Curve {
             .map(|p| p.mean)
             .fold(f64::NAN, f64::max)
     }
+
+    /// The greedy answers' mean at the last validation, where it was measured.
+    fn final_greedy(&self) -> Option<f64> {
+        self.validation.last().and_then(|p| p.greedy)
+    }
 }
 
 pub(crate) fn learn(args: &BenchLearnArgs) -> anyhow::Result<ExitCode> {
@@ -238,7 +246,8 @@ pub(crate) fn learn(args: &BenchLearnArgs) -> anyhow::Result<ExitCode> {
     let curves = &results.runs;
     print_table(curves);
     let svg = args.output.join("bench-learn.svg");
-    std::fs::write(&svg, plot(curves))
+    let task = job.suffix.as_deref().unwrap_or("the job");
+    std::fs::write(&svg, plot(task, curves))
         .with_context(|| format!("cannot write {}", svg.display()))?;
     println!(
         "curves: {}; plot: {}",
@@ -286,6 +295,7 @@ fn run_ours(job: &CreateJob, seed: u64, output: &Path) -> anyhow::Result<(Curve,
                 step: metrics.step,
                 mean,
                 stderr: metrics.scores.valid_reward_stderr.unwrap_or(0.0),
+                greedy: metrics.scores.valid_greedy_reward_mean,
             });
         }
     }
@@ -456,8 +466,8 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
 
 fn print_table(curves: &[Curve]) {
     println!(
-        "{:<8} {:>5} {:>8} {:>16} {:>16} {:>16} {:>10}",
-        "engine", "seeds", "before", "best", "final", "best − final", "wall (s)"
+        "{:<8} {:>5} {:>8} {:>16} {:>16} {:>16} {:>16} {:>10}",
+        "engine", "seeds", "before", "best", "final", "best − final", "final greedy", "wall (s)"
     );
     for engine in ["openrft", "trl"] {
         let runs: Vec<&Curve> = curves.iter().filter(|c| c.engine == engine).collect();
@@ -471,8 +481,16 @@ fn print_table(curves: &[Curve]) {
         let (last, last_sd) = column(&|c| c.final_());
         let (drop, drop_sd) = column(&|c| c.best() - c.final_());
         let (wall, _) = column(&|c| c.wall_seconds);
+        let greedy: Option<Vec<f64>> = runs.iter().map(|c| c.final_greedy()).collect();
+        let greedy = greedy.map_or_else(
+            || "-".to_owned(),
+            |g| {
+                let (mean, sd) = mean_sd(&g);
+                format!("{mean:.3} ± {sd:.3}")
+            },
+        );
         println!(
-            "{engine:<8} {:>5} {before:>8.3} {:>16} {:>16} {:>16} {wall:>10.0}",
+            "{engine:<8} {:>5} {before:>8.3} {:>16} {:>16} {:>16} {greedy:>16} {wall:>10.0}",
             runs.len(),
             format!("{best:.3} ± {best_sd:.3}"),
             format!("{last:.3} ± {last_sd:.3}"),
@@ -482,16 +500,22 @@ fn print_table(curves: &[Curve]) {
             let curve: Vec<String> = run
                 .validation
                 .iter()
-                .map(|p| format!("{}:{:.2}±{:.2}", p.step, p.mean, p.stderr))
+                .map(|p| match p.greedy {
+                    Some(g) => format!("{}:{:.2}±{:.2}/g{g:.2}", p.step, p.mean, p.stderr),
+                    None => format!("{}:{:.2}±{:.2}", p.step, p.mean, p.stderr),
+                })
                 .collect();
             println!("  seed {:<4} {}", run.seed, curve.join(" "));
         }
     }
-    println!("(± over seeds: the sample standard deviation; per point: the standard error)");
+    println!(
+        "(± over seeds: the sample standard deviation; per point: the standard error; /g: the greedy answers' mean)"
+    );
 }
 
-/// Every validation curve on one chart: OpenRFT in blue, TRL in orange, one line per seed.
-fn plot(curves: &[Curve]) -> String {
+/// Every validation curve of `task` on one chart: OpenRFT in blue, TRL in orange, one line per
+/// seed.
+fn plot(task: &str, curves: &[Curve]) -> String {
     let (width, height, left, bottom, top, right) = (640.0, 400.0, 50.0, 40.0, 30.0, 110.0_f64);
     let max_step = curves
         .iter()
@@ -504,7 +528,8 @@ fn plot(curves: &[Curve]) -> String {
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{left}\" y=\"18\">Validation reward by step (one line per seed)</text>\n"
+         <text x=\"{left}\" y=\"18\">{}: validation reward by step (one line per seed)</text>\n",
+        xml_text(task)
     );
     for tick in 0..=5 {
         let value = tick as f64 / 5.0;
@@ -547,6 +572,13 @@ fn plot(curves: &[Curve]) -> String {
     svg + "</svg>\n"
 }
 
+/// `text` for an SVG text node: a job's suffix is the user's, so markup in it stays text.
+fn xml_text(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,6 +589,7 @@ mod tests {
             step,
             mean,
             stderr: 0.05,
+            greedy: Some(mean + 0.1),
         };
         let curve = Curve {
             engine: "openrft".into(),
@@ -567,11 +600,13 @@ mod tests {
         assert_eq!(curve.before(), 0.1);
         assert_eq!(curve.best(), 0.7);
         assert_eq!(curve.final_(), 0.6);
+        assert_eq!(curve.final_greedy(), Some(0.7));
         let text = serde_json::to_string(&curve).unwrap();
         let back: Curve = serde_json::from_str(&text).unwrap();
         assert_eq!(back.validation, curve.validation);
-        let svg = plot(&[curve]);
+        let svg = plot("a <task>", &[curve]);
         assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+        assert!(svg.contains("a &lt;task&gt;: validation reward") && !svg.contains("<task>"));
         assert_eq!(mean_sd(&[1.0, 3.0]), (2.0, 2f64.sqrt()));
     }
 }

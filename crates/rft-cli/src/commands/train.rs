@@ -185,7 +185,7 @@ struct Progress {
     started: std::cell::Cell<bool>,
     /// The latest validation reward and its standard error (validation runs every
     /// `eval_interval` steps only).
-    valid: std::cell::Cell<Option<(f64, f64)>>,
+    valid: std::cell::Cell<Option<(f64, f64, Option<f64>)>>,
 }
 
 impl Progress {
@@ -235,13 +235,17 @@ impl Progress {
             self.valid.set(Some((
                 valid,
                 metrics.scores.valid_reward_stderr.unwrap_or(0.0),
+                metrics.scores.valid_greedy_reward_mean,
             )));
         }
-        if let Some((valid, stderr)) = self.valid.get() {
+        if let Some((valid, stderr, greedy)) = self.valid.get() {
             if !message.is_empty() {
                 message.push_str(", ");
             }
             message.push_str(&format!("validation {valid:.3} ± {stderr:.3}"));
+            if let Some(greedy) = greedy {
+                message.push_str(&format!(" (greedy {greedy:.3})"));
+            }
         }
         self.bar.set_message(message);
     }

@@ -411,6 +411,10 @@
         this.latestValid = valid;
         // Its standard error: a drop smaller than about twice it is noise.
         this.latestValidError = typeof scores.valid_reward_stderr === 'number' ? scores.valid_reward_stderr : null;
+        // One greedy answer per validation row: what the policy says when not sampled.
+        if (typeof scores.valid_greedy_reward_mean === 'number') {
+          reward.add('validation (greedy)', step, scores.valid_greedy_reward_mean);
+        }
       }
       // The step-0 baseline lists validation means per grader; only training steps are drawn.
       if (step > 0) {

@@ -91,6 +91,12 @@ pub struct Scores {
     /// than about twice this is noise. An OpenRFT addition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub valid_reward_stderr: Option<f64>,
+    /// Mean reward of one greedy (temperature 0) answer per validation row, on validation
+    /// steps: what the policy says when it is not sampled. Sampled and greedy can move apart
+    /// (a policy that sharpens onto its best answer gains more greedy than sampled). An
+    /// OpenRFT addition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_greedy_reward_mean: Option<f64>,
 }
 
 /// One grader's means in `scores.graders`.
