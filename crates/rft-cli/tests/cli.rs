@@ -157,3 +157,51 @@ fn check_device_on_the_cpu_holds_bf16_to_its_tolerance_and_bad_precisions_are_re
         "{stderr}"
     );
 }
+
+#[test]
+fn bench_learn_replots_earlier_runs_and_refuses_a_file_that_is_not_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "bench-learn.json",
+        r#"{"task": "quick<start>", "steps": 8, "runs": [
+            {"engine": "openrft", "seed": 7, "wall_seconds": 10.0, "validation": [
+                {"step": 0, "mean": 0.1, "stderr": 0.02, "greedy": 0.2},
+                {"step": 8, "mean": 0.9, "stderr": 0.03, "greedy": 1.0}]},
+            {"engine": "trl", "seed": 7, "wall_seconds": 60.0, "validation": [
+                {"step": 0, "mean": 0.15, "stderr": 0.02},
+                {"step": 8, "mean": 0.8, "stderr": 0.04}]}]}"#,
+    );
+    let out = rft(&[
+        "bench",
+        "learn",
+        "--replot",
+        "--output",
+        dir.path().to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("seed 7    0:0.10±0.02/g0.20 8:0.90±0.03/g1.00"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("seed 7    0:0.15±0.02 8:0.80±0.04"),
+        "{stdout}"
+    );
+    let svg = std::fs::read_to_string(dir.path().join("bench-learn.svg")).unwrap();
+    assert!(svg.contains("quick&lt;start&gt;: validation reward by step"));
+    assert_eq!(svg.matches("<polyline").count(), 2);
+    // Something else under that name is refused, not drawn empty.
+    write(dir.path(), "bench-learn.json", r#"{"runs": "no"}"#);
+    let out = rft(&[
+        "bench",
+        "learn",
+        "--replot",
+        "--output",
+        dir.path().to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is not a bench-learn.json"), "{stderr}");
+}

@@ -39,7 +39,14 @@ pub struct RolloutBatch {
 /// `dr_grpo` divides by `max_completion_tokens` × sequences, `dapo`/`cispo` by the batch's
 /// token count.
 pub fn build_batch(hyper: &Hyperparameters, groups: &[GradedGroup<'_>]) -> RolloutBatch {
+    let trained = |c: &Completion| {
+        let masked = hyper.mask_truncated && c.finish_reason == FinishReason::Length;
+        !c.ids.is_empty() && !masked
+    };
     let mut kept = Vec::new();
+    let mut kept_groups = 0usize;
+    // (sequences, tokens) of each flat group dynamic sampling leaves out.
+    let mut dropped = Vec::new();
     let mut zero = 0usize;
     for group in groups {
         let rewards = shaped_rewards(hyper, group);
@@ -47,23 +54,37 @@ pub fn build_batch(hyper: &Hyperparameters, groups: &[GradedGroup<'_>]) -> Rollo
         if std < ZERO_STD {
             zero += 1;
             if hyper.dynamic_sampling {
+                let sequences = group.completions.iter().filter(|c| trained(c));
+                dropped.push((
+                    sequences.clone().count(),
+                    sequences.map(|c| c.ids.len()).sum::<usize>(),
+                ));
                 continue;
             }
         }
+        kept_groups += 1;
         let scale = match hyper.scale_rewards {
             ScaleRewards::Group => 1.0 / (std + 1e-4),
             ScaleRewards::Unscaled => 1.0,
         };
         for (c, r) in group.completions.iter().zip(&rewards) {
-            if c.ids.is_empty() || (hyper.mask_truncated && c.finish_reason == FinishReason::Length)
-            {
-                continue;
+            if trained(c) {
+                kept.push((group.prompt, *c, (r - mean) * scale));
             }
-            kept.push((group.prompt, *c, (r - mean) * scale));
         }
     }
-    let n_seq = kept.len().max(1) as f64;
-    let total_tokens: usize = kept.iter().map(|(_, c, _)| c.ids.len()).sum();
+    // A flat group's advantages are all zero, so dynamic sampling leaves it out of the compute;
+    // the loss is still normalised over the batch the step meant to train: the kept groups
+    // and, while they number fewer than `batch_size` (no refill, or refills that ran out), the
+    // flat ones. Normalised over the kept groups alone, a step with one informative group
+    // moved the policy as far as a step with four: on the quickstart task over three seeds
+    // that ended 0.09 below TRL, which counts every group (docs/training.md, "Against TRL").
+    let (flat_sequences, flat_tokens) = dropped
+        .iter()
+        .take(hyper.batch_size.saturating_sub(kept_groups))
+        .fold((0, 0), |(s, t), &(ds, dt)| (s + ds, t + dt));
+    let n_seq = (kept.len() + flat_sequences).max(1) as f64;
+    let total_tokens: usize = kept.iter().map(|(_, c, _)| c.ids.len()).sum::<usize>() + flat_tokens;
     let mut datums = Vec::with_capacity(kept.len());
     let mut kl_weights = Vec::new();
     for (prompt, c, advantage) in kept {
@@ -144,38 +165,64 @@ mod tests {
         }
     }
 
-    #[test]
-    fn dapo_weights_are_advantage_over_batch_tokens_and_flat_groups_drop() {
-        let h = hyper(json!({}));
+    /// One informative group (rewards 1, 0 over 2 and 4 tokens) and one flat group (two
+    /// 3-token samples scored 0.5).
+    fn informative_and_flat(h: &Hyperparameters) -> RolloutBatch {
         let (a, b, c) = (
             completion(2, FinishReason::Stop),
             completion(4, FinishReason::Stop),
             completion(3, FinishReason::Stop),
         );
-        let group = [&a, &b];
-        let flat = [&c, &c];
-        let batch = build_batch(
-            &h,
+        build_batch(
+            h,
             &[
                 GradedGroup {
                     prompt: &[1],
-                    completions: &group,
+                    completions: &[&a, &b],
                     rewards: &[1.0, 0.0],
                 },
                 GradedGroup {
                     prompt: &[2],
-                    completions: &flat,
+                    completions: &[&c, &c],
                     rewards: &[0.5, 0.5],
                 },
             ],
-        );
+        )
+    }
+
+    #[test]
+    fn dapo_weighs_over_every_group_s_tokens_and_trains_the_informative_ones() {
+        let batch = informative_and_flat(&hyper(json!({})));
         assert_eq!(batch.datums.len(), 2);
         assert!((batch.frac_zero_std_groups - 0.5).abs() < 1e-12);
-        // Sample std of {1, 0} is 1/√2; advantages ±0.5/(0.7071 + 1e-4); 6 tokens in the batch.
-        let expected = 0.5 / (0.5f64.sqrt() + 1e-4) / 6.0;
+        // Sample std of {1, 0} is 1/√2; advantages ±0.5/(0.7071 + 1e-4) over the 12 tokens of
+        // both groups: the flat group is left out of the compute, not out of the normaliser.
+        let expected = 0.5 / (0.5f64.sqrt() + 1e-4) / 12.0;
         assert!((f64::from(batch.datums[0].advantages[0]) - expected).abs() < 1e-6);
         assert!((f64::from(batch.datums[1].advantages[0]) + expected).abs() < 1e-6);
         assert_eq!(batch.kl_weights.len(), 6);
+        // Keeping the flat group (zero advantages) trains the same weights on the rest.
+        let kept = informative_and_flat(&hyper(json!({"dynamic_sampling": false})));
+        assert_eq!(kept.datums.len(), 4);
+        for (dropped, kept) in batch.datums.iter().zip(&kept.datums) {
+            assert_eq!(dropped.advantages, kept.advantages);
+        }
+        assert!(kept.datums[2..]
+            .iter()
+            .all(|d| d.advantages.iter().all(|&a| a.abs() < 1e-9)));
+        // A batch of one group that carries signal (what refills aim for) is its own
+        // normaliser: 6 tokens.
+        let full = informative_and_flat(&hyper(json!({"batch_size": 1})));
+        let expected = 0.5 / (0.5f64.sqrt() + 1e-4) / 6.0;
+        assert!((f64::from(full.datums[0].advantages[0]) - expected).abs() < 1e-6);
+    }
+
+    #[test]
+    fn grpo_counts_the_flat_group_s_sequences() {
+        let batch = informative_and_flat(&hyper(json!({"loss_type": "grpo"})));
+        // Each sequence's mean over its tokens, then over the 4 sampled sequences.
+        let expected = 0.5 / (0.5f64.sqrt() + 1e-4) / (2.0 * 4.0);
+        assert!((f64::from(batch.datums[0].advantages[0]) - expected).abs() < 1e-6);
     }
 
     #[test]

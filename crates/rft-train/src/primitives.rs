@@ -585,6 +585,25 @@ impl TrainingClient {
         })
     }
 
+    /// An AdamW step with a zero gradient: the moments decay and the parameters move on their
+    /// momentum, as PyTorch's AdamW does with zeroed (not absent) gradients. The RFT loop takes
+    /// it on a step whose groups all scored flat, so that dropping those groups from the compute
+    /// changes nothing in the update (`rft_train::advantage::build_batch`). Gradients
+    /// accumulated so far are discarded; parameters that never had a gradient stay put.
+    pub fn optim_step_on_momentum(
+        &mut self,
+        params: &AdamParams,
+    ) -> Result<OptimStepOutput, TrainError> {
+        self.grads.clear();
+        for var in self.adapter.vars() {
+            let id = var.as_tensor().id();
+            if self.moments.contains_key(&id) {
+                self.grads.insert(id, var.as_tensor().zeros_like()?);
+            }
+        }
+        self.optim_step(params)
+    }
+
     /// Writes the adapter (PEFT layout, servable) to `dir`.
     pub fn save_weights_for_sampler(&self, dir: &Path) -> Result<(), TrainError> {
         self.adapter.save_peft(dir, &self.engine.base)?;
@@ -833,6 +852,52 @@ mod tests {
         .unwrap();
         let policy = client.policy_logprobs(&batch()).unwrap();
         assert_eq!(scored, policy);
+    }
+
+    #[test]
+    fn a_momentum_step_moves_on_the_last_update_and_needs_a_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut client = client(dir.path());
+        let loss = LossFn::CrossEntropy;
+        let params = AdamParams {
+            learning_rate: 0.05,
+            ..AdamParams::default()
+        };
+        let weights = |client: &TrainingClient| -> Vec<f32> {
+            client
+                .adapter
+                .vars()
+                .iter()
+                .flat_map(|v| {
+                    v.as_tensor()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                })
+                .collect()
+        };
+        // Without a history there is no momentum: nothing moves.
+        let fresh = weights(&client);
+        client.optim_step_on_momentum(&params).unwrap();
+        assert_eq!(weights(&client), fresh);
+        client.forward_backward(&batch(), &loss, None).unwrap();
+        client.optim_step(&params).unwrap();
+        let after_step = weights(&client);
+        let out = client.optim_step_on_momentum(&params).unwrap();
+        assert_eq!(out.grad_norm, 0.0);
+        let after_coast = weights(&client);
+        // AdamW with a zero gradient: every weight the step moved moves again the same way.
+        let mut moved = 0;
+        for ((f, s), c) in fresh.iter().zip(&after_step).zip(&after_coast) {
+            let (step, coast) = (s - f, c - s);
+            if step.abs() > 1e-4 {
+                moved += 1;
+                assert!(step.signum() == coast.signum(), "{step} then {coast}");
+            }
+        }
+        assert!(moved > 0);
+        assert_eq!(client.step(), 3);
     }
 
     #[test]

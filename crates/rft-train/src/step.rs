@@ -363,6 +363,17 @@ pub fn run_step_on(
                 })?
                 .grad_norm;
         }
+    } else if hyper.dynamic_sampling && frac_zero_std_groups > 0.0 {
+        // Every group left out for scoring flat: their gradient would have been zero, and the
+        // step still moves on AdamW's momentum, as it would with them kept.
+        for _ in 0..hyper.num_iterations {
+            client.optim_step_on_momentum(&AdamParams {
+                learning_rate: input.learning_rate,
+                weight_decay: hyper.weight_decay,
+                grad_clip_norm: hyper.max_grad_norm,
+                ..AdamParams::default()
+            })?;
+        }
     }
     seconds.training = t_train.elapsed().as_secs_f64();
 

@@ -65,6 +65,10 @@ pub(crate) struct BenchLearnArgs {
     /// Where the runs, bench-learn.json and bench-learn.svg go.
     #[arg(long, default_value = "runs/bench-learn")]
     pub(crate) output: PathBuf,
+    /// Train nothing: print the table and draw the plot again from --output's bench-learn.json
+    /// (runs of one job gathered there from several invocations, say).
+    #[arg(long, conflicts_with_all = ["reference", "reference_only"])]
+    pub(crate) replot: bool,
 }
 
 /// One validation point: the mean reward over the validation rows' samples, and its standard
@@ -93,6 +97,9 @@ struct Curve {
 /// `bench-learn.json`.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Results {
+    /// The job's name (its suffix), for the plot's title.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    task: Option<String>,
     /// The job's steps (from OpenRFT's runs).
     steps: Option<usize>,
     runs: Vec<Curve>,
@@ -185,6 +192,11 @@ pub(crate) fn learn(args: &BenchLearnArgs) -> anyhow::Result<ExitCode> {
         !args.reference_only || args.reference,
         "--reference-only needs --reference"
     );
+    let results_path = args.output.join("bench-learn.json");
+    if args.replot {
+        let results = read_results(&results_path)?;
+        return report(&results, &results_path, &args.output);
+    }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     let job = load_job(args)?;
@@ -193,17 +205,12 @@ pub(crate) fn learn(args: &BenchLearnArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let results_path = args.output.join("bench-learn.json");
-    let mut results = Results::default();
+    let mut results = Results {
+        task: job.suffix.clone(),
+        ..Results::default()
+    };
     if args.reference_only {
-        let text = std::fs::read_to_string(&results_path).with_context(|| {
-            format!(
-                "--reference-only reads OpenRFT's runs from {}",
-                results_path.display()
-            )
-        })?;
-        let earlier: Results = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a bench-learn.json", results_path.display()))?;
+        let earlier = read_results(&results_path)?;
         results.steps = earlier.steps;
         // OpenRFT's runs, and TRL's of the seeds not asked for again.
         results.runs = earlier
@@ -243,11 +250,23 @@ pub(crate) fn learn(args: &BenchLearnArgs) -> anyhow::Result<ExitCode> {
             write_results(&results_path, &results)?;
         }
     }
-    let curves = &results.runs;
-    print_table(curves);
-    let svg = args.output.join("bench-learn.svg");
-    let task = job.suffix.as_deref().unwrap_or("the job");
-    std::fs::write(&svg, plot(task, curves))
+    report(&results, &results_path, &args.output)
+}
+
+/// An earlier run's bench-learn.json.
+fn read_results(path: &Path) -> anyhow::Result<Results> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the earlier runs' {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a bench-learn.json", path.display()))
+}
+
+/// Prints the table and draws the plot of `results`.
+fn report(results: &Results, results_path: &Path, output: &Path) -> anyhow::Result<ExitCode> {
+    print_table(&results.runs);
+    let svg = output.join("bench-learn.svg");
+    let task = results.task.as_deref().unwrap_or("the job");
+    std::fs::write(&svg, plot(task, &results.runs))
         .with_context(|| format!("cannot write {}", svg.display()))?;
     println!(
         "curves: {}; plot: {}",
