@@ -140,9 +140,11 @@ pub(crate) async fn completions(
     // decoding when the client goes away (the guards drop with this handler).
     let mut waiting = Vec::with_capacity(prompts.len());
     let mut guards = Vec::with_capacity(prompts.len());
+    // All of the request's places at once: queued whole, or refused (429) with nothing queued.
+    let mut places = state.inference.reserve(prompts.len())?;
     for prompt in prompts.iter().cloned() {
         let cancel = Cancel::default();
-        let answer = state.inference.submit_raw(
+        let answer = places.submit_raw(
             model.clone(),
             prompt,
             n,

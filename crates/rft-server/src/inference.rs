@@ -19,6 +19,7 @@
 
 use std::convert::Infallible;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 
@@ -176,6 +177,11 @@ struct TokenPiece {
 #[derive(Debug)]
 pub(crate) struct Inference {
     queue: SyncSender<ChatJob>,
+    /// Places taken in the queue: jobs sent and not yet taken by the thread, and places
+    /// reserved for a request's next prompts. Counted beside the channel (whose fill cannot be
+    /// read) so that a request of several prompts is queued whole or refused whole.
+    queued: Arc<AtomicUsize>,
+    capacity: usize,
     catalog: Arc<Catalog>,
     /// Where fine-tuned adapters are fetched from when a worker elsewhere trained them.
     blobs: rft_store::blobs::Blobs,
@@ -246,6 +252,9 @@ impl Inference {
             .resolve(store, &call.model)?
             .ok_or_else(|| model_not_found(&call.model))?;
         let (reply, answer) = oneshot::channel();
+        // Waits for room rather than refusing (a judge's call inside a job); its place counts
+        // like any other while it is queued.
+        self.queued.fetch_add(1, Ordering::AcqRel);
         self.queue
             .send(ChatJob {
                 model,
@@ -260,7 +269,10 @@ impl Inference {
                 stream: None,
                 max_tokens_given: true,
             })
-            .map_err(|_| ApiError::internal("the inference thread is not running"))?;
+            .map_err(|_| {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                ApiError::internal("the inference thread is not running")
+            })?;
         let result = answer
             .blocking_recv()
             .map_err(|_| ApiError::internal("the inference thread dropped the request"))??;
@@ -281,16 +293,21 @@ impl Inference {
         capacity: usize,
         batch_bytes: u64,
     ) -> Inference {
-        let (queue, rx) = sync_channel(capacity.max(1));
+        let capacity = capacity.max(1);
+        let (queue, rx) = sync_channel(capacity);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let taken = Arc::clone(&queued);
         // The thread ends when the queue's sender (this handle) is dropped.
         let spawned = std::thread::Builder::new()
             .name("rft-inference".into())
-            .spawn(move || Worker { host, batch_bytes }.run(rx));
+            .spawn(move || Worker { host, batch_bytes }.run(rx, &taken));
         if let Err(e) = spawned {
             tracing::error!("cannot start the inference thread: {e}; chat completions will fail");
         }
         Inference {
             queue,
+            queued,
+            capacity,
             catalog,
             blobs,
             adapters,
@@ -311,32 +328,47 @@ impl Inference {
         Ok(self.adapters.get(name))
     }
 
-    /// Queues a `/v1/completions` prompt (no chat template); 429 when the queue is full. The
-    /// answer comes on the receiver.
-    pub(crate) fn submit_raw(
-        &self,
-        model: ModelRef,
-        prompt: RawPrompt,
-        n: usize,
-        params: SamplingParams,
-        response_format: Option<ResponseFormat>,
-    ) -> Result<oneshot::Receiver<Result<ChatResult, ApiError>>, ApiError> {
-        let (reply, answer) = oneshot::channel();
-        let job = ChatJob {
-            model,
-            raw_prompt: Some(prompt),
-            messages: Vec::new(),
-            tools: None,
-            n,
-            params,
-            response_format,
-            reply,
-            stream: None,
-            max_tokens_given: true,
-            parse_tools: false,
-        };
-        match self.queue.try_send(job) {
-            Ok(()) => Ok(answer),
+    /// Takes `places` places in the queue, all or none: 429 when they are not all free. A
+    /// request refused this way has queued nothing, so it leaves nothing (cancelled or not) in
+    /// the way of the next.
+    pub(crate) fn reserve(&self, places: usize) -> Result<Reservation<'_>, ApiError> {
+        let taken = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                (queued + places <= self.capacity).then_some(queued + places)
+            });
+        match taken {
+            Ok(_) => Ok(Reservation {
+                inference: self,
+                left: places,
+            }),
+            Err(_) => Err(ApiError::busy(
+                "The inference queue is full; retry after a short wait.",
+            )),
+        }
+    }
+}
+
+/// Places taken in the inference queue ([`Inference::reserve`]); those not used by
+/// [`Reservation::send`] are given back when it drops.
+pub(crate) struct Reservation<'a> {
+    inference: &'a Inference,
+    left: usize,
+}
+
+impl Reservation<'_> {
+    /// Sends `job` into one of the reserved places.
+    fn send(&mut self, job: ChatJob) -> Result<(), ApiError> {
+        if self.left == 0 {
+            return Err(ApiError::internal("a request queued more than it reserved"));
+        }
+        match self.inference.queue.try_send(job) {
+            Ok(()) => {
+                // The place is the job's now; the thread gives it back when it takes the job.
+                self.left -= 1;
+                Ok(())
+            }
+            // The count bounds the channel's fill, so a reserved place is free in it.
             Err(TrySendError::Full(_)) => Err(ApiError::busy(
                 "The inference queue is full; retry after a short wait.",
             )),
@@ -344,6 +376,51 @@ impl Inference {
                 Err(ApiError::internal("the inference thread is not running"))
             }
         }
+    }
+
+    /// Queues a `/v1/completions` prompt into one of the reserved places.
+    pub(crate) fn submit_raw(
+        &mut self,
+        model: ModelRef,
+        prompt: RawPrompt,
+        n: usize,
+        params: SamplingParams,
+        response_format: Option<ResponseFormat>,
+    ) -> Result<oneshot::Receiver<Result<ChatResult, ApiError>>, ApiError> {
+        let (job, answer) = raw_job(model, prompt, n, params, response_format);
+        self.send(job)?;
+        Ok(answer)
+    }
+}
+
+/// A `/v1/completions` prompt's job (no chat template), and where its answer comes.
+fn raw_job(
+    model: ModelRef,
+    prompt: RawPrompt,
+    n: usize,
+    params: SamplingParams,
+    response_format: Option<ResponseFormat>,
+) -> (ChatJob, oneshot::Receiver<Result<ChatResult, ApiError>>) {
+    let (reply, answer) = oneshot::channel();
+    let job = ChatJob {
+        model,
+        raw_prompt: Some(prompt),
+        messages: Vec::new(),
+        tools: None,
+        n,
+        params,
+        response_format,
+        reply,
+        stream: None,
+        max_tokens_given: true,
+        parse_tools: false,
+    };
+    (job, answer)
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.inference.queued.fetch_sub(self.left, Ordering::AcqRel);
     }
 }
 
@@ -383,12 +460,14 @@ struct Prepared {
 }
 
 impl Worker {
-    fn run(self, rx: Receiver<ChatJob>) {
+    /// Samples what comes on `rx`, giving each job's place back to `queued` as it takes it.
+    fn run(self, rx: Receiver<ChatJob>, queued: &AtomicUsize) {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
             }
+            queued.fetch_sub(batch.len(), Ordering::AcqRel);
             let mut groups: Vec<(ModelRef, Vec<ChatJob>)> = Vec::new();
             for job in batch {
                 match groups.iter_mut().find(|(m, _)| *m == job.model) {
@@ -843,17 +922,7 @@ pub(crate) async fn chat_completions(
     } else {
         None
     };
-    match state.inference.queue.try_send(job) {
-        Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            return Err(ApiError::busy(
-                "The inference queue is full; retry after a short wait.",
-            ))
-        }
-        Err(TrySendError::Disconnected(_)) => {
-            return Err(ApiError::internal("the inference thread is not running"))
-        }
-    }
+    state.inference.reserve(1)?.send(job)?;
     if let Some(rx) = events_rx {
         return Ok(
             live_stream(name.to_owned(), n, include_usage, rx, answer, on_disconnect)

@@ -297,7 +297,9 @@ fn hostile_sizes_counts_and_races_leave_the_worker_serving() {
         &json!({"model": base, "prompt": vec![vec![2u32, 3]; 8], "max_tokens": 2}),
     );
     assert_eq!(status, 429, "{body}");
-    // Extreme values inside the types: top_k past the vocabulary, the largest seed.
+    // Refused whole, it queued none of its prompts: the next request is served at once, however
+    // slowly the inference thread would have drained them. Extreme values inside the types:
+    // top_k past the vocabulary, the largest seed.
     let (status, body) = server.post(
         "/completions",
         &json!({"model": base, "prompt": [2, 3], "max_tokens": 2, "top_k": i64::MAX,
