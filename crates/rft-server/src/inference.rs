@@ -378,7 +378,7 @@ impl Reservation<'_> {
         }
     }
 
-    /// Queues a `/v1/completions` prompt into one of the reserved places.
+    /// Queues a `/v1/completions` prompt (no chat template) into one of the reserved places.
     pub(crate) fn submit_raw(
         &mut self,
         model: ModelRef,
@@ -387,35 +387,22 @@ impl Reservation<'_> {
         params: SamplingParams,
         response_format: Option<ResponseFormat>,
     ) -> Result<oneshot::Receiver<Result<ChatResult, ApiError>>, ApiError> {
-        let (job, answer) = raw_job(model, prompt, n, params, response_format);
-        self.send(job)?;
+        let (reply, answer) = oneshot::channel();
+        self.send(ChatJob {
+            model,
+            raw_prompt: Some(prompt),
+            messages: Vec::new(),
+            tools: None,
+            n,
+            params,
+            response_format,
+            reply,
+            stream: None,
+            max_tokens_given: true,
+            parse_tools: false,
+        })?;
         Ok(answer)
     }
-}
-
-/// A `/v1/completions` prompt's job (no chat template), and where its answer comes.
-fn raw_job(
-    model: ModelRef,
-    prompt: RawPrompt,
-    n: usize,
-    params: SamplingParams,
-    response_format: Option<ResponseFormat>,
-) -> (ChatJob, oneshot::Receiver<Result<ChatResult, ApiError>>) {
-    let (reply, answer) = oneshot::channel();
-    let job = ChatJob {
-        model,
-        raw_prompt: Some(prompt),
-        messages: Vec::new(),
-        tools: None,
-        n,
-        params,
-        response_format,
-        reply,
-        stream: None,
-        max_tokens_given: true,
-        parse_tools: false,
-    };
-    (job, answer)
 }
 
 impl Drop for Reservation<'_> {
