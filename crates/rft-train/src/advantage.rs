@@ -77,8 +77,8 @@ pub fn build_batch(hyper: &Hyperparameters, groups: &[GradedGroup<'_>]) -> Rollo
     // the loss is still normalised over the batch the step meant to train: the kept groups
     // and, while they number fewer than `batch_size` (no refill, or refills that ran out), the
     // flat ones. Normalised over the kept groups alone, a step with one informative group
-    // moved the policy as far as a step with four: on the quickstart task over three seeds
-    // that ended 0.09 below TRL, which counts every group (docs/training.md, "Against TRL").
+    // would move the policy as far as a step with four; TRL and verl count every group, and
+    // so the update is theirs at less compute (docs/training.md, "Against TRL").
     let (flat_sequences, flat_tokens) = dropped
         .iter()
         .take(hyper.batch_size.saturating_sub(kept_groups))

@@ -716,3 +716,45 @@ fn a_policy_sampled_at_temperature_zero_validates_as_its_greedy_answers() {
         .as_str()
         .is_some_and(|m| m.contains("(greedy "))));
 }
+
+#[test]
+fn dropping_flat_groups_trains_as_keeping_them_does() {
+    // Flat groups have zero advantages: left out of the compute (the default) or trained
+    // (dynamic_sampling false), every step's loss and gradient must be the same.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut runs = Vec::new();
+    for dynamic in [true, false] {
+        let request = setup(
+            tmp.path(),
+            32,
+            json!({"dynamic_sampling": dynamic, "learning_rate_multiplier": 20,
+                   "eval_interval": 100}),
+        );
+        let out = tmp.path().join(format!("run-{dynamic}"));
+        run_job(&request, &out, &JobControl::default(), &mut |_| {}).unwrap();
+        runs.push(metrics(&out));
+    }
+    let (dropped, kept) = (&runs[0], &runs[1]);
+    assert_eq!(dropped.len(), kept.len());
+    let mut flat_steps = 0;
+    for (d, k) in dropped.iter().zip(kept) {
+        assert_eq!(
+            d["scores"]["train_reward_mean"],
+            k["scores"]["train_reward_mean"]
+        );
+        let close = |key: &str| {
+            let (a, b) = (d[key].as_f64().unwrap(), k[key].as_f64().unwrap());
+            assert!(
+                (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                "step {}: {key} {a} vs {b}",
+                d["step"]
+            );
+        };
+        close("loss");
+        close("grad_norm");
+        if d["frac_zero_std_groups"].as_f64() > Some(0.0) {
+            flat_steps += 1;
+        }
+    }
+    assert!(flat_steps > 0);
+}
