@@ -316,6 +316,12 @@ pub fn run_step_on(
         kl_weights,
     } = build_batch(hyper, &groups);
     let (mut loss, mut clip_fraction, mut kl, mut grad_norm) = (0.0, 0.0, None, 0.0);
+    let adam = AdamParams {
+        learning_rate: input.learning_rate,
+        weight_decay: hyper.weight_decay,
+        grad_clip_norm: hyper.max_grad_norm,
+        ..AdamParams::default()
+    };
     let mut mismatch = None;
     let mut corrected = None;
     if hyper.rollout_correction != RolloutCorrection::None && !batch.is_empty() {
@@ -354,25 +360,13 @@ pub fn run_step_on(
             loss = out.loss;
             clip_fraction = out.clip_fraction;
             kl = out.kl;
-            grad_norm = client
-                .optim_step(&AdamParams {
-                    learning_rate: input.learning_rate,
-                    weight_decay: hyper.weight_decay,
-                    grad_clip_norm: hyper.max_grad_norm,
-                    ..AdamParams::default()
-                })?
-                .grad_norm;
+            grad_norm = client.optim_step(&adam)?.grad_norm;
         }
     } else if hyper.dynamic_sampling && frac_zero_std_groups > 0.0 {
         // Every group left out for scoring flat: their gradient would have been zero, and the
         // step still moves on AdamW's momentum, as it would with them kept.
         for _ in 0..hyper.num_iterations {
-            client.optim_step_on_momentum(&AdamParams {
-                learning_rate: input.learning_rate,
-                weight_decay: hyper.weight_decay,
-                grad_clip_norm: hyper.max_grad_norm,
-                ..AdamParams::default()
-            })?;
+            client.optim_step_on_momentum(&adam)?;
         }
     }
     seconds.training = t_train.elapsed().as_secs_f64();
