@@ -306,6 +306,32 @@ fn hostile_sizes_counts_and_races_leave_the_worker_serving() {
                 "seed": i64::MIN}),
     );
     assert_eq!(status, 200, "{body}");
+    // Many at once: three-prompt requests racing for four places are each served whole or
+    // refused whole, and every place comes back (a leaked one would refuse requests forever).
+    std::thread::scope(|scope| {
+        let racing: Vec<_> = (0..6)
+            .map(|_| {
+                scope.spawn(|| {
+                    server.post(
+                        "/completions",
+                        &json!({"model": base, "prompt": vec![vec![2u32, 3]; 3], "max_tokens": 2}),
+                    )
+                })
+            })
+            .collect();
+        for handle in racing {
+            let (status, body) = handle.join().unwrap();
+            assert!(status == 200 || status == 429, "{status}: {body}");
+            if status == 200 {
+                assert_eq!(body["choices"].as_array().map(Vec::len), Some(3), "{body}");
+            }
+        }
+    });
+    let (status, body) = server.post(
+        "/completions",
+        &json!({"model": base, "prompt": vec![vec![2u32, 3]; 4], "max_tokens": 2}),
+    );
+    assert_eq!(status, 200, "{body}");
     // A prompt past the model's context is refused before it is sampled.
     let (status, body) = server.post(
         "/completions",
