@@ -160,42 +160,38 @@ def main(request_path, result_path):
     ]
     points = []
 
+    def answers(model, **sampling):
+        """Every validation row's answers, `num_return_sequences` per row (1 by default)."""
+        texts = []
+        for start in range(0, len(valid), 8):
+            chunk = valid_prompts[start : start + 8]
+            encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            out = model.generate(
+                **encoded,
+                max_new_tokens=h["max_completion_tokens"],
+                pad_token_id=tokenizer.pad_token_id,
+                **sampling,
+            )
+            width = encoded["input_ids"].shape[1]
+            texts += [tokenizer.decode(s[width:], skip_special_tokens=True) for s in out]
+        return texts
+
     def validate(model, step):
         samples = h["eval_samples"]
         was_training = model.training
         model.eval()
-        texts, items = [], []
         with torch.no_grad():
-            for start in range(0, len(valid), 8):
-                chunk = valid_prompts[start : start + 8]
-                encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-                out = model.generate(
-                    **encoded,
-                    do_sample=h["temperature"] > 0,
-                    temperature=h["temperature"] if h["temperature"] > 0 else None,
-                    top_p=1.0,
-                    top_k=0,
-                    max_new_tokens=h["max_completion_tokens"],
-                    num_return_sequences=samples,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                width = encoded["input_ids"].shape[1]
-                for i, sequence in enumerate(out):
-                    texts.append(tokenizer.decode(sequence[width:], skip_special_tokens=True))
-                    items.append(valid[start + i // samples]["item"])
+            texts = answers(
+                model,
+                do_sample=h["temperature"] > 0,
+                temperature=h["temperature"] if h["temperature"] > 0 else None,
+                top_p=1.0,
+                top_k=0,
+                num_return_sequences=samples,
+            )
+            items = [row["item"] for row in valid for _ in range(samples)]
             # One greedy answer per row, as the trainer's `valid_greedy_reward_mean`.
-            greedy_texts = []
-            for start in range(0, len(valid), 8):
-                chunk = valid_prompts[start : start + 8]
-                encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
-                out = model.generate(
-                    **encoded,
-                    do_sample=False,
-                    max_new_tokens=h["max_completion_tokens"],
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                width = encoded["input_ids"].shape[1]
-                greedy_texts += [tokenizer.decode(s[width:], skip_special_tokens=True) for s in out]
+            greedy_texts = answers(model, do_sample=False)
         if was_training:
             model.train()
         rewards = grader.grade(texts, items)

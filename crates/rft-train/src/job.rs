@@ -372,13 +372,8 @@ impl Loop<'_> {
             ..self.context()
         };
         let graded = rollout(Policy::Client(&self.client), &context, rows, 1, 0)?;
-        let rewards: Vec<f64> = graded
-            .groups
-            .iter()
-            .flatten()
-            .map(|(_, g)| g.reward)
-            .collect();
-        Ok(crate::step::mean(rewards.iter().copied(), rewards.len()))
+        let rewards = graded.groups.iter().flatten().map(|(_, g)| g.reward);
+        Ok(crate::step::mean(rewards, rows.len()))
     }
 
     fn run(
