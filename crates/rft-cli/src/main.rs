@@ -8,6 +8,24 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// `println!` that returns the write's error instead of panicking: a reader that has gone
+/// (`rft bench learn --replot | head`) ends the command quietly through `main`'s broken-pipe
+/// check rather than with a panic and, under `RUST_BACKTRACE`, a backtrace.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
+/// `print!`'s counterpart of `outln!`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        write!(std::io::stdout().lock(), $($arg)*)?
+    }};
+}
+
 mod cli;
 mod commands;
 mod embedder;

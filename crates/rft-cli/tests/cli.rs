@@ -205,3 +205,19 @@ fn bench_learn_replots_earlier_runs_and_refuses_a_file_that_is_not_its_own() {
     assert!(!out.status.success());
     assert!(stderr.contains("is not a bench-learn.json"), "{stderr}");
 }
+
+#[test]
+fn a_reader_that_has_gone_ends_the_command_quietly() {
+    // `rft example list | head -0`: the pipe's reader is closed before rft writes a byte.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rft"))
+        .args(["example", "list"])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}

@@ -50,14 +50,19 @@ pub(crate) fn graders(args: &BenchGradersArgs) -> anyhow::Result<ExitCode> {
         Some(run_reference(&args.python, &pairs)?)
     };
 
-    println!(
+    outln!(
         "{} pairs per metric, {} threads for the parallel column",
         pairs.len(),
         rayon::current_num_threads()
     );
-    println!(
+    outln!(
         "{:<12} {:>12} {:>12} {:>12} {:>10} {:>10}",
-        "metric", "python (s)", "rft 1 core", "rft all", "x 1 core", "x all"
+        "metric",
+        "python (s)",
+        "rft 1 core",
+        "rft all",
+        "x 1 core",
+        "x all"
     );
     for metric in METRICS {
         let start = Instant::now();
@@ -75,12 +80,12 @@ pub(crate) fn graders(args: &BenchGradersArgs) -> anyhow::Result<ExitCode> {
             .and_then(|r| r.get(metric))
             .and_then(|v| v.as_f64())
         {
-            Some(python) => println!(
+            Some(python) => outln!(
                 "{metric:<12} {python:>12.3} {serial:>12.4} {parallel:>12.4} {:>9.1}x {:>9.1}x",
                 python / serial,
                 python / parallel
             ),
-            None => println!("{metric:<12} {:>12} {serial:>12.4} {parallel:>12.4}", "-"),
+            None => outln!("{metric:<12} {:>12} {serial:>12.4} {parallel:>12.4}", "-"),
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -289,15 +294,15 @@ pub(crate) fn python(args: &crate::cli::BenchPythonArgs) -> anyhow::Result<ExitC
 
     let pooled_rate = args.grades as f64 / pooled;
     let baseline_rate = args.baseline_grades as f64 / baseline;
-    println!("pool start-up (sandbox + first worker): {startup:.3} s");
-    println!(
+    outln!("pool start-up (sandbox + first worker): {startup:.3} s");
+    outln!(
         "worker pool:          {} grades in {pooled:.3} s = {pooled_rate:.0} grades/s",
         args.grades
     );
-    println!(
+    outln!(
         "process per grade:    {} grades in {baseline:.3} s = {baseline_rate:.1} grades/s (unsandboxed)",
         args.baseline_grades
     );
-    println!("ratio: {:.0}x", pooled_rate / baseline_rate);
+    outln!("ratio: {:.0}x", pooled_rate / baseline_rate);
     Ok(ExitCode::SUCCESS)
 }

@@ -258,15 +258,21 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    println!(
+    outln!(
         "decode throughput: {} new tokens after a {}-token prompt, prefill excluded; best of {} (range)",
         args.tokens,
         prompt.len(),
         args.repeats
     );
-    println!(
+    outln!(
         "{:<40} {:>5} {:>10} {:>19} {:>9} {:>11} {:>9}",
-        "engine", "batch", "tok/s", "range", "ms/step", "prefill (s)", "vs HF"
+        "engine",
+        "batch",
+        "tok/s",
+        "range",
+        "ms/step",
+        "prefill (s)",
+        "vs HF"
     );
     for row in &rows {
         let hf = rows
@@ -274,7 +280,7 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
             .find(|r| r.engine.starts_with("transformers") && r.batch == row.batch)
             .map(Row::best);
         let ratio = hf.map_or("-".to_owned(), |hf| format!("{:.2}x", row.best() / hf));
-        println!(
+        outln!(
             "{:<40} {:>5} {:>10.1} {:>19} {:>9.1} {:>11.3} {:>9}",
             row.engine,
             row.batch,
@@ -286,7 +292,7 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if let Some(peak) = &peak {
-        println!(
+        outln!(
             "f32 matmul peak (candle sgemm 1024x1024x1024): {:.1} GFLOP/s; decode-shaped ({}x{} @ {}x{}ᵀ): {:.1} GFLOP/s",
             peak.square,
             peak.skinny_shape.0,
@@ -296,25 +302,25 @@ pub(crate) fn decode(args: &BenchDecodeArgs) -> anyhow::Result<ExitCode> {
             peak.skinny
         );
     }
-    println!(
+    outln!(
         "FLOPs per decoded token (2 x matmul weights incl. the output projection): {:.1} M",
         flops_per_token / 1e6
     );
     for row in rows.iter().filter(|r| r.engine.starts_with("rft")) {
         let gflops = row.best() * flops_per_token / 1e9;
         match &peak {
-            Some(peak) => println!(
+            Some(peak) => outln!(
                 "rft batch {}: {gflops:.1} GFLOP/s = {:.1}% of the sgemm peak",
                 row.batch,
                 100.0 * gflops / peak.square
             ),
-            None => println!("rft batch {}: {gflops:.1} GFLOP/s", row.batch),
+            None => outln!("rft batch {}: {gflops:.1} GFLOP/s", row.batch),
         }
     }
     for note in notes {
-        println!("note: {note}");
+        outln!("note: {note}");
     }
-    println!(
+    outln!(
         "load average (1 min) before / after: {load_before} / {}",
         load_average()
     );

@@ -426,7 +426,7 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
         }
     }
 
-    println!(
+    outln!(
         "GRPO step: {} prompts x {} samples x {} tokens ({}), LoRA r{}, {} threads; median [min-max] of steps {}",
         args.prompts,
         args.group,
@@ -444,42 +444,47 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
             "1".into()
         }
     );
-    println!(
+    outln!(
         "{:<36} {:>22} {:>22} {:>22} {:>22}",
-        "engine", "sampling s", "grading s", "training s", "step s"
+        "engine",
+        "sampling s",
+        "grading s",
+        "training s",
+        "step s"
     );
-    let row = |name: &str, p: &Phases| {
-        println!(
+    let row = |name: &str, p: &Phases| -> anyhow::Result<()> {
+        outln!(
             "{name:<36} {:>22} {:>22} {:>22} {:>22}",
             p.sampling.show(2),
             p.grading.show(4),
             p.training.show(2),
             p.total.show(2)
         );
+        Ok(())
     };
     let ours_phases = Phases::of(&ours);
-    row("openrft", &ours_phases);
-    let fastest = references
-        .iter()
-        .map(|r| (r, Phases::of(&r.steps)))
-        .inspect(|(r, p)| {
-            row(
-                &format!(
-                    "trl {} mb {} x {}{}",
-                    r.versions["trl"].as_str().unwrap_or("?"),
-                    r.micro_batch,
-                    r.accumulation,
-                    if r.bf16 { " bf16" } else { "" }
-                ),
-                p,
-            )
-        })
-        .collect::<Vec<_>>()
+    row("openrft", &ours_phases)?;
+    let mut configurations = Vec::with_capacity(references.len());
+    for reference in &references {
+        let phases = Phases::of(&reference.steps);
+        row(
+            &format!(
+                "trl {} mb {} x {}{}",
+                reference.versions["trl"].as_str().unwrap_or("?"),
+                reference.micro_batch,
+                reference.accumulation,
+                if reference.bf16 { " bf16" } else { "" }
+            ),
+            &phases,
+        )?;
+        configurations.push((reference, phases));
+    }
+    let fastest = configurations
         .into_iter()
         .min_by(|a, b| a.1.total.median.total_cmp(&b.1.total.median));
     if let Some((best, trl)) = fastest {
         let versions = &best.versions;
-        println!(
+        outln!(
             "fastest TRL configuration: {}per_device_train_batch_size {}, gradient_accumulation_steps {}, generation of all {completions} completions in one call, {threads} torch threads (TRL {} / transformers {} / peft {} / torch {})",
             if best.bf16 { "bf16=True, " } else { "" },
             best.micro_batch,
@@ -489,19 +494,20 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
             versions["peft"].as_str().unwrap_or("?"),
             versions["torch"].as_str().unwrap_or("?"),
         );
-        println!(
+        outln!(
             "openrft speed-up against it (median [range]): step {}, sampling {}, training {}",
             ours_phases.total.speedup(&trl.total),
             ours_phases.sampling.speedup(&trl.sampling),
             ours_phases.training.speedup(&trl.training),
         );
         let ours_tokens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
-        println!(
+        outln!(
             "prompt tokens: openrft {:?}, trl {}",
-            ours_tokens, best.prompt_tokens
+            ours_tokens,
+            best.prompt_tokens
         );
         for (i, t) in best.steps.iter().enumerate() {
-            println!(
+            outln!(
                 "trl step {}: sampling {:.2} s, grading {:.4} s, training {:.2} s, step {:.2} s, {} completion tokens",
                 i + 1,
                 t.sampling,
@@ -513,7 +519,7 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for (i, t) in ours.iter().enumerate() {
-        println!(
+        outln!(
             "openrft step {}: sampling {:.2} s, grading {:.4} s, training {:.2} s, step {:.2} s, {} completion tokens",
             i + 1,
             t.sampling,
@@ -523,7 +529,7 @@ pub(crate) fn grpo(args: &BenchGrpoArgs) -> anyhow::Result<ExitCode> {
             t.completion_tokens
         );
     }
-    println!(
+    outln!(
         "load average (1 min) before / after: {load_before} / {}",
         load_average()
     );

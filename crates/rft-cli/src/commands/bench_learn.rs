@@ -263,12 +263,12 @@ fn read_results(path: &Path) -> anyhow::Result<Results> {
 
 /// Prints the table and draws the plot of `results`.
 fn report(results: &Results, results_path: &Path, output: &Path) -> anyhow::Result<ExitCode> {
-    print_table(&results.runs);
+    print_table(&results.runs)?;
     let svg = output.join("bench-learn.svg");
     let task = results.task.as_deref().unwrap_or("the job");
     std::fs::write(&svg, plot(task, &results.runs))
         .with_context(|| format!("cannot write {}", svg.display()))?;
-    println!(
+    outln!(
         "curves: {}; plot: {}",
         results_path.display(),
         svg.display()
@@ -483,10 +483,17 @@ fn mean_sd(values: &[f64]) -> (f64, f64) {
     (mean, sd)
 }
 
-fn print_table(curves: &[Curve]) {
-    println!(
+fn print_table(curves: &[Curve]) -> anyhow::Result<()> {
+    outln!(
         "{:<8} {:>5} {:>8} {:>16} {:>16} {:>16} {:>16} {:>10}",
-        "engine", "seeds", "before", "best", "final", "best − final", "final greedy", "wall (s)"
+        "engine",
+        "seeds",
+        "before",
+        "best",
+        "final",
+        "best − final",
+        "final greedy",
+        "wall (s)"
     );
     for engine in ["openrft", "trl"] {
         let runs: Vec<&Curve> = curves.iter().filter(|c| c.engine == engine).collect();
@@ -508,7 +515,7 @@ fn print_table(curves: &[Curve]) {
                 format!("{mean:.3} ± {sd:.3}")
             },
         );
-        println!(
+        outln!(
             "{engine:<8} {:>5} {before:>8.3} {:>16} {:>16} {:>16} {greedy:>16} {wall:>10.0}",
             runs.len(),
             format!("{best:.3} ± {best_sd:.3}"),
@@ -524,12 +531,13 @@ fn print_table(curves: &[Curve]) {
                     None => format!("{}:{:.2}±{:.2}", p.step, p.mean, p.stderr),
                 })
                 .collect();
-            println!("  seed {:<4} {}", run.seed, curve.join(" "));
+            outln!("  seed {:<4} {}", run.seed, curve.join(" "));
         }
     }
-    println!(
+    outln!(
         "(± over seeds: the sample standard deviation; per point: the standard error; /g: the greedy answers' mean)"
     );
+    Ok(())
 }
 
 /// Every validation curve of `task` on one chart: OpenRFT in blue, TRL in orange, one line per

@@ -42,18 +42,18 @@ fn run(args: &BenchMatmulArgs) -> anyhow::Result<ExitCode> {
         .into_iter()
         .filter(|kernel| kernel.supported())
         .collect();
-    println!(
+    outln!(
         "one thread; GFLOP/s (best of repeats over about {:.1} s); kernels here: {kernels:?}",
         args.seconds
     );
-    print!("{:<26} {:>10}", "shape", "candle");
+    out!("{:<26} {:>10}", "shape", "candle");
     for kernel in &kernels {
-        print!(" {:>10}", format!("{kernel:?}"));
+        out!(" {:>10}", format!("{kernel:?}"));
     }
     for kernel in &kernels {
-        print!(" {:>12}", format!("{kernel:?}/candle"));
+        out!(" {:>12}", format!("{kernel:?}/candle"));
     }
-    println!();
+    outln!();
     for (name, m, k, n) in SHAPES {
         let x = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
         let w = Tensor::randn(0f32, 1.0, (n, k), &Device::Cpu)?;
@@ -66,7 +66,7 @@ fn run(args: &BenchMatmulArgs) -> anyhow::Result<ExitCode> {
                 Ok(weight.matmul_t(&x)?)
             })?);
         }
-        print_row(name, candle, &packed);
+        print_row(name, candle, &packed)?;
     }
     // A decode step multiplies by every weight of the model once, so its weights come from
     // memory, not cache: the same product cycling over distinct weights (about 300 MB of them,
@@ -99,7 +99,7 @@ fn run(args: &BenchMatmulArgs) -> anyhow::Result<ExitCode> {
             last.ok_or_else(|| anyhow::anyhow!("no weights"))
         })?);
     }
-    print_row(&format!("decode up, {count} weights"), candle, &packed);
+    print_row(&format!("decode up, {count} weights"), candle, &packed)?;
     if let Some(&kernel) = kernels.last() {
         two_streams(&x, &weights, kernel, args.seconds)?;
     }
@@ -148,7 +148,7 @@ fn two_streams(x: &Tensor, weights: &[Tensor], kernel: Kernel, seconds: f64) -> 
     };
     let own = run(true)?;
     let shared = run(false)?;
-    println!(
+    outln!(
         "two threads, {} weights of {k}x{n}, {kernel:?}: {own:.1} GFLOP/s with a copy each, {shared:.1} sharing them in lockstep ({:.2}x)",
         weights.len(),
         shared / own
@@ -162,15 +162,16 @@ fn pack(weight: &Tensor, kernel: Kernel) -> anyhow::Result<PackedWeight> {
 }
 
 /// One line of the table: candle's rate, each kernel's, and each kernel's ratio to candle.
-fn print_row(name: &str, candle: f64, packed: &[f64]) {
-    print!("{name:<26} {candle:>10.1}");
+fn print_row(name: &str, candle: f64, packed: &[f64]) -> anyhow::Result<()> {
+    out!("{name:<26} {candle:>10.1}");
     for gflops in packed {
-        print!(" {gflops:>10.1}");
+        out!(" {gflops:>10.1}");
     }
     for gflops in packed {
-        print!(" {:>11.2}x", gflops / candle);
+        out!(" {:>11.2}x", gflops / candle);
     }
-    println!();
+    outln!();
+    Ok(())
 }
 
 fn best_gflops(

@@ -90,8 +90,8 @@ fn upload(agent: &ureq::Agent, base: &str, name: &str, content: &str) -> anyhow:
         .with_context(|| format!("upload of {name} failed: {file}"))
 }
 
-fn print_phase(name: &str, clients: usize, report: &PhaseReport) {
-    println!(
+fn print_phase(name: &str, clients: usize, report: &PhaseReport) -> anyhow::Result<()> {
+    outln!(
         "{name:<18} {:>5} requests {clients:>3} clients {:>8.1} req/s  p50 {:>8.1} ms  p99 {:>8.1} ms  ok {} 429 {} failed {}",
         report.requests,
         report.throughput(),
@@ -101,6 +101,7 @@ fn print_phase(name: &str, clients: usize, report: &PhaseReport) {
         report.rejected,
         report.failures.len()
     );
+    Ok(())
 }
 
 pub(crate) fn serve(args: &BenchServeArgs) -> anyhow::Result<ExitCode> {
@@ -196,15 +197,15 @@ pub(crate) fn serve(args: &BenchServeArgs) -> anyhow::Result<ExitCode> {
         }
         None => "no job".into(),
     };
-    println!(
+    outln!(
         "rft serve under load ({} threads, chat {} tokens, training job during the load: {still_training})",
         rayon::current_num_threads(),
         args.max_tokens
     );
-    print_phase("graders/run", args.grader_clients, &graders);
-    print_phase("chat/completions", args.chat_clients, &chats);
+    print_phase("graders/run", args.grader_clients, &graders)?;
+    print_phase("chat/completions", args.chat_clients, &chats)?;
     if let Some(hostile) = &hostile {
-        print_phase("hostile", args.hostile_clients, hostile);
+        print_phase("hostile", args.hostile_clients, hostile)?;
     }
     drop(server);
     let _ = std::fs::remove_dir_all(&data);

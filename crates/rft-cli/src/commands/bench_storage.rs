@@ -785,9 +785,9 @@ pub(crate) fn storage(args: &BenchStorageArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot create {}", scratch.0.display()))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu = cpu_model();
-    println!("rft bench storage: {cores} cores, {cpu}");
+    outln!("rft bench storage: {cores} cores, {cpu}");
     if let Some(url) = database {
-        println!(
+        outln!(
             "PostgreSQL: fresh databases on {}",
             rft_store::redact_url(url)
         );
@@ -801,19 +801,27 @@ pub(crate) fn storage(args: &BenchStorageArgs) -> anyhow::Result<ExitCode> {
             claims.push(claims_trial(backend, &scratch.0, args.jobs, workers)?);
         }
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "claims: {} tiny jobs, each claimed, finished (modify_object_leased) and released",
         args.jobs
     );
-    println!(
+    outln!(
         "{:<11} {:>7} {:>9} {:>14} {:>14}",
-        "database", "workers", "jobs/s", "claim p50 ms", "claim p95 ms"
+        "database",
+        "workers",
+        "jobs/s",
+        "claim p50 ms",
+        "claim p95 ms"
     );
     for t in &claims {
-        println!(
+        outln!(
             "{:<11} {:>7} {:>9.0} {:>14.2} {:>14.2}",
-            t.database, t.workers, t.jobs_per_second, t.claim_p50_ms, t.claim_p95_ms
+            t.database,
+            t.workers,
+            t.jobs_per_second,
+            t.claim_p50_ms,
+            t.claim_p95_ms
         );
     }
 
@@ -832,20 +840,26 @@ pub(crate) fn storage(args: &BenchStorageArgs) -> anyhow::Result<ExitCode> {
             runs_s,
         });
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "lease takeover: lease {:.1} s, sweeper and second worker polling every {} ms; from the last renewal to the second worker's claim",
         TAKEOVER_LEASE.as_secs_f64(),
         TAKEOVER_POLL.as_millis()
     );
-    println!(
+    outln!(
         "{:<11} {:>9} {:>9} {:>9}",
-        "database", "median s", "min s", "max s"
+        "database",
+        "median s",
+        "min s",
+        "max s"
     );
     for t in &takeover {
-        println!(
+        outln!(
             "{:<11} {:>9.3} {:>9.3} {:>9.3}",
-            t.database, t.median_s, t.min_s, t.max_s
+            t.database,
+            t.median_s,
+            t.min_s,
+            t.max_s
         );
     }
 
@@ -866,16 +880,22 @@ pub(crate) fn storage(args: &BenchStorageArgs) -> anyhow::Result<ExitCode> {
         eprintln!("blobs: {label} ({}) ...", store.describe());
         blobs.extend(blob_rows(label, store, &sources, &scratch.0)?);
     }
-    println!();
-    println!("blobs: median of {BLOB_RUNS}; MB = 10^6 bytes");
-    println!(
+    outln!();
+    outln!("blobs: median of {BLOB_RUNS}; MB = 10^6 bytes");
+    outln!(
         "{:<13} {:<32} {:>11} {:>11}",
-        "store", "what", "put MB/s", "get MB/s"
+        "store",
+        "what",
+        "put MB/s",
+        "get MB/s"
     );
     for row in &blobs {
-        println!(
+        outln!(
             "{:<13} {:<32} {:>11.1} {:>11.1}",
-            row.store, row.what, row.put_mb_s, row.get_mb_s
+            row.store,
+            row.what,
+            row.put_mb_s,
+            row.get_mb_s
         );
     }
 
@@ -894,19 +914,27 @@ pub(crate) fn storage(args: &BenchStorageArgs) -> anyhow::Result<ExitCode> {
         reads.event_bytes_mean = event_bytes;
         reads.rows.extend(rows);
     }
-    println!();
-    println!(
+    outln!();
+    outln!(
         "API reads: a {} B job with {EVENTS} events (mean {} B), {} reads each, one client",
-        reads.job_bytes, reads.event_bytes_mean, args.reads
+        reads.job_bytes,
+        reads.event_bytes_mean,
+        args.reads
     );
-    println!(
+    outln!(
         "{:<11} {:<31} {:>9} {:>9}",
-        "database", "read", "p50 ms", "p95 ms"
+        "database",
+        "read",
+        "p50 ms",
+        "p95 ms"
     );
     for row in &reads.rows {
-        println!(
+        outln!(
             "{:<11} {:<31} {:>9.3} {:>9.3}",
-            row.database, row.read, row.p50_ms, row.p95_ms
+            row.database,
+            row.read,
+            row.p50_ms,
+            row.p95_ms
         );
     }
 

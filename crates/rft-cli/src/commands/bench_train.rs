@@ -125,7 +125,7 @@ pub(crate) fn train_memory(args: &BenchTrainMemoryArgs) -> anyhow::Result<ExitCo
         .collect();
 
     let config = model.config();
-    println!(
+    outln!(
         "model {} ({} layers, hidden {}, vocab {}, {:?} weights), loaded in {load:.2} s",
         path.display(),
         config.num_layers,
@@ -133,13 +133,13 @@ pub(crate) fn train_memory(args: &BenchTrainMemoryArgs) -> anyhow::Result<ExitCo
         config.vocab_size,
         model.lm_head().dtype()
     );
-    println!(
+    outln!(
         "LoRA rank {} on {:?} in every layer: {} trainable parameters",
         adapter.config().rank,
         adapter.config().targets,
         adapter.num_parameters()
     );
-    println!(
+    outln!(
         "batch {} x {} tokens ({} prompt + {} completion), {} threads",
         args.batch,
         args.seq,
@@ -147,8 +147,8 @@ pub(crate) fn train_memory(args: &BenchTrainMemoryArgs) -> anyhow::Result<ExitCo
         args.seq - args.prompt,
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
-    println!("RSS at start: {}", gib(rss_start));
-    println!(
+    outln!("RSS at start: {}", gib(rss_start));
+    outln!(
         "RSS after loading the model and adapter: {} (peak so far {})",
         gib(rss_loaded),
         gib(hwm_loaded)
@@ -198,14 +198,14 @@ pub(crate) fn train_memory(args: &BenchTrainMemoryArgs) -> anyhow::Result<ExitCo
             );
             peak = peak.max(memory_kib("VmHWM")?);
             match forward {
-                Some(forward) => println!(
+                Some(forward) => outln!(
                     "{} pass {}: forward {forward:.2} s, backward {backward:.2} s, total {:.2} s; loss {loss_value:.4}; gradients for {with_grad}/{} LoRA tensors",
                     mode.name(),
                     repeat + 1,
                     forward + backward,
                     vars.len()
                 ),
-                None => println!(
+                None => outln!(
                     "{} pass {}: forward+backward {backward:.2} s; loss {loss_value:.4}; gradients for {with_grad}/{} LoRA tensors",
                     mode.name(),
                     repeat + 1,
@@ -213,7 +213,7 @@ pub(crate) fn train_memory(args: &BenchTrainMemoryArgs) -> anyhow::Result<ExitCo
                 ),
             }
         }
-        println!(
+        outln!(
             "{} peak RSS (VmHWM{}): {} — {} the 6 GB target",
             mode.name(),
             if reset {
@@ -229,7 +229,7 @@ pub(crate) fn train_memory(args: &BenchTrainMemoryArgs) -> anyhow::Result<ExitCo
             }
         );
     }
-    println!("RSS after the passes: {}", gib(memory_kib("VmRSS")?));
+    outln!("RSS after the passes: {}", gib(memory_kib("VmRSS")?));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -60,20 +60,21 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> anyhow::Result<f32> {
     Ok((a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
 }
 
-fn report(label: &str, value: f32, limit: f32, failures: &mut usize) {
+fn report(label: &str, value: f32, limit: f32, failures: &mut usize) -> anyhow::Result<()> {
     let ok = value <= limit;
     if !ok {
         *failures += 1;
     }
-    println!(
+    outln!(
         "  {label:<34} {value:>10.2e}  {}",
         if ok { "ok" } else { "FAILED" }
     );
+    Ok(())
 }
 
 pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
     let device = rft_model::device::parse_device(&args.device)?;
-    println!("device {} ({device:?}) against the CPU", args.device);
+    outln!("device {} ({device:?}) against the CPU", args.device);
     let dir = std::env::temp_dir().join(format!("rft-check-device-{}", std::process::id()));
     let mut failures = 0;
     let mut state = 42u64;
@@ -89,7 +90,7 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
             let dev = CausalLm::load_with(&model_dir, &device, precision).with_context(|| {
                 format!("cannot load the tiny {arch:?} model on {}", args.device)
             })?;
-            println!("{arch:?} (tiny random model), {precision} on the device");
+            outln!("{arch:?} (tiny random model), {precision} on the device");
             failures += compare(&cpu, &dev, &device, &model_dir, precision, &mut state)?;
         }
     }
@@ -100,10 +101,10 @@ pub(crate) fn check(args: &CheckDeviceArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if failures > 0 {
-        println!("{failures} check(s) FAILED");
+        outln!("{failures} check(s) FAILED");
         return Ok(ExitCode::FAILURE);
     }
-    println!("all parity checks passed");
+    outln!("all parity checks passed");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -132,7 +133,7 @@ fn compare(
         )?)
     };
     let diff = max_abs_diff(&forward(cpu, &Device::Cpu)?, &forward(dev, device)?)?;
-    report("logits (2 x 9 tokens)", diff, limit, &mut failures);
+    report("logits (2 x 9 tokens)", diff, limit, &mut failures)?;
 
     // An adapter with non-zero B (PEFT's init has B = 0, which would hide A's gradients),
     // moved to the device through its PEFT files.
@@ -174,7 +175,7 @@ fn compare(
         .zip(&on_dev.logprobs)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    report("completion log-probs", lp_diff, limit, &mut failures);
+    report("completion log-probs", lp_diff, limit, &mut failures)?;
     let mut worst = 0f32;
     for ((_, c), (_, d)) in adapter.named_vars().iter().zip(dev_adapter.named_vars()) {
         let (Some(gc), Some(gd)) = (
@@ -191,7 +192,7 @@ fn compare(
             .max(1.0);
         worst = worst.max(max_abs_diff(gc, gd)? / scale);
     }
-    report("LoRA gradients (relative)", worst, limit, &mut failures);
+    report("LoRA gradients (relative)", worst, limit, &mut failures)?;
 
     let params = SamplingParams {
         temperature: 0.0,
@@ -207,7 +208,7 @@ fn compare(
         .map(|(x, y)| x.ids.iter().zip(&y.ids).take_while(|(p, q)| p == q).count())
         .min()
         .unwrap_or(0);
-    println!("  greedy tokens equal to the CPU's:  {same} of 12");
+    outln!("  greedy tokens equal to the CPU's:  {same} of 12");
     Ok(failures)
 }
 
@@ -242,7 +243,7 @@ fn speed(device: &Device, precision: Precision, state: &mut u64) -> anyhow::Resu
     let out = sample(&model, &prompt, 64, &params)?;
     let seconds = start.elapsed().as_secs_f64();
     let tokens: usize = out.iter().map(|c| c.ids.len()).sum();
-    println!(
+    outln!(
         "SmolLM2-135M-shaped random model ({precision}): decode 64 rows x 64 tokens after an 85-token prompt: {seconds:.2} s ({:.0} tok/s)",
         tokens as f64 / seconds
     );
@@ -262,7 +263,7 @@ fn speed(device: &Device, precision: Precision, state: &mut u64) -> anyhow::Resu
     checkpointed_backward(&model, &adapter, &sequences[..8], loss)?; // warm-up
     let start = Instant::now();
     checkpointed_backward(&model, &adapter, &sequences, loss)?;
-    println!(
+    outln!(
         "  training pass (checkpointed, LoRA r16 on 7 projections) over 8 prompts x 8 completions of 64 tokens: {:.2} s",
         start.elapsed().as_secs_f64()
     );

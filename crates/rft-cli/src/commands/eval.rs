@@ -161,7 +161,7 @@ pub(crate) fn run(args: &EvalArgs, mode: Mode) -> anyhow::Result<ExitCode> {
         },
     );
     let Some(dir) = report_dir else {
-        println!("{}", serde_json::to_string_pretty(&objects.run)?);
+        outln!("{}", serde_json::to_string_pretty(&objects.run)?);
         return Ok(ExitCode::SUCCESS);
     };
     write_objects(&dir, &objects)?;
@@ -182,9 +182,9 @@ pub(crate) fn run(args: &EvalArgs, mode: Mode) -> anyhow::Result<ExitCode> {
     write_report(&report, &dir)?;
     let text = summary(&report);
     match mode {
-        Mode::Doctor => print!("{text}"),
+        Mode::Doctor => out!("{text}"),
         Mode::Eval => {
-            println!("{}", serde_json::to_string_pretty(&objects.run)?);
+            outln!("{}", serde_json::to_string_pretty(&objects.run)?);
             eprint!("{text}");
         }
     }

@@ -143,7 +143,7 @@ pub(crate) const EXAMPLES: &[Example] = &[
 pub(crate) fn run(command: &ExampleCommand) -> anyhow::Result<ExitCode> {
     match command {
         ExampleCommand::List => {
-            list();
+            list()?;
             Ok(ExitCode::SUCCESS)
         }
         ExampleCommand::Run(args) => run_example(args),
@@ -164,18 +164,22 @@ pub(crate) fn find(name: &str) -> anyhow::Result<&'static Example> {
     })
 }
 
-fn list() {
-    println!("{:<20} {:<22} {:<52} task", "name", "family", "grader");
+fn list() -> anyhow::Result<()> {
+    outln!("{:<20} {:<22} {:<52} task", "name", "family", "grader");
     for example in EXAMPLES {
         let kind = serde_json::from_str::<Value>(example.grader)
             .map(|g| grader_kind(&g))
             .unwrap_or_else(|_| "invalid grader.json".into());
-        println!(
+        outln!(
             "{:<20} {:<22} {:<52} {}",
-            example.name, example.family, kind, example.summary
+            example.name,
+            example.family,
+            kind,
+            example.summary
         );
     }
-    println!("\nrun one with: rft example run NAME   (files and results: examples/NAME/, docs/examples.md)");
+    outln!("\nrun one with: rft example run NAME   (files and results: examples/NAME/, docs/examples.md)");
+    Ok(())
 }
 
 /// "python", or "multi(string_check, text_similarity)": the grader's type and its children's.
@@ -348,7 +352,7 @@ fn run_example(args: &RunArgs) -> anyhow::Result<ExitCode> {
     // An example run always starts fresh.
     let _ = std::fs::remove_dir_all(&run_dir);
     let summary = super::train::run(&request, &run_dir)?;
-    super::train::print_summary(&summary, &run_dir);
+    super::train::print_summary(&summary, &run_dir)?;
     let minutes = started.elapsed().as_secs_f64() / 60.0;
     let (before, after) = (summary.baseline_valid_reward, summary.final_valid_reward);
     let result = json!({
@@ -368,9 +372,9 @@ fn run_example(args: &RunArgs) -> anyhow::Result<ExitCode> {
     std::fs::write(&result_path, serde_json::to_vec_pretty(&result)?)
         .with_context(|| format!("cannot write {}", result_path.display()))?;
     let show = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
-    println!("\n| example | family | grader | model | doctor | steps | before | after | change | minutes |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    println!(
+    outln!("\n| example | family | grader | model | doctor | steps | before | after | change | minutes |");
+    outln!("|---|---|---|---|---|---|---|---|---|---|");
+    outln!(
         "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} |",
         example.name,
         example.family,

@@ -52,7 +52,7 @@ pub(crate) fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
     for completion in completions {
         let text = completion.text.clone().unwrap_or_default();
         if args.json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "text": text,
@@ -63,7 +63,7 @@ pub(crate) fn run(args: &GenerateArgs) -> anyhow::Result<ExitCode> {
                 })
             );
         } else {
-            println!("{text}");
+            outln!("{text}");
         }
     }
     Ok(ExitCode::SUCCESS)

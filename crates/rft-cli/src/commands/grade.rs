@@ -58,7 +58,7 @@ fn grade_one(
         None => json!({}),
     };
     let result = grader.grade(&Sample::from_text(sample), &item);
-    println!("{}", serde_json::to_string_pretty(&result)?);
+    outln!("{}", serde_json::to_string_pretty(&result)?);
     Ok(ExitCode::SUCCESS)
 }
 

@@ -14,7 +14,7 @@ pub(crate) fn validate(path: &Path) -> anyhow::Result<ExitCode> {
     });
     match report {
         Ok(grader) => {
-            println!("{}", serde_json::to_string_pretty(&grader)?);
+            outln!("{}", serde_json::to_string_pretty(&grader)?);
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {

@@ -5,14 +5,14 @@ use std::process::ExitCode;
 use rft_model::hub::{self, KNOWN_MODELS};
 
 pub(crate) fn list() -> anyhow::Result<ExitCode> {
-    println!("{:<24} {:<8} {:<22} where", "name", "status", "package");
+    outln!("{:<24} {:<8} {:<22} where", "name", "status", "package");
     for model in KNOWN_MODELS {
         let status = if model.is_present() {
             "present"
         } else {
             "missing"
         };
-        println!(
+        outln!(
             "{:<24} {:<8} {:<22} {}",
             model.name,
             status,
@@ -20,7 +20,7 @@ pub(crate) fn list() -> anyhow::Result<ExitCode> {
             model.dir().display()
         );
     }
-    println!("\nAlso accepted wherever a model is named: a GGUF file, a Hugging Face model folder, or a hub id in the local Hugging Face cache.");
+    outln!("\nAlso accepted wherever a model is named: a GGUF file, a Hugging Face model folder, or a hub id in the local Hugging Face cache.");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -65,7 +65,7 @@ pub(crate) fn train(args: &TrainArgs) -> anyhow::Result<ExitCode> {
         }
         _ => run(&request, &dir)?,
     };
-    print_summary(&summary, &dir);
+    print_summary(&summary, &dir)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -255,36 +255,39 @@ impl Progress {
     }
 }
 
-pub(crate) fn print_summary(summary: &JobSummary, dir: &Path) {
+pub(crate) fn print_summary(summary: &JobSummary, dir: &Path) -> anyhow::Result<()> {
     match summary.outcome {
-        JobOutcome::Paused => println!(
+        JobOutcome::Paused => outln!(
             "paused after step {}/{}; continue with: rft train --resume {}",
             summary.steps,
             summary.total_steps,
             dir.display()
         ),
         JobOutcome::Succeeded => {
-            println!("fine-tuned model: {}", summary.fine_tuned_model);
-            println!("adapter (PEFT): {}", summary.final_adapter.display());
+            outln!("fine-tuned model: {}", summary.fine_tuned_model);
+            outln!("adapter (PEFT): {}", summary.final_adapter.display());
         }
     }
     if let Some(base) = summary.baseline_valid_reward {
-        println!("validation reward before training: {base:.3}");
+        outln!("validation reward before training: {base:.3}");
     }
     if let Some(last) = summary.final_valid_reward {
-        println!("validation reward after training:  {last:.3}");
+        outln!("validation reward after training:  {last:.3}");
     }
     if let Some(best) = &summary.best_checkpoint {
-        println!(
+        outln!(
             "best checkpoint: step {} (validation reward {:.3}): {}",
-            best.step_number, best.metrics.valid_reward_mean, best.fine_tuned_model_checkpoint
+            best.step_number,
+            best.metrics.valid_reward_mean,
+            best.fine_tuned_model_checkpoint
         );
-        println!(
+        outln!(
             "  its adapter (PEFT): {}",
             dir.join(format!("checkpoints/step-{}", best.step_number))
                 .display()
         );
     }
+    Ok(())
 }
 
 /// The quickstart's job (examples/quickstart/job.json, all of its steps) with its data written
@@ -351,15 +354,15 @@ pub(crate) fn quickstart(args: &QuickstartArgs) -> anyhow::Result<ExitCode> {
     // A quickstart always starts fresh.
     let _ = std::fs::remove_dir_all(&run_dir);
     let summary = run(&request, &run_dir)?;
-    print_summary(&summary, &run_dir);
+    print_summary(&summary, &run_dir)?;
     if let (Some(before), Some(after)) = (summary.baseline_valid_reward, summary.final_valid_reward)
     {
-        println!("change: {:+.3}", after - before);
+        outln!("change: {:+.3}", after - before);
     }
     if summary.outcome == JobOutcome::Succeeded {
         show_before_after(&request, &summary.final_adapter, 4)?;
     }
-    println!(
+    outln!(
         "took {:.1} min; events: {}",
         started.elapsed().as_secs_f64() / 60.0,
         run_dir.join("events.jsonl").display()
@@ -373,7 +376,7 @@ pub(crate) fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot load model {}", args.model))?;
     rft_model::export::export_merged(&engine, &args.output)
         .with_context(|| format!("cannot export to {}", args.output.display()))?;
-    println!(
+    outln!(
         "wrote {} ({}{})",
         args.output.display(),
         engine.base,
@@ -405,7 +408,7 @@ fn show_before_after(request: &CreateJob, adapter_dir: &Path, rows: usize) -> an
         .max_completion_tokens
         .and_then(Auto::value)
         .unwrap_or(64);
-    println!("\nbefore → after (greedy), first {rows} validation rows:");
+    outln!("\nbefore → after (greedy), first {rows} validation rows:");
     for row in dataset.iter().take(rows) {
         let messages: Vec<Value> = row
             .messages
@@ -442,9 +445,9 @@ fn show_before_after(request: &CreateJob, adapter_dir: &Path, rows: usize) -> an
             .and_then(|m| m["content"].as_str())
             .unwrap_or_default()
             .replace('\n', " ");
-        println!("- {question}");
-        println!("    before ({:.2}): {:?}", answers[0].1, answers[0].0);
-        println!("    after  ({:.2}): {:?}", answers[1].1, answers[1].0);
+        outln!("- {question}");
+        outln!("    before ({:.2}): {:?}", answers[0].1, answers[0].0);
+        outln!("    after  ({:.2}): {:?}", answers[1].1, answers[1].0);
     }
     Ok(())
 }
