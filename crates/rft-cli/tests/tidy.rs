@@ -770,8 +770,11 @@ fn text_files(dir: &Path, out: &mut Vec<PathBuf>) {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy();
         if path.is_dir() {
+            // `runs/`: where jobs and benches write by default (ignored; a model's output may
+            // say anything).
             let skipped = name.starts_with('.') && name != ".ci"
-                || ["target", "fixtures", "nltk_data", "__pycache__"].contains(&name.as_ref());
+                || ["target", "fixtures", "nltk_data", "__pycache__", "runs"]
+                    .contains(&name.as_ref());
             if !skipped {
                 text_files(&path, out);
             }
