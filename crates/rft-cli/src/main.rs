@@ -10,11 +10,15 @@ use clap::Parser;
 
 /// `println!` that returns the write's error instead of panicking: a reader that has gone
 /// (`rft bench learn --replot | head`) ends the command quietly through `main`'s broken-pipe
-/// check rather than with a panic and, under `RUST_BACKTRACE`, a backtrace.
+/// check, and a full disk is an error that says so, rather than a panic and, under
+/// `RUST_BACKTRACE`, a backtrace.
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        writeln!(std::io::stdout().lock(), $($arg)*)?
+        anyhow::Context::context(
+            writeln!(std::io::stdout().lock(), $($arg)*),
+            "cannot write to standard output",
+        )?
     }};
 }
 
@@ -22,7 +26,10 @@ macro_rules! outln {
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        write!(std::io::stdout().lock(), $($arg)*)?
+        anyhow::Context::context(
+            write!(std::io::stdout().lock(), $($arg)*),
+            "cannot write to standard output",
+        )?
     }};
 }
 

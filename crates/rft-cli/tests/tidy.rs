@@ -832,3 +832,31 @@ fn docs_and_code_stay_inside_the_repository_and_describe_the_code_as_it_is() {
         }
     }
 }
+
+#[test]
+fn the_binary_prints_through_its_error_returning_macros() {
+    // `println!` panics when stdout has gone (`rft … | head`) or is full; the binary's
+    // `outln!`/`out!` return the error to `main` instead.
+    let mut files = Vec::new();
+    rust_files(&workspace_root().join("crates/rft-cli/src"), &mut files);
+    assert!(files.iter().any(|f| f.ends_with("commands/train.rs")));
+    let printing = [["print", "ln!("].concat(), ["print", "!("].concat()];
+    for file in files {
+        for (line_no, line) in read(&file).lines().enumerate() {
+            let panicking = printing.iter().any(|p| {
+                line.match_indices(p.as_str()).any(|(i, _)| {
+                    !line[..i]
+                        .chars()
+                        .next_back()
+                        .is_some_and(|c| c.is_alphanumeric() || c == '_')
+                })
+            });
+            assert!(
+                !panicking,
+                "{}:{}: print with outln!/out!, not println!/print!: {line}",
+                file.display(),
+                line_no + 1
+            );
+        }
+    }
+}
