@@ -8,21 +8,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// `println!` that returns the write's error instead of panicking: a reader that has gone
+/// `print!` that returns the write's error instead of panicking: a reader that has gone
 /// (`rft bench learn --replot | head`) ends the command quietly through `main`'s broken-pipe
 /// check, and a full disk is an error that says so, rather than a panic and, under
 /// `RUST_BACKTRACE`, a backtrace.
-macro_rules! outln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        anyhow::Context::context(
-            writeln!(std::io::stdout().lock(), $($arg)*),
-            "cannot write to standard output",
-        )?
-    }};
-}
-
-/// `print!`'s counterpart of `outln!`.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -31,6 +20,16 @@ macro_rules! out {
             "cannot write to standard output",
         )?
     }};
+}
+
+/// `println!`'s counterpart of `out!`.
+macro_rules! outln {
+    () => {
+        out!("\n")
+    };
+    ($($arg:tt)*) => {
+        out!("{}\n", format_args!($($arg)*))
+    };
 }
 
 mod cli;
